@@ -1,0 +1,24 @@
+# Two set-up commands for a fresh machine: `make run` and `make test`. Each bootstraps .venv itself.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test bench clean
+
+$(VENV)/.run-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[agent]'
+	touch $@
+
+$(VENV)/.test-installed: pyproject.toml $(VENV)/.run-installed
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[agent,test]'
+	touch $@
+
+run: $(VENV)/.run-installed
+	$(PY) -m mbot
+
+test: $(VENV)/.test-installed
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache mbot.egg-info

@@ -1,0 +1,77 @@
+"""THE nursery tree: every long-running task of the server is started here and nowhere else.
+
+    serve(settings)
+      root nursery
+        writer                      single sqlite writer; outlives the services so it can flush them
+        services nursery
+          agent listener            -> one task per agent connection (AgentHub)
+          signal watcher            SIGINT/SIGTERM -> stop()
+      stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
+"""
+from __future__ import annotations
+
+import logging
+import signal
+from dataclasses import dataclass, field
+
+import trio
+
+from . import protocol, tls
+from .agents import AgentHub
+from .config import Settings
+from .store import Database
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Server:
+    """Handed to whoever started serve(): what is running, and how to stop it."""
+
+    port: int
+    fingerprint: str
+    hub: AgentHub
+    writer: Writer
+    db: Database
+    _stop: trio.Event = field(default_factory=trio.Event)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bool = True,
+                task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the server until stop() or a signal; returns after everything pending is committed."""
+    ssl_context = tls.server_context(cert)
+    db = await trio.to_thread.run_sync(Database, settings.db_path)
+    writer = await trio.to_thread.run_sync(Writer, settings.db_path)
+    hub = AgentHub(db, writer)
+    if not settings.bot_enabled:
+        log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")
+    async with trio.open_nursery() as root:
+        root.start_soon(writer.run)
+        try:
+            async with trio.open_nursery() as services:
+                port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
+                server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
+                if handle_signals:
+                    services.start_soon(_stop_on_signal, server)
+                log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
+                task_status.started(server)
+                await server._stop.wait()
+                log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
+                await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+                services.cancel_scope.cancel()
+        finally:
+            # Whatever ended the services (stop, a crash, cancellation), what was queued still gets committed.
+            writer.close()
+    log.info("stopped; %d samples committed in this run", writer.committed_samples)
+
+
+async def _stop_on_signal(server: Server) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("got %s", signal.Signals(signum).name)
+            server.stop()
+            return

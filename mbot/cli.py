@@ -1,0 +1,124 @@
+"""`python -m mbot COMMAND`: the admin CLI. The only place in the server that prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Sequence
+
+import trio
+
+from . import app, service, store, tls
+from .config import ConfigError, Settings, load_settings, prepare_data_dir
+from .service import ServiceError
+
+log = logging.getLogger("mbot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mbot", description="mbot: a host monitor you run yourself.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("serve", help="run the server (the default)")
+    newkey = commands.add_parser("newkey", help="register a host and print its agent secret")
+    newkey.add_argument("name", help=service.NAME_RULE)
+    newkey.add_argument("--owner", type=int, default=0, metavar="TELEGRAM_USER_ID",
+                        help="the Telegram user who will own the host (default: none, CLI only)")
+    hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
+    hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=os.environ.get("MBOT_LOG_LEVEL", "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        prepare_data_dir(settings)
+        command = args.command or "serve"
+        if command == "serve":
+            return _serve(settings)
+        if command == "newkey":
+            return _newkey(settings, args.name, args.owner)
+        if command == "hosts":
+            return _hosts(settings, as_json=args.json)
+        if command == "fingerprint":
+            print(_certificate(settings).fingerprint)
+            return 0
+    except ConfigError as exc:
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 2
+    except (tls.TlsError, store.SchemaTooNew) as exc:
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 1
+    except ServiceError as exc:
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 1
+    raise AssertionError(args.command)
+
+
+def _certificate(settings: Settings) -> tls.Certificate:
+    return tls.ensure_certificate(settings.data_dir, [settings.public_host, _hostname(), "localhost", "127.0.0.1"])
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _serve(settings: Settings) -> int:
+    cert = _certificate(settings)
+    trio.run(app.serve, settings, cert)
+    return 0
+
+
+def _newkey(settings: Settings, name: str, owner: int) -> int:
+    cert = _certificate(settings)
+    conn = store.connect(settings.db_path)
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            key = service.new_key(conn, name, owner)
+    finally:
+        conn.close()
+    port = f"AGENT_PORT={settings.port}\n" if settings.port != 8000 else ""
+    print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once\n"
+          f"AGENT_SERVER_IP={settings.public_host}\n{port}"
+          f"AGENT_SECRET={key.secret}\nAGENT_FINGERPRINT={cert.fingerprint}")
+    return 0
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{seconds} s ago"
+
+
+def _hosts(settings: Settings, *, as_json: bool) -> int:
+    conn = store.connect(settings.db_path)
+    try:
+        summaries = service.host_summaries(conn)
+    finally:
+        conn.close()
+    now = time.time()
+    if as_json:
+        print(json.dumps([s.__dict__ for s in summaries], indent=2))
+        return 0
+    if not summaries:
+        print("no hosts yet: python -m mbot newkey NAME")
+    for s in summaries:
+        state = "online" if s.online else "offline"
+        seen = f"last seen {_ago(now - s.last_seen)}" if s.last_seen else "never seen"
+        now_part = ", ".join(part for part in (
+            f"cpu {s.cpu:.0f}%" if s.cpu is not None else "",
+            f"ram {s.ram:.0f}%" if s.ram is not None else "") if part)
+        owner = f" (owner {s.owner})" if s.owner else ""
+        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples" + (f", {now_part}" if now_part else ""))
+    return 0

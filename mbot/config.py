@@ -1,0 +1,106 @@
+"""Server settings: the environment, read once into one frozen value.
+
+Every variable name here is part of mbot's interface (see docs/architecture.md); a bad value is a ConfigError that
+names the variable, so start-up can end with one clear line instead of a traceback.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+
+
+class ConfigError(Exception):
+    """A variable has a value mbot cannot use."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class Settings:
+    bot_token: str | None
+    telegram_api_url: str
+    port: int
+    host: str
+    data_dir: Path
+    public_host: str
+    allowed_users: frozenset[int] | None
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "mbot.sqlite3"
+
+    @property
+    def bot_enabled(self) -> bool:
+        return self.bot_token is not None
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a port number (1-65535), got {raw!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(name, f"must be a port number (1-65535), got {raw!r}")
+    return port
+
+
+def _user_ids(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    ids = set()
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            ids.add(int(part))
+        except ValueError:
+            raise ConfigError(name, f"must be comma-separated Telegram user ids, got {part!r}") from None
+    return frozenset(ids)
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if not raw.startswith(("http://", "https://")):
+        raise ConfigError(name, f"must be an http:// or https:// URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read Settings from `env` (os.environ by default). Pure apart from the hostname default."""
+    env = os.environ if env is None else env
+    token = env.get("BOT_TOKEN", "").strip() or None
+    if token is not None and (":" not in token or any(c.isspace() for c in token)):
+        raise ConfigError("BOT_TOKEN", "does not look like a bot token from @BotFather (123456:ABC...)")
+    return Settings(
+        bot_token=token,
+        telegram_api_url=_url(env, "TELEGRAM_API_URL", DEFAULT_TELEGRAM_API_URL),
+        port=_port(env, "PORT", 8000),
+        host=env.get("MBOT_HOST", "").strip() or "0.0.0.0",
+        data_dir=Path(env.get("MBOT_DATA_DIR", "").strip() or "./mbot-data"),
+        public_host=env.get("MBOT_PUBLIC_HOST", "").strip() or socket.gethostname(),
+        allowed_users=_user_ids(env, "ALLOWED_USERS"),
+    )
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory (private to this user) and prove it is writable."""
+    path = settings.data_dir
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("MBOT_DATA_DIR", f"{path} is not a writable directory ({exc.strerror or exc})") from None

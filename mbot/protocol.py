@@ -1,0 +1,365 @@
+"""Agent protocol v1: frames in, values out. Pure: no IO, no clock (docs/protocol.md is the contract).
+
+Validation is strict about types and plausibility, lenient about unknown fields (forward compatibility). Anything
+wrong raises ProtocolError carrying the WebSocket close code the connection should be closed with.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+VERSION = 1
+MAX_FRAME_BYTES = 1 << 20
+MAX_BATCH = 1000
+MAX_SERIES = 4096
+_MAX_ITEMS = 1024  # cores, disks, interfaces, temperatures, GPUs: each list/map is bounded
+_MAX_NAME = 256
+
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_INVALID = 1007
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_REPLACED = 4001
+CLOSE_REVOKED = 4003
+
+
+class ProtocolError(Exception):
+    """A frame the server cannot accept; `close_code` is what the connection is closed with."""
+
+    def __init__(self, reason: str, close_code: int = CLOSE_INVALID) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.close_code = close_code
+
+
+@dataclass(frozen=True)
+class Hello:
+    agent_version: str
+    epoch: int
+    interval: float
+    facts: dict[str, Any]  # what the status card shows: hostname, os, cpu_count, disks, gpus, capabilities ...
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return frozenset(self.facts.get("capabilities", ()))
+
+
+@dataclass(frozen=True)
+class Sample:
+    seq: int
+    ts: float
+    metrics: dict[str, Any]  # validated, nested as sent: what the status card shows
+    series: dict[str, float]  # flattened: what history, charts and alerts use
+
+
+@dataclass(frozen=True)
+class Samples:
+    """One `sample` frame or one `samples` batch: oldest first, seq strictly increasing."""
+
+    items: tuple[Sample, ...]
+
+
+@dataclass(frozen=True)
+class Result:
+    command_id: str
+    ok: bool
+    message: str
+
+
+AgentFrame = Hello | Samples | Result
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def decode(message: str | bytes) -> dict[str, Any]:
+    """Text frame -> JSON object. Binary frames, bad JSON, NaN and absurd nesting are ProtocolErrors."""
+    if isinstance(message, bytes):
+        raise ProtocolError("binary frames are not part of protocol v1", CLOSE_UNSUPPORTED)
+    if len(message) > MAX_FRAME_BYTES:
+        raise ProtocolError("frame over 1 MiB", CLOSE_TOO_BIG)
+    try:
+        obj = json.loads(message, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("a frame must be a JSON object")
+    return obj
+
+
+def parse_agent_frame(message: str | bytes) -> AgentFrame:
+    obj = decode(message)
+    kind = obj.get("type")
+    if kind == "hello":
+        return _hello(obj)
+    if kind == "sample":
+        return Samples((_sample(obj, "sample"),))
+    if kind == "samples":
+        items = obj.get("samples")
+        if not isinstance(items, list) or not items:
+            raise ProtocolError("samples: must be a non-empty list")
+        if len(items) > MAX_BATCH:
+            raise ProtocolError(f"samples: at most {MAX_BATCH} per frame", CLOSE_POLICY)
+        parsed = tuple(_sample(item, f"samples[{i}]") for i, item in enumerate(items))
+        for before, after in zip(parsed, parsed[1:]):
+            if after.seq <= before.seq:
+                raise ProtocolError("samples: seq must increase within a batch")
+        return Samples(parsed)
+    if kind == "result":
+        return _result(obj)
+    raise ProtocolError(f"unknown frame type {str(kind)[:40]!r}", CLOSE_POLICY)
+
+
+# --- field helpers ---------------------------------------------------------------------------------------------
+
+
+def _number(value: Any, where: str, *, low: float | None = 0.0, high: float | None = None) -> float:
+    # bool is an int in Python, but `true` is no measurement.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"{where}: must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ProtocolError(f"{where}: must be finite")
+    if low is not None and number < low:
+        raise ProtocolError(f"{where}: must be >= {low:g}, got {number:g}")
+    if high is not None and number > high:
+        raise ProtocolError(f"{where}: must be <= {high:g}, got {number:g}")
+    return number
+
+
+def _integer(value: Any, where: str, *, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{where}: must be an integer")
+    if value < low or value > 2**63 - 1:
+        raise ProtocolError(f"{where}: out of range")
+    return value
+
+
+def _text(value: Any, where: str, *, limit: int = _MAX_NAME) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"{where}: must be a string")
+    if len(value) > limit:
+        raise ProtocolError(f"{where}: longer than {limit} characters")
+    return value
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ProtocolError(f"{where}: must be an object")
+    if len(value) > _MAX_ITEMS:
+        raise ProtocolError(f"{where}: more than {_MAX_ITEMS} entries", CLOSE_POLICY)
+    for key in value:
+        _text(key, f"{where} key")
+    return value
+
+
+def _sequence(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError(f"{where}: must be a list")
+    if len(value) > _MAX_ITEMS:
+        raise ProtocolError(f"{where}: more than {_MAX_ITEMS} entries", CLOSE_POLICY)
+    return value
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    return [_text(item, f"{where}[{i}]") for i, item in enumerate(_sequence(value, where))]
+
+
+# --- frames ----------------------------------------------------------------------------------------------------
+
+
+def _hello(obj: dict[str, Any]) -> Hello:
+    version = obj.get("v")
+    if version != VERSION:
+        raise ProtocolError(f"hello: protocol version {version!r} is not supported (this server speaks {VERSION})",
+                            CLOSE_POLICY)
+    facts: dict[str, Any] = {
+        "agent": _text(obj.get("agent"), "hello.agent", limit=64),
+        "hostname": _text(obj.get("hostname", ""), "hello.hostname"),
+        "os": _text(obj.get("os", ""), "hello.os"),
+        "platform": _text(obj.get("platform", ""), "hello.platform", limit=32),
+        "arch": _text(obj.get("arch", ""), "hello.arch", limit=32),
+        "disks": _strings(obj.get("disks", []), "hello.disks"),
+        "gpus": _strings(obj.get("gpus", []), "hello.gpus"),
+        "capabilities": _strings(obj.get("capabilities", []), "hello.capabilities"),
+    }
+    if "cpu_count" in obj:
+        facts["cpu_count"] = _integer(obj["cpu_count"], "hello.cpu_count")
+    if "mem_total" in obj:
+        facts["mem_total"] = _integer(obj["mem_total"], "hello.mem_total")
+    if "boot_time" in obj:
+        facts["boot_time"] = _number(obj["boot_time"], "hello.boot_time")
+    interval = _number(obj.get("interval", 5), "hello.interval", low=0.001, high=86400)
+    facts["interval"] = interval
+    return Hello(
+        agent_version=facts["agent"],
+        epoch=_integer(obj.get("epoch"), "hello.epoch", low=1),
+        interval=interval,
+        facts=facts,
+    )
+
+
+def _sample(obj: Any, where: str) -> Sample:
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"{where}: must be an object")
+    metrics = validate_metrics(obj.get("metrics"), f"{where}.metrics")
+    return Sample(
+        seq=_integer(obj.get("seq"), f"{where}.seq", low=1),
+        ts=_number(obj.get("ts"), f"{where}.ts", low=1.0),
+        metrics=metrics,
+        series=flatten(metrics),
+    )
+
+
+def _result(obj: dict[str, Any]) -> Result:
+    ok = obj.get("ok")
+    if not isinstance(ok, bool):
+        raise ProtocolError("result.ok: must be true or false")
+    return Result(
+        command_id=_text(obj.get("id"), "result.id", limit=64),
+        ok=ok,
+        message=_text(obj.get("message", ""), "result.message", limit=1000),
+    )
+
+
+def _used_total(value: Any, where: str) -> dict[str, float]:
+    part = _mapping(value, where)
+    used = _number(part.get("used"), f"{where}.used")
+    total = _number(part.get("total"), f"{where}.total")
+    if used > total:
+        raise ProtocolError(f"{where}: used ({used:g}) is more than total ({total:g})")
+    return {"used": used, "total": total}
+
+
+def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
+    """The metrics object of a sample, checked and normalised (floats, known keys only)."""
+    raw = _mapping(value, where)
+    out: dict[str, Any] = {}
+    if "cpu" in raw:
+        out["cpu"] = _number(raw["cpu"], f"{where}.cpu", high=100)
+    if "cpu_cores" in raw:
+        out["cpu_cores"] = [_number(v, f"{where}.cpu_cores[{i}]", high=100)
+                            for i, v in enumerate(_sequence(raw["cpu_cores"], f"{where}.cpu_cores"))]
+    if "load" in raw:
+        load = _sequence(raw["load"], f"{where}.load")
+        if len(load) != 3:
+            raise ProtocolError(f"{where}.load: must be [1 min, 5 min, 15 min]")
+        out["load"] = [_number(v, f"{where}.load[{i}]") for i, v in enumerate(load)]
+    for key in ("ram", "swap"):
+        if key in raw:
+            out[key] = _used_total(raw[key], f"{where}.{key}")
+    if "disks" in raw:
+        disks = _mapping(raw["disks"], f"{where}.disks")
+        out["disks"] = {mount: _used_total(v, f"{where}.disks[{mount!r}]") for mount, v in disks.items()}
+    if "disk_io" in raw:
+        io = _mapping(raw["disk_io"], f"{where}.disk_io")
+        out["disk_io"] = {k: _number(io[k], f"{where}.disk_io.{k}") for k in ("read", "write") if k in io}
+    if "net" in raw:
+        net = _mapping(raw["net"], f"{where}.net")
+        out["net"] = {}
+        for iface, rates in net.items():
+            rates = _mapping(rates, f"{where}.net[{iface!r}]")
+            out["net"][iface] = {k: _number(rates[k], f"{where}.net[{iface!r}].{k}")
+                                 for k in ("rx", "tx") if k in rates}
+    if "temps" in raw:
+        temps = _mapping(raw["temps"], f"{where}.temps")
+        out["temps"] = {label: _number(v, f"{where}.temps[{label!r}]", low=-273.15, high=1000)
+                        for label, v in temps.items()}
+    for key in ("uptime", "procs", "dropped"):
+        if key in raw:
+            out[key] = _number(raw[key], f"{where}.{key}")
+    if "gpus" in raw:
+        out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
+    return out
+
+
+def _gpu(value: Any, where: str) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    gpu: dict[str, Any] = {"name": _text(raw.get("name", ""), f"{where}.name")}
+    if "util" in raw:
+        gpu["util"] = _number(raw["util"], f"{where}.util", high=100)
+    if "vram_used" in raw or "vram_total" in raw:
+        gpu.update({f"vram_{k}": v for k, v in _used_total(
+            {"used": raw.get("vram_used"), "total": raw.get("vram_total")}, f"{where}.vram").items()})
+    if "temp" in raw:
+        gpu["temp"] = _number(raw["temp"], f"{where}.temp", low=-273.15, high=1000)
+    if "power" in raw:
+        gpu["power"] = _number(raw["power"], f"{where}.power")
+    return gpu
+
+
+# --- series ----------------------------------------------------------------------------------------------------
+
+
+def _percent(part: dict[str, float]) -> float:
+    return 100.0 * part["used"] / part["total"] if part["total"] else 0.0
+
+
+def flatten(metrics: dict[str, Any]) -> dict[str, float]:
+    """Validated metrics -> named series (the names charts, alerts and cards use; see docs/protocol.md)."""
+    series: dict[str, float] = {}
+    if "cpu" in metrics:
+        series["cpu"] = metrics["cpu"]
+    for i, value in enumerate(metrics.get("cpu_cores", ())):
+        series[f"cpu:{i}"] = value
+    if "load" in metrics:
+        series["load1"], series["load5"], series["load15"] = metrics["load"]
+    for key in ("ram", "swap"):
+        if key in metrics:
+            part = metrics[key]
+            series[key] = _percent(part)
+            series[f"{key}_used"] = part["used"]
+            series[f"{key}_total"] = part["total"]
+    for mount, part in metrics.get("disks", {}).items():
+        series[f"disk:{mount}"] = _percent(part)
+        series[f"disk_used:{mount}"] = part["used"]
+        series[f"disk_total:{mount}"] = part["total"]
+    io = metrics.get("disk_io", {})
+    if "read" in io:
+        series["disk_read"] = io["read"]
+    if "write" in io:
+        series["disk_write"] = io["write"]
+    net = metrics.get("net")
+    if net:
+        for direction in ("rx", "tx"):
+            values = [rates[direction] for rates in net.values() if direction in rates]
+            if values:
+                series[f"net_{direction}"] = sum(values)
+            for iface, rates in net.items():
+                if direction in rates:
+                    series[f"net_{direction}:{iface}"] = rates[direction]
+    for label, value in metrics.get("temps", {}).items():
+        series[f"temp:{label}"] = value
+    for key in ("uptime", "procs"):
+        if key in metrics:
+            series[key] = metrics[key]
+    for i, gpu in enumerate(metrics.get("gpus", ())):
+        if "util" in gpu:
+            series[f"gpu{i}"] = gpu["util"]
+        if "vram_total" in gpu:
+            series[f"vram{i}"] = _percent({"used": gpu["vram_used"], "total": gpu["vram_total"]})
+            series[f"vram_used{i}"] = gpu["vram_used"]
+            series[f"vram_total{i}"] = gpu["vram_total"]
+        if "temp" in gpu:
+            series[f"gputemp{i}"] = gpu["temp"]
+        if "power" in gpu:
+            series[f"power{i}"] = gpu["power"]
+    if len(series) > MAX_SERIES:
+        raise ProtocolError(f"metrics: more than {MAX_SERIES} series", CLOSE_POLICY)
+    return series
+
+
+# --- server -> agent -------------------------------------------------------------------------------------------
+
+
+def ack(seq: int) -> str:
+    return json.dumps({"type": "ack", "seq": seq})
+
+
+def error(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message})

@@ -1,0 +1,244 @@
+"""SQLite storage: schema and migrations, the queries, and the thread-local read connections.
+
+Layout (measured in FACTS.md: key order decides insert speed):
+- `samples` is a rowid table appended in arrival order, one row per sample: the values of all its series packed as
+  float32 in `vals`, their names interned once in `layouts`. One row per sample (not per value) keeps the
+  (host_id, ts) index small enough that 5,000 agents at 5 s are a few thousand index entries a second.
+- `hosts` carries the per-host high-water mark (epoch, last_seq) that makes replays idempotent, and the latest
+  sample as JSON, so "latest of every host" is one table scan.
+
+All writes of the server go through mbot.writer.Writer (one thread, batched transactions); the CLI, a separate
+process, writes through its own connection with the same functions.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import threading
+from array import array
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import trio
+
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i+1; never edit a released one, append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE hosts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner INTEGER NOT NULL DEFAULT 0,
+        key_id TEXT NOT NULL UNIQUE,
+        secret_hash TEXT NOT NULL UNIQUE,
+        created REAL NOT NULL,
+        facts TEXT,
+        epoch INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        last_ts REAL,
+        last_seen REAL,
+        last_metrics TEXT,
+        samples_count INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (owner, name)
+    );
+    CREATE TABLE layouts (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE);
+    CREATE TABLE samples (
+        host_id INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        seq INTEGER NOT NULL,
+        layout_id INTEGER NOT NULL,
+        vals BLOB NOT NULL
+    );
+    CREATE INDEX samples_host_ts ON samples (host_id, ts);
+    CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer mbot."""
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection with mbot's pragmas; the schema is migrated unless `readonly`."""
+    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+        migrate(conn)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise SchemaTooNew(f"database schema v{version} is newer than this mbot (v{SCHEMA_VERSION})")
+    for number in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read inside the lock: another process may have migrated meanwhile.
+            if conn.execute("PRAGMA user_version").fetchone()[0] != number:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class Database:
+    """The read side: each worker thread gets its own connection (sqlite3 objects are not shared)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self.limiter = trio.CapacityLimiter(4)
+        connect(path).close()  # create and migrate once, up front
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, readonly=True)
+        return conn
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(connection, *args) in a worker thread."""
+        return await trio.to_thread.run_sync(self._run, fn, args, limiter=self.limiter)
+
+    def _run(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        return fn(self._conn(), *args)
+
+
+# --- values --------------------------------------------------------------------------------------------------
+
+_FLOAT32 = "f"
+
+
+def pack_values(values: list[float]) -> bytes:
+    data = array(_FLOAT32, values)
+    if sys.byteorder == "big":  # stored little-endian so a database file moves between machines
+        data.byteswap()
+    return data.tobytes()
+
+
+def unpack_values(blob: bytes) -> array:
+    data = array(_FLOAT32)
+    data.frombytes(blob)
+    if sys.byteorder == "big":
+        data.byteswap()
+    return data
+
+
+# --- hosts ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Host:
+    id: int
+    name: str
+    owner: int
+    key_id: str
+    created: float
+    facts: dict[str, Any]
+    epoch: int
+    last_seq: int
+    last_ts: float | None
+    last_seen: float | None
+    last_metrics: dict[str, Any]
+    samples_count: int
+
+    @property
+    def interval(self) -> float:
+        return float(self.facts.get("interval", 5.0))
+
+    def is_online(self, now: float) -> bool:
+        """Seen within three intervals (at least 30 s): one late sample is not an outage."""
+        return self.last_seen is not None and now - self.last_seen <= max(3 * self.interval, 30.0)
+
+
+_HOST_COLUMNS = ("id, name, owner, key_id, created, facts, epoch, last_seq, last_ts, last_seen, last_metrics, "
+                 "samples_count")
+
+
+def _host(row: sqlite3.Row) -> Host:
+    return Host(
+        id=row["id"], name=row["name"], owner=row["owner"], key_id=row["key_id"], created=row["created"],
+        facts=json.loads(row["facts"]) if row["facts"] else {}, epoch=row["epoch"], last_seq=row["last_seq"],
+        last_ts=row["last_ts"], last_seen=row["last_seen"],
+        last_metrics=json.loads(row["last_metrics"]) if row["last_metrics"] else {},
+        samples_count=row["samples_count"],
+    )
+
+
+def host_by_secret_hash(conn: sqlite3.Connection, secret_hash: str) -> Host | None:
+    row = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE secret_hash = ?", (secret_hash,)).fetchone()
+    return _host(row) if row else None
+
+
+def host_by_id(conn: sqlite3.Connection, host_id: int) -> Host | None:
+    row = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE id = ?", (host_id,)).fetchone()
+    return _host(row) if row else None
+
+
+def list_hosts(conn: sqlite3.Connection, owner: int | None = None) -> list[Host]:
+    if owner is None:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts ORDER BY owner, name")
+    else:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? ORDER BY name", (owner,))
+    return [_host(row) for row in rows]
+
+
+def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str, secret_hash: str,
+                created: float) -> int:
+    cur = conn.execute(
+        "INSERT INTO hosts (name, owner, key_id, secret_hash, created) VALUES (?, ?, ?, ?, ?)",
+        (name, owner, key_id, secret_hash, created),
+    )
+    return int(cur.lastrowid)
+
+
+def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
+
+
+# --- history -------------------------------------------------------------------------------------------------
+
+
+def series(conn: sqlite3.Connection, host_id: int, name: str, start: float, end: float) -> list[tuple[float, float]]:
+    """One series of one host over [start, end], oldest first, from the raw samples."""
+    layouts: dict[int, int | None] = {}
+    points: list[tuple[float, float]] = []
+    rows = conn.execute(
+        "SELECT ts, layout_id, vals FROM samples WHERE host_id = ? AND ts BETWEEN ? AND ? ORDER BY ts",
+        (host_id, start, end),
+    )
+    for ts, layout_id, vals in rows:
+        if layout_id not in layouts:
+            names = json.loads(conn.execute("SELECT names FROM layouts WHERE id = ?", (layout_id,)).fetchone()[0])
+            layouts[layout_id] = names.index(name) if name in names else None
+        index = layouts[layout_id]
+        if index is not None:
+            points.append((ts, unpack_values(vals)[index]))
+    return points
+
+
+def get_kv(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def set_kv(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                 (key, value))

@@ -1,0 +1,43 @@
+"""Shared fixtures: a real server (real TLS on 127.0.0.1, port 0, a real sqlite file in tmp_path)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+import trio
+
+from helpers import certificate, make_settings, open_tls, upgrade
+from mbot import app
+from mbot.config import Settings
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def server(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[app.Server]:
+    running: app.Server = await nursery.start(
+        lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
+    yield running
+    running.stop()
+
+
+
+
+@pytest.fixture
+async def connect(server: app.Server, nursery: trio.Nursery):
+    """Open bare WebSocket clients to `server`; all are closed at teardown (no leaked sockets)."""
+    opened = []
+
+    async def _connect(secret: str | None):
+        stream = await open_tls(server.port)
+        opened.append(stream)
+        return await upgrade(nursery, stream, secret)
+
+    yield _connect
+    # trio-websocket leaves the stream open when the server closed the connection: close it here.
+    for stream in opened:
+        await trio.aclose_forcefully(stream)

@@ -1,0 +1,115 @@
+"""Helpers shared by the tests: settings, hosts, a bare WebSocket client, frames."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import ssl
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+import trio
+import trio_websocket
+
+from mbot import app, service, store, tls
+from mbot.config import Settings, load_settings, prepare_data_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    settings = load_settings({"MBOT_DATA_DIR": str(data_dir), "PORT": "0", "MBOT_HOST": "127.0.0.1",
+                              "MBOT_PUBLIC_HOST": "127.0.0.1"})
+    settings = dataclasses.replace(settings, **overrides)
+    prepare_data_dir(settings)
+    return settings
+
+
+def certificate(settings: Settings) -> tls.Certificate:
+    return tls.ensure_certificate(settings.data_dir, ["127.0.0.1", "localhost"])
+
+
+def add_host(settings: Settings, name: str, owner: int = 0) -> service.NewKey:
+    conn = store.connect(settings.db_path)
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            return service.new_key(conn, name, owner)
+    finally:
+        conn.close()
+
+
+def read_db(settings: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        return [tuple(row) for row in conn.execute(sql, params)]
+    finally:
+        conn.close()
+
+
+def pinned_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def open_tls(port: int) -> trio.SSLStream[trio.SocketStream]:
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=pinned_context(),
+                                                 https_compatible=True)
+    await stream.do_handshake()
+    return stream
+
+
+async def upgrade(nursery: trio.Nursery, stream: trio.SSLStream[trio.SocketStream],
+                  secret: str | None) -> trio_websocket.WebSocketConnection:
+    headers = [(b"Authorization", f"Bearer {secret}".encode())] if secret is not None else []
+    return await trio_websocket.wrap_client_stream(nursery, stream, "127.0.0.1", "/agent", extra_headers=headers)
+
+
+async def open_raw_ws(nursery: trio.Nursery, port: int, secret: str | None) -> trio_websocket.WebSocketConnection:
+    """A bare WebSocket client (no agent code): the tool for sending the server frames an agent never would."""
+    return await upgrade(nursery, await open_tls(port), secret)
+
+
+def hello_frame(epoch: int = 1, **extra: Any) -> str:
+    return json.dumps({"type": "hello", "v": 1, "agent": "test", "epoch": epoch, "hostname": "h", "os": "TestOS",
+                       "interval": 1.0, **extra})
+
+
+def sample_frame(seq: int, cpu: float = 10.0, ts: float | None = None) -> str:
+    return json.dumps({"type": "sample", "seq": seq, "ts": ts or 1_700_000_000.0 + seq,
+                       "metrics": {"cpu": cpu, "ram": {"used": 1.0, "total": 4.0}}})
+
+
+async def receive_json(ws: trio_websocket.WebSocketConnection) -> dict[str, Any]:
+    with trio.fail_after(10):
+        return json.loads(await ws.get_message())
+
+
+async def ack_reaching(ws: trio_websocket.WebSocketConnection, seq: int) -> dict[str, Any]:
+    """Acks are coalesced: wait until one covers `seq`."""
+    while True:
+        frame = await receive_json(ws)
+        if frame["type"] == "ack" and frame["seq"] >= seq:
+            return frame
+
+
+async def rejection_status(port: int, secret: str | None) -> int | None:
+    """The HTTP status the server answers an upgrade with, or None when it accepts.
+
+    trio-websocket raises ConnectionRejected from the reader task into the caller's nursery as well as from
+    wrap_client_stream, hence the private nursery and except*.
+    """
+    status: int | None = None
+    stream = await open_tls(port)
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await upgrade(nursery, stream, secret)
+            await ws.aclose()
+    except* trio_websocket.ConnectionRejected as group:
+        status = group.exceptions[0].status_code
+    finally:
+        await trio.aclose_forcefully(stream)
+    return status

@@ -164,6 +164,16 @@ class Writer:
         layouts: dict[tuple[str, ...], int] = {}
         results: list[Any] = []
         rows: list[tuple[int, float, int, int, bytes]] = []
+        inserted = 0
+
+        def flush() -> None:
+            nonlocal inserted
+            if rows:
+                conn.executemany("INSERT INTO samples (host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?)",
+                                 rows)
+                inserted += len(rows)
+                rows.clear()
+
         conn.execute("BEGIN IMMEDIATE")
         try:
             for item in batch:
@@ -172,15 +182,14 @@ class Writer:
                 elif isinstance(item, SamplesWrite):
                     results.append(self._apply_samples(conn, item, marks, layouts, rows))
                 elif isinstance(item, CallWrite):
+                    flush()  # a call sees every write queued before it
                     results.append(self._apply_call(conn, item))
-            if rows:
-                conn.executemany("INSERT INTO samples (host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?)",
-                                 rows)
+            flush()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        self.committed_samples += len(rows)
+        self.committed_samples += inserted
         return marks, layouts, results
 
     def _mark(self, conn: sqlite3.Connection, host_id: int, marks: dict[int, _HostMark]) -> _HostMark | None:

@@ -1,0 +1,104 @@
+"""`python -m mbot ...` as a user runs it: real processes, real files."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from helpers import ROOT, ack_reaching, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade, make_settings
+from mbot import protocol
+
+
+def mbot(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, "MBOT_DATA_DIR": str(data_dir), "MBOT_PUBLIC_HOST": "127.0.0.1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "mbot", *args], capture_output=True, text=True, env=full_env,
+                          cwd=ROOT, timeout=60)
+
+
+def test_newkey_hosts_fingerprint(tmp_path):
+    done = mbot(tmp_path, "newkey", "box1")
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    assert lines["AGENT_SERVER_IP"] == "127.0.0.1"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", lines["AGENT_SECRET"])
+    fingerprint = mbot(tmp_path, "fingerprint").stdout.strip()
+    assert lines["AGENT_FINGERPRINT"] == fingerprint and re.fullmatch(r"[0-9a-f]{64}", fingerprint)
+    # The secret is printed once and stored nowhere, not even in the log.
+    assert lines["AGENT_SECRET"] not in done.stderr
+    assert lines["AGENT_SECRET"].encode() not in (tmp_path / "mbot.sqlite3").read_bytes()
+
+    hosts = mbot(tmp_path, "hosts")
+    assert hosts.returncode == 0
+    assert hosts.stdout.startswith("box1 offline, never seen, 0 samples")
+    listed = json.loads(mbot(tmp_path, "hosts", "--json").stdout)
+    assert [(h["name"], h["online"], h["samples"]) for h in listed] == [("box1", False, 0)]
+
+
+def test_newkey_refuses_bad_and_duplicate_names(tmp_path):
+    bad = mbot(tmp_path, "newkey", "no spaces allowed")
+    assert bad.returncode == 1 and "1-32 characters" in bad.stderr
+    assert mbot(tmp_path, "newkey", "box1").returncode == 0
+    again = mbot(tmp_path, "newkey", "box1")
+    assert again.returncode == 1 and "already" in again.stderr
+    # Names are unique per owner, not globally.
+    assert mbot(tmp_path, "newkey", "box1", "--owner", "42").returncode == 0
+
+
+@pytest.mark.parametrize("env, variable", [({"PORT": "abc"}, "PORT"), ({"MBOT_DATA_DIR": "/proc/nope"}, "MBOT_DATA_DIR")])
+def test_bad_setting_is_one_line_and_exit_2(tmp_path, env, variable):
+    done = mbot(tmp_path, "hosts", env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith(f"mbot: {variable}: ")
+
+
+def test_missing_openssl_is_a_clear_error(tmp_path):
+    done = mbot(tmp_path, "fingerprint", env={"PATH": str(tmp_path)})
+    assert done.returncode == 1
+    assert "openssl" in done.stderr and "Traceback" not in done.stderr
+
+
+async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
+    env = {**os.environ, "MBOT_DATA_DIR": str(tmp_path), "MBOT_PUBLIC_HOST": "127.0.0.1", "PORT": "0",
+           "MBOT_HOST": "127.0.0.1"}
+    key = mbot(tmp_path, "newkey", "box1").stdout
+    secret = re.search(r"AGENT_SECRET=(\S+)", key).group(1)
+    process = await trio.lowlevel.open_process([sys.executable, "-m", "mbot"], env=env, cwd=ROOT,
+                                               stderr=subprocess.PIPE)
+    log = b""
+    try:
+        with trio.fail_after(30):
+            while not (match := re.search(rb"agents on 127\.0\.0\.1:(\d+)", log)):
+                log += await process.stderr.receive_some()
+        port = int(match.group(1))
+        stream = await open_tls(port)
+        ws = await upgrade(nursery, stream, secret)
+        await ws.send_message(hello_frame())
+        await receive_json(ws)
+        for seq in range(1, 21):
+            await ws.send_message(sample_frame(seq))
+        await ack_reaching(ws, 20)
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(5):
+            code = await process.wait()
+            while chunk := await process.stderr.receive_some():
+                log += chunk
+        assert code == 0, log.decode()
+        with pytest.raises(Exception) as closed:
+            await ws.get_message()
+        assert getattr(closed.value, "reason").code == protocol.CLOSE_GOING_AWAY
+        await trio.aclose_forcefully(stream)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        await process.stderr.aclose()
+    assert b"Traceback" not in log
+    assert read_db(make_settings(tmp_path), "SELECT count(*) FROM samples") == [(20,)]

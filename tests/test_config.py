@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mbot.config import DEFAULT_TELEGRAM_API_URL, ConfigError, load_settings, prepare_data_dir
+
+
+def test_defaults():
+    s = load_settings({})
+    assert (s.port, s.host, s.telegram_api_url, s.bot_token, s.allowed_users) == (
+        8000, "0.0.0.0", DEFAULT_TELEGRAM_API_URL, None, None)
+    assert s.data_dir == Path("./mbot-data")
+    assert s.public_host  # the machine's hostname
+    assert not s.bot_enabled
+
+
+def test_values():
+    s = load_settings({"BOT_TOKEN": "123:abc", "TELEGRAM_API_URL": "http://127.0.0.1:9/", "PORT": "9443",
+                       "MBOT_HOST": "127.0.0.1", "MBOT_DATA_DIR": "/x", "MBOT_PUBLIC_HOST": "mon.example.org",
+                       "ALLOWED_USERS": "1, 22,333"})
+    assert s.bot_enabled and s.telegram_api_url == "http://127.0.0.1:9"
+    assert (s.port, s.host, s.public_host) == (9443, "127.0.0.1", "mon.example.org")
+    assert s.allowed_users == {1, 22, 333}
+    assert s.db_path == Path("/x/mbot.sqlite3")
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"PORT": "abc"}, "PORT"),
+    ({"PORT": "70000"}, "PORT"),
+    ({"ALLOWED_USERS": "12,bob"}, "ALLOWED_USERS"),
+    ({"TELEGRAM_API_URL": "ftp://x"}, "TELEGRAM_API_URL"),
+    ({"BOT_TOKEN": "no token here"}, "BOT_TOKEN"),
+])
+def test_bad_values_name_the_variable(env, variable):
+    with pytest.raises(ConfigError) as error:
+        load_settings(env)
+    assert error.value.variable == variable
+    assert str(error.value).startswith(f"{variable}: ")
+
+
+def test_unwritable_data_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError) as error:
+        prepare_data_dir(load_settings({"MBOT_DATA_DIR": str(blocker / "sub")}))
+    assert error.value.variable == "MBOT_DATA_DIR"
+
+
+def test_data_dir_is_created_private(tmp_path):
+    settings = load_settings({"MBOT_DATA_DIR": str(tmp_path / "new")})
+    prepare_data_dir(settings)
+    assert os.stat(settings.data_dir).st_mode & 0o777 == 0o700

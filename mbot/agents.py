@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import ssl
+import time
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import trio
@@ -49,6 +52,12 @@ def _bearer(request: WebSocketRequest) -> str | None:
     return None
 
 
+@dataclass
+class _Awaited:
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Result | None = None
+
+
 class AgentConnection:
     """One authenticated agent: reads frames, feeds the writer, sends coalesced acks."""
 
@@ -60,6 +69,7 @@ class AgentConnection:
         self._writer = writer
         self._committed = 0
         self._ack_wanted = trio.Event()
+        self._awaiting: dict[str, _Awaited] = {}
 
     async def serve(self) -> None:
         if not await self._guarded(self._receive_hello):
@@ -119,8 +129,27 @@ class AgentConnection:
             elif isinstance(frame, Hello):
                 raise ProtocolError("hello sent twice", protocol.CLOSE_POLICY)
             elif isinstance(frame, Result):
-                log.warning("agent %s sent a result for command %r it was never sent; ignored", self.host.name,
-                            frame.command_id)
+                awaited = self._awaiting.pop(frame.command_id, None)
+                if awaited is None:
+                    log.warning("agent %s sent a result for command %r it was never sent; ignored", self.host.name,
+                                frame.command_id[:64])
+                else:
+                    awaited.result = frame
+                    awaited.done.set()
+
+    async def run_command(self, action: str, timeout: float) -> Result | None:
+        """Send a command and wait for its result; None when the agent did not answer in time."""
+        command_id = secrets.token_hex(8)
+        awaited = self._awaiting[command_id] = _Awaited()
+        try:
+            await self.ws.send_message(protocol.command(command_id, action, time.time() + timeout))
+            with trio.move_on_after(timeout):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            pass
+        finally:
+            self._awaiting.pop(command_id, None)
+        return awaited.result
 
     def _on_commit(self, seq: int) -> None:
         if seq > self._committed:
@@ -153,6 +182,22 @@ class AgentHub:
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
             task_status.started(bound)
+
+    def is_connected(self, host_id: int) -> bool:
+        return host_id in self.connections
+
+    async def run_command(self, host_id: int, action: str, timeout: float = 30.0) -> Result | None:
+        """Run a command on a connected agent. Raises LookupError when it is not connected: a command is never
+        queued for later, so a reboot cannot fire hours after it was asked for."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        return await connection.run_command(action, timeout)
+
+    async def disconnect(self, host_id: int, code: int, reason: str) -> None:
+        connection = self.connections.get(host_id)
+        if connection is not None:
+            await connection.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
         async with trio.open_nursery() as nursery:

@@ -363,3 +363,11 @@ def ack(seq: int) -> str:
 
 def error(code: str, message: str) -> str:
     return json.dumps({"type": "error", "code": code, "message": message})
+
+
+POWER_ACTIONS = ("reboot", "shutdown")
+
+
+def command(command_id: str, action: str, expires: float) -> str:
+    """Ask the agent to run `action`; it must not run it after `expires` (its clock), so nothing fires late."""
+    return json.dumps({"type": "command", "id": command_id, "action": action, "expires": expires})

@@ -22,6 +22,13 @@ class ServiceError(Exception):
     """A request that cannot be done as asked; the message is for the user."""
 
 
+class NoSuchHost(ServiceError):
+    """Also what a user gets for a host that exists but is someone else's: no hint either way."""
+
+    def __init__(self) -> None:
+        super().__init__("No such host. /hosts lists yours.")
+
+
 @dataclass(frozen=True)
 class NewKey:
     host_id: int
@@ -80,3 +87,51 @@ def summarize(host: store.Host, now: float) -> HostSummary:
 def host_summaries(conn: sqlite3.Connection, owner: int | None = None, now: float | None = None) -> list[HostSummary]:
     now = time.time() if now is None else now
     return [summarize(host, now) for host in store.list_hosts(conn, owner)]
+
+
+def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> store.Host:
+    """A host of `owner` by name or by the first 8+ characters of its key id (as the original's <key|name>)."""
+    host = store.host_by_name(conn, owner, ref)
+    if host is not None:
+        return host
+    if len(ref) >= 8:
+        matches = store.hosts_by_key_prefix(conn, owner, ref.lower())
+        if len(matches) == 1:
+            return matches[0]
+    raise NoSuchHost()
+
+
+def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> store.Host:
+    """Every callback re-checks ownership here: a forged host id gets the same answer as a missing host."""
+    host = store.host_by_id(conn, host_id)
+    if host is None or host.owner != owner:
+        raise NoSuchHost()
+    return host
+
+
+def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> store.Host:
+    host = resolve_host(conn, owner, ref)
+    check_name(new_name)
+    if new_name != host.name and store.host_name_taken(conn, owner, new_name):
+        raise ServiceError(f"you already have a host named {new_name!r}")
+    store.rename_host(conn, host.id, new_name)
+    return host
+
+
+def rotate(conn: sqlite3.Connection, owner: int, host_id: int) -> NewKey:
+    """A new secret for the host; the old one stops working with this commit."""
+    host = owned_host(conn, owner, host_id)
+    secret = secrets.token_urlsafe(32)
+    store.set_secret(conn, host.id, secret_hash(secret), revoked=None)
+    return NewKey(host_id=host.id, name=host.name, key_id=host.key_id, secret=secret)
+
+
+def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, now: float | None = None) -> store.Host:
+    """Delete the host's key; with `wipe` its history and the host too. /rotate can give a kept host a new key."""
+    host = owned_host(conn, owner, host_id)
+    if wipe:
+        store.delete_host(conn, host.id)
+    else:
+        # Not a SHA-256 hex digest, so no secret can ever match it.
+        store.set_secret(conn, host.id, f"revoked-{secrets.token_hex(16)}", revoked=time.time() if now is None else now)
+    return host

@@ -55,6 +55,18 @@ MIGRATIONS: list[str] = [
     CREATE INDEX samples_host_ts ON samples (host_id, ts);
     CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    """
+    ALTER TABLE hosts ADD COLUMN revoked REAL;
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        ts REAL NOT NULL,
+        user_id INTEGER NOT NULL,
+        host_id INTEGER,
+        host_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -158,6 +170,7 @@ class Host:
     last_seen: float | None
     last_metrics: dict[str, Any]
     samples_count: int
+    revoked: float | None = None  # the key was revoked then; history kept, /rotate issues a new key
 
     @property
     def interval(self) -> float:
@@ -169,7 +182,7 @@ class Host:
 
 
 _HOST_COLUMNS = ("id, name, owner, key_id, created, facts, epoch, last_seq, last_ts, last_seen, last_metrics, "
-                 "samples_count")
+                 "samples_count, revoked")
 
 
 def _host(row: sqlite3.Row) -> Host:
@@ -178,7 +191,7 @@ def _host(row: sqlite3.Row) -> Host:
         facts=json.loads(row["facts"]) if row["facts"] else {}, epoch=row["epoch"], last_seq=row["last_seq"],
         last_ts=row["last_ts"], last_seen=row["last_seen"],
         last_metrics=json.loads(row["last_metrics"]) if row["last_metrics"] else {},
-        samples_count=row["samples_count"],
+        samples_count=row["samples_count"], revoked=row["revoked"],
     )
 
 
@@ -211,6 +224,41 @@ def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str,
 
 def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
     return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
+
+
+def hosts_by_key_prefix(conn: sqlite3.Connection, owner: int, prefix: str) -> list[Host]:
+    rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND substr(key_id, 1, ?) = ?",
+                        (owner, len(prefix), prefix))
+    return [_host(row) for row in rows]
+
+
+def host_by_name(conn: sqlite3.Connection, owner: int, name: str) -> Host | None:
+    row = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone()
+    return _host(row) if row else None
+
+
+def rename_host(conn: sqlite3.Connection, host_id: int, name: str) -> None:
+    conn.execute("UPDATE hosts SET name = ? WHERE id = ?", (name, host_id))
+
+
+def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked: float | None) -> None:
+    conn.execute("UPDATE hosts SET secret_hash = ?, revoked = ? WHERE id = ?", (secret_hash, revoked, host_id))
+
+
+def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
+    conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
+
+
+def add_audit(conn: sqlite3.Connection, *, ts: float, user_id: int, host_id: int | None, host_name: str,
+              action: str, outcome: str) -> int:
+    cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome) VALUES (?, ?, ?, ?, ?, ?)",
+                       (ts, user_id, host_id, host_name, action, outcome))
+    return int(cur.lastrowid)
+
+
+def set_audit_outcome(conn: sqlite3.Connection, audit_id: int, outcome: str) -> None:
+    conn.execute("UPDATE audit SET outcome = ? WHERE id = ?", (outcome, audit_id))
 
 
 # --- history -------------------------------------------------------------------------------------------------

@@ -78,7 +78,6 @@ class Writer:
     def __init__(self, db_path: Path) -> None:
         self._conn = store.connect(db_path)
         self._send, self._receive = trio.open_memory_channel[_Pending](QUEUE_ITEMS)
-        self._marks: dict[int, _HostMark] = {}
         self._layouts: dict[tuple[str, ...], int] = {}
         self.committed_samples = 0
         self.batches = 0
@@ -142,8 +141,7 @@ class Writer:
                 delay = min(delay * 2, _RETRY_MAX)
         if failures:
             log.info("database writes work again after %d failed tries", failures)
-        marks, layouts, results = outcome
-        self._marks.update(marks)
+        layouts, results = outcome
         self._layouts.update(layouts)
         self.batches += 1
         for item, result in zip(batch, results):
@@ -157,8 +155,9 @@ class Writer:
 
     # --- in the worker thread --------------------------------------------------------------------------------
 
-    def _commit(self, batch: list[_Pending]) -> tuple[dict[int, _HostMark], dict[tuple[str, ...], int], list[Any]]:
-        """One transaction for the whole batch. Caches change only through the returned values, after COMMIT."""
+    def _commit(self, batch: list[_Pending]) -> tuple[dict[tuple[str, ...], int], list[Any]]:
+        """One transaction for the whole batch. The layout cache changes only through the returned value, after
+        COMMIT, so a rolled-back batch leaves no stale layout ids behind."""
         conn = self._conn
         marks: dict[int, _HostMark] = {}
         layouts: dict[tuple[str, ...], int] = {}
@@ -190,10 +189,12 @@ class Writer:
             conn.execute("ROLLBACK")
             raise
         self.committed_samples += inserted
-        return marks, layouts, results
+        return layouts, results
 
     def _mark(self, conn: sqlite3.Connection, host_id: int, marks: dict[int, _HostMark]) -> _HostMark | None:
-        mark = marks.get(host_id) or self._marks.get(host_id)
+        """The host's high-water mark as of this transaction. Read from the row (a primary-key lookup) rather
+        than cached across batches, so a revoke, a wipe or the CLI can change hosts without telling the writer."""
+        mark = marks.get(host_id)
         if mark is None:
             row = conn.execute("SELECT epoch, last_seq FROM hosts WHERE id = ?", (host_id,)).fetchone()
             if row is None:

@@ -1,0 +1,64 @@
+"""Chat text -> Command values. Pure: no IO, no database; unit-tested line by line.
+
+A bad command never yields silence: it raises UsageError carrying the usage line of that command (or, for an unknown
+command, a pointer to /help), which the bot sends back as is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class UsageError(Exception):
+    """The text is not a valid command; str(self) is what to tell the user."""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...] = ()
+
+
+# name -> (usage, min args, max args). The usage line is what a user sees after a mistake.
+SPECS: dict[str, tuple[str, int, int]] = {
+    "start": ("/start", 0, 0),
+    "help": ("/help", 0, 0),
+    "newkey": ("/newkey NAME - register a host and get its agent settings", 1, 1),
+    "hosts": ("/hosts - your hosts, online or not", 0, 0),
+    "status": ("/status [NAME] - a summary, or one host's card", 0, 1),
+    "rename": ("/rename OLD NEW - rename a host", 2, 2),
+    "revoke": ("/revoke NAME - delete a host's key and disconnect its agent", 1, 1),
+    "rotate": ("/rotate NAME - issue a new secret; the old one stops working at once", 1, 1),
+}
+
+# What the command menu (setMyCommands) shows.
+MENU: list[tuple[str, str]] = [
+    ("status", "Summary of your hosts, or one host's card"),
+    ("hosts", "Your hosts, online or offline"),
+    ("newkey", "Register a host: /newkey NAME"),
+    ("rename", "Rename a host: /rename OLD NEW"),
+    ("rotate", "New secret for a host: /rotate NAME"),
+    ("revoke", "Delete a host's key: /revoke NAME"),
+    ("help", "What mbot can do"),
+]
+
+
+def usage(name: str) -> str:
+    return f"Usage: {SPECS[name][0]}"
+
+
+def parse(text: str, bot_username: str | None = None) -> Command | None:
+    """A command, or None when the text is not a command at all (plain chat is ignored)."""
+    words = text.split()
+    if not words or not words[0].startswith("/") or len(words[0]) == 1:
+        return None
+    name, _, addressed_to = words[0][1:].partition("@")
+    if addressed_to and bot_username and addressed_to.lower() != bot_username.lower():
+        return None  # a command for another bot in a group
+    name = name.lower()
+    if name not in SPECS:
+        raise UsageError(f"Unknown command /{name[:32]}. /help lists what I understand.")
+    _, low, high = SPECS[name]
+    args = tuple(words[1:])
+    if not low <= len(args) <= high:
+        raise UsageError(usage(name))
+    return Command(name, args)

@@ -70,6 +70,8 @@ class AgentConnection:
         self._committed = 0
         self._ack_wanted = trio.Event()
         self._awaiting: dict[str, _Awaited] = {}
+        self._closing = False
+        self._closed = trio.Event()
 
     async def serve(self) -> None:
         if not await self._guarded(self._receive_hello):
@@ -96,8 +98,17 @@ class AgentConnection:
 
     async def close(self, code: int, reason: str) -> None:
         """Close from another task (shutdown, replacement); bounded even when the peer is gone."""
+        self._closing = True
         with trio.move_on_after(CLOSE_TIMEOUT):
             await self.ws.aclose(code, reason[:120])
+        self._closed.set()
+
+    async def finish_closing(self) -> None:
+        """After serve(): if another task is closing us, let its close handshake finish before the socket goes
+        (the reader task that completes the handshake dies with this connection's nursery)."""
+        if self._closing:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self._closed.wait()
 
     async def _close_for(self, exc: ProtocolError) -> None:
         with trio.move_on_after(CLOSE_TIMEOUT):
@@ -173,6 +184,7 @@ class AgentHub:
         self._db = db
         self._writer = writer
         self.connections: dict[int, AgentConnection] = {}
+        self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -185,6 +197,14 @@ class AgentHub:
 
     def is_connected(self, host_id: int) -> bool:
         return host_id in self.connections
+
+    async def wait_until(self, host_id: int, *, connected: bool) -> None:
+        while self.is_connected(host_id) != connected:
+            await self._changed.wait()
+
+    def _notify_change(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
     async def run_command(self, host_id: int, action: str, timeout: float = 30.0) -> Result | None:
         """Run a command on a connected agent. Raises LookupError when it is not connected: a command is never
@@ -240,14 +260,17 @@ class AgentHub:
         connection = AgentConnection(host, ws, peer, self._writer)
         previous = self.connections.get(host.id)
         self.connections[host.id] = connection
+        self._notify_change()
         if previous is not None:
             log.info("agent %s: a new connection from %s replaces the one from %s", host.name, peer, previous.peer)
             nursery.start_soon(previous.close, protocol.CLOSE_REPLACED, "replaced by a newer connection")
         try:
             await connection.serve()
+            await connection.finish_closing()
         finally:
             if self.connections.get(host.id) is connection:
                 del self.connections[host.id]
+                self._notify_change()
 
     async def _authenticate(self, request: WebSocketRequest, peer: str) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:

@@ -5,11 +5,14 @@
         writer                      single sqlite writer; outlives the services so it can flush them
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
+          telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
+                                    and the bot's own nursery for work that outlives an update
           signal watcher            SIGINT/SIGTERM -> stop()
       stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -20,6 +23,9 @@ from . import protocol, tls
 from .agents import AgentHub
 from .config import Settings
 from .store import Database
+from .telegram.api import BotApi, quiet_httpx_logging
+from .telegram.bot import Bot
+from .telegram.outbox import Outbox
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -35,26 +41,43 @@ class Server:
     writer: Writer
     db: Database
     _stop: trio.Event = field(default_factory=trio.Event)
+    _stopped: trio.Event = field(default_factory=trio.Event)
 
     def stop(self) -> None:
         self._stop.set()
 
+    async def aclose(self) -> None:
+        """Stop and wait until everything is committed and closed."""
+        self.stop()
+        await self._stopped.wait()
+
 
 async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bool = True,
+                outbox: Outbox | None = None,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the server until stop() or a signal; returns after everything pending is committed."""
+    """Run the server until stop() or a signal; returns after everything pending is committed.
+
+    `outbox` lets tests pass one with a faster rate limit than Telegram's (the default)."""
     ssl_context = tls.server_context(cert)
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(Writer, settings.db_path)
     hub = AgentHub(db, writer)
     if not settings.bot_enabled:
         log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")
-    async with trio.open_nursery() as root:
+    quiet_httpx_logging()
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as root:
         root.start_soon(writer.run)
         try:
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
+                if settings.bot_enabled:
+                    api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
+                    outbox = outbox or Outbox()
+                    services.start_soon(outbox.run)
+                    bot = Bot(settings, api, outbox, db, writer, hub, fingerprint=cert.fingerprint,
+                              agent_port=settings.port or port)
+                    await services.start(bot.run)
                 if handle_signals:
                     services.start_soon(_stop_on_signal, server)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
@@ -67,6 +90,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             # Whatever ended the services (stop, a crash, cancellation), what was queued still gets committed.
             writer.close()
     log.info("stopped; %d samples committed in this run", writer.committed_samples)
+    server._stopped.set()
 
 
 async def _stop_on_signal(server: Server) -> None:

@@ -22,7 +22,7 @@ async def server(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[app
     running: app.Server = await nursery.start(
         lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
     yield running
-    running.stop()
+    await running.aclose()
 
 
 

@@ -1,0 +1,299 @@
+"""Routes Telegram updates to service calls and views. Holds no business logic of its own.
+
+Every command and every button re-checks, on the server, that the sender owns the host (service.owned_host); a
+forged callback naming someone else's host gets exactly the answer a missing host gets. Replies go through the
+outbox (rate-limited); only answerCallbackQuery goes direct, because the client spins until it is answered.
+"""
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable
+
+import trio
+
+from .. import protocol, service, store
+from ..agents import AgentHub
+from ..config import Settings
+from ..service import NoSuchHost, ServiceError
+from ..store import Database
+from ..writer import Writer
+from . import commands, views
+from .api import BotApi, TelegramError, poll_updates
+from .commands import Command, UsageError
+from .outbox import Outbox
+from .views import Callback
+
+log = logging.getLogger(__name__)
+
+OFFSET_KEY = "telegram.offset"
+CONFIRM_SECONDS = 60.0
+COMMAND_TIMEOUT = 30.0
+WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
+WATCH_ONLINE = 1800.0  # ... and to come back
+
+
+@dataclass(frozen=True)
+class PowerRequest:
+    user_id: int
+    host_id: int
+    action: str
+    expires: float
+
+
+@dataclass(frozen=True)
+class Context:
+    """Who asked, and where to answer."""
+
+    user_id: int
+    chat_id: int
+    message_id: int | None = None  # the message a button sits on
+
+
+class SqliteOffset:
+    def __init__(self, db: Database, writer: Writer) -> None:
+        self._db, self._writer = db, writer
+
+    async def load(self) -> int:
+        value = await self._db.read(store.get_kv, OFFSET_KEY)
+        return int(value) if value else 0
+
+    async def save(self, offset: int) -> None:
+        await self._writer.call(store.set_kv, OFFSET_KEY, str(offset))
+
+
+class Bot:
+    def __init__(self, settings: Settings, api: BotApi, outbox: Outbox, db: Database, writer: Writer,
+                 hub: AgentHub, *, fingerprint: str, agent_port: int, clock: Callable[[], float] = time.time) -> None:
+        self._settings = settings
+        self._api = api
+        self._outbox = outbox
+        self._db = db
+        self._writer = writer
+        self._hub = hub
+        self._fingerprint = fingerprint
+        self._agent_port = agent_port
+        self._clock = clock
+        self._username: str | None = None
+        self._pending: dict[str, PowerRequest] = {}
+        self._refused: set[int] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Long-running: polls updates; work that outlives an update (waiting on an agent) runs in its nursery."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._introduce)
+            task_status.started()
+            await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
+
+    async def _introduce(self) -> None:
+        try:
+            me = await self._api.get_me()
+            self._username = me.get("username")
+            await self._api.set_my_commands(commands.MENU)
+            log.info("telegram bot @%s is up", self._username)
+        except TelegramError as exc:
+            log.warning("could not introduce the bot to Telegram (commands menu not set): %s", exc)
+
+    # --- routing ---------------------------------------------------------------------------------------------
+
+    async def handle(self, update: dict[str, Any]) -> None:
+        if "message" in update:
+            await self._on_message(update["message"])
+        elif "callback_query" in update:
+            await self._on_callback(update["callback_query"])
+
+    def _allowed(self, user_id: int) -> bool:
+        allowed = self._settings.allowed_users
+        if allowed is None or user_id in allowed:
+            return True
+        log.warning("refused Telegram user %d (not in ALLOWED_USERS)", user_id)
+        return False
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        text = message.get("text")
+        sender = message.get("from") or {}
+        if not text or "id" not in sender:
+            return
+        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"])
+        if not self._allowed(ctx.user_id):
+            if ctx.user_id not in self._refused:  # one polite refusal, not one per message
+                self._refused.add(ctx.user_id)
+                self._send(ctx, views.NOT_ALLOWED)
+            return
+        try:
+            command = commands.parse(text, self._username)
+        except UsageError as exc:
+            self._send(ctx, views.e(str(exc)))
+            return
+        if command is None:
+            return
+        try:
+            await self._command(ctx, command)
+        except ServiceError as exc:
+            self._send(ctx, views.e(str(exc)))
+
+    async def _command(self, ctx: Context, command: Command) -> None:
+        now = self._clock()
+        name, args = command.name, command.args
+        if name in ("start", "help"):
+            self._send(ctx, views.HELP)
+        elif name == "newkey":
+            key = await self._writer.call(service.new_key, args[0], ctx.user_id)
+            log.info("user %d registered host %s (key %s)", ctx.user_id, key.name, key.key_id)
+            self._send(ctx, *views.new_key(key, self._settings.public_host, self._agent_port, self._fingerprint))
+        elif name == "hosts":
+            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now))
+        elif name == "status" and not args:
+            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
+        elif name == "status":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._send(ctx, views.host_card(host, now), views.card_keyboard(host))
+        elif name == "rename":
+            host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
+            self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
+        elif name == "revoke":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._send(ctx, *views.revoke_question(host))
+        elif name == "rotate":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            key = await self._writer.call(service.rotate, ctx.user_id, host.id)
+            await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
+            log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
+            self._send(ctx, *views.new_key(key, self._settings.public_host, self._agent_port, self._fingerprint))
+
+    async def _on_callback(self, query: dict[str, Any]) -> None:
+        # Answer first: the client shows a spinner until we do, and gives up after ~15 s.
+        try:
+            await self._api.answer_callback_query(query["id"])
+        except TelegramError as exc:
+            log.info("answerCallbackQuery failed: %s", exc)
+        message = query.get("message") or {}
+        if "chat" not in message:
+            return
+        ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"])
+        if not self._allowed(ctx.user_id):
+            return
+        callback = views.decode_callback(query.get("data", ""))
+        if callback is None:
+            self._edit(ctx, "This button is no longer valid.")
+            return
+        try:
+            await self._button(ctx, callback)
+        except NoSuchHost as exc:
+            self._edit(ctx, views.e(str(exc)))
+
+    async def _button(self, ctx: Context, callback: Callback) -> None:
+        action, args = callback.action, callback.args
+        now = self._clock()
+        if action == "delete":
+            assert ctx.message_id is not None
+            self._outbox.submit(ctx.chat_id, partial(self._api.delete_message, ctx.chat_id, ctx.message_id))
+        elif action in ("card", "refresh"):
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            text, keyboard = views.host_card(host, now), views.card_keyboard(host)
+            if action == "card":
+                self._send(ctx, text, keyboard)
+            else:
+                self._edit(ctx, text, keyboard)
+        elif action == "power":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            if not self._hub.is_connected(host.id):
+                self._send(ctx, f"<b>{views.e(host.name)}</b> is offline.")
+                return
+            nonce = secrets.token_urlsafe(9)
+            self._forget_expired(now)
+            self._pending[nonce] = PowerRequest(ctx.user_id, host.id, args[1], now + CONFIRM_SECONDS)
+            self._send(ctx, *views.power_question(host, args[1], nonce))
+        elif action == "cancel":
+            self._pending.pop(args[0], None)
+            self._edit(ctx, "Cancelled.")
+        elif action == "confirm":
+            await self._confirm(ctx, args[0], now)
+        elif action == "revoke":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            if args[1] == "no":
+                self._edit(ctx, "Cancelled.")
+                return
+            await self._writer.call(partial(service.revoke, wipe=args[1] == "wipe"), ctx.user_id, host.id)
+            await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key revoked")
+            log.info("user %d revoked host %s (%s)", ctx.user_id, host.name,
+                     "history deleted" if args[1] == "wipe" else "history kept")
+            kept = "Its history is deleted." if args[1] == "wipe" else "Its history is kept; /rotate gives it a new key."
+            self._edit(ctx, f"<b>{views.e(host.name)}</b> is revoked: its agent was disconnected. {kept}")
+
+    def _forget_expired(self, now: float) -> None:
+        for nonce in [n for n, r in self._pending.items() if r.expires < now]:
+            del self._pending[nonce]
+
+    async def _confirm(self, ctx: Context, nonce: str, now: float) -> None:
+        request = self._pending.pop(nonce, None)  # one time: a second press finds nothing
+        if request is None or request.user_id != ctx.user_id or request.expires < now:
+            self._edit(ctx, "This confirmation has expired; nothing was done.")
+            return
+        host = await self._db.read(service.owned_host, ctx.user_id, request.host_id)
+        audit_id = await self._writer.call(partial(store.add_audit, ts=now, user_id=ctx.user_id, host_id=host.id,
+                                                   host_name=host.name, action=request.action,
+                                                   outcome="requested"))
+        if not self._hub.is_connected(host.id):
+            await self._finish_power(ctx, host, request.action, audit_id, "offline",
+                                     f"<b>{views.e(host.name)}</b> is offline; nothing was sent.")
+            return
+        self._edit(ctx, f"Asking <b>{views.e(host.name)}</b> to {request.action}...")
+        assert self._nursery is not None
+        # Waiting for the agent's answer may take seconds: not while other updates wait behind it.
+        self._nursery.start_soon(self._run_power, ctx, host, request.action, audit_id)
+
+    async def _run_power(self, ctx: Context, host: store.Host, action: str, audit_id: int) -> None:
+        name = views.e(host.name)
+        try:
+            result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
+        except LookupError:
+            await self._finish_power(ctx, host, action, audit_id, "offline", f"<b>{name}</b> is offline.")
+            return
+        if result is None:
+            await self._finish_power(ctx, host, action, audit_id, "no answer",
+                                     f"<b>{name}</b> did not answer within {COMMAND_TIMEOUT:.0f} s.")
+        elif not result.ok and result.message == "disabled":
+            await self._finish_power(ctx, host, action, audit_id, "disabled",
+                                     f"<b>{name}</b> did not {action}. {views.POWER_DISABLED_HINT}")
+        elif not result.ok:
+            await self._finish_power(ctx, host, action, audit_id, f"failed: {result.message}",
+                                     f"<b>{name}</b> could not {action}: {views.e(result.message)}")
+        else:
+            await self._finish_power(ctx, host, action, audit_id, "ok",
+                                     f"<b>{name}</b>: {action} started.")
+            await self._watch_restart(ctx, host)
+
+    async def _finish_power(self, ctx: Context, host: store.Host, action: str, audit_id: int, outcome: str,
+                            text: str) -> None:
+        await self._writer.call(store.set_audit_outcome, audit_id, outcome)
+        log.info("user %d asked host %s to %s: %s", ctx.user_id, host.name, action, outcome)
+        self._edit(ctx, text)
+
+    async def _watch_restart(self, ctx: Context, host: store.Host) -> None:
+        """After a reboot or shutdown: say when the host drops off, and when (if) it comes back."""
+        name = views.e(host.name)
+        with trio.move_on_after(WATCH_OFFLINE):
+            await self._hub.wait_until(host.id, connected=False)
+            went = self._clock()
+            self._send(ctx, f"<b>{name}</b> is offline.")
+            with trio.move_on_after(WATCH_ONLINE):
+                await self._hub.wait_until(host.id, connected=True)
+                self._send(ctx, f"<b>{name}</b> is back online after {views.human_duration(self._clock() - went)}.")
+
+    # --- sending ---------------------------------------------------------------------------------------------
+
+    def _send(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
+        self._outbox.submit(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, text, reply_markup=keyboard))
+
+    def _edit(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
+        if ctx.message_id is None:
+            self._send(ctx, text, keyboard)
+            return
+        self._outbox.submit(ctx.chat_id, partial(self._api.edit_message_text, ctx.chat_id, ctx.message_id, text,
+                                                 reply_markup=keyboard))

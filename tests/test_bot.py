@@ -1,0 +1,247 @@
+"""The bot end to end: the fake Bot API server over HTTP, the real mbot server, agents over real TLS."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+import pytest
+import trio
+
+from fakebot import FakeBot
+from helpers import ack_reaching, certificate, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade
+from mbot import app, protocol
+from mbot.config import Settings
+from mbot.telegram.outbox import Outbox, RateLimiter
+
+ALICE, BOB, MALLORY = 1001, 1002, 6666
+
+
+@pytest.fixture
+async def fake(nursery: trio.Nursery) -> FakeBot:
+    bot = FakeBot()
+    await nursery.start(bot.serve)
+    return bot
+
+
+async def start_server(nursery: trio.Nursery, settings: Settings, fake: FakeBot, **overrides) -> app.Server:
+    settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url, **overrides)
+    # Telegram's real limit (1 message/s per chat) would make each test wait seconds for nothing.
+    outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
+    return await nursery.start(
+        lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, outbox=outbox,
+                                      task_status=task_status))
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, settings: Settings, fake: FakeBot):
+    running = await start_server(nursery, settings, fake)
+    yield running
+    await running.aclose()
+
+
+async def say(fake: FakeBot, user: int, text: str, method: str = "sendMessage") -> dict:
+    """Send `text` as `user`; return the params of the bot's next `method` call to that chat."""
+    since = len(fake.sent)
+    fake.push_message(user, text)
+    call = await fake.wait_for(lambda c: c.method == method and c.params.get("chat_id") == user, since=since)
+    return call.params
+
+
+async def press(fake: FakeBot, user: int, data: str, message_id: int, method: str = "editMessageText") -> dict:
+    since = len(fake.sent)
+    fake.push_callback(user, data, message_id)
+    call = await fake.wait_for(lambda c: c.method == method and c.params.get("chat_id") == user, since=since)
+    return call.params
+
+
+def buttons(params: dict) -> dict[str, str]:
+    return {b["text"]: b["callback_data"] for row in params["reply_markup"]["inline_keyboard"] for b in row}
+
+
+def last_message_id(fake: FakeBot, user: int) -> int:
+    return max(mid for (chat, mid) in fake.messages if chat == user)
+
+
+class Agent:
+    """A bare protocol client standing in for an agent where the test needs to see or answer each frame."""
+
+    def __init__(self, ws, stream):
+        self.ws, self.stream = ws, stream
+
+    @classmethod
+    async def connect(cls, nursery, port: int, secret: str) -> "Agent":
+        stream = await open_tls(port)
+        ws = await upgrade(nursery, stream, secret)
+        await ws.send_message(hello_frame(capabilities=["power"]))
+        await receive_json(ws)
+        return cls(ws, stream)
+
+    async def close(self):
+        await trio.aclose_forcefully(self.stream)
+
+
+async def test_start_and_menu(fake: FakeBot, server):
+    await fake.wait_for("setMyCommands")
+    assert {"command": "status", "description": "Summary of your hosts, or one host's card"} in fake.commands
+    reply = await say(fake, ALICE, "/start")
+    assert "/newkey NAME" in reply["text"] and reply["parse_mode"] == "HTML"
+
+
+async def test_usage_lines_never_silence(fake: FakeBot, server):
+    assert (await say(fake, ALICE, "/newkey"))["text"].startswith("Usage: /newkey NAME")
+    assert (await say(fake, ALICE, "/rename x"))["text"].startswith("Usage: /rename OLD NEW")
+    assert "Unknown command /reboot_everything" in (await say(fake, ALICE, "/reboot_everything"))["text"]
+    assert "not a valid name" in (await say(fake, ALICE, "/newkey bad/name"))["text"]
+    assert "No such host" in (await say(fake, ALICE, "/status ghost"))["text"]
+
+
+async def test_newkey_then_agent_then_status_card(fake: FakeBot, server, settings: Settings, nursery):
+    reply = await say(fake, ALICE, "/newkey box1")
+    secret = re.search(r"AGENT_SECRET=(\S+)", reply["text"]).group(1)
+    assert f"AGENT_FINGERPRINT={server.fingerprint}" in reply["text"]
+    assert "AGENT_SERVER_IP=127.0.0.1" in reply["text"]
+    assert secret not in json.dumps(reply["reply_markup"])
+    # The delete button removes the message that holds the secret.
+    message_id = last_message_id(fake, ALICE)
+    await press(fake, ALICE, buttons(reply)["🗑 Delete this message"], message_id, method="deleteMessage")
+    assert (ALICE, message_id) not in fake.messages
+
+    agent = await Agent.connect(nursery, server.port, secret)
+    await agent.ws.send_message(sample_frame(1, cpu=42.0))
+    await ack_reaching(agent.ws, 1)
+    card = await say(fake, ALICE, "/status box1")
+    assert "🟢 online" in card["text"] and "CPU 42 %" in card["text"]
+    assert set(buttons(card)) == {"🔄 Refresh", "Reboot", "Shutdown"}
+    listed = await say(fake, ALICE, "/hosts")
+    assert "box1" in listed["text"] and "online" in listed["text"]
+    summary = await say(fake, ALICE, "/status")
+    assert "CPU 42 %" in summary["text"]
+
+    # Refresh edits the card in place with the newest figures.
+    await agent.ws.send_message(sample_frame(2, cpu=7.0))
+    await ack_reaching(agent.ws, 2)
+    card_id = last_message_id(fake, ALICE)
+    edited = await press(fake, ALICE, buttons(card)["🔄 Refresh"], card_id)
+    assert edited["message_id"] == card_id and "CPU 7 %" in edited["text"]
+    await agent.close()
+
+
+async def test_reboot_confirm_runs_once_and_cancel_runs_nothing(fake: FakeBot, server, settings, nursery):
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    agent = await Agent.connect(nursery, server.port, secret)
+    commands: list[dict] = []
+
+    async def answer_commands():
+        while True:
+            frame = json.loads(await agent.ws.get_message())
+            if frame["type"] == "command":
+                commands.append(frame)
+                await agent.ws.send_message(json.dumps({"type": "result", "id": frame["id"], "ok": True,
+                                                        "message": "started"}))
+
+    async with trio.open_nursery() as answering:
+        answering.start_soon(answer_commands)
+        await reboot_flow(fake, commands)
+        answering.cancel_scope.cancel()
+    audit = read_db(settings, "SELECT user_id, host_name, action, outcome FROM audit")
+    assert audit == [(ALICE, "box1", "reboot", "ok")]
+    await agent.close()
+
+
+async def reboot_flow(fake: FakeBot, commands: list[dict]) -> None:
+    card = await say(fake, ALICE, "/status box1")
+    card_id = last_message_id(fake, ALICE)
+
+    # Reboot -> question -> Cancel: nothing runs.
+    question = await press(fake, ALICE, buttons(card)["Reboot"], card_id, method="sendMessage")
+    assert question["text"].startswith("Reboot <b>box1</b>?")
+    q_id = last_message_id(fake, ALICE)
+    assert (await press(fake, ALICE, buttons(question)["Cancel"], q_id))["text"] == "Cancelled."
+    # Yes after Cancel: the nonce is gone.
+    assert "expired" in (await press(fake, ALICE, buttons(question)["Yes"], q_id))["text"]
+
+    # Reboot -> Yes: runs exactly once; a second Yes on the same question does nothing more.
+    question = await press(fake, ALICE, buttons(card)["Reboot"], card_id, method="sendMessage")
+    q_id = last_message_id(fake, ALICE)
+    await press(fake, ALICE, buttons(question)["Yes"], q_id)
+    done = await fake.wait_for(lambda c: c.method == "editMessageText" and "reboot started" in c.params["text"])
+    assert done.params["message_id"] == q_id
+    assert "expired" in (await press(fake, ALICE, buttons(question)["Yes"], q_id))["text"]
+    assert [c["action"] for c in commands] == ["reboot"]
+
+
+async def test_other_users_cannot_see_or_touch_a_host(fake: FakeBot, server, nursery):
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    agent = await Agent.connect(nursery, server.port, secret)
+    card = await say(fake, ALICE, "/status box1")
+    host_id = int(buttons(card)["🔄 Refresh"].split(":")[1])
+
+    assert "No such host" in (await say(fake, BOB, "/status box1"))["text"]
+    assert "no hosts" in (await say(fake, BOB, "/hosts"))["text"]
+    # Forged callbacks naming Alice's host get the answer a missing host gets.
+    bobs_message = last_message_id(fake, BOB)
+    missing = await press(fake, BOB, f"refresh:{host_id + 100}", bobs_message)
+    for data in (f"refresh:{host_id}", f"power:{host_id}:reboot", f"revoke:{host_id}:wipe", f"card:{host_id}"):
+        fake.messages[(BOB, bobs_message)]["text"] = "reset"  # so the same edit twice is not "not modified"
+        forged = await press(fake, BOB, data, bobs_message)
+        assert forged["text"] == missing["text"] == "No such host. /hosts lists yours."
+    # Bob may use the same name for a host of his own.
+    assert "registered" in (await say(fake, BOB, "/newkey box1"))["text"]
+    # Alice's agent was never asked to do anything, and still streams.
+    await agent.ws.send_message(sample_frame(1))
+    await ack_reaching(agent.ws, 1)
+    await agent.close()
+
+
+async def test_allowed_users_refuses_others_politely_once(fake: FakeBot, nursery, settings: Settings):
+    running = await start_server(nursery, settings, fake, allowed_users=frozenset({ALICE}))
+    assert (await say(fake, MALLORY, "/newkey evil"))["text"] == "Sorry, this mbot is private."
+    since = len(fake.sent)
+    fake.push_message(MALLORY, "/hosts")
+    assert "registered" in (await say(fake, ALICE, "/newkey box1"))["text"]
+    assert not [c for c in fake.sent[since:] if c.params.get("chat_id") == MALLORY]
+    await running.aclose()
+
+
+async def test_rotate_and_revoke_lock_the_old_secret_out(fake: FakeBot, server, nursery):
+    from helpers import rejection_status
+
+    old = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    agent = await Agent.connect(nursery, server.port, old)
+    rotated = await say(fake, ALICE, "/rotate box1")
+    new = re.search(r"AGENT_SECRET=(\S+)", rotated["text"]).group(1)
+    with pytest.raises(Exception) as closed:
+        with trio.fail_after(10):
+            await agent.ws.get_message()
+    assert closed.value.reason.code == protocol.CLOSE_REVOKED
+    await agent.close()
+    assert await rejection_status(server.port, old) == 401
+    assert await rejection_status(server.port, new) is None
+
+    question = await say(fake, ALICE, "/revoke box1")
+    q_id = last_message_id(fake, ALICE)
+    answer = await press(fake, ALICE, buttons(question)["Revoke, keep history"], q_id)
+    assert "revoked" in answer["text"]
+    assert await rejection_status(server.port, new) == 401
+    # The host and its history stay; /rotate brings it back.
+    assert "box1" in (await say(fake, ALICE, "/hosts"))["text"]
+
+
+async def test_429_is_honoured_and_restart_does_not_replay(fake: FakeBot, nursery, settings: Settings):
+    running = await start_server(nursery, settings, fake)
+    await fake.wait_for("setMyCommands")
+    fake.fail_next("sendMessage", 429, retry_after=1)
+    started = trio.current_time()
+    reply = await say(fake, ALICE, "/help")
+    assert trio.current_time() - started >= 1.0
+    assert "/newkey" in reply["text"]
+    assert fake.attempts["sendMessage"] == 2
+    await running.aclose()
+
+    # A second server on the same data: the saved offset means /help is not answered again.
+    sent_before = len(fake.calls("sendMessage"))
+    again = await start_server(nursery, settings, fake)
+    await say(fake, ALICE, "/hosts")
+    assert len(fake.calls("sendMessage")) == sent_before + 1
+    await again.aclose()

@@ -18,6 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import protocol, store
+from .limits import AuthThrottle, FrameBucket
 from .protocol import Hello, ProtocolError, Result, Samples
 from .store import Database
 from .writer import Writer
@@ -35,12 +36,13 @@ def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def _peer(stream: trio.SSLStream[Any]) -> str:
+def _peer(stream: trio.SSLStream[Any]) -> tuple[str, str]:
+    """(address, address:port) of the peer."""
     try:
         addr = stream.transport_stream.socket.getpeername()  # type: ignore[attr-defined]
-        return f"{addr[0]}:{addr[1]}"
+        return addr[0], f"{addr[0]}:{addr[1]}"
     except (OSError, AttributeError):
-        return "?"
+        return "?", "?"
 
 
 def _bearer(request: WebSocketRequest) -> str | None:
@@ -69,6 +71,7 @@ class AgentConnection:
         self._writer = writer
         self._committed = 0
         self._ack_wanted = trio.Event()
+        self._bucket = FrameBucket(now=trio.current_time())
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -134,7 +137,10 @@ class AgentConnection:
     async def _receive_samples(self) -> None:
         assert self.hello is not None
         while True:
-            frame = protocol.parse_agent_frame(await self.ws.get_message())
+            message = await self.ws.get_message()
+            if not self._bucket.take(trio.current_time()):
+                raise ProtocolError("too many frames: over the per-connection rate limit", protocol.CLOSE_POLICY)
+            frame = protocol.parse_agent_frame(message)
             if isinstance(frame, Samples):
                 await self._writer.samples(self.host.id, self.hello.epoch, frame, self._on_commit)
             elif isinstance(frame, Hello):
@@ -180,9 +186,11 @@ class AgentConnection:
 class AgentHub:
     """Accepts agents and keeps the one live connection of each host."""
 
-    def __init__(self, db: Database, writer: Writer) -> None:
+    def __init__(self, db: Database, writer: Writer, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self._db = db
         self._writer = writer
+        self._handshake_timeout = handshake_timeout
+        self._throttle = AuthThrottle()
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
 
@@ -225,15 +233,16 @@ class AgentHub:
                 nursery.start_soon(connection.close, code, reason)
 
     async def _handle(self, stream: trio.SSLStream[Any]) -> None:
-        peer = _peer(stream)
+        address, peer = _peer(stream)
         try:
-            with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
+            # One deadline for TLS, the upgrade and authentication: a slow client cannot pin a socket.
+            with trio.move_on_after(self._handshake_timeout) as deadline:
                 await stream.do_handshake()
             if deadline.cancelled_caught:
-                log.info("TLS handshake from %s did not finish within %g s; dropped", peer, HANDSHAKE_TIMEOUT)
+                log.info("TLS handshake from %s did not finish within %g s; dropped", peer, self._handshake_timeout)
                 return
             async with trio.open_nursery() as nursery:
-                await self._session(nursery, stream, peer)
+                await self._session(nursery, stream, address, peer, deadline.deadline)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as group:
             first = group.exceptions[0]
@@ -247,12 +256,14 @@ class AgentHub:
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(stream)
 
-    async def _session(self, nursery: trio.Nursery, stream: trio.SSLStream[Any], peer: str) -> None:
-        with trio.move_on_after(HANDSHAKE_TIMEOUT) as deadline:
+    async def _session(self, nursery: trio.Nursery, stream: trio.SSLStream[Any], address: str, peer: str,
+                       deadline: float) -> None:
+        with trio.move_on_at(deadline) as scope:
             request = await wrap_server_stream(nursery, stream, max_message_size=protocol.MAX_FRAME_BYTES)
-            host = await self._authenticate(request, peer)
-        if deadline.cancelled_caught:
-            log.info("WebSocket handshake from %s did not finish within %g s; dropped", peer, HANDSHAKE_TIMEOUT)
+            host = await self._authenticate(request, address, peer)
+        if scope.cancelled_caught:
+            log.info("WebSocket handshake from %s did not finish within %g s; dropped", peer,
+                     self._handshake_timeout)
             return
         if host is None:
             return
@@ -272,7 +283,7 @@ class AgentHub:
                 del self.connections[host.id]
                 self._notify_change()
 
-    async def _authenticate(self, request: WebSocketRequest, peer: str) -> store.Host | None:
+    async def _authenticate(self, request: WebSocketRequest, address: str, peer: str) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:
             log.info("rejected connection from %s: unknown path %r", peer, request.path[:80])
             await request.reject(404, body=b"not found\n")
@@ -280,10 +291,15 @@ class AgentHub:
         secret = _bearer(request)
         host = await self._db.read(store.host_by_secret_hash, secret_hash(secret)) if secret else None
         if host is None:
-            log.warning("rejected agent connection from %s: %s", peer,
-                        "unknown secret" if secret else "no Authorization: Bearer header")
+            delay = self._throttle.delay(address, trio.current_time())
+            self._throttle.failed(address, trio.current_time())
+            log.warning("rejected agent connection from %s: %s%s", peer,
+                        "unknown secret" if secret else "no Authorization: Bearer header",
+                        f" (answering after {delay:g} s: repeated failures)" if delay else "")
+            await trio.sleep(delay)
             await request.reject(401, body=b"secret rejected\n")
             return None
+        self._throttle.succeeded(address)
         return host
 
 

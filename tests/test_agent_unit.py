@@ -182,9 +182,15 @@ class StubCollector:
         pass
 
 
+async def _inline(fn, *args):
+    return fn(*args)
+
+
 def _agent(tmp_path, **env):
     cfg = agent.config_from_env({**BASE_ENV, "AGENT_FINGERPRINT_FILE": str(tmp_path / "fp.json"), **env}, {})
-    return agent.Agent(cfg, StubCollector())
+    a = agent.Agent(cfg, StubCollector())
+    a._to_thread = _inline  # deterministic under the autojump clock: no real threads
+    return a
 
 
 def test_pin_trust_on_first_use_then_enforced(tmp_path):
@@ -338,6 +344,15 @@ def test_no_gpu_one_info_line(fake_nvml, caplog):
     gpu_lines = [r for r in caplog.records if "GPU" in r.getMessage() or "NVML" in r.getMessage()]
     assert len(gpu_lines) == 1 and gpu_lines[0].levelno == logging.INFO
     assert fake_nvml.init_calls == 1 and fake_nvml.shutdown_calls == 0
+
+
+def test_gpu_listing_fails(fake_nvml, caplog):
+    caplog.set_level(logging.INFO, logger="mbot.agent")
+    fake_nvml.FAILING = {(1, "nvmlDeviceGetName")}
+    collector = agent.Collector()
+    assert collector.gpu_names == [] and "gpus" not in collector.collect()
+    assert fake_nvml.shutdown_calls == 1
+    assert len([r for r in caplog.records if "GPU" in r.getMessage()]) == 1
 
 
 def test_gpu_driver_without_gpus(fake_nvml, caplog):
@@ -525,7 +540,8 @@ async def test_connection_without_hello_ack_gives_up(tmp_path, autojump_clock):
         conn = agent._Connection(ws, nursery.cancel_scope)
         await a._serve(conn)
     assert [f["type"] for f in ws.sent] == ["hello"]
-    assert ws.closed is None and a._after_close(conn) is None
+    up_for, what, level = a._after_close(conn)
+    assert up_for is None and ws.closed is None and "no answer to the hello" in what and level == logging.WARNING
 
 
 async def test_poison_sample_dropped_after_strikes(tmp_path):

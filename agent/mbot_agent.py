@@ -15,7 +15,10 @@ run, mode 0600; the environment wins over the file):
     AGENT_FINGERPRINT  SHA-256 of the server certificate (from /newkey); else trusted on first use and kept in
                        AGENT_FINGERPRINT_FILE (~/.bot_fingerprint.json)
     AGENT_VERIFY_SSL   1; 0 turns certificate pinning off (not recommended)
-    AGENT_ALLOW_POWER  0; 1 lets the server ask this host to reboot or shut down
+    AGENT_ALLOW_POWER  0; 1 lets the server ask this host to reboot or shut down (the agent must then run as a
+                       user allowed to: root, or one with a polkit/sudo rule for `systemctl reboot`)
+    AGENT_POWER_COMMAND  replaces the OS command for reboot/shutdown; `{action}` is replaced by the action
+                       (for tests and unusual systems, e.g. "sudo /sbin/shutdown -r now")
 
 The wire protocol is docs/protocol.md in the mbot repository. Exit status: 0 on Ctrl-C or SIGTERM, 1 when the server
 refuses this agent (secret rejected, key revoked, certificate changed), 2 for a bad configuration.
@@ -31,6 +34,7 @@ import os
 import random
 import socket
 import ssl
+import subprocess
 import sys
 import time
 from collections import deque
@@ -92,6 +96,7 @@ class AgentConfig:
     fingerprint: Optional[str] = None  # normalised: 64 lowercase hex digits
     allow_power: bool = False
     fingerprint_file: str = DEFAULT_FINGERPRINT_FILE
+    power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
     # Tuning, not read from the environment (tests shorten them with dataclasses.replace):
     connect_timeout: float = 15.0  # TCP + TLS + HTTP upgrade
     ack_timeout: float = 30.0  # hello -> first ack
@@ -193,9 +198,11 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
             raise ConfigError("AGENT_FINGERPRINT", str(exc)) from None
 
     fingerprint_file = get("AGENT_FINGERPRINT_FILE") or DEFAULT_FINGERPRINT_FILE
+    power_command = get("AGENT_POWER_COMMAND") or None
 
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
-                       fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file)
+                       fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
+                       power_command=power_command)
 
 
 def config_to_env(config: AgentConfig) -> Dict[str, str]:
@@ -212,7 +219,31 @@ def config_to_env(config: AgentConfig) -> Dict[str, str]:
         values["AGENT_FINGERPRINT"] = config.fingerprint
     if config.fingerprint_file != DEFAULT_FINGERPRINT_FILE:
         values["AGENT_FINGERPRINT_FILE"] = config.fingerprint_file
+    if config.power_command:
+        values["AGENT_POWER_COMMAND"] = config.power_command
     return values
+
+
+POWER_ACTIONS = ("reboot", "shutdown")
+
+
+def power_argv(action: str, platform: str, override: Optional[str] = None) -> List[str]:
+    """The OS command for a power action, by platform; AGENT_POWER_COMMAND replaces it (tests use that so that
+    nothing real is rebooted)."""
+    import shlex
+
+    if override:
+        return shlex.split(override.replace("{action}", action))
+    if platform.startswith("win"):
+        return ["shutdown.exe", "/r" if action == "reboot" else "/s", "/t", "0"]
+    if platform == "darwin":
+        return ["shutdown", "-r" if action == "reboot" else "-h", "now"]
+    # Linux: systemd where present, else the classic shutdown(8).
+    import shutil
+
+    if shutil.which("systemctl"):
+        return ["systemctl", "reboot" if action == "reboot" else "poweroff"]
+    return ["shutdown", "-r" if action == "reboot" else "-h", "now"]
 
 
 def read_env_file(path: "os.PathLike[str] | str") -> Dict[str, str]:
@@ -825,6 +856,7 @@ class Agent:
         self._handlers: Dict[str, Callable[[_Connection, Dict[str, Any]], Any]] = {
             "ack": self._on_ack,
             "error": self._on_error,
+            "command": self._on_command,
         }
 
     async def run(self) -> int:
@@ -1131,6 +1163,44 @@ class Agent:
     async def _on_error(self, conn: _Connection, frame: Dict[str, Any]) -> None:
         conn.last_error = f"{frame.get('code', '?')}: {frame.get('message', '')}"[:300]
         log.warning("server error %s", conn.last_error)
+
+    async def _on_command(self, conn: _Connection, frame: Dict[str, Any]) -> None:
+        command_id, action, expires = frame.get("id"), frame.get("action"), frame.get("expires")
+        if not isinstance(command_id, str) or len(command_id) > 64:
+            log.warning("ignoring a command without a valid id")
+            return
+        ok, message = await self._run_power(action, expires)
+        log.warning("the server asked for %.20r: %s", action, message)
+        await conn.ws.send_message(json.dumps({"type": "result", "id": command_id, "ok": ok, "message": message}))
+
+    async def _run_power(self, action: Any, expires: Any) -> Tuple[bool, str]:
+        if action not in POWER_ACTIONS:
+            return False, "unknown action"
+        if not isinstance(expires, (int, float)) or time.time() > expires:
+            return False, "expired"  # never fire late, e.g. after a reconnect
+        if not self.config.allow_power:
+            return False, "disabled"
+        argv = power_argv(action, sys.platform, self.config.power_command)
+        try:
+            process = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                                       stderr=subprocess.PIPE)
+        except OSError as exc:
+            return False, f"cannot run {argv[0]}: {exc.strerror or exc}"
+        # Answer as soon as the OS accepted the request: a reboot may not leave time to answer afterwards. A
+        # command still running after a few seconds is left to finish (it is the shutdown itself).
+        with trio.move_on_after(5):
+            await process.wait()
+        if process.returncode is None:
+            return True, f"{action} started"
+        error = b""
+        if process.stderr is not None:
+            with trio.move_on_after(1):
+                error = await process.stderr.receive_some(2000)
+            await process.stderr.aclose()
+        if process.returncode != 0:
+            detail = error.decode(errors="replace").strip().splitlines()
+            return False, f"{argv[0]} exited with {process.returncode}" + (f": {detail[-1]}" if detail else "")
+        return True, f"{action} started"
 
 
 async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) -> int:

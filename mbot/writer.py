@@ -81,6 +81,7 @@ class Writer:
         self._layouts: dict[tuple[str, ...], int] = {}
         self.committed_samples = 0
         self.batches = 0
+        self._progress = trio.Event()
 
     # --- submitting ------------------------------------------------------------------------------------------
 
@@ -100,6 +101,10 @@ class Writer:
         item = CallWrite(fn=fn, args=args)
         await self._send.send(item)
         return await item.wait()
+
+    async def next_commit(self) -> None:
+        """Wait for the next batch to commit (whoever needs to react to new data waits here, never polls)."""
+        await self._progress.wait()
 
     def close(self) -> None:
         """No more submissions: the writer commits what is queued, then run() returns."""
@@ -152,6 +157,8 @@ class Writer:
                 if isinstance(item, SamplesWrite) and item.on_commit is not None and result is not None:
                     item.on_commit(result)
             item.done.set()
+        self._progress.set()
+        self._progress = trio.Event()
 
     # --- in the worker thread --------------------------------------------------------------------------------
 

@@ -16,6 +16,31 @@ from mbot import app, service, store, tls
 from mbot.config import Settings, load_settings, prepare_data_dir
 
 ROOT = Path(__file__).resolve().parent.parent
+AGENT_PATH = ROOT / "agent" / "mbot_agent.py"
+
+
+def load_agent():
+    """The agent is one file, not a package: load it by path (registered in sys.modules, as dataclasses need)."""
+    import importlib.util
+    import sys
+
+    name = "mbot_agent"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, AGENT_PATH)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+async def wait_for_samples(server, settings: Settings, name: str, count: int) -> None:
+    """Until host `name` has `count` samples committed: woken by each commit, never by polling."""
+    with trio.fail_after(30):
+        while True:
+            rows = read_db(settings, "SELECT samples_count FROM hosts WHERE name = ?", name)
+            if rows and rows[0][0] >= count:
+                return
+            await server.writer.next_commit()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -245,3 +245,43 @@ async def test_429_is_honoured_and_restart_does_not_replay(fake: FakeBot, nurser
     await say(fake, ALICE, "/hosts")
     assert len(fake.calls("sendMessage")) == sent_before + 1
     await again.aclose()
+
+
+@pytest.mark.parametrize("allowed", [True, False])
+async def test_real_agent_reboot_end_to_end(fake: FakeBot, server, nursery, tmp_path, allowed):
+    """/newkey -> the real agent connects with the secret from the reply -> /status -> Reboot -> Yes."""
+    from helpers import load_agent
+
+    agent = load_agent()
+    reply = await say(fake, ALICE, "/newkey box1")
+    secret = re.search(r"AGENT_SECRET=(\S+)", reply["text"]).group(1)
+    fingerprint = re.search(r"AGENT_FINGERPRINT=(\S+)", reply["text"]).group(1)
+    ran = tmp_path / "power.log"
+    config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.2,
+                               fingerprint=fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
+                               allow_power=allowed, power_command=f"sh -c 'echo {{action}} >> {ran}'")
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        with trio.fail_after(10):
+            await server.hub.wait_until(1, connected=True)
+        card = await say(fake, ALICE, "/status box1")
+        question = await press(fake, ALICE, buttons(card)["Reboot"], last_message_id(fake, ALICE), "sendMessage")
+        q_id = last_message_id(fake, ALICE)
+        await press(fake, ALICE, buttons(question)["Yes"], q_id)
+        outcome = await fake.wait_for(lambda c: c.method == "editMessageText" and c.params["message_id"] == q_id
+                                      and "Asking" not in c.params["text"])
+        agents.cancel_scope.cancel()
+    if not allowed:
+        assert "AGENT_ALLOW_POWER=1" in outcome.params["text"]
+        assert not ran.exists()
+        return
+    assert "reboot started" in outcome.params["text"]
+    assert ran.read_text() == "reboot\n"
+    # The "reboot": the agent went away above; the chat says so, and says when it is back.
+    await fake.wait_for(lambda c: c.method == "sendMessage" and c.params["text"] == "<b>box1</b> is offline.")
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        back = await fake.wait_for(lambda c: c.method == "sendMessage" and "back online after" in c.params["text"])
+        agents.cancel_scope.cancel()
+    assert back.params["text"].startswith("<b>box1</b> is back online after")
+    assert ran.read_text() == "reboot\n"  # ran once

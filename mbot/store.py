@@ -76,11 +76,11 @@ class SchemaTooNew(Exception):
     """The database was written by a newer mbot."""
 
 
-def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+def connect(path: Path | str, *, readonly: bool = False, busy_timeout: float = 10.0) -> sqlite3.Connection:
     """A connection with mbot's pragmas; the schema is migrated unless `readonly`."""
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     if not readonly:
         conn.execute("PRAGMA journal_mode = WAL")
         migrate(conn)

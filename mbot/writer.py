@@ -75,8 +75,10 @@ class _HostMark:
 
 
 class Writer:
-    def __init__(self, db_path: Path) -> None:
-        self._conn = store.connect(db_path)
+    def __init__(self, db_path: Path, *, busy_timeout: float = 10.0) -> None:
+        # busy_timeout: how long one try waits on a lock held by another process (the CLI) before it counts as a
+        # failed try and is retried with backoff.
+        self._conn = store.connect(db_path, busy_timeout=busy_timeout)
         self._send, self._receive = trio.open_memory_channel[_Pending](QUEUE_ITEMS)
         self._layouts: dict[tuple[str, ...], int] = {}
         self.committed_samples = 0

@@ -1,0 +1,104 @@
+"""What the agent costs a monitored host: RSS and CPU time per sample, beside the floor of its imports.
+
+    .venv/bin/python bench/agent_cost.py                  # 2 minutes at the default 5 s interval
+    .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
+
+Runs the real server and the real agent (agent/mbot_agent.py) as separate processes over real TLS. CPU is measured
+from the agent's own counters between the first committed sample and the end (so start-up is not counted), and
+divided by the samples the server committed in that window. The floor is a bare
+`python -c "import psutil, trio, trio_websocket"` measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mbot import service, store, tls  # noqa: E402
+
+
+def floor_rss() -> int:
+    probe = subprocess.Popen([sys.executable, "-c", "import psutil, trio, trio_websocket, sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        time.sleep(1.5)  # a benchmark, not a test: let the imports finish
+        return psutil.Process(probe.pid).memory_info().rss
+    finally:
+        probe.communicate(b"")
+
+
+def committed(db: Path) -> int:
+    conn = store.connect(db, readonly=True)
+    try:
+        return conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=120.0)
+    parser.add_argument("--interval", type=float, default=5.0)
+    args = parser.parse_args()
+
+    data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
+    db = data / "mbot.sqlite3"
+    conn = store.connect(db)
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        secret = service.new_key(conn, "box1").secret
+    conn.close()
+    cert = tls.ensure_certificate(data, ["127.0.0.1"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server_env = {**os.environ, "MBOT_DATA_DIR": str(data), "PORT": str(port), "MBOT_HOST": "127.0.0.1",
+                  "MBOT_LOG_LEVEL": "WARNING"}
+    server_env.pop("BOT_TOKEN", None)
+    server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=ROOT, env=server_env)
+    work = data / "agent"
+    work.mkdir()
+    agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
+                 "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
+                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json")}
+    agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = psutil.Process(agent.pid)
+    try:
+        deadline = time.time() + 60
+        while committed(db) == 0:
+            if time.time() > deadline:
+                raise SystemExit("the agent sent nothing within 60 s")
+            time.sleep(0.2)
+        cpu0, count0, t0 = proc.cpu_times(), committed(db), time.time()
+        time.sleep(args.duration)
+        cpu1, count1 = proc.cpu_times(), committed(db)
+        rss = proc.memory_info().rss
+        elapsed = time.time() - t0
+    finally:
+        agent.terminate()
+        agent.wait(10)
+        server.terminate()
+        server.wait(10)
+    floor = floor_rss()
+    cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    samples = count1 - count0
+    print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples}")
+    print(f"agent RSS {rss / 2**20:.1f} MiB; floor (import psutil, trio, trio_websocket) {floor / 2**20:.1f} MiB; "
+          f"ratio {rss / floor:.2f}x (target <= 1.2x)")
+    print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "
+          f"{cpu / elapsed * 100:.3f} % of one core at this interval (target < 0.1 %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -120,5 +120,6 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
             f"cpu {s.cpu:.0f}%" if s.cpu is not None else "",
             f"ram {s.ram:.0f}%" if s.ram is not None else "") if part)
         owner = f" (owner {s.owner})" if s.owner else ""
-        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples" + (f", {now_part}" if now_part else ""))
+        dropped = f", {s.dropped} dropped during an outage" if s.dropped else ""
+        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else ""))
     return 0

@@ -66,6 +66,7 @@ class HostSummary:
     cpu: float | None
     ram: float | None
     agent_version: str | None
+    dropped: int
 
 
 def summarize(host: store.Host, now: float) -> HostSummary:
@@ -81,6 +82,7 @@ def summarize(host: store.Host, now: float) -> HostSummary:
         cpu=metrics.get("cpu"),
         ram=100.0 * ram["used"] / ram["total"] if ram and ram.get("total") else None,
         agent_version=host.facts.get("agent"),
+        dropped=host.dropped,
     )
 
 

@@ -67,6 +67,9 @@ MIGRATIONS: list[str] = [
         outcome TEXT NOT NULL
     );
     """,
+    """
+    ALTER TABLE hosts ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -171,6 +174,7 @@ class Host:
     last_metrics: dict[str, Any]
     samples_count: int
     revoked: float | None = None  # the key was revoked then; history kept, /rotate issues a new key
+    dropped: int = 0  # samples the agent had to drop from a full spool (it reports them; loss is never silent)
 
     @property
     def interval(self) -> float:
@@ -182,7 +186,7 @@ class Host:
 
 
 _HOST_COLUMNS = ("id, name, owner, key_id, created, facts, epoch, last_seq, last_ts, last_seen, last_metrics, "
-                 "samples_count, revoked")
+                 "samples_count, revoked, dropped")
 
 
 def _host(row: sqlite3.Row) -> Host:
@@ -191,7 +195,7 @@ def _host(row: sqlite3.Row) -> Host:
         facts=json.loads(row["facts"]) if row["facts"] else {}, epoch=row["epoch"], last_seq=row["last_seq"],
         last_ts=row["last_ts"], last_seen=row["last_seen"],
         last_metrics=json.loads(row["last_metrics"]) if row["last_metrics"] else {},
-        samples_count=row["samples_count"], revoked=row["revoked"],
+        samples_count=row["samples_count"], revoked=row["revoked"], dropped=row["dropped"],
     )
 
 

@@ -240,10 +240,11 @@ class Writer:
         if fresh:
             last = fresh[-1]
             mark.last_seq = last.seq
+            dropped = sum(int(s.metrics.get("dropped", 0)) for s in fresh)
             conn.execute(
                 "UPDATE hosts SET last_seq = ?, last_ts = ?, last_seen = ?, last_metrics = ?, "
-                "samples_count = samples_count + ? WHERE id = ?",
-                (last.seq, last.ts, item.seen, json.dumps(last.metrics), len(fresh), item.host_id),
+                "samples_count = samples_count + ?, dropped = dropped + ? WHERE id = ?",
+                (last.seq, last.ts, item.seen, json.dumps(last.metrics), len(fresh), dropped, item.host_id),
             )
         else:
             conn.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (item.seen, item.host_id))

@@ -92,3 +92,9 @@ def test_keyboards_carry_ids_not_secrets():
     _, card_kb = views.host_card(host(), NOW), views.card_keyboard(host())
     datas = [b["callback_data"] for row in card_kb["inline_keyboard"] for b in row]
     assert datas == ["refresh:7", "power:7:reboot", "power:7:shutdown"]
+
+
+def test_card_says_when_samples_were_lost():
+    text = views.host_card(host(dropped=12, last_metrics={"cpu": 1.0}), NOW)
+    assert "12 samples dropped during an outage" in text
+    assert "dropped" not in views.host_card(host(last_metrics={"cpu": 1.0}), NOW)

@@ -32,6 +32,18 @@ async def test_samples_are_committed_then_acked(server: app.Server, settings: Se
     await ws.aclose()
 
 
+async def test_dropped_samples_are_counted_for_the_user(server: app.Server, settings: Settings, connect):
+    key = add_host(settings, "box1")
+    ws = await connect(key.secret)
+    await ws.send_message(hello_frame())
+    await receive_json(ws)
+    frame = json.loads(sample_frame(9))
+    frame["metrics"]["dropped"] = 7
+    await ws.send_message(json.dumps(frame))
+    await ack_reaching(ws, 9)
+    assert read_db(settings, "SELECT dropped FROM hosts") == [(7,)]
+
+
 async def test_replayed_samples_are_stored_once(server: app.Server, settings: Settings, connect):
     key = add_host(settings, "box1")
     ws = await connect(key.secret)

@@ -165,8 +165,8 @@ def host_card(host: store.Host, now: float) -> str:
         tail.append(f"{m['procs']:.0f} processes")
     if tail:
         lines.append(" · ".join(tail))
-    if m.get("dropped"):
-        lines.append(f"⚠️ {m['dropped']:.0f} samples dropped during an outage")
+    if host.dropped:
+        lines.append(f"⚠️ {host.dropped} samples dropped during an outage")
     lines.append(f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}")
     return "\n".join(lines)
 

@@ -1,0 +1,364 @@
+"""The /plot grammar and the mapping of a user's metric words to a host's series. Pure: no IO, no clock.
+
+    /plot NAME METRICS SPAN... [LIMIT] [UNIT]
+
+METRICS: words separated by `;` or `,` (cpu, ram, swap, gpu, vram, net, net_up, net_down, load, temp, gputemp,
+power, io, disk, and the specific forms disk:/MOUNT, temp:LABEL, net:IFACE, cpu:N, gpuN, vramN, gputempN, powerN,
+load1/load5/load15). SPAN: one or more `<n>s|m|h|d|w` tokens that add up (`2d 3h`). LIMIT: a number, the top of
+the Y axis, in the unit shown. UNIT (any case): `%`; b, kb, kib, mb, mib, gb, gib, tb, tib for sizes (ram, swap,
+vram, disk: the used amount instead of the percentage) and for rates (net, io); bit, kbit, mbit, gbit for net.
+kb/mb/gb are powers of 1000 and kib/mib/gib powers of 1024, and the axis says which.
+
+Any mistake is a PlotUsageError whose message starts with the usage line, says what was wrong and, when the caller
+passed the host's series, lists the host's metrics in the words /plot accepts: never silence.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from mbot.rollup import format_duration, parse_duration
+
+USAGE = "Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]"
+EXAMPLES = "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit"
+DEFAULT_MAX_SPAN = 730 * 86400.0
+MAX_AXES = 2
+
+PERCENT = "%"
+# key -> (bytes per unit, axis label for a size; a rate adds "/s")
+BYTE_UNITS = {
+    "b": (1.0, "B"), "kb": (1e3, "kB"), "kib": (1024.0, "KiB"), "mb": (1e6, "MB"), "mib": (1024.0 ** 2, "MiB"),
+    "gb": (1e9, "GB"), "gib": (1024.0 ** 3, "GiB"), "tb": (1e12, "TB"), "tib": (1024.0 ** 4, "TiB"),
+}
+BIT_UNITS = {"bit": (1.0, "bit/s"), "kbit": (1e3, "kbit/s"), "mbit": (1e6, "Mbit/s"), "gbit": (1e9, "Gbit/s")}
+DEFAULT_RATE = "mb"  # net and io without a unit: MB/s
+
+WORDS = ("cpu", "ram", "swap", "gpu", "vram", "net", "net_up", "net_down", "load", "temp", "gputemp", "power", "io",
+         "disk")
+_PREFIXED = ("disk", "temp", "net", "cpu")  # word:ARG
+_INDEXED = re.compile(r"(gpu|vram|gputemp|power)(\d+)")
+_LOAD = re.compile(r"load(1|5|15)")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_GLUED = re.compile(r"(\d+(?:\.\d+)?)([a-z%]+)")
+
+# Which kinds of unit each metric kind accepts (besides none).
+_PERCENT_KINDS = {"cpu", "gpu", "ram", "swap", "vram", "disk"}
+_SIZE_KINDS = {"ram", "swap", "vram", "disk"}
+_RATE_KINDS = {"net", "net_up", "net_down", "io"}
+_BIT_KINDS = {"net", "net_up", "net_down"}
+
+
+class PlotUsageError(ValueError):
+    """A /plot the bot cannot draw; `message` is the whole reply (usage line, the problem, the host's metrics)."""
+
+    def __init__(self, problem: str, metrics: Iterable[str] = ()) -> None:
+        self.problem = problem
+        self.metrics = tuple(metrics)  # this host's metrics in /plot's words, when known
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        lines = [USAGE, self.problem]
+        if self.metrics:
+            lines.append("Metrics of this host: " + ", ".join(self.metrics))
+        lines.append(EXAMPLES)
+        return "\n".join(lines)
+
+    def with_metrics(self, available: Iterable[str]) -> PlotUsageError:
+        """The same error listing the metrics of a host whose series are `available`."""
+        return PlotUsageError(self.problem, host_metrics(available))
+
+
+@dataclass(frozen=True)
+class PlotRequest:
+    host: str
+    metrics: tuple[str, ...]  # the user's words, normalised (lower case except a mount, label or interface)
+    span: float  # seconds
+    limit: float | None  # top of the Y axis, in the unit shown
+    unit: str | None  # a key of BYTE_UNITS or BIT_UNITS, or "%"
+
+
+@dataclass(frozen=True)
+class SeriesChoice:
+    series: str  # the stored series name (docs/protocol.md, "Server-side series")
+    label: str  # legend label
+    unit: str  # axis label: "%", "GiB", "MB/s", "Mbit/s", "°C", "W", "" for load
+    scale: float  # stored value * scale = value drawn
+
+
+# --- grammar ---------------------------------------------------------------------------------------------------
+
+
+def _normalise_word(word: str) -> str | None:
+    """A metric word in canonical form, or None if /plot does not know it."""
+    word = word.strip()
+    head, colon, arg = word.partition(":")
+    head = head.lower()
+    if colon:
+        if head not in _PREFIXED or not arg:
+            return None
+        if head == "cpu" and not arg.isdigit():
+            return None
+        return f"{head}:{arg}"
+    if head in WORDS or _INDEXED.fullmatch(head) or _LOAD.fullmatch(head):
+        return head
+    return None
+
+
+def _kind(word: str) -> str:
+    """The family a canonical word belongs to (decides units and resolution)."""
+    if ":" in word:
+        return word.partition(":")[0]
+    indexed = _INDEXED.fullmatch(word)
+    if indexed:
+        return indexed.group(1)
+    if _LOAD.fullmatch(word):
+        return "load"
+    return word
+
+
+def _unit_key(token: str) -> str | None:
+    key = token.lower()
+    if key == PERCENT or key in BYTE_UNITS or key in BIT_UNITS:
+        return key
+    return None
+
+
+def _accepts(kind: str, unit: str | None) -> bool:
+    if unit is None:
+        return True
+    if unit == PERCENT:
+        return kind in _PERCENT_KINDS
+    if unit in BIT_UNITS:
+        return kind in _BIT_KINDS
+    return kind in _SIZE_KINDS or kind in _RATE_KINDS
+
+
+def _split_metrics(tokens: list[str]) -> tuple[str, int]:
+    """The METRICS text from the start of `tokens`, and how many tokens it used: `cpu; gpu` and `cpu ;gpu` (a
+    space after or before a separator) still make one METRICS."""
+    text, used = tokens[0], 1
+    while used < len(tokens) and (text[-1] in ";," or tokens[used][0] in ";,"):
+        text += tokens[used]
+        used += 1
+    return text, used
+
+
+def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
+               available: Iterable[str] | None = None) -> PlotRequest:
+    """The words after /plot -> a PlotRequest. `max_span`: the longest retention (no chart reaches further back).
+    `available`: the host's series names, when the caller has them, so an error can list the host's metrics."""
+    known = host_metrics(available) if available is not None else ()
+
+    def fail(problem: str) -> PlotUsageError:
+        return PlotUsageError(problem, known)
+
+    tokens = [t for t in args if t.strip()]
+    if not tokens:
+        raise fail("Missing NAME, METRICS and SPAN.")
+    host, rest = tokens[0], tokens[1:]
+    if not rest:
+        raise fail("Missing METRICS and SPAN.")
+    text, used = _split_metrics(rest)
+    rest = rest[used:]
+    words = [w for w in re.split(r"[;,]", text) if w.strip()]
+    if not words:
+        raise fail("Missing METRICS: name at least one, like cpu or ram;gpu.")
+    metrics: list[str] = []
+    for word in words:
+        canonical = _normalise_word(word)
+        if canonical is None:
+            raise fail(f"Unknown metric {word.strip()!r}.")
+        if canonical not in metrics:
+            metrics.append(canonical)
+
+    span = 0.0
+    while rest:
+        try:
+            span += parse_duration(rest[0])
+        except ValueError:
+            break
+        rest = rest[1:]
+    if span == 0:
+        problem = f"{rest[0]!r} is not a SPAN" if rest else "Missing SPAN"
+        raise fail(f"{problem}: use one or more of <n>s, m, h, d, w, like 30m or 2d 3h.")
+    if span > max_span:
+        raise fail(f"SPAN {format_duration(span)} is longer than the history kept ({format_duration(max_span)}).")
+
+    limit: float | None = None
+    unit: str | None = None
+    for token in rest:
+        glued = _GLUED.fullmatch(token.lower())
+        parts = [glued.group(1), glued.group(2)] if glued and _unit_key(glued.group(2)) else [token]
+        for part in parts:
+            if _NUMBER.fullmatch(part) and limit is None:
+                limit = float(part)
+                if not (math.isfinite(limit) and limit > 0):
+                    raise fail(f"LIMIT {part} must be a number above 0.")
+            elif _unit_key(part) is not None and unit is None:
+                unit = _unit_key(part)
+            else:
+                raise fail(f"Unexpected {token!r}: after SPAN come an optional LIMIT (a number) and UNIT "
+                           "(%, b, kib, mb, gib, bit, mbit ...).")
+    if unit is not None and not any(_accepts(_kind(m), unit) for m in metrics):
+        raise fail(f"Unit {unit!r} does not fit {', '.join(metrics)}: sizes (gib ...) go with ram, swap, vram and "
+                   "disk; bits (mbit ...) with net; % with cpu, gpu, ram, swap, vram and disk.")
+    return PlotRequest(host, tuple(metrics), span, limit, unit)
+
+
+# --- resolution against a host's series ------------------------------------------------------------------------
+
+
+def _indexed(available: set[str], prefix: str) -> list[tuple[int, str]]:
+    """(N, name) of every series `prefixN`, by N."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)")
+    found = [(int(m.group(1)), name) for name in available if (m := pattern.fullmatch(name))]
+    return sorted(found)
+
+
+def _prefixed(available: set[str], prefix: str) -> list[tuple[str, str]]:
+    """(ARG, name) of every series `prefix:ARG`, by ARG."""
+    return sorted((name[len(prefix) + 1:], name) for name in available if name.startswith(prefix + ":"))
+
+
+def _rate_unit(unit: str | None) -> tuple[float, str]:
+    """Scale and axis label for a bytes-per-second series shown in `unit`."""
+    if unit in BIT_UNITS:
+        per, label = BIT_UNITS[unit]
+        return 8.0 / per, label
+    per, label = BYTE_UNITS[unit if unit in BYTE_UNITS else DEFAULT_RATE]
+    return 1.0 / per, label + "/s"
+
+
+def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesChoice]:
+    """The series a canonical word stands for on this host (empty when it has none); `unit` already fits."""
+    kind = _kind(word)
+    size = BYTE_UNITS.get(unit or "")
+    out: list[SeriesChoice] = []
+
+    def add(series: str, label: str, unit_label: str, scale: float = 1.0) -> None:
+        if series in available:
+            out.append(SeriesChoice(series, label, unit_label, scale))
+
+    def add_size_or_percent(percent_series: str, used_series: str, label: str) -> None:
+        if size:
+            add(used_series, label, size[1], 1.0 / size[0])
+        else:
+            add(percent_series, label, PERCENT)
+
+    if word == "cpu":
+        add("cpu", "CPU", PERCENT)
+    elif kind == "cpu":
+        add(word, f"CPU core {word.partition(':')[2]}", PERCENT)
+    elif word in ("ram", "swap"):
+        add_size_or_percent(word, f"{word}_used", word.upper() if word == "ram" else word)
+    elif kind == "disk":
+        mounts = _prefixed(available, "disk") if word == "disk" else [(word[5:], word)]
+        for mount, _ in mounts:
+            add_size_or_percent(f"disk:{mount}", f"disk_used:{mount}", f"disk {mount}")
+    elif kind == "gpu":
+        for n, _ in _indexed(available, "gpu") if word == "gpu" else [(int(word[3:]), word)]:
+            add(f"gpu{n}", f"GPU {n}", PERCENT)
+    elif kind == "vram":
+        for n, _ in _indexed(available, "vram") if word == "vram" else [(int(word[4:]), word)]:
+            add_size_or_percent(f"vram{n}", f"vram_used{n}", f"VRAM {n}")
+    elif kind == "gputemp":
+        for n, _ in _indexed(available, "gputemp") if word == "gputemp" else [(int(word[7:]), word)]:
+            add(f"gputemp{n}", f"GPU {n} temp", "°C")
+    elif kind == "power":
+        for n, _ in _indexed(available, "power") if word == "power" else [(int(word[5:]), word)]:
+            add(f"power{n}", f"GPU {n} power", "W")
+    elif kind == "temp":
+        labels = _prefixed(available, "temp") if word == "temp" else [(word[5:], word)]
+        for label, series in labels:
+            add(series, f"temp {label}", "°C")
+    elif kind == "load":
+        n = word[4:] or "1"
+        add(f"load{n}", "load" if word == "load" else f"load {n}m", "")
+    elif kind in ("net", "net_up", "net_down"):
+        scale, label = _rate_unit(unit)
+        iface = word.partition(":")[2]
+        suffix = f":{iface}" if iface else ""
+        name = iface or "net"
+        if kind in ("net", "net_down"):
+            add(f"net_rx{suffix}", f"{name} ↓", label, scale)
+        if kind in ("net", "net_up"):
+            add(f"net_tx{suffix}", f"{name} ↑", label, scale)
+    elif kind == "io":
+        scale, label = _rate_unit(unit)
+        add("disk_read", "disk read", label, scale)
+        add("disk_write", "disk write", label, scale)
+    return out
+
+
+def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str | None = None) -> list[SeriesChoice]:
+    """The user's metric words -> this host's series to draw, in order, each once.
+
+    `unit` applies to every metric it fits (`cpu;ram 1h gib`: RAM in GiB, CPU in %). Raises PlotUsageError, listing
+    the host's metrics, for an unknown word, a metric the host does not have, a unit that fits none of the metrics,
+    or metrics that need more than two axes.
+    """
+    names = set(available)
+    known = host_metrics(names)
+    key = _unit_key(unit) if unit is not None else None
+    if unit is not None and key is None:
+        raise PlotUsageError(f"Unknown unit {unit!r}.", known)
+    words = []
+    for metric in metrics:
+        word = _normalise_word(metric)
+        if word is None:
+            raise PlotUsageError(f"Unknown metric {metric!r}.", known)
+        words.append(word)
+    if key is not None and not any(_accepts(_kind(w), key) for w in words):
+        raise PlotUsageError(f"Unit {unit!r} does not fit {', '.join(words)}.", known)
+    chosen: list[SeriesChoice] = []
+    for word in words:
+        found = _choices(word, names, key if _accepts(_kind(word), key) else None)
+        if not found:
+            raise PlotUsageError(f"This host has no {word}.", known)
+        chosen.extend(c for c in found if c.series not in {d.series for d in chosen})
+    units = list(dict.fromkeys(c.unit for c in chosen))
+    if len(units) > MAX_AXES:
+        shown = ", ".join(u or "load" for u in units)
+        raise PlotUsageError(f"These metrics need {len(units)} different units ({shown}); one chart has at most "
+                             f"{MAX_AXES} axes: split them over two /plot.", known)
+    return chosen
+
+
+def limit_unit(choices: Sequence[SeriesChoice], unit: str | None) -> str | None:
+    """The axis (unit label) LIMIT applies to: the one the user's UNIT selected, else the first series' axis."""
+    if not choices:
+        return None
+    if unit is not None:
+        key = unit.lower()
+        labels = {BYTE_UNITS[key][1], BYTE_UNITS[key][1] + "/s"} if key in BYTE_UNITS else (
+            {BIT_UNITS[key][1]} if key in BIT_UNITS else {PERCENT})
+        for choice in choices:
+            if choice.unit in labels:
+                return choice.unit
+    return choices[0].unit
+
+
+def host_metrics(available: Iterable[str]) -> list[str]:
+    """A host's series names -> its metrics in /plot's words (cpu, load, ram, swap, disk:/, net, gpu ...)."""
+    names = set(available)
+    out = [w for w, s in (("cpu", "cpu"), ("load", "load1"), ("ram", "ram"), ("swap", "swap")) if s in names]
+    out += [f"disk:{mount}" for mount, _ in _prefixed(names, "disk")]
+    if {"disk_read", "disk_write"} & names:
+        out.append("io")
+    if {"net_rx", "net_tx"} & names:
+        out.append("net")
+    if _prefixed(names, "temp"):
+        out.append("temp")
+    for word in ("gpu", "vram", "gputemp", "power"):
+        if _indexed(names, word):
+            out.append(word)
+    return out
+
+
+def chart_title(host: str, choices: Sequence[SeriesChoice], span: float) -> str:
+    """'box1 · CPU, GPU 0 · last 2d 3h'."""
+    labels = ", ".join(dict.fromkeys(c.label for c in choices))
+    return f"{host} · {labels} · last {format_duration(span)}"

@@ -7,6 +7,7 @@
           agent listener            -> one task per agent connection (AgentHub)
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
+          metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
           signal watcher            SIGINT/SIGTERM -> stop()
       stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
 """
@@ -15,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import trio
 
-from . import protocol, tls
+from . import metrics, protocol, store, tls
 from .agents import AgentHub
 from .config import Settings
+from .metrics_http import serve_metrics
 from .store import Database
 from .telegram.api import BotApi, quiet_httpx_logging
 from .telegram.bot import Bot
@@ -40,6 +44,7 @@ class Server:
     hub: AgentHub
     writer: Writer
     db: Database
+    metrics_port: int | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -71,6 +76,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
+                api: BotApi | None = None
                 if settings.bot_enabled:
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
                     outbox = outbox or Outbox()
@@ -78,6 +84,10 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     bot = Bot(settings, api, outbox, db, writer, hub, fingerprint=cert.fingerprint,
                               agent_port=settings.port or port)
                     await services.start(bot.run)
+                if settings.metrics_port is not None:
+                    render = partial(_render_metrics, db, hub, writer, api, outbox if api else None)
+                    server.metrics_port = await services.start(serve_metrics, settings.metrics_host,
+                                                               settings.metrics_port, render)
                 if handle_signals:
                     services.start_soon(_stop_on_signal, server)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
@@ -91,6 +101,16 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             writer.close()
     log.info("stopped; %d samples committed in this run", writer.committed_samples)
     server._stopped.set()
+
+
+async def _render_metrics(db: Database, hub: AgentHub, writer: Writer, api: BotApi | None,
+                          outbox: Outbox | None) -> str:
+    hosts = await db.read(store.list_hosts)
+    stats = metrics.ServerStats(
+        connected_agents=len(hub.connections), samples_ingested=writer.committed_samples,
+        commit_latency=writer.commit_latency, telegram_errors=dict(api.errors) if api else {},
+        outbox_depth=outbox.depth if outbox else None)
+    return await trio.to_thread.run_sync(metrics.render, hosts, stats, time.time())
 
 
 async def _stop_on_signal(server: Server) -> None:

@@ -31,6 +31,8 @@ class Settings:
     data_dir: Path
     public_host: str
     allowed_users: frozenset[int] | None
+    metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
+    metrics_host: str = "127.0.0.1"
 
     @property
     def db_path(self) -> Path:
@@ -91,6 +93,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("MBOT_DATA_DIR", "").strip() or "./mbot-data"),
         public_host=env.get("MBOT_PUBLIC_HOST", "").strip() or socket.gethostname(),
         allowed_users=_user_ids(env, "ALLOWED_USERS"),
+        metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
+        metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 import trio
 
 from . import store
+from .metrics import Histogram
 from .protocol import Hello, Samples
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Writer:
         self._layouts: dict[tuple[str, ...], int] = {}
         self.committed_samples = 0
         self.batches = 0
+        self.commit_latency = Histogram()  # receive -> commit, per frame of samples (for /metrics)
         self._progress = trio.Event()
 
     # --- submitting ------------------------------------------------------------------------------------------
@@ -151,13 +153,16 @@ class Writer:
         layouts, results = outcome
         self._layouts.update(layouts)
         self.batches += 1
+        committed_at = time.time()
         for item, result in zip(batch, results):
             if isinstance(result, BaseException):
                 item.error = result
             else:
                 item.result = result
-                if isinstance(item, SamplesWrite) and item.on_commit is not None and result is not None:
-                    item.on_commit(result)
+                if isinstance(item, SamplesWrite):
+                    self.commit_latency.observe(committed_at - item.seen)
+                    if item.on_commit is not None and result is not None:
+                        item.on_commit(result)
             item.done.set()
         self._progress.set()
         self._progress = trio.Event()

@@ -1,0 +1,159 @@
+"""Prometheus text exposition of what mbot knows: every host's latest values, and the server's own health.
+
+Pure: `render()` turns values into the text format (version 0.0.4); the HTTP edge is mbot/metrics_http.py. Names
+follow Prometheus conventions: snake_case, base units (bytes, seconds, ratios 0-1 instead of percent), `_total` on
+counters, HELP and TYPE once per family.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from . import store
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Histogram:
+    """A cumulative histogram with fixed buckets (seconds), cheap enough to observe every commit."""
+
+    def __init__(self, buckets: Iterable[float] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                                                   2.5, 5.0, 10.0)) -> None:
+        self.bounds = sorted(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        self.count += 1
+
+
+@dataclass
+class ServerStats:
+    connected_agents: int
+    samples_ingested: int
+    commit_latency: Histogram
+    telegram_errors: Mapping[str, int] = field(default_factory=dict)
+    outbox_depth: int | None = None
+    alert_states: Mapping[str, int] = field(default_factory=dict)
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Mapping[str, str]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+class _Families:
+    """Collects samples per family so each HELP/TYPE is written once, whatever order hosts come in."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, tuple[str, str, list[str]]] = {}
+
+    def add(self, name: str, kind: str, help_text: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        family = self._families.setdefault(name, (kind, help_text, []))
+        family[2].append(f"{name}{_labels(labels or {})} {_number(value)}")
+
+    def add_lines(self, name: str, kind: str, help_text: str, lines: list[str]) -> None:
+        self._families.setdefault(name, (kind, help_text, []))[2].extend(lines)
+
+    def text(self) -> str:
+        out: list[str] = []
+        for name, (kind, help_text, lines) in self._families.items():
+            out.append(f"# HELP {name} {help_text}")
+            out.append(f"# TYPE {name} {kind}")
+            out.extend(lines)
+        return "\n".join(out) + "\n"
+
+
+def _host_families(f: _Families, host: store.Host, now: float) -> None:
+    h = host.name
+    f.add("mbot_host_up", "gauge", "1 when the host's agent was seen within three intervals.",
+          1 if host.is_online(now) else 0, {"host": h})
+    if host.last_seen is not None:
+        f.add("mbot_host_last_seen_timestamp_seconds", "gauge", "When the host's agent was last heard from.",
+              host.last_seen, {"host": h})
+    f.add("mbot_host_samples_dropped_total", "counter", "Samples the agent dropped from a full spool.",
+          host.dropped, {"host": h})
+    m: dict[str, Any] = host.last_metrics
+    if not m:
+        return
+    if "cpu" in m:
+        f.add("mbot_host_cpu_usage_ratio", "gauge", "CPU busy, all cores, 0-1.", m["cpu"] / 100, {"host": h})
+    if "load" in m:
+        for minutes, value in zip(("1", "5", "15"), m["load"]):
+            f.add(f"mbot_host_load{minutes}", "gauge", f"Load average over {minutes} minute(s).", value, {"host": h})
+    for key, what in (("ram", "memory"), ("swap", "swap")):
+        if key in m:
+            f.add(f"mbot_host_{what}_used_bytes", "gauge", f"{what.capitalize()} in use.", m[key]["used"], {"host": h})
+            f.add(f"mbot_host_{what}_total_bytes", "gauge", f"{what.capitalize()} size.", m[key]["total"], {"host": h})
+    for mount, part in m.get("disks", {}).items():
+        f.add("mbot_host_disk_used_bytes", "gauge", "Filesystem space in use.", part["used"], {"host": h, "disk": mount})
+        f.add("mbot_host_disk_total_bytes", "gauge", "Filesystem size.", part["total"], {"host": h, "disk": mount})
+    for direction, key in (("read", "read"), ("written", "write")):
+        if key in m.get("disk_io", {}):
+            f.add(f"mbot_host_disk_{direction}_bytes_per_second", "gauge", f"Bytes {direction} per second, "
+                  "all disks.", m["disk_io"][key], {"host": h})
+    for iface, rates in m.get("net", {}).items():
+        for direction, key in (("receive", "rx"), ("transmit", "tx")):
+            if key in rates:
+                f.add(f"mbot_host_network_{direction}_bytes_per_second", "gauge",
+                      f"Network bytes per second ({direction}).", rates[key], {"host": h, "iface": iface})
+    for label, value in m.get("temps", {}).items():
+        f.add("mbot_host_temperature_celsius", "gauge", "Temperature sensors.", value, {"host": h, "sensor": label})
+    if "uptime" in m:
+        f.add("mbot_host_uptime_seconds", "gauge", "Seconds since the host booted.", m["uptime"], {"host": h})
+    if "procs" in m:
+        f.add("mbot_host_processes", "gauge", "Processes running.", m["procs"], {"host": h})
+    for i, gpu in enumerate(m.get("gpus", ())):
+        labels = {"host": h, "gpu": str(i), "name": gpu.get("name", "")}
+        if "util" in gpu:
+            f.add("mbot_gpu_utilization_ratio", "gauge", "GPU busy, 0-1.", gpu["util"] / 100, labels)
+        if "vram_total" in gpu:
+            f.add("mbot_gpu_memory_used_bytes", "gauge", "GPU memory in use.", gpu["vram_used"], labels)
+            f.add("mbot_gpu_memory_total_bytes", "gauge", "GPU memory size.", gpu["vram_total"], labels)
+        if "temp" in gpu:
+            f.add("mbot_gpu_temperature_celsius", "gauge", "GPU temperature.", gpu["temp"], labels)
+        if "power" in gpu:
+            f.add("mbot_gpu_power_watts", "gauge", "GPU power draw.", gpu["power"], labels)
+
+
+def render(hosts: Iterable[store.Host], stats: ServerStats, now: float) -> str:
+    f = _Families()
+    for host in hosts:
+        _host_families(f, host, now)
+    f.add("mbot_connected_agents", "gauge", "Agents connected right now.", stats.connected_agents)
+    f.add("mbot_samples_ingested_total", "counter", "Samples committed since the server started.",
+          stats.samples_ingested)
+    hist = stats.commit_latency
+    name = "mbot_ingest_commit_seconds"
+    lines, running = [], 0
+    for bound, count in zip([*hist.bounds, math.inf], hist.counts):
+        running += count
+        lines.append(f'{name}_bucket{{le="{_number(bound)}"}} {running}')
+    lines += [f"{name}_sum {_number(hist.sum)}", f"{name}_count {hist.count}"]
+    f.add_lines(name, "histogram", "Seconds from a sample reaching the server to its commit.", lines)
+    for kind in ("429", "5xx", "network", "timeout", "rejected"):
+        f.add("mbot_telegram_api_errors_total", "counter", "Failed Telegram API attempts by kind.",
+              stats.telegram_errors.get(kind, 0), {"kind": kind})
+    if stats.outbox_depth is not None:
+        f.add("mbot_telegram_outbox_depth", "gauge", "Messages queued for Telegram.", stats.outbox_depth)
+    for state, count in sorted(stats.alert_states.items()):
+        f.add("mbot_alerts", "gauge", "Alert rule instances by state.", count, {"state": state})
+    return f.text()

@@ -1,0 +1,1038 @@
+"""Alert engine: rules, samples and time in, events out. Pure: no IO, no clock reads, no threads.
+
+The server calls `observe()` for every committed sample, `host_seen()` when an agent says hello, `tick(now)` once
+`next_deadline()` has passed, persists `snapshot()` whenever events came out, and turns events into chat messages
+with `describe()`. The /setalert, /delalert, /mute and /unmute arguments are parsed here too.
+
+Per (rule, series) a state machine: ok -> pending -> firing -> ok. "Over" means value > T (value < T for a `<` rule).
+
+- FOR: the first sample over starts pending; the alert fires at the first sample that is still over and at least FOR
+  seconds after it (FOR 0: at the first sample over). Any sample not over cancels pending, and so does a gap in the
+  samples longer than the host's offline delay: "above 90 % for 5 min" is only claimed with samples all along.
+  FOR elapsing is therefore sample-driven, never timer-driven: a timer could only guess the value stayed over.
+- Hysteresis (resolving): the value must be on the good side of the threshold by a margin, on 2 consecutive
+  samples (`clear_samples`). The margin is 2 % of the metric's scale: 2 points for percent metrics, 2 degrees for
+  temperatures (whose working range is about 0-100 C), and 10 % of the threshold for load and network rates, which
+  have no natural scale and are noisier. For percent/load/rates the resolve level is kept at least halfway between
+  the threshold and 0 (or 100 for a `<` percent rule), so a rule like `cpu 1` can still resolve.
+  Why both: the margin alone lets a noisy value (jitter larger than the margin) flap on every sample, the count
+  alone lets a value sitting exactly at the threshold flap every other sample; together a value hovering around
+  the threshold fires once and stays firing until it has clearly and durably gone back.
+- Series come and go (a disk unmounted, a GPU gone): a pending alert whose series is missing from a sample is
+  cancelled; a firing one resolves (value None) once the series has been missing longer than the offline delay.
+
+Two clocks: conditions (pending, FOR, durations in messages) use the agent's sample timestamps `ts`; timers
+(offline, reminders, mute expiry) use the server's `now`. Samples with a lower `ts` than the previous one are still
+evaluated (an agent whose clock was corrected): pending restarts there.
+
+Notifications (what comes out as events):
+- One Firing when an alert fires, one Resolved when it resolves, a Reminder every `repeat` seconds of server time
+  while it stays firing. A Resolved only ever follows a Firing the user has seen.
+- Muted host (until a time): transitions are tracked, nothing is emitted; when the mute ends (`unmute` or expiry),
+  one MuteEnded lists what is still firing (and whether the host is offline); those count as announced from then on.
+- Offline: a timer, `max(last_seen, start) + delay`, delay = the host's /setalert offline delay or
+  max(3 intervals, 30 s), never under 2 intervals. The engine's start time (`now` given to the constructor or to
+  restore) counts as "seen" for every host, so a server restart does not report every host offline at once.
+  While a host is offline its reminders are held (one that fell due meanwhile comes `repeat` after it is back);
+  samples cannot arrive without bringing it back, so nothing else can fire or resolve meanwhile: one Offline, no
+  storm of stale alerts. BackOnline carries how long the host was silent (server time since its last sample).
+  With offline alerts disabled (/delalert NAME offline), the host still goes quietly offline (reminders held).
+- Late samples (a spool replayed after an outage): a sample whose lag (now - ts) exceeds the host's usual lag by
+  more than the offline delay is tracked silently: an incident that began and ended while the host was unreachable
+  is not reported in retrospect. A firing that is still firing at the first fresh sample is announced then, and the
+  Resolved of an announced alert is always sent, late or not. The usual lag is a floor that follows the smallest
+  lag at once and rises at most half a second per second of live samples: an agent whose clock is behind has a
+  constant lag, which is its floor, and one whose clock jumped back is judged late for a few minutes at most.
+
+Restart: `snapshot()` is a JSON-serialisable dict of every non-ok alert (phase, since, whether it was announced,
+next reminder) and of every host (last seen, offline since, mute, lag floor); `AlertEngine.restore(snapshot,
+rules, now=...)` rebuilds the engine with the rules from the store: a firing alert stays firing without a second
+Firing, its reminders keep their schedule, a host that was offline stays offline. Persist it whenever observe(),
+tick(), host_seen() or unmute() returned events, after mute(), and at shutdown; what a stale snapshot loses costs at
+most a delayed Firing or a repeated message, never a forgotten alert.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+__all__ = [
+    "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
+    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event",
+    "AlertSpec", "OfflineSpec", "DeleteSpec", "MuteSpec", "AlertUsageError",
+    "parse_setalert", "parse_delalert", "parse_mute", "parse_unmute", "describe", "series_label", "format_value",
+    "METRICS", "USAGE_SETALERT", "USAGE_DELALERT", "USAGE_MUTE", "USAGE_UNMUTE",
+]
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+
+_PCT, _TEMP, _LOAD, _RATE = "pct", "temp", "load", "rate"
+
+
+@dataclass(frozen=True)
+class _Metric:
+    kind: str  # how values are checked and shown: pct, temp, load, rate
+    exact: str | None  # the one series this metric watches, or None for a family of series
+    pattern: re.Pattern[str] | None  # the family: every series name it fully matches
+
+    def matches(self, series: str) -> bool:
+        if self.exact is not None:
+            return series == self.exact
+        assert self.pattern is not None
+        return self.pattern.fullmatch(series) is not None
+
+
+def _family(regex: str, kind: str) -> _Metric:
+    return _Metric(kind, None, re.compile(regex, re.DOTALL))
+
+
+_SELECTORS: dict[str, _Metric] = {
+    "cpu": _Metric(_PCT, "cpu", None),
+    "ram": _Metric(_PCT, "ram", None),
+    "swap": _Metric(_PCT, "swap", None),
+    "gpu": _family(r"gpu\d+", _PCT),
+    "vram": _family(r"vram\d+", _PCT),
+    "temp": _family(r"temp:.+", _TEMP),
+    "gputemp": _family(r"gputemp\d+", _TEMP),
+    "load": _Metric(_LOAD, "load1", None),
+    "disk": _family(r"disk:.+", _PCT),
+    "net_up": _Metric(_RATE, "net_tx", None),
+    "net_down": _Metric(_RATE, "net_rx", None),
+}
+METRICS: tuple[str, ...] = (*_SELECTORS, "disk:/mount")
+
+_RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _RATE: (0.0, 1e13)}
+
+
+def _metric(metric: str) -> _Metric | None:
+    """The selector for a rule's metric (already normalised), or None when there is no such metric."""
+    found = _SELECTORS.get(metric)
+    if found is None and metric.startswith("disk:") and len(metric) > 5:
+        found = _Metric(_PCT, metric, None)
+    return found
+
+
+def _clear_level(kind: str, threshold: float, below: bool) -> float:
+    """The value an alert must get back to (on the good side) before it can resolve; see the module docstring."""
+    margin = 2.0 if kind in (_PCT, _TEMP) else 0.1 * abs(threshold)
+    if not below:
+        level = threshold - margin
+        return level if kind == _TEMP else max(level, threshold / 2)
+    level = threshold + margin
+    return min(level, (threshold + 100.0) / 2) if kind == _PCT else level
+
+
+# --- rules -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    """One /setalert rule. Its identity is (host_id, metric): setting it again replaces it and keeps its state."""
+
+    host_id: int
+    metric: str  # a selector: cpu, ram, swap, gpu, vram, temp, gputemp, load, disk, disk:/mount, net_up, net_down
+    threshold: float
+    below: bool = False
+    for_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if _metric(self.metric) is None:
+            raise ValueError(f"unknown alert metric {self.metric!r}")
+        if not (math.isfinite(self.threshold) and math.isfinite(self.for_s) and self.for_s >= 0):
+            raise ValueError("threshold and for_s must be finite, for_s >= 0")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "metric": self.metric, "threshold": self.threshold, "below": self.below,
+                "for_s": self.for_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AlertRule:
+        return cls(int(data["host_id"]), str(data["metric"]), float(data["threshold"]), bool(data["below"]),
+                   float(data["for_s"]))
+
+
+@dataclass(frozen=True)
+class OfflineRule:
+    """A host's offline alert. Without one, a host has the default: enabled, delay max(3 intervals, 30 s)."""
+
+    host_id: int
+    delay: float | None = None  # None: the default delay
+    enabled: bool = True
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host_id": self.host_id, "metric": "offline", "delay": self.delay, "enabled": self.enabled}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OfflineRule:
+        delay = data.get("delay")
+        return cls(int(data["host_id"]), None if delay is None else float(delay), bool(data["enabled"]))
+
+
+Rule = AlertRule | OfflineRule
+
+
+# --- events ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    rule: AlertRule
+    host_id: int
+    series: str
+    value: float
+    since: float  # ts of the first sample over the threshold
+    at: float  # ts of the sample it is reported with
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    rule: AlertRule
+    host_id: int
+    series: str
+    value: float | None  # None: the series is no longer reported
+    since: float
+    duration: float  # from the first sample over to the first one back on the good side
+
+
+@dataclass(frozen=True, slots=True)
+class Reminder:
+    rule: AlertRule
+    host_id: int
+    series: str
+    value: float  # the latest value
+    since: float
+    at: float  # ts of the latest sample
+
+
+@dataclass(frozen=True, slots=True)
+class Offline:
+    host_id: int
+    since: float  # server time of the last sample or hello
+    at: float  # server time the delay ran out
+
+
+@dataclass(frozen=True, slots=True)
+class BackOnline:
+    host_id: int
+    down_for: float  # server time since the last sample before the outage
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MuteEnded:
+    host_id: int
+    at: float
+    still_firing: tuple[Firing, ...]  # every alert firing now, announced or not
+    offline_since: float | None = None  # the host is offline (and its offline alert enabled)
+
+
+Event = Firing | Resolved | Reminder | Offline | BackOnline | MuteEnded
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One row of /alerts. series None: the rule matched no series yet."""
+
+    rule: AlertRule
+    series: str | None
+    state: str  # ok, pending, firing
+    since: float | None  # ts the current pending/firing condition began
+    value: float | None  # the latest value
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    host_id: int
+    offline_alert: bool
+    delay: float  # the effective offline delay
+    last_seen: float | None
+    offline_since: float | None
+    muted_until: float | None
+
+
+# --- the engine --------------------------------------------------------------------------------------------------
+
+_OK, _PENDING, _FIRING = 0, 1, 2
+_PHASE_NAMES = ("ok", "pending", "firing")
+_LIVENESS, _REMINDER, _MUTE = 0, 1, 2
+_MIN_DELAY = 30.0
+_LAG_RISE = 0.5  # how fast the usual-lag floor may rise, in seconds per second of live samples
+
+
+class _State:
+    __slots__ = ("slot", "series", "phase", "since", "value", "last_ts", "clear_n", "clear_since", "notified",
+                 "next_reminder", "alive")
+
+    def __init__(self, slot: _Slot, series: str) -> None:
+        self.slot = slot
+        self.series = series
+        self.phase = _OK
+        self.since = 0.0
+        self.value: float | None = None
+        self.last_ts = -math.inf
+        self.clear_n = 0
+        self.clear_since = 0.0
+        self.notified = False  # the user was told it fires (Firing or MuteEnded)
+        self.next_reminder: float | None = None
+        self.alive = True  # False once its rule or host is gone: heap entries pointing here are then void
+
+
+class _Slot:
+    """A rule bound to its host, with the constants the hot loop needs and one _State per matched series."""
+
+    __slots__ = ("host", "rule", "metric", "sign", "lim", "clr", "for_s", "states", "by_series")
+
+    def __init__(self, host: _Host, rule: AlertRule) -> None:
+        metric = _metric(rule.metric)
+        assert metric is not None  # AlertRule checked it
+        self.host = host
+        self.metric = metric
+        self.states: list[_State] = []  # the ones the next sample is checked against
+        self.by_series: dict[str, _State] = {}
+        self.configure(rule)
+        if self.metric.exact is not None:
+            state = _State(self, self.metric.exact)
+            self.states.append(state)
+            self.by_series[state.series] = state
+
+    def configure(self, rule: AlertRule) -> None:
+        # A "<" rule is the ">" rule on -value: one comparison in the hot loop for both.
+        self.rule = rule
+        self.sign = -1.0 if rule.below else 1.0
+        self.lim = rule.threshold * self.sign
+        self.clr = _clear_level(self.metric.kind, rule.threshold, rule.below) * self.sign
+        self.for_s = rule.for_s
+
+
+class _Host:
+    __slots__ = ("id", "interval", "delay", "offline_rule", "last_seen", "offline_since", "offline_notified",
+                 "muted_until", "timer_at", "lag_floor", "lag_at", "slots", "slot_list", "wild", "layout")
+
+    def __init__(self, host_id: int) -> None:
+        self.id = host_id
+        self.interval: float | None = None
+        self.delay = _MIN_DELAY
+        self.offline_rule: OfflineRule | None = None
+        self.last_seen: float | None = None
+        self.offline_since: float | None = None
+        self.offline_notified = False
+        self.muted_until: float | None = None
+        self.timer_at: float | None = None  # the deadline of this host's one valid liveness heap entry
+        self.lag_floor: float | None = None
+        self.lag_at = 0.0
+        self.slots: dict[str, _Slot] = {}
+        self.slot_list: list[_Slot] = []
+        self.wild = False  # some rule watches a family of series: the sample's layout must be checked
+        self.layout: tuple[str, ...] | None = None  # series names of the last sample, when `wild`
+
+    def update_delay(self) -> None:
+        interval = self.interval or 0.0
+        rule = self.offline_rule
+        delay = rule.delay if rule is not None and rule.delay is not None else max(3 * interval, _MIN_DELAY)
+        self.delay = max(delay, 2 * interval)
+
+    @property
+    def offline_enabled(self) -> bool:
+        return self.offline_rule is None or self.offline_rule.enabled
+
+
+class AlertEngine:
+    """Every host's alert state. Feed it samples and time; it answers with events (see the module docstring)."""
+
+    def __init__(self, rules: Iterable[Rule] = (), *, repeat: float = 3600.0, now: float | None = None,
+                 clear_samples: int = 2) -> None:
+        self.repeat = repeat  # <= 0: no reminders
+        self.clear_samples = max(1, clear_samples)
+        self._start = -math.inf if now is None else now
+        self._hosts: dict[int, _Host] = {}
+        # (deadline, kind, seq, object). Entries are never removed early: each one is checked when it surfaces.
+        # At equal deadlines kind decides, not push order (a restored engine must behave the same): offline first,
+        # so a mute ending at that instant reports the host offline in its one MuteEnded.
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        for rule in rules:
+            self.set_rule(rule)
+
+    # --- rules and hosts ---
+
+    def _host(self, host_id: int) -> _Host:
+        host = self._hosts.get(host_id)
+        if host is None:
+            host = self._hosts[host_id] = _Host(host_id)
+        return host
+
+    def set_rule(self, rule: Rule) -> None:
+        """Add or replace a rule. A replaced AlertRule keeps its state: the next sample is judged by the new one."""
+        host = self._host(rule.host_id)
+        if isinstance(rule, OfflineRule):
+            host.offline_rule = None if rule == OfflineRule(rule.host_id) else rule
+            if not rule.enabled:
+                host.offline_notified = False  # no "back online" for an offline alert the user turned off
+            host.update_delay()
+            self._arm(host)
+            return
+        slot = host.slots.get(rule.metric)
+        if slot is None:
+            slot = host.slots[rule.metric] = _Slot(host, rule)
+            host.slot_list.append(slot)
+            host.wild = host.wild or slot.metric.exact is None
+            host.layout = None
+        else:
+            slot.configure(rule)
+
+    def delete_rule(self, host_id: int, metric: str) -> bool:
+        """Delete a rule (metric "offline": disable the offline alert), silently. False when there was none."""
+        host = self._hosts.get(host_id)
+        if metric == "offline":
+            was_enabled = host is None or host.offline_enabled
+            self.set_rule(OfflineRule(host_id, enabled=False))
+            return was_enabled
+        slot = None if host is None else host.slots.pop(metric, None)
+        if slot is None:
+            return False
+        assert host is not None
+        host.slot_list.remove(slot)
+        for state in slot.by_series.values():
+            state.alive = False
+        host.wild = any(s.metric.exact is None for s in host.slot_list)
+        return True
+
+    def rules(self, host_id: int | None = None) -> list[Rule]:
+        """Every rule (of one host), offline rules only where they differ from the default."""
+        hosts = self._hosts.values() if host_id is None else [h for h in [self._hosts.get(host_id)] if h]
+        out: list[Rule] = []
+        for host in hosts:
+            out.extend(slot.rule for slot in host.slot_list)
+            if host.offline_rule is not None:
+                out.append(host.offline_rule)
+        return out
+
+    def add_host(self, host_id: int, *, last_seen: float | None = None, interval: float | None = None) -> None:
+        """Make a host known without a sign of life (start-up from the store, a new key). No events."""
+        host = self._host(host_id)
+        if interval:
+            host.interval = interval
+            host.update_delay()
+        if last_seen is not None and host.offline_since is None and (host.last_seen is None
+                                                                     or last_seen > host.last_seen):
+            host.last_seen = last_seen
+        self._arm(host)
+
+    def forget_host(self, host_id: int) -> None:
+        """The host is deleted: its rules, states and timers go, silently."""
+        host = self._hosts.pop(host_id, None)
+        if host is not None:
+            for slot in host.slot_list:
+                for state in slot.by_series.values():
+                    state.alive = False
+
+    def mute(self, host_id: int, until: float) -> None:
+        """No events for this host until `until` (server time); then one MuteEnded."""
+        host = self._host(host_id)
+        host.muted_until = until
+        self._push(until, _MUTE, host)
+
+    def unmute(self, host_id: int, now: float) -> list[Event]:
+        host = self._hosts.get(host_id)
+        if host is None or host.muted_until is None:
+            return []
+        events: list[Event] = []
+        self._end_mute(host, now, events)
+        return events
+
+    # --- input ---
+
+    def host_seen(self, host_id: int, now: float, interval: float | None = None) -> list[Event]:
+        """A sign of life without a sample (an agent's hello); `interval` is its sampling interval."""
+        host = self._host(host_id)
+        if interval:
+            host.interval = interval
+            host.update_delay()
+        events: list[Event] = []
+        self._alive(host, now, events)
+        return events
+
+    def observe(self, host_id: int, ts: float, series: dict[str, float], now: float) -> list[Event]:
+        """One committed sample: `ts` by the agent's clock, `now` by the server's."""
+        host = self._hosts.get(host_id) or self._host(host_id)
+        events: list[Event] = []
+        if host.offline_since is not None or host.muted_until is not None or host.timer_at is None:
+            self._alive(host, now, events)
+        host.last_seen = now
+        slots = host.slot_list
+        if not slots:
+            return events
+
+        delay = host.delay
+        lag = now - ts
+        floor = host.lag_floor
+        if floor is None or lag <= floor:
+            floor = lag
+        else:
+            floor = min(lag, floor + min(now - host.lag_at, delay) * _LAG_RISE)
+        host.lag_floor = floor
+        host.lag_at = now
+        fresh = lag - floor <= delay
+        announce = fresh and host.muted_until is None
+        if host.wild and (host.layout is None or tuple(series) != host.layout):
+            self._rebind(host, series)
+
+        get = series.get
+        clear_samples = self.clear_samples
+        for slot in slots:
+            sign = slot.sign
+            lim = slot.lim
+            for state in slot.states:
+                value = get(state.series)
+                if value is None:
+                    self._missing(state, ts, delay, events)
+                    continue
+                x = value * sign
+                phase = state.phase
+                if phase == _FIRING:
+                    if x <= slot.clr:
+                        if state.clear_n == 0:
+                            state.clear_since = ts
+                        state.clear_n += 1
+                        if state.clear_n >= clear_samples:
+                            self._resolve(state, value, state.clear_since, events)
+                    else:
+                        state.clear_n = 0
+                        if not state.notified and announce:
+                            self._announce(state, value, ts, now, events)
+                elif x > lim:
+                    if phase == _OK:
+                        state.since = ts
+                        state.phase = _PENDING
+                    elif ts < state.last_ts or ts - state.last_ts > delay:
+                        state.since = ts  # no evidence across a gap (or a clock jump): start over
+                    if ts - state.since >= slot.for_s:
+                        state.phase = _FIRING
+                        state.clear_n = 0
+                        state.notified = False
+                        if announce:
+                            self._announce(state, value, ts, now, events)
+                elif phase == _PENDING:
+                    state.phase = _OK
+                state.value = value
+                state.last_ts = ts
+        return events
+
+    def tick(self, now: float) -> list[Event]:
+        """Everything timer-driven that is due at `now`: offline, reminders, mute expiry."""
+        events: list[Event] = []
+        heap = self._heap
+        while True:
+            deadline = self._top()
+            if deadline is None or deadline > now:
+                return events
+            _, kind, _, obj = heapq.heappop(heap)
+            if kind == _LIVENESS:
+                host: _Host = obj
+                host.timer_at = None
+                host.offline_since = host.last_seen
+                host.offline_notified = host.offline_enabled and host.muted_until is None
+                if host.offline_notified:
+                    assert host.last_seen is not None
+                    events.append(Offline(host.id, host.last_seen, now))
+            elif kind == _REMINDER:
+                state: _State = obj
+                events.append(Reminder(state.slot.rule, state.slot.host.id, state.series, state.value,
+                                       state.since, state.last_ts))
+                following = deadline + self.repeat
+                # Catch up without a burst when tick() ran late (a suspended laptop, a long GC).
+                self._schedule_reminder(state, following if following > now else now + self.repeat)
+            else:
+                self._end_mute(obj, now, events)
+
+    def next_deadline(self) -> float | None:
+        """When tick() next has something to do (server time), or None: sleep until a sample or a rule change."""
+        return self._top()
+
+    # --- views ---
+
+    def states(self, host_id: int | None = None) -> list[AlertState]:
+        """The /alerts rows: one per (rule, series), one per rule that matched no series yet."""
+        hosts = self._hosts.values() if host_id is None else [h for h in [self._hosts.get(host_id)] if h]
+        rows = []
+        for host in hosts:
+            for slot in host.slot_list:
+                seen = [s for s in slot.by_series.values() if s.value is not None or s.phase != _OK]
+                if not seen:
+                    rows.append(AlertState(slot.rule, None, "ok", None, None))
+                for s in sorted(seen, key=lambda s: s.series):
+                    rows.append(AlertState(slot.rule, s.series, _PHASE_NAMES[s.phase],
+                                           None if s.phase == _OK else s.since, s.value))
+        return rows
+
+    def host_status(self, host_id: int) -> HostStatus:
+        host = self._hosts.get(host_id) or _Host(host_id)
+        return HostStatus(host_id, host.offline_enabled, host.delay, host.last_seen, host.offline_since,
+                          host.muted_until)
+
+    # --- restart ---
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable state (not the rules: they live in the store and come back through restore)."""
+        hosts = []
+        states = []
+        for host in self._hosts.values():
+            hosts.append({"id": host.id, "interval": host.interval, "last_seen": host.last_seen,
+                          "offline_since": host.offline_since, "offline_notified": host.offline_notified,
+                          "muted_until": host.muted_until, "lag_floor": host.lag_floor, "lag_at": host.lag_at})
+            for slot in host.slot_list:
+                for s in slot.by_series.values():
+                    if s.phase != _OK:
+                        states.append({
+                            "host": host.id, "metric": slot.rule.metric, "series": s.series,
+                            "phase": _PHASE_NAMES[s.phase], "since": s.since, "value": s.value, "last_ts": s.last_ts,
+                            "clear_n": s.clear_n, "clear_since": s.clear_since, "notified": s.notified,
+                            "next_reminder": s.next_reminder})
+        return {"v": 1, "hosts": hosts, "states": states}
+
+    @classmethod
+    def restore(cls, snapshot: dict[str, Any] | None, rules: Iterable[Rule], *, now: float | None = None,
+                hosts: Iterable[int] | None = None, repeat: float = 3600.0, clear_samples: int = 2) -> AlertEngine:
+        """An engine with `rules` and the state of `snapshot` (states of rules no longer there are dropped).
+
+        `now` is the start time, which counts as a sign of life for every host (see the module docstring).
+        `hosts`, when given, are the host ids that still exist: the snapshot's other hosts are dropped. A snapshot
+        of another version is ignored: the engine starts clean rather than misreading it.
+        """
+        engine = cls(rules, repeat=repeat, now=now, clear_samples=clear_samples)
+        if not snapshot or snapshot.get("v") != 1:
+            return engine
+        keep = None if hosts is None else set(hosts)
+        for data in snapshot["hosts"]:
+            if keep is not None and int(data["id"]) not in keep:
+                continue
+            host = engine._host(int(data["id"]))
+            host.interval = data["interval"]
+            host.update_delay()
+            host.last_seen = data["last_seen"]
+            host.offline_since = data["offline_since"]
+            host.offline_notified = bool(data["offline_notified"]) and host.offline_enabled
+            host.lag_floor = data["lag_floor"]
+            host.lag_at = data["lag_at"]
+            if data["muted_until"] is not None:
+                engine.mute(host.id, data["muted_until"])
+            engine._arm(host)
+        for data in snapshot["states"]:
+            host = engine._hosts.get(int(data["host"]))
+            slot = None if host is None else host.slots.get(data["metric"])
+            series = data["series"]
+            if slot is None or not slot.metric.matches(series):
+                continue
+            state = slot.by_series.get(series)
+            if state is None:
+                state = slot.by_series[series] = _State(slot, series)
+                slot.states.append(state)
+            state.phase = _PHASE_NAMES.index(data["phase"])
+            state.since = data["since"]
+            state.value = data["value"]
+            state.last_ts = data["last_ts"]
+            state.clear_n = data["clear_n"]
+            state.clear_since = data["clear_since"]
+            state.notified = bool(data["notified"]) and state.phase == _FIRING
+            if state.notified and data["next_reminder"] is not None:
+                engine._schedule_reminder(state, data["next_reminder"])
+        return engine
+
+    # --- internals ---
+
+    def _push(self, deadline: float, kind: int, obj: Any) -> None:
+        heapq.heappush(self._heap, (deadline, kind, next(self._seq), obj))
+
+    def _deadline(self, host: _Host) -> float | None:
+        if host.last_seen is None or host.offline_since is not None:
+            return None
+        return max(host.last_seen, self._start) + host.delay
+
+    def _arm(self, host: _Host) -> None:
+        # The liveness entry may lag behind (last_seen only moves forward; _top re-arms it lazily), but it must
+        # never be later than the real deadline: a shorter delay pushes a new entry and voids the old one.
+        deadline = self._deadline(host)
+        if deadline is not None and (host.timer_at is None or deadline < host.timer_at):
+            host.timer_at = deadline
+            self._push(deadline, _LIVENESS, host)
+
+    def _top(self) -> float | None:
+        """Drop void entries and re-arm stale liveness ones until the top of the heap is a real deadline."""
+        heap = self._heap
+        while heap:
+            deadline, kind, _, obj = heap[0]
+            if kind == _LIVENESS:
+                host = obj
+                if self._hosts.get(host.id) is host and host.timer_at == deadline:
+                    actual = self._deadline(host)
+                    if actual == deadline:
+                        return deadline
+                    host.timer_at = None
+                    heapq.heappop(heap)
+                    self._arm(host)
+                    continue
+            elif kind == _REMINDER:
+                state = obj
+                if state.alive and state.notified and state.next_reminder == deadline:
+                    host = state.slot.host
+                    if host.muted_until is None and host.offline_since is None:
+                        return deadline
+                    # Held: the entry goes, the schedule stays; the end of the mute or the host's return re-arms it.
+            elif self._hosts.get(obj.id) is obj and obj.muted_until == deadline:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def _schedule_reminder(self, state: _State, when: float) -> None:
+        state.next_reminder = when
+        if self.repeat > 0:
+            self._push(when, _REMINDER, state)
+
+    def _alive(self, host: _Host, now: float, events: list[Event]) -> None:
+        muted_until = host.muted_until
+        if host.offline_since is not None:
+            # A mute that has just run out no longer silences: BackOnline first, then MuteEnded says the rest.
+            if host.offline_notified and (muted_until is None or muted_until <= now):
+                events.append(BackOnline(host.id, now - host.offline_since, now))
+            host.offline_since = None
+            host.offline_notified = False
+            for slot in host.slot_list:
+                for state in slot.states:
+                    if state.notified:
+                        due = state.next_reminder
+                        self._schedule_reminder(state, now + self.repeat if due is None or due <= now else due)
+        host.last_seen = now
+        if muted_until is not None and muted_until <= now:
+            self._end_mute(host, now, events)
+        self._arm(host)
+
+    def _end_mute(self, host: _Host, now: float, events: list[Event]) -> None:
+        host.muted_until = None
+        firing = []
+        for slot in host.slot_list:
+            for state in slot.by_series.values():
+                if state.phase == _FIRING:
+                    assert state.value is not None
+                    firing.append(Firing(slot.rule, host.id, state.series, state.value, state.since, state.last_ts))
+                    state.notified = True
+                    if host.offline_since is None:
+                        self._schedule_reminder(state, now + self.repeat)
+                    else:
+                        state.next_reminder = None
+        offline_since = None
+        if host.offline_since is not None and host.offline_enabled:
+            host.offline_notified = True
+            offline_since = host.offline_since
+        events.append(MuteEnded(host.id, now, tuple(firing), offline_since))
+
+    def _announce(self, state: _State, value: float, ts: float, now: float, events: list[Event]) -> None:
+        state.notified = True
+        events.append(Firing(state.slot.rule, state.slot.host.id, state.series, value, state.since, ts))
+        self._schedule_reminder(state, now + self.repeat)
+
+    def _resolve(self, state: _State, value: float | None, end: float, events: list[Event]) -> None:
+        host = state.slot.host
+        if state.notified and host.muted_until is None:
+            events.append(Resolved(state.slot.rule, host.id, state.series, value, state.since, end - state.since))
+        state.phase = _OK
+        state.notified = False
+        state.next_reminder = None
+        state.clear_n = 0
+
+    def _missing(self, state: _State, ts: float, delay: float, events: list[Event]) -> None:
+        slot = state.slot
+        if state.phase == _PENDING:
+            state.phase = _OK
+        elif state.phase == _FIRING and ts - state.last_ts > delay:
+            self._resolve(state, None, state.last_ts, events)
+        if state.phase == _OK and slot.metric.exact is None:
+            # Forget it now (so /alerts stops listing it); the next sample's _rebind drops it from slot.states.
+            state.alive = False
+            slot.by_series.pop(state.series, None)
+            slot.host.layout = None
+
+    def _rebind(self, host: _Host, series: dict[str, float]) -> None:
+        """The sample's series names changed: match every family rule against them again."""
+        host.layout = tuple(series)
+        for slot in host.slot_list:
+            metric = slot.metric
+            if metric.exact is not None:
+                continue
+            by_series = slot.by_series
+            states = []
+            for name in series:
+                if metric.matches(name):
+                    state = by_series.get(name)
+                    if state is None:
+                        state = by_series[name] = _State(slot, name)
+                    states.append(state)
+            for name, state in list(by_series.items()):
+                if name not in series:
+                    if state.phase == _FIRING:
+                        states.append(state)  # still reported missing until it times out
+                    else:
+                        state.alive = False
+                        del by_series[name]
+            slot.states = states
+
+
+# --- messages ----------------------------------------------------------------------------------------------------
+
+_LABELS = {"cpu": "CPU", "ram": "RAM", "swap": "swap", "load1": "load", "net_tx": "upload", "net_rx": "download"}
+_NUMBERED = re.compile(r"(gpu|vram|gputemp)(\d+)")
+_NUMBERED_LABELS = {"gpu": "GPU {}", "vram": "VRAM {}", "gputemp": "GPU {} temperature"}
+
+
+def series_label(series: str) -> str:
+    """What a series is called in messages: "CPU", "disk /home", "GPU 0 temperature"."""
+    if series in _LABELS:
+        return _LABELS[series]
+    numbered = _NUMBERED.fullmatch(series)
+    if numbered:
+        return _NUMBERED_LABELS[numbered[1]].format(numbered[2])
+    if series.startswith("disk:"):
+        return f"disk {series[5:]}"
+    if series.startswith("temp:"):
+        return f"temperature {series[5:]}"
+    return series
+
+
+def _num(value: float, digits: int = 1) -> str:
+    text = f"{value:.{digits}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def _rate(value: float) -> str:
+    # Binary units, like the status card (mbot.telegram.views.human_rate), so both show the same numbers.
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.0f} {unit}/s" if unit == "B" else f"{_num(value)} {unit}/s"
+        value /= 1024
+    return f"{_num(value)} TiB/s"
+
+
+def format_value(metric: str, value: float) -> str:
+    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s"."""
+    found = _metric(metric)
+    kind = found.kind if found is not None else _LOAD
+    if kind == _PCT:
+        return f"{_num(value)} %"
+    if kind == _TEMP:
+        return f"{_num(value)} °C"
+    if kind == _RATE:
+        return _rate(value)
+    return _num(value, 2)
+
+
+def _duration_text(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min"
+    return f"{secs} s"
+
+
+def _threshold_text(rule: AlertRule) -> str:
+    text = format_value(rule.metric, rule.threshold)
+    return f"threshold below {text}" if rule.below else f"threshold {text}"
+
+
+def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
+    text = f"{series_label(series)} {format_value(rule.metric, value)}"
+    if lasted >= 1:
+        text += f" for {_duration_text(lasted)}"
+    return f"{text} ({_threshold_text(rule)})"
+
+
+def describe(event: Event, host_name: str) -> str:
+    """The chat message for an event, plain text (the caller escapes it for HTML)."""
+    if isinstance(event, Firing):
+        return f"{host_name}: {_firing_text(event.rule, event.series, event.value, event.at - event.since)}"
+    if isinstance(event, Resolved):
+        label = series_label(event.series)
+        if event.value is None:
+            return f"{host_name}: {label} is no longer reported; alert closed after {_duration_text(event.duration)}"
+        value = format_value(event.rule.metric, event.value)
+        return f"{host_name}: {label} back to normal ({value}) after {_duration_text(event.duration)}"
+    if isinstance(event, Reminder):
+        value = format_value(event.rule.metric, event.value)
+        return (f"{host_name}: {series_label(event.series)} still {value} after "
+                f"{_duration_text(event.at - event.since)} ({_threshold_text(event.rule)})")
+    if isinstance(event, Offline):
+        return f"{host_name} is offline (last seen {_duration_text(event.at - event.since)} ago)"
+    if isinstance(event, BackOnline):
+        return f"{host_name} is back online after {_duration_text(event.down_for)}"
+    if isinstance(event, MuteEnded):
+        lines = [f"{host_name}: notifications are back on."]
+        if event.offline_since is not None:
+            lines.append(f"It is offline (last seen {_duration_text(event.at - event.offline_since)} ago).")
+        if event.still_firing:
+            lines.append("Still firing:")
+            lines.extend(f"- {_firing_text(f.rule, f.series, f.value, f.at - f.since)}" for f in event.still_firing)
+        elif event.offline_since is None:
+            lines.append("Nothing is firing.")
+        return "\n".join(lines)
+    raise TypeError(f"not an alert event: {event!r}")
+
+
+# --- commands ----------------------------------------------------------------------------------------------------
+
+USAGE_SETALERT = "Usage: /setalert NAME METRIC THRESHOLD [FOR]"
+USAGE_DELALERT = "Usage: /delalert NAME METRIC"
+USAGE_MUTE = "Usage: /mute NAME DURATION"
+USAGE_UNMUTE = "Usage: /unmute NAME"
+
+_METRIC_HELP = f"METRIC: {', '.join(METRICS)}, or offline"
+_DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
+_MAX_FOR = 7 * 86400.0
+_MAX_MUTE = 366 * 86400.0
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
+# Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
+_RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
+_UNITS = {_PCT: {"": 1, "%": 1}, _TEMP: {"": 1, "c": 1, "°c": 1, "°": 1}, _LOAD: {"": 1}, _RATE: _RATE_UNITS}
+
+
+class AlertUsageError(ValueError):
+    """Bad arguments to an alert command; str(self) starts with the usage line and says what is wrong."""
+
+
+def _usage(usage: str, problem: str) -> AlertUsageError:
+    return AlertUsageError(f"{usage}\n{problem}")
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    """/setalert NAME METRIC THRESHOLD [FOR], parsed; the caller resolves NAME to a host."""
+
+    name: str
+    metric: str
+    threshold: float
+    below: bool
+    for_s: float
+
+    def rule(self, host_id: int) -> AlertRule:
+        return AlertRule(host_id, self.metric, self.threshold, self.below, self.for_s)
+
+
+@dataclass(frozen=True)
+class OfflineSpec:
+    """/setalert NAME offline [DELAY]: (re-)enable the offline alert; delay None is the default."""
+
+    name: str
+    delay: float | None
+
+    def rule(self, host_id: int) -> OfflineRule:
+        return OfflineRule(host_id, self.delay)
+
+
+@dataclass(frozen=True)
+class DeleteSpec:
+    name: str
+    metric: str  # a rule's metric, or "offline"
+
+
+@dataclass(frozen=True)
+class MuteSpec:
+    name: str
+    duration: float
+
+
+def _parse_duration(text: str) -> float:
+    """"30s", "5m", "2h", "1d", "1w", "1h30m" -> seconds. (mbot.rollup has its own; they may be unified.)"""
+    text = text.strip().lower()
+    if not _DURATION.fullmatch(text):
+        raise ValueError(text)
+    return float(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> float:
+    try:
+        seconds = _parse_duration(text)
+    except ValueError:
+        raise _usage(usage, f"{what} {text[:32]!r} is not a duration: {_DURATION_HELP}.") from None
+    if not low <= seconds <= high:
+        raise _usage(usage, f"{what} must be between {_duration_text(low)} and {_duration_text(high)}.")
+    return seconds
+
+
+def _metric_arg(usage: str, text: str) -> str:
+    selector, colon, mount = text.partition(":")
+    metric = selector.lower() + colon + mount  # mount points are case-sensitive
+    if metric == "offline" or _metric(metric) is not None:
+        return metric
+    raise _usage(usage, f"unknown metric {text[:32]!r}. {_METRIC_HELP}.")
+
+
+def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
+    found = _metric(metric)
+    assert found is not None
+    kind = found.kind
+    match = _NUMBER.fullmatch(text.strip())
+    unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
+    units = _UNITS[kind]
+    if match is None or unit not in units:
+        examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
+        raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
+    value = float(match[2]) * units[unit]
+    low, high = _RANGES[kind]
+    if not low <= value <= high:
+        shown = f"{format_value(metric, low)} and {format_value(metric, high)}"
+        raise _usage(USAGE_SETALERT, f"THRESHOLD for {metric} must be between {shown}.")
+    return value, match[1] == "<"
+
+
+def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
+    """/setalert NAME METRIC THRESHOLD [FOR] | /setalert NAME offline [DELAY]."""
+    if len(args) < 2:
+        raise _usage(USAGE_SETALERT, f"{_METRIC_HELP}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
+    name = args[0]
+    metric = _metric_arg(USAGE_SETALERT, args[1])
+    if metric == "offline":
+        if len(args) > 3:
+            raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
+        delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
+        return OfflineSpec(name, delay)
+    if len(args) == 2:
+        raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
+    if len(args) > 4:
+        raise _usage(USAGE_SETALERT, "too many arguments.")
+    threshold, below = _threshold_arg(metric, args[2])
+    for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
+    return AlertSpec(name, metric, threshold, below, for_s)
+
+
+def parse_delalert(args: Sequence[str]) -> DeleteSpec:
+    if len(args) != 2:
+        raise _usage(USAGE_DELALERT, f"{_METRIC_HELP}; /alerts lists your rules.")
+    return DeleteSpec(args[0], _metric_arg(USAGE_DELALERT, args[1]))
+
+
+def parse_mute(args: Sequence[str]) -> MuteSpec:
+    if len(args) != 2:
+        raise _usage(USAGE_MUTE, f"e.g. /mute box1 2h; {_DURATION_HELP}.")
+    return MuteSpec(args[0], _duration_arg(USAGE_MUTE, "DURATION", args[1], 1.0, _MAX_MUTE))
+
+
+def parse_unmute(args: Sequence[str]) -> str:
+    if len(args) != 1:
+        raise _usage(USAGE_UNMUTE, "e.g. /unmute box1.")
+    return args[0]

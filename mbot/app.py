@@ -5,6 +5,7 @@
         writer                      single sqlite writer; outlives the services so it can flush them
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
+          alerting                  the alert engine's timers; fed by the writer's commits
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
           metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
@@ -18,12 +19,14 @@ import logging
 import signal
 import time
 from functools import partial
+from typing import Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from . import metrics, protocol, store, tls
 from .agents import AgentHub
+from .alerting import Alerting
 from .config import Settings
 from .metrics_http import serve_metrics
 from .store import Database
@@ -45,6 +48,7 @@ class Server:
     writer: Writer
     db: Database
     metrics_port: int | None = None
+    alerting: Alerting | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -58,11 +62,12 @@ class Server:
 
 
 async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bool = True,
-                outbox: Outbox | None = None,
+                outbox: Outbox | None = None, clock: Callable[[], float] = time.time,
                 task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED) -> None:
     """Run the server until stop() or a signal; returns after everything pending is committed.
 
-    `outbox` lets tests pass one with a faster rate limit than Telegram's (the default)."""
+    `outbox` lets tests pass one with a faster rate limit than Telegram's (the default); `clock` (wall time for
+    alerts and the bot) lets them move time forward instead of waiting for it."""
     ssl_context = tls.server_context(cert)
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(Writer, settings.db_path)
@@ -76,13 +81,15 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
+                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
+                await services.start(alerting.run)
                 api: BotApi | None = None
                 if settings.bot_enabled:
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
                     outbox = outbox or Outbox()
                     services.start_soon(outbox.run)
-                    bot = Bot(settings, api, outbox, db, writer, hub, fingerprint=cert.fingerprint,
-                              agent_port=settings.port or port)
+                    bot = Bot(settings, api, outbox, db, writer, hub, alerting, fingerprint=cert.fingerprint,
+                              agent_port=settings.port or port, clock=clock)
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
                     render = partial(_render_metrics, db, hub, writer, api, outbox if api else None)

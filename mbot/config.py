@@ -6,6 +6,7 @@ names the variable, so start-up can end with one clear line instead of a traceba
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ class Settings:
     allowed_users: frozenset[int] | None
     metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
     metrics_host: str = "127.0.0.1"
+    alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
 
     @property
     def db_path(self) -> Path:
@@ -72,6 +74,31 @@ def _user_ids(env: Mapping[str, str], name: str) -> frozenset[int] | None:
     return frozenset(ids)
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """'48h', '7d', '1h30m' -> seconds; ValueError otherwise."""
+    text = text.strip().lower()
+    if not text or _DURATION.sub("", text):
+        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 48h, 7d or 2w")
+    return float(sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(text)))
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
+    if seconds <= 0:
+        raise ConfigError(name, f"must be longer than 0, got {raw!r}")
+    return seconds
+
+
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, "").strip() or default
     if not raw.startswith(("http://", "https://")):
@@ -95,6 +122,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         allowed_users=_user_ids(env, "ALLOWED_USERS"),
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
+        alert_repeat=_duration(env, "MBOT_ALERT_REPEAT", 3600.0),
     )
 
 

@@ -70,6 +70,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE hosts ADD COLUMN dropped INTEGER NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE alert_rules (
+        host_id INTEGER NOT NULL,
+        metric TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (host_id, metric)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -250,6 +258,7 @@ def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked
 
 
 def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
+    conn.execute("DELETE FROM alert_rules WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 

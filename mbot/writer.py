@@ -14,13 +14,13 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 import trio
 
 from . import store
 from .metrics import Histogram
-from .protocol import Hello, Samples
+from .protocol import Hello, Sample, Samples
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,12 @@ class CallWrite(_Pending):
     args: tuple[Any, ...] = ()
 
 
+class CommitListener(Protocol):
+    def on_hello(self, host_id: int, hello: Hello) -> None: ...
+
+    def on_samples(self, host_id: int, samples: list[Sample]) -> None: ...
+
+
 @dataclass
 class _HostMark:
     epoch: int
@@ -85,6 +91,8 @@ class Writer:
         self.committed_samples = 0
         self.batches = 0
         self.commit_latency = Histogram()  # receive -> commit, per frame of samples (for /metrics)
+        # Told, in the trio thread, about what each commit stored (the alert engine): never about duplicates.
+        self.listeners: list[CommitListener] = []
         self._progress = trio.Event()
 
     # --- submitting ------------------------------------------------------------------------------------------
@@ -161,8 +169,17 @@ class Writer:
                 item.result = result
                 if isinstance(item, SamplesWrite):
                     self.commit_latency.observe(committed_at - item.seen)
-                    if item.on_commit is not None and result is not None:
-                        item.on_commit(result)
+                    if result is not None:
+                        last_seq, fresh = result
+                        item.result = last_seq
+                        if fresh:
+                            for listener in self.listeners:
+                                listener.on_samples(item.host_id, fresh)
+                        if item.on_commit is not None:
+                            item.on_commit(last_seq)
+                elif isinstance(item, HelloWrite):
+                    for listener in self.listeners:
+                        listener.on_hello(item.host_id, item.hello)
             item.done.set()
         self._progress.set()
         self._progress = trio.Event()
@@ -229,7 +246,8 @@ class Writer:
         return mark.last_seq
 
     def _apply_samples(self, conn: sqlite3.Connection, item: SamplesWrite, marks: dict[int, _HostMark],
-                       layouts: dict[tuple[str, ...], int], rows: list[tuple[int, float, int, int, bytes]]) -> int | None:
+                       layouts: dict[tuple[str, ...], int], rows: list[tuple[int, float, int, int, bytes]],
+                       ) -> tuple[int, list[Sample]] | None:
         assert item.samples is not None
         mark = self._mark(conn, item.host_id, marks)
         if mark is None:
@@ -255,7 +273,7 @@ class Writer:
             conn.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (item.seen, item.host_id))
         marks[item.host_id] = mark
         # Duplicates (seq at or below the mark) are acked too: the agent may drop them from its spool.
-        return mark.last_seq
+        return mark.last_seq, fresh
 
     def _intern(self, conn: sqlite3.Connection, names: tuple[str, ...], layouts: dict[tuple[str, ...], int]) -> int:
         encoded = json.dumps(list(names))

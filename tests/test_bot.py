@@ -285,3 +285,65 @@ async def test_real_agent_reboot_end_to_end(fake: FakeBot, server, nursery, tmp_
         agents.cancel_scope.cancel()
     assert back.params["text"].startswith("<b>box1</b> is back online after")
     assert ran.read_text() == "reboot\n"  # ran once
+
+
+class WallClock:
+    """Real time plus an offset the test can move forward: alert timers without waiting for them."""
+
+    def __init__(self):
+        import time
+
+        self._time = time.time
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return self._time() + self.offset
+
+
+async def test_alerts_end_to_end_with_the_real_agent(fake: FakeBot, nursery, settings: Settings, tmp_path):
+    from helpers import load_agent
+
+    clock = WallClock()
+    outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
+    settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url)
+    server = await nursery.start(lambda task_status: app.serve(
+        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+    agent = load_agent()
+    reply = await say(fake, ALICE, "/newkey box1")
+    secret = re.search(r"AGENT_SECRET=(\S+)", reply["text"]).group(1)
+    config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.1,
+                               fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"))
+
+    assert "Usage: /setalert" in (await say(fake, ALICE, "/setalert box1 cpu"))["text"]
+    assert "No such host" in (await say(fake, BOB, "/setalert box1 ram 0"))["text"]
+    # RAM in use is never 0 %, so this fires on the first sample (an idle CPU can read 0 %).
+    assert "Alert set on <b>box1</b>: ram &gt; 0 %" in (await say(fake, ALICE, "/setalert box1 ram 0"))["text"]
+    is_alert = lambda text: lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE and text in c.params["text"]  # noqa: E731
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        fired = await fake.wait_for(is_alert("box1: RAM"), timeout=10)
+        assert "threshold" in fired.params["text"]
+        overview = await say(fake, ALICE, "/alerts")
+        assert "firing" in overview["text"] and "offline after 30 s" in overview["text"]
+        agents.cancel_scope.cancel()
+    # Only one message for the incident, however many samples were over.
+    assert len([c for c in fake.calls("sendMessage") if "box1: RAM" in c.params["text"]]) == 1
+
+    # The agent stopped: after the delay (30 s by default; moved forward, not waited for) the owner hears of it.
+    clock.offset += 31
+    server.alerting.clock_moved()
+    await fake.wait_for(is_alert("box1 is offline"), timeout=10)
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        back = await fake.wait_for(is_alert("box1 is back online after"), timeout=10)
+        agents.cancel_scope.cancel()
+    assert "30 s" in back.params["text"] or "31 s" in back.params["text"]
+    # Mute, then unmute: one message says what is still firing.
+    assert "muted for 2 h" in (await say(fake, ALICE, "/mute box1 2h"))["text"]
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/unmute box1")
+    ended = await fake.wait_for(lambda c: c.method == "sendMessage" and "notifications are back on" in c.params["text"],
+                                since=since)
+    assert "Still firing" in ended.params["text"]
+    assert "removed" in (await say(fake, ALICE, "/delalert box1 ram"))["text"]
+    await server.aclose()

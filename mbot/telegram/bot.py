@@ -15,8 +15,10 @@ from typing import Any, Callable
 
 import trio
 
-from .. import protocol, service, store
+from .. import alerts, protocol, service, store
 from ..agents import AgentHub
+from ..alerting import Alerting
+from ..alerts import AlertUsageError
 from ..config import Settings
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
@@ -67,13 +69,16 @@ class SqliteOffset:
 
 class Bot:
     def __init__(self, settings: Settings, api: BotApi, outbox: Outbox, db: Database, writer: Writer,
-                 hub: AgentHub, *, fingerprint: str, agent_port: int, clock: Callable[[], float] = time.time) -> None:
+                 hub: AgentHub, alerting: Alerting, *, fingerprint: str, agent_port: int,
+                 clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._api = api
         self._outbox = outbox
         self._db = db
         self._writer = writer
         self._hub = hub
+        self._alerting = alerting
+        alerting.set_notify(self._notify)
         self._fingerprint = fingerprint
         self._agent_port = agent_port
         self._clock = clock
@@ -134,7 +139,7 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except ServiceError as exc:
+        except (ServiceError, AlertUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _command(self, ctx: Context, command: Command) -> None:
@@ -142,8 +147,11 @@ class Bot:
         name, args = command.name, command.args
         if name in ("start", "help"):
             self._send(ctx, views.HELP)
+        elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
+            await self._alert_command(ctx, command, now)
         elif name == "newkey":
             key = await self._writer.call(service.new_key, args[0], ctx.user_id)
+            self._alerting.host_added(key.host_id, key.name, ctx.user_id)
             log.info("user %d registered host %s (key %s)", ctx.user_id, key.name, key.key_id)
             self._send(ctx, *views.new_key(key, self._settings.public_host, self._agent_port, self._fingerprint))
         elif name == "hosts":
@@ -155,6 +163,7 @@ class Bot:
             self._send(ctx, views.host_card(host, now), views.card_keyboard(host))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
+            self._alerting.host_renamed(host.id, args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
         elif name == "revoke":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
@@ -165,6 +174,42 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             self._send(ctx, *views.new_key(key, self._settings.public_host, self._agent_port, self._fingerprint))
+
+    async def _alert_command(self, ctx: Context, command: Command, now: float) -> None:
+        name, args = command.name, list(command.args)
+        if name == "alerts":
+            hosts = await self._db.read(store.list_hosts, ctx.user_id)
+            self._send(ctx, views.alerts_overview([h for h in hosts if h.revoked is None], self._alerting.engine, now))
+            return
+        if name == "setalert":
+            spec = alerts.parse_setalert(args)
+            host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
+            rule = spec.rule(host.id)
+            await self._alerting.set_rule(rule)
+            self._send(ctx, f"Alert set on <b>{views.e(host.name)}</b>: {views.e(views.rule_text(rule))}.")
+        elif name == "delalert":
+            delete = alerts.parse_delalert(args)
+            host = await self._db.read(service.resolve_host, ctx.user_id, delete.name)
+            if await self._alerting.delete_rule(host.id, delete.metric):
+                self._send(ctx, f"Alert {views.e(delete.metric)} removed from <b>{views.e(host.name)}</b>.")
+            else:
+                self._send(ctx, f"<b>{views.e(host.name)}</b> has no {views.e(delete.metric)} alert. /alerts lists them.")
+        elif name == "mute":
+            mute = alerts.parse_mute(args)
+            host = await self._db.read(service.resolve_host, ctx.user_id, mute.name)
+            self._alerting.mute(host.id, now + mute.duration)
+            self._send(ctx, f"<b>{views.e(host.name)}</b> muted for {views.human_duration(mute.duration)}; "
+                            "what is still firing then will be reported. /unmute ends it sooner.")
+        elif name == "unmute":
+            host = await self._db.read(service.resolve_host, ctx.user_id, alerts.parse_unmute(args))
+            muted_until = self._alerting.engine.host_status(host.id).muted_until
+            if muted_until is None or muted_until <= now:
+                self._send(ctx, f"<b>{views.e(host.name)}</b> is not muted.")
+            else:
+                self._alerting.unmute(host.id)  # its MuteEnded message says what is still firing
+
+    def _notify(self, owner: int, text: str, event: alerts.Event) -> None:
+        self._outbox.submit(owner, partial(self._api.send_message, owner, text))
 
     async def _on_callback(self, query: dict[str, Any]) -> None:
         # Answer first: the client shows a spinner until we do, and gives up after ~15 s.
@@ -220,6 +265,7 @@ class Bot:
                 self._edit(ctx, "Cancelled.")
                 return
             await self._writer.call(partial(service.revoke, wipe=args[1] == "wipe"), ctx.user_id, host.id)
+            self._alerting.host_removed(host.id)
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key revoked")
             log.info("user %d revoked host %s (%s)", ctx.user_id, host.name,
                      "history deleted" if args[1] == "wipe" else "history kept")

@@ -28,6 +28,12 @@ SPECS: dict[str, tuple[str, int, int]] = {
     "rename": ("/rename OLD NEW - rename a host", 2, 2),
     "revoke": ("/revoke NAME - delete a host's key and disconnect its agent", 1, 1),
     "rotate": ("/rotate NAME - issue a new secret; the old one stops working at once", 1, 1),
+    # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
+    "setalert": ("/setalert NAME METRIC THRESHOLD [FOR] - alert when a metric crosses a threshold", 0, 8),
+    "delalert": ("/delalert NAME METRIC - remove an alert", 0, 8),
+    "alerts": ("/alerts - your alert rules and their state", 0, 0),
+    "mute": ("/mute NAME DURATION - no notifications from a host for a while", 0, 8),
+    "unmute": ("/unmute NAME - notifications back on", 0, 8),
 }
 
 # What the command menu (setMyCommands) shows.
@@ -38,6 +44,11 @@ MENU: list[tuple[str, str]] = [
     ("rename", "Rename a host: /rename OLD NEW"),
     ("rotate", "New secret for a host: /rotate NAME"),
     ("revoke", "Delete a host's key: /revoke NAME"),
+    ("alerts", "Your alert rules and their state"),
+    ("setalert", "Alert: /setalert NAME METRIC THRESHOLD [FOR]"),
+    ("delalert", "Remove an alert: /delalert NAME METRIC"),
+    ("mute", "Silence a host: /mute NAME DURATION"),
+    ("unmute", "Notifications back on: /unmute NAME"),
     ("help", "What mbot can do"),
 ]
 

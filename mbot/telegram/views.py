@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import store
+from ..alerts import AlertEngine, AlertRule, OfflineRule, format_value, series_label
 from ..service import NewKey
 
 CALLBACK_LIMIT = 64
@@ -113,7 +114,11 @@ HELP = (
     "/status [NAME] - a summary, or one host's card with Refresh, Reboot and Shutdown\n"
     "/rename OLD NEW - rename a host\n"
     "/rotate NAME - new secret; the old one stops working at once\n"
-    "/revoke NAME - delete a host's key and disconnect its agent\n\n"
+    "/revoke NAME - delete a host's key and disconnect its agent\n"
+    "/setalert NAME METRIC THRESHOLD [FOR] - e.g. /setalert box1 cpu 90 5m, /setalert box1 disk:/ 95, "
+    "/setalert box1 offline 2m\n"
+    "/delalert NAME METRIC, /alerts - manage alerts\n"
+    "/mute NAME DURATION, /unmute NAME - silence a host for a while\n\n"
     "NAME may also be the first 8+ characters of a host's key id."
 )
 
@@ -234,3 +239,45 @@ def revoke_question(host: store.Host) -> tuple[str, Keyboard]:
 
 POWER_DISABLED_HINT = ("The agent refuses power commands. To allow them, start it with AGENT_ALLOW_POWER=1 "
                        "(and as a user that may reboot the machine).")
+
+
+def rule_text(rule: AlertRule | OfflineRule) -> str:
+    if isinstance(rule, OfflineRule):
+        if not rule.enabled:
+            return "offline alert off"
+        return f"offline after {human_duration(rule.delay)}" if rule.delay else "offline (default delay)"
+    text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
+    return text + (f" for {human_duration(rule.for_s)}" if rule.for_s else "")
+
+
+def alerts_overview(hosts: list[store.Host], engine: AlertEngine, now: float) -> str:
+    if not hosts:
+        return "You have no hosts yet. /newkey NAME registers one."
+    blocks = []
+    for host in hosts:
+        status = engine.host_status(host.id)
+        head = f"<b>{e(host.name)}</b>"
+        if status.muted_until and status.muted_until > now:
+            head += f" (muted for {human_duration(status.muted_until - now)})"
+        if status.offline_since is not None:
+            head += f" 🔴 offline for {human_duration(now - status.offline_since)}"
+        lines = [head]
+        if status.offline_alert:
+            lines.append(f"• offline after {human_duration(status.delay)}")
+        else:
+            lines.append("• offline alert off")
+        for state in engine.states(host.id):
+            line = f"• {e(rule_text(state.rule))}"
+            if state.series and state.series != state.rule.metric:
+                line += f" [{e(series_label(state.series))}]"
+            if state.state == "firing" and state.since is not None:
+                line += f" - 🔥 firing for {human_duration(now - state.since)}"
+            elif state.state == "pending":
+                line += " - pending"
+            else:
+                line += " - ok"
+            if state.value is not None:
+                line += f" ({e(format_value(state.rule.metric, state.value))})"
+            lines.append(line)
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)

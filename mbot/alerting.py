@@ -1,0 +1,186 @@
+"""The alert engine at work: fed by the writer's commits, woken by its own timers, speaking through the outbox.
+
+mbot.alerts is the pure engine; this module is its edge: it loads rules and the last snapshot from the store, feeds
+the engine committed samples and hellos (CommitListener), sleeps until the engine's next deadline, turns events into
+chat messages for the host's owner, and persists the snapshot (throttled: after events, and at shutdown).
+"""
+from __future__ import annotations
+
+import html
+import json
+import logging
+import math
+import sqlite3
+import time
+from typing import Any, Callable
+
+import trio
+
+from . import alerts, store
+from .alerts import AlertEngine, AlertRule, Event, OfflineRule
+from .protocol import Hello, Sample
+from .store import Database
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_KEY = "alerts.snapshot"
+SAVE_EVERY = 5.0  # seconds between snapshot writes at most: a large one costs milliseconds
+
+# Where a message goes: (owner's chat id, HTML text, the event).
+Notify = Callable[[int, str, Event], None]
+
+
+# --- rules in sqlite (the writer's and the readers' connections) ------------------------------------------------
+
+
+def load_rules(conn: sqlite3.Connection) -> list[AlertRule | OfflineRule]:
+    rules: list[AlertRule | OfflineRule] = []
+    for (spec,) in conn.execute("SELECT spec FROM alert_rules ORDER BY host_id, metric"):
+        data = json.loads(spec)
+        rules.append(OfflineRule.from_dict(data) if data.get("metric") == "offline" else AlertRule.from_dict(data))
+    return rules
+
+
+def save_rule(conn: sqlite3.Connection, rule: AlertRule | OfflineRule) -> None:
+    data = rule.as_dict()
+    conn.execute("INSERT INTO alert_rules (host_id, metric, spec) VALUES (?, ?, ?) "
+                 "ON CONFLICT (host_id, metric) DO UPDATE SET spec = excluded.spec",
+                 (rule.host_id, data["metric"], json.dumps(data)))
+
+
+def delete_rule(conn: sqlite3.Connection, host_id: int, metric: str) -> bool:
+    return conn.execute("DELETE FROM alert_rules WHERE host_id = ? AND metric = ?", (host_id, metric)).rowcount > 0
+
+
+def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule], dict[str, Any] | None,
+                                                    list[store.Host]]:
+    snapshot = store.get_kv(conn, SNAPSHOT_KEY)
+    return load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn)
+
+
+class Alerting:
+    """Owns the engine. `run()` lives in the app's nursery; everything else is called from the trio thread."""
+
+    def __init__(self, db: Database, writer: Writer, *, repeat: float = 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._db = db
+        self._writer = writer
+        self._repeat = repeat
+        self._clock = clock
+        self.engine = AlertEngine(repeat=repeat, now=clock())
+        self._hosts: dict[int, tuple[str, int]] = {}  # host id -> (name, owner)
+        self._notify: Notify | None = None
+        self._wake = trio.Event()
+        self._dirty = False
+
+    def set_notify(self, notify: Notify) -> None:
+        self._notify = notify
+
+    def clock_moved(self) -> None:
+        """Re-check the timers now: for a clock that jumps (tests move time forward instead of waiting)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        rules, snapshot, hosts = await self._db.read(_load_state)
+        now = self._clock()
+        ids = [h.id for h in hosts if h.revoked is None]
+        if snapshot is not None:
+            self.engine = AlertEngine.restore(snapshot, rules, now=now, hosts=ids, repeat=self._repeat)
+        else:
+            self.engine = AlertEngine(rules, repeat=self._repeat, now=now)
+        for host in hosts:
+            self._hosts[host.id] = (host.name, host.owner)
+            # A host that never connected is not "offline": its agent is simply not installed yet.
+            if host.revoked is None and host.last_seen is not None:
+                self.engine.add_host(host.id, last_seen=host.last_seen, interval=host.interval)
+        self._writer.listeners.append(self)
+        task_status.started()
+        last_save = -math.inf
+        try:
+            while True:
+                deadline = self.engine.next_deadline()
+                wait = math.inf if deadline is None else max(0.0, deadline - self._clock())
+                with trio.move_on_after(wait):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+                self._emit(self.engine.tick(self._clock()))
+                if self._dirty and self._clock() - last_save >= SAVE_EVERY:
+                    await self._save()
+                    last_save = self._clock()
+        finally:
+            self._writer.listeners.remove(self)
+            if self._dirty:
+                with trio.CancelScope(shield=True):
+                    await self._save()
+
+    async def _save(self) -> None:
+        self._dirty = False
+        snapshot = json.dumps(self.engine.snapshot())
+        try:
+            await self._writer.call(store.set_kv, SNAPSHOT_KEY, snapshot)
+        except trio.ClosedResourceError:
+            log.warning("alert state not saved: the writer is already closed")
+
+    # --- fed by the writer (CommitListener) -------------------------------------------------------------------
+
+    def on_hello(self, host_id: int, hello: Hello) -> None:
+        self._emit(self.engine.host_seen(host_id, self._clock(), hello.interval))
+
+    def on_samples(self, host_id: int, samples: list[Sample]) -> None:
+        now = self._clock()
+        for sample in samples:
+            self._emit(self.engine.observe(host_id, sample.ts, sample.series, now))
+
+    # --- changes from users -----------------------------------------------------------------------------------
+
+    def host_added(self, host_id: int, name: str, owner: int) -> None:
+        self._hosts[host_id] = (name, owner)
+
+    def host_renamed(self, host_id: int, name: str) -> None:
+        if host_id in self._hosts:
+            self._hosts[host_id] = (name, self._hosts[host_id][1])
+
+    def host_removed(self, host_id: int) -> None:
+        self.engine.forget_host(host_id)
+        self._changed()
+
+    async def set_rule(self, rule: AlertRule | OfflineRule) -> None:
+        await self._writer.call(save_rule, rule)
+        self.engine.set_rule(rule)
+        self._changed()
+
+    async def delete_rule(self, host_id: int, metric: str) -> bool:
+        if metric == "offline":
+            # Offline alerts are on by default: turning them off is a rule of its own.
+            await self.set_rule(OfflineRule(host_id, enabled=False))
+            return True
+        existed = await self._writer.call(delete_rule, host_id, metric)
+        self.engine.delete_rule(host_id, metric)
+        self._changed()
+        return existed
+
+    def mute(self, host_id: int, until: float) -> None:
+        self.engine.mute(host_id, until)
+        self._changed()
+
+    def unmute(self, host_id: int) -> None:
+        self._emit(self.engine.unmute(host_id, self._clock()))
+        self._changed()
+
+    # --- out -------------------------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        self._dirty = True
+        self._wake.set()  # the next deadline may have moved
+
+    def _emit(self, events: list[Event]) -> None:
+        if not events:
+            return
+        self._changed()
+        for event in events:
+            name, owner = self._hosts.get(event.host_id, (f"host {event.host_id}", 0))
+            text = html.escape(alerts.describe(event, name))
+            log.info("alert: %s", alerts.describe(event, name))
+            if owner and self._notify is not None:
+                self._notify(owner, text, event)

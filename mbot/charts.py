@@ -22,12 +22,14 @@ from matplotlib import dates as mdates
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 
 logger = logging.getLogger(__name__)
 
 WIDTH_IN, HEIGHT_IN, DPI = 12.8, 6.4, 100  # 1280 x 640 px: a phone shows it full width, text still readable
 GAP_FACTOR = 2.5  # points further apart than 2.5 steps: the host was offline (one lost sample is not a gap)
 MAX_AXES = 2
+LEGEND_COLUMNS = 6  # a legend row above the plot; more entries (8 GPUs) take more rows, the plot gives way
 PERCENT = "%"
 # Mid-saturation colours that read on white, and on a dark chat theme around the white card; no black.
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
@@ -191,11 +193,14 @@ def render(spec: ChartSpec) -> bytes:
     # Fixed margins rather than constrained layout, which costs 40% of the render time; they fit 6-character tick
     # labels, a unit on each side, the title and a legend row above the plot.
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI, facecolor="white")
-    FigureCanvasAgg(fig)
+    canvas = FigureCanvasAgg(fig)
     left = fig.add_subplot()
     axes = [left] if len(data.units) == 1 else [left, left.twinx()]
     two_axes = len(axes) == 2
-    fig.subplots_adjust(left=0.075, right=0.925 if two_axes else 0.975, bottom=0.11, top=0.855)
+    entries = len(data.lines) + bool(data.shaded)
+    legend_rows = math.ceil(entries / LEGEND_COLUMNS) if entries > 1 else 0
+    fig.subplots_adjust(left=0.075, right=0.925 if two_axes else 0.975, bottom=0.11,
+                        top=0.9 - 0.045 * legend_rows)
     for ax in axes:
         ax.set_facecolor("white")
         ax.tick_params(labelsize=12, colors=TEXT)
@@ -237,12 +242,21 @@ def render(spec: ChartSpec) -> bytes:
     left.set_xlim(num(spec.start), num(spec.end))
     left.set_xlabel(_range_text(spec), fontsize=11, color="#666666")
     fig.suptitle(spec.title, fontsize=15, color=TEXT, y=0.975)
-    if len(handles) > 1:
-        left.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=min(len(handles), 6),
+    if legend_rows:
+        left.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=min(entries, LEGEND_COLUMNS),
                     frameon=False, fontsize=12, borderaxespad=0.2)
 
     buffer = io.BytesIO()
-    # zlib level 1: a third of the encoding time for a file about 20% larger, still far below Telegram's limits.
+    # zlib level 1: half the encoding time (about 17 ms here) for a file about 20% larger, far below upload limits.
     fig.savefig(buffer, format="png", dpi=DPI, facecolor="white", pil_kwargs={"compress_level": 1})
-    fig.clear()  # breaks the figure <-> artists cycles now instead of at the next garbage collection
-    return buffer.getvalue()
+    # The figure is garbage in reference cycles (figure <-> axes <-> artists) that only a full collection frees,
+    # and every Text it drew keeps the renderer, a 3 MB pixel buffer: measured, 30-odd figures (50 MB) piled up
+    # between collections. Dropping those references frees the buffer now; the rest is ~0.3 MB of objects.
+    # (Text._renderer is matplotlib's private cache: if it is renamed, test_charts' memory test says so.)
+    canvas.renderer = None
+    for text in fig.findobj(Text):
+        text._renderer = None
+    png = buffer.getvalue()
+    logger.debug("chart %r: %d lines, %d points, %d bytes", spec.title, len(data.lines),
+                 sum(int(np.isfinite(d.y).sum()) for d in data.lines), len(png))
+    return png

@@ -141,9 +141,19 @@ def _split_metrics(tokens: list[str]) -> tuple[str, int]:
     space after or before a separator) still make one METRICS."""
     text, used = tokens[0], 1
     while used < len(tokens) and (text[-1] in ";," or tokens[used][0] in ";,"):
+        if tokens[used][0] not in ";," and _is_span(tokens[used]):
+            break  # `cpu; 1h`: a trailing separator, then the SPAN (no metric word looks like a span)
         text += tokens[used]
         used += 1
     return text, used
+
+
+def _is_span(token: str) -> bool:
+    try:
+        parse_duration(token)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,

@@ -6,6 +6,7 @@
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
           alerting                  the alert engine's timers; fed by the writer's commits
+          history.maintain          rollups (by arrival, bounded steps) and retention
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
           metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import metrics, protocol, store, tls
+from . import history, metrics, plotting, protocol, store, tls
 from .agents import AgentHub
 from .alerting import Alerting
 from .config import Settings
@@ -69,6 +70,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     `outbox` lets tests pass one with a faster rate limit than Telegram's (the default); `clock` (wall time for
     alerts and the bot) lets them move time forward instead of waiting for it."""
     ssl_context = tls.server_context(cert)
+    plotting.use_cache_dir(settings.data_dir)
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(Writer, settings.db_path)
     hub = AgentHub(db, writer)
@@ -83,6 +85,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
                 await services.start(alerting.run)
+                services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None
                 if settings.bot_enabled:
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))

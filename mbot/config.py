@@ -6,13 +6,20 @@ names the variable, so start-up can end with one clear line instead of a traceba
 from __future__ import annotations
 
 import os
-import re
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Mapping
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .rollup import DEFAULT_TIERS, Tier, make_tiers, parse_duration
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+
+
+def _local_zone() -> tzinfo:
+    return datetime.now().astimezone().tzinfo or ZoneInfo("UTC")
 
 
 class ConfigError(Exception):
@@ -35,6 +42,8 @@ class Settings:
     metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
     metrics_host: str = "127.0.0.1"
     alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
+    tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
+    tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
 
     @property
     def db_path(self) -> Path:
@@ -74,18 +83,6 @@ def _user_ids(env: Mapping[str, str], name: str) -> frozenset[int] | None:
     return frozenset(ids)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_duration(text: str) -> float:
-    """'48h', '7d', '1h30m' -> seconds; ValueError otherwise."""
-    text = text.strip().lower()
-    if not text or _DURATION.sub("", text):
-        raise ValueError(f"{text!r} is not a duration like 30s, 5m, 48h, 7d or 2w")
-    return float(sum(float(n) * _UNIT[u] for n, u in _DURATION.findall(text)))
-
-
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -97,6 +94,16 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     if seconds <= 0:
         raise ConfigError(name, f"must be longer than 0, got {raw!r}")
     return seconds
+
+
+def _zone(env: Mapping[str, str], name: str) -> tzinfo:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return _local_zone()
+    try:
+        return ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(name, f"{raw!r} is not a time zone name like Europe/Berlin or UTC") from None
 
 
 def _url(env: Mapping[str, str], name: str, default: str) -> str:
@@ -123,6 +130,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
         alert_repeat=_duration(env, "MBOT_ALERT_REPEAT", 3600.0),
+        tiers=make_tiers(**{key: _duration(env, f"MBOT_RETAIN_{suffix}", default) for key, suffix, default in (
+            ("raw", "RAW", 2 * 86400.0), ("m1", "1M", 7 * 86400.0), ("m10", "10M", 90 * 86400.0),
+            ("h1", "1H", 730 * 86400.0))}),
+        tz=_zone(env, "MBOT_TZ"),
     )
 
 

@@ -78,6 +78,38 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (host_id, metric)
     );
     """,
+    """
+    CREATE TABLE agg_1m (
+        host_id INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        layout_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        mins BLOB NOT NULL,
+        avgs BLOB NOT NULL,
+        maxs BLOB NOT NULL,
+        PRIMARY KEY (host_id, bucket, layout_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE agg_10m (
+        host_id INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        layout_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        mins BLOB NOT NULL,
+        avgs BLOB NOT NULL,
+        maxs BLOB NOT NULL,
+        PRIMARY KEY (host_id, bucket, layout_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE agg_1h (
+        host_id INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        layout_id INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        mins BLOB NOT NULL,
+        avgs BLOB NOT NULL,
+        maxs BLOB NOT NULL,
+        PRIMARY KEY (host_id, bucket, layout_id)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -259,6 +291,8 @@ def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked
 
 def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM alert_rules WHERE host_id = ?", (host_id,))
+    for table in ("agg_1m", "agg_10m", "agg_1h"):
+        conn.execute(f"DELETE FROM {table} WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 

@@ -112,7 +112,8 @@ async def test_newkey_then_agent_then_status_card(fake: FakeBot, server, setting
     await ack_reaching(agent.ws, 1)
     card = await say(fake, ALICE, "/status box1")
     assert "🟢 online" in card["text"] and "CPU 42 %" in card["text"]
-    assert set(buttons(card)) == {"🔄 Refresh", "Reboot", "Shutdown"}
+    # Chart buttons only for what the host has: CPU and RAM here, no GPU.
+    assert set(buttons(card)) == {"🔄 Refresh", "📈 CPU", "📈 RAM", "Reboot", "Shutdown"}
     listed = await say(fake, ALICE, "/hosts")
     assert "box1" in listed["text"] and "online" in listed["text"]
     summary = await say(fake, ALICE, "/status")
@@ -347,3 +348,55 @@ async def test_alerts_end_to_end_with_the_real_agent(fake: FakeBot, nursery, set
     assert "Still firing" in ended.params["text"]
     assert "removed" in (await say(fake, ALICE, "/delalert box1 ram"))["text"]
     await server.aclose()
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    import struct
+
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+async def test_plot_charts_and_range_buttons(fake: FakeBot, server, nursery):
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    agent = await Agent.connect(nursery, server.port, secret)
+    import time
+
+    now = time.time()
+    for seq in range(1, 31):  # the last 5 minutes at 10 s, then a gap
+        await agent.ws.send_message(sample_frame(seq, cpu=seq, ts=now - 600 + seq * 10))
+    await ack_reaching(agent.ws, 30)
+
+    usage = await say(fake, ALICE, "/plot box1 gpu 1h")
+    assert usage["text"].startswith("Usage: /plot NAME METRICS SPAN") and "Metrics of this host: cpu" in usage["text"]
+    assert (await say(fake, ALICE, "/plot box1 cpu soon"))["text"].startswith("Usage: /plot")
+
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/plot box1 cpu;ram 1h 80")
+    photo = await fake.wait_for(lambda c: c.method in ("sendPhoto", "sendMessage"), since=since, timeout=20)
+    assert photo.method == "sendPhoto", photo.params
+    assert png_size(photo.files["photo"].data) == (1280, 640)
+    assert "box1" in photo.params["caption"] and "CPU" in photo.params["caption"]
+    assert [c.method for c in fake.sent[since:]][:1] == ["sendChatAction"]
+    ranges = buttons(photo.params)
+    assert list(ranges) == ["10m", "1h", "24h", "7d", "30d"]
+
+    # A range button replaces the picture in place.
+    since = len(fake.sent)
+    fake.push_callback(ALICE, ranges["24h"], photo.result["message_id"])
+    edited = await fake.wait_for(lambda c: c.method == "editMessageMedia", since=since, timeout=20)
+    assert edited.params["message_id"] == photo.result["message_id"]
+    assert png_size(edited.files["photo"].data) == (1280, 640)
+    assert "· 24h ·" in buttons(edited.params)
+
+    # The card's chart button, and a range with no data.
+    card = await say(fake, ALICE, "/status box1")
+    since = len(fake.sent)
+    fake.push_callback(ALICE, buttons(card)["📈 RAM"], last_message_id(fake, ALICE))
+    assert png_size((await fake.wait_for("sendPhoto", since=since, timeout=20)).files["photo"].data) == (1280, 640)
+    assert "No data" in (await say(fake, ALICE, "/plot box1 cpu 1m"))["text"]
+    # Someone else's chart: the same answer as a missing host.
+    await say(fake, BOB, "/hosts")
+    forged = await press(fake, BOB, ranges["1h"], last_message_id(fake, BOB))
+    assert forged["text"] == "No such host. /hosts lists yours."
+    await agent.close()

@@ -11,14 +11,15 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, protocol, service, store
+from .. import alerts, charts, plotspec, plotting, protocol, service, store
 from ..agents import AgentHub
 from ..alerting import Alerting
 from ..alerts import AlertUsageError
+from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
@@ -85,6 +86,7 @@ class Bot:
         self._username: str | None = None
         self._pending: dict[str, PowerRequest] = {}
         self._refused: set[int] = set()
+        self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -139,7 +141,7 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _command(self, ctx: Context, command: Command) -> None:
@@ -149,6 +151,11 @@ class Bot:
             self._send(ctx, views.HELP)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
+        elif name == "plot":
+            longest = max(tier.retention for tier in self._settings.tiers)
+            request = plotspec.parse_plot(args, max_span=longest)
+            host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
+            await self._chart(ctx, host, request.metrics, request.span, request.limit, request.unit, None)
         elif name == "newkey":
             key = await self._writer.call(service.new_key, args[0], ctx.user_id)
             self._alerting.host_added(key.host_id, key.name, ctx.user_id)
@@ -160,7 +167,7 @@ class Bot:
             self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
-            self._send(ctx, views.host_card(host, now), views.card_keyboard(host))
+            self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._alerting.host_renamed(host.id, args[1])
@@ -208,8 +215,35 @@ class Bot:
             else:
                 self._alerting.unmute(host.id)  # its MuteEnded message says what is still firing
 
+    async def _chart(self, ctx: Context, host: store.Host, words: Sequence[str], span: float, limit: float | None,
+                     unit: str | None, span_label: str | None, *, replace: bool = False) -> None:
+        """Render off the event loop and send (or, for a range button, replace the picture in place)."""
+        if not replace:
+            # A hint that something is coming; it costs nothing if it fails.
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_chat_action, ctx.chat_id, "upload_photo"))
+        spec = await self._db.read(plotting.build_spec, host, words, span, limit, unit, self._settings.tiers,
+                                   self._settings.tz, self._clock())
+        try:
+            png = await trio.to_thread.run_sync(charts.render, spec, limiter=self._charts)
+        except charts.NoData:
+            self._send(ctx, f"No data from <b>{views.e(host.name)}</b> for {views.e(spec.title.split(' · ')[-1])}.")
+            return
+        keyboard = views.range_keyboard(host.id, words, unit, span_label)
+        caption = views.e(spec.title)
+        if replace and ctx.message_id is not None:
+            self._outbox.submit(ctx.chat_id, partial(self._api.edit_message_media, ctx.chat_id, ctx.message_id, png,
+                                                     caption, keyboard))
+        else:
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard))
+
     def _notify(self, owner: int, text: str, event: alerts.Event) -> None:
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text))
+        keyboard = None
+        rule = getattr(event, "rule", None)
+        if isinstance(rule, alerts.AlertRule):
+            callback = views.chart_callback("chart", event.host_id, "1h", None, (rule.metric,))
+            if callback is not None:
+                keyboard = views.keyboard([views.button("📈 Last hour", callback)])
+        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
 
     async def _on_callback(self, query: dict[str, Any]) -> None:
         # Answer first: the client shows a spinner until we do, and gives up after ~15 s.
@@ -240,11 +274,19 @@ class Bot:
             self._outbox.submit(ctx.chat_id, partial(self._api.delete_message, ctx.chat_id, ctx.message_id))
         elif action in ("card", "refresh"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
-            text, keyboard = views.host_card(host, now), views.card_keyboard(host)
+            text, keyboard = views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host))
             if action == "card":
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
+        elif action in ("chart", "range"):
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))
+            try:
+                await self._chart(ctx, host, words, views.CHART_SPANS[span], None, unit, span,
+                                  replace=action == "range")
+            except PlotUsageError as exc:
+                self._send(ctx, views.e(str(exc)))
         elif action == "power":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             if not self._hub.is_connected(host.id):

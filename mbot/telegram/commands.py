@@ -32,6 +32,7 @@ SPECS: dict[str, tuple[str, int, int]] = {
     "setalert": ("/setalert NAME METRIC THRESHOLD [FOR] - alert when a metric crosses a threshold", 0, 8),
     "delalert": ("/delalert NAME METRIC - remove an alert", 0, 8),
     "alerts": ("/alerts - your alert rules and their state", 0, 0),
+    "plot": ("/plot NAME METRICS SPAN... [LIMIT] [UNIT] - a chart, e.g. /plot box1 cpu;gpu 2d 3h 80", 0, 16),
     "mute": ("/mute NAME DURATION - no notifications from a host for a while", 0, 8),
     "unmute": ("/unmute NAME - notifications back on", 0, 8),
 }
@@ -40,6 +41,7 @@ SPECS: dict[str, tuple[str, int, int]] = {
 MENU: list[tuple[str, str]] = [
     ("status", "Summary of your hosts, or one host's card"),
     ("hosts", "Your hosts, online or offline"),
+    ("plot", "A chart: /plot NAME METRICS SPAN [LIMIT] [UNIT]"),
     ("newkey", "Register a host: /newkey NAME"),
     ("rename", "Rename a host: /rename OLD NEW"),
     ("rotate", "New secret for a host: /rotate NAME"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from .. import store
 from ..alerts import AlertEngine, AlertRule, OfflineRule, format_value, series_label
@@ -32,10 +32,26 @@ class Callback:
         return data
 
 
+CHART_SPANS = {"10m": 600.0, "1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+
+
+def chart_callback(action: str, host_id: int, span: str, unit: str | None, metrics: Sequence[str]) -> Callback | None:
+    """chart (a new photo) or range (replace the photo): None when it would not fit in 64 bytes (long mount
+    paths), in which case the button is left out rather than truncated."""
+    callback = Callback(action, (str(host_id), span, unit or "-", ";".join(metrics)))
+    return callback if len(":".join((action, *callback.args)).encode()) <= CALLBACK_LIMIT else None
+
+
 def decode_callback(data: str) -> Callback | None:
     """None for data this bot never made (old buttons, forgeries): the bot answers those with a short notice."""
     if not data or len(data.encode()) > CALLBACK_LIMIT:
         return None
+    if data.startswith(("chart:", "range:")):
+        # The metrics come last and may hold ':' themselves (disk:/home).
+        parts = data.split(":", 4)
+        if len(parts) != 5 or not parts[1].isdigit() or parts[2] not in CHART_SPANS or not parts[4]:
+            return None
+        return Callback(parts[0], tuple(parts[1:]))
     action, *args = data.split(":")
     expected = {"card": 1, "refresh": 1, "power": 2, "confirm": 1, "cancel": 1, "revoke": 2, "delete": 0}
     if expected.get(action) != len(args):
@@ -176,9 +192,35 @@ def host_card(host: store.Host, now: float) -> str:
     return "\n".join(lines)
 
 
-def card_keyboard(host: store.Host) -> Keyboard:
+CARD_CHARTS = (("CPU", "cpu", "cpu"), ("RAM", "ram", "ram"), ("GPU", "gpu", "gpu0"), ("VRAM", "vram", "vram0"),
+               ("Disk", "disk", "disk:"), ("Net", "net", "net_rx"))
+
+
+def chart_buttons(host: store.Host, series: Sequence[str]) -> list[dict[str, str]]:
+    """📈 buttons for the charts this host can draw (a host without a GPU gets no GPU button)."""
+    buttons = []
+    for label, word, probe in CARD_CHARTS:
+        if any(name == probe or (probe.endswith(":") and name.startswith(probe)) for name in series):
+            callback = chart_callback("chart", host.id, "1h", None, (word,))
+            if callback is not None:
+                buttons.append(button(f"📈 {label}", callback))
+    return buttons
+
+
+def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, current: str | None) -> Keyboard | None:
+    buttons = []
+    for span in CHART_SPANS:
+        callback = chart_callback("range", host_id, span, unit, metrics)
+        if callback is not None:
+            buttons.append(button(f"· {span} ·" if span == current else span, callback))
+    return keyboard(buttons) if buttons else None
+
+
+def card_keyboard(host: store.Host, series: Sequence[str] = ()) -> Keyboard:
+    charts = chart_buttons(host, series)
     return keyboard(
         [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
+        charts[:3], charts[3:],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )

@@ -1,0 +1,207 @@
+"""History in sqlite: rolled-up tiers, their retention, and range queries for charts.
+
+Rollup goes by arrival, not by time: a watermark on the raw table's rowid (in `kv`) marks what has been rolled up,
+and each step folds the next rows into the 1-minute, 10-minute and 1-hour tables in the same transaction that moves
+the watermark. So every sample is counted exactly once, whenever it arrives: an agent replaying hours of spool
+lands in the right buckets (combined with what was there), and nothing waits for a bucket to "close".
+
+Each aggregate row holds, for one host, one bucket and one layout (the set of series names, as in `samples`), the
+sample count and float32 arrays of min, avg and max per series. Averages are combined weighted by count, so an
+average of averages stays the average of the samples (up to float32 rounding).
+
+Functions take a sqlite3 connection: the server runs writes through its single writer (`Writer.call`) in bounded
+steps, reads through `Database.read`; the CLI and the benchmark call them directly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import trio
+
+from . import store
+from .rollup import Agg, Tier, combine, rollup
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+WATERMARK_KEY = "rollup.rowid"
+STEP_ROWS = 2000  # raw rows per rollup transaction: tens of milliseconds, so ingest never waits long
+DELETE_ROWS = 5000
+_F32 = np.dtype("<f4")
+
+# Aggregate tiers: table and bucket width. The raw tier is `samples`.
+AGG_TABLES: tuple[tuple[str, int], ...] = (("agg_1m", 60), ("agg_10m", 600), ("agg_1h", 3600))
+TABLE_OF_TIER = {"1m": "agg_1m", "10m": "agg_10m", "1h": "agg_1h"}
+
+
+@dataclass
+class _Partial:
+    count: int
+    mins: np.ndarray
+    sums: np.ndarray  # float64: exact enough for thousands of float32 values
+    maxs: np.ndarray
+
+    def add(self, other: _Partial) -> None:
+        self.count += other.count
+        np.minimum(self.mins, other.mins, out=self.mins)
+        np.maximum(self.maxs, other.maxs, out=self.maxs)
+        self.sums += other.sums
+
+
+def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS) -> int:
+    """Fold the next `limit` raw rows into every aggregate tier; returns how many rows it folded (0: caught up).
+    Call inside a transaction (the writer's): the upserts and the watermark commit together."""
+    watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
+    rows = conn.execute("SELECT rowid, host_id, ts, layout_id, vals FROM samples WHERE rowid > ? ORDER BY rowid "
+                        "LIMIT ?", (watermark, limit)).fetchall()
+    if not rows:
+        return 0
+    # 1-minute partials straight from the raw rows (vectorised per group), coarser tiers from those.
+    blobs: dict[tuple[int, int, int], list[bytes]] = {}
+    for _, host_id, ts, layout_id, vals in rows:
+        blobs.setdefault((host_id, int(ts // 60) * 60, layout_id), []).append(vals)
+    partials: dict[tuple[str, int, int, int], _Partial] = {}
+    for (host_id, bucket, layout_id), group in blobs.items():
+        values = np.frombuffer(b"".join(group), dtype=_F32).reshape(len(group), -1)
+        minute = _Partial(len(group), values.min(axis=0), values.sum(axis=0, dtype=np.float64), values.max(axis=0))
+        for table, width in AGG_TABLES:
+            key = (table, host_id, bucket // width * width, layout_id)
+            if key in partials:
+                partials[key].add(minute)
+            else:
+                partials[key] = _Partial(minute.count, minute.mins.copy(), minute.sums.copy(), minute.maxs.copy())
+    for (table, host_id, bucket, layout_id), part in partials.items():
+        _upsert(conn, table, host_id, bucket, layout_id, part)
+    store.set_kv(conn, WATERMARK_KEY, str(rows[-1][0]))
+    return len(rows)
+
+
+def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, part: _Partial) -> None:
+    old = conn.execute(f"SELECT count, mins, avgs, maxs FROM {table} WHERE host_id = ? AND bucket = ? "
+                       "AND layout_id = ?", (host_id, bucket, layout_id)).fetchone()
+    count, sums, mins, maxs = part.count, part.sums, part.mins, part.maxs
+    if old is not None:
+        old_count = old[0]
+        sums = sums + np.frombuffer(old[2], dtype=_F32).astype(np.float64) * old_count
+        mins = np.minimum(mins, np.frombuffer(old[1], dtype=_F32))
+        maxs = np.maximum(maxs, np.frombuffer(old[3], dtype=_F32))
+        count += old_count
+    avgs = np.clip(sums / count, mins, maxs)  # float rounding must not put the mean outside [min, max]
+    conn.execute(f"INSERT OR REPLACE INTO {table} (host_id, bucket, layout_id, count, mins, avgs, maxs) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 (host_id, bucket, layout_id, count, mins.astype(_F32).tobytes(), avgs.astype(_F32).tobytes(),
+                  maxs.astype(_F32).tobytes()))
+
+
+def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, limit: int = DELETE_ROWS) -> int:
+    """Delete at most about `limit` rows that are past their tier's retention; returns how many went. Raw rows
+    go only once they are rolled up (below the watermark), so no sample leaves history before it is aggregated."""
+    retention = {tier.name: tier.retention for tier in tiers}
+    watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
+    deleted = conn.execute(
+        "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE rowid <= ? AND ts < ? "
+        "ORDER BY rowid LIMIT ?)", (watermark, now - retention["raw"], limit)).rowcount
+    host_ids = [row[0] for row in conn.execute("SELECT id FROM hosts")]
+    for tier_name, table in TABLE_OF_TIER.items():
+        cutoff = now - retention[tier_name]
+        for host_id in host_ids:
+            deleted += conn.execute(f"DELETE FROM {table} WHERE host_id = ? AND bucket < ?",
+                                    (host_id, cutoff)).rowcount
+    return deleted
+
+
+async def maintain(writer: Writer, tiers: Sequence[Tier], *, clock: Callable[[], float] = time.time,
+                   period: float = 10.0, retention_every: float = 600.0,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The long-running rollup and retention task. Works in bounded steps, each its own short transaction on the
+    single writer, so ingest interleaves and never waits long; after downtime it simply catches up."""
+    task_status.started()
+    last_retention = -math.inf
+    while True:
+        folded = 0
+        while (step := await writer.call(rollup_step)) == STEP_ROWS:
+            folded += step
+        folded += step
+        if folded > STEP_ROWS:
+            log.info("rolled up %d samples", folded)
+        if clock() - last_retention >= retention_every:
+            deleted = 0
+            while (step := await writer.call(retention_step, tiers, clock())) >= DELETE_ROWS:
+                deleted += step
+            deleted += step
+            if deleted:
+                log.info("retention: deleted %d rows past their tier's retention", deleted)
+            last_retention = clock()
+        await trio.sleep(period)
+
+
+# --- reading ---------------------------------------------------------------------------------------------------
+
+
+def _layout_index(conn: sqlite3.Connection, cache: dict[int, dict[str, int]], layout_id: int) -> dict[str, int]:
+    if layout_id not in cache:
+        names = json.loads(conn.execute("SELECT names FROM layouts WHERE id = ?", (layout_id,)).fetchone()[0])
+        cache[layout_id] = {name: i for i, name in enumerate(names)}
+    return cache[layout_id]
+
+
+def load(conn: sqlite3.Connection, host_id: int, names: Sequence[str], start: float, end: float,
+         tier: Tier) -> dict[str, list[Agg]]:
+    """The named series of one host over [start, end] from one tier, oldest first (raw points as count-1 Aggs)."""
+    layouts: dict[int, dict[str, int]] = {}
+    out: dict[str, list[Agg]] = {name: [] for name in names}
+    if tier.is_raw:
+        rows = conn.execute("SELECT ts, layout_id, vals FROM samples WHERE host_id = ? AND ts BETWEEN ? AND ? "
+                            "ORDER BY ts", (host_id, start, end))
+        for ts, layout_id, vals in rows:
+            index = _layout_index(conn, layouts, layout_id)
+            values = np.frombuffer(vals, dtype=_F32)
+            for name in names:
+                i = index.get(name)
+                if i is not None and math.isfinite(v := float(values[i])):
+                    out[name].append(Agg(ts, 1, v, v, v))
+        return out
+    table = TABLE_OF_TIER[tier.name]
+    # Read the watermark first: a rollup committing in between then shows up in the aggregates, never in both.
+    watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
+    rows = conn.execute(f"SELECT bucket, layout_id, count, mins, avgs, maxs FROM {table} WHERE host_id = ? "
+                        "AND bucket BETWEEN ? AND ? ORDER BY bucket", (host_id, start - tier.width, end))
+    for bucket, layout_id, count, mins, avgs, maxs in rows:
+        index = _layout_index(conn, layouts, layout_id)
+        lo, mid, hi = (np.frombuffer(b, dtype=_F32) for b in (mins, avgs, maxs))
+        for name in names:
+            i = index.get(name)
+            if i is None:
+                continue
+            agg = Agg(float(bucket), count, float(lo[i]), float(mid[i]), float(hi[i]))
+            series = out[name]
+            # Two layouts in one bucket (a disk mounted mid-minute): one point, combined.
+            if series and series[-1].start == agg.start:
+                series[-1] = combine(series[-1], agg)
+            else:
+                series.append(agg)
+    # Samples not rolled up yet (the last seconds, or a replay just received): fold them in here, so a chart
+    # always reaches up to now.
+    fresh: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for ts, layout_id, vals in conn.execute("SELECT ts, layout_id, vals FROM samples WHERE rowid > ? AND host_id = ?",
+                                            (watermark, host_id)):
+        if start - tier.width <= ts <= end:
+            index = _layout_index(conn, layouts, layout_id)
+            values = np.frombuffer(vals, dtype=_F32)
+            for name in names:
+                if (i := index.get(name)) is not None:
+                    fresh[name].append((ts, float(values[i])))
+    for name, points in fresh.items():
+        if points:
+            merged: dict[float, Agg] = {agg.start: agg for agg in out[name]}
+            for agg in rollup(points, tier.width):
+                merged[agg.start] = combine(merged[agg.start], agg) if agg.start in merged else agg
+            out[name] = [merged[key] for key in sorted(merged)]
+    return out

@@ -19,6 +19,28 @@ run, mode 0600; the environment wins over the file):
                        user allowed to: root, or one with a polkit/sudo rule for `systemctl reboot`)
     AGENT_POWER_COMMAND  replaces the OS command for reboot/shutdown; `{action}` is replaced by the action
                        (for tests and unusual systems, e.g. "sudo /sbin/shutdown -r now")
+    AGENT_SPOOL_MAX    samples kept while the server is away (the spool), 1 to 10000000; default: 24 h of them at
+                       AGENT_INTERVAL, at most 100000. When full, the oldest are dropped (and counted, see below)
+    AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
+                       unsent samples and the seq counter survive a restart of the agent; unset: in memory only
+
+Every sample gets the next seq and goes into the spool before it is sent; it leaves the spool when the server acks
+it (the ack means: committed). After an outage the agent sends the spool oldest first, in batches, then live
+samples; collection never waits for the server. With AGENT_SPOOL_FILE the epoch and the seq counter are kept in the
+file, so that a restarted agent goes on in the same epoch with the next seq; without it (or when the file is corrupt:
+it is moved aside to `<file>.corrupt-<time>`), a new process starts a new epoch, which the server tells apart.
+
+Dropped samples are never a silent loss. A sample can leave the spool unacked: evicted from a full spool, or refused
+by the server three times in a row. If it was never sent, it is lost; if it was sent, it waits (in "limbo") for the
+server to say: an ack covering it means the server has it, the first ack of the next connection not covering it
+means lost. Each lost sample is added to the "unreported" count. When the agent next sends samples, the first of them
+carries `"dropped": N` in its metrics, N being the whole unreported count, which goes back to 0. That sample carries
+exactly that N every time it is sent again, until an ack covers it: the server commits it with its count, once, and
+sums `dropped` per host. If a sample that carries a count is lost itself, its count plus one for itself is
+unreported again. With AGENT_SPOOL_FILE all of this survives a restart. (Corner cases can make the count too high,
+never too low: more than LIMBO_MAX sent-and-evicted samples waiting for an answer, or a crash between a send and the
+next write of the spool file. Without AGENT_SPOOL_FILE, what is still unsent when the agent stops is lost with it,
+uncounted: the server only sees a new epoch.)
 
 The wire protocol is docs/protocol.md in the mbot repository. Exit status: 0 on Ctrl-C or SIGTERM, 1 when the server
 refuses this agent (secret rejected, key revoked, certificate changed), 2 for a bad configuration.
@@ -35,7 +57,9 @@ import random
 import socket
 import ssl
 import subprocess
+import sqlite3
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -62,7 +86,9 @@ MAX_FRAME_BYTES = 1 << 20  # the server closes the connection (1009) on a bigger
 BATCH_MAX_SAMPLES = 500
 BATCH_MAX_BYTES = 900_000  # stays under MAX_FRAME_BYTES with room for the envelope
 BUFFER_SECONDS = 86_400  # unacked samples kept while the server is away: 24 h ...
-BUFFER_MAX_SAMPLES = 100_000  # ... but never more than this many (short intervals)
+BUFFER_MAX_SAMPLES = 100_000  # ... but never more than this many (short intervals), unless AGENT_SPOOL_MAX says
+SPOOL_MAX_LIMIT = 10_000_000  # the spool is mirrored in memory: about 1 KB a sample
+LIMBO_MAX = 10_000  # samples sent, evicted from a full spool and still waiting for an ack to say their fate
 MAX_TEMPS = 16
 MAX_NET_IFACES = 64
 MAX_DISKS = 64
@@ -97,6 +123,8 @@ class AgentConfig:
     allow_power: bool = False
     fingerprint_file: str = DEFAULT_FINGERPRINT_FILE
     power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
+    spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
+    spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
     # Tuning, not read from the environment (tests shorten them with dataclasses.replace):
     connect_timeout: float = 15.0  # TCP + TLS + HTTP upgrade
     ack_timeout: float = 30.0  # hello -> first ack
@@ -105,7 +133,6 @@ class AgentConfig:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     stable_after: float = 30.0  # a connection up this long resets the backoff
-    buffer_max: Optional[int] = None  # default: 24 h of samples at `interval`
     temps_every: int = 6  # read temperature sensors on every Nth sample
 
     @property
@@ -115,6 +142,10 @@ class AgentConfig:
     @property
     def capabilities(self) -> List[str]:
         return ["power"] if self.allow_power else []
+
+    @property
+    def spool_capacity(self) -> int:
+        return self.spool_max or buffer_capacity(self.interval)
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -200,9 +231,20 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
     fingerprint_file = get("AGENT_FINGERPRINT_FILE") or DEFAULT_FINGERPRINT_FILE
     power_command = get("AGENT_POWER_COMMAND") or None
 
+    spool_max = None
+    raw = get("AGENT_SPOOL_MAX")
+    if raw:
+        try:
+            spool_max = int(raw)
+        except ValueError:
+            raise ConfigError("AGENT_SPOOL_MAX", f"must be a number of samples, got {raw!r}") from None
+        if not 1 <= spool_max <= SPOOL_MAX_LIMIT:
+            raise ConfigError("AGENT_SPOOL_MAX", f"must be from 1 to {SPOOL_MAX_LIMIT} samples, got {raw!r}")
+    spool_file = get("AGENT_SPOOL_FILE") or None
+
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
                        fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
-                       power_command=power_command)
+                       power_command=power_command, spool_max=spool_max, spool_file=spool_file)
 
 
 def config_to_env(config: AgentConfig) -> Dict[str, str]:
@@ -221,6 +263,10 @@ def config_to_env(config: AgentConfig) -> Dict[str, str]:
         values["AGENT_FINGERPRINT_FILE"] = config.fingerprint_file
     if config.power_command:
         values["AGENT_POWER_COMMAND"] = config.power_command
+    if config.spool_max is not None:
+        values["AGENT_SPOOL_MAX"] = str(config.spool_max)
+    if config.spool_file:
+        values["AGENT_SPOOL_FILE"] = config.spool_file
     return values
 
 
@@ -360,63 +406,504 @@ def make_ssl_context() -> ssl.SSLContext:
     return ctx
 
 
-# --- unacked samples -------------------------------------------------------------------------------------------
+# --- the spool: samples the server has not acked yet -----------------------------------------------------------
 
 
 def buffer_capacity(interval: float) -> int:
+    """The default AGENT_SPOOL_MAX: 24 h of samples at `interval` (at most BUFFER_MAX_SAMPLES)."""
     return max(1, min(BUFFER_MAX_SAMPLES, int(math.ceil(BUFFER_SECONDS / interval))))
 
 
-class SampleBuffer:
-    """Samples the server has not acked yet, oldest first, each kept as its encoded JSON object.
+def with_dropped(text: str, count: int) -> str:
+    """A stored sample with `"dropped": count` added to its metrics."""
+    obj = json.loads(text)
+    obj["metrics"]["dropped"] = count
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
 
-    Seqs are consecutive: samples are appended in seq order and leave only from the front (ack or overflow).
+
+class SampleBuffer:
+    """The spool, in memory: the samples the server has not acked yet, oldest first, each kept as its encoded JSON
+    object, at most `maxlen` of them; the epoch and the seq counter; the count of lost samples (module docstring:
+    the dropped-count rule). SqliteSpool keeps the same in a file as well.
+
+    Seqs are consecutive: samples are appended in seq order and leave only from the front, acked or evicted (the
+    spool is full, or the server keeps refusing them). An evicted sample that was never sent is lost: counted at
+    once. One that was sent may still be committed by the server: it waits in `limbo` until an ack says (an ack of
+    the same connection covering it: committed; the first ack of the next connection not covering it: lost).
+
+    Thread-safe: the collector's worker thread appends while the event loop sends, acks and reads.
     """
 
-    def __init__(self, maxlen: int) -> None:
-        self._items: "deque[Tuple[int, str]]" = deque(maxlen=maxlen)
-        self.dropped = 0  # samples lost to overflow, ever
+    persistent = False
+
+    def __init__(self, maxlen: int, epoch: Optional[int] = None) -> None:
+        if maxlen < 1:
+            raise ValueError("a spool holds at least one sample")
+        self._items: "deque[Tuple[int, str]]" = deque()
+        self._maxlen = maxlen
+        self._lock = threading.Lock()
+        self.epoch = epoch if epoch is not None else int(time.time() * 1000)
+        self.seq = 0  # the last seq appended: the counter goes on from here
+        self.dropped = 0  # samples counted as lost, ever
+        self.unreported = 0  # lost samples (and counts of lost carriers) that no sample carries yet
+        self.evicted = 0  # samples that left the spool unacked, in this process
+        self._reports: Dict[int, int] = {}  # seq -> the dropped count that sample (in the spool) carries
+        self._limbo: Dict[int, int] = {}  # seq -> its count: sent, evicted before an ack; fate unknown
+        self._sent = 0  # samples up to this seq may have reached the server without an ack yet
 
     def __len__(self) -> int:
         return len(self._items)
 
     @property
     def maxlen(self) -> int:
-        return self._items.maxlen or 0
+        return self._maxlen
 
     @property
     def first_seq(self) -> Optional[int]:
-        return self._items[0][0] if self._items else None
+        with self._lock:
+            return self._items[0][0] if self._items else None
 
     @property
     def last_seq(self) -> Optional[int]:
-        return self._items[-1][0] if self._items else None
+        with self._lock:
+            return self._items[-1][0] if self._items else None
 
-    def append(self, seq: int, text: str) -> bool:
-        """Add a sample; True when the buffer was full and the oldest sample was dropped for it."""
-        if self._items and seq != self._items[-1][0] + 1:
-            raise ValueError(f"seq {seq} does not follow {self._items[-1][0]}")
-        full = len(self._items) == self._items.maxlen
-        if full:
-            self.dropped += 1
-        self._items.append((seq, text))
+    @property
+    def reports(self) -> Dict[int, int]:
+        """seq -> the dropped count that sample carries, for the samples in the spool that carry one."""
+        with self._lock:
+            return dict(self._reports)
+
+    @property
+    def limbo(self) -> Dict[int, int]:
+        """seq -> the count it carried, for samples sent and then evicted before an ack."""
+        with self._lock:
+            return dict(self._limbo)
+
+    def append(self, seq: int, text: str, ts: float = 0.0) -> bool:
+        """Add a sample; True when the spool was full and the oldest sample was evicted for it."""
+        with self._lock:
+            return self._append(seq, text)
+
+    def _append(self, seq: int, text: str) -> bool:
+        items = self._items
+        if items and seq != items[-1][0] + 1:
+            raise ValueError(f"seq {seq} does not follow {items[-1][0]}")
+        items.append((seq, text))
+        self.seq = seq
+        full = False
+        while len(items) > self._maxlen:
+            self._evict()
+            full = True
         return full
 
-    def ack(self, seq: int) -> int:
-        """Forget every sample with seq <= `seq`; returns how many."""
-        items = self._items
-        removed = 0
-        while items and items[0][0] <= seq:
-            items.popleft()
-            removed += 1
-        return removed
+    def _evict(self) -> None:
+        """The oldest sample leaves the spool unacked."""
+        seq = self._items.popleft()[0]
+        self.evicted += 1
+        carried = self._reports.pop(seq, 0)
+        if seq > self._sent:
+            self._lose(carried)  # never sent: lost for sure
+            return
+        self._to_limbo(seq, carried)
+        if len(self._limbo) > LIMBO_MAX:  # a server that takes samples but never acks: stop waiting for it
+            self._lose(self._from_limbo(min(self._limbo)))
 
-    def pending_after(self, seq: int) -> List[Tuple[int, str]]:
-        """The samples with seq above `seq`, oldest first."""
-        if not self._items:
-            return []
-        start = max(0, seq - self._items[0][0] + 1)
-        return list(itertools.islice(self._items, start, None))
+    # Samples enter limbo in seq order and leave it oldest first: what is in limbo is always above what left it.
+
+    def _to_limbo(self, seq: int, carried: int) -> None:
+        self._limbo[seq] = carried
+
+    def _from_limbo(self, seq: int) -> int:
+        return self._limbo.pop(seq)
+
+    def _lose(self, carried: int) -> None:
+        """A sample is lost: count it, and take back the count it carried (it will not arrive)."""
+        self.dropped += 1
+        self.unreported += 1 + carried
+
+    def mark_sent(self, seq: int) -> None:
+        """Samples up to `seq` are going out on the current connection, in order: call it before sending them.
+        An evicted sample up to there then waits in limbo for the server's answer instead of being lost at once."""
+        with self._lock:
+            self._mark_sent(seq)
+
+    def _mark_sent(self, seq: int) -> None:
+        if seq > self._sent:
+            self._sent = seq
+
+    def ack(self, seq: int, first: bool = False) -> int:
+        """The server committed every sample it has up to `seq`: forget those (their counts arrived). `first`: this
+        is the ack that answers a hello, so the samples sent before and not covered never arrived. Returns how many
+        samples left the spool."""
+        with self._lock:
+            items = self._items
+            removed = 0
+            while items and items[0][0] <= seq:
+                last = items.popleft()[0]
+                self._reports.pop(last, None)
+                removed += 1
+            if removed:
+                self._acked(last)
+            # Frames go out in seq order on one connection, so a sample in limbo covered by an ack was committed.
+            limbo = self._limbo
+            for gone in sorted(s for s in limbo if s <= seq):
+                self._from_limbo(gone)
+            if first:
+                for gone in sorted(limbo):
+                    self._lose(self._from_limbo(gone))
+                self._sent = seq  # what the server does not have is sent again from here
+            return removed
+
+    def _acked(self, seq: int) -> None:
+        """Samples up to `seq` left the spool, acked (called with the lock held)."""
+
+    def discard(self, seq: int) -> int:
+        """Evict every sample up to `seq` (the server keeps refusing them); returns how many."""
+        with self._lock:
+            items = self._items
+            removed = 0
+            while items and items[0][0] <= seq:
+                self._evict()
+                removed += 1
+            return removed
+
+    def attach_unreported(self, seq: int) -> Optional[int]:
+        """Make the first sample from `seq` on carry the unreported count (it is about to be sent). Returns that
+        sample's seq, or None when nothing was attached. Blocking for a file spool: call it in a worker thread."""
+        with self._lock:
+            return self._attach(seq)
+
+    def _attach(self, seq: int) -> Optional[int]:
+        items = self._items
+        if not self.unreported or not items:
+            return None
+        target = max(seq, items[0][0])
+        if target > items[-1][0]:
+            return None
+        self._reports[target] = self._reports.get(target, 0) + self.unreported
+        self.unreported = 0
+        return target
+
+    def pending_after(self, seq: int, mark_sent: bool = False) -> List[Tuple[int, str]]:
+        """The samples with seq above `seq`, oldest first, as sent (with "dropped" in those that carry a count).
+        `mark_sent`: the caller sends them all, in order, before anything newer (see mark_sent)."""
+        with self._lock:
+            items = self._items
+            if not items:
+                return []
+            start = max(0, seq - items[0][0] + 1)
+            pending = list(itertools.islice(items, start, None))
+            reports = dict(self._reports) if self._reports else None
+            if mark_sent and pending:
+                self._mark_sent(pending[-1][0])
+        if reports:
+            pending = [(s, with_dropped(text, reports[s]) if s in reports else text) for s, text in pending]
+        return pending
+
+    def flush(self) -> None:
+        """Nothing to do in memory; a file spool writes what acks changed."""
+
+    def close(self) -> None:
+        """Nothing to do in memory; a file spool saves what is left to save."""
+
+
+class SpoolFileError(Exception):
+    """The spool file exists but cannot be used (corrupt, unreadable, not a spool)."""
+
+
+class SpoolInUse(Exception):
+    """Another process (another agent?) holds the spool file."""
+
+
+_SPOOL_SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE spool (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, sample TEXT NOT NULL,
+                    dropped INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE limbo (seq INTEGER PRIMARY KEY, dropped INTEGER NOT NULL DEFAULT 0)
+"""
+_SPOOL_META = ("epoch", "seq", "unreported", "dropped", "sent")
+SPOOL_FORMAT = 1
+
+
+def _move_aside(path: Path, suffix: str) -> Path:
+    """Rename a spool file (and its WAL) to path + suffix; its shared-memory index is just removed."""
+    aside = path.with_name(path.name + suffix)
+    os.replace(str(path), str(aside))
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        os.replace(str(wal), str(aside) + "-wal")
+    try:
+        os.unlink(str(path) + "-shm")
+    except OSError:
+        pass
+    return aside
+
+
+class SqliteSpool(SampleBuffer):
+    """The spool in a sqlite3 file as well as in memory (AGENT_SPOOL_FILE), so that it survives a restart.
+
+    Tables: `spool` (seq, ts, the sample's JSON, the dropped count it carries), `limbo` (samples sent, then evicted
+    before an ack), `meta`: the epoch and the last seq handed out, so that the next process goes on in the same
+    epoch with the next seq (the server sees more samples of the same epoch: no duplicate, no gap), the counts and
+    the highest seq sent. Reads come from memory: the file is read once, at open. Writes are small transactions
+    (WAL, synchronous=NORMAL): `append` (in the collector's worker thread) inserts the new sample and, in the same
+    transaction, deletes what left the spool since the last write, so acks (on the event loop) never touch the disk.
+    A crash can leave acked samples in the file: they are sent again, and the server acks them as duplicates. The
+    file is locked (exclusive) while open, so two agents cannot share it.
+
+    When a write fails (disk full...), the file is moved aside, so that no later process reuses its stale seq, and
+    the spool goes on in memory only.
+    """
+
+    persistent = True
+
+    def __init__(self, path: "os.PathLike[str] | str", maxlen: int) -> None:
+        super().__init__(maxlen)
+        self.path = Path(path)
+        self.resumed = False  # True when the file already had an epoch
+        self._db_lock = threading.Lock()  # one writer at a time: collector thread, sender's attach, flush, close
+        self._delete_upto = 0  # memory no longer has the samples up to here: delete them from the file
+        self._deleted_upto = 0  # ... done up to here
+        self._limbo_new: List[Tuple[int, int]] = []  # limbo entries to insert
+        self._limbo_gone_upto = 0  # limbo entries up to here are settled: delete them from the file
+        self._dirty = False
+        existed = self.path.exists()
+        try:
+            self._conn: Optional[sqlite3.Connection] = sqlite3.connect(
+                str(self.path), timeout=0.2, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            if existed:
+                raise SpoolFileError(_describe(exc)) from None
+            raise
+        try:
+            self._load(existed)
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+        if self._dirty:  # AGENT_SPOOL_MAX was lowered since: evictions to write
+            with self._db_lock:
+                self._save()
+
+    def _load(self, existed: bool) -> None:
+        conn = self._conn
+        assert conn is not None
+        try:
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")  # takes the lock now: a second agent on the same file fails here
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc):
+                raise SpoolInUse(f"{self.path} is in use by another process") from None
+            if existed:
+                raise SpoolFileError(_describe(exc)) from None
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise SpoolFileError(_describe(exc)) from None
+        try:
+            try:
+                check = conn.execute("PRAGMA quick_check").fetchone()
+                if not check or check[0] != "ok":
+                    raise SpoolFileError(f"integrity check failed: {check[0] if check else '?'}")
+                format_version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if format_version == 0:  # a new file, or something else than a spool
+                    if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                        raise SpoolFileError("not an mbot agent spool (a database with other tables)")
+                    for statement in _SPOOL_SCHEMA.split(";"):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {SPOOL_FORMAT}")
+                    self._write_meta(conn)
+                elif format_version != SPOOL_FORMAT:
+                    raise SpoolFileError(f"spool format {format_version}, this agent knows {SPOOL_FORMAT}")
+                else:
+                    meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                    rows = conn.execute("SELECT seq, sample, dropped FROM spool ORDER BY seq").fetchall()
+                    limbo = conn.execute("SELECT seq, dropped FROM limbo ORDER BY seq").fetchall()
+                    self._restore(meta, rows, limbo)
+                    self.resumed = True
+            except sqlite3.DatabaseError as exc:
+                raise SpoolFileError(_describe(exc)) from None
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _restore(self, meta: Mapping[str, Any], rows: Sequence[Tuple[Any, ...]],
+                 limbo: Sequence[Tuple[Any, ...]]) -> None:
+        def count(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+        for key in _SPOOL_META:
+            if not count(meta.get(key)) or (key == "epoch" and not meta[key]):
+                raise SpoolFileError(f"meta {key} is {meta.get(key)!r}")
+        self.epoch, self.seq, self._sent = meta["epoch"], meta["seq"], meta["sent"]
+        self.unreported, self.dropped = meta["unreported"], meta["dropped"]
+        previous = None
+        for seq, text, dropped in rows:
+            if not isinstance(text, str) or not count(dropped) or not count(seq) or (
+                    previous is not None and seq != previous + 1):
+                raise SpoolFileError(f"bad sample row at seq {seq!r}")
+            previous = seq
+            self._items.append((seq, text))
+            if dropped:
+                self._reports[seq] = dropped
+        if previous is not None and previous > self.seq:
+            raise SpoolFileError(f"sample seq {previous} is above the last seq handed out ({self.seq})")
+        for seq, dropped in limbo:
+            if not count(seq) or not count(dropped) or seq > self.seq:
+                raise SpoolFileError(f"bad limbo row at seq {seq!r}")
+            self._limbo[seq] = dropped
+        self._deleted_upto = self._delete_upto = rows[0][0] - 1 if rows else self.seq
+        while len(self._items) > self._maxlen:  # AGENT_SPOOL_MAX was lowered since
+            self._evict()
+
+    def _write_meta(self, conn: sqlite3.Connection) -> None:
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         [("epoch", self.epoch), ("seq", self.seq), ("unreported", self.unreported),
+                          ("dropped", self.dropped), ("sent", self._sent)])
+
+    # Memory changes take self._lock briefly; the file is written under self._db_lock, outside self._lock, so
+    # that the event loop never waits for the disk.
+
+    def _evict(self) -> None:
+        seq = self._items[0][0]
+        super()._evict()
+        if seq > self._delete_upto:
+            self._delete_upto = seq
+        self._dirty = True
+
+    def _to_limbo(self, seq: int, carried: int) -> None:
+        super()._to_limbo(seq, carried)
+        self._limbo_new.append((seq, carried))
+
+    def _from_limbo(self, seq: int) -> int:
+        self._limbo_gone_upto = max(self._limbo_gone_upto, seq)
+        self._dirty = True
+        return super()._from_limbo(seq)
+
+    def _acked(self, seq: int) -> None:
+        self._delete_upto = max(self._delete_upto, seq)
+        self._dirty = True
+
+    def append(self, seq: int, text: str, ts: float = 0.0) -> bool:
+        with self._db_lock:
+            with self._lock:
+                full = self._append(seq, text)
+            self._save(row=(seq, ts, text))
+        return full
+
+    def _mark_sent(self, seq: int) -> None:
+        super()._mark_sent(seq)
+        self._dirty = True
+
+    def attach_unreported(self, seq: int) -> Optional[int]:
+        with self._db_lock:
+            with self._lock:
+                target = self._attach(seq)
+            if target is not None:
+                self._save(report=target)
+            return target
+
+    def _save(self, row: Optional[Tuple[int, float, str]] = None, report: Optional[int] = None) -> None:
+        """One transaction: delete what left memory, add `row`, store `report`'s count, update limbo and meta.
+        Called with self._db_lock held."""
+        conn = self._conn
+        if conn is None:
+            return
+        with self._lock:
+            delete_upto = self._delete_upto
+            limbo_gone = self._limbo_gone_upto
+            limbo_new = [(s, c) for s, c in self._limbo_new if s in self._limbo]
+            self._limbo_new = []
+            meta = [("seq", self.seq), ("unreported", self.unreported), ("dropped", self.dropped),
+                    ("sent", self._sent)]
+            count = self._reports.get(report, 0) if report is not None else 0
+            self._dirty = False
+        try:
+            conn.execute("BEGIN")
+            try:
+                if delete_upto > self._deleted_upto:
+                    conn.execute("DELETE FROM spool WHERE seq <= ?", (delete_upto,))
+                if row is not None and row[0] > delete_upto:
+                    conn.execute("INSERT INTO spool (seq, ts, sample) VALUES (?, ?, ?)", row)
+                if report is not None:
+                    conn.execute("UPDATE spool SET dropped = ? WHERE seq = ?", (count, report))
+                if limbo_gone:  # (what is in limbo in memory is above it)
+                    conn.execute("DELETE FROM limbo WHERE seq <= ?", (limbo_gone,))
+                if limbo_new:
+                    conn.executemany("INSERT OR REPLACE INTO limbo (seq, dropped) VALUES (?, ?)", limbo_new)
+                conn.executemany("UPDATE meta SET value = ? WHERE key = ?", [(v, k) for k, v in meta])
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            self._fail(exc)
+        else:
+            self._deleted_upto = max(self._deleted_upto, delete_upto)
+
+    def _fail(self, exc: BaseException) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                conn.close()
+        except sqlite3.Error:
+            pass
+        try:
+            where = f"moved it aside to {_move_aside(self.path, f'.failed-{int(time.time())}')}"
+        except OSError as move_exc:
+            where = f"cannot move it aside either ({_describe(move_exc)}): delete it before the next start"
+        log.error("cannot write the spool file %s (%s); %s. Unsent samples are kept in memory only from now on "
+                  "(until this agent restarts)", self.path, _describe(exc), where)
+
+    def flush(self) -> None:
+        """Write what acks changed since the last write (blocking)."""
+        with self._db_lock:
+            if self._dirty:
+                self._save()
+
+    def close(self) -> None:
+        """Save what is left to save and close the file (blocking). The spool stays usable, in memory only."""
+        with self._db_lock:
+            if self._dirty:
+                self._save()
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error as exc:
+                    log.warning("closing the spool file %s: %s", self.path, _describe(exc))
+
+
+def open_spool(path: Optional[str], maxlen: int) -> SampleBuffer:
+    """The spool: in memory, or in the file `path` (AGENT_SPOOL_FILE). Never raises for the file: a corrupt one is
+    moved aside (`.corrupt-<time>`) for a new one in a new epoch; when no file can be used, the spool is in memory
+    only (one log line says why). Blocking: run it in a worker thread."""
+    if not path:
+        return SampleBuffer(maxlen)
+    file = Path(os.path.expanduser(path))
+    if file.is_dir():
+        log.error("AGENT_SPOOL_FILE %s is a directory; keeping unsent samples in memory only", file)
+        return SampleBuffer(maxlen)
+    try:
+        if not file.parent.exists():
+            file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return SqliteSpool(file, maxlen)
+        except SpoolFileError as exc:
+            aside = _move_aside(file, f".corrupt-{int(time.time())}")
+            log.error("the spool file %s is corrupt or unreadable (%s): moved it aside to %s; starting a new spool "
+                      "in a new epoch (its unsent samples are not sent)", file, exc, aside)
+            return SqliteSpool(file, maxlen)
+    except SpoolInUse as exc:
+        log.error("%s (another agent with the same AGENT_SPOOL_FILE?); keeping unsent samples in memory only", exc)
+    except (SpoolFileError, sqlite3.Error, OSError) as exc:
+        log.error("cannot use the spool file %s (%s); keeping unsent samples in memory only", file, _describe(exc))
+    return SampleBuffer(maxlen)
 
 
 def batches(items: Sequence[Tuple[int, str]], max_samples: int = BATCH_MAX_SAMPLES,
@@ -839,12 +1326,13 @@ def _leaves(group: BaseException) -> Iterator[BaseException]:
 class Agent:
     """The process: a collector task for its whole life, a connection loop beside it."""
 
-    def __init__(self, config: AgentConfig, collector: Collector) -> None:
+    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None) -> None:
         self.config = config
         self.collector = collector
-        self.epoch = int(time.time() * 1000)
-        self.seq = 0
-        self.buffer = SampleBuffer(config.buffer_max or buffer_capacity(config.interval))
+        # The spool: unacked samples, and the epoch and seq counter (kept across restarts with AGENT_SPOOL_FILE).
+        self.buffer = spool if spool is not None else SampleBuffer(config.spool_capacity)
+        self.epoch = self.buffer.epoch
+        self.seq = self.buffer.seq
         self.server = server_id(config.server, config.port)
         self._new_sample = trio.Event()
         self._to_thread = trio.to_thread.run_sync  # psutil calls block: never on the event loop (tests: inline)
@@ -876,31 +1364,44 @@ class Agent:
         next_at = trio.current_time() + interval  # cpu_percent was primed when the collector was made
         while True:
             await trio.sleep_until(next_at)
-            ts = time.time()
-            try:
-                metrics = await self._to_thread(self.collector.collect)
-            except Exception as exc:
-                log.error("collecting metrics failed: %s", _describe(exc))
-            else:
-                self.add_sample(ts, metrics)
+            if await self._to_thread(self._collect_and_store, time.time()):
+                self._wake_sender()
             next_at += interval
             now = trio.current_time()
             if next_at <= now:  # fell behind (suspended laptop, slow host): skip, do not burst
                 next_at = now + interval
 
-    def add_sample(self, ts: float, metrics: Mapping[str, Any]) -> None:
+    def _collect_and_store(self, ts: float) -> bool:
+        """Collect and spool one sample (in a worker thread: both block). Returns whether a sample was added."""
+        try:
+            metrics = self.collector.collect()
+        except Exception as exc:
+            log.error("collecting metrics failed: %s", _describe(exc))
+            return False
+        return self._store_sample(ts, metrics)
+
+    def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
+        """Give the sample the next seq and put it in the spool (any thread; one at a time)."""
         seq = self.seq + 1
         text = encode_sample(seq, ts, metrics)
         if len(text) > BATCH_MAX_BYTES:
             log.error("a sample of %d bytes is too big to send; left out", len(text))
-            return
+            return False
         self.seq = seq
-        if self.buffer.append(seq, text):
+        if self.buffer.append(seq, text, ts):
             now = time.monotonic()
             if now - self._last_drop_log >= 60.0:
-                log.warning("unsent samples buffer full (%d samples): dropped %d oldest sample(s) so far",
-                            self.buffer.maxlen, self.buffer.dropped)
+                log.warning("unsent samples spool full (%d samples): dropped the oldest, %d sample(s) so far; the "
+                            "server will be told how many", self.buffer.maxlen, self.buffer.evicted)
                 self._last_drop_log = now
+        return True
+
+    def add_sample(self, ts: float, metrics: Mapping[str, Any]) -> None:
+        """Spool a sample and wake the sender (on the event loop; the collect loop does the same off it)."""
+        if self._store_sample(ts, metrics):
+            self._wake_sender()
+
+    def _wake_sender(self) -> None:
         self._new_sample.set()
         self._new_sample = trio.Event()
 
@@ -1053,9 +1554,9 @@ class Agent:
             self._strikes += 1
             if self._strikes >= _POISON_STRIKES:
                 first = self.buffer.first_seq
-                dropped = self.buffer.ack(conn.first_frame_last_seq)
-                log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples",
-                          first, conn.first_frame_last_seq, self._strikes, dropped)
+                dropped = self.buffer.discard(conn.first_frame_last_seq)
+                log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples (the "
+                          "server will be told how many)", first, conn.first_frame_last_seq, self._strikes, dropped)
                 self._strikes = 0
         up_for = None if conn.up_since is None else trio.current_time() - conn.up_since
         return up_for, f"disconnected from {self.server}: {detail}", level
@@ -1094,7 +1595,10 @@ class Agent:
                      self.epoch, conn.hello_ack_seq, backlog)
             while True:
                 new_sample = self._new_sample
-                pending = self.buffer.pending_after(sent_upto)
+                if self.buffer.unreported:  # samples were lost: the next one sent says how many (module doc)
+                    await self._to_thread(self.buffer.attach_unreported, sent_upto + 1)
+                # All of these are sent, in order (even if the spool evicts some meanwhile), or the connection ends.
+                pending = self.buffer.pending_after(sent_upto, mark_sent=True)
                 if not pending:
                     await new_sample.wait()
                     continue
@@ -1151,7 +1655,7 @@ class Agent:
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             log.warning("ignoring an ack with a bad seq: %.40r", seq)
             return
-        self.buffer.ack(seq)
+        self.buffer.ack(seq, first=not conn.hello_acked.is_set())
         if not conn.hello_acked.is_set():
             conn.hello_ack_seq = conn.acked_seq = seq
             conn.hello_acked.set()
@@ -1205,19 +1709,30 @@ class Agent:
 
 async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) -> int:
     """Run until the server refuses this agent (returns 1) or until cancelled. Collection never stops while the
-    server is away; samples wait in memory and are sent once it is back."""
+    server is away; samples wait in the spool (memory, or AGENT_SPOOL_FILE) and are sent once it is back."""
     log.info("mbot agent %s on %s: a sample every %g s to %s", __version__, socket.gethostname(), config.interval,
              server_id(config.server, config.port))
-    own = collector is None
-    if collector is None:
-        collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+    spool = await trio.to_thread.run_sync(open_spool, config.spool_file, config.spool_capacity)
     try:
-        agent = Agent(config, collector)
-        await agent.refresh_facts()
-        return await agent.run()
+        if isinstance(spool, SqliteSpool):
+            if spool.resumed:
+                log.info("spool %s: going on with epoch %d after seq %d, %d unsent sample(s)", spool.path,
+                         spool.epoch, spool.seq, len(spool))
+            else:
+                log.info("spool %s: new, epoch %d", spool.path, spool.epoch)
+        own = collector is None
+        if collector is None:
+            collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+        try:
+            agent = Agent(config, collector, spool)
+            await agent.refresh_facts()
+            return await agent.run()
+        finally:
+            if own:
+                collector.close()
     finally:
-        if own:
-            collector.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(spool.close)
 
 
 # --- command line ----------------------------------------------------------------------------------------------

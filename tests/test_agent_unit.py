@@ -85,6 +85,8 @@ def test_config_environment_beats_env_file():
     ("AGENT_INTERVAL", "abc"), ("AGENT_INTERVAL", "0"), ("AGENT_INTERVAL", "-1"), ("AGENT_INTERVAL", "nan"),
     ("AGENT_VERIFY_SSL", "maybe"), ("AGENT_ALLOW_POWER", "2"), ("AGENT_FINGERPRINT", "abcd"),
     ("AGENT_SERVER_IP", "https://example.com"), ("AGENT_SECRET", "has space"),
+    ("AGENT_SPOOL_MAX", "0"), ("AGENT_SPOOL_MAX", "-5"), ("AGENT_SPOOL_MAX", "1.5"), ("AGENT_SPOOL_MAX", "lots"),
+    ("AGENT_SPOOL_MAX", "99999999999"),
 ])
 def test_config_bad_value_names_the_variable(name, value):
     with pytest.raises(agent.ConfigError) as info:
@@ -100,6 +102,27 @@ def test_config_required(missing):
     with pytest.raises(agent.ConfigError) as info:
         agent.config_from_env(env, {})
     assert info.value.variable == missing
+
+
+def test_config_spool(tmp_path):
+    cfg = agent.config_from_env(BASE_ENV, {})
+    assert (cfg.spool_max, cfg.spool_file, cfg.spool_capacity) == (None, None, 17280)  # 24 h at 5 s
+    assert "AGENT_SPOOL_MAX" not in agent.config_to_env(cfg) and "AGENT_SPOOL_FILE" not in agent.config_to_env(cfg)
+    cfg = agent.config_from_env({**BASE_ENV, "AGENT_SPOOL_MAX": " 50 ", "AGENT_SPOOL_FILE": "/var/x/spool.db"}, {})
+    assert (cfg.spool_max, cfg.spool_file, cfg.spool_capacity) == (50, "/var/x/spool.db", 50)
+    values = agent.config_to_env(cfg)
+    assert values["AGENT_SPOOL_MAX"] == "50" and values["AGENT_SPOOL_FILE"] == "/var/x/spool.db"
+    path = tmp_path / ".env"
+    agent.save_env_file(path, cfg)
+    assert agent.config_from_env({}, agent.read_env_file(path)) == cfg
+
+
+def test_main_bad_spool_max_exits_2(tmp_path, monkeypatch, capsys):
+    for key, value in BASE_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("AGENT_SPOOL_MAX", "0")
+    assert agent.main(["--env-file", str(tmp_path / ".env")]) == 2
+    assert "AGENT_SPOOL_MAX" in capsys.readouterr().err
 
 
 def test_config_fingerprint_normalised():
@@ -397,6 +420,34 @@ def test_buffer_overflow_drops_oldest_and_counts():
         buffer.append(10, "{}")
 
 
+def test_buffer_dropped_count_rides_on_the_next_sample_sent_until_acked():
+    buffer = agent.SampleBuffer(3)
+    _fill(buffer, 1, 5)  # 1 and 2 dropped
+    assert (buffer.dropped, buffer.unreported, buffer.reports) == (2, 2, {})
+    assert buffer.attach_unreported(4) == 4  # the sender is about to send 4..5
+    assert buffer.unreported == 0 and buffer.reports == {4: 2}
+    sent = {seq: json.loads(text)["metrics"] for seq, text in buffer.pending_after(3)}
+    assert sent == {4: {"cpu": 1.0, "dropped": 2}, 5: {"cpu": 1.0}}
+    assert buffer.attach_unreported(4) is None  # nothing more to tell
+    # The connection drops before the ack: a resend carries the same count, not a new one.
+    assert json.loads(buffer.pending_after(0)[1][1])["metrics"]["dropped"] == 2
+    # The carrying sample is itself dropped: its count comes back, plus one for it.
+    _fill(buffer, 6, 7)  # drops 3 and 4
+    assert (buffer.dropped, buffer.unreported, buffer.reports) == (4, 4, {})
+    assert buffer.attach_unreported(0) == 5
+    buffer.ack(5)  # committed, with its count: done
+    assert (buffer.unreported, buffer.reports) == (0, {})
+    assert all("dropped" not in json.loads(text)["metrics"] for _, text in buffer.pending_after(0))
+    # Samples the server keeps refusing are discarded and counted the same way.
+    assert buffer.discard(6) == 1 and (buffer.dropped, buffer.unreported) == (5, 1)
+
+
+def test_with_dropped_on_empty_metrics():
+    text = agent.encode_sample(3, 1_700_000_000.0, {})
+    assert json.loads(agent.with_dropped(text, 4)) == {"seq": 3, "ts": 1_700_000_000.0, "metrics": {"dropped": 4}}
+    protocol.parse_agent_frame(agent.sample_frame(agent.with_dropped(text, 4)))
+
+
 def test_buffer_capacity_is_a_day():
     assert agent.buffer_capacity(5) == 17280
     assert agent.buffer_capacity(86400) == 1
@@ -441,7 +492,8 @@ def test_add_sample_overflow_logs_once(tmp_path, caplog):
     for i in range(10):
         a.add_sample(1_700_000_000.0 + i, {"cpu": float(i)})
     assert a.seq == 10 and a.buffer.dropped == 7 and a.buffer.first_seq == 8
-    assert len([r for r in caplog.records if "buffer full" in r.getMessage()]) == 1
+    assert len([r for r in caplog.records if "spool full" in r.getMessage()]) == 1
+    assert a.buffer.unreported == 7  # the next sample sent says so
 
 
 # --- one connection against a fake WebSocket -------------------------------------------------------------------
@@ -531,6 +583,31 @@ async def test_connection_hello_replay_live_and_revoke(tmp_path, caplog):
     assert "revoked" in str(info.value) and "4003" in str(info.value)
     messages = [r.getMessage() for r in caplog.records]
     assert any("surprise" in m for m in messages) and any("metrics.cpu" in m for m in messages)
+
+
+async def test_first_sample_sent_after_an_overflow_carries_the_dropped_count(tmp_path):
+    a = _agent(tmp_path)
+    a.buffer = agent.SampleBuffer(600)
+    for i in range(1, 606):  # 1..5 dropped while the server was away
+        a.add_sample(1_700_000_000.0 + i, {"cpu": 1.0})
+    ws = FakeWebSocket()
+    async with trio.open_nursery() as nursery:
+        conn = agent._Connection(ws, nursery.cancel_scope)
+        nursery.start_soon(a._serve, conn)
+        await ws.wait_sent(1)
+        ws.push({"type": "ack", "seq": 0})
+        first, second = await ws.wait_sent(2), await ws.wait_sent(3)
+        dropped = {s["seq"]: s["metrics"]["dropped"] for f in (first, second) for s in f["samples"]
+                   if "dropped" in s["metrics"]}
+        assert dropped == {6: 5} and first["samples"][0]["seq"] == 6
+        protocol.parse_agent_frame(json.dumps(first))
+        assert a.buffer.unreported == 0 and a.buffer.reports == {6: 5}
+        ws.push({"type": "ack", "seq": 6})
+        a.add_sample(1_700_001_000.0, {"cpu": 2.0})
+        live = await ws.wait_sent(4)
+        assert live["seq"] == 606 and "dropped" not in live["metrics"]
+        ws.close_by_server(1000)
+    assert a.buffer.reports == {} and a.buffer.first_seq == 7
 
 
 async def test_connection_without_hello_ack_gives_up(tmp_path, autojump_clock):

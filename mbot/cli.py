@@ -11,7 +11,8 @@ from typing import Sequence
 
 import trio
 
-from . import app, service, store, tls
+from . import app, charts, plotspec, plotting, service, store, tls
+from .plotspec import PlotUsageError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .service import ServiceError
 
@@ -29,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
+    plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat")
+    plot.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    plot.add_argument("metrics", help="e.g. cpu, 'cpu;gpu', ram, net, disk:/home")
+    plot.add_argument("span", nargs="+", help="e.g. 1h, or 2d 3h")
+    plot.add_argument("--limit", type=float, help="top of the Y axis")
+    plot.add_argument("--unit", help="b, kb, mb, gb, kib ... for ram/vram; bit, kbit, mbit, gbit for net; %%")
+    plot.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
     return parser
 
 
@@ -49,13 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "fingerprint":
             print(_certificate(settings).fingerprint)
             return 0
+        if command == "plot":
+            return _plot(settings, args)
     except ConfigError as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
     except (tls.TlsError, store.SchemaTooNew) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
-    except ServiceError as exc:
+    except (ServiceError, PlotUsageError) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.command)
@@ -123,3 +134,43 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
         dropped = f", {s.dropped} dropped during an outage" if s.dropped else ""
         print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else ""))
     return 0
+
+
+def _plot(settings: Settings, args: argparse.Namespace) -> int:
+    words = [args.name, args.metrics, *args.span]
+    if args.limit is not None:
+        words.append(f"{args.limit:g}")
+    if args.unit:
+        words.append(args.unit)
+    longest = max(tier.retention for tier in settings.tiers)
+    plotting.use_cache_dir(settings.data_dir)
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        request = plotspec.parse_plot(words, max_span=longest)
+        host = _cli_host(conn, request.host, args.owner)
+        spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
+                                   settings.tiers, settings.tz, time.time())
+    finally:
+        conn.close()
+    try:
+        png = charts.render(spec)
+    except charts.NoData:
+        print(f"mbot: no data from {host.name} for {spec.title.split(' · ')[-1]}", file=sys.stderr)
+        return 1
+    with open(args.output, "wb") as out:
+        out.write(png)
+    print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _cli_host(conn, ref: str, owner: int | None) -> store.Host:
+    """The CLI sees every owner's hosts: a name two users share needs --owner."""
+    if owner is not None:
+        return service.resolve_host(conn, owner, ref)
+    matches = [h for h in store.list_hosts(conn) if h.name == ref or (len(ref) >= 8 and h.key_id.startswith(ref))]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
+    owners = ", ".join(str(h.owner) for h in matches)
+    raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")

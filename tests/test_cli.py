@@ -102,3 +102,36 @@ async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
         await process.stderr.aclose()
     assert b"Traceback" not in log
     assert read_db(make_settings(tmp_path), "SELECT count(*) FROM samples") == [(20,)]
+
+
+async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery):
+    import dataclasses
+    import time
+
+    from helpers import certificate, open_tls, upgrade
+    from mbot import app
+
+    settings = make_settings(tmp_path)
+    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
+                                                                handle_signals=False, task_status=task_status))
+    key = mbot(tmp_path, "newkey", "box1").stdout
+    secret = re.search(r"AGENT_SECRET=(\S+)", key).group(1)
+    stream = await open_tls(running.port)
+    ws = await upgrade(nursery, stream, secret)
+    await ws.send_message(hello_frame())
+    await receive_json(ws)
+    now = time.time()
+    for seq in range(1, 11):
+        await ws.send_message(sample_frame(seq, cpu=seq * 5, ts=now - 300 + seq * 20))
+    await ack_reaching(ws, 10)
+    await trio.aclose_forcefully(stream)
+    await running.aclose()
+
+    out = tmp_path / "chart.png"
+    done = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "cpu;ram", "1h", "--limit", "80",
+                                                      "-o", str(out)))
+    assert done.returncode == 0, done.stderr
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280
+    bad = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "gpu", "1h", "-o", str(out)))
+    assert bad.returncode == 1 and "Metrics of this host: cpu" in bad.stderr

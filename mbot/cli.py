@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -30,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
+    commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
+                                       "certificate (for container HEALTHCHECKs)")
     plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat")
     plot.add_argument("name", help="host name (or the first 8+ characters of its key id)")
     plot.add_argument("metrics", help="e.g. cpu, 'cpu;gpu', ram, net, disk:/home")
@@ -60,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "plot":
             return _plot(settings, args)
+        if command == "health":
+            return _health(settings)
     except ConfigError as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
@@ -174,3 +179,34 @@ def _cli_host(conn, ref: str, owner: int | None) -> store.Host:
         raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
     owners = ", ".join(str(h.owner) for h in matches)
     raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+
+
+def _health(settings: Settings) -> int:
+    import socket
+    import ssl
+
+    try:
+        conn = store.connect(settings.db_path, readonly=True, busy_timeout=2.0)
+        try:
+            conn.execute("SELECT count(*) FROM hosts").fetchone()
+        finally:
+            conn.close()
+    except Exception as exc:  # any failure is "unhealthy", said in one line
+        print(f"unhealthy: database: {exc}", file=sys.stderr)
+        return 1
+    expected = _certificate(settings).fingerprint
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        with socket.create_connection((host, settings.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname=host) as tls_socket:
+                seen = hashlib.sha256(tls_socket.getpeercert(binary_form=True)).hexdigest()
+    except OSError as exc:
+        print(f"unhealthy: port {settings.port}: {exc}", file=sys.stderr)
+        return 1
+    if seen != expected:
+        print(f"unhealthy: port {settings.port} answers with another certificate ({seen})", file=sys.stderr)
+        return 1
+    print(f"healthy: database ok, port {settings.port} answers TLS")
+    return 0

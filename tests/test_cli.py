@@ -135,3 +135,24 @@ async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280
     bad = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "gpu", "1h", "-o", str(out)))
     assert bad.returncode == 1 and "Metrics of this host: cpu" in bad.stderr
+
+
+async def test_health(tmp_path, nursery):
+    import dataclasses
+    import socket
+
+    from helpers import certificate
+    from mbot import app
+
+    with socket.socket() as s:  # health checks a configured PORT, so the server needs a known one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"PORT": str(port), "MBOT_HOST": "127.0.0.1"}
+    down = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "health", env=env))
+    assert down.returncode == 1 and "unhealthy" in down.stderr
+    settings = dataclasses.replace(make_settings(tmp_path), port=port)
+    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
+                                                                handle_signals=False, task_status=task_status))
+    up = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "health", env=env))
+    assert up.returncode == 0, up.stderr
+    await running.aclose()

@@ -1712,6 +1712,7 @@ async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) 
     server is away; samples wait in the spool (memory, or AGENT_SPOOL_FILE) and are sent once it is back."""
     log.info("mbot agent %s on %s: a sample every %g s to %s", __version__, socket.gethostname(), config.interval,
              server_id(config.server, config.port))
+    log.info("server certificate: %s", _pin_description(config))
     spool = await trio.to_thread.run_sync(open_spool, config.spool_file, config.spool_capacity)
     try:
         if isinstance(spool, SqliteSpool):
@@ -1736,6 +1737,88 @@ async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) 
 
 
 # --- command line ----------------------------------------------------------------------------------------------
+
+
+def _pin_description(config: AgentConfig) -> str:
+    if not config.verify_ssl:
+        return "NOT checked (AGENT_VERIFY_SSL=0)"
+    if config.fingerprint:
+        return f"pinned to {config.fingerprint} (AGENT_FINGERPRINT)"
+    try:
+        saved = read_fingerprint_file(config.fingerprint_path)
+    except FingerprintFileError as exc:
+        return str(exc)
+    if saved:
+        return f"pinned to {saved[0]} ({config.fingerprint_path})"
+    return f"trusted on first use and saved to {config.fingerprint_path}"
+
+
+def _check() -> int:
+    """What this host would send, without sending anything (the sample needs one second to measure CPU)."""
+    collector = Collector()
+    try:
+        time.sleep(1.0)
+        report = {"agent": __version__, "host": collector.host_facts(), "metrics": collector.collect()}
+    finally:
+        collector.close()
+    print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def systemd_unit(python: str, script: str, workdir: str, env_file: str, user: str) -> str:
+    """The unit deploy/mbot-agent.service shows, for this file's location."""
+    return f"""[Unit]
+Description=mbot agent: streams this host's metrics to an mbot server
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User={user}
+WorkingDirectory={workdir}
+EnvironmentFile={env_file}
+ExecStart={python} {script}
+Restart=always
+RestartSec=5
+# 1: the server refused this agent (secret rejected, key revoked, certificate changed); 2: bad settings.
+# Restarting cannot fix either: fix the settings, then `systemctl restart mbot-agent`.
+RestartPreventExitStatus=1 2
+NoNewPrivileges=yes
+ProtectSystem=full
+PrivateTmp=yes
+# AGENT_ALLOW_POWER=1 only lets the agent pass a reboot/shutdown request to the OS. An unprivileged user also
+# needs the right to do it: a polkit rule granting org.freedesktop.login1.reboot and .power-off to User=, or
+# User=root (not recommended). Without it the chat shows the OS's refusal.
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_systemd(env_file: str, unit_dir: str) -> int:
+    script = os.path.abspath(__file__)
+    env_path = os.path.abspath(env_file)
+    if not os.path.exists(env_path):
+        print(f"mbot agent: {env_path} does not exist yet: run the agent once (it saves its settings there), "
+              "then --install-systemd", file=sys.stderr)
+        return 2
+    # Run as whoever owns the settings (the user who set the agent up), never root by default.
+    import pwd
+
+    user = os.environ.get("SUDO_USER") or pwd.getpwuid(os.stat(env_path).st_uid).pw_name
+    unit = systemd_unit(sys.executable, script, os.path.dirname(env_path), env_path, user)
+    target = os.path.join(unit_dir, "mbot-agent.service")
+    if os.geteuid() != 0:
+        print(f"# Not root: to install, run this as root (or with sudo):\n\ncat > {target} <<'UNIT'\n{unit}UNIT\n"
+              "systemctl daemon-reload && systemctl enable --now mbot-agent")
+        return 0
+    with open(target, "w") as out:
+        out.write(unit)
+    print(f"wrote {target} (runs as {user}); now: systemctl daemon-reload && systemctl enable --now mbot-agent")
+    if user == "root":
+        print("note: it runs as root because root owns the settings; better: useradd --system mbot-agent, "
+              f"chown -R mbot-agent {os.path.dirname(env_path)}, and set User=mbot-agent in {target}")
+    return 0
 
 
 def _ask(prompt: str, secret: bool = False) -> str:
@@ -1780,7 +1863,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--env-file", default=ENV_FILE, help="settings file (default: ./.env)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"mbot agent {__version__}")
+    parser.add_argument("--check", action="store_true",
+                        help="collect one sample, print it (what would be sent) and exit; sends nothing")
+    parser.add_argument("--install-systemd", action="store_true",
+                        help="write a systemd unit for this file and its settings (as root), or print what to run")
+    parser.add_argument("--systemd-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.check:
+        return _check()
+    if args.install_systemd:
+        return _install_systemd(args.env_file, args.systemd_dir)
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")

@@ -93,3 +93,35 @@ async def test_gpu_metrics_through_fake_nvml(server, settings, nursery, tmp_path
     assert gpus[0]["util"] == 87 and gpus[0]["power"] == pytest.approx(312.5) and gpus[1]["temp"] == 35
     layout = json.loads(read_db(settings, "SELECT names FROM layouts ORDER BY id DESC LIMIT 1")[0][0])
     assert {"gpu0", "vram0", "gputemp0", "power0", "gpu1"} <= set(layout)
+
+
+def test_check_prints_one_sample_and_sends_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "agent" / "mbot_agent.py"), "--check"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["agent"] == agent.__version__ and 0 <= report["metrics"]["cpu"] <= 100
+    assert report["host"]["cpu_count"] >= 1
+    assert not (tmp_path / ".env").exists()  # no settings needed, none written
+
+
+def test_install_systemd_writes_the_documented_unit(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / ".env").write_text("AGENT_SECRET=x\n")
+    done = subprocess.run([sys.executable, str(ROOT / "agent" / "mbot_agent.py"), "--install-systemd",
+                           "--systemd-dir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    unit = (tmp_path / "mbot-agent.service").read_text()
+    assert f"EnvironmentFile={tmp_path / '.env'}" in unit and f"WorkingDirectory={tmp_path}" in unit
+    assert f"ExecStart={sys.executable} {ROOT / 'agent' / 'mbot_agent.py'}" in unit
+    assert "Restart=always" in unit
+    # deploy/mbot-agent.service is the same unit for /opt/mbot-agent: the two never drift apart.
+    shipped = (ROOT / "deploy" / "mbot-agent.service").read_text()
+    expected = agent.systemd_unit("/usr/bin/python3", "/opt/mbot-agent/mbot_agent.py", "/opt/mbot-agent",
+                                  "/opt/mbot-agent/.env", "mbot-agent")
+    assert shipped.endswith(expected)

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from fakebot import FakeBot
-from helpers import ack_reaching, certificate, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade
+from helpers import ROOT, ack_reaching, certificate, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade
 from mbot import app, protocol
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
@@ -88,6 +88,13 @@ async def test_start_and_menu(fake: FakeBot, server):
     assert "/newkey NAME" in reply["text"] and reply["parse_mode"] == "HTML"
 
 
+async def test_agent_command_sends_the_file(fake: FakeBot, server):
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/agent")
+    doc = await fake.wait_for("sendDocument", since=since)
+    assert doc.files["document"].filename == "mbot_agent.py" and b"def main(" in doc.files["document"].data
+
+
 async def test_usage_lines_never_silence(fake: FakeBot, server):
     assert (await say(fake, ALICE, "/newkey"))["text"].startswith("Usage: /newkey NAME")
     assert (await say(fake, ALICE, "/rename x"))["text"].startswith("Usage: /rename OLD NEW")
@@ -102,6 +109,15 @@ async def test_newkey_then_agent_then_status_card(fake: FakeBot, server, setting
     assert f"AGENT_FINGERPRINT={server.fingerprint}" in reply["text"]
     assert "AGENT_SERVER_IP=127.0.0.1" in reply["text"]
     assert secret not in json.dumps(reply["reply_markup"])
+    # Then the agent file and its ready .env, so a phone is enough to set a host up.
+    agent_doc = await fake.wait_for(lambda c: c.method == "sendDocument" and c.files["document"].filename
+                                    == "mbot_agent.py")
+    assert agent_doc.files["document"].data == (ROOT / "agent" / "mbot_agent.py").read_bytes()
+    env_doc = await fake.wait_for(lambda c: c.method == "sendDocument" and c.files["document"].filename == "box1.env")
+    env = dict(line.split("=", 1) for line in env_doc.files["document"].data.decode().splitlines())
+    assert env == {"AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(server.port), "AGENT_SECRET": secret,
+                   "AGENT_FINGERPRINT": server.fingerprint}
+    assert "Delete this message" in json.dumps(env_doc.params["reply_markup"])
     # The delete button removes the message that holds the secret.
     message_id = last_message_id(fake, ALICE)
     await press(fake, ALICE, buttons(reply)["🗑 Delete this message"], message_id, method="deleteMessage")

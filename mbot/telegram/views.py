@@ -266,6 +266,21 @@ def new_key(key: NewKey, public_host: str, port: int, fingerprint: str) -> tuple
     return text, keyboard([button("🗑 Delete this message", Callback("delete"))])
 
 
+AGENT_CAPTION = ("The mbot agent. On the host: <code>pip install psutil trio trio-websocket</code> (and "
+                 "<code>nvidia-ml-py</code> with NVIDIA GPUs), then <code>python3 mbot_agent.py</code>. "
+                 "<code>--check</code> shows what it would send; <code>--install-systemd</code> keeps it running.")
+
+
+def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str) -> tuple[str, bytes, str, Keyboard]:
+    """The host's ready settings file: (file name, content, caption, keyboard with the delete button)."""
+    content = (f"AGENT_SERVER_IP={public_host}\nAGENT_PORT={port}\nAGENT_SECRET={key.secret}\n"
+               f"AGENT_FINGERPRINT={fingerprint}\n")
+    caption = (f"Settings for <b>{e(key.name)}</b>: save as <code>.env</code> next to mbot_agent.py (or run "
+               f"<code>python3 mbot_agent.py --env-file {e(key.name)}.env</code>). It holds the secret: delete "
+               "this message once saved.")
+    return f"{key.name}.env", content.encode(), caption, keyboard([button("🗑 Delete this message", Callback("delete"))])
+
+
 def power_question(host: store.Host, action: str, nonce: str) -> tuple[str, Keyboard]:
     return (f"{action.capitalize()} <b>{e(host.name)}</b>? (expires in 60 s)",
             keyboard([button("Yes", Callback("confirm", (nonce,))), button("Cancel", Callback("cancel", (nonce,)))]))

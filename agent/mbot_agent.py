@@ -1281,15 +1281,19 @@ class Collector:
         return m
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
     """One line about an exception, with the root causes trio hides behind generic messages."""
+    # Exception chains can loop (an error re-raised out of the group that holds it has that group as context):
+    # each exception is described once.
+    seen = set() if _seen is None else _seen
+    seen.add(id(exc))
     if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(_describe(e) for e in list(_leaves(exc))[:3])
+        return "; ".join(_describe(e, seen) for e in list(_leaves(exc))[:3] if id(e) not in seen) or "errors"
     text = str(exc)
     line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc:
-        return f"{line} ({_describe(cause)})" if text else f"{type(exc).__name__}: {_describe(cause)}"
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None and id(cause) not in seen:
+        return f"{line} ({_describe(cause, seen)})" if text else f"{type(exc).__name__}: {_describe(cause, seen)}"
     return line
 
 
@@ -1518,9 +1522,12 @@ class Agent:
                         await trio.aclose_forcefully(stream)
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            leaves = list(_leaves(group))
-            if len(leaves) == 1 and not isinstance(leaves[0], trio.Cancelled):
-                raise leaves[0] from None
+            # One real error, maybe beside the Cancelled of the tasks it brought down: raise that error alone, so
+            # the connection loop sees what happened and retries. A cancellation from outside (shutdown) is not
+            # lost: trio delivers it again at the loop's next checkpoint.
+            errors = [leaf for leaf in _leaves(group) if not isinstance(leaf, trio.Cancelled)]
+            if len(errors) == 1:
+                raise errors[0] from None
             raise
         if conn is None:  # pragma: no cover - the nursery raises when the upgrade does not finish
             raise trio.BrokenResourceError("the connection ended during the WebSocket upgrade")

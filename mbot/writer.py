@@ -217,7 +217,9 @@ class Writer:
             flush()
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # SQLite may have rolled back already (disk full): a second ROLLBACK would fail and hide the cause.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         self.committed_samples += inserted
         return layouts, results

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import trio
 
-from . import app, charts, plotspec, plotting, service, store, tls
+from . import plotspec, service, store, tls
 from .plotspec import PlotUsageError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .service import ServiceError
@@ -88,6 +88,8 @@ def _hostname() -> str:
 
 
 def _serve(settings: Settings) -> int:
+    from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+
     cert = _certificate(settings)
     trio.run(app.serve, settings, cert)
     return 0
@@ -142,6 +144,8 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
 
 
 def _plot(settings: Settings, args: argparse.Namespace) -> int:
+    from . import charts, plotting
+
     words = [args.name, args.metrics, *args.span]
     if args.limit is not None:
         words.append(f"{args.limit:g}")
@@ -194,7 +198,12 @@ def _health(settings: Settings) -> int:
     except Exception as exc:  # any failure is "unhealthy", said in one line
         print(f"unhealthy: database: {exc}", file=sys.stderr)
         return 1
-    expected = _certificate(settings).fingerprint
+    try:
+        # Read only: a health check during the first start must not race the server making the certificate.
+        expected = tls.load_certificate(settings.data_dir).fingerprint
+    except tls.TlsError as exc:
+        print(f"unhealthy: {exc}", file=sys.stderr)
+        return 1
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "", "::") else settings.host
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -142,8 +143,8 @@ def prepare_data_dir(settings: Settings) -> None:
     path = settings.data_dir
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # A unique probe: two commands at once (a health check and `hosts`) must not trip over each other.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
     except OSError as exc:
         raise ConfigError("MBOT_DATA_DIR", f"{path} is not a writable directory ({exc.strerror or exc})") from None

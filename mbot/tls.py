@@ -58,6 +58,12 @@ def ensure_certificate(data_dir: Path, hosts: Iterable[str]) -> Certificate:
     cert_path, key_path = data_dir / CERT_FILE, data_dir / KEY_FILE
     if not (cert_path.exists() and key_path.exists()):
         _create(data_dir, cert_path, key_path, subject_alt_names(hosts))
+    return load_certificate(data_dir)
+
+
+def load_certificate(data_dir: Path) -> Certificate:
+    """The existing certificate; TlsError when there is none yet."""
+    cert_path, key_path = data_dir / CERT_FILE, data_dir / KEY_FILE
     try:
         fingerprint = fingerprint_of_pem(cert_path.read_text())
     except (OSError, ValueError) as exc:

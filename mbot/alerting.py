@@ -111,7 +111,8 @@ class Alerting:
         finally:
             self._writer.listeners.remove(self)
             if self._dirty:
-                with trio.CancelScope(shield=True):
+                # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
+                with trio.move_on_after(5, shield=True):
                     await self._save()
 
     async def _save(self) -> None:

@@ -416,3 +416,37 @@ async def test_plot_charts_and_range_buttons(fake: FakeBot, server, nursery):
     forged = await press(fake, BOB, ranges["1h"], last_message_id(fake, BOB))
     assert forged["text"] == "No such host. /hosts lists yours."
     await agent.close()
+
+
+async def test_restart_neither_repeats_nor_forgets_a_firing_alert(fake: FakeBot, nursery, settings: Settings,
+                                                                  tmp_path):
+    from helpers import load_agent
+
+    agent = load_agent()
+    running = await start_server(nursery, settings, fake)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    await say(fake, ALICE, "/setalert box1 ram 0")
+    config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=running.port, interval=0.1,
+                               fingerprint=running.fingerprint, fingerprint_file=str(tmp_path / "fp.json"))
+    firing = lambda c: c.method == "sendMessage" and c.params["text"].startswith("box1: RAM")  # noqa: E731
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        await fake.wait_for(firing, timeout=10)
+        agents.cancel_scope.cancel()
+    await running.aclose()
+
+    again = await start_server(nursery, settings, fake)
+    config = dataclasses.replace(config, port=again.port)
+    since = len(fake.sent)
+    async with trio.open_nursery() as agents:
+        agents.start_soon(agent.run_agent, config)
+        # Samples over the threshold keep coming after the restart...
+        before = again.writer.committed_samples
+        while again.writer.committed_samples < before + 5:
+            await again.writer.next_commit()
+        overview = await say(fake, ALICE, "/alerts")
+        agents.cancel_scope.cancel()
+    # ...yet no second "firing" message, and the alert is still known to be firing.
+    assert not [c for c in fake.sent[since:] if firing(c)]
+    assert "firing for" in overview["text"]
+    await again.aclose()

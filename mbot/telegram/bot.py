@@ -162,9 +162,9 @@ class Bot:
             key = await self._writer.call(service.new_key, args[0], ctx.user_id)
             self._alerting.host_added(key.host_id, key.name, ctx.user_id)
             log.info("user %d registered host %s (key %s)", ctx.user_id, key.name, key.key_id)
-            self._send_key(ctx, key)
+            await self._send_key(ctx, key)
         elif name == "agent":
-            self._send_agent_file(ctx)
+            await self._send_agent_file(ctx)
         elif name == "hosts":
             self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now))
         elif name == "status" and not args:
@@ -184,7 +184,7 @@ class Bot:
             key = await self._writer.call(service.rotate, ctx.user_id, host.id)
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
-            self._send_key(ctx, key)
+            await self._send_key(ctx, key)
 
     async def _alert_command(self, ctx: Context, command: Command, now: float) -> None:
         name, args = command.name, list(command.args)
@@ -380,18 +380,18 @@ class Bot:
 
     # --- sending ---------------------------------------------------------------------------------------------
 
-    def _send_key(self, ctx: Context, key: service.NewKey) -> None:
+    async def _send_key(self, ctx: Context, key: service.NewKey) -> None:
         """The key reply, then the agent and its ready .env as files: a working agent from the phone."""
         public, port, fingerprint = self._settings.public_host, self._agent_port, self._fingerprint
         self._send(ctx, *views.new_key(key, public, port, fingerprint))
-        self._send_agent_file(ctx)
+        await self._send_agent_file(ctx)
         name, content, caption, keyboard = views.agent_env(key, public, port, fingerprint)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
                                                  keyboard, content_type="text/plain"))
 
-    def _send_agent_file(self, ctx: Context) -> None:
+    async def _send_agent_file(self, ctx: Context) -> None:
         try:
-            data = AGENT_FILE.read_bytes()
+            data = await trio.to_thread.run_sync(AGENT_FILE.read_bytes)
         except OSError as exc:
             log.warning("cannot read the agent file %s: %s", AGENT_FILE, exc)
             self._send(ctx, "The agent file is not on this server; get agent/mbot_agent.py from mbot's repository.")

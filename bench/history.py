@@ -78,12 +78,20 @@ async def insert(db: Path, host_id: int, start: float, count: int) -> float:
 def maintain(db: Path, now: float) -> tuple[float, float]:
     conn = store.connect(db)
     t0 = time.perf_counter()
+    steps = []
     while True:
+        step_start = time.perf_counter()
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            if history.rollup_step(conn) == 0:
-                break
+            folded = history.rollup_step(conn)
+        steps.append(time.perf_counter() - step_start)
+        if folded == 0:
+            break
     t1 = time.perf_counter()
+    steps.sort()
+    # What ingest can wait behind: one step holds the write lock (the server runs steps on its single writer).
+    print(f"rollup steps of {history.STEP_ROWS} rows: median {statistics.median(steps) * 1000:.1f} ms, "
+          f"max {steps[-1] * 1000:.1f} ms (the longest the writer is held)")
     while True:
         with conn:
             conn.execute("BEGIN IMMEDIATE")

@@ -99,6 +99,23 @@ async def agent(secret: str, port: int, interval: float, stats: Stats, rng: rand
         stats.errors += 1
 
 
+async def commit_quantiles(port: int) -> str:
+    """p50/p99 of the server's own receive->commit histogram: the server's share of the latency, without the
+    simulator's (which shares this machine's two cores)."""
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=30)).text
+    buckets = [(float(m.group(1)), int(m.group(2))) for m in
+               re.finditer(r'mbot_ingest_commit_seconds_bucket\{le="([^"]+)"\} (\d+)', text)]
+    total = buckets[-1][1]
+    out = []
+    for q in (0.5, 0.99):
+        bound = next(b for b, c in buckets if c >= q * total)
+        out.append(f"p{int(q * 100)} <= {bound * 1000:g} ms")
+    return ", ".join(out) + f" ({total} frames)"
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
@@ -120,6 +137,9 @@ async def run(args: argparse.Namespace) -> None:
         s.bind(("127.0.0.1", 0))
         env["PORT"] = str(s.getsockname()[1])
     port = int(env["PORT"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        env["MBOT_METRICS_PORT"] = str(s.getsockname()[1])
     server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=ROOT, env=env)
     proc = psutil.Process(server.pid)
     try:
@@ -152,6 +172,7 @@ async def run(args: argparse.Namespace) -> None:
                 peak_rss = max(peak_rss, proc.memory_info().rss)
             elapsed = time.perf_counter() - t0
             cpu1 = proc.cpu_times()
+            server_side = await commit_quantiles(int(env["MBOT_METRICS_PORT"]))
             count1 = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
             conn.close()
             stats.measuring = False
@@ -166,6 +187,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"send->ack latency p50={percentile(stats.latencies, 0.5) * 1000:.1f} ms "
               f"p99={percentile(stats.latencies, 0.99) * 1000:.1f} ms "
               f"max={max(stats.latencies, default=float('nan')) * 1000:.1f} ms")
+        print(f"server-side receive->commit (its /metrics histogram, bucket bounds): {server_side}")
         print(f"server RSS peak={peak_rss / 2**20:.1f} MiB, CPU={cpu:.1f}% of one core; db {size / 2**20:.1f} MiB")
     finally:
         server.terminate()

@@ -49,7 +49,8 @@ async def run_once(updates: int, outbox: Outbox, label: str) -> None:
         streams = []
         for i, user in enumerate(users):
             fake.push_message(user, f"/newkey host{i}")
-        await fake.wait_for(lambda c: c.method == "sendMessage" and "host99" in c.params["text"], timeout=120)
+        # Setting up: each /newkey answers with the key, the agent file and a .env; wait until all are out.
+        await fake.wait_for(lambda c: len(fake.calls("sendDocument")) >= 2 * HOSTS, timeout=600)
         secrets = {c.params["chat_id"]: re.search(r"AGENT_SECRET=(\S+)", c.params["text"]).group(1)
                    for c in fake.calls("sendMessage") if "AGENT_SECRET" in c.params["text"]}
         for user in users:

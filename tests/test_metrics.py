@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from helpers import ack_reaching, add_host, certificate, hello_frame, receive_json, sample_frame
+from helpers import ack_reaching, add_host, certificate, hello_frame, open_tls, receive_json, sample_frame, upgrade
 from mbot import app, metrics, store
 from mbot.metrics import Histogram, ServerStats
 
@@ -41,19 +41,23 @@ def test_render_names_labels_and_escaping():
     assert text.endswith("\n")
 
 
-async def test_endpoint_serves_live_data(settings, nursery, connect_factory=None):
+async def start_with_one_host(settings, nursery):
+    """A server with /metrics on, and host box1 that has sent one sample (CPU 25 %)."""
     settings = dataclasses.replace(settings, metrics_port=0)
     running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
                                                                 handle_signals=False, task_status=task_status))
     key = add_host(settings, "box1")
-    from helpers import open_tls, upgrade
-
     stream = await open_tls(running.port)
     ws = await upgrade(nursery, stream, key.secret)
     await ws.send_message(hello_frame())
     await receive_json(ws)
     await ws.send_message(sample_frame(1, cpu=25.0))
     await ack_reaching(ws, 1)
+    return running, stream
+
+
+async def test_endpoint_serves_live_data(settings, nursery):
+    running, stream = await start_with_one_host(settings, nursery)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{running.metrics_port}/metrics")
         missing = await client.get(f"http://127.0.0.1:{running.metrics_port}/")
@@ -73,18 +77,7 @@ async def test_endpoint_serves_live_data(settings, nursery, connect_factory=None
 async def test_real_prometheus_scrapes_a_host(settings, nursery, tmp_path):
     import socket
 
-    from helpers import open_tls, upgrade
-
-    settings = dataclasses.replace(settings, metrics_port=0)
-    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
-                                                                handle_signals=False, task_status=task_status))
-    key = add_host(settings, "box1")
-    stream = await open_tls(running.port)
-    ws = await upgrade(nursery, stream, key.secret)
-    await ws.send_message(hello_frame())
-    await receive_json(ws)
-    await ws.send_message(sample_frame(1, cpu=25.0))
-    await ack_reaching(ws, 1)
+    running, stream = await start_with_one_host(settings, nursery)
 
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: mbot\n"

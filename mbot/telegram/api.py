@@ -326,13 +326,8 @@ class BotApi:
         parse_mode: str | None = "HTML",
         filename: str = "chart.png",
     ) -> dict[str, Any]:
-        params = {
-            "chat_id": chat_id,
-            "caption": caption,
-            "parse_mode": parse_mode if caption else None,
-            "reply_markup": reply_markup,
-        }
-        return await self.call("sendPhoto", params, {"photo": (filename, png_bytes, "image/png")})
+        return await self._upload("sendPhoto", chat_id, caption, reply_markup, parse_mode,
+                                  {"photo": (filename, png_bytes, "image/png")})
 
     async def send_document(
         self,
@@ -345,13 +340,15 @@ class BotApi:
         parse_mode: str | None = "HTML",
         content_type: str = "application/octet-stream",
     ) -> dict[str, Any]:
-        params = {
-            "chat_id": chat_id,
-            "caption": caption,
-            "parse_mode": parse_mode if caption else None,
-            "reply_markup": reply_markup,
-        }
-        return await self.call("sendDocument", params, {"document": (filename, data, content_type)})
+        return await self._upload("sendDocument", chat_id, caption, reply_markup, parse_mode,
+                                  {"document": (filename, data, content_type)})
+
+    async def _upload(self, method: str, chat_id: int | str, caption: str | None,
+                      reply_markup: dict[str, Any] | None, parse_mode: str | None,
+                      files: Mapping[str, FileField]) -> dict[str, Any]:
+        params = {"chat_id": chat_id, "caption": caption, "parse_mode": parse_mode if caption else None,
+                  "reply_markup": reply_markup}
+        return await self.call(method, params, files)
 
     async def edit_message_media(
         self,

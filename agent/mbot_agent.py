@@ -5,18 +5,24 @@ Copy this one file to a host and run `python mbot_agent.py`. It needs psutil, tr
 (`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs (used only when importable).
 Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics).
 
-Configuration comes from the environment, then from `.env` in the working directory (written after the first
-run, mode 0600; the environment wins over the file):
+Configuration comes from the environment, then from `.env` in the working directory (the environment wins over the
+file). The agent writes to `.env` (mode 0600) only what you type at its prompts on a terminal (server, secret,
+fingerprint, asked when neither the environment nor the file has them): a variable given in the environment is
+used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never becomes the host's setting.
 
     AGENT_SECRET       the secret from /newkey (required)
     AGENT_SERVER_IP    server host name or IP (asked for on a terminal when unset)
     AGENT_PORT         server port, 8000
     AGENT_INTERVAL     seconds between samples, 5
     AGENT_FINGERPRINT  SHA-256 of the server certificate (from /newkey); else trusted on first use and kept in
-                       AGENT_FINGERPRINT_FILE (~/.bot_fingerprint.json)
+                       AGENT_FINGERPRINT_FILE (~/.bot_fingerprint.json), or, when that cannot be written (no
+                       HOME, HOME not writable), beside the settings file in `.env.fingerprint.json`
     AGENT_VERIFY_SSL   1; 0 turns certificate pinning off (not recommended)
     AGENT_ALLOW_POWER  0; 1 lets the server ask this host to reboot or shut down (the agent must then run as a
-                       user allowed to: root, or one with a polkit/sudo rule for `systemctl reboot`)
+                       user allowed to: root, or one with a polkit/sudo rule for `systemctl reboot`). Even then
+                       the agent refuses a command whose expiry is past or more than 2 minutes ahead of this
+                       host's clock, and more than one power action per 10 minutes or 3 per hour (recorded in
+                       `.mbot_agent_power.json` beside the settings file, so that reboots do not reset the count)
     AGENT_POWER_COMMAND  replaces the OS command for reboot/shutdown; `{action}` is replaced by the action
                        (for tests and unusual systems, e.g. "sudo /sbin/shutdown -r now")
     AGENT_SPOOL_MAX    samples kept while the server is away (the spool), 1 to 10000000; default: 24 h of them at
@@ -54,6 +60,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import socket
 import ssl
 import subprocess
@@ -62,6 +69,7 @@ import sys
 import threading
 import time
 from collections import deque
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -97,6 +105,14 @@ CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
 _POISON_STRIKES = 3
 
+# What the agent takes from a server (the server may be compromised, or just wrong):
+COMMAND_MAX_AHEAD = 120.0  # a command's `expires` may lie at most this far ahead of this host's clock
+POWER_MIN_GAP = 600.0  # at most one power action per 10 minutes ...
+POWER_PER_HOUR = 3  # ... and at most this many in any hour
+POWER_LOG_NAME = ".mbot_agent_power.json"  # beside the settings file: the record behind those limits
+SERVER_NOISE_EVERY = 60.0  # refused commands, error frames, bad frames: at least one log line a minute, not more
+FAILURES_EVERY = 300.0  # repeated connection failures: at least one log line per 5 minutes (plus 1st, 2nd, 4th...)
+
 DEFAULT_FINGERPRINT_FILE = "~/.bot_fingerprint.json"
 ENV_FILE = ".env"
 
@@ -125,6 +141,10 @@ class AgentConfig:
     power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
     spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
     spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
+    # The settings file (main() sets it; --env-file). Beside it: the pin saved on first use when the
+    # fingerprint file cannot be written, and the record of power actions that makes their limit survive a
+    # reboot. None (library use, tests): neither; power actions are then limited in memory only.
+    env_file: Optional[str] = None
     # Tuning, not read from the environment (tests shorten them with dataclasses.replace):
     connect_timeout: float = 15.0  # TCP + TLS + HTTP upgrade
     ack_timeout: float = 30.0  # hello -> first ack
@@ -247,29 +267,6 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
                        power_command=power_command, spool_max=spool_max, spool_file=spool_file)
 
 
-def config_to_env(config: AgentConfig) -> Dict[str, str]:
-    """What the .env file keeps so that the next start needs no variables."""
-    values = {
-        "AGENT_SECRET": config.secret,
-        "AGENT_SERVER_IP": config.server,
-        "AGENT_PORT": str(config.port),
-        "AGENT_INTERVAL": f"{config.interval:g}",
-        "AGENT_VERIFY_SSL": "1" if config.verify_ssl else "0",
-        "AGENT_ALLOW_POWER": "1" if config.allow_power else "0",
-    }
-    if config.fingerprint:
-        values["AGENT_FINGERPRINT"] = config.fingerprint
-    if config.fingerprint_file != DEFAULT_FINGERPRINT_FILE:
-        values["AGENT_FINGERPRINT_FILE"] = config.fingerprint_file
-    if config.power_command:
-        values["AGENT_POWER_COMMAND"] = config.power_command
-    if config.spool_max is not None:
-        values["AGENT_SPOOL_MAX"] = str(config.spool_max)
-    if config.spool_file:
-        values["AGENT_SPOOL_FILE"] = config.spool_file
-    return values
-
-
 POWER_ACTIONS = ("reboot", "shutdown")
 
 
@@ -314,14 +311,42 @@ def read_env_file(path: "os.PathLike[str] | str") -> Dict[str, str]:
     return values
 
 
+def _temp_suffix() -> str:
+    """The random part of a temp file's name (a function so that tests can make it predictable)."""
+    return secrets.token_hex(8)
+
+
 def _write_private(path: Path, text: str) -> None:
-    """Write text to path atomically, readable by its owner only (0600) whatever the umask."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Replace `path` with a file holding `text`, readable by its owner only (0600) whatever the umask, atomically.
+
+    The text goes to a new temp file in the same directory, created with O_CREAT|O_EXCL|O_NOFOLLOW under a random
+    name, fsync'd, then renamed over `path`. So a symlink planted at the temp path cannot redirect the write (the
+    open fails on any existing name, and another random name is tried), and one planted at `path` is replaced by the
+    file, never written through (rename does not follow it). A reader sees the old file or the new one, never half.
+    """
+    data = text.encode("utf-8")
+    # O_NOFOLLOW does not exist on Windows (O_EXCL alone refuses an existing link there); O_BINARY exists only
+    # there, and keeps the C runtime from turning "\n" into "\r\n".
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+    for attempt in range(10):
+        tmp = path.with_name(f".{path.name}.{_temp_suffix()}.tmp")
+        try:
+            fd = os.open(str(tmp), flags, 0o600)
+        except FileExistsError:
+            if attempt == 9:
+                raise
+            continue
+        break
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(str(tmp), 0o600)
+        try:
+            if hasattr(os, "fchmod"):  # the mode given to open is filtered by the umask; this is exact
+                os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(str(tmp), str(path))
     except BaseException:
         try:
@@ -329,28 +354,69 @@ def _write_private(path: Path, text: str) -> None:
         except OSError:
             pass
         raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in `directory` durable (POSIX; Windows cannot open a directory, and needs nothing)."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(str(directory), os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _env_line(key: str, value: str) -> str:
+    if "\n" in value or "\r" in value:
+        raise ValueError(f"{key}: a value cannot span lines")
+    if value and (value[0] in "'\"" or any(c.isspace() or c == "#" for c in value)):
+        value = f'"{value}"'
+    return f"{key}={value}"
 
 
 def write_env_file(path: "os.PathLike[str] | str", values: Mapping[str, str]) -> None:
     """Write KEY=value lines (mode 0600). Values with spaces or quotes are written in double quotes."""
     lines = ["# mbot agent settings, written by mbot_agent.py; variables set in the environment win"]
-    for key, value in values.items():
-        if "\n" in value or "\r" in value:
-            raise ValueError(f"{key}: a value cannot span lines")
-        if value and (value[0] in "'\"" or any(c.isspace() or c == "#" for c in value)):
-            value = f'"{value}"'
-        lines.append(f"{key}={value}")
+    lines.extend(_env_line(key, value) for key, value in values.items())
     _write_private(Path(path), "\n".join(lines) + "\n")
 
 
-def save_env_file(path: "os.PathLike[str] | str", config: AgentConfig) -> bool:
-    """Keep config in the .env file (other keys in it are kept). Returns whether the file changed."""
-    current = read_env_file(path)
-    merged = dict(current)
-    merged.update(config_to_env(config))
-    if merged == current and Path(path).exists():
+def save_env_file(path: "os.PathLike[str] | str", typed: Mapping[str, str]) -> bool:
+    """Add what the user typed at the agent's prompts to the .env file; returns whether the file changed.
+
+    Only typed values are ever written: a value that came from the environment may be a one-off (AGENT_PORT for a
+    test, AGENT_VERIFY_SSL=0 while debugging) and must not quietly become the host's permanent setting. What the file
+    already holds is kept as it is, comments included; a typed key replaces its line (it was empty there).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        text = None
+    current = read_env_file(path) if text is not None else {}
+    todo = {k: v for k, v in typed.items() if v and current.get(k) != v}
+    if not todo:
         return False
-    write_env_file(path, merged)
+    if text is None:
+        write_env_file(path, todo)
+        return True
+    lines = []
+    for line in text.splitlines():
+        key = line.strip().partition("=")[0].strip()
+        if key.startswith("export "):
+            key = key[len("export "):].strip()
+        if "=" in line and key in todo and not line.strip().startswith("#"):
+            continue  # replaced below
+        lines.append(line)
+    lines.extend(_env_line(key, value) for key, value in todo.items())
+    _write_private(path, "\n".join(lines) + "\n")
     return True
 
 
@@ -373,7 +439,7 @@ def read_fingerprint_file(path: "os.PathLike[str] | str") -> Optional[Tuple[str,
     """(fingerprint, server or None) from a {"fp": ..., "server": ...} file; None when the file does not exist."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (HOME may be a file: then there is no pin under it either)
         return None
     except OSError as exc:
         raise FingerprintFileError(f"cannot read {path}: {exc}") from None
@@ -387,14 +453,45 @@ def read_fingerprint_file(path: "os.PathLike[str] | str") -> Optional[Tuple[str,
     return fp, server if isinstance(server, str) else None
 
 
-def write_fingerprint_file(path: "os.PathLike[str] | str", fp: str, server: Optional[str] = None) -> None:
+def write_fingerprint_file(path: "os.PathLike[str] | str", fp: str, server: Optional[str] = None,
+                           make_parents: bool = True) -> None:
+    """Save a pin in the seed's format, {"fp": ...} (plus the server it was seen on), mode 0600."""
     data: Dict[str, str] = {"fp": fp}
     if server:
         data["server"] = server
     path = Path(path)
-    if path.parent and not path.parent.exists():
+    if make_parents and not path.parent.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
     _write_private(path, json.dumps(data) + "\n")
+
+
+def pin_files(config: AgentConfig) -> List[Tuple[Path, bool]]:
+    """Where a pin trusted on first use is kept, in the order they are read and tried for writing, each with
+    whether its folder may be created: AGENT_FINGERPRINT_FILE (~/.bot_fingerprint.json, as the original bot had
+    it), then `<settings file>.fingerprint.json` beside the settings file, for hosts where HOME is unset or not
+    writable (system users, systemd sandboxes). Both are read, so a pin saved beside .env while HOME was broken
+    still holds once HOME works again."""
+    files: List[Tuple[Path, bool]] = []
+    preferred = os.path.expanduser(config.fingerprint_file)
+    if not preferred.startswith("~"):  # "~" left as is: no HOME and no passwd entry, there is no home to use
+        # Never create HOME itself (a system user's may be /nonexistent); a folder the user named, yes.
+        files.append((Path(preferred), config.fingerprint_file != DEFAULT_FINGERPRINT_FILE))
+    if config.env_file:
+        env = Path(os.path.abspath(config.env_file))
+        beside = env.with_name(env.name + ".fingerprint.json")
+        if all(beside != path for path, _ in files):
+            files.append((beside, False))
+    return files
+
+
+def read_pin(config: AgentConfig) -> Optional[Tuple[str, Optional[str], Path]]:
+    """The pin saved on first use: (fingerprint, server it was saved for, file), from the first of pin_files that
+    exists; None when there is none. Raises FingerprintFileError for a file that cannot be used."""
+    for path, _ in pin_files(config):
+        found = read_fingerprint_file(path)
+        if found is not None:
+            return found[0], found[1], path
+    return None
 
 
 def make_ssl_context() -> ssl.SSLContext:
@@ -1297,6 +1394,142 @@ def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
     return line
 
 
+# --- what the agent does not take from the server on trust -----------------------------------------------------
+
+
+def _quote(value: Any, limit: int = 200) -> str:
+    """Text that came from the server, for the log: cut to `limit` characters, quoted and escaped like repr(), so a
+    newline or a control character in it cannot start a forged log line or rewrite the terminal."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return repr(text)
+
+
+def _one_line(text: str) -> str:
+    """`text` with every non-printable character (newlines, escapes, Unicode line separators) escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class Repeats:
+    """Thins out a repeating event in the log. Of a run of them, the 1st, 2nd, 4th, 8th... are logged, and at least
+    one every `every` seconds; each logged one can say how many were left out since the previous line. So the first
+    failures of an outage are all there, a long outage costs a line per `every`, and a server that repeats itself
+    cannot fill the disk."""
+
+    def __init__(self, every: float) -> None:
+        self.every = every
+        self.reset()
+
+    def reset(self) -> None:
+        """The run is over (e.g. a connection stayed up): the next event is logged, as the first of a new run."""
+        self.count = 0  # events in this run
+        self.left_out = 0  # events not logged since the last one that was
+        self.started: Optional[float] = None
+        self._logged_at = -math.inf
+
+    def admit(self, now: float) -> Optional[int]:
+        """Count one event at `now`. None: leave it out of the log (or log it at debug level); else log it, and the
+        number returned is how many were left out before it."""
+        self.count += 1
+        if self.started is None:
+            self.started = now
+        first_of_power_of_two = self.count & (self.count - 1) == 0
+        if not first_of_power_of_two and now - self._logged_at < self.every:
+            self.left_out += 1
+            return None
+        left_out, self.left_out, self._logged_at = self.left_out, 0, now
+        return left_out
+
+
+def _left_out(count: Optional[int], what: str) -> str:
+    return f" [{count} more {what} since the previous line, not logged]" if count else ""
+
+
+class PowerLimiter:
+    """How often a server may have this host rebooted or shut down: at most one action per `min_gap` seconds and
+    `per_hour` in any hour. Actions are recorded (wall-clock times) in `path`, beside the settings file: a limit kept
+    in memory would start afresh with every reboot it allowed, and let a server reboot the host each time its agent
+    came back. The record is written (fsync'd) before the action runs; when it cannot be written, the action is
+    refused. Without a path (library use, tests) the record is in memory only."""
+
+    def __init__(self, path: Optional[Path], min_gap: float = POWER_MIN_GAP, per_hour: int = POWER_PER_HOUR,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self.min_gap = min_gap
+        self.per_hour = per_hour
+        self._clock = clock
+        self._memory: List[float] = []
+
+    def _recent(self, now: float) -> List[float]:
+        """Actions of the last hour. Times ahead of now count too (the clock went back), unless absurdly far."""
+        times = list(self._memory)
+        if self.path is not None:
+            try:
+                data = json.loads(self.path.read_text(encoding="utf-8"))
+                times += [float(t) for t in data.get("power_actions", [])
+                          if isinstance(t, (int, float)) and not isinstance(t, bool)]
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                # A record that cannot be read fails closed: it may hold an action of a minute ago.
+                raise OSError(f"cannot read {self.path}: {_describe(exc)}") from None
+        return sorted({t for t in times if math.isfinite(t) and now - 3600.0 < t < now + 3600.0})
+
+    def check(self) -> Optional[str]:
+        """Why an action now would be refused (a sentence for the chat), or None when it is allowed."""
+        now = self._clock()
+        try:
+            recent = self._recent(now)
+        except OSError as exc:
+            return f"refused by the agent: {exc}"
+        if recent and now - recent[-1] < self.min_gap:
+            ago = max(0.0, now - recent[-1])
+            return (f"refused by the agent: at most one power action per {self.min_gap / 60:g} min, the last was "
+                    f"{_minutes(ago)} ago (next possible in {_minutes(self.min_gap - ago)})")
+        if len(recent) >= self.per_hour:
+            return (f"refused by the agent: at most {self.per_hour} power actions per hour, and there were "
+                    f"{len(recent)} (next possible in {_minutes(recent[-self.per_hour] + 3600.0 - now)})")
+        return None
+
+    def record(self) -> Optional[str]:
+        """Note an action about to run. Returns why it must not run (the record cannot be kept), or None."""
+        now = self._clock()
+        self._memory.append(now)
+        if self.path is None:
+            return None
+        try:
+            times = self._recent(now)
+            _write_private(self.path, json.dumps({"power_actions": times}) + "\n")
+        except OSError as exc:
+            return f"refused by the agent: cannot record the action in {self.path} ({_describe(exc)})"
+        return None
+
+
+def _minutes(seconds: float) -> str:
+    return f"{max(1, int(math.ceil(seconds / 60.0)))} min" if seconds >= 60 else f"{max(0, int(seconds))} s"
+
+
+def command_expiry_problem(expires: Any, now: float, max_ahead: float = COMMAND_MAX_AHEAD) -> Optional[str]:
+    """Why a command with this `expires` must not run now, or None.
+
+    The agent acts on a command the moment it arrives, so clamping a far-off expiry would change nothing; what such
+    an expiry does say is that the server's clock and this host's disagree by minutes (and then "never late" cannot
+    be judged), or that the server meant the command to wait somewhere, which the protocol forbids. Refusing with a
+    clear message, which the chat shows, is the safe answer to both.
+    """
+    if isinstance(expires, bool) or not isinstance(expires, (int, float)) or not math.isfinite(expires):
+        return "refused by the agent: the command has no valid expiry time"
+    if now > expires:
+        return "expired"  # never fire late, e.g. after a reconnect
+    if expires - now > max_ahead:
+        return (f"refused by the agent: the command expires {expires - now:.0f} s from now by this host's clock; "
+                f"at most {max_ahead:g} s is accepted (are the server's and this host's clocks set right?)")
+    return None
+
+
 # --- the agent -------------------------------------------------------------------------------------------------
 
 
@@ -1344,6 +1577,11 @@ class Agent:
         self._strikes = 0
         self._facts: Dict[str, Any] = {}
         self._last_drop_log = -math.inf
+        self._pinned: Optional[str] = None  # the fingerprint trusted on first use in this run
+        env_dir = Path(os.path.abspath(config.env_file)).parent if config.env_file else None
+        self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
+        self._server_noise = Repeats(SERVER_NOISE_EVERY)
+        self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
         # Server frame type -> handler(connection, frame). Add "command" here.
         self._handlers: Dict[str, Callable[[_Connection, Dict[str, Any]], Any]] = {
             "ack": self._on_ack,
@@ -1420,7 +1658,7 @@ class Agent:
             try:
                 up_for, what, level = await self._connect_and_serve()
             except AgentStop as exc:
-                log.error("%s", exc)
+                log.error("%s", _one_line(str(exc)))
                 return 1
             except trio_websocket.ConnectionRejected as exc:
                 if exc.status_code == 401:
@@ -1441,9 +1679,18 @@ class Agent:
                 level = logging.ERROR
             if up_for is not None and up_for >= cfg.stable_after:
                 attempt = 0
+                self._failures.reset()  # a new run of failures starts: this one is logged in full
             delay = backoff_delay(attempt, low=cfg.backoff_min, high=cfg.backoff_max)
             attempt += 1
-            log.log(level, "%s; retrying in %.1f s (%d samples waiting)", what, delay, len(self.buffer))
+            # One line per retry would be a line a second at first, and a server could provoke them at will:
+            # thinned out (Repeats), each logged line saying how many were left out. _one_line: the text may hold
+            # what the server sent (close reasons, HTTP responses in exception messages).
+            line = _one_line(f"{what}; retrying in {delay:.1f} s ({len(self.buffer)} samples waiting)")
+            left_out = self._failures.admit(trio.current_time())
+            if left_out is None:
+                log.debug("%s", line)
+            else:
+                log.log(level, "%s%s", line, _left_out(left_out, "failures"))
             await trio.sleep(delay)
 
     def _check_pin(self, der: Optional[bytes]) -> Optional[str]:
@@ -1453,25 +1700,28 @@ class Agent:
         if not der:
             raise trio.BrokenResourceError("the server sent no certificate")
         seen = cert_fingerprint(der)
-        path = self.config.fingerprint_path
+        where: Optional[Path] = None
         if self.config.fingerprint:
             expected, source = self.config.fingerprint, "AGENT_FINGERPRINT"
         else:
             try:
-                stored = read_fingerprint_file(path)
+                stored = read_pin(self.config)
             except FingerprintFileError as exc:
                 raise AgentStop(f"{exc}; stopping") from None
-            if stored is None:
+            if stored is not None:
+                expected, stored_server, where = stored
+                source = str(where)
+                if stored_server is not None and stored_server != self.server:
+                    source += f", saved for {stored_server}"
+            elif self._pinned is not None:  # trusted earlier in this run, but no file could keep it
+                expected, source = self._pinned, "trusted on first use earlier in this run"
+            else:
                 return seen
-            expected, stored_server = stored
-            source = str(path)
-            if stored_server is not None and stored_server != self.server:
-                source += f", saved for {stored_server}"
         if seen != expected:
             fix = ("set AGENT_FINGERPRINT (in the environment or .env) to the value `python -m mbot fingerprint` "
                    "prints on the server")
-            if not self.config.fingerprint:
-                fix = f"delete {path} to trust the new certificate on first use, or {fix}"
+            if where is not None:
+                fix = f"delete {where} to trust the new certificate on first use, or {fix}"
             raise AgentStop(
                 f"the server certificate changed: {self.server} presented fingerprint {seen}, expected {expected} "
                 f"(from {source}). Nothing was sent. If the server was reinstalled, {fix}; then restart the agent")
@@ -1534,21 +1784,31 @@ class Agent:
         return self._after_close(conn)
 
     def _save_fingerprint(self, fp: str) -> None:
-        path = self.config.fingerprint_path
-        try:
-            write_fingerprint_file(path, fp, self.server)
-        except OSError as exc:
-            log.warning("cannot save the server's fingerprint to %s: %s", path, _describe(exc))
-        else:
-            log.info("trusting %s's certificate from now on (first use): fingerprint %s saved to %s", self.server,
-                     fp, path)
+        """Keep a pin trusted on first use: in the first of pin_files that can be written, and in memory. It is
+        never dropped silently: when no file takes it, this run still holds it and the log says so."""
+        self._pinned = fp
+        failed = []
+        for path, make_parents in pin_files(self.config):
+            try:
+                write_fingerprint_file(path, fp, self.server, make_parents=make_parents)
+            except OSError as exc:
+                failed.append(f"not {path}: {_describe(exc)}")
+                continue
+            log.info("trusting %s's certificate from now on (first use): fingerprint %s saved to %s%s", self.server,
+                     fp, path, f" ({'; '.join(failed)})" if failed else "")
+            return
+        if not pin_files(self.config):
+            failed.append("HOME is not set and there is no settings file")
+        log.error("trusting %s's certificate (first use), fingerprint %s, for this run only: it could not be saved "
+                  "(%s). After a restart the agent would trust whatever certificate it sees first: set "
+                  "AGENT_FINGERPRINT=%s in .env", self.server, fp, "; ".join(failed), fp)
 
     def _after_close(self, conn: _Connection) -> Tuple[Optional[float], str, int]:
         """After a connection: (seconds it was up after the hello's ack or None, what happened, log level)."""
         closed = conn.ws.closed
         code = closed.code if closed is not None else None
         reason = (closed.reason or "") if closed is not None else ""
-        detail = f"code {code}" + (f" ({reason})" if reason else "") + (
+        detail = f"code {code}" + (f" ({_quote(reason, 120)})" if reason else "") + (
             f"; server said: {conn.last_error}" if conn.last_error else "")
         if code == CLOSE_REVOKED:
             raise AgentStop(f"{self.server} revoked this agent's key ({detail}); get a new secret with /newkey, "
@@ -1598,8 +1858,11 @@ class Agent:
             sent_upto = conn.hello_ack_seq
             backlog = len(self.buffer)
             conn.up_since = trio.current_time()
-            log.info("connected to %s (epoch %d; server has up to seq %d; %d samples to send)", self.server,
-                     self.epoch, conn.hello_ack_seq, backlog)
+            failures = self._failures
+            since = (f"; after {failures.count} failures in {trio.current_time() - failures.started:.0f} s"
+                     if failures.count > 1 and failures.started is not None else "")
+            log.info("connected to %s (epoch %d; server has up to seq %d; %d samples to send%s)", self.server,
+                     self.epoch, conn.hello_ack_seq, backlog, since)
             while True:
                 new_sample = self._new_sample
                 if self.buffer.unreported:  # samples were lost: the next one sent says how many (module doc)
@@ -1631,8 +1894,8 @@ class Agent:
                     frame = json.loads(message)
                     kind = frame["type"]
                 except (ValueError, TypeError, KeyError):
-                    log.warning("ignoring a frame from the server that is not a JSON object with a type: %.100r",
-                                message)
+                    self._note_server_noise("ignoring a frame from the server that is not a JSON object with a "
+                                            "type: %s", _quote(message, 100))
                     continue
                 handler = self._handlers.get(kind) if isinstance(kind, str) else None
                 if handler is None:
@@ -1660,7 +1923,7 @@ class Agent:
     async def _on_ack(self, conn: _Connection, frame: Dict[str, Any]) -> None:
         seq = frame.get("seq")
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            log.warning("ignoring an ack with a bad seq: %.40r", seq)
+            self._note_server_noise("ignoring an ack with a bad seq: %s", _quote(repr(seq), 40))
             return
         self.buffer.ack(seq, first=not conn.hello_acked.is_set())
         if not conn.hello_acked.is_set():
@@ -1671,38 +1934,60 @@ class Agent:
             conn.acked_seq = seq
             self._strikes = 0
 
+    def _note_server_noise(self, message: str, *args: Any) -> None:
+        """Log something the server sent that the agent did not act on, thinned out (Repeats): a server that sends
+        the same bad thing a thousand times costs a few lines."""
+        left_out = self._server_noise.admit(trio.current_time())
+        if left_out is None:
+            log.debug(message, *args)
+        else:
+            log.warning(message + "%s", *args, _left_out(left_out, "such server messages"))
+
     async def _on_error(self, conn: _Connection, frame: Dict[str, Any]) -> None:
-        conn.last_error = f"{frame.get('code', '?')}: {frame.get('message', '')}"[:300]
-        log.warning("server error %s", conn.last_error)
+        # Quoted and escaped: the text is the server's, and goes into this host's log.
+        conn.last_error = f"{_quote(frame.get('code', '?'), 40)}: {_quote(frame.get('message', ''), 300)}"
+        self._note_server_noise("server error %s", conn.last_error)
 
     async def _on_command(self, conn: _Connection, frame: Dict[str, Any]) -> None:
         command_id, action, expires = frame.get("id"), frame.get("action"), frame.get("expires")
-        if not isinstance(command_id, str) or len(command_id) > 64:
-            log.warning("ignoring a command without a valid id")
+        if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
+            self._note_server_noise("ignoring a command without a valid id: %s", _quote(command_id, 70))
             return
-        ok, message = await self._run_power(action, expires)
-        log.warning("the server asked for %.20r: %s", action, message)
+        ok, message, ran = await self._run_power(action, expires)
+        if ran:  # what the host did is always in its log
+            log.warning("the server asked for %s (command %s): %s", _quote(action, 20), _quote(command_id, 64),
+                        message)
+        else:
+            self._note_server_noise("the server asked for %s (command %s): %s", _quote(action, 20),
+                                    _quote(command_id, 64), message)
         await conn.ws.send_message(json.dumps({"type": "result", "id": command_id, "ok": ok, "message": message}))
 
-    async def _run_power(self, action: Any, expires: Any) -> Tuple[bool, str]:
+    async def _run_power(self, action: Any, expires: Any) -> Tuple[bool, str, bool]:
+        """(ok, message for the result, whether the OS command was started)."""
         if action not in POWER_ACTIONS:
-            return False, "unknown action"
-        if not isinstance(expires, (int, float)) or time.time() > expires:
-            return False, "expired"  # never fire late, e.g. after a reconnect
+            return False, "unknown action", False
+        problem = command_expiry_problem(expires, time.time())
+        if problem:
+            return False, problem, False
         if not self.config.allow_power:
-            return False, "disabled"
+            return False, "disabled", False
+        problem = await self._to_thread(self.power_limits.check)
+        if problem is None:
+            problem = await self._to_thread(self.power_limits.record)
+        if problem:
+            return False, problem, False
         argv = power_argv(action, sys.platform, self.config.power_command)
         try:
             process = await trio.lowlevel.open_process(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                                        stderr=subprocess.PIPE)
         except OSError as exc:
-            return False, f"cannot run {argv[0]}: {exc.strerror or exc}"
+            return False, f"cannot run {argv[0]}: {exc.strerror or exc}", True
         # Answer as soon as the OS accepted the request: a reboot may not leave time to answer afterwards. A
         # command still running after a few seconds is left to finish (it is the shutdown itself).
         with trio.move_on_after(5):
             await process.wait()
         if process.returncode is None:
-            return True, f"{action} started"
+            return True, f"{action} started", True
         error = b""
         if process.stderr is not None:
             with trio.move_on_after(1):
@@ -1710,8 +1995,8 @@ class Agent:
             await process.stderr.aclose()
         if process.returncode != 0:
             detail = error.decode(errors="replace").strip().splitlines()
-            return False, f"{argv[0]} exited with {process.returncode}" + (f": {detail[-1]}" if detail else "")
-        return True, f"{action} started"
+            return False, f"{argv[0]} exited with {process.returncode}" + (f": {detail[-1]}" if detail else ""), True
+        return True, f"{action} started", True
 
 
 async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) -> int:
@@ -1752,12 +2037,14 @@ def _pin_description(config: AgentConfig) -> str:
     if config.fingerprint:
         return f"pinned to {config.fingerprint} (AGENT_FINGERPRINT)"
     try:
-        saved = read_fingerprint_file(config.fingerprint_path)
+        saved = read_pin(config)
     except FingerprintFileError as exc:
         return str(exc)
     if saved:
-        return f"pinned to {saved[0]} ({config.fingerprint_path})"
-    return f"trusted on first use and saved to {config.fingerprint_path}"
+        return f"pinned to {saved[0]} ({saved[2]})"
+    files = pin_files(config)
+    return "trusted on first use and saved to " + (" or, failing that, ".join(str(p) for p, _ in files) or
+                                                   "nowhere (no HOME, no settings file): set AGENT_FINGERPRINT")
 
 
 def _check() -> int:
@@ -1828,6 +2115,12 @@ def _install_systemd(env_file: str, unit_dir: str) -> int:
     return 0
 
 
+# Asked on a terminal when neither the environment nor .env has them. The fingerprint only while setting up.
+_PROMPTS = (("AGENT_SERVER_IP", "mbot server address (host name or IP): ", False),
+            ("AGENT_SECRET", "agent secret (from the bot's /newkey): ", True),
+            ("AGENT_FINGERPRINT", "server fingerprint (from /newkey; Enter: trust the server on first use): ", False))
+
+
 def _ask(prompt: str, secret: bool = False) -> str:
     if secret:
         import getpass
@@ -1862,6 +2155,19 @@ async def _run_until_signal(config: AgentConfig) -> int:
     return status
 
 
+class _OneLineFormatter(logging.Formatter):
+    """One log line per event, whatever a message holds: non-printable characters in it are escaped. The agent
+    quotes what the server sends itself; this also covers what a library logs. (Tracebacks keep their lines.)"""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        original = record.message
+        record.message = _one_line(original)
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.message = original
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import argparse
 
@@ -1881,8 +2187,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.install_systemd:
         return _install_systemd(args.env_file, args.systemd_dir)
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.getLogger("trio-websocket").setLevel(logging.INFO)
 
     try:
@@ -1891,11 +2198,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"mbot agent: cannot read {args.env_file}: {exc}", file=sys.stderr)
         return 2
     environ = dict(os.environ)
+    typed: Dict[str, str] = {}  # what the user answers at the prompts: the only values ever saved to .env
     try:
-        for name, question, secret in (("AGENT_SERVER_IP", "mbot server address (host name or IP): ", False),
-                                       ("AGENT_SECRET", "agent secret (from the bot's /newkey): ", True)):
-            if not environ.get(name, "").strip() and not file_values.get(name, "").strip() and sys.stdin.isatty():
-                environ[name] = _ask(question, secret)
+        if sys.stdin.isatty():
+            for name, question, secret in _PROMPTS:
+                if name == "AGENT_FINGERPRINT" and not typed:
+                    break  # asked only while setting up (server or secret asked): not on every start
+                if not environ.get(name, "").strip() and not file_values.get(name, "").strip():
+                    answer = _ask(question, secret)
+                    if answer:
+                        environ[name] = typed[name] = answer
     except (EOFError, KeyboardInterrupt):
         print(file=sys.stderr)
         return 2
@@ -1904,11 +2216,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ConfigError as exc:
         print(f"mbot agent: {exc}", file=sys.stderr)
         return 2
-    try:
-        if save_env_file(args.env_file, config):
-            log.info("settings saved to %s", os.path.abspath(args.env_file))
-    except (OSError, ValueError) as exc:
-        log.warning("cannot save settings to %s: %s", args.env_file, _describe(exc))
+    config = dataclasses.replace(config, env_file=os.path.abspath(args.env_file))
+    if typed:
+        if config.fingerprint and "AGENT_FINGERPRINT" in typed:
+            typed["AGENT_FINGERPRINT"] = config.fingerprint
+        try:
+            if save_env_file(args.env_file, typed):
+                log.info("settings saved to %s: %s", os.path.abspath(args.env_file), ", ".join(sorted(typed)))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot save settings to %s: %s", args.env_file, _describe(exc))
 
     try:
         return trio.run(_run_until_signal, config)

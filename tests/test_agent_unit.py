@@ -107,13 +107,10 @@ def test_config_required(missing):
 def test_config_spool(tmp_path):
     cfg = agent.config_from_env(BASE_ENV, {})
     assert (cfg.spool_max, cfg.spool_file, cfg.spool_capacity) == (None, None, 17280)  # 24 h at 5 s
-    assert "AGENT_SPOOL_MAX" not in agent.config_to_env(cfg) and "AGENT_SPOOL_FILE" not in agent.config_to_env(cfg)
     cfg = agent.config_from_env({**BASE_ENV, "AGENT_SPOOL_MAX": " 50 ", "AGENT_SPOOL_FILE": "/var/x/spool.db"}, {})
     assert (cfg.spool_max, cfg.spool_file, cfg.spool_capacity) == (50, "/var/x/spool.db", 50)
-    values = agent.config_to_env(cfg)
-    assert values["AGENT_SPOOL_MAX"] == "50" and values["AGENT_SPOOL_FILE"] == "/var/x/spool.db"
     path = tmp_path / ".env"
-    agent.save_env_file(path, cfg)
+    agent.write_env_file(path, {**BASE_ENV, "AGENT_SPOOL_MAX": "50", "AGENT_SPOOL_FILE": "/var/x/spool.db"})
     assert agent.config_from_env({}, agent.read_env_file(path)) == cfg
 
 
@@ -142,23 +139,27 @@ def test_config_ipv6_brackets():
 
 def test_env_file_round_trip_and_mode(tmp_path):
     path = tmp_path / ".env"
-    cfg = agent.config_from_env({**BASE_ENV, "AGENT_INTERVAL": "2.5", "AGENT_FINGERPRINT": FP}, {})
-    assert agent.save_env_file(path, cfg) is True
+    typed = {**BASE_ENV, "AGENT_FINGERPRINT": FP}
+    assert agent.save_env_file(path, typed) is True
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     values = agent.read_env_file(path)
-    assert values["AGENT_SECRET"] == "s3cret" and values["AGENT_INTERVAL"] == "2.5"
-    assert agent.config_from_env({}, values) == cfg
-    assert agent.save_env_file(path, cfg) is False  # unchanged: not rewritten
+    assert values == typed
+    assert agent.config_from_env({}, values) == agent.config_from_env(typed, {})
+    assert agent.save_env_file(path, typed) is False  # unchanged: not rewritten
+    assert agent.save_env_file(path, {"AGENT_SECRET": ""}) is False  # an empty answer is no answer
 
 
-def test_env_file_parsing_and_other_keys_kept(tmp_path):
+def test_env_file_parsing_and_other_lines_kept(tmp_path):
     path = tmp_path / ".env"
-    path.write_text("# comment\n\nexport AGENT_PORT=9000\nAGENT_SERVER_IP='my host'\nOTHER=\"x y\"\nnonsense\n")
-    assert agent.read_env_file(path) == {"AGENT_PORT": "9000", "AGENT_SERVER_IP": "my host", "OTHER": "x y"}
-    cfg = agent.config_from_env(BASE_ENV, {})
-    agent.save_env_file(path, cfg)
-    values = agent.read_env_file(path)
-    assert values["OTHER"] == "x y" and values["AGENT_SERVER_IP"] == "10.0.0.5" and values["AGENT_PORT"] == "8000"
+    path.write_text("# comment\n\nexport AGENT_PORT=9000\nAGENT_SERVER_IP=\nOTHER=\"x y\"\nnonsense\n")
+    assert agent.read_env_file(path) == {"AGENT_PORT": "9000", "AGENT_SERVER_IP": "", "OTHER": "x y"}
+    assert agent.save_env_file(path, {"AGENT_SERVER_IP": "my host", "AGENT_SECRET": "s3cret"}) is True
+    assert agent.read_env_file(path) == {"AGENT_PORT": "9000", "AGENT_SERVER_IP": "my host", "OTHER": "x y",
+                                         "AGENT_SECRET": "s3cret"}
+    # The user's own lines (comments included) stay as they were; the empty AGENT_SERVER_IP= line was replaced.
+    lines = path.read_text().splitlines()
+    assert lines[:3] == ["# comment", "", "export AGENT_PORT=9000"] and "nonsense" in lines
+    assert lines.count('AGENT_SERVER_IP="my host"') == 1 and "AGENT_SERVER_IP=" not in lines
     assert agent.read_env_file(tmp_path / "missing") == {}
 
 

@@ -39,12 +39,13 @@ class Settings:
     host: str
     data_dir: Path
     public_host: str
-    allowed_users: frozenset[int] | None
+    allowed_users: tuple[int, ...] | None  # ALLOWED_USERS in the given order: the first one is the admin
     metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
     metrics_host: str = "127.0.0.1"
     alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
     tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
+    max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
 
     @property
     def db_path(self) -> Path:
@@ -68,20 +69,35 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
-def _user_ids(env: Mapping[str, str], name: str) -> frozenset[int] | None:
+def _user_ids(env: Mapping[str, str], name: str) -> tuple[int, ...] | None:
+    """Ids in their given order (the first is the admin), each once."""
     raw = env.get(name, "").strip()
     if not raw:
         return None
-    ids = set()
+    ids: dict[int, None] = {}
     for part in raw.split(","):
         part = part.strip()
         if not part:
             continue
         try:
-            ids.add(int(part))
+            user_id = int(part)
         except ValueError:
             raise ConfigError(name, f"must be comma-separated Telegram user ids, got {part!r}") from None
-    return frozenset(ids)
+        ids[user_id] = None
+    return tuple(ids)
+
+
+def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(name, f"must be a whole number of at least 1, got {raw!r}") from None
+    if value < 1:
+        raise ConfigError(name, f"must be a whole number of at least 1, got {raw!r}")
+    return value
 
 
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:
@@ -135,6 +151,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ("raw", "RAW", 2 * 86400.0), ("m1", "1M", 7 * 86400.0), ("m10", "10M", 90 * 86400.0),
             ("h1", "1H", 730 * 86400.0))}),
         tz=_zone(env, "MBOT_TZ"),
+        max_hosts_per_user=_positive_int(env, "MBOT_MAX_HOSTS_PER_USER", 100),
     )
 
 
@@ -143,6 +160,8 @@ def prepare_data_dir(settings: Settings) -> None:
     path = settings.data_dir
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o700)  # made by hand or by an older version: it holds the key and every host's data
         # A unique probe: two commands at once (a health check and `hosts`) must not trip over each other.
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass

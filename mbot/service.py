@@ -43,11 +43,28 @@ def check_name(name: str) -> str:
     return name
 
 
-def new_key(conn: sqlite3.Connection, name: str, owner: int = 0, now: float | None = None) -> NewKey:
-    """Register host `name` for `owner` and return its secret, which exists nowhere else afterwards."""
+class HostLimit(ServiceError):
+    """The owner has as many hosts as MBOT_MAX_HOSTS_PER_USER allows."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"{count} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
+                         f"{limit}): /revoke one and delete its history to make room")
+        self.count, self.limit = count, limit
+
+
+def new_key(conn: sqlite3.Connection, name: str, owner: int = 0, now: float | None = None, *,
+            max_hosts: int | None = None) -> NewKey:
+    """Register host `name` for `owner` and return its secret, which exists nowhere else afterwards.
+
+    With `max_hosts`, an owner who has that many hosts (revoked ones with kept history count: they hold storage)
+    gets HostLimit. The count and the insert share the caller's transaction, so two requests cannot both slip in."""
     check_name(name)
     if store.host_name_taken(conn, owner, name):
         raise ServiceError(f"you already have a host named {name!r}")
+    if max_hosts is not None:
+        count = store.count_hosts(conn, owner)
+        if count >= max_hosts:
+            raise HostLimit(count, max_hosts)
     secret = secrets.token_urlsafe(32)
     key_id = secrets.token_hex(8)
     host_id = store.insert_host(conn, name=name, owner=owner, key_id=key_id, secret_hash=secret_hash(secret),

@@ -110,6 +110,22 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (host_id, bucket, layout_id)
     ) WITHOUT ROWID;
     """,
+    # Bot users added by a claim or invite code (mbot.users), and the codes' SHA-256 (never the codes).
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        role TEXT NOT NULL,
+        added REAL NOT NULL,
+        invited_by INTEGER
+    );
+    CREATE TABLE invites (
+        code_hash TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        created REAL NOT NULL,
+        expires REAL,
+        created_by INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -268,6 +284,10 @@ def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str,
 
 def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
     return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
+
+
+def count_hosts(conn: sqlite3.Connection, owner: int) -> int:
+    return conn.execute("SELECT count(*) FROM hosts WHERE owner = ?", (owner,)).fetchone()[0]
 
 
 def hosts_by_key_prefix(conn: sqlite3.Connection, owner: int, prefix: str) -> list[Host]:

@@ -20,10 +20,11 @@ def test_defaults():
 def test_values():
     s = load_settings({"BOT_TOKEN": "123:abc", "TELEGRAM_API_URL": "http://127.0.0.1:9/", "PORT": "9443",
                        "MBOT_HOST": "127.0.0.1", "MBOT_DATA_DIR": "/x", "MBOT_PUBLIC_HOST": "mon.example.org",
-                       "ALLOWED_USERS": "1, 22,333"})
+                       "ALLOWED_USERS": "333, 1,22,1", "MBOT_MAX_HOSTS_PER_USER": "5"})
     assert s.bot_enabled and s.telegram_api_url == "http://127.0.0.1:9"
     assert (s.port, s.host, s.public_host) == (9443, "127.0.0.1", "mon.example.org")
-    assert s.allowed_users == {1, 22, 333}
+    assert s.allowed_users == (333, 1, 22)  # in order, each once: the first is the admin
+    assert s.max_hosts_per_user == 5 and load_settings({}).max_hosts_per_user == 100
     assert s.db_path == Path("/x/mbot.sqlite3")
 
 
@@ -31,6 +32,8 @@ def test_values():
     ({"PORT": "abc"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
     ({"ALLOWED_USERS": "12,bob"}, "ALLOWED_USERS"),
+    ({"MBOT_MAX_HOSTS_PER_USER": "0"}, "MBOT_MAX_HOSTS_PER_USER"),
+    ({"MBOT_MAX_HOSTS_PER_USER": "lots"}, "MBOT_MAX_HOSTS_PER_USER"),
     ({"TELEGRAM_API_URL": "ftp://x"}, "TELEGRAM_API_URL"),
     ({"BOT_TOKEN": "no token here"}, "BOT_TOKEN"),
 ])

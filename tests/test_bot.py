@@ -25,6 +25,7 @@ async def fake(nursery: trio.Nursery) -> FakeBot:
 
 
 async def start_server(nursery: trio.Nursery, settings: Settings, fake: FakeBot, **overrides) -> app.Server:
+    overrides.setdefault("allowed_users", (ALICE, BOB))  # the bot is closed by default; MALLORY stays a stranger
     settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url, **overrides)
     # Telegram's real limit (1 message/s per chat) would make each test wait seconds for nothing.
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
@@ -212,7 +213,7 @@ async def test_other_users_cannot_see_or_touch_a_host(fake: FakeBot, server, nur
 
 
 async def test_allowed_users_refuses_others_politely_once(fake: FakeBot, nursery, settings: Settings):
-    running = await start_server(nursery, settings, fake, allowed_users=frozenset({ALICE}))
+    running = await start_server(nursery, settings, fake, allowed_users=(ALICE,))
     assert (await say(fake, MALLORY, "/newkey evil"))["text"] == "Sorry, this mbot is private."
     since = len(fake.sent)
     fake.push_message(MALLORY, "/hosts")
@@ -322,7 +323,8 @@ async def test_alerts_end_to_end_with_the_real_agent(fake: FakeBot, nursery, set
 
     clock = WallClock()
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
-    settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url)
+    settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url,
+                                   allowed_users=(ALICE, BOB))
     server = await nursery.start(lambda task_status: app.serve(
         settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
     agent = load_agent()

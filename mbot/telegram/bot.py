@@ -1,8 +1,11 @@
 """Routes Telegram updates to service calls and views. Holds no business logic of its own.
 
-Every command and every button re-checks, on the server, that the sender owns the host (service.owned_host); a
-forged callback naming someone else's host gets exactly the answer a missing host gets. Replies go through the
-outbox (rate-limited); only answerCallbackQuery goes direct, because the client spins until it is answered.
+Who may talk to it is mbot.users: ALLOWED_USERS plus the `users` table (claim and invite codes); everyone else gets
+one polite refusal. Every command and every button re-checks, on the server, that the sender owns the host
+(service.owned_host); a forged callback naming someone else's host gets exactly the answer a missing host gets.
+A button acts only for the user it was made for (the host's owner, or the user its data names): in a group, another
+member's press gets a "not for you" alert and the message stays as it is. Replies go through the outbox
+(rate-limited); only answerCallbackQuery goes direct, because the client spins until it is answered.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, protocol, service, store
+from .. import alerts, charts, plotspec, plotting, protocol, service, store, users
 from ..agents import AgentHub
 from ..alerting import Alerting
 from ..alerts import AlertUsageError
@@ -39,6 +42,13 @@ CONFIRM_SECONDS = 60.0
 COMMAND_TIMEOUT = 30.0
 WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
 WATCH_ONLINE = 1800.0  # ... and to come back
+# /newkey per user: a burst for setting up a rack at once, then one a minute; MBOT_MAX_HOSTS_PER_USER caps the total.
+NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
+# Invite codes a stranger may try: a few typos, then one per 10 minutes (codes are unguessable; this bounds the
+# database work and the replies a stranger can cause).
+CODE_BURST, CODE_EVERY = 5, 600.0
+# tell_owner: the same text to the same owner at most once per this long.
+TELL_REPEAT = 600.0
 
 
 @dataclass(frozen=True)
@@ -87,12 +97,19 @@ class Bot:
         self._clock = clock
         self._username: str | None = None
         self._pending: dict[str, PowerRequest] = {}
-        self._refused: set[int] = set()
+        self._users: dict[int, str] = {}  # the `users` table (loaded in run); ALLOWED_USERS come from settings
+        self._refused = users.Seen()  # strangers already told "private": once each, in bounded memory
+        self._newkey_limit = users.RateLimit(NEWKEY_BURST, NEWKEY_EVERY)
+        self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
+        self._tell_limit = users.RateLimit(1, TELL_REPEAT)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Long-running: polls updates; work that outlives an update (waiting on an agent) runs in its nursery."""
+        # Who may use the bot is known before the first update is handled.
+        self._users = await self._db.read(users.load_users)
+        self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._introduce)
@@ -102,11 +119,45 @@ class Bot:
     async def _introduce(self) -> None:
         try:
             me = await self._api.get_me()
-            self._username = me.get("username")
+        except TelegramError as exc:
+            log.warning("could not introduce the bot to Telegram (commands menu not set): %s", exc)
+        else:
+            username = me.get("username")
+            if username and username != self._username:
+                await self._writer.call(store.set_kv, users.USERNAME_KEY, username)  # for the CLI's invite links
+            self._username = username or self._username
+        # After getMe, so that the one log line can carry the t.me link.
+        await self._claim_if_closed()
+        try:
             await self._api.set_my_commands(commands.MENU)
             log.info("telegram bot @%s is up", self._username)
         except TelegramError as exc:
-            log.warning("could not introduce the bot to Telegram (commands menu not set): %s", exc)
+            log.warning("could not set the bot's commands menu: %s", exc)
+
+    async def _claim_if_closed(self) -> None:
+        """Without ALLOWED_USERS and users, make a new claim code (older ones die) and log it: the only log line
+        that ever holds a secret. With users, any claim left from an earlier start is deleted."""
+        code = users.new_code()
+        wanted = self._settings.allowed_users is None and not self._users
+        if not await self._writer.call(users.reset_claim, users.code_hash(code) if wanted else None, self._clock()):
+            return
+        link = users.invite_link(self._username, code)
+        where = f"opens {link} (or sends the bot /start {code})" if link else f"sends the bot /start {code}"
+        log.warning("mbot has no users yet: the first person who %s becomes its admin; claim code %s works once, "
+                    "until the next start", where, code)
+
+    def tell_owner(self, owner: int, html_text: str) -> None:
+        """Tell a host's owner something the server did to their host (a limit it enforced), as a plain chat
+        message through the outbox. Call it from the trio thread; it never blocks and never raises.
+
+        The same text to the same owner goes out at most once per TELL_REPEAT (10 min), so a misbehaving agent
+        cannot flood its owner's chat; the outbox bounds the rest. Hosts made by the CLI without --owner (owner 0)
+        have nobody to tell."""
+        if owner <= 0:
+            return
+        if not self._tell_limit.take((owner, html_text), self._clock()).allowed:
+            return
+        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text))
 
     # --- routing ---------------------------------------------------------------------------------------------
 
@@ -116,12 +167,8 @@ class Bot:
         elif "callback_query" in update:
             await self._on_callback(update["callback_query"])
 
-    def _allowed(self, user_id: int) -> bool:
-        allowed = self._settings.allowed_users
-        if allowed is None or user_id in allowed:
-            return True
-        log.warning("refused Telegram user %d (not in ALLOWED_USERS)", user_id)
-        return False
+    def _role(self, user_id: int) -> str | None:
+        return users.role_of(user_id, self._settings.allowed_users, self._users)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
         text = message.get("text")
@@ -129,10 +176,8 @@ class Bot:
         if not text or "id" not in sender:
             return
         ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"])
-        if not self._allowed(ctx.user_id):
-            if ctx.user_id not in self._refused:  # one polite refusal, not one per message
-                self._refused.add(ctx.user_id)
-                self._send(ctx, views.NOT_ALLOWED)
+        if self._role(ctx.user_id) is None:
+            await self._stranger(ctx, text, private=message["chat"].get("type") == "private")
             return
         try:
             command = commands.parse(text, self._username)
@@ -146,11 +191,47 @@ class Bot:
         except (ServiceError, AlertUsageError, PlotUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
+    async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
+        """Someone who is not a user: `/start CODE` may make them one; anything else gets one polite refusal."""
+        try:
+            command = commands.parse(text, self._username)
+        except UsageError:
+            command = None
+        if command is not None and command.name == "start" and command.args:
+            decision = self._code_limit.take(ctx.user_id, self._clock())
+            if decision.allowed:
+                await self._redeem(ctx, command.args[0])
+                return
+            if decision.first_refusal:
+                log.warning("Telegram user %d tried too many invite codes; ignoring their codes for a while",
+                            ctx.user_id)
+        elif command is None and not private:
+            return  # group chatter, or a command for another bot: none of our business
+        if self._refused.add(ctx.user_id):  # one polite refusal, not one per message
+            log.warning("refused Telegram user %d (not a user of this mbot)", ctx.user_id)
+            self._send(ctx, views.NOT_ALLOWED)
+
+    async def _redeem(self, ctx: Context, code: str) -> None:
+        role = None
+        if users.looks_like_code(code):
+            role = await self._writer.call(partial(users.redeem, first_is_admin=self._settings.allowed_users is None),
+                                           users.code_hash(code), ctx.user_id, self._clock())
+        if role is None:
+            log.warning("Telegram user %d sent an unknown, used or expired invite code", ctx.user_id)
+            self._send(ctx, views.BAD_INVITE)
+            return
+        self._users[ctx.user_id] = role
+        log.info("Telegram user %d joined with a code, as %s", ctx.user_id, role)
+        self._send(ctx, views.welcome(role))
+
     async def _command(self, ctx: Context, command: Command) -> None:
         now = self._clock()
         name, args = command.name, command.args
         if name in ("start", "help"):
-            self._send(ctx, views.HELP)
+            # /start CODE from someone who already is a user: the code is left unspent for whoever it was meant for.
+            self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
+        elif name == "invite":
+            await self._invite(ctx, now)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -159,7 +240,15 @@ class Bot:
             host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
             await self._chart(ctx, host, request.metrics, request.span, request.limit, request.unit, None)
         elif name == "newkey":
-            key = await self._writer.call(service.new_key, args[0], ctx.user_id)
+            decision = self._newkey_limit.take(ctx.user_id, now)
+            if not decision.allowed:
+                if decision.first_refusal:  # told once per stretch of refusals: a flood gets one answer
+                    log.warning("user %d is registering hosts too fast; /newkey refused for now", ctx.user_id)
+                    self._send(ctx, views.slow_down("/newkey works", NEWKEY_BURST, NEWKEY_EVERY,
+                                                    decision.retry_after))
+                return
+            key = await self._writer.call(partial(service.new_key, max_hosts=self._settings.max_hosts_per_user),
+                                          args[0], ctx.user_id)
             self._alerting.host_added(key.host_id, key.name, ctx.user_id)
             log.info("user %d registered host %s (key %s)", ctx.user_id, key.name, key.key_id)
             await self._send_key(ctx, key)
@@ -185,6 +274,16 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             await self._send_key(ctx, key)
+
+    async def _invite(self, ctx: Context, now: float) -> None:
+        if self._role(ctx.user_id) != users.ADMIN:
+            self._send(ctx, views.NOT_ADMIN)
+            return
+        code = users.new_code()
+        await self._writer.call(users.add_invite, users.code_hash(code), now, ctx.user_id)
+        log.info("user %d made a one-time invite (valid %.0f h)", ctx.user_id, users.INVITE_TTL / 3600)
+        link = users.invite_link(self._username, code)
+        self._send(ctx, *views.invite(code, link, ctx.user_id, users.INVITE_TTL / 3600))
 
     async def _alert_command(self, ctx: Context, command: Command, now: float) -> None:
         name, args = command.name, list(command.args)
@@ -249,26 +348,64 @@ class Bot:
                 keyboard = views.keyboard([views.button("📈 Last hour", callback)])
         self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
 
-    async def _on_callback(self, query: dict[str, Any]) -> None:
-        # Answer first: the client shows a spinner until we do, and gives up after ~15 s.
+    async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
-            await self._api.answer_callback_query(query["id"])
+            await self._api.answer_callback_query(query["id"], text, show_alert=text is not None)
         except TelegramError as exc:
             log.info("answerCallbackQuery failed: %s", exc)
+
+    async def _on_callback(self, query: dict[str, Any]) -> None:
+        # Answered as soon as we know whether the press is the presser's to make (a primary-key read at most): the
+        # client shows a spinner until then, and gives up after ~15 s.
         message = query.get("message") or {}
         if "chat" not in message:
+            await self._answer(query)
             return
         ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"])
-        if not self._allowed(ctx.user_id):
+        private = message["chat"].get("type") == "private"
+        if self._role(ctx.user_id) is None:
+            await self._answer(query)
             return
         callback = views.decode_callback(query.get("data", ""))
         if callback is None:
-            self._edit(ctx, "This button is no longer valid.")
+            if private:
+                await self._answer(query)
+                self._edit(ctx, "This button is no longer valid.")
+            else:  # in a group the message may be someone else's: say it to the presser alone
+                await self._answer(query, "This button is no longer valid.")
             return
+        if not await self._pressed_by_its_user(ctx, callback, private):
+            log.info("user %d pressed a %s button meant for someone else in chat %d", ctx.user_id, callback.action,
+                     ctx.chat_id)
+            await self._answer(query, views.NOT_YOUR_BUTTON)
+            return
+        await self._answer(query)
         try:
             await self._button(ctx, callback)
         except NoSuchHost as exc:
             self._edit(ctx, views.e(str(exc)))
+
+    async def _pressed_by_its_user(self, ctx: Context, callback: Callback, private: bool) -> bool:
+        """Whether the presser is the user this button was made for, before anything is done or edited.
+
+        confirm, cancel and delete name their user in their data (and a power nonce knows its user here); host
+        buttons belong to the host's owner. In a private chat the presser is the only member, so a host button
+        naming a missing or foreign host is theirs to press and gets the "No such host" a missing host gets (no hint
+        whether the host exists); in a group, it gets the alert and the message is left alone."""
+        intended = views.button_user(callback)
+        if intended is not None and intended != ctx.user_id:
+            return False
+        if intended is None and callback.action in ("confirm", "cancel", "delete") and not private:
+            return False  # an old button that does not say whose it is: only safe in a private chat
+        if callback.action in ("confirm", "cancel"):
+            request = self._pending.get(callback.args[0])
+            if request is not None and request.user_id != ctx.user_id:
+                return False
+        if callback.action in views.HOST_ACTIONS and not private:
+            host = await self._db.read(store.host_by_id, int(callback.args[0]))
+            if host is None or host.owner != ctx.user_id:
+                return False
+        return True
 
     async def _button(self, ctx: Context, callback: Callback) -> None:
         action, args = callback.action, callback.args
@@ -301,7 +438,9 @@ class Bot:
             self._pending[nonce] = PowerRequest(ctx.user_id, host.id, args[1], now + CONFIRM_SECONDS)
             self._send(ctx, *views.power_question(host, args[1], nonce))
         elif action == "cancel":
-            self._pending.pop(args[0], None)
+            request = self._pending.get(args[0])
+            if request is not None and request.user_id == ctx.user_id:  # checked before; kept next to the pop
+                del self._pending[args[0]]
             self._edit(ctx, "Cancelled.")
         elif action == "confirm":
             await self._confirm(ctx, args[0], now)
@@ -323,7 +462,9 @@ class Bot:
             del self._pending[nonce]
 
     async def _confirm(self, ctx: Context, nonce: str, now: float) -> None:
-        request = self._pending.pop(nonce, None)  # one time: a second press finds nothing
+        request = self._pending.get(nonce)
+        if request is not None and request.user_id == ctx.user_id:
+            del self._pending[nonce]  # one time: a second press finds nothing; someone else's press spends nothing
         if request is None or request.user_id != ctx.user_id or request.expires < now:
             self._edit(ctx, "This confirmation has expired; nothing was done.")
             return
@@ -383,9 +524,9 @@ class Bot:
     async def _send_key(self, ctx: Context, key: service.NewKey) -> None:
         """The key reply, then the agent and its ready .env as files: a working agent from the phone."""
         public, port, fingerprint = self._settings.public_host, self._agent_port, self._fingerprint
-        self._send(ctx, *views.new_key(key, public, port, fingerprint))
+        self._send(ctx, *views.new_key(key, public, port, fingerprint, ctx.user_id))
         await self._send_agent_file(ctx)
-        name, content, caption, keyboard = views.agent_env(key, public, port, fingerprint)
+        name, content, caption, keyboard = views.agent_env(key, public, port, fingerprint, ctx.user_id)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
                                                  keyboard, content_type="text/plain"))
 

@@ -20,7 +20,8 @@ class Command:
 
 # name -> (usage, min args, max args). The usage line is what a user sees after a mistake.
 SPECS: dict[str, tuple[str, int, int]] = {
-    "start": ("/start", 0, 0),
+    # /start CODE is what a t.me/<bot>?start=CODE invite link makes Telegram send (mbot.users).
+    "start": ("/start", 0, 1),
     "help": ("/help", 0, 0),
     "newkey": ("/newkey NAME - register a host and get its agent settings", 1, 1),
     "hosts": ("/hosts - your hosts, online or not", 0, 0),
@@ -36,7 +37,12 @@ SPECS: dict[str, tuple[str, int, int]] = {
     "plot": ("/plot NAME METRICS SPAN... [LIMIT] [UNIT] - a chart, e.g. /plot box1 cpu;gpu 2d 3h 80", 0, 16),
     "mute": ("/mute NAME DURATION - no notifications from a host for a while", 0, 8),
     "unmute": ("/unmute NAME - notifications back on", 0, 8),
+    "invite": ("/invite - a one-time link that lets one more person use this bot (admin only)", 0, 0),
 }
+
+# Left out of /help: /start is what opening the bot sends, /help is the list itself.
+NOT_IN_HELP = ("start", "help")
+ADMIN_ONLY = ("invite",)
 
 # What the command menu (setMyCommands) shows.
 MENU: list[tuple[str, str]] = [

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .. import store
 from ..alerts import AlertEngine, AlertRule, OfflineRule, format_value, series_label
 from ..service import NewKey
+from . import commands
 
 CALLBACK_LIMIT = 64
 Keyboard = dict[str, Any]
@@ -22,7 +23,10 @@ Keyboard = dict[str, Any]
 
 @dataclass(frozen=True)
 class Callback:
-    action: str  # card, refresh, power, confirm, cancel, revoke, delete
+    """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
+    their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
+
+    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range
     args: tuple[str, ...] = ()
 
     def encode(self) -> str:
@@ -53,16 +57,40 @@ def decode_callback(data: str) -> Callback | None:
             return None
         return Callback(parts[0], tuple(parts[1:]))
     action, *args = data.split(":")
-    expected = {"card": 1, "refresh": 1, "power": 2, "confirm": 1, "cancel": 1, "revoke": 2, "delete": 0}
-    if expected.get(action) != len(args):
+    # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
+    # and then only in a private chat, whose one member is necessarily the user (see button_user).
+    expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
+                "delete": (0, 1)}
+    if len(args) not in expected.get(action, ()):
         return None
-    if action in ("card", "refresh", "power", "revoke") and not args[0].isdigit():
+    if action in HOST_ACTIONS and not args[0].isdigit():
+        return None
+    if action in ("confirm", "cancel") and len(args) == 2 and not args[1].isdigit():
+        return None
+    if action == "delete" and args and not args[0].isdigit():
         return None
     if action == "power" and args[1] not in ("reboot", "shutdown"):
         return None
     if action == "revoke" and args[1] not in ("keep", "wipe", "no"):
         return None
     return Callback(action, tuple(args))
+
+
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range")
+
+
+def button_user(callback: Callback) -> int | None:
+    """The user a confirm, cancel or delete button was made for, from its data; None for the others (their host
+    says whose they are) and for old buttons that did not say."""
+    if callback.action in ("confirm", "cancel") and len(callback.args) == 2:
+        return int(callback.args[1])
+    if callback.action == "delete" and callback.args:
+        return int(callback.args[0])
+    return None
+
+
+def delete_button(user_id: int | None) -> dict[str, str]:
+    return button("🗑 Delete this message", Callback("delete", () if user_id is None else (str(user_id),)))
 
 
 def button(text: str, callback: Callback) -> dict[str, str]:
@@ -123,22 +151,50 @@ e = html.escape
 
 # --- texts -------------------------------------------------------------------------------------------------------
 
-HELP = (
-    "<b>mbot</b> watches your machines and reports here.\n\n"
-    "/newkey NAME - register a host and get its agent settings\n"
-    "/hosts - your hosts, online or not\n"
-    "/status [NAME] - a summary, or one host's card with Refresh, Reboot and Shutdown\n"
-    "/rename OLD NEW - rename a host\n"
-    "/rotate NAME - new secret; the old one stops working at once\n"
-    "/revoke NAME - delete a host's key and disconnect its agent\n"
-    "/setalert NAME METRIC THRESHOLD [FOR] - e.g. /setalert box1 cpu 90 5m, /setalert box1 disk:/ 95, "
-    "/setalert box1 offline 2m\n"
-    "/delalert NAME METRIC, /alerts - manage alerts\n"
-    "/mute NAME DURATION, /unmute NAME - silence a host for a while\n\n"
+HELP_EXAMPLES = (
+    "Alerts, e.g. /setalert box1 cpu 90 5m, /setalert box1 disk:/ 95, /setalert box1 offline 2m.\n"
     "NAME may also be the first 8+ characters of a host's key id."
 )
 
+
+def help_text(admin: bool = False) -> str:
+    """/help, made from the commands' own usage lines (commands.SPECS), so a new command cannot be left out."""
+    lines = [html.escape(usage, quote=False) for name, (usage, _, _) in commands.SPECS.items()
+             if name not in commands.NOT_IN_HELP and (admin or name not in commands.ADMIN_ONLY)]
+    return "<b>mbot</b> watches your machines and reports here.\n\n" + "\n".join(lines) + "\n\n" + HELP_EXAMPLES
+
+
+HELP = help_text()
+
 NOT_ALLOWED = "Sorry, this mbot is private."
+BAD_INVITE = ("Sorry, this invite is not valid: it was already used, it expired, or it was mistyped. "
+              "Ask whoever runs this mbot for a new one.")
+NOT_YOUR_BUTTON = "This button is not for you"
+NOT_ADMIN = "Only the admin of this mbot can invite people."
+
+
+def welcome(role: str) -> str:
+    if role == "admin":
+        head = "Welcome: you are the admin of this mbot. /invite makes a one-time link for one more person."
+    else:
+        head = "Welcome to mbot."
+    return head + "\n\n" + help_text(admin=role == "admin")
+
+
+def invite(code: str, link: str | None, user_id: int, hours: float) -> tuple[str, Keyboard]:
+    """The one chat message that shows an invite code."""
+    lines = [f"A one-time invite: the first person to use it can use this bot. It expires in {hours:.0f} h.", ""]
+    if link:
+        lines += [e(link), "", f"or, in a chat with the bot, they send <code>/start {e(code)}</code>"]
+    else:
+        lines.append(f"In a chat with the bot, they send <code>/start {e(code)}</code>")
+    lines += ["", "Delete this message once you have passed it on."]
+    return "\n".join(lines), keyboard([delete_button(user_id)])
+
+
+def slow_down(what: str, burst: int, every: float, retry_after: float) -> str:
+    return (f"Slow down: {what} at most {burst} times at once, then once every {human_duration(every)}. "
+            f"Try again in {human_duration(max(1.0, retry_after))}.")
 NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 
@@ -256,14 +312,15 @@ def summary(hosts: list[store.Host], now: float) -> tuple[str, Keyboard | None]:
     return "\n".join(lines), buttons
 
 
-def new_key(key: NewKey, public_host: str, port: int, fingerprint: str) -> tuple[str, Keyboard]:
+def new_key(key: NewKey, public_host: str, port: int, fingerprint: str,
+            user_id: int | None = None) -> tuple[str, Keyboard]:
     command = (f"AGENT_SERVER_IP={public_host} AGENT_PORT={port} AGENT_SECRET={key.secret} "
                f"AGENT_FINGERPRINT={fingerprint} python3 mbot_agent.py")
     text = (f"Host <b>{e(key.name)}</b> registered (key <code>{key.key_id}</code>).\n\n"
             f"Run the agent on it:\n<pre>{e(command)}</pre>\n"
             f"Secret: <code>{e(key.secret)}</code>\nServer fingerprint: <code>{fingerprint}</code>\n\n"
             "This message holds the secret and is not shown again: delete it once you have copied it.")
-    return text, keyboard([button("🗑 Delete this message", Callback("delete"))])
+    return text, keyboard([delete_button(user_id)])
 
 
 AGENT_CAPTION = ("The mbot agent. On the host: <code>pip install psutil trio trio-websocket</code> (and "
@@ -271,19 +328,22 @@ AGENT_CAPTION = ("The mbot agent. On the host: <code>pip install psutil trio tri
                  "<code>--check</code> shows what it would send; <code>--install-systemd</code> keeps it running.")
 
 
-def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str) -> tuple[str, bytes, str, Keyboard]:
+def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str,
+              user_id: int | None = None) -> tuple[str, bytes, str, Keyboard]:
     """The host's ready settings file: (file name, content, caption, keyboard with the delete button)."""
     content = (f"AGENT_SERVER_IP={public_host}\nAGENT_PORT={port}\nAGENT_SECRET={key.secret}\n"
                f"AGENT_FINGERPRINT={fingerprint}\n")
     caption = (f"Settings for <b>{e(key.name)}</b>: save as <code>.env</code> next to mbot_agent.py (or run "
                f"<code>python3 mbot_agent.py --env-file {e(key.name)}.env</code>). It holds the secret: delete "
                "this message once saved.")
-    return f"{key.name}.env", content.encode(), caption, keyboard([button("🗑 Delete this message", Callback("delete"))])
+    return f"{key.name}.env", content.encode(), caption, keyboard([delete_button(user_id)])
 
 
 def power_question(host: store.Host, action: str, nonce: str) -> tuple[str, Keyboard]:
+    # The buttons name the host's owner (the only one who can ask): in a group, nobody else may answer.
+    args = (nonce, str(host.owner))
     return (f"{action.capitalize()} <b>{e(host.name)}</b>? (expires in 60 s)",
-            keyboard([button("Yes", Callback("confirm", (nonce,))), button("Cancel", Callback("cancel", (nonce,)))]))
+            keyboard([button("Yes", Callback("confirm", args)), button("Cancel", Callback("cancel", args))]))
 
 
 def revoke_question(host: store.Host) -> tuple[str, Keyboard]:

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import trio
 
-from . import plotspec, service, store, tls
+from . import plotspec, service, store, tls, users
 from .plotspec import PlotUsageError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .service import ServiceError
@@ -27,7 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     newkey = commands.add_parser("newkey", help="register a host and print its agent secret")
     newkey.add_argument("name", help=service.NAME_RULE)
     newkey.add_argument("--owner", type=int, default=0, metavar="TELEGRAM_USER_ID",
-                        help="the Telegram user who will own the host (default: none, CLI only)")
+                        help="the Telegram user who will own the host (default: none, CLI only); "
+                             "MBOT_MAX_HOSTS_PER_USER applies to owners, not to CLI-only hosts")
+    commands.add_parser("invite", help="print a one-time link that lets one more Telegram user use the bot "
+                                       "(expires in 24 h; on a server without users, that user becomes the admin)")
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
@@ -56,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(settings)
         if command == "newkey":
             return _newkey(settings, args.name, args.owner)
+        if command == "invite":
+            return _invite(settings)
         if command == "hosts":
             return _hosts(settings, as_json=args.json)
         if command == "fingerprint":
@@ -101,13 +106,35 @@ def _newkey(settings: Settings, name: str, owner: int) -> int:
     try:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            key = service.new_key(conn, name, owner)
+            # The operator's own CLI-only hosts (owner 0) are not capped; a user's hosts are, wherever they are made.
+            key = service.new_key(conn, name, owner, max_hosts=settings.max_hosts_per_user if owner else None)
     finally:
         conn.close()
     port = f"AGENT_PORT={settings.port}\n" if settings.port != 8000 else ""
     print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once\n"
           f"AGENT_SERVER_IP={settings.public_host}\n{port}"
           f"AGENT_SECRET={key.secret}\nAGENT_FINGERPRINT={cert.fingerprint}")
+    return 0
+
+
+def _invite(settings: Settings) -> int:
+    """A one-time invite, made here (a separate process) in the same database the running server reads."""
+    code = users.new_code()
+    conn = store.connect(settings.db_path)
+    try:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            users.add_invite(conn, users.code_hash(code), time.time(), 0)
+            username = store.get_kv(conn, users.USERNAME_KEY)  # saved by the server after getMe; None before
+    finally:
+        conn.close()
+    link = users.invite_link(username, code)
+    print(f"# a one-time invite, valid {users.INVITE_TTL / 3600:.0f} h: the first person to use it can use the bot "
+          "(as its admin while it has no users and no ALLOWED_USERS)")
+    if link:
+        print(f"link: {link}")
+    print(f"or, in a chat with the bot: /start {code}")
+    print(f"code: {code}")
     return 0
 
 

@@ -156,3 +156,56 @@ async def test_health(tmp_path, nursery):
     up = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "health", env=env))
     assert up.returncode == 0, up.stderr
     await running.aclose()
+
+
+def test_newkey_owner_respects_the_hosts_cap(tmp_path):
+    env = {"MBOT_MAX_HOSTS_PER_USER": "1"}
+    assert mbot(tmp_path, "newkey", "a", "--owner", "42", env=env).returncode == 0
+    over = mbot(tmp_path, "newkey", "b", "--owner", "42", env=env)
+    assert over.returncode == 1 and "MBOT_MAX_HOSTS_PER_USER=1" in over.stderr and "Traceback" not in over.stderr
+    assert mbot(tmp_path, "newkey", "b", "--owner", "43", env=env).returncode == 0  # per owner
+    # The operator's own CLI-only hosts (no --owner) are not capped.
+    assert [mbot(tmp_path, "newkey", name, env=env).returncode for name in ("c", "d")] == [0, 0]
+    assert mbot(tmp_path, "newkey", "x", "--owner", "42", env={"MBOT_MAX_HOSTS_PER_USER": "zero"}).returncode == 2
+
+
+async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery):
+    import dataclasses
+
+    from fakebot import BOT_USER, FakeBot
+    from helpers import certificate
+    from mbot import app
+
+    # Before the server ever ran, the bot's username is unknown: the code and the /start form only.
+    first = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "invite"))
+    assert first.returncode == 0, first.stderr
+    code = re.search(r"^code: ([\w-]+)$", first.stdout, re.M)[1]
+    assert f"/start {code}" in first.stdout and "t.me" not in first.stdout
+    assert code not in first.stderr
+    assert code.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("mbot.sqlite3*"))
+
+    fake = FakeBot()
+    await nursery.start(fake.serve)
+    settings = dataclasses.replace(make_settings(tmp_path), bot_token=fake.token, telegram_api_url=fake.url)
+    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
+                                                                handle_signals=False, task_status=task_status))
+    await fake.wait_for("setMyCommands")  # after getMe: the username is saved for the CLI by now
+
+    async def say(user: int, text: str) -> str:
+        since = len(fake.sent)
+        fake.push_message(user, text)
+        call = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == user, since=since)
+        return call.params["text"]
+
+    assert await say(7, "/hosts") == "Sorry, this mbot is private."
+    # The first user of a server without users becomes its admin, whether by the claim or by an invite.
+    assert "you are the admin" in await say(7, f"/start {code}")
+    second = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "invite"))
+    link = re.search(r"^link: (\S+)$", second.stdout, re.M)[1]
+    other = re.search(r"^code: ([\w-]+)$", second.stdout, re.M)[1]
+    assert link == f"https://t.me/{BOT_USER['username']}?start={other}"
+    assert (await say(8, f"/start {other}")).startswith("Welcome to mbot.")
+    assert "no hosts yet" in await say(8, "/hosts")
+    assert (await say(9, f"/start {other}")).startswith("Sorry, this invite is not valid")
+    await running.aclose()
+    assert read_db(settings, "SELECT id, role FROM users ORDER BY id") == [(7, "admin"), (8, "user")]

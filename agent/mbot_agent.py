@@ -53,6 +53,7 @@ refuses this agent (secret rejected, key revoked, certificate changed), 2 for a 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -69,7 +70,6 @@ import sys
 import threading
 import time
 from collections import deque
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
@@ -1436,7 +1436,7 @@ class Repeats:
         self.count += 1
         if self.started is None:
             self.started = now
-        first_of_power_of_two = self.count & (self.count - 1) == 0
+        first_of_power_of_two = (self.count & (self.count - 1)) == 0
         if not first_of_power_of_two and now - self._logged_at < self.every:
             self.left_out += 1
             return None
@@ -1444,8 +1444,8 @@ class Repeats:
         return left_out
 
 
-def _left_out(count: Optional[int], what: str) -> str:
-    return f" [{count} more {what} since the previous line, not logged]" if count else ""
+def _left_out(count: Optional[int]) -> str:
+    return f" [{count} more since the previous line, not logged]" if count else ""
 
 
 class PowerLimiter:
@@ -1690,7 +1690,7 @@ class Agent:
             if left_out is None:
                 log.debug("%s", line)
             else:
-                log.log(level, "%s%s", line, _left_out(left_out, "failures"))
+                log.log(level, "%s%s", line, _left_out(left_out))
             await trio.sleep(delay)
 
     def _check_pin(self, der: Optional[bytes]) -> Optional[str]:
@@ -1941,7 +1941,7 @@ class Agent:
         if left_out is None:
             log.debug(message, *args)
         else:
-            log.warning(message + "%s", *args, _left_out(left_out, "such server messages"))
+            log.warning(message + "%s", *args, _left_out(left_out))
 
     async def _on_error(self, conn: _Connection, frame: Dict[str, Any]) -> None:
         # Quoted and escaped: the text is the server's, and goes into this host's log.
@@ -1963,7 +1963,8 @@ class Agent:
         await conn.ws.send_message(json.dumps({"type": "result", "id": command_id, "ok": ok, "message": message}))
 
     async def _run_power(self, action: Any, expires: Any) -> Tuple[bool, str, bool]:
-        """(ok, message for the result, whether the OS command was started)."""
+        """(ok, message for the result, whether the agent went as far as running the OS command: then the line
+        is always logged, since it is what the host did, while refusals are thinned out)."""
         if action not in POWER_ACTIONS:
             return False, "unknown action", False
         problem = command_expiry_problem(expires, time.time())
@@ -2093,8 +2094,9 @@ def _install_systemd(env_file: str, unit_dir: str) -> int:
     script = os.path.abspath(__file__)
     env_path = os.path.abspath(env_file)
     if not os.path.exists(env_path):
-        print(f"mbot agent: {env_path} does not exist yet: run the agent once (it saves its settings there), "
-              "then --install-systemd", file=sys.stderr)
+        print(f"mbot agent: {env_path} does not exist yet: run the agent once on a terminal (it asks for its "
+              "settings and saves them there), or save there the .env that /newkey sends; then --install-systemd",
+              file=sys.stderr)
         return 2
     # Run as whoever owns the settings (the user who set the agent up), never root by default.
     import pwd

@@ -3,11 +3,18 @@
 The listener is trio's own (serve_listeners over SSL listeners) with trio-websocket wrapping each stream, rather than
 trio_websocket.serve_websocket, so that each connection is isolated: a peer that breaks TLS or HTTP in some new way
 ends its own task with a log line and never the server; and the 10 s handshake deadline covers TLS as well.
+
+Before authentication a connection holds a place in the PreAuthGate (bounded per address and in all, the oldest
+evicted first), so idle or silent sockets cannot take the file descriptors real agents need. After it, the host's
+SampleBudget bounds what it may send, and the writer bounds the new series names it may introduce; a host over a
+limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
+flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import ssl
 import time
@@ -18,10 +25,10 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import protocol, store
-from .limits import AuthThrottle, FrameBucket
+from .limits import AuthThrottle, FrameBucket, LogSummary, PreAuthGate, SampleBudget
 from .protocol import Hello, ProtocolError, Result, Samples
 from .store import Database
-from .writer import Writer
+from .writer import LimitExceeded, Writer
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +36,11 @@ HANDSHAKE_TIMEOUT = 10.0
 HELLO_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 AGENT_PATH = "/agent"
+LIMIT_NOTICE_EVERY = 86400.0  # an owner hears about the same limit of the same host at most once a day
+
+# Told (in the trio thread) when a host goes over a limit: (host, limit name, what happened). The app turns it into
+# one chat message to the owner.
+LimitNotice = Callable[[store.Host, str, str], None]
 
 
 def secret_hash(secret: str) -> str:
@@ -63,29 +75,36 @@ class _Awaited:
 class AgentConnection:
     """One authenticated agent: reads frames, feeds the writer, sends coalesced acks."""
 
-    def __init__(self, host: store.Host, ws: WebSocketConnection, peer: str, writer: Writer) -> None:
+    def __init__(self, host: store.Host, ws: WebSocketConnection, peer: str, writer: Writer, hub: AgentHub) -> None:
         self.host = host
         self.ws = ws
         self.peer = peer
         self.hello: Hello | None = None
         self._writer = writer
+        self._hub = hub
         self._committed = 0
         self._ack_wanted = trio.Event()
         self._bucket = FrameBucket(now=trio.current_time())
+        self._budget: SampleBudget | None = None
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
+        self._receiving = trio.CancelScope()
+        self._store_failure: BaseException | None = None  # the writer refused a frame of ours (a limit, a poison)
 
     async def serve(self) -> None:
         if not await self._guarded(self._receive_hello):
             return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_acks)
-            await self._guarded(self._receive_samples)
+            with self._receiving:
+                await self._guarded(self._receive_samples)
+            if self._store_failure is not None:
+                await self._refuse_stored(self._store_failure)
             nursery.cancel_scope.cancel()
 
     async def _guarded(self, receive: Callable[[], Awaitable[None]]) -> bool:
-        """Run a receive step; a bad frame or a closed socket ends the connection here, with a log line."""
+        """Run a receive step; a bad frame, a limit or a closed socket ends the connection here, with a log line."""
         try:
             await receive()
             return True
@@ -93,11 +112,32 @@ class AgentConnection:
             log.warning("agent %s (%s): %s; closing with %d", self.host.name, self.peer, exc.reason,
                         exc.close_code)
             await self._close_for(exc)
+        except LimitExceeded as exc:
+            await self._over_limit(exc)
         except ConnectionClosed as exc:
             reason = exc.reason
-            log.info("agent %s (%s) disconnected (code %s%s)", self.host.name, self.peer,
-                     getattr(reason, "code", "?"), f", {reason.reason}" if getattr(reason, "reason", None) else "")
+            said = getattr(reason, "reason", None)
+            self._hub.log_flapping(self.host, "agent %s (%s) disconnected (code %s%s)", self.host.name, self.peer,
+                                   getattr(reason, "code", "?"), f", {said!r}" if said else "")
         return False
+
+    async def _over_limit(self, exc: LimitExceeded) -> None:
+        log.warning("agent %s (%s): over its limit of %s: %s; closing with 1008", self.host.name, self.peer,
+                    exc.limit, exc.detail)
+        self._hub.over_limit(self.host, exc)
+        await self._close_for(ProtocolError(f"over the limit of {exc.limit}: {exc.detail}", protocol.CLOSE_POLICY))
+
+    async def _refuse_stored(self, exc: BaseException) -> None:
+        if isinstance(exc, LimitExceeded):
+            await self._over_limit(exc)
+        else:
+            # The writer already logged and counted it; the agent will resend after its backoff.
+            await self._close_for(ProtocolError("the server could not store a frame", 1011))
+
+    def _on_store_error(self, exc: BaseException) -> None:
+        if self._store_failure is None:
+            self._store_failure = exc
+            self._receiving.cancel()
 
     async def close(self, code: int, reason: str) -> None:
         """Close from another task (shutdown, replacement); bounded even when the peer is gone."""
@@ -129,20 +169,29 @@ class AgentConnection:
         if not isinstance(frame, Hello):
             raise ProtocolError("the first frame must be a hello", protocol.CLOSE_POLICY)
         self.hello = frame
+        self._budget = self._hub.budget(self.host, frame.interval)
         self._committed = await self._writer.hello(self.host.id, frame)
-        log.info("agent %s connected from %s (agent %s, %s)", self.host.name, self.peer, frame.agent_version,
-                 frame.facts.get("os") or "unknown OS")
+        self._hub.log_flapping(self.host, "agent %s connected from %s (agent %r, %r)", self.host.name, self.peer,
+                               frame.agent_version, frame.facts.get("os") or "unknown OS")
         await self.ws.send_message(protocol.ack(self._committed))
 
     async def _receive_samples(self) -> None:
-        assert self.hello is not None
+        assert self.hello is not None and self._budget is not None
         while True:
             message = await self.ws.get_message()
-            if not self._bucket.take(trio.current_time()):
+            now = trio.current_time()
+            if not self._bucket.take(now):
                 raise ProtocolError("too many frames: over the per-connection rate limit", protocol.CLOSE_POLICY)
             frame = protocol.parse_agent_frame(message)
             if isinstance(frame, Samples):
-                await self._writer.samples(self.host.id, self.hello.epoch, frame, self._on_commit)
+                wait = self._budget.take(self.hello.epoch, [sample.seq for sample in frame.items], now)
+                if wait is None:
+                    raise LimitExceeded("samples", f"more samples than one per {self._budget.interval:g} s "
+                                        "(the interval its hello announced) plus what its time away accounts for")
+                if wait:
+                    await trio.sleep(wait)  # a fast replay: read on more slowly rather than refuse it
+                await self._writer.samples(self.host.id, self.hello.epoch, frame, self._on_commit,
+                                           self._on_store_error)
             elif isinstance(frame, Hello):
                 raise ProtocolError("hello sent twice", protocol.CLOSE_POLICY)
             elif isinstance(frame, Result):
@@ -186,13 +235,54 @@ class AgentConnection:
 class AgentHub:
     """Accepts agents and keeps the one live connection of each host."""
 
-    def __init__(self, db: Database, writer: Writer, *, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    def __init__(self, db: Database, writer: Writer, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 gate: PreAuthGate | None = None, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._writer = writer
         self._handshake_timeout = handshake_timeout
         self._throttle = AuthThrottle()
+        self.gate = gate or PreAuthGate()
+        self._waiting: dict[object, trio.CancelScope] = {}  # pre-auth connections, to evict the oldest
+        self._budgets: dict[int, SampleBudget] = {}  # per host, across its connections: reconnecting earns nothing
+        self._flapping = LogSummary()
+        self._clock = clock
+        self.on_limit: LimitNotice | None = None
+        self.limits_exceeded: dict[str, int] = {}
+        self._limit_told: dict[tuple[int, str], float] = {}
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
+
+    # --- limits ----------------------------------------------------------------------------------------------
+
+    def budget(self, host: store.Host, interval: float) -> SampleBudget:
+        budget = self._budgets.get(host.id)
+        if budget is None:
+            since = host.last_seen if host.last_seen is not None else host.created
+            budget = self._budgets[host.id] = SampleBudget(interval, since=since, now=trio.current_time(),
+                                                           wall_now=self._clock())
+        else:
+            budget.set_interval(interval)
+        return budget
+
+    def over_limit(self, host: store.Host, exc: LimitExceeded) -> None:
+        """Count it, and tell the owner once a day per host and limit (never once per reconnect)."""
+        self.limits_exceeded[exc.limit] = self.limits_exceeded.get(exc.limit, 0) + 1
+        now = self._clock()
+        key = (host.id, exc.limit)
+        if now - self._limit_told.get(key, -math.inf) < LIMIT_NOTICE_EVERY:
+            return
+        self._limit_told[key] = now
+        if len(self._limit_told) > 10_000:  # bounded: forget the notices older than a day
+            self._limit_told = {k: t for k, t in self._limit_told.items() if now - t < LIMIT_NOTICE_EVERY}
+        if self.on_limit is not None:
+            self.on_limit(host, exc.limit, exc.detail)
+
+    def log_flapping(self, host: store.Host, message: str, *args: Any) -> None:
+        """Connect and disconnect lines of one host: the first few per 10 minutes, then a count."""
+        show, held = self._flapping.check(host.id, trio.current_time())
+        if show:
+            log.info(message + (f" ({held} more connects/disconnects of this host not logged)" if held else ""),
+                     *args)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -234,41 +324,61 @@ class AgentHub:
 
     async def _handle(self, stream: trio.SSLStream[Any]) -> None:
         address, peer = _peer(stream)
+        token = object()
+        evict = self.gate.admit(token, address)
+        if evict is None:
+            show, held = self._flapping.check(("refused", address), trio.current_time())
+            if show:
+                log.warning("refused a connection from %s: %d connections from that address are already waiting "
+                            "to authenticate%s", peer, self.gate.per_address,
+                            f" ({held} more refusals not logged)" if held else "")
+            await trio.aclose_forcefully(stream.transport_stream)
+            return
+        for other in evict:
+            self._waiting.pop(other).cancel()
+        preauth = self._waiting[token] = trio.CancelScope()
         try:
-            # One deadline for TLS, the upgrade and authentication: a slow client cannot pin a socket.
-            with trio.move_on_after(self._handshake_timeout) as deadline:
-                await stream.do_handshake()
-            if deadline.cancelled_caught:
-                log.info("TLS handshake from %s did not finish within %g s; dropped", peer, self._handshake_timeout)
-                return
             async with trio.open_nursery() as nursery:
-                await self._session(nursery, stream, address, peer, deadline.deadline)
+                await self._session(nursery, stream, address, peer, preauth, token)
                 nursery.cancel_scope.cancel()
-        except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as group:
+        except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, ConnectionClosed) as group:
             first = group.exceptions[0]
             log.info("connection from %s failed: %s", peer, first.__cause__ or first)
         except* Exception:
             # Isolation: whatever one peer manages to break ends its own connection, never the listener.
             log.exception("connection from %s crashed", peer)
         finally:
+            self._release(token)
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
                 await _close_quietly(stream)
             if scope.cancelled_caught:
                 await trio.aclose_forcefully(stream)
 
+    def _release(self, token: object) -> None:
+        self.gate.release(token)
+        self._waiting.pop(token, None)
+
     async def _session(self, nursery: trio.Nursery, stream: trio.SSLStream[Any], address: str, peer: str,
-                       deadline: float) -> None:
-        with trio.move_on_at(deadline) as scope:
+                       preauth: trio.CancelScope, token: object) -> None:
+        stage = "TLS handshake"
+        # One deadline for TLS, the upgrade and authentication: a slow client cannot pin a socket. `preauth` is
+        # cancelled when the gate evicts this connection to make room.
+        with preauth, trio.move_on_after(self._handshake_timeout) as deadline:
+            await stream.do_handshake()
+            stage = "WebSocket handshake"
             request = await wrap_server_stream(nursery, stream, max_message_size=protocol.MAX_FRAME_BYTES)
             host = await self._authenticate(request, address, peer)
-        if scope.cancelled_caught:
-            log.info("WebSocket handshake from %s did not finish within %g s; dropped", peer,
-                     self._handshake_timeout)
+        if preauth.cancelled_caught:
+            log.info("connection from %s evicted during its %s: too many connections waiting", peer, stage)
+            return
+        if deadline.cancelled_caught:
+            log.info("%s from %s did not finish within %g s; dropped", stage, peer, self._handshake_timeout)
             return
         if host is None:
             return
+        self._release(token)  # authenticated: no longer counts against the waiting room
         ws = await request.accept()
-        connection = AgentConnection(host, ws, peer, self._writer)
+        connection = AgentConnection(host, ws, peer, self._writer, self)
         previous = self.connections.get(host.id)
         self.connections[host.id] = connection
         self._notify_change()
@@ -291,11 +401,15 @@ class AgentHub:
         secret = _bearer(request)
         host = await self._db.read(store.host_by_secret_hash, secret_hash(secret)) if secret else None
         if host is None:
-            delay = self._throttle.delay(address, trio.current_time())
-            self._throttle.failed(address, trio.current_time())
-            log.warning("rejected agent connection from %s: %s%s", peer,
-                        "unknown secret" if secret else "no Authorization: Bearer header",
-                        f" (answering after {delay:g} s: repeated failures)" if delay else "")
+            now = trio.current_time()
+            delay = self._throttle.delay(address, now)
+            self._throttle.failed(address, now)
+            show, held = self._flapping.check(("auth", address), now)
+            if show:
+                log.warning("rejected agent connection from %s: %s%s%s", peer,
+                            "unknown secret" if secret else "no Authorization: Bearer header",
+                            f" (answering after {delay:g} s: repeated failures)" if delay else "",
+                            f" ({held} more rejections from this address not logged)" if held else "")
             await trio.sleep(delay)
             await request.reject(401, body=b"secret rejected\n")
             return None

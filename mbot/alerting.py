@@ -97,14 +97,23 @@ class Alerting:
         self._writer.listeners.append(self)
         task_status.started()
         last_save = -math.inf
+        failures = 0
         try:
             while True:
                 deadline = self.engine.next_deadline()
                 wait = math.inf if deadline is None else max(0.0, deadline - self._clock())
+                if failures:
+                    # A tick that raised will likely raise again at the same deadline: back off, stay alive.
+                    wait = max(wait, min(2.0 ** failures, 300.0))
                 with trio.move_on_after(wait):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                self._emit(self.engine.tick(self._clock()))
+                try:
+                    self._emit(self.engine.tick(self._clock()))
+                    failures = 0
+                except Exception as exc:
+                    self._writer.faults.isolated("alerting", "the alert timers", exc)
+                    failures += 1
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()
@@ -131,7 +140,10 @@ class Alerting:
     def on_samples(self, host_id: int, samples: list[Sample]) -> None:
         now = self._clock()
         for sample in samples:
-            self._emit(self.engine.observe(host_id, sample.ts, sample.series, now))
+            try:
+                self._emit(self.engine.observe(host_id, sample.ts, sample.series, now))
+            except Exception as exc:  # one sample the engine chokes on must not cost the others their alerts
+                self._writer.faults.isolated("alerting", f"sample {sample.seq} of host {host_id}", exc)
 
     # --- changes from users -----------------------------------------------------------------------------------
 

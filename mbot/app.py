@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import logging
 import signal
 import time
@@ -29,6 +30,8 @@ from . import history, metrics, plotting, protocol, store, tls
 from .agents import AgentHub
 from .alerting import Alerting
 from .config import Settings
+from .faults import Faults
+from .limits import PreAuthGate, preauth_total
 from .metrics_http import serve_metrics
 from .store import Database
 from .telegram.api import BotApi, quiet_httpx_logging
@@ -71,9 +74,11 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     alerts and the bot) lets them move time forward instead of waiting for it."""
     ssl_context = tls.server_context(cert)
     plotting.use_cache_dir(settings.data_dir)
+    nofile = raise_nofile_limit()
+    faults = Faults()
     db = await trio.to_thread.run_sync(Database, settings.db_path)
-    writer = await trio.to_thread.run_sync(Writer, settings.db_path)
-    hub = AgentHub(db, writer)
+    writer = await trio.to_thread.run_sync(partial(Writer, settings.db_path, faults=faults))
+    hub = AgentHub(db, writer, gate=PreAuthGate(total=preauth_total(nofile)))
     if not settings.bot_enabled:
         log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")
     quiet_httpx_logging()
@@ -93,11 +98,12 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     services.start_soon(outbox.run)
                     bot = Bot(settings, api, outbox, db, writer, hub, alerting, fingerprint=cert.fingerprint,
                               agent_port=settings.port or port, clock=clock)
+                    hub.on_limit = partial(_tell_limit, bot)
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
                     render = partial(_render_metrics, db, hub, writer, api, outbox if api else None)
-                    server.metrics_port = await services.start(serve_metrics, settings.metrics_host,
-                                                               settings.metrics_port, render)
+                    server.metrics_port = await services.start(partial(
+                        serve_metrics, settings.metrics_host, settings.metrics_port, render, faults=faults))
                 if handle_signals:
                     services.start_soon(_stop_on_signal, server)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
@@ -113,14 +119,41 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     server._stopped.set()
 
 
+def raise_nofile_limit() -> int:
+    """Raise the soft limit on open files to the hard one: every agent holds a socket, and the default soft limit
+    (often 1024) would cap the server far below what the machine allows. Returns the soft limit now in force."""
+    try:
+        import resource
+    except ImportError:  # not a Unix: nothing to raise
+        return 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
+    log.info("open-files limit: %d (room for about %d agents; at most %d connections may wait to authenticate)",
+             soft, max(0, soft - 64), preauth_total(soft))
+    return soft
+
+
+def _tell_limit(bot: Bot, host: store.Host, limit: str, detail: str) -> None:
+    bot.tell_owner(host.owner, f"<b>{html.escape(host.name)}</b> went over its limit of {html.escape(limit)}: "
+                               f"{html.escape(detail)}. Its agent was disconnected and will retry; the server keeps "
+                               "everything it had stored.")
+
+
 async def _render_metrics(db: Database, hub: AgentHub, writer: Writer, api: BotApi | None,
                           outbox: Outbox | None) -> str:
     hosts = await db.read(store.list_hosts)
     stats = metrics.ServerStats(
         connected_agents=len(hub.connections), samples_ingested=writer.committed_samples,
         commit_latency=writer.commit_latency, telegram_errors=dict(api.errors) if api else {},
-        outbox_depth=outbox.depth if outbox else None)
-    return await trio.to_thread.run_sync(metrics.render, hosts, stats, time.time())
+        outbox_depth=outbox.depth if outbox else None, samples_rejected=dict(writer.rejected_samples),
+        limits_exceeded=dict(hub.limits_exceeded), preauth_waiting=len(hub.gate),
+        preauth_refused=hub.gate.refused, preauth_evicted=hub.gate.evicted)
+    return await trio.to_thread.run_sync(metrics.render, hosts, stats, time.time(), writer.faults)
 
 
 async def _stop_on_signal(server: Server) -> None:

@@ -11,6 +11,10 @@ average of averages stays the average of the samples (up to float32 rounding).
 
 Functions take a sqlite3 connection: the server runs writes through its single writer (`Writer.call`) in bounded
 steps, reads through `Database.read`; the CLI and the benchmark call them directly.
+
+Poison rows (a timestamp no agent can send any more, a damaged blob, left by an older version or a bad disk) are
+skipped by the rollup with a log line and a count, and the watermark moves past them: a row that cannot be folded
+must not stop history, or crash the server at every start.
 """
 from __future__ import annotations
 
@@ -20,12 +24,13 @@ import math
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import trio
 
-from . import store
+from . import limits, store
+from .faults import Faults
 from .rollup import Agg, Tier, combine, rollup
 from .writer import Writer
 
@@ -55,30 +60,52 @@ class _Partial:
         self.sums += other.sums
 
 
-def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS) -> int:
-    """Fold the next `limit` raw rows into every aggregate tier; returns how many rows it folded (0: caught up).
-    Call inside a transaction (the writer's): the upserts and the watermark commit together."""
+def _foldable(ts: Any, vals: Any) -> bool:
+    return (isinstance(ts, (int, float)) and limits.TS_FLOOR <= ts <= limits.TS_CEILING
+            and isinstance(vals, bytes) and len(vals) % 4 == 0 and len(vals) > 0)
+
+
+def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS, faults: Faults | None = None) -> int:
+    """Fold the next `limit` raw rows into every aggregate tier; returns how many rows it went through (0: caught
+    up). Call inside a transaction (the writer's): the upserts and the watermark commit together. Rows that cannot
+    be folded are skipped, logged and counted in `faults`."""
+    faults = faults or Faults()
     watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
     rows = conn.execute("SELECT rowid, host_id, ts, layout_id, vals FROM samples WHERE rowid > ? ORDER BY rowid "
                         "LIMIT ?", (watermark, limit)).fetchall()
     if not rows:
         return 0
     # 1-minute partials straight from the raw rows (vectorised per group), coarser tiers from those.
-    blobs: dict[tuple[int, int, int], list[bytes]] = {}
+    blobs: dict[tuple[int, int, int, int], list[bytes]] = {}
+    skipped = 0
     for _, host_id, ts, layout_id, vals in rows:
-        blobs.setdefault((host_id, int(ts // 60) * 60, layout_id), []).append(vals)
+        if _foldable(ts, vals):
+            blobs.setdefault((host_id, int(ts // 60) * 60, layout_id, len(vals)), []).append(vals)
+        else:
+            skipped += 1
+    if skipped:
+        faults.isolated("rollup", f"{skipped} raw row(s) before rowid {rows[-1][0]}",
+                        ValueError("timestamp outside 2001-2096 or damaged values; left out of history"))
     partials: dict[tuple[str, int, int, int], _Partial] = {}
-    for (host_id, bucket, layout_id), group in blobs.items():
+    for (host_id, bucket, layout_id, _), group in blobs.items():
         values = np.frombuffer(b"".join(group), dtype=_F32).reshape(len(group), -1)
         minute = _Partial(len(group), values.min(axis=0), values.sum(axis=0, dtype=np.float64), values.max(axis=0))
         for table, width in AGG_TABLES:
             key = (table, host_id, bucket // width * width, layout_id)
-            if key in partials:
-                partials[key].add(minute)
-            else:
+            if key not in partials:
                 partials[key] = _Partial(minute.count, minute.mins.copy(), minute.sums.copy(), minute.maxs.copy())
+            elif len(partials[key].mins) == len(minute.mins):
+                partials[key].add(minute)
     for (table, host_id, bucket, layout_id), part in partials.items():
-        _upsert(conn, table, host_id, bucket, layout_id, part)
+        conn.execute("SAVEPOINT upsert")
+        try:
+            _upsert(conn, table, host_id, bucket, layout_id, part)
+        except sqlite3.OperationalError:
+            raise  # the database itself: the writer retries
+        except Exception as exc:
+            conn.execute("ROLLBACK TO upsert")
+            faults.isolated("rollup", f"{table} bucket {bucket} of host {host_id}", exc)
+        conn.execute("RELEASE upsert")
     store.set_kv(conn, WATERMARK_KEY, str(rows[-1][0]))
     return len(rows)
 
@@ -87,7 +114,7 @@ def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, lay
     old = conn.execute(f"SELECT count, mins, avgs, maxs FROM {table} WHERE host_id = ? AND bucket = ? "
                        "AND layout_id = ?", (host_id, bucket, layout_id)).fetchone()
     count, sums, mins, maxs = part.count, part.sums, part.mins, part.maxs
-    if old is not None:
+    if old is not None and len(old[1]) == 4 * len(mins):  # a damaged old row is replaced, not combined
         old_count = old[0]
         sums = sums + np.frombuffer(old[2], dtype=_F32).astype(np.float64) * old_count
         mins = np.minimum(mins, np.frombuffer(old[1], dtype=_F32))
@@ -105,15 +132,18 @@ def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, 
     go only once they are rolled up (below the watermark), so no sample leaves history before it is aggregated."""
     retention = {tier.name: tier.retention for tier in tiers}
     watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
+    # Rows from the future (a clock that was wrong before the server bounded timestamps) would outlive every
+    # retention: they go too.
+    future = now + limits.MAX_SAMPLE_AHEAD
     deleted = conn.execute(
-        "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE rowid <= ? AND ts < ? "
-        "ORDER BY rowid LIMIT ?)", (watermark, now - retention["raw"], limit)).rowcount
+        "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE rowid <= ? AND (ts < ? OR ts > ?) "
+        "ORDER BY rowid LIMIT ?)", (watermark, now - retention["raw"], future, limit)).rowcount
     host_ids = [row[0] for row in conn.execute("SELECT id FROM hosts")]
     for tier_name, table in TABLE_OF_TIER.items():
         cutoff = now - retention[tier_name]
         for host_id in host_ids:
-            deleted += conn.execute(f"DELETE FROM {table} WHERE host_id = ? AND bucket < ?",
-                                    (host_id, cutoff)).rowcount
+            deleted += conn.execute(f"DELETE FROM {table} WHERE host_id = ? AND (bucket < ? OR bucket > ?)",
+                                    (host_id, cutoff, future)).rowcount
     return deleted
 
 
@@ -121,25 +151,34 @@ async def maintain(writer: Writer, tiers: Sequence[Tier], *, clock: Callable[[],
                    period: float = 10.0, retention_every: float = 600.0,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The long-running rollup and retention task. Works in bounded steps, each its own short transaction on the
-    single writer, so ingest interleaves and never waits long; after downtime it simply catches up."""
+    single writer, so ingest interleaves and never waits long; after downtime it simply catches up.
+
+    Poison rows are isolated inside the steps. A step that still raises (a bug) is restarted with backoff rather
+    than taking the server down: rollup then lags, which /metrics (mbot_isolated_failures_total) and the log show."""
     task_status.started()
     last_retention = -math.inf
+    failures = 0
     while True:
-        folded = 0
-        while (step := await writer.call(rollup_step)) == STEP_ROWS:
+        try:
+            folded = 0
+            while (step := await writer.call(rollup_step, STEP_ROWS, writer.faults)) == STEP_ROWS:
+                folded += step
             folded += step
-        folded += step
-        if folded > STEP_ROWS:
-            log.info("rolled up %d samples", folded)
-        if clock() - last_retention >= retention_every:
-            deleted = 0
-            while (step := await writer.call(retention_step, tiers, clock())) >= DELETE_ROWS:
+            if folded > STEP_ROWS:
+                log.info("rolled up %d samples", folded)
+            if clock() - last_retention >= retention_every:
+                deleted = 0
+                while (step := await writer.call(retention_step, tiers, clock())) >= DELETE_ROWS:
+                    deleted += step
                 deleted += step
-            deleted += step
-            if deleted:
-                log.info("retention: deleted %d rows past their tier's retention", deleted)
-            last_retention = clock()
-        await trio.sleep(period)
+                if deleted:
+                    log.info("retention: deleted %d rows past their tier's retention", deleted)
+                last_retention = clock()
+            failures = 0
+        except Exception as exc:
+            writer.faults.isolated("rollup", "a rollup or retention step", exc)
+            failures += 1
+        await trio.sleep(period if not failures else min(period * 2 ** min(failures, 6), 600.0))
 
 
 # --- reading ---------------------------------------------------------------------------------------------------

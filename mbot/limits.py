@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Sequence
 
 
 @dataclass
@@ -60,3 +61,208 @@ class FrameBucket:
             return False
         self._tokens -= 1.0
         return True
+
+
+# --- the table of bounds on what an agent may send ------------------------------------------------------------
+#
+# One place for every number the server accepts from the network (docs/protocol.md, "Limits", mirrors it). A frame
+# that breaks a structural bound is refused with a close code; labels are cleaned rather than refused, because a
+# host with one odd mount name must not be locked out; samples outside the time window are acked but not stored,
+# and counted (never dropped silently).
+
+MAX_FRAME_BYTES = 1 << 20  # one WebSocket message
+MAX_BATCH = 1000  # samples in one `samples` frame
+MAX_SERIES = 4096  # series in one sample, after flattening
+MAX_ITEMS = 256  # entries in any one list or map (cores, disks, interfaces, sensors, GPUs)
+MAX_CORES = 1024  # cpu_cores is the one list that can legitimately be longer
+MAX_LABEL = 128  # characters of a label (mount, interface, sensor, GPU name) or hello string; longer is cut
+MAX_INT = 2**53  # integers above this lose precision in JSON and float storage
+
+MAX_SAMPLE_AGE = 7 * 86400.0  # older samples (a replay after more than a week away) are acked, counted, not stored
+MAX_SAMPLE_AHEAD = 300.0  # samples from further in the future (a clock far ahead) are acked, counted, not stored
+TS_FLOOR, TS_CEILING = 1e9, 4e9  # 2001 .. 2096: a timestamp outside is garbage, not a clock problem
+
+# Sane ranges of values, by unit. Out of range is an invalid frame (1007): a broken collector, not a reading.
+PERCENT = (0.0, 100.0)
+BYTES = (0.0, 2.0**60)  # an exbibyte
+BYTE_RATE = (0.0, 2.0**44)  # 16 TiB/s
+CELSIUS = (-273.15, 1000.0)
+LOAD = (0.0, 1e6)
+SECONDS = (0.0, 1e10)  # uptime: three centuries
+COUNT = (0.0, 1e9)  # processes, dropped samples
+WATTS = (0.0, 1e5)
+INTERVAL = (0.05, 86400.0)  # seconds between samples (hello.interval); see MIN_BUDGET_INTERVAL
+
+# Volume per host.
+MIN_BUDGET_INTERVAL = 0.05  # the shortest interval a hello may announce: 20 samples/s
+BUDGET_SLACK = 1.25  # live samples may arrive this much faster than the interval (timer jitter, clock drift)
+BUDGET_BURST = 30.0  # samples a connection may send at once beyond what its absence earned
+REPLAY_RATE = 2000.0  # samples/s at most, replays included
+LAYOUT_BUDGET_BYTES = 1 << 20  # new series-name sets a host may introduce at once (JSON bytes) ...
+LAYOUT_REFILL_PER_S = (1 << 20) / 3600.0  # ... and afterwards per second: 1 MiB an hour, about 24 MiB a day
+
+# Connections before authentication.
+PREAUTH_PER_ADDRESS = 64
+PREAUTH_TOTAL_MAX = 1024  # also at most a quarter of RLIMIT_NOFILE (see preauth_total)
+
+
+def clean_label(value: str, limit: int = MAX_LABEL) -> str:
+    """A label as it will be stored, charted and exported: control characters and lone surrogates (which no UTF-8
+    encoder accepts, so they would break /metrics and Telegram) become U+FFFD; over-long labels are cut with '…'."""
+    if value.isprintable() and not _has_surrogate(value):
+        cleaned = value
+    else:
+        cleaned = "".join("\ufffd" if not ch.isprintable() or "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    return cleaned if len(cleaned) <= limit else cleaned[:limit - 1] + "…"
+
+
+def _has_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def preauth_total(nofile_soft: int) -> int:
+    """How many connections may wait for authentication at once: enough for a reconnect storm, never so many that
+    they take the file descriptors authenticated agents need."""
+    return max(16, min(PREAUTH_TOTAL_MAX, nofile_soft // 4))
+
+
+class TokenBucket:
+    """Tokens refill at `rate` per second up to `capacity`; `take(n)` spends them or says no (spending nothing)."""
+
+    def __init__(self, *, rate: float, capacity: float, tokens: float | None = None, now: float = 0.0) -> None:
+        self.rate, self.capacity = rate, capacity
+        self.tokens = capacity if tokens is None else min(capacity, tokens)
+        self._at = now
+
+    def take(self, amount: float, now: float) -> bool:
+        self._refill(now)
+        if self.tokens < amount:
+            return False
+        self.tokens -= amount
+        return True
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Spend `amount` even if it is not there yet; returns the seconds until the bucket is back in credit."""
+        self._refill(now)
+        self.tokens -= amount
+        return max(0.0, -self.tokens / self.rate)
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self._at) * self.rate)
+        self._at = now
+
+
+class SampleBudget:
+    """How many samples a host may send: one per announced interval (with slack), and what its time away earned.
+
+    Credit accrues at the announced rate whether the host is connected or not, up to MAX_SAMPLE_AGE of samples (the
+    oldest a server stores): a host away for an hour at 5 s may then replay its 720 samples, and in the long run no
+    host stores more than one sample per interval (plus BUDGET_BURST), however it reconnects. The budget belongs to
+    the host, not to a connection. It starts with the credit the time since the host was last seen (never seen:
+    since its key was made) accounts for. Only seqs above the highest one already charged in the same epoch cost
+    anything: a sample resent after a cut connection is stored at most once, so it is paid for once. A second
+    bucket caps the speed of any sending, replays included, at REPLAY_RATE; over it the reader slows down.
+    """
+
+    def __init__(self, interval: float, *, since: float, now: float, wall_now: float) -> None:
+        self._live = TokenBucket(rate=1.0, capacity=1.0, now=now)
+        self.set_interval(interval)
+        self._live.tokens = min(self._live.capacity, max(0.0, wall_now - since) / self.interval + BUDGET_BURST)
+        self._speed = TokenBucket(rate=REPLAY_RATE, capacity=REPLAY_RATE, now=now)
+        self._epoch, self._charged = 0, 0
+
+    def set_interval(self, interval: float) -> None:
+        """A new hello: the rate follows the interval it announces; credit already earned stays."""
+        self.interval = max(MIN_BUDGET_INTERVAL, interval)
+        self._live.rate = BUDGET_SLACK / self.interval
+        self._live.capacity = MAX_SAMPLE_AGE / self.interval + BUDGET_BURST
+
+    def take(self, epoch: int, seqs: Sequence[int], now: float) -> float | None:
+        """Charge the samples with these seqs (increasing). None: over budget (the caller closes the connection;
+        nothing is charged). Otherwise how many seconds to wait before reading on: speed over REPLAY_RATE is
+        slowed down (backpressure), not punished."""
+        if epoch != self._epoch:
+            self._epoch, self._charged = epoch, 0
+        new = [seq for seq in seqs if seq > self._charged]
+        if not new:
+            return 0.0
+        if not self._live.take(len(new), now):
+            return None
+        self._charged = new[-1]
+        return self._speed.reserve(len(new), now)
+
+
+class PreAuthGate:
+    """Connections that have not authenticated yet: at most `per_address` from one address and `total` in all.
+
+    Over the per-address cap a new connection is refused at once (one address cannot hold more). Over the total,
+    the OLDEST waiting connection is evicted to make room: an attacker with many addresses then only churns its own
+    sockets, while a real agent, which authenticates within milliseconds, still gets through.
+    """
+
+    def __init__(self, *, per_address: int = PREAUTH_PER_ADDRESS, total: int = PREAUTH_TOTAL_MAX) -> None:
+        self.per_address, self.total = per_address, total
+        self._by_address: dict[str, int] = {}
+        self._waiting: OrderedDict[object, str] = OrderedDict()
+        self.refused = 0
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def admit(self, token: object, address: str) -> list[object] | None:
+        """None: refuse this connection. Otherwise it is admitted, and the returned tokens must be evicted."""
+        if self._by_address.get(address, 0) >= self.per_address:
+            self.refused += 1
+            return None
+        evict = []
+        while len(self._waiting) >= self.total:
+            oldest, oldest_address = self._waiting.popitem(last=False)
+            self._forget(oldest_address)
+            evict.append(oldest)
+        self.evicted += len(evict)
+        self._waiting[token] = address
+        self._by_address[address] = self._by_address.get(address, 0) + 1
+        return evict
+
+    def release(self, token: object) -> None:
+        """The connection authenticated, failed or closed (calling it twice, or after eviction, is harmless)."""
+        address = self._waiting.pop(token, None)
+        if address is not None:
+            self._forget(address)
+
+    def _forget(self, address: str) -> None:
+        left = self._by_address[address] - 1
+        if left:
+            self._by_address[address] = left
+        else:
+            del self._by_address[address]
+
+
+class LogSummary:
+    """Repeated events of one key (a flapping host, a misconfigured agent) are logged the first `free` times in a
+    window, then summarised: `check` says whether to log this one and how many were held back since the last."""
+
+    def __init__(self, *, free: int = 3, window: float = 600.0, max_keys: int = 10_000) -> None:
+        self.free, self.window, self.max_keys = free, window, max_keys
+        self._keys: OrderedDict[object, list[float]] = OrderedDict()  # key -> [window start, logged, held]
+
+    def check(self, key: object, now: float) -> tuple[bool, int]:
+        entry = self._keys.pop(key, None)
+        if entry is None or now - entry[0] >= self.window:
+            held = int(entry[2]) if entry is not None else 0
+            entry = [now, 0.0, 0.0]
+        else:
+            held = 0
+        self._keys[key] = entry
+        while len(self._keys) > self.max_keys:
+            self._keys.popitem(last=False)
+        if entry[1] < self.free:
+            entry[1] += 1
+            return True, held
+        entry[2] += 1
+        return False, held

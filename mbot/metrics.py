@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from . import store
+from .faults import TASKS, Faults
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -40,6 +41,11 @@ class ServerStats:
     telegram_errors: Mapping[str, int] = field(default_factory=dict)
     outbox_depth: int | None = None
     alert_states: Mapping[str, int] = field(default_factory=dict)
+    samples_rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> samples acked, not stored
+    limits_exceeded: Mapping[str, int] = field(default_factory=dict)  # limit -> connections closed for it
+    preauth_waiting: int = 0
+    preauth_refused: int = 0
+    preauth_evicted: int = 0
 
 
 def _escape(value: str) -> str:
@@ -73,6 +79,10 @@ class _Families:
     def add_lines(self, name: str, kind: str, help_text: str, lines: list[str]) -> None:
         self._families.setdefault(name, (kind, help_text, []))[2].extend(lines)
 
+    def merge(self, other: _Families) -> None:
+        for name, (kind, help_text, lines) in other._families.items():
+            self.add_lines(name, kind, help_text, lines)
+
     def text(self) -> str:
         out: list[str] = []
         for name, (kind, help_text, lines) in self._families.items():
@@ -83,46 +93,50 @@ class _Families:
 
 
 def _host_families(f: _Families, host: store.Host, now: float) -> None:
-    h = host.name
+    # Names are unique per owner only: the public key id keeps two users' "box1" apart.
+    hk = {"host": host.name, "key": host.key_id}
     f.add("mbot_host_up", "gauge", "1 when the host's agent was seen within three intervals.",
-          1 if host.is_online(now) else 0, {"host": h})
+          1 if host.is_online(now) else 0, hk)
     if host.last_seen is not None:
         f.add("mbot_host_last_seen_timestamp_seconds", "gauge", "When the host's agent was last heard from.",
-              host.last_seen, {"host": h})
+              host.last_seen, hk)
     f.add("mbot_host_samples_dropped_total", "counter", "Samples the agent dropped from a full spool.",
-          host.dropped, {"host": h})
+          host.dropped, hk)
+    f.add("mbot_host_samples_rejected_total", "counter",
+          "Samples acked but not stored: their timestamp was outside the window the server accepts.",
+          host.rejected, hk)
     m: dict[str, Any] = host.last_metrics
     if not m:
         return
     if "cpu" in m:
-        f.add("mbot_host_cpu_usage_ratio", "gauge", "CPU busy, all cores, 0-1.", m["cpu"] / 100, {"host": h})
+        f.add("mbot_host_cpu_usage_ratio", "gauge", "CPU busy, all cores, 0-1.", m["cpu"] / 100, hk)
     if "load" in m:
         for minutes, value in zip(("1", "5", "15"), m["load"]):
-            f.add(f"mbot_host_load{minutes}", "gauge", f"Load average over {minutes} minute(s).", value, {"host": h})
+            f.add(f"mbot_host_load{minutes}", "gauge", f"Load average over {minutes} minute(s).", value, hk)
     for key, what in (("ram", "memory"), ("swap", "swap")):
         if key in m:
-            f.add(f"mbot_host_{what}_used_bytes", "gauge", f"{what.capitalize()} in use.", m[key]["used"], {"host": h})
-            f.add(f"mbot_host_{what}_total_bytes", "gauge", f"{what.capitalize()} size.", m[key]["total"], {"host": h})
+            f.add(f"mbot_host_{what}_used_bytes", "gauge", f"{what.capitalize()} in use.", m[key]["used"], hk)
+            f.add(f"mbot_host_{what}_total_bytes", "gauge", f"{what.capitalize()} size.", m[key]["total"], hk)
     for mount, part in m.get("disks", {}).items():
-        f.add("mbot_host_disk_used_bytes", "gauge", "Filesystem space in use.", part["used"], {"host": h, "disk": mount})
-        f.add("mbot_host_disk_total_bytes", "gauge", "Filesystem size.", part["total"], {"host": h, "disk": mount})
+        f.add("mbot_host_disk_used_bytes", "gauge", "Filesystem space in use.", part["used"], {**hk, "disk": mount})
+        f.add("mbot_host_disk_total_bytes", "gauge", "Filesystem size.", part["total"], {**hk, "disk": mount})
     for direction, key in (("read", "read"), ("written", "write")):
         if key in m.get("disk_io", {}):
             f.add(f"mbot_host_disk_{direction}_bytes_per_second", "gauge", f"Bytes {direction} per second, "
-                  "all disks.", m["disk_io"][key], {"host": h})
+                  "all disks.", m["disk_io"][key], hk)
     for iface, rates in m.get("net", {}).items():
         for direction, key in (("receive", "rx"), ("transmit", "tx")):
             if key in rates:
                 f.add(f"mbot_host_network_{direction}_bytes_per_second", "gauge",
-                      f"Network bytes per second ({direction}).", rates[key], {"host": h, "iface": iface})
+                      f"Network bytes per second ({direction}).", rates[key], {**hk, "iface": iface})
     for label, value in m.get("temps", {}).items():
-        f.add("mbot_host_temperature_celsius", "gauge", "Temperature sensors.", value, {"host": h, "sensor": label})
+        f.add("mbot_host_temperature_celsius", "gauge", "Temperature sensors.", value, {**hk, "sensor": label})
     if "uptime" in m:
-        f.add("mbot_host_uptime_seconds", "gauge", "Seconds since the host booted.", m["uptime"], {"host": h})
+        f.add("mbot_host_uptime_seconds", "gauge", "Seconds since the host booted.", m["uptime"], hk)
     if "procs" in m:
-        f.add("mbot_host_processes", "gauge", "Processes running.", m["procs"], {"host": h})
+        f.add("mbot_host_processes", "gauge", "Processes running.", m["procs"], hk)
     for i, gpu in enumerate(m.get("gpus", ())):
-        labels = {"host": h, "gpu": str(i), "name": gpu.get("name", "")}
+        labels = {**hk, "gpu": str(i), "name": gpu.get("name", "")}
         if "util" in gpu:
             f.add("mbot_gpu_utilization_ratio", "gauge", "GPU busy, 0-1.", gpu["util"] / 100, labels)
         if "vram_total" in gpu:
@@ -134,10 +148,21 @@ def _host_families(f: _Families, host: store.Host, now: float) -> None:
             f.add("mbot_gpu_power_watts", "gauge", "GPU power draw.", gpu["power"], labels)
 
 
-def render(hosts: Iterable[store.Host], stats: ServerStats, now: float) -> str:
+def render(hosts: Iterable[store.Host], stats: ServerStats, now: float, isolated: Faults | None = None) -> str:
+    """The exposition text. `isolated` is the server's record of items that failed alone: exported, and told about
+    any host this render has to leave out."""
+    isolated = isolated or Faults()
     f = _Families()
     for host in hosts:
-        _host_families(f, host, now)
+        # A host whose stored values are damaged is left out of this scrape; the others are exported. Its lines
+        # are built apart first, so a failure halfway leaves no partial family behind.
+        part = _Families()
+        try:
+            _host_families(part, host, now)
+        except Exception as exc:
+            isolated.isolated("metrics", f"host {host.name!r}", exc)
+            continue
+        f.merge(part)
     f.add("mbot_connected_agents", "gauge", "Agents connected right now.", stats.connected_agents)
     f.add("mbot_samples_ingested_total", "counter", "Samples committed since the server started.",
           stats.samples_ingested)
@@ -156,4 +181,21 @@ def render(hosts: Iterable[store.Host], stats: ServerStats, now: float) -> str:
         f.add("mbot_telegram_outbox_depth", "gauge", "Messages queued for Telegram.", stats.outbox_depth)
     for state, count in sorted(stats.alert_states.items()):
         f.add("mbot_alerts", "gauge", "Alert rule instances by state.", count, {"state": state})
+    failures = isolated.counts
+    for task in sorted(set(failures) | set(TASKS)):
+        f.add("mbot_isolated_failures_total", "counter",
+              "Items (a frame, a row, an update, a host's values) that raised and were skipped while the task went on.",
+              failures.get(task, 0), {"task": task})
+    for reason, count in sorted(stats.samples_rejected.items()):
+        f.add("mbot_samples_rejected_total", "counter",
+              "Samples acked but not stored: their timestamp was outside the window the server accepts.",
+              count, {"reason": reason})
+    for limit, count in sorted(stats.limits_exceeded.items()):
+        f.add("mbot_limit_exceeded_total", "counter", "Agent connections closed for going over a limit.",
+              count, {"limit": limit})
+    f.add("mbot_preauth_connections", "gauge", "Connections waiting to authenticate.", stats.preauth_waiting)
+    f.add("mbot_preauth_refused_total", "counter", "Connections refused before authentication: too many from "
+          "one address.", stats.preauth_refused)
+    f.add("mbot_preauth_evicted_total", "counter", "Waiting connections closed to make room for new ones.",
+          stats.preauth_evicted)
     return f.text()

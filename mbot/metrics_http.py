@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from .faults import Faults
 from .metrics import CONTENT_TYPE
 
 log = logging.getLogger(__name__)
@@ -21,14 +22,19 @@ MAX_REQUEST = 16 * 1024
 Render = Callable[[], Awaitable[str]]
 
 
-async def serve_metrics(host: str, port: int, render: Render, *,
+async def serve_metrics(host: str, port: int, render: Render, *, faults: Faults | None = None,
                         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    faults = faults or Faults()
+
     async def handle(stream: trio.SocketStream) -> None:
         try:
             with trio.move_on_after(REQUEST_TIMEOUT):
-                await _answer(stream, render)
+                await _answer(stream, render, faults)
         except (trio.BrokenResourceError, h11.ProtocolError) as exc:
             log.debug("metrics request failed: %s", exc)
+        except Exception as exc:
+            # One request's failure (a bug the render met) ends that request, never the server.
+            faults.isolated("metrics", "a /metrics request", exc)
         finally:
             await trio.aclose_forcefully(stream)
 
@@ -40,7 +46,7 @@ async def serve_metrics(host: str, port: int, render: Render, *,
         task_status.started(bound)
 
 
-async def _answer(stream: trio.SocketStream, render: Render) -> None:
+async def _answer(stream: trio.SocketStream, render: Render, faults: Faults) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     while True:
         event = conn.next_event()
@@ -57,7 +63,13 @@ async def _answer(stream: trio.SocketStream, render: Render) -> None:
     elif path != b"/metrics":
         status, body, ctype = 404, b"not found: try /metrics\n", "text/plain"
     else:
-        status, body, ctype = 200, (await render()).encode(), CONTENT_TYPE
+        try:
+            # "replace": a label that is not valid Unicode (a lone surrogate stored by an older version) must
+            # not fail the whole scrape.
+            status, body, ctype = 200, (await render()).encode("utf-8", "replace"), CONTENT_TYPE
+        except Exception as exc:
+            faults.isolated("metrics", "rendering /metrics", exc)
+            status, body, ctype = 500, b"internal error; see the server log\n", "text/plain"
     headers = [("Content-Type", ctype), ("Content-Length", str(len(body))), ("Connection", "close")]
     await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
     if event.method != b"HEAD":

@@ -1,7 +1,8 @@
 """Agent protocol v1: frames in, values out. Pure: no IO, no clock (docs/protocol.md is the contract).
 
 Validation is strict about types and plausibility, lenient about unknown fields (forward compatibility). Anything
-wrong raises ProtocolError carrying the WebSocket close code the connection should be closed with.
+wrong raises ProtocolError carrying the WebSocket close code the connection should be closed with. Every bound is
+in the table in mbot/limits.py; labels are cleaned (limits.clean_label) rather than refused.
 """
 from __future__ import annotations
 
@@ -10,12 +11,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import limits
+from .limits import (BYTE_RATE, BYTES, CELSIUS, COUNT, INTERVAL, LOAD, MAX_BATCH, MAX_FRAME_BYTES, MAX_INT,
+                     MAX_ITEMS, MAX_LABEL, MAX_SERIES, PERCENT, SECONDS, WATTS, clean_label)
+
 VERSION = 1
-MAX_FRAME_BYTES = 1 << 20
-MAX_BATCH = 1000
-MAX_SERIES = 4096
-_MAX_ITEMS = 1024  # cores, disks, interfaces, temperatures, GPUs: each list/map is bounded
-_MAX_NAME = 256
 
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -118,16 +118,19 @@ def parse_agent_frame(message: str | bytes) -> AgentFrame:
 # --- field helpers ---------------------------------------------------------------------------------------------
 
 
-def _number(value: Any, where: str, *, low: float | None = 0.0, high: float | None = None) -> float:
+def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
     # bool is an int in Python, but `true` is no measurement.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"{where}: must be a number")
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        raise ProtocolError(f"{where}: integers above 2^53 are not exact in JSON")
     number = float(value)
     if not math.isfinite(number):
         raise ProtocolError(f"{where}: must be finite")
-    if low is not None and number < low:
+    low, high = bounds
+    if number < low:
         raise ProtocolError(f"{where}: must be >= {low:g}, got {number:g}")
-    if high is not None and number > high:
+    if number > high:
         raise ProtocolError(f"{where}: must be <= {high:g}, got {number:g}")
     return number
 
@@ -135,34 +138,31 @@ def _number(value: Any, where: str, *, low: float | None = 0.0, high: float | No
 def _integer(value: Any, where: str, *, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"{where}: must be an integer")
-    if value < low or value > 2**63 - 1:
-        raise ProtocolError(f"{where}: out of range")
+    if value < low or value > MAX_INT:
+        raise ProtocolError(f"{where}: out of range ({low} to 2^53)")
     return value
 
 
-def _text(value: Any, where: str, *, limit: int = _MAX_NAME) -> str:
+def _text(value: Any, where: str, *, limit: int = MAX_LABEL) -> str:
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: must be a string")
-    if len(value) > limit:
-        raise ProtocolError(f"{where}: longer than {limit} characters")
-    return value
+    return clean_label(value, limit)
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """An object whose keys are labels: bounded in size, keys cleaned (two keys that clean alike: the last wins)."""
     if not isinstance(value, dict):
         raise ProtocolError(f"{where}: must be an object")
-    if len(value) > _MAX_ITEMS:
-        raise ProtocolError(f"{where}: more than {_MAX_ITEMS} entries", CLOSE_POLICY)
-    for key in value:
-        _text(key, f"{where} key")
-    return value
+    if len(value) > MAX_ITEMS:
+        raise ProtocolError(f"{where}: more than {MAX_ITEMS} entries", CLOSE_POLICY)
+    return {_text(key, f"{where} key"): item for key, item in value.items()}
 
 
-def _sequence(value: Any, where: str) -> list[Any]:
+def _sequence(value: Any, where: str, *, limit: int = MAX_ITEMS) -> list[Any]:
     if not isinstance(value, list):
         raise ProtocolError(f"{where}: must be a list")
-    if len(value) > _MAX_ITEMS:
-        raise ProtocolError(f"{where}: more than {_MAX_ITEMS} entries", CLOSE_POLICY)
+    if len(value) > limit:
+        raise ProtocolError(f"{where}: more than {limit} entries", CLOSE_POLICY)
     return value
 
 
@@ -193,8 +193,8 @@ def _hello(obj: dict[str, Any]) -> Hello:
     if "mem_total" in obj:
         facts["mem_total"] = _integer(obj["mem_total"], "hello.mem_total")
     if "boot_time" in obj:
-        facts["boot_time"] = _number(obj["boot_time"], "hello.boot_time")
-    interval = _number(obj.get("interval", 5), "hello.interval", low=0.001, high=86400)
+        facts["boot_time"] = _number(obj["boot_time"], "hello.boot_time", (0.0, limits.TS_CEILING))
+    interval = _number(obj.get("interval", 5), "hello.interval", INTERVAL)
     facts["interval"] = interval
     return Hello(
         agent_version=facts["agent"],
@@ -210,7 +210,7 @@ def _sample(obj: Any, where: str) -> Sample:
     metrics = validate_metrics(obj.get("metrics"), f"{where}.metrics")
     return Sample(
         seq=_integer(obj.get("seq"), f"{where}.seq", low=1),
-        ts=_number(obj.get("ts"), f"{where}.ts", low=1.0),
+        ts=_number(obj.get("ts"), f"{where}.ts", (limits.TS_FLOOR, limits.TS_CEILING)),
         metrics=metrics,
         series=flatten(metrics),
     )
@@ -229,8 +229,8 @@ def _result(obj: dict[str, Any]) -> Result:
 
 def _used_total(value: Any, where: str) -> dict[str, float]:
     part = _mapping(value, where)
-    used = _number(part.get("used"), f"{where}.used")
-    total = _number(part.get("total"), f"{where}.total")
+    used = _number(part.get("used"), f"{where}.used", BYTES)
+    total = _number(part.get("total"), f"{where}.total", BYTES)
     if used > total:
         raise ProtocolError(f"{where}: used ({used:g}) is more than total ({total:g})")
     return {"used": used, "total": total}
@@ -241,15 +241,15 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
     raw = _mapping(value, where)
     out: dict[str, Any] = {}
     if "cpu" in raw:
-        out["cpu"] = _number(raw["cpu"], f"{where}.cpu", high=100)
+        out["cpu"] = _number(raw["cpu"], f"{where}.cpu", PERCENT)
     if "cpu_cores" in raw:
-        out["cpu_cores"] = [_number(v, f"{where}.cpu_cores[{i}]", high=100)
-                            for i, v in enumerate(_sequence(raw["cpu_cores"], f"{where}.cpu_cores"))]
+        cores = _sequence(raw["cpu_cores"], f"{where}.cpu_cores", limit=limits.MAX_CORES)
+        out["cpu_cores"] = [_number(v, f"{where}.cpu_cores[{i}]", PERCENT) for i, v in enumerate(cores)]
     if "load" in raw:
         load = _sequence(raw["load"], f"{where}.load")
         if len(load) != 3:
             raise ProtocolError(f"{where}.load: must be [1 min, 5 min, 15 min]")
-        out["load"] = [_number(v, f"{where}.load[{i}]") for i, v in enumerate(load)]
+        out["load"] = [_number(v, f"{where}.load[{i}]", LOAD) for i, v in enumerate(load)]
     for key in ("ram", "swap"):
         if key in raw:
             out[key] = _used_total(raw[key], f"{where}.{key}")
@@ -258,21 +258,22 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
         out["disks"] = {mount: _used_total(v, f"{where}.disks[{mount!r}]") for mount, v in disks.items()}
     if "disk_io" in raw:
         io = _mapping(raw["disk_io"], f"{where}.disk_io")
-        out["disk_io"] = {k: _number(io[k], f"{where}.disk_io.{k}") for k in ("read", "write") if k in io}
+        out["disk_io"] = {k: _number(io[k], f"{where}.disk_io.{k}", BYTE_RATE) for k in ("read", "write") if k in io}
     if "net" in raw:
         net = _mapping(raw["net"], f"{where}.net")
         out["net"] = {}
         for iface, rates in net.items():
             rates = _mapping(rates, f"{where}.net[{iface!r}]")
-            out["net"][iface] = {k: _number(rates[k], f"{where}.net[{iface!r}].{k}")
+            out["net"][iface] = {k: _number(rates[k], f"{where}.net[{iface!r}].{k}", BYTE_RATE)
                                  for k in ("rx", "tx") if k in rates}
     if "temps" in raw:
         temps = _mapping(raw["temps"], f"{where}.temps")
-        out["temps"] = {label: _number(v, f"{where}.temps[{label!r}]", low=-273.15, high=1000)
-                        for label, v in temps.items()}
-    for key in ("uptime", "procs", "dropped"):
+        out["temps"] = {label: _number(v, f"{where}.temps[{label!r}]", CELSIUS) for label, v in temps.items()}
+    if "uptime" in raw:
+        out["uptime"] = _number(raw["uptime"], f"{where}.uptime", SECONDS)
+    for key in ("procs", "dropped"):
         if key in raw:
-            out[key] = _number(raw[key], f"{where}.{key}")
+            out[key] = _number(raw[key], f"{where}.{key}", COUNT)
     if "gpus" in raw:
         out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
     return out
@@ -282,14 +283,14 @@ def _gpu(value: Any, where: str) -> dict[str, Any]:
     raw = _mapping(value, where)
     gpu: dict[str, Any] = {"name": _text(raw.get("name", ""), f"{where}.name")}
     if "util" in raw:
-        gpu["util"] = _number(raw["util"], f"{where}.util", high=100)
+        gpu["util"] = _number(raw["util"], f"{where}.util", PERCENT)
     if "vram_used" in raw or "vram_total" in raw:
         gpu.update({f"vram_{k}": v for k, v in _used_total(
             {"used": raw.get("vram_used"), "total": raw.get("vram_total")}, f"{where}.vram").items()})
     if "temp" in raw:
-        gpu["temp"] = _number(raw["temp"], f"{where}.temp", low=-273.15, high=1000)
+        gpu["temp"] = _number(raw["temp"], f"{where}.temp", CELSIUS)
     if "power" in raw:
-        gpu["power"] = _number(raw["power"], f"{where}.power")
+        gpu["power"] = _number(raw["power"], f"{where}.power", WATTS)
     return gpu
 
 
@@ -352,6 +353,22 @@ def flatten(metrics: dict[str, Any]) -> dict[str, float]:
     if len(series) > MAX_SERIES:
         raise ProtocolError(f"metrics: more than {MAX_SERIES} series", CLOSE_POLICY)
     return series
+
+
+TOO_OLD, TOO_NEW = "too_old", "too_new"
+
+
+def out_of_window(ts: float, now: float) -> str | None:
+    """Why a sample taken at `ts` (agent clock) is not stored at `now` (server clock), or None when it is.
+
+    Such a sample is still acked, so the agent lets go of it, and counted per host: older than MAX_SAMPLE_AGE is a
+    replay after more than a week away (history that old is only kept rolled up anyway); more than
+    MAX_SAMPLE_AHEAD ahead is a clock that is wrong, and a row from the future would outlive every retention."""
+    if ts < now - limits.MAX_SAMPLE_AGE:
+        return TOO_OLD
+    if ts > now + limits.MAX_SAMPLE_AHEAD:
+        return TOO_NEW
+    return None
 
 
 # --- server -> agent -------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ process, writes through its own connection with the same functions.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import sys
 import threading
@@ -24,6 +26,8 @@ from typing import Any, Callable, TypeVar
 import trio
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # Each entry moves the schema from version i to i+1; never edit a released one, append a new one.
 MIGRATIONS: list[str] = [
@@ -126,6 +130,10 @@ MIGRATIONS: list[str] = [
         created_by INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # Samples acked but not stored because their timestamp lay outside the accepted window (protocol.out_of_window).
+    """
+    ALTER TABLE hosts ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -137,6 +145,8 @@ class SchemaTooNew(Exception):
 
 def connect(path: Path | str, *, readonly: bool = False, busy_timeout: float = 10.0) -> sqlite3.Connection:
     """A connection with mbot's pragmas; the schema is migrated unless `readonly`."""
+    if not readonly:
+        _private(Path(path))
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
@@ -146,6 +156,19 @@ def connect(path: Path | str, *, readonly: bool = False, busy_timeout: float = 1
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
+
+
+def _private(path: Path) -> None:
+    """The database holds every host's latest values and the secrets' hashes: readable by its owner only. SQLite
+    gives the -wal and -shm files the database file's mode, so creating it 0600 covers them too."""
+    if str(path) == ":memory:":
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+    except OSError:
+        pass  # sqlite3.connect reports a path it cannot use, with a better message
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -231,6 +254,7 @@ class Host:
     samples_count: int
     revoked: float | None = None  # the key was revoked then; history kept, /rotate issues a new key
     dropped: int = 0  # samples the agent had to drop from a full spool (it reports them; loss is never silent)
+    rejected: int = 0  # samples acked but not stored: their timestamp was outside the window the server accepts
 
     @property
     def interval(self) -> float:
@@ -242,16 +266,29 @@ class Host:
 
 
 _HOST_COLUMNS = ("id, name, owner, key_id, created, facts, epoch, last_seq, last_ts, last_seen, last_metrics, "
-                 "samples_count, revoked, dropped")
+                 "samples_count, revoked, dropped, rejected")
+
+
+def _json_object(row: sqlite3.Row, column: str) -> dict[str, Any]:
+    """A JSON column as a dict; a damaged value reads as empty (and says so) rather than failing every reader."""
+    text = row[column]
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        log.warning("host %s: column %s holds damaged JSON; read as empty", row["id"], column)
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _host(row: sqlite3.Row) -> Host:
     return Host(
         id=row["id"], name=row["name"], owner=row["owner"], key_id=row["key_id"], created=row["created"],
-        facts=json.loads(row["facts"]) if row["facts"] else {}, epoch=row["epoch"], last_seq=row["last_seq"],
-        last_ts=row["last_ts"], last_seen=row["last_seen"],
-        last_metrics=json.loads(row["last_metrics"]) if row["last_metrics"] else {},
+        facts=_json_object(row, "facts"), epoch=row["epoch"], last_seq=row["last_seq"],
+        last_ts=row["last_ts"], last_seen=row["last_seen"], last_metrics=_json_object(row, "last_metrics"),
         samples_count=row["samples_count"], revoked=row["revoked"], dropped=row["dropped"],
+        rejected=row["rejected"],
     )
 
 

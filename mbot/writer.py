@@ -4,21 +4,29 @@ Connection tasks and the bot submit items on a bounded memory channel; the write
 commits it in ONE transaction in a worker thread, and only then resolves the items (so an agent is acked only for
 what is on disk). While a commit runs, new items queue: under load batches grow by themselves (group commit).
 A full channel makes submitters wait, which stops reading their sockets: backpressure reaches the agents over TCP.
+
+Isolation: each item runs in its own SAVEPOINT. An item that raises (a value SQLite cannot store, a bug) is rolled
+back alone, fails with its error and is counted in Faults; the rest of the batch commits. Only errors of the
+database itself (sqlite3.OperationalError: disk full, locked) fail the whole batch, which is then retried, since
+retrying cannot help a poison item but does help a full disk.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import sqlite3
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, TypeVar
 
 import trio
 
-from . import store
+from . import limits, protocol, store
+from .faults import Faults
 from .metrics import Histogram
 from .protocol import Hello, Sample, Samples
 
@@ -28,7 +36,17 @@ T = TypeVar("T")
 
 QUEUE_ITEMS = 10_000
 BATCH_ITEMS = 2_000
+LAYOUT_CACHE = 20_000  # layout ids remembered by digest (LRU): ~2 MB, whatever the size of the layouts
 _RETRY_FIRST, _RETRY_MAX = 0.1, 5.0
+
+
+class LimitExceeded(Exception):
+    """A host went over one of its limits; `limit` names it for the owner's message and the close reason."""
+
+    def __init__(self, limit: str, detail: str) -> None:
+        super().__init__(f"{limit}: {detail}")
+        self.limit = limit
+        self.detail = detail
 
 
 @dataclass
@@ -59,8 +77,10 @@ class SamplesWrite(_Pending):
     epoch: int = 0
     samples: Samples | None = None
     seen: float = 0.0
-    # Called (in the trio thread) with the highest seq committed for this host and epoch.
+    # Called (in the trio thread) with the highest seq committed for this host and epoch ...
     on_commit: Callable[[int], None] | None = None
+    # ... or with the error when this item failed alone (a limit, a poison value): the connection closes.
+    on_error: Callable[[BaseException], None] | None = None
 
 
 @dataclass
@@ -82,13 +102,17 @@ class _HostMark:
 
 
 class Writer:
-    def __init__(self, db_path: Path, *, busy_timeout: float = 10.0) -> None:
+    def __init__(self, db_path: Path, *, busy_timeout: float = 10.0, faults: Faults | None = None) -> None:
         # busy_timeout: how long one try waits on a lock held by another process (the CLI) before it counts as a
         # failed try and is retried with backoff.
         self._conn = store.connect(db_path, busy_timeout=busy_timeout)
         self._send, self._receive = trio.open_memory_channel[_Pending](QUEUE_ITEMS)
-        self._layouts: dict[tuple[str, ...], int] = {}
+        # Layout ids by a digest of the names: the cache costs the same whatever a hostile agent names its series.
+        self._layouts: OrderedDict[bytes, int] = OrderedDict()
+        self._layout_budgets: dict[int, limits.TokenBucket] = {}  # host id -> bytes of new layouts it may add
+        self.faults = faults or Faults()
         self.committed_samples = 0
+        self.rejected_samples: dict[str, int] = {protocol.TOO_OLD: 0, protocol.TOO_NEW: 0}
         self.batches = 0
         self.commit_latency = Histogram()  # receive -> commit, per frame of samples (for /metrics)
         # Told, in the trio thread, about what each commit stored (the alert engine): never about duplicates.
@@ -103,10 +127,12 @@ class Writer:
         await self._send.send(item)
         return await item.wait()
 
-    async def samples(self, host_id: int, epoch: int, samples: Samples, on_commit: Callable[[int], None]) -> None:
-        """Queue samples; on_commit(highest committed seq) runs after their transaction commits."""
+    async def samples(self, host_id: int, epoch: int, samples: Samples, on_commit: Callable[[int], None],
+                      on_error: Callable[[BaseException], None] | None = None) -> None:
+        """Queue samples; on_commit(highest committed seq) runs after their transaction commits, on_error(exc)
+        instead when this item failed alone."""
         await self._send.send(SamplesWrite(host_id=host_id, epoch=epoch, samples=samples, seen=time.time(),
-                                           on_commit=on_commit))
+                                           on_commit=on_commit, on_error=on_error))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) inside the writer's next transaction and return its result."""
@@ -159,69 +185,97 @@ class Writer:
         if failures:
             log.info("database writes work again after %d failed tries", failures)
         layouts, results = outcome
-        self._layouts.update(layouts)
+        for digest, layout_id in layouts.items():
+            self._remember_layout(digest, layout_id)
         self.batches += 1
         committed_at = time.time()
         for item, result in zip(batch, results):
             if isinstance(result, BaseException):
                 item.error = result
+                if isinstance(item, SamplesWrite) and item.on_error is not None:
+                    item.on_error(result)
             else:
                 item.result = result
                 if isinstance(item, SamplesWrite):
                     self.commit_latency.observe(committed_at - item.seen)
                     if result is not None:
-                        last_seq, fresh = result
-                        item.result = last_seq
-                        if fresh:
-                            for listener in self.listeners:
-                                listener.on_samples(item.host_id, fresh)
+                        item.result = result.last_seq
+                        self.committed_samples += len(result.stored)
+                        for reason, count in result.rejected.items():
+                            self.rejected_samples[reason] += count
+                        if result.stored:
+                            self._tell(lambda listener: listener.on_samples(item.host_id, result.stored))
                         if item.on_commit is not None:
-                            item.on_commit(last_seq)
+                            item.on_commit(result.last_seq)
                 elif isinstance(item, HelloWrite):
-                    for listener in self.listeners:
-                        listener.on_hello(item.host_id, item.hello)
+                    self._tell(lambda listener: listener.on_hello(item.host_id, item.hello))
             item.done.set()
         self._progress.set()
         self._progress = trio.Event()
 
+    def _tell(self, call: Callable[[CommitListener], None]) -> None:
+        """A listener that raises on one commit must not take the writer (and every agent's acks) down with it."""
+        for listener in self.listeners:
+            try:
+                call(listener)
+            except Exception as exc:
+                self.faults.isolated("alerting", f"commit listener {type(listener).__name__}", exc)
+
+    def _remember_layout(self, digest: bytes, layout_id: int) -> None:
+        self._layouts[digest] = layout_id
+        self._layouts.move_to_end(digest)
+        while len(self._layouts) > LAYOUT_CACHE:
+            self._layouts.popitem(last=False)
+
     # --- in the worker thread --------------------------------------------------------------------------------
 
-    def _commit(self, batch: list[_Pending]) -> tuple[dict[tuple[str, ...], int], list[Any]]:
-        """One transaction for the whole batch. The layout cache changes only through the returned value, after
-        COMMIT, so a rolled-back batch leaves no stale layout ids behind."""
+    def _commit(self, batch: list[_Pending]) -> tuple[dict[bytes, int], list[Any]]:
+        """One transaction for the whole batch, one savepoint per item. The layout cache changes only through the
+        returned value, after COMMIT, so a rolled-back batch leaves no stale layout ids behind."""
         conn = self._conn
         marks: dict[int, _HostMark] = {}
-        layouts: dict[tuple[str, ...], int] = {}
+        layouts: dict[bytes, int] = {}
         results: list[Any] = []
-        rows: list[tuple[int, float, int, int, bytes]] = []
-        inserted = 0
-
-        def flush() -> None:
-            nonlocal inserted
-            if rows:
-                conn.executemany("INSERT INTO samples (host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?)",
-                                 rows)
-                inserted += len(rows)
-                rows.clear()
-
         conn.execute("BEGIN IMMEDIATE")
         try:
             for item in batch:
-                if isinstance(item, HelloWrite):
-                    results.append(self._apply_hello(conn, item, marks))
-                elif isinstance(item, SamplesWrite):
-                    results.append(self._apply_samples(conn, item, marks, layouts, rows))
-                elif isinstance(item, CallWrite):
-                    flush()  # a call sees every write queued before it
-                    results.append(self._apply_call(conn, item))
-            flush()
+                # A failed item takes back exactly what it did: its rows (the savepoint), its host's mark (the
+                # _apply functions replace a mark, never change one in place) and the layouts it made.
+                host_id = getattr(item, "host_id", None)
+                mark_before = marks.get(host_id) if host_id is not None else None
+                new_layouts: dict[bytes, int] = {}
+                conn.execute("SAVEPOINT item")
+                try:
+                    if isinstance(item, HelloWrite):
+                        result: Any = self._apply_hello(conn, item, marks)
+                    elif isinstance(item, SamplesWrite):
+                        result = self._apply_samples(conn, item, marks, layouts, new_layouts)
+                    else:
+                        assert isinstance(item, CallWrite)
+                        result = self._apply_call(conn, item)
+                except sqlite3.OperationalError:
+                    raise  # the database itself (disk full, locked): retry the whole batch
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO item")
+                    conn.execute("RELEASE item")
+                    if host_id is not None:
+                        if mark_before is None:
+                            marks.pop(host_id, None)
+                        else:
+                            marks[host_id] = mark_before
+                    if not isinstance(exc, (LimitExceeded, _CallFailed)):
+                        self.faults.isolated("writer", _describe(item), exc)
+                    results.append(exc.error if isinstance(exc, _CallFailed) else exc)
+                    continue
+                conn.execute("RELEASE item")
+                layouts.update(new_layouts)
+                results.append(result)
             conn.execute("COMMIT")
         except BaseException:
             # SQLite may have rolled back already (disk full): a second ROLLBACK would fail and hide the cause.
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        self.committed_samples += inserted
         return layouts, results
 
     def _mark(self, conn: sqlite3.Connection, host_id: int, marks: dict[int, _HostMark]) -> _HostMark | None:
@@ -248,8 +302,7 @@ class Writer:
         return mark.last_seq
 
     def _apply_samples(self, conn: sqlite3.Connection, item: SamplesWrite, marks: dict[int, _HostMark],
-                       layouts: dict[tuple[str, ...], int], rows: list[tuple[int, float, int, int, bytes]],
-                       ) -> tuple[int, list[Sample]] | None:
+                       layouts: dict[bytes, int], new_layouts: dict[bytes, int]) -> _Stored | None:
         assert item.samples is not None
         mark = self._mark(conn, item.host_id, marks)
         if mark is None:
@@ -257,42 +310,93 @@ class Writer:
         if mark.epoch != item.epoch:
             return None  # a connection of an older epoch, already replaced
         fresh = [s for s in item.samples.items if s.seq > mark.last_seq]
+        stored: list[Sample] = []
+        rows: list[tuple[int, float, int, int, bytes]] = []
+        rejected = {protocol.TOO_OLD: 0, protocol.TOO_NEW: 0}
         for sample in fresh:
-            names = tuple(sample.series)
-            layout_id = layouts.get(names) or self._layouts.get(names) or self._intern(conn, names, layouts)
+            reason = protocol.out_of_window(sample.ts, item.seen)
+            if reason is not None:
+                rejected[reason] += 1  # acked below with the rest, so the agent lets go of it, but not stored
+                continue
+            layout_id = self._layout_id(conn, item.host_id, tuple(sample.series), layouts, new_layouts)
             values = [v if math.isfinite(v) else 0.0 for v in sample.series.values()]
             rows.append((item.host_id, sample.ts, sample.seq, layout_id, store.pack_values(values)))
+            stored.append(sample)
+        if rows:
+            conn.executemany("INSERT INTO samples (host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?)", rows)
         if fresh:
             last = fresh[-1]
             mark.last_seq = last.seq
             dropped = sum(int(s.metrics.get("dropped", 0)) for s in fresh)
+            latest = stored[-1] if stored else None
             conn.execute(
-                "UPDATE hosts SET last_seq = ?, last_ts = ?, last_seen = ?, last_metrics = ?, "
-                "samples_count = samples_count + ?, dropped = dropped + ? WHERE id = ?",
-                (last.seq, last.ts, item.seen, json.dumps(last.metrics), len(fresh), dropped, item.host_id),
-            )
+                "UPDATE hosts SET last_seq = ?, last_seen = ?, samples_count = samples_count + ?, "
+                "dropped = min(dropped + ?, ?), rejected = min(rejected + ?, ?) WHERE id = ?",
+                (last.seq, item.seen, len(stored), dropped, limits.MAX_INT, sum(rejected.values()), limits.MAX_INT,
+                 item.host_id))
+            if latest is not None:
+                conn.execute("UPDATE hosts SET last_ts = ?, last_metrics = ? WHERE id = ?",
+                             (latest.ts, json.dumps(latest.metrics), item.host_id))
         else:
             conn.execute("UPDATE hosts SET last_seen = ? WHERE id = ?", (item.seen, item.host_id))
         marks[item.host_id] = mark
         # Duplicates (seq at or below the mark) are acked too: the agent may drop them from its spool.
-        return mark.last_seq, fresh
+        return _Stored(mark.last_seq, stored, rejected)
 
-    def _intern(self, conn: sqlite3.Connection, names: tuple[str, ...], layouts: dict[tuple[str, ...], int]) -> int:
+    def _layout_id(self, conn: sqlite3.Connection, host_id: int, names: tuple[str, ...],
+                   layouts: dict[bytes, int], new_layouts: dict[bytes, int]) -> int:
         encoded = json.dumps(list(names))
-        conn.execute("INSERT OR IGNORE INTO layouts (names) VALUES (?)", (encoded,))
-        layout_id = conn.execute("SELECT id FROM layouts WHERE names = ?", (encoded,)).fetchone()[0]
-        layouts[names] = layout_id
+        digest = hashlib.blake2b(encoded.encode(), digest_size=16).digest()
+        layout_id = new_layouts.get(digest) or layouts.get(digest) or self._layouts.get(digest)
+        if layout_id is not None:
+            return layout_id
+        row = conn.execute("SELECT id FROM layouts WHERE names = ?", (encoded,)).fetchone()
+        if row is None:
+            # A new set of series names costs the host budget: names churning on every frame would otherwise
+            # grow the layouts table (and every cache of it) without bound.
+            budget = self._layout_budgets.get(host_id)
+            if budget is None:
+                budget = self._layout_budgets[host_id] = limits.TokenBucket(
+                    rate=limits.LAYOUT_REFILL_PER_S, capacity=limits.LAYOUT_BUDGET_BYTES, now=time.monotonic())
+            if not budget.take(len(encoded), time.monotonic()):
+                raise LimitExceeded("new series names", "the host keeps sending new sets of series names "
+                                    f"(more than {limits.LAYOUT_BUDGET_BYTES // 1024} KiB of names per hour)")
+            layout_id = int(conn.execute("INSERT INTO layouts (names) VALUES (?)", (encoded,)).lastrowid)
+        else:
+            layout_id = row[0]
+        new_layouts[digest] = layout_id
         return layout_id
 
     def _apply_call(self, conn: sqlite3.Connection, item: CallWrite) -> Any:
         assert item.fn is not None
-        conn.execute("SAVEPOINT call")
         try:
-            result = item.fn(conn, *item.args)
+            return item.fn(conn, *item.args)
+        except sqlite3.OperationalError:
+            raise
         except Exception as exc:
-            # A failing call (e.g. a name already taken) must not roll back the samples batched with it.
-            conn.execute("ROLLBACK TO call")
-            conn.execute("RELEASE call")
-            return exc
-        conn.execute("RELEASE call")
-        return result
+            # A failing call (e.g. a name already taken) is the caller's answer, not a fault of the writer: its
+            # writes are rolled back and the exception goes back to whoever called.
+            raise _CallFailed(exc) from exc
+
+
+@dataclass
+class _Stored:
+    last_seq: int  # the highest seq now committed for the host's epoch: what the ack says
+    stored: list[Sample]
+    rejected: dict[str, int]  # reason -> samples acked but not stored (outside the time window)
+
+
+class _CallFailed(Exception):
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _describe(item: _Pending) -> str:
+    if isinstance(item, SamplesWrite):
+        return f"samples of host {item.host_id}"
+    if isinstance(item, HelloWrite):
+        return f"hello of host {item.host_id}"
+    if isinstance(item, CallWrite):
+        return f"call {getattr(item.fn, '__name__', item.fn)!r}"
+    return repr(item)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import time
 import ssl
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -55,12 +56,12 @@ def certificate(settings: Settings) -> tls.Certificate:
     return tls.ensure_certificate(settings.data_dir, ["127.0.0.1", "localhost"])
 
 
-def add_host(settings: Settings, name: str, owner: int = 0) -> service.NewKey:
+def add_host(settings: Settings, name: str, owner: int = 0, created: float | None = None) -> service.NewKey:
     conn = store.connect(settings.db_path)
     try:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
-            return service.new_key(conn, name, owner)
+            return service.new_key(conn, name, owner, now=created)
     finally:
         conn.close()
 
@@ -103,8 +104,12 @@ def hello_frame(epoch: int = 1, **extra: Any) -> str:
                        "interval": 1.0, **extra})
 
 
+# Recent enough for the server's window (it stores samples up to a week old), whole seconds for readable asserts.
+BASE_TS = float(int(time.time()) - 3600)
+
+
 def sample_frame(seq: int, cpu: float = 10.0, ts: float | None = None) -> str:
-    return json.dumps({"type": "sample", "seq": seq, "ts": ts or 1_700_000_000.0 + seq,
+    return json.dumps({"type": "sample", "seq": seq, "ts": ts or BASE_TS + seq,
                        "metrics": {"cpu": cpu, "ram": {"used": 1.0, "total": 4.0}}})
 
 

@@ -39,7 +39,7 @@ import pytest
 import trio
 import trio_websocket
 
-from helpers import ROOT, add_host, certificate, load_agent, make_settings, read_db
+from helpers import BASE_TS, ROOT, add_host, certificate, load_agent, make_settings, read_db
 from mbot import app, protocol, store, tls
 from mbot.writer import Writer
 from tcpproxy import TcpProxy
@@ -319,7 +319,7 @@ async def test_hour_outage_replayed_in_batches_while_live_samples_flow(tmp_path,
     port = reserved.getsockname()[1]
     settings = make_settings(tmp_path / "data", port=port)
     cert = certificate(settings)
-    key = add_host(settings, "box1")
+    key = add_host(settings, "box1", created=time.time() - HOUR - 60)  # the key was made before the outage
     a = make_agent(key.secret, port, cert.fingerprint, tmp_path, interval=0.1, backoff_max=0.2)
 
     # The hour the server was away: real metrics from the agent's collector, buffered through the agent's own
@@ -448,7 +448,7 @@ async def test_random_connection_cuts_lose_and_double_nothing(server, settings, 
 
 def _samples(*seqs: int) -> protocol.Samples:
     return protocol.Samples(tuple(
-        protocol.parse_agent_frame(json.dumps({"type": "sample", "seq": s, "ts": 1e9 + s, "metrics": {"cpu": 5.0}}))
+        protocol.parse_agent_frame(json.dumps({"type": "sample", "seq": s, "ts": BASE_TS + s, "metrics": {"cpu": 5.0}}))
         .items[0] for s in seqs))
 
 
@@ -622,7 +622,7 @@ async def test_disk_full_is_retried_unacked_and_logged_once(tmp_path, agent_logs
 
 
 _WRITER_ON_FULL_DISK = r"""
-import errno, json, logging, os, sys
+import errno, json, logging, os, sys, time
 from pathlib import Path
 import trio
 import trio_websocket
@@ -641,7 +641,7 @@ def frame(obj):
     return protocol.parse_agent_frame(json.dumps(obj))
 
 def sample(seq):
-    return frame({"type": "sample", "seq": seq, "ts": 1e9 + seq, "metrics": {"cpu": 5.0}})
+    return frame({"type": "sample", "seq": seq, "ts": time.time() - 3600 + seq, "metrics": {"cpu": 5.0}})
 
 def fill():
     fd = os.open(data / "filler", os.O_WRONLY | os.O_CREAT, 0o600)

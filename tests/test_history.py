@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -13,7 +14,9 @@ from mbot import charts, history, plotting, protocol, rollup, store
 from mbot.rollup import make_tiers
 from mbot.writer import Writer
 
-T0 = 1_699_999_200.0  # a bucket edge for 1 m, 10 m and 1 h (a multiple of 3600)
+# A bucket edge for 1 m, 10 m and 1 h (a multiple of 3600), two days ago: inside the window of timestamps the server
+# stores (protocol.out_of_window).
+T0 = float((int(time.time()) // 86400 - 2) * 86400)
 
 
 def sample(seq: int, ts: float, cpu: float, disks: bool = False) -> protocol.Samples:

@@ -29,10 +29,10 @@ def test_render_names_labels_and_escaping():
         hist.observe(v)
     text = metrics.render([host], ServerStats(2, 42, hist, {"429": 1}, 5), NOW)
     lines = text.splitlines()
-    assert 'mbot_host_up{host="we\\"ird\\\\box"} 1' in lines
-    assert 'mbot_host_cpu_usage_ratio{host="we\\"ird\\\\box"} 0.5' in lines
-    assert 'mbot_gpu_utilization_ratio{host="we\\"ird\\\\box",gpu="0",name="H100"} 0.87' in lines
-    assert 'mbot_host_disk_used_bytes{host="we\\"ird\\\\box",disk="/"} 1' in lines
+    assert 'mbot_host_up{host="we\\"ird\\\\box",key="k"} 1' in lines
+    assert 'mbot_host_cpu_usage_ratio{host="we\\"ird\\\\box",key="k"} 0.5' in lines
+    assert 'mbot_gpu_utilization_ratio{host="we\\"ird\\\\box",key="k",gpu="0",name="H100"} 0.87' in lines
+    assert 'mbot_host_disk_used_bytes{host="we\\"ird\\\\box",key="k",disk="/"} 1' in lines
     assert "mbot_samples_ingested_total 42" in lines
     assert 'mbot_ingest_commit_seconds_bucket{le="0.0025"} 1' in lines
     assert 'mbot_ingest_commit_seconds_bucket{le="+Inf"} 3' in lines
@@ -53,16 +53,16 @@ async def start_with_one_host(settings, nursery):
     await receive_json(ws)
     await ws.send_message(sample_frame(1, cpu=25.0))
     await ack_reaching(ws, 1)
-    return running, stream
+    return running, stream, key.key_id
 
 
 async def test_endpoint_serves_live_data(settings, nursery):
-    running, stream = await start_with_one_host(settings, nursery)
+    running, stream, key_id = await start_with_one_host(settings, nursery)
     async with httpx.AsyncClient() as client:
         response = await client.get(f"http://127.0.0.1:{running.metrics_port}/metrics")
         missing = await client.get(f"http://127.0.0.1:{running.metrics_port}/")
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
-    assert 'mbot_host_cpu_usage_ratio{host="box1"} 0.25' in response.text
+    assert f'mbot_host_cpu_usage_ratio{{host="box1",key="{key_id}"}} 0.25' in response.text
     assert "mbot_connected_agents 1" in response.text
     assert missing.status_code == 404
     if shutil.which("promtool"):
@@ -77,7 +77,7 @@ async def test_endpoint_serves_live_data(settings, nursery):
 async def test_real_prometheus_scrapes_a_host(settings, nursery, tmp_path):
     import socket
 
-    running, stream = await start_with_one_host(settings, nursery)
+    running, stream, _ = await start_with_one_host(settings, nursery)
 
     config = tmp_path / "prometheus.yml"
     config.write_text(f"global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: mbot\n"

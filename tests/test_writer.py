@@ -5,14 +5,14 @@ import json
 
 import trio
 
-from helpers import add_host, read_db
+from helpers import BASE_TS, add_host, read_db
 from mbot import protocol
 from mbot.writer import Writer
 
 
 def samples(*seqs: int, cpu: float = 5.0) -> protocol.Samples:
     return protocol.Samples(tuple(
-        protocol.parse_agent_frame(json.dumps({"type": "sample", "seq": s, "ts": 1e9 + s, "metrics": {"cpu": cpu}}))
+        protocol.parse_agent_frame(json.dumps({"type": "sample", "seq": s, "ts": BASE_TS + s, "metrics": {"cpu": cpu}}))
         .items[0] for s in seqs))
 
 

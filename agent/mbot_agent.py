@@ -232,8 +232,9 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
             interval = float(raw)
         except ValueError:
             raise ConfigError("AGENT_INTERVAL", f"must be a number of seconds, got {raw!r}") from None
-        if not (math.isfinite(interval) and 0 < interval <= 86400):
-            raise ConfigError("AGENT_INTERVAL", f"must be more than 0 and at most 86400 seconds, got {raw!r}")
+        # The server refuses a hello announcing less than 0.05 s (20 samples a second is its budget ceiling).
+        if not (math.isfinite(interval) and 0.05 <= interval <= 86400):
+            raise ConfigError("AGENT_INTERVAL", f"must be from 0.05 to 86400 seconds, got {raw!r}")
 
     raw = get("AGENT_VERIFY_SSL")
     verify_ssl = _bool(raw, "AGENT_VERIFY_SSL") if raw else True

@@ -109,21 +109,21 @@ class AgentConnection:
             await receive()
             return True
         except ProtocolError as exc:
-            log.warning("agent %s (%s): %s; closing with %d", self.host.name, self.peer, exc.reason,
-                        exc.close_code)
+            self._hub.log(("bad", self.host.id), logging.WARNING, "agent %s (%s): %s; closing with %d",
+                          self.host.name, self.peer, exc.reason, exc.close_code)
             await self._close_for(exc)
         except LimitExceeded as exc:
             await self._over_limit(exc)
         except ConnectionClosed as exc:
             reason = exc.reason
             said = getattr(reason, "reason", None)
-            self._hub.log_flapping(self.host, "agent %s (%s) disconnected (code %s%s)", self.host.name, self.peer,
+            self._hub.log(self.host.id, logging.INFO, "agent %s (%s) disconnected (code %s%s)", self.host.name, self.peer,
                                    getattr(reason, "code", "?"), f", {said!r}" if said else "")
         return False
 
     async def _over_limit(self, exc: LimitExceeded) -> None:
-        log.warning("agent %s (%s): over its limit of %s: %s; closing with 1008", self.host.name, self.peer,
-                    exc.limit, exc.detail)
+        self._hub.log(("limit", self.host.id), logging.WARNING, "agent %s (%s): over its limit of %s: %s; "
+                      "closing with 1008", self.host.name, self.peer, exc.limit, exc.detail)
         self._hub.over_limit(self.host, exc)
         await self._close_for(ProtocolError(f"over the limit of {exc.limit}: {exc.detail}", protocol.CLOSE_POLICY))
 
@@ -171,7 +171,7 @@ class AgentConnection:
         self.hello = frame
         self._budget = self._hub.budget(self.host, frame.interval)
         self._committed = await self._writer.hello(self.host.id, frame)
-        self._hub.log_flapping(self.host, "agent %s connected from %s (agent %r, %r)", self.host.name, self.peer,
+        self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name, self.peer,
                                frame.agent_version, frame.facts.get("os") or "unknown OS")
         await self.ws.send_message(protocol.ack(self._committed))
 
@@ -197,7 +197,8 @@ class AgentConnection:
             elif isinstance(frame, Result):
                 awaited = self._awaiting.pop(frame.command_id, None)
                 if awaited is None:
-                    log.warning("agent %s sent a result for command %r it was never sent; ignored", self.host.name,
+                    self._hub.log(("result", self.host.id), logging.WARNING,
+                                  "agent %s sent a result for command %r it was never sent; ignored", self.host.name,
                                 frame.command_id[:64])
                 else:
                     awaited.result = frame
@@ -241,7 +242,7 @@ class AgentHub:
         self._writer = writer
         self._handshake_timeout = handshake_timeout
         self._throttle = AuthThrottle()
-        self.gate = gate or PreAuthGate()
+        self.gate = gate if gate is not None else PreAuthGate()  # (an empty gate is falsy: it has a len)
         self._waiting: dict[object, trio.CancelScope] = {}  # pre-auth connections, to evict the oldest
         self._budgets: dict[int, SampleBudget] = {}  # per host, across its connections: reconnecting earns nothing
         self._flapping = LogSummary()
@@ -277,12 +278,14 @@ class AgentHub:
         if self.on_limit is not None:
             self.on_limit(host, exc.limit, exc.detail)
 
-    def log_flapping(self, host: store.Host, message: str, *args: Any) -> None:
-        """Connect and disconnect lines of one host: the first few per 10 minutes, then a count."""
-        show, held = self._flapping.check(host.id, trio.current_time())
+    def log(self, key: object, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
+        """One line per event, but per key (a host, an address, a kind of event) only the first few in 10 minutes;
+        the next line that is logged says how many were held back. A peer that reconnects a thousand times a
+        second then costs a few lines, not a flood."""
+        show, held = self._flapping.check(key, trio.current_time())
         if show:
-            log.info(message + (f" ({held} more connects/disconnects of this host not logged)" if held else ""),
-                     *args)
+            log.log(level, message + (f" ({held} more like this not logged)" if held else ""), *args,
+                    exc_info=exc_info)
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -327,11 +330,8 @@ class AgentHub:
         token = object()
         evict = self.gate.admit(token, address)
         if evict is None:
-            show, held = self._flapping.check(("refused", address), trio.current_time())
-            if show:
-                log.warning("refused a connection from %s: %d connections from that address are already waiting "
-                            "to authenticate%s", peer, self.gate.per_address,
-                            f" ({held} more refusals not logged)" if held else "")
+            self.log(("refused", address), logging.WARNING, "refused a connection from %s: %d connections from "
+                     "that address are already waiting to authenticate", peer, self.gate.per_address)
             await trio.aclose_forcefully(stream.transport_stream)
             return
         for other in evict:
@@ -343,10 +343,11 @@ class AgentHub:
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, ConnectionClosed) as group:
             first = group.exceptions[0]
-            log.info("connection from %s failed: %s", peer, first.__cause__ or first)
+            self.log(("failed", address), logging.INFO, "connection from %s failed: %s", peer,
+                     first.__cause__ or first)
         except* Exception:
             # Isolation: whatever one peer manages to break ends its own connection, never the listener.
-            log.exception("connection from %s crashed", peer)
+            self.log(("crashed", address), logging.ERROR, "connection from %s crashed", peer, exc_info=True)
         finally:
             self._release(token)
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
@@ -369,10 +370,12 @@ class AgentHub:
             request = await wrap_server_stream(nursery, stream, max_message_size=protocol.MAX_FRAME_BYTES)
             host = await self._authenticate(request, address, peer)
         if preauth.cancelled_caught:
-            log.info("connection from %s evicted during its %s: too many connections waiting", peer, stage)
+            self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
+                     "waiting to authenticate", peer, stage)
             return
         if deadline.cancelled_caught:
-            log.info("%s from %s did not finish within %g s; dropped", stage, peer, self._handshake_timeout)
+            self.log(("slow", address), logging.INFO, "%s from %s did not finish within %g s; dropped", stage, peer,
+                     self._handshake_timeout)
             return
         if host is None:
             return
@@ -383,7 +386,8 @@ class AgentHub:
         self.connections[host.id] = connection
         self._notify_change()
         if previous is not None:
-            log.info("agent %s: a new connection from %s replaces the one from %s", host.name, peer, previous.peer)
+            self.log(host.id, logging.INFO, "agent %s: a new connection from %s replaces the one from %s", host.name,
+                     peer, previous.peer)
             nursery.start_soon(previous.close, protocol.CLOSE_REPLACED, "replaced by a newer connection")
         try:
             await connection.serve()
@@ -395,7 +399,8 @@ class AgentHub:
 
     async def _authenticate(self, request: WebSocketRequest, address: str, peer: str) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:
-            log.info("rejected connection from %s: unknown path %r", peer, request.path[:80])
+            self.log(("path", address), logging.INFO, "rejected connection from %s: unknown path %r", peer,
+                     request.path[:80])
             await request.reject(404, body=b"not found\n")
             return None
         secret = _bearer(request)
@@ -404,12 +409,9 @@ class AgentHub:
             now = trio.current_time()
             delay = self._throttle.delay(address, now)
             self._throttle.failed(address, now)
-            show, held = self._flapping.check(("auth", address), now)
-            if show:
-                log.warning("rejected agent connection from %s: %s%s%s", peer,
-                            "unknown secret" if secret else "no Authorization: Bearer header",
-                            f" (answering after {delay:g} s: repeated failures)" if delay else "",
-                            f" ({held} more rejections from this address not logged)" if held else "")
+            self.log(("auth", address), logging.WARNING, "rejected agent connection from %s: %s%s", peer,
+                     "unknown secret" if secret else "no Authorization: Bearer header",
+                     f" (answering after {delay:g} s: repeated failures)" if delay else "")
             await trio.sleep(delay)
             await request.reject(401, body=b"secret rejected\n")
             return None

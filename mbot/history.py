@@ -36,7 +36,7 @@ from .writer import Writer
 
 log = logging.getLogger(__name__)
 
-WATERMARK_KEY = "rollup.rowid"
+WATERMARK_KEY = store.ROLLUP_WATERMARK
 STEP_ROWS = 2000  # raw rows per rollup transaction: tens of milliseconds, so ingest never waits long
 DELETE_ROWS = 5000
 _F32 = np.dtype("<f4")

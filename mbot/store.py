@@ -386,6 +386,18 @@ def series(conn: sqlite3.Connection, host_id: int, name: str, start: float, end:
     return points
 
 
+# The rollup's watermark: every raw row up to this rowid is folded into the aggregates (mbot.history).
+ROLLUP_WATERMARK = "rollup.rowid"
+
+
+def next_sample_rowid(conn: sqlite3.Connection) -> int:
+    """The rowid the next raw sample must get. SQLite would reuse rowids once the newest rows are deleted (a wiped
+    host, retention of everything after a long pause), and a reused rowid at or below the rollup's watermark would
+    never be rolled up: so the writer numbers rows itself, above both."""
+    top = conn.execute("SELECT max(rowid) FROM samples").fetchone()[0] or 0
+    return max(top, int(get_kv(conn, ROLLUP_WATERMARK) or 0)) + 1
+
+
 def get_kv(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None

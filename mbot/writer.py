@@ -110,6 +110,7 @@ class Writer:
         # Layout ids by a digest of the names: the cache costs the same whatever a hostile agent names its series.
         self._layouts: OrderedDict[bytes, int] = OrderedDict()
         self._layout_budgets: dict[int, limits.TokenBucket] = {}  # host id -> bytes of new layouts it may add
+        self._next_rowid = 0  # set at the start of each transaction (store.next_sample_rowid)
         self.faults = faults or Faults()
         self.committed_samples = 0
         self.rejected_samples: dict[str, int] = {protocol.TOO_OLD: 0, protocol.TOO_NEW: 0}
@@ -238,6 +239,7 @@ class Writer:
         results: list[Any] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
+            self._next_rowid = store.next_sample_rowid(conn)
             for item in batch:
                 # A failed item takes back exactly what it did: its rows (the savepoint), its host's mark (the
                 # _apply functions replace a mark, never change one in place) and the layouts it made.
@@ -311,7 +313,7 @@ class Writer:
             return None  # a connection of an older epoch, already replaced
         fresh = [s for s in item.samples.items if s.seq > mark.last_seq]
         stored: list[Sample] = []
-        rows: list[tuple[int, float, int, int, bytes]] = []
+        rows: list[tuple[int, int, float, int, int, bytes]] = []
         rejected = {protocol.TOO_OLD: 0, protocol.TOO_NEW: 0}
         for sample in fresh:
             reason = protocol.out_of_window(sample.ts, item.seen)
@@ -320,10 +322,13 @@ class Writer:
                 continue
             layout_id = self._layout_id(conn, item.host_id, tuple(sample.series), layouts, new_layouts)
             values = [v if math.isfinite(v) else 0.0 for v in sample.series.values()]
-            rows.append((item.host_id, sample.ts, sample.seq, layout_id, store.pack_values(values)))
+            rows.append((self._next_rowid, item.host_id, sample.ts, sample.seq, layout_id,
+                         store.pack_values(values)))
+            self._next_rowid += 1
             stored.append(sample)
         if rows:
-            conn.executemany("INSERT INTO samples (host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT INTO samples (rowid, host_id, ts, seq, layout_id, vals) VALUES (?, ?, ?, ?, ?, ?)",
+                             rows)
         if fresh:
             last = fresh[-1]
             mark.last_seq = last.seq

@@ -3,6 +3,9 @@
 mbot.alerts is the pure engine; this module is its edge: it loads rules and the last snapshot from the store, feeds
 the engine committed samples and hellos (CommitListener), sleeps until the engine's next deadline, turns events into
 chat messages for the host's owner, and persists the snapshot (throttled: after events, and at shutdown).
+
+A host's name and owner are read from the store when its events go out, not kept here: the store is their one owner,
+so a host registered by the CLI while the server runs, or renamed in the chat, is always addressed right.
 """
 from __future__ import annotations
 
@@ -69,7 +72,7 @@ class Alerting:
         self._repeat = repeat
         self._clock = clock
         self.engine = AlertEngine(repeat=repeat, now=clock())
-        self._hosts: dict[int, tuple[str, int]] = {}  # host id -> (name, owner)
+        self._outgoing: list[Event] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
         self._wake = trio.Event()
         self._dirty = False
@@ -90,7 +93,6 @@ class Alerting:
         else:
             self.engine = AlertEngine(rules, repeat=self._repeat, now=now)
         for host in hosts:
-            self._hosts[host.id] = (host.name, host.owner)
             # A host that never connected is not "offline": its agent is simply not installed yet.
             if host.revoked is None and host.last_seen is not None:
                 self.engine.add_host(host.id, last_seen=host.last_seen, interval=host.interval)
@@ -114,6 +116,7 @@ class Alerting:
                 except Exception as exc:
                     self._writer.faults.isolated("alerting", "the alert timers", exc)
                     failures += 1
+                await self._deliver()
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()
@@ -146,13 +149,6 @@ class Alerting:
                 self._writer.faults.isolated("alerting", f"sample {sample.seq} of host {host_id}", exc)
 
     # --- changes from users -----------------------------------------------------------------------------------
-
-    def host_added(self, host_id: int, name: str, owner: int) -> None:
-        self._hosts[host_id] = (name, owner)
-
-    def host_renamed(self, host_id: int, name: str) -> None:
-        if host_id in self._hosts:
-            self._hosts[host_id] = (name, self._hosts[host_id][1])
 
     def host_removed(self, host_id: int) -> None:
         self.engine.forget_host(host_id)
@@ -190,10 +186,18 @@ class Alerting:
     def _emit(self, events: list[Event]) -> None:
         if not events:
             return
-        self._changed()
-        for event in events:
-            name, owner = self._hosts.get(event.host_id, (f"host {event.host_id}", 0))
-            text = html.escape(alerts.describe(event, name))
-            log.info("alert: %s", alerts.describe(event, name))
+        self._outgoing.extend(events)
+        self._changed()  # wakes run(), which delivers them
+
+    async def _deliver(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        hosts: dict[int, store.Host | None] = {}
+        for event in outgoing:
+            if event.host_id not in hosts:
+                hosts[event.host_id] = await self._db.read(store.host_by_id, event.host_id)
+            host = hosts[event.host_id]
+            name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
+            text = alerts.describe(event, name)
+            log.info("alert: %r", text)
             if owner and self._notify is not None:
-                self._notify(owner, text, event)
+                self._notify(owner, html.escape(text), event)

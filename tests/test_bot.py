@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 
 import pytest
 import trio
@@ -452,3 +453,46 @@ async def test_restart_neither_repeats_nor_forgets_a_firing_alert(fake: FakeBot,
     assert not [c for c in fake.sent[since:] if firing(c)]
     assert "firing for" in overview["text"]
     await again.aclose()
+
+
+async def test_a_host_registered_by_the_cli_while_the_server_runs_gets_its_alerts(fake: FakeBot, server, settings,
+                                                                                  nursery):
+    """The alerting edge used to keep its own (name, owner) cache, filled at start and by the bot only: a host made
+    by `python -m mbot newkey NAME --owner ID` meanwhile never got an alert message until the next restart."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MBOT_DATA_DIR": str(settings.data_dir), "MBOT_PUBLIC_HOST": "127.0.0.1"}
+    done = await trio.to_thread.run_sync(lambda: subprocess.run(
+        [sys.executable, "-m", "mbot", "newkey", "cli1", "--owner", str(ALICE)], capture_output=True, text=True,
+        env=env, cwd=ROOT, timeout=60))
+    assert done.returncode == 0, done.stderr
+    secret = re.search(r"AGENT_SECRET=(\S+)", done.stdout).group(1)
+    assert "Alert set on <b>cli1</b>" in (await say(fake, ALICE, "/setalert cli1 cpu 50"))["text"]
+    agent = await Agent.connect(nursery, server.port, secret)
+    await agent.ws.send_message(sample_frame(1, cpu=99.0))
+    fired = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE
+                                and c.params["text"].startswith("cli1: CPU"), timeout=10)
+    assert "99 %" in fired.params["text"]
+    await agent.close()
+
+
+async def test_a_host_over_a_limit_costs_its_owner_one_message(fake: FakeBot, server, nursery):
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey greedy"))["text"]).group(1)
+    batch = json.dumps({"type": "samples", "samples": [
+        {"seq": seq, "ts": time.time(), "metrics": {"cpu": 1}} for seq in range(1, 1001)]})
+    for _ in range(3):  # far over the budget of a host made a moment ago, reconnecting each time
+        agent = await Agent.connect(nursery, server.port, secret)
+        await agent.ws.send_message(batch)
+        with pytest.raises(Exception):
+            with trio.fail_after(10):
+                while True:
+                    await agent.ws.get_message()
+        await agent.close()
+    told = await fake.wait_for(lambda c: c.method == "sendMessage" and "went over its limit" in c.params["text"],
+                               timeout=10)
+    assert told.params["chat_id"] == ALICE and "<b>greedy</b>" in told.params["text"]
+    assert "samples" in told.params["text"]
+    # Three closes, one message.
+    assert len([c for c in fake.calls("sendMessage") if "went over its limit" in c.params["text"]]) == 1

@@ -249,7 +249,6 @@ class Bot:
                 return
             key = await self._writer.call(partial(service.new_key, max_hosts=self._settings.max_hosts_per_user),
                                           args[0], ctx.user_id)
-            self._alerting.host_added(key.host_id, key.name, ctx.user_id)
             log.info("user %d registered host %s (key %s)", ctx.user_id, key.name, key.key_id)
             await self._send_key(ctx, key)
         elif name == "agent":
@@ -263,7 +262,6 @@ class Bot:
             self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
-            self._alerting.host_renamed(host.id, args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
         elif name == "revoke":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])

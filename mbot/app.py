@@ -33,6 +33,7 @@ from .config import Settings
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
 from .metrics_http import serve_metrics
+from .model import Host
 from .store import Database
 from .telegram.api import BotApi, quiet_httpx_logging
 from .telegram.bot import Bot
@@ -138,7 +139,7 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def _tell_limit(bot: Bot, host: store.Host, limit: str, detail: str) -> None:
+def _tell_limit(bot: Bot, host: Host, limit: str, detail: str) -> None:
     bot.tell_owner(host.owner, f"<b>{html.escape(host.name)}</b> went over its limit of {html.escape(limit)}: "
                                f"{html.escape(detail)}. Its agent was disconnected and will retry; the server keeps "
                                "everything it had stored.")

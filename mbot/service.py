@@ -12,7 +12,8 @@ import time
 from dataclasses import dataclass
 
 from . import store
-from .agents import secret_hash
+# NewKey is also read as service.NewKey by modules written before mbot.model; new code imports it from there.
+from .model import Host, NewKey, secret_hash
 
 NAME_RULE = "a host name is 1-32 characters of letters, digits, '.', '_' and '-'"
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
@@ -27,14 +28,6 @@ class NoSuchHost(ServiceError):
 
     def __init__(self) -> None:
         super().__init__("No such host. /hosts lists yours.")
-
-
-@dataclass(frozen=True)
-class NewKey:
-    host_id: int
-    name: str
-    key_id: str
-    secret: str  # shown once, never stored
 
 
 def check_name(name: str) -> str:
@@ -86,7 +79,7 @@ class HostSummary:
     dropped: int
 
 
-def summarize(host: store.Host, now: float) -> HostSummary:
+def summarize(host: Host, now: float) -> HostSummary:
     metrics = host.last_metrics
     ram = metrics.get("ram")
     return HostSummary(
@@ -108,7 +101,7 @@ def host_summaries(conn: sqlite3.Connection, owner: int | None = None, now: floa
     return [summarize(host, now) for host in store.list_hosts(conn, owner)]
 
 
-def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> store.Host:
+def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
     """A host of `owner` by name or by the first 8+ characters of its key id (as the original's <key|name>)."""
     host = store.host_by_name(conn, owner, ref)
     if host is not None:
@@ -120,7 +113,7 @@ def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> store.Host:
     raise NoSuchHost()
 
 
-def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> store.Host:
+def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> Host:
     """Every callback re-checks ownership here: a forged host id gets the same answer as a missing host."""
     host = store.host_by_id(conn, host_id)
     if host is None or host.owner != owner:
@@ -128,7 +121,7 @@ def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> store.Host
     return host
 
 
-def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> store.Host:
+def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> Host:
     host = resolve_host(conn, owner, ref)
     check_name(new_name)
     if new_name != host.name and store.host_name_taken(conn, owner, new_name):
@@ -145,7 +138,7 @@ def rotate(conn: sqlite3.Connection, owner: int, host_id: int) -> NewKey:
     return NewKey(host_id=host.id, name=host.name, key_id=host.key_id, secret=secret)
 
 
-def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, now: float | None = None) -> store.Host:
+def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, now: float | None = None) -> Host:
     """Delete the host's key; with `wipe` its history and the host too. /rotate can give a kept host a new key."""
     host = owned_host(conn, owner, host_id)
     if wipe:

@@ -19,11 +19,13 @@ import sqlite3
 import sys
 import threading
 from array import array
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import trio
+
+# Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
+from .model import Host
 
 T = TypeVar("T")
 
@@ -236,33 +238,6 @@ def unpack_values(blob: bytes) -> array:
 
 
 # --- hosts ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Host:
-    id: int
-    name: str
-    owner: int
-    key_id: str
-    created: float
-    facts: dict[str, Any]
-    epoch: int
-    last_seq: int
-    last_ts: float | None
-    last_seen: float | None
-    last_metrics: dict[str, Any]
-    samples_count: int
-    revoked: float | None = None  # the key was revoked then; history kept, /rotate issues a new key
-    dropped: int = 0  # samples the agent had to drop from a full spool (it reports them; loss is never silent)
-    rejected: int = 0  # samples acked but not stored: their timestamp was outside the window the server accepts
-
-    @property
-    def interval(self) -> float:
-        return float(self.facts.get("interval", 5.0))
-
-    def is_online(self, now: float) -> bool:
-        """Seen within three intervals (at least 30 s): one late sample is not an outage."""
-        return self.last_seen is not None and now - self.last_seen <= max(3 * self.interval, 30.0)
 
 
 _HOST_COLUMNS = ("id, name, owner, key_id, created, facts, epoch, last_seq, last_ts, last_seen, last_metrics, "

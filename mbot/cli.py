@@ -13,8 +13,10 @@ from typing import Sequence
 import trio
 
 from . import plotspec, service, store, tls, users
-from .plotspec import PlotUsageError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
+from .durations import format_duration
+from .model import Host
+from .plotspec import PlotUsageError
 from .service import ServiceError
 
 log = logging.getLogger("mbot")
@@ -138,14 +140,6 @@ def _invite(settings: Settings) -> int:
     return 0
 
 
-def _ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit} ago"
-    return f"{seconds} s ago"
-
-
 def _hosts(settings: Settings, *, as_json: bool) -> int:
     conn = store.connect(settings.db_path)
     try:
@@ -160,7 +154,7 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
         print("no hosts yet: python -m mbot newkey NAME")
     for s in summaries:
         state = "online" if s.online else "offline"
-        seen = f"last seen {_ago(now - s.last_seen)}" if s.last_seen else "never seen"
+        seen = f"last seen {format_duration(now - s.last_seen)} ago" if s.last_seen else "never seen"
         now_part = ", ".join(part for part in (
             f"cpu {s.cpu:.0f}%" if s.cpu is not None else "",
             f"ram {s.ram:.0f}%" if s.ram is not None else "") if part)
@@ -199,7 +193,7 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_host(conn, ref: str, owner: int | None) -> store.Host:
+def _cli_host(conn, ref: str, owner: int | None) -> Host:
     """The CLI sees every owner's hosts: a name two users share needs --owner."""
     if owner is not None:
         return service.resolve_host(conn, owner, ref)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .rollup import DEFAULT_TIERS, Tier, make_tiers, parse_duration
+from .durations import parse_duration
+from .rollup import DEFAULT_TIERS, Tier, make_tiers
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
 
@@ -106,10 +107,8 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
         return default
     try:
         seconds = parse_duration(raw)
-    except ValueError as exc:
+    except ValueError as exc:  # also says that 0 is not a duration
         raise ConfigError(name, str(exc)) from None
-    if seconds <= 0:
-        raise ConfigError(name, f"must be longer than 0, got {raw!r}")
     return seconds
 
 

@@ -1,4 +1,4 @@
-"""Rollup maths for the history tiers: durations, buckets, aggregates, tier choice. Pure: no IO, no clock.
+"""Rollup maths for the history tiers: buckets, aggregates, tier choice. Pure: no IO, no clock.
 
 Tiers: raw samples, then 1-minute, 10-minute and 1-hour aggregates, each kept for its own retention
 (MBOT_RETAIN_RAW, MBOT_RETAIN_1M, MBOT_RETAIN_10M, MBOT_RETAIN_1H).
@@ -9,59 +9,33 @@ products with math.fsum, so an average of averages equals the mean of the raw po
 count is exact. Buckets are half-open, [start, start + width): a point exactly on an edge belongs to the bucket that
 starts there, never to two and never to none.
 
-Incremental rollup, two ways the store can use this module:
-
-- By arrival (recommended): remember the last raw rowid rolled up; roll up the rows above it (any order, any age)
-  with `rollup`, and upsert each aggregate with `combine` into the row already stored for that bucket. Every raw
-  row is counted exactly once, and a late batch (an agent replaying its spool after an outage) still lands, since
-  `combine` of partial aggregates equals the aggregate of the union. Rolling each new batch of raw rows straight
-  into every tier (60, 600, 3600) is exact too: rollup(x, 600) == merge(rollup(x, 60), 600).
-- By time: `complete_buckets` says which whole buckets are closed (now minus a lag) and safe to roll up once; a
-  sample older than the watermark that arrives later is not counted.
+Incremental rollup goes by arrival (mbot.history): remember the last raw rowid rolled up; roll up the rows above it
+(any order, any age) with `rollup`, and upsert each aggregate with `combine` into the row already stored for that
+bucket. Every raw row is counted exactly once, and a late batch (an agent replaying its spool after an outage) still
+lands, since `combine` of partial aggregates equals the aggregate of the union. Rolling each new batch of raw rows
+straight into every tier (60, 600, 3600) is exact too: rollup(x, 600) == merge(rollup(x, 60), 600).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+from . import durations
+# plotspec still imports parse_duration from here; new code imports mbot.durations.
+from .durations import parse_duration as parse_duration
 
 MAX_POINTS = 1500  # per line and response: a 1280 px chart cannot show more, and Telegram users wait for it
 DEFAULT_INTERVAL = 5.0  # the agent's default sample interval: the raw tier's step when the host's is unknown
-DEFAULT_LAG = 120.0  # seconds a closed bucket waits before a time-based rollup, so late samples still land
 
 
 # --- durations -------------------------------------------------------------------------------------------------
 
 
-def parse_duration(text: str) -> float:
-    """'48h', '7d', '90d', '730d', '30m', '2w', '45s' (also '1.5h' and glued '2d3h') -> seconds (> 0).
-
-    Raises ValueError with a message that can be shown to a user as is.
-    """
-    compact = text.strip().lower()
-    if not compact or _DURATION.sub("", compact):
-        raise ValueError(f"{text!r} is not a duration: use a number and s, m, h, d or w, like 30m, 48h, 7d")
-    seconds = sum(float(n) * UNIT_SECONDS[unit] for n, unit in _DURATION.findall(compact))
-    if not seconds > 0:
-        raise ValueError(f"{text!r}: a duration must be longer than 0")
-    if not math.isfinite(seconds):
-        raise ValueError(f"{text!r}: that duration is too long")
-    return seconds
-
-
 def format_duration(seconds: float) -> str:
-    """Seconds -> '2d 3h', '30m', '730d' (whole units, largest first; the inverse of parse_duration for spans)."""
-    remaining = round(seconds)
-    parts = []
-    for unit in ("d", "h", "m", "s"):  # days, not weeks: "730d" reads better than "104w 2d"
-        n, remaining = divmod(remaining, UNIT_SECONDS[unit])
-        if n:
-            parts.append(f"{n}{unit}")
-    return " ".join(parts) or "0s"
+    """A span as the user types it ('2d 3h'): plotspec still calls it by this name; new code calls
+    mbot.durations.format_duration(seconds, compact=True)."""
+    return durations.format_duration(seconds, compact=True)
 
 
 # --- tiers -----------------------------------------------------------------------------------------------------
@@ -87,7 +61,7 @@ class Tier:
 
 def make_tiers(raw: float = 2 * 86400, m1: float = 7 * 86400, m10: float = 90 * 86400,
                h1: float = 730 * 86400) -> tuple[Tier, ...]:
-    """The four tiers, finest first, from retentions in seconds (parse MBOT_RETAIN_* with parse_duration)."""
+    """The four tiers, finest first, from retentions in seconds (parse MBOT_RETAIN_* with mbot.durations)."""
     for name, value in (("raw", raw), ("1m", m1), ("10m", m10), ("1h", h1)):
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"retention of {name} must be a positive number of seconds, got {value!r}")
@@ -133,23 +107,6 @@ def bucket_start(ts: float, width: float) -> float:
     elif (k + 1) * width <= ts:
         k += 1
     return float(k * width)
-
-
-def complete_buckets(done_until: float, now: float, width: float,
-                     lag: float = DEFAULT_LAG) -> tuple[float, float] | None:
-    """The range [lo, hi) of whole buckets that are closed and not rolled up yet, or None.
-
-    `done_until` is the watermark: the end of what was rolled up before (a bucket edge; start it at
-    bucket_start(oldest sample ts, width)). Roll up the raw points with lo <= ts < hi, then store hi as the new
-    watermark: consecutive ranges share edges and never overlap, so no point is counted twice or skipped. A bucket
-    is closed once its end is `lag` seconds in the past, so samples that arrive a little late still land in it.
-    """
-    if width <= 0:
-        raise ValueError("width must be positive")
-    if bucket_start(done_until, width) != done_until:
-        raise ValueError(f"watermark {done_until!r} is not a bucket edge of width {width!r}")
-    hi = bucket_start(now - lag, width)
-    return (done_until, hi) if hi > done_until else None
 
 
 # --- aggregates ------------------------------------------------------------------------------------------------

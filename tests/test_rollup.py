@@ -1,4 +1,4 @@
-"""mbot.rollup: aggregates checked against the raw points they summarise (hypothesis), durations, tier choice."""
+"""mbot.rollup: aggregates checked against the raw points they summarise (hypothesis), tier choice."""
 from __future__ import annotations
 
 import math
@@ -129,64 +129,6 @@ def test_bad_widths():
         rollup.rollup([], 0)
     with pytest.raises(ValueError):
         rollup.merge([], -60)
-
-
-# --- incremental rollup by time ----------------------------------------------------------------------------------
-
-
-def test_complete_buckets_are_closed_contiguous_and_aligned():
-    assert rollup.complete_buckets(NOW, NOW + 60, 60, lag=120) is None  # nothing closed for long enough yet
-    assert rollup.complete_buckets(NOW, NOW + 179, 60, lag=120) is None
-    assert rollup.complete_buckets(NOW, NOW + 180, 60, lag=120) == (NOW, NOW + 60)
-    lo, hi = rollup.complete_buckets(NOW, NOW + 3725, 600, lag=120)
-    assert (lo, hi) == (NOW, NOW + 3600)  # the bucket [3600, 4200) closes at 4200 + lag
-    assert rollup.complete_buckets(hi, NOW + 3725, 600, lag=120) is None
-    with pytest.raises(ValueError, match="bucket edge"):
-        rollup.complete_buckets(NOW + 1, NOW + 4000, 60)
-
-
-@given(st.lists(st.tuples(st.integers(0, 7200).map(lambda s: NOW + s / 4), VALUES), max_size=80),
-       st.lists(st.integers(0, 9000), min_size=1, max_size=8))
-def test_incremental_rollup_by_watermark_counts_every_point_once(points, clock_steps):
-    """Rolling up [lo, hi) ranges as the clock advances equals rolling up everything that is closed at once."""
-    width, lag = 60.0, 120.0
-    done = rollup.bucket_start(NOW, width)
-    aggs: list[Agg] = []
-    now = NOW
-    for step in sorted(clock_steps):
-        now = NOW + step
-        window = rollup.complete_buckets(done, now, width, lag)
-        if window:
-            lo, hi = window
-            aggs += rollup.rollup([(ts, v) for ts, v in points if lo <= ts < hi], width)
-            done = hi
-    closed = [(ts, v) for ts, v in points if ts < done]
-    assert aggs == rollup.rollup(closed, width)
-    assert done == max(NOW, rollup.bucket_start(now - lag, width))
-
-
-# --- durations ---------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("text, seconds", [
-    ("48h", 48 * 3600), ("7d", 7 * DAY), ("90d", 90 * DAY), ("730d", 730 * DAY), ("30m", 1800), ("2w", 14 * DAY),
-    ("45s", 45), ("1.5h", 5400), ("2d3h", 2 * DAY + 3 * 3600), (" 7D ", 7 * DAY),
-])
-def test_parse_duration(text, seconds):
-    assert rollup.parse_duration(text) == seconds
-
-
-@pytest.mark.parametrize("text", ["", "7", "d", "7x", "-7d", "0h", "7 d", "2d 3h", "1e3s", "abc", "9" * 400 + "d"])
-def test_parse_duration_rejects(text):
-    with pytest.raises(ValueError):
-        rollup.parse_duration(text)
-
-
-def test_format_duration():
-    assert rollup.format_duration(2 * DAY + 3 * 3600) == "2d 3h"
-    assert rollup.format_duration(730 * DAY) == "730d"
-    assert rollup.format_duration(1800) == "30m"
-    assert rollup.format_duration(0) == "0s"
 
 
 # --- tiers -------------------------------------------------------------------------------------------------------

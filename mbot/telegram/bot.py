@@ -25,6 +25,8 @@ from ..alerting import Alerting
 from ..alerts import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
+from ..durations import format_duration
+from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
 from ..writer import Writer
@@ -306,7 +308,7 @@ class Bot:
             mute = alerts.parse_mute(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, mute.name)
             self._alerting.mute(host.id, now + mute.duration)
-            self._send(ctx, f"<b>{views.e(host.name)}</b> muted for {views.human_duration(mute.duration)}; "
+            self._send(ctx, f"<b>{views.e(host.name)}</b> muted for {format_duration(mute.duration)}; "
                             "what is still firing then will be reported. /unmute ends it sooner.")
         elif name == "unmute":
             host = await self._db.read(service.resolve_host, ctx.user_id, alerts.parse_unmute(args))
@@ -316,7 +318,7 @@ class Bot:
             else:
                 self._alerting.unmute(host.id)  # its MuteEnded message says what is still firing
 
-    async def _chart(self, ctx: Context, host: store.Host, words: Sequence[str], span: float, limit: float | None,
+    async def _chart(self, ctx: Context, host: Host, words: Sequence[str], span: float, limit: float | None,
                      unit: str | None, span_label: str | None, *, replace: bool = False) -> None:
         """Render off the event loop and send (or, for a range button, replace the picture in place)."""
         if not replace:
@@ -479,7 +481,7 @@ class Bot:
         # Waiting for the agent's answer may take seconds: not while other updates wait behind it.
         self._nursery.start_soon(self._run_power, ctx, host, request.action, audit_id)
 
-    async def _run_power(self, ctx: Context, host: store.Host, action: str, audit_id: int) -> None:
+    async def _run_power(self, ctx: Context, host: Host, action: str, audit_id: int) -> None:
         name = views.e(host.name)
         try:
             result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
@@ -500,13 +502,13 @@ class Bot:
                                      f"<b>{name}</b>: {action} started.")
             await self._watch_restart(ctx, host)
 
-    async def _finish_power(self, ctx: Context, host: store.Host, action: str, audit_id: int, outcome: str,
+    async def _finish_power(self, ctx: Context, host: Host, action: str, audit_id: int, outcome: str,
                             text: str) -> None:
         await self._writer.call(store.set_audit_outcome, audit_id, outcome)
         log.info("user %d asked host %s to %s: %s", ctx.user_id, host.name, action, outcome)
         self._edit(ctx, text)
 
-    async def _watch_restart(self, ctx: Context, host: store.Host) -> None:
+    async def _watch_restart(self, ctx: Context, host: Host) -> None:
         """After a reboot or shutdown: say when the host drops off, and when (if) it comes back."""
         name = views.e(host.name)
         with trio.move_on_after(WATCH_OFFLINE):
@@ -515,11 +517,11 @@ class Bot:
             self._send(ctx, f"<b>{name}</b> is offline.")
             with trio.move_on_after(WATCH_ONLINE):
                 await self._hub.wait_until(host.id, connected=True)
-                self._send(ctx, f"<b>{name}</b> is back online after {views.human_duration(self._clock() - went)}.")
+                self._send(ctx, f"<b>{name}</b> is back online after {format_duration(self._clock() - went)}.")
 
     # --- sending ---------------------------------------------------------------------------------------------
 
-    async def _send_key(self, ctx: Context, key: service.NewKey) -> None:
+    async def _send_key(self, ctx: Context, key: NewKey) -> None:
         """The key reply, then the agent and its ready .env as files: a working agent from the phone."""
         public, port, fingerprint = self._settings.public_host, self._agent_port, self._fingerprint
         self._send(ctx, *views.new_key(key, public, port, fingerprint, ctx.user_id))

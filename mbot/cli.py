@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
 import sys
 import time
 from typing import Sequence
@@ -106,8 +107,7 @@ def _newkey(settings: Settings, name: str, owner: int) -> int:
     cert = _certificate(settings)
     conn = store.connect(settings.db_path)
     try:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with store.transaction(conn):
             # The operator's own CLI-only hosts (owner 0) are not capped; a user's hosts are, wherever they are made.
             key = service.new_key(conn, name, owner, max_hosts=settings.max_hosts_per_user if owner else None)
     finally:
@@ -124,8 +124,7 @@ def _invite(settings: Settings) -> int:
     code = users.new_code()
     conn = store.connect(settings.db_path)
     try:
-        with conn:
-            conn.execute("BEGIN IMMEDIATE")
+        with store.transaction(conn):
             users.add_invite(conn, users.code_hash(code), time.time(), 0)
             username = store.get_kv(conn, users.USERNAME_KEY)  # saved by the server after getMe; None before
     finally:
@@ -193,7 +192,7 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_host(conn, ref: str, owner: int | None) -> Host:
+def _cli_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Host:
     """The CLI sees every owner's hosts: a name two users share needs --owner."""
     if owner is not None:
         return service.resolve_host(conn, owner, ref)
@@ -213,7 +212,7 @@ def _health(settings: Settings) -> int:
     try:
         conn = store.connect(settings.db_path, readonly=True, busy_timeout=2.0)
         try:
-            conn.execute("SELECT count(*) FROM hosts").fetchone()
+            store.count_hosts(conn)
         finally:
             conn.close()
     except Exception as exc:  # any failure is "unhealthy", said in one line

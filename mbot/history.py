@@ -10,7 +10,8 @@ sample count and float32 arrays of min, avg and max per series. Averages are com
 average of averages stays the average of the samples (up to float32 rounding).
 
 Functions take a sqlite3 connection: the server runs writes through its single writer (`Writer.call`) in bounded
-steps, reads through `Database.read`; the CLI and the benchmark call them directly.
+steps, reads through `Database.read`; the CLI and the benchmark call them directly. The SQL itself is in mbot.store
+(which owns the schema); this module holds what the rows mean: folding, combining, what to delete, what to read.
 
 Poison rows (a timestamp no agent can send any more, a damaged blob, left by an older version or a bad disk) are
 skipped by the rollup with a log line and a count, and the watermark moves past them: a row that cannot be folded
@@ -18,7 +19,6 @@ must not stop history, or crash the server at every start.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sqlite3
@@ -41,8 +41,7 @@ STEP_ROWS = 2000  # raw rows per rollup transaction: tens of milliseconds, so in
 DELETE_ROWS = 5000
 _F32 = np.dtype("<f4")
 
-# Aggregate tiers: table and bucket width. The raw tier is `samples`.
-AGG_TABLES: tuple[tuple[str, int], ...] = (("agg_1m", 60), ("agg_10m", 600), ("agg_1h", 3600))
+# The tier behind each aggregate table (store.AGG_TABLES). The raw tier is `samples`.
 TABLE_OF_TIER = {"1m": "agg_1m", "10m": "agg_10m", "1h": "agg_1h"}
 
 
@@ -71,8 +70,7 @@ def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS, faults: Faults
     be folded are skipped, logged and counted in `faults`."""
     faults = faults or Faults()
     watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
-    rows = conn.execute("SELECT rowid, host_id, ts, layout_id, vals FROM samples WHERE rowid > ? ORDER BY rowid "
-                        "LIMIT ?", (watermark, limit)).fetchall()
+    rows = store.raw_rows_after(conn, watermark, limit)
     if not rows:
         return 0
     # 1-minute partials straight from the raw rows (vectorised per group), coarser tiers from those.
@@ -90,29 +88,26 @@ def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS, faults: Faults
     for (host_id, bucket, layout_id, _), group in blobs.items():
         values = np.frombuffer(b"".join(group), dtype=_F32).reshape(len(group), -1)
         minute = _Partial(len(group), values.min(axis=0), values.sum(axis=0, dtype=np.float64), values.max(axis=0))
-        for table, width in AGG_TABLES:
+        for table, width in store.AGG_TABLES.items():
             key = (table, host_id, bucket // width * width, layout_id)
             if key not in partials:
                 partials[key] = _Partial(minute.count, minute.mins.copy(), minute.sums.copy(), minute.maxs.copy())
             elif len(partials[key].mins) == len(minute.mins):
                 partials[key].add(minute)
     for (table, host_id, bucket, layout_id), part in partials.items():
-        conn.execute("SAVEPOINT upsert")
         try:
-            _upsert(conn, table, host_id, bucket, layout_id, part)
+            with store.savepoint(conn, "upsert"):
+                _upsert(conn, table, host_id, bucket, layout_id, part)
         except sqlite3.OperationalError:
             raise  # the database itself: the writer retries
         except Exception as exc:
-            conn.execute("ROLLBACK TO upsert")
             faults.isolated("rollup", f"{table} bucket {bucket} of host {host_id}", exc)
-        conn.execute("RELEASE upsert")
     store.set_kv(conn, WATERMARK_KEY, str(rows[-1][0]))
     return len(rows)
 
 
 def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, part: _Partial) -> None:
-    old = conn.execute(f"SELECT count, mins, avgs, maxs FROM {table} WHERE host_id = ? AND bucket = ? "
-                       "AND layout_id = ?", (host_id, bucket, layout_id)).fetchone()
+    old = store.agg_row(conn, table, host_id, bucket, layout_id)
     count, sums, mins, maxs = part.count, part.sums, part.mins, part.maxs
     if old is not None and len(old[1]) == 4 * len(mins):  # a damaged old row is replaced, not combined
         old_count = old[0]
@@ -121,10 +116,8 @@ def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, lay
         maxs = np.maximum(maxs, np.frombuffer(old[3], dtype=_F32))
         count += old_count
     avgs = np.clip(sums / count, mins, maxs)  # float rounding must not put the mean outside [min, max]
-    conn.execute(f"INSERT OR REPLACE INTO {table} (host_id, bucket, layout_id, count, mins, avgs, maxs) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                 (host_id, bucket, layout_id, count, mins.astype(_F32).tobytes(), avgs.astype(_F32).tobytes(),
-                  maxs.astype(_F32).tobytes()))
+    store.put_agg_row(conn, table, host_id, bucket, layout_id, count, mins.astype(_F32).tobytes(),
+                      avgs.astype(_F32).tobytes(), maxs.astype(_F32).tobytes())
 
 
 def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, limit: int = DELETE_ROWS) -> int:
@@ -135,15 +128,13 @@ def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, 
     # Rows from the future (a clock that was wrong before the server bounded timestamps) would outlive every
     # retention: they go too.
     future = now + limits.MAX_SAMPLE_AHEAD
-    deleted = conn.execute(
-        "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE rowid <= ? AND (ts < ? OR ts > ?) "
-        "ORDER BY rowid LIMIT ?)", (watermark, now - retention["raw"], future, limit)).rowcount
-    host_ids = [row[0] for row in conn.execute("SELECT id FROM hosts")]
+    deleted = store.delete_raw_rows(conn, up_to_rowid=watermark, before=now - retention["raw"], after=future,
+                                    limit=limit)
+    host_ids = store.host_ids(conn)
     for tier_name, table in TABLE_OF_TIER.items():
         cutoff = now - retention[tier_name]
         for host_id in host_ids:
-            deleted += conn.execute(f"DELETE FROM {table} WHERE host_id = ? AND (bucket < ? OR bucket > ?)",
-                                    (host_id, cutoff, future)).rowcount
+            deleted += store.delete_agg_rows(conn, table, host_id, before=cutoff, after=future)
     return deleted
 
 
@@ -186,8 +177,7 @@ async def maintain(writer: Writer, tiers: Sequence[Tier], *, clock: Callable[[],
 
 def _layout_index(conn: sqlite3.Connection, cache: dict[int, dict[str, int]], layout_id: int) -> dict[str, int]:
     if layout_id not in cache:
-        names = json.loads(conn.execute("SELECT names FROM layouts WHERE id = ?", (layout_id,)).fetchone()[0])
-        cache[layout_id] = {name: i for i, name in enumerate(names)}
+        cache[layout_id] = {name: i for i, name in enumerate(store.layout_names(conn, layout_id))}
     return cache[layout_id]
 
 
@@ -197,9 +187,7 @@ def load(conn: sqlite3.Connection, host_id: int, names: Sequence[str], start: fl
     layouts: dict[int, dict[str, int]] = {}
     out: dict[str, list[Agg]] = {name: [] for name in names}
     if tier.is_raw:
-        rows = conn.execute("SELECT ts, layout_id, vals FROM samples WHERE host_id = ? AND ts BETWEEN ? AND ? "
-                            "ORDER BY ts", (host_id, start, end))
-        for ts, layout_id, vals in rows:
+        for ts, layout_id, vals in store.raw_rows_of_host(conn, host_id, start, end):
             index = _layout_index(conn, layouts, layout_id)
             values = np.frombuffer(vals, dtype=_F32)
             for name in names:
@@ -210,8 +198,7 @@ def load(conn: sqlite3.Connection, host_id: int, names: Sequence[str], start: fl
     table = TABLE_OF_TIER[tier.name]
     # Read the watermark first: a rollup committing in between then shows up in the aggregates, never in both.
     watermark = int(store.get_kv(conn, WATERMARK_KEY) or 0)
-    rows = conn.execute(f"SELECT bucket, layout_id, count, mins, avgs, maxs FROM {table} WHERE host_id = ? "
-                        "AND bucket BETWEEN ? AND ? ORDER BY bucket", (host_id, start - tier.width, end))
+    rows = store.agg_rows_of_host(conn, table, host_id, start - tier.width, end)
     for bucket, layout_id, count, mins, avgs, maxs in rows:
         index = _layout_index(conn, layouts, layout_id)
         lo, mid, hi = (np.frombuffer(b, dtype=_F32) for b in (mins, avgs, maxs))
@@ -229,8 +216,7 @@ def load(conn: sqlite3.Connection, host_id: int, names: Sequence[str], start: fl
     # Samples not rolled up yet (the last seconds, or a replay just received): fold them in here, so a chart
     # always reaches up to now.
     fresh: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    for ts, layout_id, vals in conn.execute("SELECT ts, layout_id, vals FROM samples WHERE rowid > ? AND host_id = ?",
-                                            (watermark, host_id)):
+    for ts, layout_id, vals in store.raw_rows_of_host_after(conn, host_id, watermark):
         if start - tier.width <= ts <= end:
             index = _layout_index(conn, layouts, layout_id)
             values = np.frombuffer(vals, dtype=_F32)

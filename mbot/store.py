@@ -19,8 +19,9 @@ import sqlite3
 import sys
 import threading
 from array import array
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import trio
 
@@ -194,6 +195,41 @@ def migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK when the block raises: how a process without the server's writer
+    (the CLI) writes. IMMEDIATE takes the write lock up front, so a busy server makes it wait (busy_timeout) at the
+    start rather than fail half-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        # SQLite may have rolled back already (disk full): a second ROLLBACK would fail and hide the cause.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+@contextmanager
+def savepoint(conn: sqlite3.Connection, name: str = "item") -> Iterator[None]:
+    """Run the block in a SAVEPOINT of the open transaction, so one item that fails takes back only its own writes.
+
+    An exception from the block rolls the savepoint back and goes on to the caller, which isolates the item, except
+    sqlite3.OperationalError (disk full, locked: the database itself), which is left to the caller's whole
+    transaction: waiting helps those, and SQLite may already have rolled everything back."""
+    conn.execute(f"SAVEPOINT {name}")
+    try:
+        yield
+    except sqlite3.OperationalError:
+        raise
+    except Exception:
+        conn.execute(f"ROLLBACK TO {name}")
+        conn.execute(f"RELEASE {name}")
+        raise
+    conn.execute(f"RELEASE {name}")
+
+
 class Database:
     """The read side: each worker thread gets its own connection (sqlite3 objects are not shared)."""
 
@@ -227,14 +263,6 @@ def pack_values(values: list[float]) -> bytes:
     if sys.byteorder == "big":  # stored little-endian so a database file moves between machines
         data.byteswap()
     return data.tobytes()
-
-
-def unpack_values(blob: bytes) -> array:
-    data = array(_FLOAT32)
-    data.frombytes(blob)
-    if sys.byteorder == "big":
-        data.byteswap()
-    return data
 
 
 # --- hosts ---------------------------------------------------------------------------------------------------
@@ -298,8 +326,11 @@ def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
     return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
 
 
-def count_hosts(conn: sqlite3.Connection, owner: int) -> int:
-    return conn.execute("SELECT count(*) FROM hosts WHERE owner = ?", (owner,)).fetchone()[0]
+def count_hosts(conn: sqlite3.Connection, owner: int | None = None) -> int:
+    """The owner's hosts, or every host (a read of `hosts` that the health check uses to see the database works)."""
+    if owner is None:
+        return int(conn.execute("SELECT count(*) FROM hosts").fetchone()[0])
+    return int(conn.execute("SELECT count(*) FROM hosts WHERE owner = ?", (owner,)).fetchone()[0])
 
 
 def hosts_by_key_prefix(conn: sqlite3.Connection, owner: int, prefix: str) -> list[Host]:
@@ -323,7 +354,7 @@ def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked
 
 def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM alert_rules WHERE host_id = ?", (host_id,))
-    for table in ("agg_1m", "agg_10m", "agg_1h"):
+    for table in AGG_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
@@ -343,22 +374,81 @@ def set_audit_outcome(conn: sqlite3.Connection, audit_id: int, outcome: str) -> 
 # --- history -------------------------------------------------------------------------------------------------
 
 
-def series(conn: sqlite3.Connection, host_id: int, name: str, start: float, end: float) -> list[tuple[float, float]]:
-    """One series of one host over [start, end], oldest first, from the raw samples."""
-    layouts: dict[int, int | None] = {}
-    points: list[tuple[float, float]] = []
-    rows = conn.execute(
-        "SELECT ts, layout_id, vals FROM samples WHERE host_id = ? AND ts BETWEEN ? AND ? ORDER BY ts",
-        (host_id, start, end),
-    )
-    for ts, layout_id, vals in rows:
-        if layout_id not in layouts:
-            names = json.loads(conn.execute("SELECT names FROM layouts WHERE id = ?", (layout_id,)).fetchone()[0])
-            layouts[layout_id] = names.index(name) if name in names else None
-        index = layouts[layout_id]
-        if index is not None:
-            points.append((ts, unpack_values(vals)[index]))
-    return points
+# The aggregate tables (mbot.history folds raw samples into them): table -> bucket width in seconds, finest first.
+AGG_TABLES: dict[str, int] = {"agg_1m": 60, "agg_10m": 600, "agg_1h": 3600}
+RawRow = tuple[int, int, Any, int, Any]  # rowid, host_id, ts, layout_id, vals: as stored, maybe poison (history)
+AggRow = tuple[int, int, bytes, bytes, bytes]  # bucket, count, mins, avgs, maxs (float32 little-endian)
+
+
+def _agg_table(table: str) -> str:
+    # Table names are put into SQL text (SQLite cannot bind them): only the schema's own ever get there.
+    if table not in AGG_TABLES:
+        raise ValueError(f"not an aggregate table: {table!r}")
+    return table
+
+
+def layout_names(conn: sqlite3.Connection, layout_id: int) -> list[str]:
+    """The series names, in order, of the values packed in rows of this layout."""
+    names: list[str] = json.loads(conn.execute("SELECT names FROM layouts WHERE id = ?", (layout_id,)).fetchone()[0])
+    return names
+
+
+def raw_rows_after(conn: sqlite3.Connection, rowid: int, limit: int) -> list[RawRow]:
+    """The next `limit` raw rows above `rowid`, in arrival order (the rollup's next step)."""
+    return conn.execute("SELECT rowid, host_id, ts, layout_id, vals FROM samples WHERE rowid > ? ORDER BY rowid "
+                        "LIMIT ?", (rowid, limit)).fetchall()
+
+
+def raw_rows_of_host(conn: sqlite3.Connection, host_id: int, start: float,
+                     end: float) -> Iterator[tuple[float, int, bytes]]:
+    """(ts, layout_id, vals) of one host's raw rows with start <= ts <= end, oldest first."""
+    return iter(conn.execute("SELECT ts, layout_id, vals FROM samples WHERE host_id = ? AND ts BETWEEN ? AND ? "
+                             "ORDER BY ts", (host_id, start, end)))
+
+
+def raw_rows_of_host_after(conn: sqlite3.Connection, host_id: int, rowid: int) -> Iterator[tuple[float, int, bytes]]:
+    """(ts, layout_id, vals) of one host's raw rows above `rowid` (not rolled up yet), in no particular order."""
+    return iter(conn.execute("SELECT ts, layout_id, vals FROM samples WHERE rowid > ? AND host_id = ?",
+                             (rowid, host_id)))
+
+
+def agg_rows_of_host(conn: sqlite3.Connection, table: str, host_id: int, start: float,
+                     end: float) -> Iterator[tuple[int, int, int, bytes, bytes, bytes]]:
+    """(bucket, layout_id, count, mins, avgs, maxs) of one host with start <= bucket <= end, oldest first."""
+    return iter(conn.execute(f"SELECT bucket, layout_id, count, mins, avgs, maxs FROM {_agg_table(table)} "
+                             "WHERE host_id = ? AND bucket BETWEEN ? AND ? ORDER BY bucket", (host_id, start, end)))
+
+
+def agg_row(conn: sqlite3.Connection, table: str, host_id: int, bucket: int,
+            layout_id: int) -> tuple[int, bytes, bytes, bytes] | None:
+    """(count, mins, avgs, maxs) of one bucket, or None."""
+    row = conn.execute(f"SELECT count, mins, avgs, maxs FROM {_agg_table(table)} WHERE host_id = ? AND bucket = ? "
+                       "AND layout_id = ?", (host_id, bucket, layout_id)).fetchone()
+    return None if row is None else (row[0], row[1], row[2], row[3])
+
+
+def put_agg_row(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, count: int,
+                mins: bytes, avgs: bytes, maxs: bytes) -> None:
+    conn.execute(f"INSERT OR REPLACE INTO {_agg_table(table)} (host_id, bucket, layout_id, count, mins, avgs, maxs) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (host_id, bucket, layout_id, count, mins, avgs, maxs))
+
+
+def delete_raw_rows(conn: sqlite3.Connection, *, up_to_rowid: int, before: float, after: float, limit: int) -> int:
+    """Delete at most `limit` raw rows at or below `up_to_rowid` whose ts is before `before` or after `after`;
+    returns how many went."""
+    return conn.execute(
+        "DELETE FROM samples WHERE rowid IN (SELECT rowid FROM samples WHERE rowid <= ? AND (ts < ? OR ts > ?) "
+        "ORDER BY rowid LIMIT ?)", (up_to_rowid, before, after, limit)).rowcount
+
+
+def delete_agg_rows(conn: sqlite3.Connection, table: str, host_id: int, *, before: float, after: float) -> int:
+    """Delete one host's buckets that start before `before` or after `after`; returns how many went."""
+    return conn.execute(f"DELETE FROM {_agg_table(table)} WHERE host_id = ? AND (bucket < ? OR bucket > ?)",
+                        (host_id, before, after)).rowcount
+
+
+def host_ids(conn: sqlite3.Connection) -> list[int]:
+    return [row[0] for row in conn.execute("SELECT id FROM hosts")]
 
 
 # The rollup's watermark: every raw row up to this rowid is folded into the aggregates (mbot.history).

@@ -19,21 +19,22 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import protocol, store
-from .limits import AuthThrottle, FrameBucket, LogSummary, PreAuthGate, SampleBudget
-from .protocol import Hello, ProtocolError, Result, Samples
+from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
+from .protocol import Hello, Result
+from .session import (Action, AgentSession, Close, DeliverResult, Ignore, StoreHello, StoreSamples,
+                      StoreSnapshot)
 from .store import Database
 from .writer import LimitExceeded, Writer
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-HELLO_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 AGENT_PATH = "/agent"
 LIMIT_NOTICE_EVERY = 86400.0  # an owner hears about the same limit of the same host at most once a day
@@ -73,70 +74,87 @@ class _Awaited:
 
 
 class AgentConnection:
-    """One authenticated agent: reads frames, feeds the writer, sends coalesced acks."""
+    """One authenticated agent: the driver of its AgentSession (mbot/session.py), which decides; this class reads
+    frames, performs what the session says (writer, socket, logs) and sends the coalesced acks after commits."""
 
     def __init__(self, host: store.Host, ws: WebSocketConnection, peer: str, writer: Writer, hub: AgentHub) -> None:
         self.host = host
         self.ws = ws
         self.peer = peer
-        self.hello: Hello | None = None
         self._writer = writer
         self._hub = hub
-        self._committed = 0
+        self.session = AgentSession(now=trio.current_time(),
+                                    sample_budget=lambda interval: hub.budget(host, interval),
+                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval))
         self._ack_wanted = trio.Event()
-        self._bucket = FrameBucket(now=trio.current_time())
-        self._budget: SampleBudget | None = None
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
         self._receiving = trio.CancelScope()
-        self._store_failure: BaseException | None = None  # the writer refused a frame of ours (a limit, a poison)
+        self._store_failure: Close | None = None  # the writer refused a frame of ours (a limit, a poison)
+
+    @property
+    def hello(self) -> Hello | None:
+        return self.session.hello
 
     async def serve(self) -> None:
-        if not await self._guarded(self._receive_hello):
-            return
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_acks)
             with self._receiving:
-                await self._guarded(self._receive_samples)
+                await self._receive()
             if self._store_failure is not None:
-                await self._refuse_stored(self._store_failure)
+                await self._close_for(self._store_failure)
             nursery.cancel_scope.cancel()
 
-    async def _guarded(self, receive: Callable[[], Awaitable[None]]) -> bool:
-        """Run a receive step; a bad frame, a limit or a closed socket ends the connection here, with a log line."""
+    async def _receive(self) -> None:
+        """Frames -> session -> actions, until the session says Close or the socket closes (with a log line)."""
         try:
-            await receive()
-            return True
-        except ProtocolError as exc:
-            self._hub.log(("bad", self.host.id), logging.WARNING, "agent %s (%s): %s; closing with %d",
-                          self.host.name, self.peer, exc.reason, exc.close_code)
-            await self._close_for(exc)
-        except LimitExceeded as exc:
-            await self._over_limit(exc)
+            while True:
+                with trio.move_on_at(self.session.hello_deadline) as waiting:
+                    message = await self.ws.get_message()
+                now = trio.current_time()
+                action = self.session.timeout(now) if waiting.cancelled_caught else self.session.receive(message, now)
+                if action is not None and not await self._perform(action):
+                    return
         except ConnectionClosed as exc:
             reason = exc.reason
             said = getattr(reason, "reason", None)
-            self._hub.log(self.host.id, logging.INFO, "agent %s (%s) disconnected (code %s%s)", self.host.name, self.peer,
-                                   getattr(reason, "code", "?"), f", {said!r}" if said else "")
-        return False
+            self._hub.log(self.host.id, logging.INFO, "agent %s (%s) disconnected (code %s%s)", self.host.name,
+                          self.peer, getattr(reason, "code", "?"), f", {said!r}" if said else "")
 
-    async def _over_limit(self, exc: LimitExceeded) -> None:
-        self._hub.log(("limit", self.host.id), logging.WARNING, "agent %s (%s): over its limit of %s: %s; "
-                      "closing with 1008", self.host.name, self.peer, exc.limit, exc.detail)
-        self._hub.over_limit(self.host, exc)
-        await self._close_for(ProtocolError(f"over the limit of {exc.limit}: {exc.detail}", protocol.CLOSE_POLICY))
-
-    async def _refuse_stored(self, exc: BaseException) -> None:
-        if isinstance(exc, LimitExceeded):
-            await self._over_limit(exc)
+    async def _perform(self, action: Action) -> bool:
+        """Do what the session said; False when the connection is over."""
+        if isinstance(action, StoreSamples):
+            if action.wait:
+                await trio.sleep(action.wait)  # a fast replay: read on more slowly rather than refuse it
+            await self._writer.samples(self.host.id, action.epoch, action.samples, self._on_commit,
+                                       self._on_store_error)
+        elif isinstance(action, StoreSnapshot):
+            await self._writer.snapshot(self.host.id, action.snapshot)
+        elif isinstance(action, StoreHello):
+            committed = await self._writer.hello(self.host.id, action.hello)
+            self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name,
+                          self.peer, action.hello.agent_version, action.hello.facts.get("os") or "unknown OS")
+            await self.ws.send_message(self.session.hello_stored(committed))
+        elif isinstance(action, DeliverResult):
+            awaited = self._awaiting.get(action.result.command_id)
+            if awaited is not None:
+                awaited.result = action.result
+                awaited.done.set()
+        elif isinstance(action, Ignore):
+            self._hub.log((action.what, self.host.id), logging.WARNING, "agent %s sent %s", self.host.name,
+                          action.why)
         else:
-            # The writer already logged and counted it; the agent will resend after its backoff.
-            await self._close_for(ProtocolError("the server could not store a frame", 1011))
+            await self._close_for(action)
+            return False
+        return True
 
     def _on_store_error(self, exc: BaseException) -> None:
         if self._store_failure is None:
-            self._store_failure = exc
+            if isinstance(exc, LimitExceeded):
+                self._store_failure = self.session.store_failed(exc.limit, exc.detail)
+            else:
+                self._store_failure = self.session.store_failed()
             self._receiving.cancel()
 
     async def close(self, code: int, reason: str) -> None:
@@ -153,61 +171,26 @@ class AgentConnection:
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await self._closed.wait()
 
-    async def _close_for(self, exc: ProtocolError) -> None:
+    async def _close_for(self, close: Close) -> None:
+        if close.limit is not None:
+            self._hub.log(("limit", self.host.id), logging.WARNING, "agent %s (%s): over its limit of %s: %s; "
+                          "closing with 1008", self.host.name, self.peer, close.limit, close.detail)
+            self._hub.over_limit(self.host, LimitExceeded(close.limit, close.detail))
+        elif not close.quiet:
+            self._hub.log(("bad", self.host.id), logging.WARNING, "agent %s (%s): %s; closing with %d",
+                          self.host.name, self.peer, close.reason, close.code)
         with trio.move_on_after(CLOSE_TIMEOUT):
             try:
-                await self.ws.send_message(protocol.error("bad_frame", exc.reason))
+                await self.ws.send_message(protocol.error("bad_frame", close.reason))
             except ConnectionClosed:
                 return
-            await self.ws.aclose(exc.close_code, exc.reason[:120])
-
-    async def _receive_hello(self) -> None:
-        with trio.move_on_after(HELLO_TIMEOUT) as scope:
-            frame = protocol.parse_agent_frame(await self.ws.get_message())
-        if scope.cancelled_caught:
-            raise ProtocolError(f"no hello within {HELLO_TIMEOUT:g} s", protocol.CLOSE_POLICY)
-        if not isinstance(frame, Hello):
-            raise ProtocolError("the first frame must be a hello", protocol.CLOSE_POLICY)
-        self.hello = frame
-        self._budget = self._hub.budget(self.host, frame.interval)
-        self._committed = await self._writer.hello(self.host.id, frame)
-        self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name, self.peer,
-                               frame.agent_version, frame.facts.get("os") or "unknown OS")
-        await self.ws.send_message(protocol.ack(self._committed))
-
-    async def _receive_samples(self) -> None:
-        assert self.hello is not None and self._budget is not None
-        while True:
-            message = await self.ws.get_message()
-            now = trio.current_time()
-            if not self._bucket.take(now):
-                raise ProtocolError("too many frames: over the per-connection rate limit", protocol.CLOSE_POLICY)
-            frame = protocol.parse_agent_frame(message)
-            if isinstance(frame, Samples):
-                wait = self._budget.take(self.hello.epoch, [sample.seq for sample in frame.items], now)
-                if wait is None:
-                    raise LimitExceeded("samples", f"more samples than one per {self._budget.interval:g} s "
-                                        "(the interval its hello announced) plus what its time away accounts for")
-                if wait:
-                    await trio.sleep(wait)  # a fast replay: read on more slowly rather than refuse it
-                await self._writer.samples(self.host.id, self.hello.epoch, frame, self._on_commit,
-                                           self._on_store_error)
-            elif isinstance(frame, Hello):
-                raise ProtocolError("hello sent twice", protocol.CLOSE_POLICY)
-            elif isinstance(frame, Result):
-                awaited = self._awaiting.pop(frame.command_id, None)
-                if awaited is None:
-                    self._hub.log(("result", self.host.id), logging.WARNING,
-                                  "agent %s sent a result for command %r it was never sent; ignored", self.host.name,
-                                frame.command_id[:64])
-                else:
-                    awaited.result = frame
-                    awaited.done.set()
+            await self.ws.aclose(close.code, close.reason[:120])
 
     async def run_command(self, action: str, timeout: float) -> Result | None:
         """Send a command and wait for its result; None when the agent did not answer in time."""
         command_id = secrets.token_hex(8)
         awaited = self._awaiting[command_id] = _Awaited()
+        self.session.command_sent(command_id)
         try:
             await self.ws.send_message(protocol.command(command_id, action, time.time() + timeout))
             with trio.move_on_after(timeout):
@@ -215,20 +198,23 @@ class AgentConnection:
         except ConnectionClosed:
             pass
         finally:
+            self.session.command_ended(command_id)
             self._awaiting.pop(command_id, None)
         return awaited.result
 
     def _on_commit(self, seq: int) -> None:
-        if seq > self._committed:
-            self._committed = seq
+        if self.session.committed(seq):
             self._ack_wanted.set()
 
     async def _send_acks(self) -> None:
         while True:
             await self._ack_wanted.wait()
             self._ack_wanted = trio.Event()
+            ack = self.session.next_ack()
+            if ack is None:
+                continue
             try:
-                await self.ws.send_message(protocol.ack(self._committed))
+                await self.ws.send_message(ack)
             except ConnectionClosed:
                 return
 
@@ -245,6 +231,7 @@ class AgentHub:
         self.gate = gate if gate is not None else PreAuthGate()  # (an empty gate is falsy: it has a len)
         self._waiting: dict[object, trio.CancelScope] = {}  # pre-auth connections, to evict the oldest
         self._budgets: dict[int, SampleBudget] = {}  # per host, across its connections: reconnecting earns nothing
+        self._snapshot_budgets: dict[int, SnapshotBudget] = {}  # likewise
         self._flapping = LogSummary()
         self._clock = clock
         self.on_limit: LimitNotice | None = None
@@ -261,6 +248,14 @@ class AgentHub:
             since = host.last_seen if host.last_seen is not None else host.created
             budget = self._budgets[host.id] = SampleBudget(interval, since=since, now=trio.current_time(),
                                                            wall_now=self._clock())
+        else:
+            budget.set_interval(interval)
+        return budget
+
+    def snapshot_budget(self, host: store.Host, interval: float) -> SnapshotBudget:
+        budget = self._snapshot_budgets.get(host.id)
+        if budget is None:
+            budget = self._snapshot_budgets[host.id] = SnapshotBudget(interval)
         else:
             budget.set_interval(interval)
         return budget

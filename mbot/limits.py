@@ -266,3 +266,43 @@ class LogSummary:
             return True, held
         entry[2] += 1
         return False, held
+
+
+# --- snapshots: lists whose members come and go (docs/protocol.md, "Snapshots") --------------------------------
+#
+# A snapshot is the whole current list of one kind (processes now), replacing the previous one; it is never a float
+# series. Bounded like everything else an agent sends: a snapshot that breaks a bound is refused (1008 for size and
+# rate, 1007 for a field no working collector produces); one of a kind or version this server does not know is
+# ignored (a newer agent talking to an older server keeps its samples flowing).
+
+MAX_SNAPSHOT_ITEMS = 500  # members in one snapshot
+MAX_SNAPSHOT_BYTES = 256 * 1024  # its items as stored (UTF-8 JSON)
+MAX_PID = 2**32  # Linux pid_max is at most 2^22; Windows process ids are 32-bit
+MAX_PROCESS_NAME = MAX_LABEL
+MAX_PROCESS_USER = 64
+MAX_PROCESS_CMD = 512  # a command line is cut here (the agent sends less)
+SNAPSHOT_MIN_INTERVAL = 1.0  # per kind at most one snapshot per max(interval, this) (x BUDGET_SLACK) ...
+SNAPSHOT_BURST = 10.0  # ... plus this many at once (a reconnect sends the current one again)
+
+
+class SnapshotBudget:
+    """How many snapshots of each kind a host may send: one per announced interval (at least SNAPSHOT_MIN_INTERVAL)
+    with slack, bursts of SNAPSHOT_BURST. Per host, across its connections, like SampleBudget: reconnecting earns
+    nothing. Only kinds the server knows reach it, so it holds a bucket per known kind at most."""
+
+    def __init__(self, interval: float) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+        self.set_interval(interval)
+
+    def set_interval(self, interval: float) -> None:
+        self.interval = max(SNAPSHOT_MIN_INTERVAL, interval)
+        for bucket in self._buckets.values():
+            bucket.rate = BUDGET_SLACK / self.interval
+
+    def take(self, kind: str, now: float) -> bool:
+        """False: over budget (the caller closes the connection; nothing is charged)."""
+        bucket = self._buckets.get(kind)
+        if bucket is None:
+            bucket = self._buckets[kind] = TokenBucket(rate=BUDGET_SLACK / self.interval, capacity=SNAPSHOT_BURST,
+                                                       now=now)
+        return bucket.take(1.0, now)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from . import limits
 from .limits import (BYTE_RATE, BYTES, CELSIUS, COUNT, INTERVAL, LOAD, MAX_BATCH, MAX_FRAME_BYTES, MAX_INT,
@@ -70,7 +70,26 @@ class Result:
     message: str
 
 
-AgentFrame = Hello | Samples | Result
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole current list of one kind (processes ...): it replaces the host's previous one of that kind."""
+
+    kind: str
+    v: int
+    ts: float
+    items: tuple[dict[str, Any], ...]  # validated and normalised: known fields only
+    items_json: str  # the items as stored (UTF-8 JSON, at most MAX_SNAPSHOT_BYTES encoded)
+
+
+@dataclass(frozen=True)
+class UnknownSnapshot:
+    """A snapshot of a kind or version this server does not know (a newer agent): ignored, never stored."""
+
+    kind: str  # cleaned, cut
+    v: int | None
+
+
+AgentFrame = Hello | Samples | Result | Snapshot | UnknownSnapshot
 
 
 def _reject_constant(name: str) -> None:
@@ -92,7 +111,8 @@ def decode(message: str | bytes) -> dict[str, Any]:
     return obj
 
 
-def parse_agent_frame(message: str | bytes) -> AgentFrame:
+def parse_agent_frame(message: str | bytes, *, cores: int | None = None) -> AgentFrame:
+    """One frame from an agent. `cores`: the CPU count its hello announced, which bounds a process's CPU percent."""
     obj = decode(message)
     kind = obj.get("type")
     if kind == "hello":
@@ -112,6 +132,8 @@ def parse_agent_frame(message: str | bytes) -> AgentFrame:
         return Samples(parsed)
     if kind == "result":
         return _result(obj)
+    if kind == "snapshot":
+        return _snapshot(obj, cores)
     raise ProtocolError(f"unknown frame type {str(kind)[:40]!r}", CLOSE_POLICY)
 
 
@@ -337,6 +359,72 @@ def flatten(metrics: dict[str, Any]) -> dict[str, float]:
     for label, value in metrics.get("temps", {}).items():
         series[f"temp:{label}"] = value
     for key in ("uptime", "procs"):
+
+
+# --- snapshots (docs/protocol.md, "Snapshots") -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotKind:
+    name: str
+    version: int
+    key: tuple[str, ...]  # the fields that identify a member from one snapshot to the next (unique in a snapshot)
+    state: str | None  # the field whose change is a StateChanged event; None: the kind has no state
+    item: Callable[[Any, str, int | None], dict[str, Any]]  # (raw member, where, cores) -> validated member
+
+
+def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    pid = _integer(raw.get("pid"), f"{where}.pid")
+    if pid > limits.MAX_PID:
+        raise ProtocolError(f"{where}.pid: out of range (0 to 2^32)")
+    cpu_bound = 100.0 * (cores or limits.MAX_CORES)  # percent of one core, summed over its threads
+    return {
+        "pid": pid,
+        "name": _text(raw.get("name", ""), f"{where}.name", limit=limits.MAX_PROCESS_NAME),
+        "user": _text(raw.get("user", ""), f"{where}.user", limit=limits.MAX_PROCESS_USER),
+        "cmd": _text(raw.get("cmd", ""), f"{where}.cmd", limit=limits.MAX_PROCESS_CMD),
+        "cpu": _number(raw.get("cpu"), f"{where}.cpu", (0.0, cpu_bound)),
+        "rss": _number(raw.get("rss"), f"{where}.rss", BYTES),
+    }
+
+
+# pid alone is reused by the OS; a pid that comes back under another name is another process.
+SNAPSHOT_KINDS: dict[str, SnapshotKind] = {
+    "processes": SnapshotKind("processes", 1, key=("pid", "name"), state=None, item=_process),
+}
+
+
+def snapshot_key(kind: SnapshotKind, item: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(item.get(field) for field in kind.key)
+
+
+def _snapshot(obj: dict[str, Any], cores: int | None) -> Snapshot | UnknownSnapshot:
+    name, version = obj.get("kind"), obj.get("v")
+    if not isinstance(name, str):
+        raise ProtocolError("snapshot.kind: must be a string")
+    spec = SNAPSHOT_KINDS.get(name)
+    if spec is None or version != spec.version or isinstance(version, bool):
+        # Ignored rather than refused: a newer agent must not lose its samples to an older server.
+        known = isinstance(version, int) and not isinstance(version, bool) and abs(version) <= MAX_INT
+        return UnknownSnapshot(clean_label(name, 40), version if known else None)
+    ts = _number(obj.get("ts"), "snapshot.ts", (limits.TS_FLOOR, limits.TS_CEILING))
+    raw = obj.get("items")
+    if not isinstance(raw, list):
+        raise ProtocolError("snapshot.items: must be a list")
+    if len(raw) > limits.MAX_SNAPSHOT_ITEMS:
+        raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_ITEMS} entries", CLOSE_POLICY)
+    items = tuple(spec.item(item, f"snapshot.items[{i}]", cores) for i, item in enumerate(raw))
+    seen: set[tuple[Any, ...]] = set()
+    for i, item in enumerate(items):
+        key = snapshot_key(spec, item)
+        if key in seen:
+            raise ProtocolError(f"snapshot.items[{i}]: a second member with the same {'+'.join(spec.key)}")
+        seen.add(key)
+    items_json = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    if len(items_json.encode()) > limits.MAX_SNAPSHOT_BYTES:
+        raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_BYTES // 1024} KiB", CLOSE_POLICY)
+    return Snapshot(name, version, ts, items, items_json)
         if key in metrics:
             series[key] = metrics[key]
     for i, gpu in enumerate(metrics.get("gpus", ())):

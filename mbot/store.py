@@ -20,6 +20,7 @@ import sys
 import threading
 from array import array
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -136,6 +137,19 @@ MIGRATIONS: list[str] = [
     # Samples acked but not stored because their timestamp lay outside the accepted window (protocol.out_of_window).
     """
     ALTER TABLE hosts ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0;
+    """,
+    # The latest snapshot (a list whose members come and go: processes ...) per host and kind; each replaces the
+    # previous one (mbot.snapshots, docs/protocol.md "Snapshots"). `ts` is the agent's clock, `received` the server's.
+    """
+    CREATE TABLE snapshots (
+        host_id INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        v INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        received REAL NOT NULL,
+        items TEXT NOT NULL,
+        PRIMARY KEY (host_id, kind)
+    );
     """,
 ]
 
@@ -357,6 +371,7 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     for table in AGG_TABLES:
         conn.execute(f"DELETE FROM {table} WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
@@ -471,3 +486,54 @@ def get_kv(conn: sqlite3.Connection, key: str) -> str | None:
 def set_kv(conn: sqlite3.Connection, key: str, value: str) -> None:
     conn.execute("INSERT INTO kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                  (key, value))
+
+
+
+# --- snapshots -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    host_id: int
+    kind: str
+    v: int
+    ts: float  # the agent's clock
+    received: float  # the server's clock
+    items: list[dict[str, Any]]
+
+
+def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: float, received: float,
+                 items_json: str) -> None:
+    """Replace the host's latest snapshot of this kind."""
+    conn.execute("INSERT INTO snapshots (host_id, kind, v, ts, received, items) VALUES (?, ?, ?, ?, ?, ?) "
+                 "ON CONFLICT (host_id, kind) DO UPDATE SET v = excluded.v, ts = excluded.ts, "
+                 "received = excluded.received, items = excluded.items",
+                 (host_id, kind, v, ts, received, items_json))
+
+
+def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
+    """A damaged items column reads as empty (and says so) rather than failing every reader."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError, TypeError):
+        value = None
+    if not isinstance(value, list):
+        log.warning("host %s: the stored %s snapshot is damaged; read as empty", host_id, kind)
+        return []
+    return [item for item in value if isinstance(item, dict)]
+
+
+def latest_snapshot(conn: sqlite3.Connection, host_id: int, kind: str) -> StoredSnapshot | None:
+    row = conn.execute("SELECT v, ts, received, items FROM snapshots WHERE host_id = ? AND kind = ?",
+                       (host_id, kind)).fetchone()
+    if row is None:
+        return None
+    return StoredSnapshot(host_id, kind, row[0], row[1], row[2], _snapshot_items(host_id, kind, row[3]))
+
+
+def snapshots_of_host(conn: sqlite3.Connection, host_id: int) -> list[StoredSnapshot]:
+    """The latest snapshot of each kind the host sent, by kind."""
+    rows = conn.execute("SELECT kind, v, ts, received, items FROM snapshots WHERE host_id = ? ORDER BY kind",
+                        (host_id,))
+    return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], _snapshot_items(host_id, row[0], row[4]))
+            for row in rows]

@@ -25,10 +25,10 @@ from typing import Any, Callable, Protocol, TypeVar
 
 import trio
 
-from . import limits, protocol, store
+from . import limits, protocol, snapshots, store
 from .faults import Faults
 from .metrics import Histogram
-from .protocol import Hello, Sample, Samples
+from .protocol import Hello, Sample, Samples, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ class SamplesWrite(_Pending):
 
 
 @dataclass
+class SnapshotWrite(_Pending):
+    host_id: int = 0
+    snapshot: Snapshot | None = None
+    seen: float = 0.0
+
+
+@dataclass
 class CallWrite(_Pending):
     fn: Callable[..., Any] | None = None
     args: tuple[Any, ...] = ()
@@ -93,6 +100,11 @@ class CommitListener(Protocol):
     def on_hello(self, host_id: int, hello: Hello) -> None: ...
 
     def on_samples(self, host_id: int, samples: list[Sample]) -> None: ...
+
+
+class SnapshotListener(Protocol):
+    def on_snapshot(self, host_id: int, kind: str, events: list[snapshots.SnapshotEvent]) -> None:
+        """What changed from the host's previous snapshot of this kind (never called with no events)."""
 
 
 @dataclass
@@ -118,6 +130,9 @@ class Writer:
         self.commit_latency = Histogram()  # receive -> commit, per frame of samples (for /metrics)
         # Told, in the trio thread, about what each commit stored (the alert engine): never about duplicates.
         self.listeners: list[CommitListener] = []
+        # Told, in the trio thread, what each committed snapshot changed (alerting may subscribe later).
+        self.snapshot_listeners: list[SnapshotListener] = []
+        self.committed_snapshots = 0
         self._progress = trio.Event()
 
     # --- submitting ------------------------------------------------------------------------------------------
@@ -134,6 +149,11 @@ class Writer:
         instead when this item failed alone."""
         await self._send.send(SamplesWrite(host_id=host_id, epoch=epoch, samples=samples, seen=time.time(),
                                            on_commit=on_commit, on_error=on_error))
+
+    async def snapshot(self, host_id: int, snapshot: Snapshot) -> None:
+        """Queue a snapshot: it replaces the host's latest of its kind. Nothing waits for it (no ack: only the
+        latest counts); one that fails alone is logged and counted like any item, and the connection goes on."""
+        await self._send.send(SnapshotWrite(host_id=host_id, snapshot=snapshot, seen=time.time()))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) inside the writer's next transaction and return its result."""
@@ -210,6 +230,10 @@ class Writer:
                             item.on_commit(result.last_seq)
                 elif isinstance(item, HelloWrite):
                     self._tell(lambda listener: listener.on_hello(item.host_id, item.hello))
+                elif isinstance(item, SnapshotWrite):
+                    self.committed_snapshots += 1
+                    if result:
+                        self._tell_snapshot(item, result)
             item.done.set()
         self._progress.set()
         self._progress = trio.Event()
@@ -221,6 +245,14 @@ class Writer:
                 call(listener)
             except Exception as exc:
                 self.faults.isolated("alerting", f"commit listener {type(listener).__name__}", exc)
+
+    def _tell_snapshot(self, item: SnapshotWrite, events: list[snapshots.SnapshotEvent]) -> None:
+        assert item.snapshot is not None
+        for listener in self.snapshot_listeners:
+            try:
+                listener.on_snapshot(item.host_id, item.snapshot.kind, events)
+            except Exception as exc:
+                self.faults.isolated("alerting", f"snapshot listener {type(listener).__name__}", exc)
 
     def _remember_layout(self, digest: bytes, layout_id: int) -> None:
         self._layouts[digest] = layout_id
@@ -252,6 +284,8 @@ class Writer:
                         result: Any = self._apply_hello(conn, item, marks)
                     elif isinstance(item, SamplesWrite):
                         result = self._apply_samples(conn, item, marks, layouts, new_layouts)
+                    elif isinstance(item, SnapshotWrite):
+                        result = self._apply_snapshot(conn, item)
                     else:
                         assert isinstance(item, CallWrite)
                         result = self._apply_call(conn, item)
@@ -372,6 +406,17 @@ class Writer:
         new_layouts[digest] = layout_id
         return layout_id
 
+    def _apply_snapshot(self, conn: sqlite3.Connection, item: SnapshotWrite) -> list[snapshots.SnapshotEvent]:
+        snapshot = item.snapshot
+        assert snapshot is not None
+        if conn.execute("SELECT 1 FROM hosts WHERE id = ?", (item.host_id,)).fetchone() is None:
+            return []  # host deleted meanwhile
+        previous = store.latest_snapshot(conn, item.host_id, snapshot.kind)
+        store.put_snapshot(conn, item.host_id, snapshot.kind, snapshot.v, snapshot.ts, item.seen,
+                           snapshot.items_json)
+        return snapshots.diff_stored(snapshot.kind, None if previous is None else (previous.v, previous.items),
+                                     snapshot.v, snapshot.items)
+
     def _apply_call(self, conn: sqlite3.Connection, item: CallWrite) -> Any:
         assert item.fn is not None
         try:
@@ -402,6 +447,8 @@ def _describe(item: _Pending) -> str:
         return f"samples of host {item.host_id}"
     if isinstance(item, HelloWrite):
         return f"hello of host {item.host_id}"
+    if isinstance(item, SnapshotWrite):
+        return f"snapshot of host {item.host_id}"
     if isinstance(item, CallWrite):
         return f"call {getattr(item.fn, '__name__', item.fn)!r}"
     return repr(item)

@@ -1,0 +1,224 @@
+"""The server's side of one agent connection, without IO (h11.Connection is the model).
+
+An AgentSession takes what arrived (a text frame and the time) and says what to do about it: store a hello, store
+samples (after waiting a little when the host replays faster than the server wants), store a snapshot, deliver a
+command's result, ignore something (with a reason to log), or close with a code and a reason. It never touches a
+socket, the database or a clock: mbot.agents drives it (read a message -> receive() -> perform the action) and
+tells it back what the writer committed, so that it can say which ack to send.
+
+What it holds:
+- the hello state machine: the first frame must be a hello (within HELLO_TIMEOUT), a second hello is an error;
+- the frame rate bucket (limits.FrameBucket, per connection);
+- the host's SampleBudget and SnapshotBudget (per host across its connections: the hub lends them, so that
+  reconnecting earns nothing);
+- ack coalescing: the highest committed seq, and the highest acked; an ack goes out only when the first grew;
+- command/result matching: the ids of commands sent and not answered yet.
+
+Once it said Close, the session is closed: later frames are ignored (the driver is closing the socket anyway).
+"""
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import protocol
+from .limits import FrameBucket, SampleBudget, SnapshotBudget
+from .protocol import Hello, ProtocolError, Result, Samples, Snapshot, UnknownSnapshot
+
+HELLO_TIMEOUT = 10.0
+MAX_PENDING_COMMANDS = 16  # the bot sends one at a time per host; more would be a bug, not a reason to grow
+
+
+# --- what to do --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreHello:
+    """Record the hello (writer.hello), then send hello_stored(its committed seq): the first ack."""
+
+    hello: Hello
+
+
+@dataclass(frozen=True)
+class StoreSamples:
+    """Wait `wait` seconds (a fast replay is slowed down, not refused), then queue the samples on the writer."""
+
+    epoch: int
+    samples: Samples
+    wait: float
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    snapshot: Snapshot
+
+
+@dataclass(frozen=True)
+class DeliverResult:
+    """The answer to a command this connection sent and still waits for."""
+
+    result: Result
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Nothing to do but log `why` (summarised per host and `what`): a result for a command never sent (or no
+    longer awaited), a snapshot of a kind this server does not know."""
+
+    what: str
+    why: str
+
+
+@dataclass(frozen=True)
+class Close:
+    """Send an `error` frame with `reason`, then close with `code`. `limit`: the host went over this limit (count
+    it, tell the owner); `quiet`: already logged elsewhere (the writer's isolated failure)."""
+
+    code: int
+    reason: str
+    limit: str | None = None
+    detail: str = ""
+    quiet: bool = False
+
+
+Action = StoreHello | StoreSamples | StoreSnapshot | DeliverResult | Ignore | Close
+
+
+class State(enum.Enum):
+    AWAITING_HELLO = "awaiting hello"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+# --- the session -------------------------------------------------------------------------------------------------
+
+
+class AgentSession:
+    def __init__(self, *, now: float, sample_budget: Callable[[float], SampleBudget],
+                 snapshot_budget: Callable[[float], SnapshotBudget], hello_timeout: float = HELLO_TIMEOUT,
+                 frames: FrameBucket | None = None) -> None:
+        """`sample_budget(interval)` and `snapshot_budget(interval)` lend the host's budgets when the hello
+        announces its interval (they belong to the host, not to this connection)."""
+        self.state = State.AWAITING_HELLO
+        self.hello: Hello | None = None
+        self.hello_deadline = now + hello_timeout
+        self._hello_timeout = hello_timeout
+        self._frames = frames if frames is not None else FrameBucket(now=now)
+        self._sample_budget_for = sample_budget
+        self._snapshot_budget_for = snapshot_budget
+        self._samples: SampleBudget | None = None
+        self._snapshots: SnapshotBudget | None = None
+        self._committed = 0  # the highest seq committed for this connection's epoch
+        self._acked = 0  # the highest seq acked
+        self._pending: set[str] = set()  # command ids sent, not answered yet
+
+    # --- frames in ---------------------------------------------------------------------------------------------
+
+    def receive(self, message: str | bytes, now: float) -> Action | None:
+        """One message from the agent -> what to do (None: nothing)."""
+        if self.state is State.CLOSED:
+            return None
+        try:
+            if self.state is State.AWAITING_HELLO:
+                return self._first(message)
+            return self._next(message, now)
+        except ProtocolError as exc:
+            return self._close(Close(exc.close_code, exc.reason))
+
+    def timeout(self, now: float) -> Action | None:
+        """The driver's wait for a frame ended at hello_deadline: no hello in time closes the connection."""
+        if self.state is State.AWAITING_HELLO and now >= self.hello_deadline:
+            return self._close(Close(protocol.CLOSE_POLICY, f"no hello within {self._hello_timeout:g} s"))
+        return None
+
+    def _first(self, message: str | bytes) -> Action:
+        frame = protocol.parse_agent_frame(message)
+        if not isinstance(frame, Hello):
+            raise ProtocolError("the first frame must be a hello", protocol.CLOSE_POLICY)
+        self.state = State.OPEN
+        self.hello = frame
+        self.hello_deadline = math.inf
+        self._samples = self._sample_budget_for(frame.interval)
+        self._snapshots = self._snapshot_budget_for(frame.interval)
+        return StoreHello(frame)
+
+    def _next(self, message: str | bytes, now: float) -> Action | None:
+        assert self.hello is not None and self._samples is not None and self._snapshots is not None
+        if not self._frames.take(now):
+            raise ProtocolError("too many frames: over the per-connection rate limit", protocol.CLOSE_POLICY)
+        frame = protocol.parse_agent_frame(message, cores=self.hello.facts.get("cpu_count"))
+        if isinstance(frame, Samples):
+            wait = self._samples.take(self.hello.epoch, [sample.seq for sample in frame.items], now)
+            if wait is None:
+                return self._over("samples", f"more samples than one per {self._samples.interval:g} s (the "
+                                  "interval its hello announced) plus what its time away accounts for")
+            return StoreSamples(self.hello.epoch, frame, wait)
+        if isinstance(frame, Snapshot):
+            if not self._snapshots.take(frame.kind, now):
+                return self._over("snapshots", f"more {frame.kind} snapshots than one per "
+                                  f"{self._snapshots.interval:g} s")
+            return StoreSnapshot(frame)
+        if isinstance(frame, UnknownSnapshot):
+            return Ignore(f"snapshot {frame.kind}", f"a snapshot of kind {frame.kind!r} version {frame.v!r}, which "
+                          "this server does not know; ignored")
+        if isinstance(frame, Hello):
+            raise ProtocolError("hello sent twice", protocol.CLOSE_POLICY)
+        assert isinstance(frame, Result)
+        if frame.command_id in self._pending:
+            self._pending.discard(frame.command_id)
+            return DeliverResult(frame)
+        return Ignore("result", f"a result for command {frame.command_id[:64]!r} it was never sent; ignored")
+
+    def _close(self, close: Close) -> Close:
+        self.state = State.CLOSED
+        return close
+
+    def _over(self, limit: str, detail: str) -> Close:
+        return self._close(Close(protocol.CLOSE_POLICY, f"over the limit of {limit}: {detail}", limit, detail))
+
+    # --- what the writer did -------------------------------------------------------------------------------------
+
+    def hello_stored(self, committed: int) -> str:
+        """The hello is recorded; `committed` is the highest seq the server has for its epoch. Returns the first
+        ack (always sent, 0 for a new epoch: the agent learns what to replay)."""
+        self._committed = self._acked = committed
+        return protocol.ack(committed)
+
+    def committed(self, seq: int) -> bool:
+        """The writer committed samples up to `seq`. True when an ack is due (the mark grew)."""
+        if seq > self._committed:
+            self._committed = seq
+            return True
+        return False
+
+    def next_ack(self) -> str | None:
+        """The ack to send now: one for everything committed since the last (coalesced), or None."""
+        if self._committed <= self._acked:
+            return None
+        self._acked = self._committed
+        return protocol.ack(self._acked)
+
+    def store_failed(self, limit: str | None = None, detail: str = "") -> Close:
+        """The writer refused a frame of ours: a limit it enforces (new series names), or a poison item it already
+        logged and counted (1011: the agent resends after its backoff)."""
+        if limit is not None:
+            return self._over(limit, detail)
+        return self._close(Close(1011, "the server could not store a frame", quiet=True))
+
+    # --- commands ------------------------------------------------------------------------------------------------
+
+    def command_sent(self, command_id: str) -> None:
+        """A command with this id goes to the agent: its result will be delivered."""
+        if len(self._pending) >= MAX_PENDING_COMMANDS:
+            self._pending.pop()
+        self._pending.add(command_id)
+
+    def command_ended(self, command_id: str) -> None:
+        """No longer waiting (answered, timed out, connection gone): a late result is ignored."""
+        self._pending.discard(command_id)
+
+    @property
+    def pending_commands(self) -> frozenset[str]:
+        return frozenset(self._pending)

@@ -359,7 +359,57 @@ def flatten(metrics: dict[str, Any]) -> dict[str, float]:
     for label, value in metrics.get("temps", {}).items():
         series[f"temp:{label}"] = value
     for key in ("uptime", "procs"):
+        if key in metrics:
+            series[key] = metrics[key]
+    for i, gpu in enumerate(metrics.get("gpus", ())):
+        if "util" in gpu:
+            series[f"gpu{i}"] = gpu["util"]
+        if "vram_total" in gpu:
+            series[f"vram{i}"] = _percent({"used": gpu["vram_used"], "total": gpu["vram_total"]})
+            series[f"vram_used{i}"] = gpu["vram_used"]
+            series[f"vram_total{i}"] = gpu["vram_total"]
+        if "temp" in gpu:
+            series[f"gputemp{i}"] = gpu["temp"]
+        if "power" in gpu:
+            series[f"power{i}"] = gpu["power"]
+    if len(series) > MAX_SERIES:
+        raise ProtocolError(f"metrics: more than {MAX_SERIES} series", CLOSE_POLICY)
+    return series
 
+
+TOO_OLD, TOO_NEW = "too_old", "too_new"
+
+
+def out_of_window(ts: float, now: float) -> str | None:
+    """Why a sample taken at `ts` (agent clock) is not stored at `now` (server clock), or None when it is.
+
+    Such a sample is still acked, so the agent lets go of it, and counted per host: older than MAX_SAMPLE_AGE is a
+    replay after more than a week away (history that old is only kept rolled up anyway); more than
+    MAX_SAMPLE_AHEAD ahead is a clock that is wrong, and a row from the future would outlive every retention."""
+    if ts < now - limits.MAX_SAMPLE_AGE:
+        return TOO_OLD
+    if ts > now + limits.MAX_SAMPLE_AHEAD:
+        return TOO_NEW
+    return None
+
+
+# --- server -> agent -------------------------------------------------------------------------------------------
+
+
+def ack(seq: int) -> str:
+    return json.dumps({"type": "ack", "seq": seq})
+
+
+def error(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message})
+
+
+POWER_ACTIONS = ("reboot", "shutdown")
+
+
+def command(command_id: str, action: str, expires: float) -> str:
+    """Ask the agent to run `action`; it must not run it after `expires` (its clock), so nothing fires late."""
+    return json.dumps({"type": "command", "id": command_id, "action": action, "expires": expires})
 
 # --- snapshots (docs/protocol.md, "Snapshots") -----------------------------------------------------------------
 
@@ -425,54 +475,3 @@ def _snapshot(obj: dict[str, Any], cores: int | None) -> Snapshot | UnknownSnaps
     if len(items_json.encode()) > limits.MAX_SNAPSHOT_BYTES:
         raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_BYTES // 1024} KiB", CLOSE_POLICY)
     return Snapshot(name, version, ts, items, items_json)
-        if key in metrics:
-            series[key] = metrics[key]
-    for i, gpu in enumerate(metrics.get("gpus", ())):
-        if "util" in gpu:
-            series[f"gpu{i}"] = gpu["util"]
-        if "vram_total" in gpu:
-            series[f"vram{i}"] = _percent({"used": gpu["vram_used"], "total": gpu["vram_total"]})
-            series[f"vram_used{i}"] = gpu["vram_used"]
-            series[f"vram_total{i}"] = gpu["vram_total"]
-        if "temp" in gpu:
-            series[f"gputemp{i}"] = gpu["temp"]
-        if "power" in gpu:
-            series[f"power{i}"] = gpu["power"]
-    if len(series) > MAX_SERIES:
-        raise ProtocolError(f"metrics: more than {MAX_SERIES} series", CLOSE_POLICY)
-    return series
-
-
-TOO_OLD, TOO_NEW = "too_old", "too_new"
-
-
-def out_of_window(ts: float, now: float) -> str | None:
-    """Why a sample taken at `ts` (agent clock) is not stored at `now` (server clock), or None when it is.
-
-    Such a sample is still acked, so the agent lets go of it, and counted per host: older than MAX_SAMPLE_AGE is a
-    replay after more than a week away (history that old is only kept rolled up anyway); more than
-    MAX_SAMPLE_AHEAD ahead is a clock that is wrong, and a row from the future would outlive every retention."""
-    if ts < now - limits.MAX_SAMPLE_AGE:
-        return TOO_OLD
-    if ts > now + limits.MAX_SAMPLE_AHEAD:
-        return TOO_NEW
-    return None
-
-
-# --- server -> agent -------------------------------------------------------------------------------------------
-
-
-def ack(seq: int) -> str:
-    return json.dumps({"type": "ack", "seq": seq})
-
-
-def error(code: str, message: str) -> str:
-    return json.dumps({"type": "error", "code": code, "message": message})
-
-
-POWER_ACTIONS = ("reboot", "shutdown")
-
-
-def command(command_id: str, action: str, expires: float) -> str:
-    """Ask the agent to run `action`; it must not run it after `expires` (its clock), so nothing fires late."""
-    return json.dumps({"type": "command", "id": command_id, "action": action, "expires": expires})

@@ -1,0 +1,96 @@
+"""Layering you can check: each pure core imports, in a fresh interpreter, without loading any IO library.
+
+docs/architecture.md: a core takes values and returns values; it never opens a socket, a file or a thread. Here that
+means importing it loads none of IO_MODULES (nor the edge modules that own them). Each module is imported in its own
+subprocess, so what one test imported cannot hide what another needs; a failure names the chain of mbot modules
+through which the forbidden one came in.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The pure cores. Add a new core here when it is written.
+CORES = [
+    "mbot.alerts",
+    "mbot.durations",
+    "mbot.limits",
+    "mbot.metrics",
+    "mbot.model",
+    "mbot.plotspec",
+    "mbot.protocol",
+    "mbot.rollup",
+    "mbot.series",
+    "mbot.session",
+    "mbot.snapshots",
+    "mbot.telegram.commands",
+    "mbot.telegram.views",
+]
+
+# Cores that still break the rule, each with the import to switch (issue 12 part 5). strict: once fixed, the test
+# passes and xfail(strict) fails, which says to take the entry out.
+KNOWN = {
+    "mbot.metrics": "imports mbot.store (sqlite3, trio) for store.Host: switch to mbot.model.Host",
+    "mbot.telegram.views": "imports mbot.store for store.Host and mbot.service for NewKey (sqlite3, trio): "
+                           "switch both to mbot.model",
+}
+
+IO_MODULES = ("trio", "sqlite3", "httpx", "matplotlib")
+EDGE_MODULES = ("mbot.store", "mbot.service", "mbot.agents", "mbot.writer", "mbot.app")
+
+_PROBE = """
+import importlib, json, sys, traceback
+
+watched = set(sys.argv[2:])
+chains = {}
+
+
+class Spy:
+    # Records, the first time a watched module is imported, which mbot modules were importing at that moment.
+    def find_spec(self, name, path=None, target=None):
+        if name in watched and name not in chains:
+            chains[name] = [frame.filename for frame in traceback.extract_stack()[:-1]
+                            if "/mbot/" in frame.filename and "<frozen" not in frame.filename]
+        return None
+
+
+sys.meta_path.insert(0, Spy())
+importlib.import_module(sys.argv[1])
+print(json.dumps({name: chains.get(name, []) for name in sorted(watched) if name in sys.modules}))
+"""
+
+
+def _chain(files: list[str]) -> str:
+    modules = []
+    for name in files:
+        module = Path(name).resolve().relative_to(ROOT).with_suffix("").as_posix().replace("/", ".")
+        if module not in modules:
+            modules.append(module)
+    return " -> ".join(modules)
+
+
+@pytest.mark.parametrize("module", [
+    pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN[name], strict=True)) if name in KNOWN else name
+    for name in CORES
+])
+def test_core_loads_no_io(module: str) -> None:
+    done = subprocess.run([sys.executable, "-c", _PROBE, module, *IO_MODULES, *EDGE_MODULES], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert not loaded, "\n".join(f"{module} loads {name} via {_chain(files)}" for name, files in loaded.items())
+
+
+def test_every_core_in_the_architecture_doc_is_listed() -> None:
+    """docs/architecture.md marks the cores "(core)": each of them is checked here."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    marked = {"mbot." + path.replace("/", ".") for path in re.findall(r"^\s+([\w/]+)\.py\s+\(core\)", doc, re.M)}
+    assert marked, "no (core) module found in docs/architecture.md: did its layout change?"
+    assert marked <= set(CORES), f"add to CORES: {sorted(marked - set(CORES))}"

@@ -9,7 +9,6 @@ import logging
 import os
 import stat
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -281,16 +280,6 @@ def test_collect_on_this_machine():
     assert set(second["disk_io"]) == {"read", "write"}
     assert second["net"] and "lo" not in second["net"]
     assert all(v >= 0 for rates in second["net"].values() for v in rates.values())
-
-
-def test_collect_cpu_cost():
-    collector = agent.Collector(gpu=False)
-    collector.collect()
-    start = time.process_time()
-    for _ in range(50):
-        collector.collect()
-    per_call = (time.process_time() - start) / 50
-    assert per_call < 0.005, f"collect() used {per_call * 1000:.2f} ms of CPU per call"
 
 
 def test_host_facts():

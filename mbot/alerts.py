@@ -60,12 +60,14 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
+from . import series as catalogue
+
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
     "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event",
     "AlertSpec", "OfflineSpec", "DeleteSpec", "MuteSpec", "AlertUsageError",
     "parse_setalert", "parse_delalert", "parse_mute", "parse_unmute", "describe", "series_label", "format_value",
-    "METRICS", "USAGE_SETALERT", "USAGE_DELALERT", "USAGE_MUTE", "USAGE_UNMUTE",
+    "metric_words", "USAGE_SETALERT", "USAGE_DELALERT", "USAGE_MUTE", "USAGE_UNMUTE",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ class _Metric:
     kind: str  # how values are checked and shown: pct, temp, load, rate
     exact: str | None  # the one series this metric watches, or None for a family of series
     pattern: re.Pattern[str] | None  # the family: every series name it fully matches
+    bounds: tuple[float, float] = (0.0, 10_000.0)  # what a threshold may be
 
     def matches(self, series: str) -> bool:
         if self.exact is not None:
@@ -86,34 +89,33 @@ class _Metric:
         return self.pattern.fullmatch(series) is not None
 
 
-def _family(regex: str, kind: str) -> _Metric:
-    return _Metric(kind, None, re.compile(regex, re.DOTALL))
-
-
-_SELECTORS: dict[str, _Metric] = {
-    "cpu": _Metric(_PCT, "cpu", None),
-    "ram": _Metric(_PCT, "ram", None),
-    "swap": _Metric(_PCT, "swap", None),
-    "gpu": _family(r"gpu\d+", _PCT),
-    "vram": _family(r"vram\d+", _PCT),
-    "temp": _family(r"temp:.+", _TEMP),
-    "gputemp": _family(r"gputemp\d+", _TEMP),
-    "load": _Metric(_LOAD, "load1", None),
-    "disk": _family(r"disk:.+", _PCT),
-    "net_up": _Metric(_RATE, "net_tx", None),
-    "net_down": _Metric(_RATE, "net_rx", None),
-}
-METRICS: tuple[str, ...] = (*_SELECTORS, "disk:/mount")
-
+# How the catalogue's units are checked and shown here; any other unit (seconds, counts, bytes) is shown and
+# resolved like load: plain numbers, a margin of 10 % of the threshold.
+_KINDS = {catalogue.PERCENT: _PCT, catalogue.CELSIUS: _TEMP, catalogue.LOAD: _LOAD, catalogue.BYTE_RATE: _RATE}
 _RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _RATE: (0.0, 1e13)}
 
 
+def metric_words() -> tuple[str, ...]:
+    """The /setalert METRIC words (from the catalogue's selectors), and the form for one disk."""
+    return (*catalogue.selectors(), "disk:/mount")
+
+
 def _metric(metric: str) -> _Metric | None:
-    """The selector for a rule's metric (already normalised), or None when there is no such metric."""
-    found = _SELECTORS.get(metric)
-    if found is None and metric.startswith("disk:") and len(metric) > 5:
-        found = _Metric(_PCT, metric, None)
-    return found
+    """The selector for a rule's metric (already normalised), or None when there is no such metric: a catalogue
+    selector (cpu, disk: every disk) or one member of a family (disk:/home, temp:nvme)."""
+    selectors = catalogue.selectors()
+    row, exact = selectors.get(metric), None
+    if row is None:
+        head, colon, arg = metric.partition(":")
+        row = selectors.get(head) if colon and arg else None
+        if row is None or row.plot_one != head + ":":
+            return None
+        exact = row.series({"label": arg, "i": arg})
+    elif "{" not in row.name:
+        exact = row.name
+    kind = _KINDS.get(row.unit, _LOAD)
+    bounds = _RANGES[kind] if row.unit in _KINDS else catalogue.RANGES[row.unit]
+    return _Metric(kind, exact, None if exact is not None else row.pattern, bounds)
 
 
 def _clear_level(kind: str, threshold: float, below: bool) -> float:
@@ -786,23 +788,9 @@ class AlertEngine:
 
 # --- messages ----------------------------------------------------------------------------------------------------
 
-_LABELS = {"cpu": "CPU", "ram": "RAM", "swap": "swap", "load1": "load", "net_tx": "upload", "net_rx": "download"}
-_NUMBERED = re.compile(r"(gpu|vram|gputemp)(\d+)")
-_NUMBERED_LABELS = {"gpu": "GPU {}", "vram": "VRAM {}", "gputemp": "GPU {} temperature"}
-
-
 def series_label(series: str) -> str:
-    """What a series is called in messages: "CPU", "disk /home", "GPU 0 temperature"."""
-    if series in _LABELS:
-        return _LABELS[series]
-    numbered = _NUMBERED.fullmatch(series)
-    if numbered:
-        return _NUMBERED_LABELS[numbered[1]].format(numbered[2])
-    if series.startswith("disk:"):
-        return f"disk {series[5:]}"
-    if series.startswith("temp:"):
-        return f"temperature {series[5:]}"
-    return series
+    """What a series is called in messages: "CPU", "disk /home", "GPU 0 temperature" (the catalogue's label)."""
+    return catalogue.label(series)
 
 
 def _num(value: float, digits: int = 1) -> str:
@@ -898,7 +886,6 @@ USAGE_DELALERT = "Usage: /delalert NAME METRIC"
 USAGE_MUTE = "Usage: /mute NAME DURATION"
 USAGE_UNMUTE = "Usage: /unmute NAME"
 
-_METRIC_HELP = f"METRIC: {', '.join(METRICS)}, or offline"
 _DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
 _MAX_FOR = 7 * 86400.0
 _MAX_MUTE = 366 * 86400.0
@@ -974,12 +961,16 @@ def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> 
     return seconds
 
 
+def _metric_help() -> str:
+    return f"METRIC: {', '.join(metric_words())}, or offline"
+
+
 def _metric_arg(usage: str, text: str) -> str:
     selector, colon, mount = text.partition(":")
     metric = selector.lower() + colon + mount  # mount points are case-sensitive
     if metric == "offline" or _metric(metric) is not None:
         return metric
-    raise _usage(usage, f"unknown metric {text[:32]!r}. {_METRIC_HELP}.")
+    raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")
 
 
 def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
@@ -993,7 +984,7 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
         examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
         raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
     value = float(match[2]) * units[unit]
-    low, high = _RANGES[kind]
+    low, high = found.bounds
     if not low <= value <= high:
         shown = f"{format_value(metric, low)} and {format_value(metric, high)}"
         raise _usage(USAGE_SETALERT, f"THRESHOLD for {metric} must be between {shown}.")
@@ -1003,7 +994,7 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
 def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
     """/setalert NAME METRIC THRESHOLD [FOR] | /setalert NAME offline [DELAY]."""
     if len(args) < 2:
-        raise _usage(USAGE_SETALERT, f"{_METRIC_HELP}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
+        raise _usage(USAGE_SETALERT, f"{_metric_help()}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
     name = args[0]
     metric = _metric_arg(USAGE_SETALERT, args[1])
     if metric == "offline":
@@ -1022,7 +1013,7 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
 
 def parse_delalert(args: Sequence[str]) -> DeleteSpec:
     if len(args) != 2:
-        raise _usage(USAGE_DELALERT, f"{_METRIC_HELP}; /alerts lists your rules.")
+        raise _usage(USAGE_DELALERT, f"{_metric_help()}; /alerts lists your rules.")
     return DeleteSpec(args[0], _metric_arg(USAGE_DELALERT, args[1]))
 
 

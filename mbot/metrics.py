@@ -9,9 +9,9 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Iterable, Mapping
 
-from . import store
+from . import series as catalogue, store
 from .faults import TASKS, Faults
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -105,47 +105,12 @@ def _host_families(f: _Families, host: store.Host, now: float) -> None:
     f.add("mbot_host_samples_rejected_total", "counter",
           "Samples acked but not stored: their timestamp was outside the window the server accepts.",
           host.rejected, hk)
-    m: dict[str, Any] = host.last_metrics
-    if not m:
-        return
-    if "cpu" in m:
-        f.add("mbot_host_cpu_usage_ratio", "gauge", "CPU busy, all cores, 0-1.", m["cpu"] / 100, hk)
-    if "load" in m:
-        for minutes, value in zip(("1", "5", "15"), m["load"]):
-            f.add(f"mbot_host_load{minutes}", "gauge", f"Load average over {minutes} minute(s).", value, hk)
-    for key, what in (("ram", "memory"), ("swap", "swap")):
-        if key in m:
-            f.add(f"mbot_host_{what}_used_bytes", "gauge", f"{what.capitalize()} in use.", m[key]["used"], hk)
-            f.add(f"mbot_host_{what}_total_bytes", "gauge", f"{what.capitalize()} size.", m[key]["total"], hk)
-    for mount, part in m.get("disks", {}).items():
-        f.add("mbot_host_disk_used_bytes", "gauge", "Filesystem space in use.", part["used"], {**hk, "disk": mount})
-        f.add("mbot_host_disk_total_bytes", "gauge", "Filesystem size.", part["total"], {**hk, "disk": mount})
-    for direction, key in (("read", "read"), ("written", "write")):
-        if key in m.get("disk_io", {}):
-            f.add(f"mbot_host_disk_{direction}_bytes_per_second", "gauge", f"Bytes {direction} per second, "
-                  "all disks.", m["disk_io"][key], hk)
-    for iface, rates in m.get("net", {}).items():
-        for direction, key in (("receive", "rx"), ("transmit", "tx")):
-            if key in rates:
-                f.add(f"mbot_host_network_{direction}_bytes_per_second", "gauge",
-                      f"Network bytes per second ({direction}).", rates[key], {**hk, "iface": iface})
-    for label, value in m.get("temps", {}).items():
-        f.add("mbot_host_temperature_celsius", "gauge", "Temperature sensors.", value, {**hk, "sensor": label})
-    if "uptime" in m:
-        f.add("mbot_host_uptime_seconds", "gauge", "Seconds since the host booted.", m["uptime"], hk)
-    if "procs" in m:
-        f.add("mbot_host_processes", "gauge", "Processes running.", m["procs"], hk)
-    for i, gpu in enumerate(m.get("gpus", ())):
-        labels = {**hk, "gpu": str(i), "name": gpu.get("name", "")}
-        if "util" in gpu:
-            f.add("mbot_gpu_utilization_ratio", "gauge", "GPU busy, 0-1.", gpu["util"] / 100, labels)
-        if "vram_total" in gpu:
-            f.add("mbot_gpu_memory_used_bytes", "gauge", "GPU memory in use.", gpu["vram_used"], labels)
-            f.add("mbot_gpu_memory_total_bytes", "gauge", "GPU memory size.", gpu["vram_total"], labels)
-        if "temp" in gpu:
-            f.add("mbot_gpu_temperature_celsius", "gauge", "GPU temperature.", gpu["temp"], labels)
-        if "power" in gpu:
-            f.add("mbot_gpu_power_watts", "gauge", "GPU power draw.", gpu["power"], labels)
+    for row, labels, value in catalogue.labelled_values(host.last_metrics):
+        prom = row.prom
+        if prom is not None:
+            extra = {prom.labels[k]: v for k, v in labels.items() if k in prom.labels}
+            f.add(prom.name, "counter" if row.kind == catalogue.COUNTER else "gauge", prom.help, value / prom.per,
+                  {**hk, **extra})
 
 
 def render(hosts: Iterable[store.Host], stats: ServerStats, now: float, isolated: Faults | None = None) -> str:

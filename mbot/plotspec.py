@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from mbot import series as catalogue
 from mbot.rollup import format_duration, parse_duration
 
 USAGE = "Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]"
@@ -35,19 +36,9 @@ BYTE_UNITS = {
 BIT_UNITS = {"bit": (1.0, "bit/s"), "kbit": (1e3, "kbit/s"), "mbit": (1e6, "Mbit/s"), "gbit": (1e9, "Gbit/s")}
 DEFAULT_RATE = "mb"  # net and io without a unit: MB/s
 
-WORDS = ("cpu", "ram", "swap", "gpu", "vram", "net", "net_up", "net_down", "load", "temp", "gputemp", "power", "io",
-         "disk")
-_PREFIXED = ("disk", "temp", "net", "cpu")  # word:ARG
-_INDEXED = re.compile(r"(gpu|vram|gputemp|power)(\d+)")
-_LOAD = re.compile(r"load(1|5|15)")
+_INDEXED = re.compile(r"([a-z_]+?)(\d+)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _GLUED = re.compile(r"(\d+(?:\.\d+)?)([a-z%]+)")
-
-# Which kinds of unit each metric kind accepts (besides none).
-_PERCENT_KINDS = {"cpu", "gpu", "ram", "swap", "vram", "disk"}
-_SIZE_KINDS = {"ram", "swap", "vram", "disk"}
-_RATE_KINDS = {"net", "net_up", "net_down", "io"}
-_BIT_KINDS = {"net", "net_up", "net_down"}
 
 
 class PlotUsageError(ValueError):
@@ -92,31 +83,37 @@ class SeriesChoice:
 
 
 def _normalise_word(word: str) -> str | None:
-    """A metric word in canonical form, or None if /plot does not know it."""
+    """A metric word in canonical form, or None if /plot does not know it: a family word of the catalogue (cpu,
+    disk, net_up ...), an alias of one (temps), or one member (disk:/home, net:eth0, cpu:3, gpu0)."""
     word = word.strip()
     head, colon, arg = word.partition(":")
     head = head.lower()
     if colon:
-        if head not in _PREFIXED or not arg:
-            return None
-        if head == "cpu" and not arg.isdigit():
+        rows = catalogue.one_forms().get(head + ":")
+        if not rows or not arg or ("{i}" in rows[0].name and not arg.isdigit()):
             return None
         return f"{head}:{arg}"
-    if head in WORDS or _INDEXED.fullmatch(head) or _LOAD.fullmatch(head):
+    head = catalogue.ALIASES.get(head, head)
+    if head in catalogue.plot_words():
+        return head
+    indexed = _INDEXED.fullmatch(head)
+    if indexed and indexed.group(1) in catalogue.one_forms():
         return head
     return None
 
 
-def _kind(word: str) -> str:
-    """The family a canonical word belongs to (decides units and resolution)."""
-    if ":" in word:
-        return word.partition(":")[0]
+def _rows(word: str) -> tuple[list[catalogue.Metric], dict[str, str] | None]:
+    """The catalogue rows a canonical word draws, and for a one-member form the member's placeholder value."""
+    head, colon, arg = word.partition(":")
+    if colon:
+        rows = catalogue.one_forms()[head + ":"]
+        return rows, {"label": arg, "i": arg}
+    families = catalogue.plot_words()
+    if word in families:
+        return families[word], None
     indexed = _INDEXED.fullmatch(word)
-    if indexed:
-        return indexed.group(1)
-    if _LOAD.fullmatch(word):
-        return "load"
-    return word
+    assert indexed is not None
+    return catalogue.one_forms()[indexed.group(1)], {"i": indexed.group(2), "label": indexed.group(2)}
 
 
 def _unit_key(token: str) -> str | None:
@@ -126,14 +123,16 @@ def _unit_key(token: str) -> str | None:
     return None
 
 
-def _accepts(kind: str, unit: str | None) -> bool:
+def _accepts(word: str, unit: str | None) -> bool:
     if unit is None:
         return True
+    units = {row.unit for row in _rows(word)[0]}
     if unit == PERCENT:
-        return kind in _PERCENT_KINDS
+        return catalogue.PERCENT in units
     if unit in BIT_UNITS:
-        return kind in _BIT_KINDS
-    return kind in _SIZE_KINDS or kind in _RATE_KINDS
+        return catalogue.BYTE_RATE in units
+    sizes = catalogue.size_rows()
+    return bool(units & {catalogue.BYTES, catalogue.BYTE_RATE}) or any(row.name in sizes for row in _rows(word)[0])
 
 
 def _split_metrics(tokens: list[str]) -> tuple[str, int]:
@@ -212,25 +211,13 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
             else:
                 raise fail(f"Unexpected {token!r}: after SPAN come an optional LIMIT (a number) and UNIT "
                            "(%, b, kib, mb, gib, bit, mbit ...).")
-    if unit is not None and not any(_accepts(_kind(m), unit) for m in metrics):
+    if unit is not None and not any(_accepts(m, unit) for m in metrics):
         raise fail(f"Unit {unit!r} does not fit {', '.join(metrics)}: sizes (gib ...) go with ram, swap, vram and "
                    "disk; bits (mbit ...) with net; % with cpu, gpu, ram, swap, vram and disk.")
     return PlotRequest(host, tuple(metrics), span, limit, unit)
 
 
 # --- resolution against a host's series ------------------------------------------------------------------------
-
-
-def _indexed(available: set[str], prefix: str) -> list[tuple[int, str]]:
-    """(N, name) of every series `prefixN`, by N."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)")
-    found = [(int(m.group(1)), name) for name in available if (m := pattern.fullmatch(name))]
-    return sorted(found)
-
-
-def _prefixed(available: set[str], prefix: str) -> list[tuple[str, str]]:
-    """(ARG, name) of every series `prefix:ARG`, by ARG."""
-    return sorted((name[len(prefix) + 1:], name) for name in available if name.startswith(prefix + ":"))
 
 
 def _rate_unit(unit: str | None) -> tuple[float, str]:
@@ -242,64 +229,34 @@ def _rate_unit(unit: str | None) -> tuple[float, str]:
     return 1.0 / per, label + "/s"
 
 
+_AXES = {catalogue.PERCENT: PERCENT, catalogue.CELSIUS: "°C", catalogue.WATTS: "W", catalogue.LOAD: "",
+          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B"}
+
+
 def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesChoice]:
     """The series a canonical word stands for on this host (empty when it has none); `unit` already fits."""
-    kind = _kind(word)
+    rows, member = _rows(word)
     size = BYTE_UNITS.get(unit or "")
+    sizes = catalogue.size_rows()
+    if member is not None:
+        found = [(row, row.series(member)) for row in rows]
+        found = [(row, name) for row, name in found if name in available]
+    else:
+        found = catalogue.members(rows, available)
     out: list[SeriesChoice] = []
-
-    def add(series: str, label: str, unit_label: str, scale: float = 1.0) -> None:
-        if series in available:
-            out.append(SeriesChoice(series, label, unit_label, scale))
-
-    def add_size_or_percent(percent_series: str, used_series: str, label: str) -> None:
-        if size:
-            add(used_series, label, size[1], 1.0 / size[0])
+    for row, name in found:
+        legend = row.text(name, legend=True)
+        if row.unit == catalogue.PERCENT and size and row.name in sizes:
+            used = sizes[row.name].series(row.labels_of(name) or {})
+            if used in available:
+                out.append(SeriesChoice(used, legend, size[1], 1.0 / size[0]))
+        elif row.unit == catalogue.BYTE_RATE:
+            scale, label = _rate_unit(unit)
+            out.append(SeriesChoice(name, legend, label, scale))
+        elif row.unit == catalogue.BYTES and size:
+            out.append(SeriesChoice(name, legend, size[1], 1.0 / size[0]))
         else:
-            add(percent_series, label, PERCENT)
-
-    if word == "cpu":
-        add("cpu", "CPU", PERCENT)
-    elif kind == "cpu":
-        add(word, f"CPU core {word.partition(':')[2]}", PERCENT)
-    elif word in ("ram", "swap"):
-        add_size_or_percent(word, f"{word}_used", word.upper() if word == "ram" else word)
-    elif kind == "disk":
-        mounts = _prefixed(available, "disk") if word == "disk" else [(word[5:], word)]
-        for mount, _ in mounts:
-            add_size_or_percent(f"disk:{mount}", f"disk_used:{mount}", f"disk {mount}")
-    elif kind == "gpu":
-        for n, _ in _indexed(available, "gpu") if word == "gpu" else [(int(word[3:]), word)]:
-            add(f"gpu{n}", f"GPU {n}", PERCENT)
-    elif kind == "vram":
-        for n, _ in _indexed(available, "vram") if word == "vram" else [(int(word[4:]), word)]:
-            add_size_or_percent(f"vram{n}", f"vram_used{n}", f"VRAM {n}")
-    elif kind == "gputemp":
-        for n, _ in _indexed(available, "gputemp") if word == "gputemp" else [(int(word[7:]), word)]:
-            add(f"gputemp{n}", f"GPU {n} temp", "°C")
-    elif kind == "power":
-        for n, _ in _indexed(available, "power") if word == "power" else [(int(word[5:]), word)]:
-            add(f"power{n}", f"GPU {n} power", "W")
-    elif kind == "temp":
-        labels = _prefixed(available, "temp") if word == "temp" else [(word[5:], word)]
-        for label, series in labels:
-            add(series, f"temp {label}", "°C")
-    elif kind == "load":
-        n = word[4:] or "1"
-        add(f"load{n}", "load" if word == "load" else f"load {n}m", "")
-    elif kind in ("net", "net_up", "net_down"):
-        scale, label = _rate_unit(unit)
-        iface = word.partition(":")[2]
-        suffix = f":{iface}" if iface else ""
-        name = iface or "net"
-        if kind in ("net", "net_down"):
-            add(f"net_rx{suffix}", f"{name} ↓", label, scale)
-        if kind in ("net", "net_up"):
-            add(f"net_tx{suffix}", f"{name} ↑", label, scale)
-    elif kind == "io":
-        scale, label = _rate_unit(unit)
-        add("disk_read", "disk read", label, scale)
-        add("disk_write", "disk write", label, scale)
+            out.append(SeriesChoice(name, legend, _AXES[row.unit], 1.0))
     return out
 
 
@@ -321,11 +278,11 @@ def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str 
         if word is None:
             raise PlotUsageError(f"Unknown metric {metric!r}.", known)
         words.append(word)
-    if key is not None and not any(_accepts(_kind(w), key) for w in words):
+    if key is not None and not any(_accepts(w, key) for w in words):
         raise PlotUsageError(f"Unit {unit!r} does not fit {', '.join(words)}.", known)
     chosen: list[SeriesChoice] = []
     for word in words:
-        found = _choices(word, names, key if _accepts(_kind(word), key) else None)
+        found = _choices(word, names, key if _accepts(word, key) else None)
         if not found:
             raise PlotUsageError(f"This host has no {word}.", known)
         chosen.extend(c for c in found if c.series not in {d.series for d in chosen})
@@ -354,17 +311,18 @@ def limit_unit(choices: Sequence[SeriesChoice], unit: str | None) -> str | None:
 def host_metrics(available: Iterable[str]) -> list[str]:
     """A host's series names -> its metrics in /plot's words (cpu, load, ram, swap, disk:/, net, gpu ...)."""
     names = set(available)
-    out = [w for w, s in (("cpu", "cpu"), ("load", "load1"), ("ram", "ram"), ("swap", "swap")) if s in names]
-    out += [f"disk:{mount}" for mount, _ in _prefixed(names, "disk")]
-    if {"disk_read", "disk_write"} & names:
-        out.append("io")
-    if {"net_rx", "net_tx"} & names:
-        out.append("net")
-    if _prefixed(names, "temp"):
-        out.append("temp")
-    for word in ("gpu", "vram", "gputemp", "power"):
-        if _indexed(names, word):
-            out.append(word)
+    out: list[str] = []
+    for row in catalogue.CATALOGUE:
+        if not row.plot or not row.listed:
+            continue
+        present = catalogue.members([row], names)
+        if not present:
+            continue
+        if row.list_each and row.plot_one:
+            words = [f"{row.plot_one}{(row.labels_of(name) or {}).get('label', '')}" for _, name in present]
+        else:
+            words = [row.plot[0]]
+        out.extend(w for w in words if w not in out)
     return out
 
 

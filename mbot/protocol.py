@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import limits
+from . import limits, series as catalogue
 from .limits import (BYTE_RATE, BYTES, CELSIUS, COUNT, INTERVAL, LOAD, MAX_BATCH, MAX_FRAME_BYTES, MAX_INT,
-                     MAX_ITEMS, MAX_LABEL, MAX_SERIES, PERCENT, SECONDS, WATTS, clean_label)
+                     MAX_ITEMS, MAX_LABEL, MAX_SERIES, PERCENT, WATTS, clean_label)
 
 VERSION = 1
 
@@ -262,8 +262,10 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
     """The metrics object of a sample, checked and normalised (floats, known keys only)."""
     raw = _mapping(value, where)
     out: dict[str, Any] = {}
-    if "cpu" in raw:
-        out["cpu"] = _number(raw["cpu"], f"{where}.cpu", PERCENT)
+    # Plain numbers (cpu, uptime, procs, and any such row added later) are checked by their catalogue row's unit.
+    for key, row in catalogue.scalar_keys().items():
+        if key in raw:
+            out[key] = _number(raw[key], f"{where}.{key}", catalogue.RANGES[row.unit])
     if "cpu_cores" in raw:
         cores = _sequence(raw["cpu_cores"], f"{where}.cpu_cores", limit=limits.MAX_CORES)
         out["cpu_cores"] = [_number(v, f"{where}.cpu_cores[{i}]", PERCENT) for i, v in enumerate(cores)]
@@ -291,11 +293,8 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
     if "temps" in raw:
         temps = _mapping(raw["temps"], f"{where}.temps")
         out["temps"] = {label: _number(v, f"{where}.temps[{label!r}]", CELSIUS) for label, v in temps.items()}
-    if "uptime" in raw:
-        out["uptime"] = _number(raw["uptime"], f"{where}.uptime", SECONDS)
-    for key in ("procs", "dropped"):
-        if key in raw:
-            out[key] = _number(raw[key], f"{where}.{key}", COUNT)
+    if "dropped" in raw:  # not a series: how many samples the agent lost (docs/protocol.md)
+        out["dropped"] = _number(raw["dropped"], f"{where}.dropped", COUNT)
     if "gpus" in raw:
         out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
     return out
@@ -319,59 +318,9 @@ def _gpu(value: Any, where: str) -> dict[str, Any]:
 # --- series ----------------------------------------------------------------------------------------------------
 
 
-def _percent(part: dict[str, float]) -> float:
-    return 100.0 * part["used"] / part["total"] if part["total"] else 0.0
-
-
 def flatten(metrics: dict[str, Any]) -> dict[str, float]:
-    """Validated metrics -> named series (the names charts, alerts and cards use; see docs/protocol.md)."""
-    series: dict[str, float] = {}
-    if "cpu" in metrics:
-        series["cpu"] = metrics["cpu"]
-    for i, value in enumerate(metrics.get("cpu_cores", ())):
-        series[f"cpu:{i}"] = value
-    if "load" in metrics:
-        series["load1"], series["load5"], series["load15"] = metrics["load"]
-    for key in ("ram", "swap"):
-        if key in metrics:
-            part = metrics[key]
-            series[key] = _percent(part)
-            series[f"{key}_used"] = part["used"]
-            series[f"{key}_total"] = part["total"]
-    for mount, part in metrics.get("disks", {}).items():
-        series[f"disk:{mount}"] = _percent(part)
-        series[f"disk_used:{mount}"] = part["used"]
-        series[f"disk_total:{mount}"] = part["total"]
-    io = metrics.get("disk_io", {})
-    if "read" in io:
-        series["disk_read"] = io["read"]
-    if "write" in io:
-        series["disk_write"] = io["write"]
-    net = metrics.get("net")
-    if net:
-        for direction in ("rx", "tx"):
-            values = [rates[direction] for rates in net.values() if direction in rates]
-            if values:
-                series[f"net_{direction}"] = sum(values)
-            for iface, rates in net.items():
-                if direction in rates:
-                    series[f"net_{direction}:{iface}"] = rates[direction]
-    for label, value in metrics.get("temps", {}).items():
-        series[f"temp:{label}"] = value
-    for key in ("uptime", "procs"):
-        if key in metrics:
-            series[key] = metrics[key]
-    for i, gpu in enumerate(metrics.get("gpus", ())):
-        if "util" in gpu:
-            series[f"gpu{i}"] = gpu["util"]
-        if "vram_total" in gpu:
-            series[f"vram{i}"] = _percent({"used": gpu["vram_used"], "total": gpu["vram_total"]})
-            series[f"vram_used{i}"] = gpu["vram_used"]
-            series[f"vram_total{i}"] = gpu["vram_total"]
-        if "temp" in gpu:
-            series[f"gputemp{i}"] = gpu["temp"]
-        if "power" in gpu:
-            series[f"power{i}"] = gpu["power"]
+    """Validated metrics -> named series (mbot.series, the catalogue, says which; see docs/protocol.md)."""
+    series = catalogue.flatten(metrics)
     if len(series) > MAX_SERIES:
         raise ProtocolError(f"metrics: more than {MAX_SERIES} series", CLOSE_POLICY)
     return series
@@ -410,6 +359,7 @@ POWER_ACTIONS = ("reboot", "shutdown")
 def command(command_id: str, action: str, expires: float) -> str:
     """Ask the agent to run `action`; it must not run it after `expires` (its clock), so nothing fires late."""
     return json.dumps({"type": "command", "id": command_id, "action": action, "expires": expires})
+
 
 # --- snapshots (docs/protocol.md, "Snapshots") -----------------------------------------------------------------
 

@@ -139,7 +139,7 @@ def test_limit_applies_to_the_axis_the_unit_selected():
 
 
 def test_host_metrics_in_plot_words():
-    assert host_metrics(SERIES) == ["cpu", "load", "ram", "swap", "disk:/", "disk:/home", "io", "net", "temp", "gpu",
+    assert host_metrics(SERIES) == ["cpu", "load", "ram", "swap", "disk:/", "disk:/home", "io", "net", "temp", "uptime", "procs", "gpu",
                                     "vram", "gputemp", "power"]
     assert host_metrics(SMALL) == ["cpu", "load", "ram", "disk:/", "net"]
     assert host_metrics([]) == []
@@ -180,7 +180,7 @@ def test_errors(line, problem):
     lines = caught.message.splitlines()
     assert lines[0] == USAGE
     assert problem in caught.message
-    assert "Metrics of this host: cpu, load, ram, swap, disk:/, disk:/home, io, net, temp, gpu" in caught.message
+    assert "Metrics of this host: cpu, load, ram, swap, disk:/, disk:/home, io, net, temp, uptime, procs, gpu" in caught.message
 
 
 @pytest.mark.parametrize("line, problem", [

@@ -56,7 +56,7 @@ async def run_pipeline(frame_list: list[dict]) -> None:
         hello = protocol.parse_agent_frame(hello_frame(epoch=1))
         engine = alerts.AlertEngine(now=time.time())
         for host in (bad, good):
-            for metric in alerts.METRICS:
+            for metric in alerts.metric_words():
                 if metric != "disk:/mount":
                     engine.set_rule(alerts.AlertRule(host.host_id, metric, 1.0))
         stored: list[protocol.Sample] = []

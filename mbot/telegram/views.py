@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import store
+from .. import series as catalogue, store
 from ..alerts import AlertEngine, AlertRule, OfflineRule, format_value, series_label
 from ..service import NewKey
 from . import commands
@@ -130,6 +130,25 @@ def human_duration(seconds: float) -> str:
     return f"{secs} s"
 
 
+def value_text(unit: str, value: float) -> str:
+    """A value in a catalogue unit, for people."""
+    if unit == catalogue.PERCENT:
+        return f"{value:.0f} %"
+    if unit == catalogue.BYTES:
+        return human_bytes(value)
+    if unit == catalogue.BYTE_RATE:
+        return human_rate(value)
+    if unit == catalogue.CELSIUS:
+        return f"{value:.0f} °C"
+    if unit == catalogue.WATTS:
+        return f"{value:.0f} W"
+    if unit == catalogue.SECONDS:
+        return human_duration(value)
+    if unit == catalogue.LOAD:
+        return f"{value:.2f}"
+    return f"{value:g}"
+
+
 def ago(then: float | None, now: float) -> str:
     return "never" if then is None else f"{human_duration(now - then)} ago"
 
@@ -198,6 +217,11 @@ def slow_down(what: str, burst: int, every: float, retry_after: float) -> str:
 NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 
+# Keys of `metrics` the card has a line of its own for; other plain numbers of the catalogue share a generic line.
+_CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "disk_io", "net", "temps", "gpus",
+                         "uptime", "procs"})
+
+
 def host_card(host: store.Host, now: float) -> str:
     m, f = host.last_metrics, host.facts
     lines = [f"<b>{e(host.name)}</b> {_state(host, now)} · last seen {ago(host.last_seen, now)}"]
@@ -240,6 +264,10 @@ def host_card(host: store.Host, now: float) -> str:
         tail.append(f"Uptime {human_duration(m['uptime'])}")
     if "procs" in m:
         tail.append(f"{m['procs']:.0f} processes")
+    # Plain numbers without a line of their own above (a metric added to the catalogue later): "Label value".
+    for key, row in catalogue.scalar_keys().items():
+        if row.card and key in m and key not in _CARD_LINES:
+            tail.append(f"{e(row.label[:1].upper() + row.label[1:])} {value_text(row.unit, m[key])}")
     if tail:
         lines.append(" · ".join(tail))
     if host.dropped:
@@ -248,18 +276,15 @@ def host_card(host: store.Host, now: float) -> str:
     return "\n".join(lines)
 
 
-CARD_CHARTS = (("CPU", "cpu", "cpu"), ("RAM", "ram", "ram"), ("GPU", "gpu", "gpu0"), ("VRAM", "vram", "vram0"),
-               ("Disk", "disk", "disk:"), ("Net", "net", "net_rx"))
-
-
 def chart_buttons(host: store.Host, series: Sequence[str]) -> list[dict[str, str]]:
-    """📈 buttons for the charts this host can draw (a host without a GPU gets no GPU button)."""
+    """📈 buttons for the charts this host can draw (a host without a GPU gets no GPU button): the catalogue's rows
+    that have a button, in its order."""
     buttons = []
-    for label, word, probe in CARD_CHARTS:
-        if any(name == probe or (probe.endswith(":") and name.startswith(probe)) for name in series):
-            callback = chart_callback("chart", host.id, "1h", None, (word,))
+    for row in catalogue.CATALOGUE:
+        if row.button and row.plot and catalogue.members([row], series):
+            callback = chart_callback("chart", host.id, "1h", None, (row.plot[0],))
             if callback is not None:
-                buttons.append(button(f"📈 {label}", callback))
+                buttons.append(button(f"📈 {row.button}", callback))
     return buttons
 
 

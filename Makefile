@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench clean image-test
+.PHONY: run test typecheck bench clean image-test
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ run: $(VENV)/.run-installed
 
 test: $(VENV)/.test-installed
 	$(PY) -m pytest -q
+
+# mypy over mbot/, configured in pyproject.toml ([tool.mypy]: strict on the pure cores).
+typecheck: $(VENV)/.test-installed
+	$(PY) -m mypy
 
 # The container image end to end with podman (installs podman when missing; see deploy/image-test.sh).
 image-test: $(VENV)/.run-installed

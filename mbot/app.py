@@ -93,7 +93,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 await services.start(alerting.run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None
-                if settings.bot_enabled:
+                if settings.bot_token is not None:  # bot_enabled, spelled so that the type checker sees a str
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
                     outbox = outbox or Outbox()
                     services.start_soon(outbox.run)

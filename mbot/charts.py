@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib import dates as mdates
+from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
@@ -187,8 +188,12 @@ def render(spec: ChartSpec) -> bytes:
     data = plot_data(spec)
     epoch = mdates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc))
 
-    def num(x: np.ndarray | float) -> np.ndarray | float:
+    # Unix seconds -> matplotlib's date numbers (days), for arrays and for single instants.
+    def nums(x: np.ndarray) -> np.ndarray:
         return epoch + np.asarray(x, dtype=float) / 86400.0
+
+    def num(t: float) -> float:
+        return float(epoch + t / 86400.0)
 
     # Fixed margins rather than constrained layout, which costs 40% of the render time; they fit 6-character tick
     # labels, a unit on each side, the title and a legend row above the plot.
@@ -209,11 +214,11 @@ def render(spec: ChartSpec) -> bytes:
     left.grid(True, color=GRID, linewidth=0.8)
     left.set_axisbelow(True)
 
-    handles = []
+    handles: list[Artist] = []
     for i, line in enumerate(data.lines):
         ax = axes[line.axis]
         color = COLORS[i % len(COLORS)]
-        x = num(line.x)
+        x = nums(line.x)
         label = f"{line.label} [{line.unit}]" if two_axes and line.unit else line.label
         if line.band:
             ax.fill_between(x, line.lo, line.hi, where=np.isfinite(line.y), color=color, alpha=0.2, linewidth=0)
@@ -255,7 +260,7 @@ def render(spec: ChartSpec) -> bytes:
     # (Text._renderer is matplotlib's private cache: if it is renamed, test_charts' memory test says so.)
     canvas.renderer = None
     for text in fig.findobj(Text):
-        text._renderer = None
+        text._renderer = None  # type: ignore[attr-defined]
     png = buffer.getvalue()
     logger.debug("chart %r: %d lines, %d points, %d bytes", spec.title, len(data.lines),
                  sum(int(np.isfinite(d.y).sum()) for d in data.lines), len(png))

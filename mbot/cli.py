@@ -230,10 +230,14 @@ def _health(settings: Settings) -> int:
     try:
         with socket.create_connection((host, settings.port), timeout=5) as raw:
             with ctx.wrap_socket(raw, server_hostname=host) as tls_socket:
-                seen = hashlib.sha256(tls_socket.getpeercert(binary_form=True)).hexdigest()
+                der = tls_socket.getpeercert(binary_form=True)
     except OSError as exc:
         print(f"unhealthy: port {settings.port}: {exc}", file=sys.stderr)
         return 1
+    if der is None:
+        print(f"unhealthy: port {settings.port} answers TLS without a certificate", file=sys.stderr)
+        return 1
+    seen = hashlib.sha256(der).hexdigest()
     if seen != expected:
         print(f"unhealthy: port {settings.port} answers with another certificate ({seen})", file=sys.stderr)
         return 1

@@ -299,6 +299,12 @@ def _json_object(row: sqlite3.Row, column: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _inserted_id(cur: sqlite3.Cursor) -> int:
+    # sqlite3 leaves lastrowid None only when no row was inserted, which a successful INSERT rules out.
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
 def _host(row: sqlite3.Row) -> Host:
     return Host(
         id=row["id"], name=row["name"], owner=row["owner"], key_id=row["key_id"], created=row["created"],
@@ -333,7 +339,7 @@ def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str,
         "INSERT INTO hosts (name, owner, key_id, secret_hash, created) VALUES (?, ?, ?, ?, ?)",
         (name, owner, key_id, secret_hash, created),
     )
-    return int(cur.lastrowid)
+    return _inserted_id(cur)
 
 
 def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
@@ -379,7 +385,7 @@ def add_audit(conn: sqlite3.Connection, *, ts: float, user_id: int, host_id: int
               action: str, outcome: str) -> int:
     cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome) VALUES (?, ?, ?, ?, ?, ?)",
                        (ts, user_id, host_id, host_name, action, outcome))
-    return int(cur.lastrowid)
+    return _inserted_id(cur)
 
 
 def set_audit_outcome(conn: sqlite3.Connection, audit_id: int, outcome: str) -> None:

@@ -11,6 +11,7 @@ process (RSS, CPU per committed sample against a real server) is bench/agent_cos
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import sys
 import tempfile
@@ -45,16 +46,13 @@ def collect_cpu(agent: ModuleType, calls: int) -> float:
 def spool_per_sample(agent: ModuleType, samples: int) -> float:
     text = agent.encode_sample(1, time.time(), {"cpu": 12.5, "cpu_cores": [10.0] * 16, "load": [0.5, 0.4, 0.3],
                                                 "ram": {"used": 4 << 30, "total": 16 << 30}, "uptime": 1000.0})
-    with tempfile.TemporaryDirectory(prefix="mbot-bench-spool-") as tmp:
-        spool = agent.open_spool(str(Path(tmp) / "spool.sqlite3"), samples)
-        try:
-            start = time.perf_counter()
-            for seq in range(1, samples + 1):
-                spool.append(seq, text, time.time())
-                spool.ack(seq)
-            return (time.perf_counter() - start) / samples
-        finally:
-            spool.close()
+    with tempfile.TemporaryDirectory(prefix="mbot-bench-spool-") as tmp, \
+            contextlib.closing(agent.open_spool(str(Path(tmp) / "spool.sqlite3"), samples)) as spool:
+        start = time.perf_counter()
+        for seq in range(1, samples + 1):
+            spool.append(seq, text, time.time())
+            spool.ack(seq)
+        return (time.perf_counter() - start) / samples
 
 
 def main() -> int:

@@ -8,8 +8,10 @@ from mbot.telegram.commands import COMMANDS
 
 
 def test_menu_is_made_from_the_table():
-    assert commands.MENU == [(name, spec.menu) for name, spec in COMMANDS.items() if spec.menu]
+    assert commands.MENU == [(spec.name, spec.menu_text) for spec in commands.TABLE if spec.menu]
     assert [name for name, _ in commands.MENU][:3] == ["status", "hosts", "plot"]  # the table's order
+    assert dict(commands.MENU)["rename"] == "Rename a host: /rename OLD NEW"
+    assert commands.usage("rename") == "Usage: /rename OLD NEW - rename a host"
 
 
 def test_menu_entries_are_what_telegram_accepts():
@@ -27,7 +29,3 @@ def test_every_listed_command_is_in_help_and_in_the_menu():
     assert not any(line.startswith("/invite") for line in lines)
     assert any(line.startswith("/invite") for line in commands.help_lines(admin=True))
     assert "invite" not in menu  # one menu for every user: admin commands stay out
-
-
-def test_usage_lines_come_from_the_table():
-    assert commands.usage("rename") == f"Usage: {COMMANDS['rename'].usage}"

@@ -20,62 +20,74 @@ class Command:
 
 @dataclass(frozen=True)
 class Spec:
-    """One command: everything /help, the command menu and the parser know about it."""
+    """One command: everything the parser, the usage lines, /help and the command menu know about it."""
 
-    usage: str  # the usage line a user sees after a mistake, and the command's line in /help
+    name: str
+    args: str  # its syntax after the command: "OLD NEW", "[NAME]"
+    about: str  # what it does, a phrase in lower case: "rename a host"
     low: int  # fewest arguments
     high: int  # most arguments
-    menu: str | None = None  # its text in the command menu (setMyCommands); None: not in the menu
+    example: str = ""  # in the usage line and /help, not in the menu (where it would crowd out the rest)
+    menu: bool = True  # in the command menu (setMyCommands), which is the same for every user
     in_help: bool = True
-    admin: bool = False  # listed for admins only (the command checks the user itself)
+    admin: bool = False  # listed in /help for admins only (the command checks the user itself)
+
+    @property
+    def syntax(self) -> str:
+        return f"/{self.name} {self.args}".rstrip()
+
+    @property
+    def usage(self) -> str:
+        """The usage line a user sees after a mistake, and the command's line in /help."""
+        text = f"{self.syntax} - {self.about}" if self.about else self.syntax
+        return f"{text}, e.g. {self.example}" if self.example else text
+
+    @property
+    def menu_text(self) -> str:
+        about = self.about[:1].upper() + self.about[1:]
+        return f"{about}: {self.syntax}" if self.args else about
 
 
 # THE table of commands, in the order /help and the menu list them (most used first).
-COMMANDS: dict[str, Spec] = {
-    "status": Spec("/status [NAME] - a summary, or one host's card", 0, 1,
-                   menu="Summary of your hosts, or one host's card"),
-    "hosts": Spec("/hosts - your hosts, online or not", 0, 0, menu="Your hosts, online or offline"),
-    "plot": Spec("/plot NAME METRICS SPAN... [LIMIT] [UNIT] - a chart, e.g. /plot box1 cpu;gpu 2d 3h 80", 0, 16,
-                 menu="A chart: /plot NAME METRICS SPAN [LIMIT] [UNIT]"),
-    "newkey": Spec("/newkey NAME - register a host and get its agent settings", 1, 1,
-                   menu="Register a host: /newkey NAME"),
-    "agent": Spec("/agent - the agent file, to copy to a host", 0, 0, menu="The agent file to run on a host"),
-    "rename": Spec("/rename OLD NEW - rename a host", 2, 2, menu="Rename a host: /rename OLD NEW"),
-    "rotate": Spec("/rotate NAME - issue a new secret; the old one stops working at once", 1, 1,
-                   menu="New secret for a host: /rotate NAME"),
-    "revoke": Spec("/revoke NAME - delete a host's key and disconnect its agent", 1, 1,
-                   menu="Delete a host's key: /revoke NAME"),
-    "alerts": Spec("/alerts - your alert rules and their state", 0, 0, menu="Your alert rules and their state"),
+TABLE: tuple[Spec, ...] = (
+    Spec("status", "[NAME]", "a summary of your hosts, or one host's card", 0, 1),
+    Spec("hosts", "", "your hosts, online or not", 0, 0),
+    Spec("plot", "NAME METRICS SPAN... [LIMIT] [UNIT]", "a chart", 0, 16, example="/plot box1 cpu;gpu 2d 3h 80"),
+    Spec("newkey", "NAME", "register a host and get its agent settings", 1, 1),
+    Spec("agent", "", "the agent file, to copy to a host", 0, 0),
+    Spec("rename", "OLD NEW", "rename a host", 2, 2),
+    Spec("rotate", "NAME", "issue a new secret; the old one stops working at once", 1, 1),
+    Spec("revoke", "NAME", "delete a host's key and disconnect its agent", 1, 1),
+    Spec("alerts", "", "your alert rules and their state", 0, 0),
     # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
-    "setalert": Spec("/setalert NAME METRIC THRESHOLD [FOR] - alert when a metric crosses a threshold", 0, 8,
-                     menu="Alert: /setalert NAME METRIC THRESHOLD [FOR]"),
-    "delalert": Spec("/delalert NAME METRIC - remove an alert", 0, 8, menu="Remove an alert: /delalert NAME METRIC"),
-    "mute": Spec("/mute NAME DURATION - no notifications from a host for a while", 0, 8,
-                 menu="Silence a host: /mute NAME DURATION"),
-    "unmute": Spec("/unmute NAME - notifications back on", 0, 8, menu="Notifications back on: /unmute NAME"),
-    # Not in the menu: the menu is the same for every user.
-    "invite": Spec("/invite - a one-time link that lets one more person use this bot (admin only)", 0, 0, admin=True),
+    Spec("setalert", "NAME METRIC THRESHOLD [FOR]", "alert when a metric crosses a threshold", 0, 8),
+    Spec("delalert", "NAME METRIC", "remove an alert", 0, 8),
+    Spec("mute", "NAME DURATION", "no notifications from a host for a while", 0, 8),
+    Spec("unmute", "NAME", "notifications back on", 0, 8),
+    Spec("invite", "", "a one-time link that lets one more person use this bot (admin only)", 0, 0, menu=False,
+         admin=True),
     # /help is the list itself (so not in it), but in the menu: it is where a new user looks first.
-    "help": Spec("/help", 0, 0, menu="What mbot can do", in_help=False),
+    Spec("help", "", "what mbot can do", 0, 0, in_help=False),
     # /start CODE is what a t.me/<bot>?start=CODE invite link makes Telegram send (mbot.users), and what opening
     # the bot sends: neither listed nor in the menu.
-    "start": Spec("/start", 0, 1, in_help=False),
-}
+    Spec("start", "", "", 0, 1, menu=False, in_help=False),
+)
+COMMANDS: dict[str, Spec] = {spec.name: spec for spec in TABLE}
 
 # What the command menu (setMyCommands) shows.
-MENU: list[tuple[str, str]] = [(name, spec.menu) for name, spec in COMMANDS.items() if spec.menu]
+MENU: list[tuple[str, str]] = [(spec.name, spec.menu_text) for spec in TABLE if spec.menu]
 
 
 def help_lines(admin: bool = False) -> list[str]:
     """The usage lines /help lists, in the table's order: a new command cannot be left out."""
-    return [spec.usage for spec in COMMANDS.values() if spec.in_help and (admin or not spec.admin)]
+    return [spec.usage for spec in TABLE if spec.in_help and (admin or not spec.admin)]
 
 
 # The table in its earlier shapes, for views.help_text and tests/test_access.py until they read COMMANDS or
 # help_lines: name -> (usage, min args, max args), and the names left out of /help or shown to admins only.
-SPECS: dict[str, tuple[str, int, int]] = {name: (spec.usage, spec.low, spec.high) for name, spec in COMMANDS.items()}
-NOT_IN_HELP = tuple(name for name, spec in COMMANDS.items() if not spec.in_help)
-ADMIN_ONLY = tuple(name for name, spec in COMMANDS.items() if spec.admin)
+SPECS: dict[str, tuple[str, int, int]] = {spec.name: (spec.usage, spec.low, spec.high) for spec in TABLE}
+NOT_IN_HELP = tuple(spec.name for spec in TABLE if not spec.in_help)
+ADMIN_ONLY = tuple(spec.name for spec in TABLE if spec.admin)
 
 
 def usage(name: str) -> str:

@@ -9,6 +9,10 @@ Layout (measured in FACTS.md: key order decides insert speed):
 
 All writes of the server go through mbot.writer.Writer (one thread, batched transactions); the CLI, a separate
 process, writes through its own connection with the same functions.
+
+SQL lives here and in two named data-access modules only: mbot.writer (the ingest writes, in its batches) and
+mbot.users (the users and invites tables). Everything else (history, the CLI, services) calls functions of this
+module, so a schema change is found in one place (tests/test_layering.py checks it).
 """
 from __future__ import annotations
 

@@ -81,7 +81,7 @@ async def commit_to_outbox(hosts: int, rounds: int) -> None:
         ids = [service.new_key(conn, f"h{i}", owner=1).host_id for i in range(hosts)]
     conn.close()
     db, writer = Database(db_path), Writer(db_path)
-    committed: dict[tuple[int, int], float] = {}
+    committed: dict[tuple[int, float], float] = {}
     latencies: list[float] = []
     rng = random.Random(2)
 
@@ -91,13 +91,14 @@ async def commit_to_outbox(hosts: int, rounds: int) -> None:
 
         def on_samples(self, host_id, samples):
             for s in samples:
-                committed[(host_id, s.seq)] = time.perf_counter()
+                committed[(host_id, s.ts)] = time.perf_counter()
 
     pending_seq: dict[int, int] = {}
 
     def notify(owner: int, text: str, event: alerts.Event) -> None:
         if isinstance(event, alerts.Firing):
-            latencies.append(time.perf_counter() - committed[(event.host_id, pending_seq[event.host_id])])
+            # Delivery reads the host's name and owner from the store first (mbot.alerting): that is included.
+            latencies.append(time.perf_counter() - committed[(event.host_id, event.at)])
 
     async with trio.open_nursery() as root:
         root.start_soon(writer.run)

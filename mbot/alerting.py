@@ -21,6 +21,7 @@ import trio
 
 from . import alerts, store
 from .alerts import AlertEngine, AlertRule, Event, OfflineRule
+from .telegram import alert_text
 from .protocol import Hello, Sample
 from .store import Database
 from .writer import Writer
@@ -197,7 +198,7 @@ class Alerting:
                 hosts[event.host_id] = await self._db.read(store.host_by_id, event.host_id)
             host = hosts[event.host_id]
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
-            text = alerts.describe(event, name)
+            text = alert_text.describe(event, name)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
                 self._notify(owner, html.escape(text), event)

@@ -61,18 +61,19 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from . import series as catalogue
+from .alert_state import (COUNT, FIRE, FIRE_NOW, FIRING, FORGET, HOLD, NAMES, NOTHING, OK, PENDING, RESOLVE,
+                          RESOLVE_GONE, START, TRANSITIONS, reading)
 
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
-    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event",
-    "AlertSpec", "OfflineSpec", "DeleteSpec", "MuteSpec", "AlertUsageError",
-    "parse_setalert", "parse_delalert", "parse_mute", "parse_unmute", "describe", "series_label", "format_value",
-    "metric_words", "USAGE_SETALERT", "USAGE_DELALERT", "USAGE_MUTE", "USAGE_UNMUTE",
+    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event", "metric_of", "metric_words",
+    "PCT", "TEMP", "LOAD", "RATE", "MIN_DELAY",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
-_PCT, _TEMP, _LOAD, _RATE = "pct", "temp", "load", "rate"
+PCT, TEMP, LOAD, RATE = "pct", "temp", "load", "rate"
+_PCT, _TEMP, _LOAD, _RATE = PCT, TEMP, LOAD, RATE
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def metric_words() -> tuple[str, ...]:
     return (*catalogue.selectors(), "disk:/mount")
 
 
-def _metric(metric: str) -> _Metric | None:
+def metric_of(metric: str) -> _Metric | None:
     """The selector for a rule's metric (already normalised), or None when there is no such metric: a catalogue
     selector (cpu, disk: every disk) or one member of a family (disk:/home, temp:nvme)."""
     selectors = catalogue.selectors()
@@ -142,7 +143,7 @@ class AlertRule:
     for_s: float = 0.0
 
     def __post_init__(self) -> None:
-        if _metric(self.metric) is None:
+        if metric_of(self.metric) is None:
             raise ValueError(f"unknown alert metric {self.metric!r}")
         if not (math.isfinite(self.threshold) and math.isfinite(self.for_s) and self.for_s >= 0):
             raise ValueError("threshold and for_s must be finite, for_s >= 0")
@@ -262,10 +263,11 @@ class HostStatus:
 
 # --- the engine --------------------------------------------------------------------------------------------------
 
-_OK, _PENDING, _FIRING = 0, 1, 2
-_PHASE_NAMES = ("ok", "pending", "firing")
+_OK, _PENDING, _FIRING = OK, PENDING, FIRING
+_PHASE_NAMES = NAMES
 _LIVENESS, _REMINDER, _MUTE = 0, 1, 2
-_MIN_DELAY = 30.0
+MIN_DELAY = 30.0  # the shortest offline delay (the default is max(3 intervals, this))
+_MIN_DELAY = MIN_DELAY
 _LAG_RISE = 0.5  # how fast the usual-lag floor may rise, in seconds per second of live samples
 
 
@@ -293,7 +295,7 @@ class _Slot:
     __slots__ = ("host", "rule", "metric", "sign", "lim", "clr", "for_s", "states", "by_series")
 
     def __init__(self, host: _Host, rule: AlertRule) -> None:
-        metric = _metric(rule.metric)
+        metric = metric_of(rule.metric)
         assert metric is not None  # AlertRule checked it
         self.host = host
         self.metric = metric
@@ -490,43 +492,55 @@ class AlertEngine:
         get = series.get
         clear_samples = self.clear_samples
         for slot in slots:
-            sign = slot.sign
-            lim = slot.lim
-            for state in slot.states:
+            sign, lim, clr, for_s = slot.sign, slot.lim, slot.clr, slot.for_s
+            for state in list(slot.states):
                 value = get(state.series)
-                if value is None:
-                    self._missing(state, ts, delay, events)
+                x = None if value is None else value * sign
+                if state.phase == OK and x is not None and x <= lim:
+                    # (ok, back) -> (ok, nothing): nearly every sample of every rule, so it skips the table.
+                    state.value = value
+                    state.last_ts = ts
                     continue
-                x = value * sign
-                phase = state.phase
-                if phase == _FIRING:
-                    if x <= slot.clr:
-                        if state.clear_n == 0:
-                            state.clear_since = ts
-                        state.clear_n += 1
-                        if state.clear_n >= clear_samples:
-                            self._resolve(state, value, state.clear_since, events)
-                    else:
-                        state.clear_n = 0
-                        if not state.notified and announce:
-                            self._announce(state, value, ts, now, events)
-                elif x > lim:
-                    if phase == _OK:
-                        state.since = ts
-                        state.phase = _PENDING
-                    elif ts < state.last_ts or ts - state.last_ts > delay:
-                        state.since = ts  # no evidence across a gap (or a clock jump): start over
-                    if ts - state.since >= slot.for_s:
-                        state.phase = _FIRING
-                        state.clear_n = 0
-                        state.notified = False
-                        if announce:
-                            self._announce(state, value, ts, now, events)
-                elif phase == _PENDING:
-                    state.phase = _OK
-                state.value = value
-                state.last_ts = ts
+                phase, action = TRANSITIONS[state.phase, reading(
+                    state.phase, x, lim=lim, clr=clr, ts=ts, since=state.since, last_ts=state.last_ts, for_s=for_s,
+                    delay=delay, clear_n=state.clear_n, clear_samples=clear_samples)]
+                if action is not NOTHING:
+                    self._act(state, action, value, ts, now, announce, events)
+                state.phase = phase
+                if value is not None:
+                    state.value = value
+                    state.last_ts = ts
         return events
+
+    def _act(self, state: _State, action: str, value: float | None, ts: float, now: float, announce: bool,
+             events: list[Event]) -> None:
+        """Carry out an action of the state table (mbot.alert_state.TRANSITIONS)."""
+        if action is START:
+            state.since = ts
+        elif action is FIRE or action is FIRE_NOW:
+            if action is FIRE_NOW:
+                state.since = ts
+            state.clear_n = 0
+            state.notified = False
+            if announce:
+                assert value is not None
+                self._announce(state, value, ts, now, events)
+        elif action is COUNT or action is RESOLVE:
+            if state.clear_n == 0:
+                state.clear_since = ts
+            state.clear_n += 1
+            if action is RESOLVE:
+                self._resolve(state, value, state.clear_since, events)
+        elif action is HOLD:
+            state.clear_n = 0
+            if not state.notified and announce:
+                assert value is not None
+                self._announce(state, value, ts, now, events)
+        elif action is RESOLVE_GONE:
+            self._resolve(state, None, state.last_ts, events)
+            self._forget(state)
+        elif action is FORGET:
+            self._forget(state)
 
     def tick(self, now: float) -> list[Event]:
         """Everything timer-driven that is due at `now`: offline, reminders, mute expiry."""
@@ -749,14 +763,11 @@ class AlertEngine:
         state.next_reminder = None
         state.clear_n = 0
 
-    def _missing(self, state: _State, ts: float, delay: float, events: list[Event]) -> None:
+    def _forget(self, state: _State) -> None:
+        """A family member that left (a disk unmounted): forget it now, so /alerts stops listing it; the next
+        sample's _rebind drops it from slot.states. A rule on one exact series keeps its state."""
         slot = state.slot
-        if state.phase == _PENDING:
-            state.phase = _OK
-        elif state.phase == _FIRING and ts - state.last_ts > delay:
-            self._resolve(state, None, state.last_ts, events)
-        if state.phase == _OK and slot.metric.exact is None:
-            # Forget it now (so /alerts stops listing it); the next sample's _rebind drops it from slot.states.
+        if slot.metric.exact is None:
             state.alive = False
             slot.by_series.pop(state.series, None)
             slot.host.layout = None
@@ -784,246 +795,3 @@ class AlertEngine:
                         state.alive = False
                         del by_series[name]
             slot.states = states
-
-
-# --- messages ----------------------------------------------------------------------------------------------------
-
-def series_label(series: str) -> str:
-    """What a series is called in messages: "CPU", "disk /home", "GPU 0 temperature" (the catalogue's label)."""
-    return catalogue.label(series)
-
-
-def _num(value: float, digits: int = 1) -> str:
-    text = f"{value:.{digits}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
-
-
-def _rate(value: float) -> str:
-    # Binary units, like the status card (mbot.telegram.views.human_rate), so both show the same numbers.
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{value:.0f} {unit}/s" if unit == "B" else f"{_num(value)} {unit}/s"
-        value /= 1024
-    return f"{_num(value)} TiB/s"
-
-
-def format_value(metric: str, value: float) -> str:
-    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s"."""
-    found = _metric(metric)
-    kind = found.kind if found is not None else _LOAD
-    if kind == _PCT:
-        return f"{_num(value)} %"
-    if kind == _TEMP:
-        return f"{_num(value)} °C"
-    if kind == _RATE:
-        return _rate(value)
-    return _num(value, 2)
-
-
-def _duration_text(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min"
-    return f"{secs} s"
-
-
-def _threshold_text(rule: AlertRule) -> str:
-    text = format_value(rule.metric, rule.threshold)
-    return f"threshold below {text}" if rule.below else f"threshold {text}"
-
-
-def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
-    text = f"{series_label(series)} {format_value(rule.metric, value)}"
-    if lasted >= 1:
-        text += f" for {_duration_text(lasted)}"
-    return f"{text} ({_threshold_text(rule)})"
-
-
-def describe(event: Event, host_name: str) -> str:
-    """The chat message for an event, plain text (the caller escapes it for HTML)."""
-    if isinstance(event, Firing):
-        return f"{host_name}: {_firing_text(event.rule, event.series, event.value, event.at - event.since)}"
-    if isinstance(event, Resolved):
-        label = series_label(event.series)
-        if event.value is None:
-            return f"{host_name}: {label} is no longer reported; alert closed after {_duration_text(event.duration)}"
-        value = format_value(event.rule.metric, event.value)
-        return f"{host_name}: {label} back to normal ({value}) after {_duration_text(event.duration)}"
-    if isinstance(event, Reminder):
-        value = format_value(event.rule.metric, event.value)
-        return (f"{host_name}: {series_label(event.series)} still {value} after "
-                f"{_duration_text(event.at - event.since)} ({_threshold_text(event.rule)})")
-    if isinstance(event, Offline):
-        return f"{host_name} is offline (last seen {_duration_text(event.at - event.since)} ago)"
-    if isinstance(event, BackOnline):
-        return f"{host_name} is back online after {_duration_text(event.down_for)}"
-    if isinstance(event, MuteEnded):
-        lines = [f"{host_name}: notifications are back on."]
-        if event.offline_since is not None:
-            lines.append(f"It is offline (last seen {_duration_text(event.at - event.offline_since)} ago).")
-        if event.still_firing:
-            lines.append("Still firing:")
-            lines.extend(f"- {_firing_text(f.rule, f.series, f.value, f.at - f.since)}" for f in event.still_firing)
-        elif event.offline_since is None:
-            lines.append("Nothing is firing.")
-        return "\n".join(lines)
-    raise TypeError(f"not an alert event: {event!r}")
-
-
-# --- commands ----------------------------------------------------------------------------------------------------
-
-USAGE_SETALERT = "Usage: /setalert NAME METRIC THRESHOLD [FOR]"
-USAGE_DELALERT = "Usage: /delalert NAME METRIC"
-USAGE_MUTE = "Usage: /mute NAME DURATION"
-USAGE_UNMUTE = "Usage: /unmute NAME"
-
-_DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
-_MAX_FOR = 7 * 86400.0
-_MAX_MUTE = 366 * 86400.0
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
-# Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
-_RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
-_UNITS = {_PCT: {"": 1, "%": 1}, _TEMP: {"": 1, "c": 1, "°c": 1, "°": 1}, _LOAD: {"": 1}, _RATE: _RATE_UNITS}
-
-
-class AlertUsageError(ValueError):
-    """Bad arguments to an alert command; str(self) starts with the usage line and says what is wrong."""
-
-
-def _usage(usage: str, problem: str) -> AlertUsageError:
-    return AlertUsageError(f"{usage}\n{problem}")
-
-
-@dataclass(frozen=True)
-class AlertSpec:
-    """/setalert NAME METRIC THRESHOLD [FOR], parsed; the caller resolves NAME to a host."""
-
-    name: str
-    metric: str
-    threshold: float
-    below: bool
-    for_s: float
-
-    def rule(self, host_id: int) -> AlertRule:
-        return AlertRule(host_id, self.metric, self.threshold, self.below, self.for_s)
-
-
-@dataclass(frozen=True)
-class OfflineSpec:
-    """/setalert NAME offline [DELAY]: (re-)enable the offline alert; delay None is the default."""
-
-    name: str
-    delay: float | None
-
-    def rule(self, host_id: int) -> OfflineRule:
-        return OfflineRule(host_id, self.delay)
-
-
-@dataclass(frozen=True)
-class DeleteSpec:
-    name: str
-    metric: str  # a rule's metric, or "offline"
-
-
-@dataclass(frozen=True)
-class MuteSpec:
-    name: str
-    duration: float
-
-
-def _parse_duration(text: str) -> float:
-    """"30s", "5m", "2h", "1d", "1w", "1h30m" -> seconds. (mbot.rollup has its own; they may be unified.)"""
-    text = text.strip().lower()
-    if not _DURATION.fullmatch(text):
-        raise ValueError(text)
-    return float(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
-
-
-def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> float:
-    try:
-        seconds = _parse_duration(text)
-    except ValueError:
-        raise _usage(usage, f"{what} {text[:32]!r} is not a duration: {_DURATION_HELP}.") from None
-    if not low <= seconds <= high:
-        raise _usage(usage, f"{what} must be between {_duration_text(low)} and {_duration_text(high)}.")
-    return seconds
-
-
-def _metric_help() -> str:
-    return f"METRIC: {', '.join(metric_words())}, or offline"
-
-
-def _metric_arg(usage: str, text: str) -> str:
-    selector, colon, mount = text.partition(":")
-    metric = selector.lower() + colon + mount  # mount points are case-sensitive
-    if metric == "offline" or _metric(metric) is not None:
-        return metric
-    raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")
-
-
-def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
-    found = _metric(metric)
-    assert found is not None
-    kind = found.kind
-    match = _NUMBER.fullmatch(text.strip())
-    unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
-    units = _UNITS[kind]
-    if match is None or unit not in units:
-        examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
-        raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
-    value = float(match[2]) * units[unit]
-    low, high = found.bounds
-    if not low <= value <= high:
-        shown = f"{format_value(metric, low)} and {format_value(metric, high)}"
-        raise _usage(USAGE_SETALERT, f"THRESHOLD for {metric} must be between {shown}.")
-    return value, match[1] == "<"
-
-
-def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
-    """/setalert NAME METRIC THRESHOLD [FOR] | /setalert NAME offline [DELAY]."""
-    if len(args) < 2:
-        raise _usage(USAGE_SETALERT, f"{_metric_help()}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
-    name = args[0]
-    metric = _metric_arg(USAGE_SETALERT, args[1])
-    if metric == "offline":
-        if len(args) > 3:
-            raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
-        delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
-        return OfflineSpec(name, delay)
-    if len(args) == 2:
-        raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
-    if len(args) > 4:
-        raise _usage(USAGE_SETALERT, "too many arguments.")
-    threshold, below = _threshold_arg(metric, args[2])
-    for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
-    return AlertSpec(name, metric, threshold, below, for_s)
-
-
-def parse_delalert(args: Sequence[str]) -> DeleteSpec:
-    if len(args) != 2:
-        raise _usage(USAGE_DELALERT, f"{_metric_help()}; /alerts lists your rules.")
-    return DeleteSpec(args[0], _metric_arg(USAGE_DELALERT, args[1]))
-
-
-def parse_mute(args: Sequence[str]) -> MuteSpec:
-    if len(args) != 2:
-        raise _usage(USAGE_MUTE, f"e.g. /mute box1 2h; {_DURATION_HELP}.")
-    return MuteSpec(args[0], _duration_arg(USAGE_MUTE, "DURATION", args[1], 1.0, _MAX_MUTE))
-
-
-def parse_unmute(args: Sequence[str]) -> str:
-    if len(args) != 1:
-        raise _usage(USAGE_UNMUTE, "e.g. /unmute box1.")
-    return args[0]

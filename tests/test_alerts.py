@@ -6,11 +6,11 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from mbot import alerts
-from mbot.alerts import (
-    AlertEngine, AlertRule, AlertSpec, AlertUsageError, BackOnline, DeleteSpec, Firing, MuteEnded, MuteSpec,
-    Offline, OfflineRule, OfflineSpec, Reminder, Resolved, describe, parse_delalert, parse_mute, parse_setalert,
-    parse_unmute)
+from mbot.alerts import AlertEngine, AlertRule, BackOnline, Firing, MuteEnded, Offline, OfflineRule, Reminder, Resolved
+from mbot.telegram import alert_commands, alert_text
+from mbot.telegram.alert_commands import (AlertSpec, AlertUsageError, DeleteSpec, MuteSpec, OfflineSpec, parse_delalert,
+                                          parse_mute, parse_setalert, parse_unmute)
+from mbot.telegram.alert_text import describe
 
 H = 1  # the host most tests use
 CPU90 = AlertRule(H, "cpu", 90.0)
@@ -99,10 +99,10 @@ def test_parse_delalert_mute_unmute():
     assert parse_mute(["box1", "2h"]) == MuteSpec("box1", 7200.0)
     assert parse_unmute(["box1"]) == "box1"
     for parse, args, usage in [
-        (parse_delalert, ["box1"], alerts.USAGE_DELALERT), (parse_delalert, ["box1", "nope"], alerts.USAGE_DELALERT),
-        (parse_mute, ["box1"], alerts.USAGE_MUTE), (parse_mute, ["box1", "soon"], alerts.USAGE_MUTE),
-        (parse_mute, ["box1", "0s"], alerts.USAGE_MUTE), (parse_mute, ["box1", "400d"], alerts.USAGE_MUTE),
-        (parse_unmute, [], alerts.USAGE_UNMUTE), (parse_unmute, ["a", "b"], alerts.USAGE_UNMUTE),
+        (parse_delalert, ["box1"], alert_commands.USAGE_DELALERT), (parse_delalert, ["box1", "nope"], alert_commands.USAGE_DELALERT),
+        (parse_mute, ["box1"], alert_commands.USAGE_MUTE), (parse_mute, ["box1", "soon"], alert_commands.USAGE_MUTE),
+        (parse_mute, ["box1", "0s"], alert_commands.USAGE_MUTE), (parse_mute, ["box1", "400d"], alert_commands.USAGE_MUTE),
+        (parse_unmute, [], alert_commands.USAGE_UNMUTE), (parse_unmute, ["a", "b"], alert_commands.USAGE_UNMUTE),
     ]:
         with pytest.raises(AlertUsageError) as info:
             parse(args)
@@ -610,8 +610,8 @@ def test_describe():
             == "b: GPU 1 temperature 91 °C for 30 s (threshold 85 °C)")
     load = AlertRule(H, "load", 4.0)
     assert describe(Firing(load, H, "load1", 4.256, 0, 0), "b") == "b: load 4.26 (threshold 4)"
-    assert alerts.series_label("temp:coretemp") == "temperature coretemp"
-    assert alerts.series_label("vram0") == "VRAM 0"
+    assert alert_text.series_label("temp:coretemp") == "temperature coretemp"
+    assert alert_text.series_label("vram0") == "VRAM 0"
     ended = MuteEnded(H, 600.0, (Firing(cpu, H, "cpu", 97.0, 0.0, 590.0),), offline_since=480.0)
     assert describe(ended, "box1") == ("box1: notifications are back on.\nIt is offline (last seen 2 min ago).\n"
                                        "Still firing:\n- CPU 97 % for 9 min (threshold 90 %)")

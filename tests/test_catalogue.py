@@ -14,7 +14,7 @@ from helpers import BASE_TS, ack_reaching, hello_frame, open_tls, receive_json, 
 from mbot import alerts, plotspec, protocol, series
 from mbot.metrics import Histogram, ServerStats, render
 from mbot.store import Host
-from mbot.telegram import views
+from mbot.telegram import alert_commands, views
 from test_bot import ALICE, say, start_server
 
 # What an agent with everything sends (two disks, two interfaces, two sensors, two GPUs).
@@ -44,7 +44,7 @@ def test_every_row_reaches_every_consumer_it_declares():
             assert row.size_of or row.plot_one or row.name.endswith("_total") or "_total" in row.name, \
                 f"{row.name} cannot be plotted at all"
         if row.alert:
-            spec = alerts.parse_setalert(["box1", row.alert, "1"])
+            spec = alert_commands.parse_setalert(["box1", row.alert, "1"])
             rule = spec.rule(1)
             engine = alerts.AlertEngine([rule], now=0.0)
             engine.observe(1, 1.0, flat, 1.0)

@@ -22,7 +22,7 @@ import trio
 from .. import alerts, charts, plotspec, plotting, protocol, service, store, users
 from ..agents import AgentHub
 from ..alerting import Alerting
-from ..alerts import AlertUsageError
+from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
@@ -30,7 +30,7 @@ from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
 from ..writer import Writer
-from . import commands, views
+from . import alert_commands, commands, views
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox
@@ -292,26 +292,26 @@ class Bot:
             self._send(ctx, views.alerts_overview([h for h in hosts if h.revoked is None], self._alerting.engine, now))
             return
         if name == "setalert":
-            spec = alerts.parse_setalert(args)
+            spec = alert_commands.parse_setalert(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
             rule = spec.rule(host.id)
             await self._alerting.set_rule(rule)
             self._send(ctx, f"Alert set on <b>{views.e(host.name)}</b>: {views.e(views.rule_text(rule))}.")
         elif name == "delalert":
-            delete = alerts.parse_delalert(args)
+            delete = alert_commands.parse_delalert(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, delete.name)
             if await self._alerting.delete_rule(host.id, delete.metric):
                 self._send(ctx, f"Alert {views.e(delete.metric)} removed from <b>{views.e(host.name)}</b>.")
             else:
                 self._send(ctx, f"<b>{views.e(host.name)}</b> has no {views.e(delete.metric)} alert. /alerts lists them.")
         elif name == "mute":
-            mute = alerts.parse_mute(args)
+            mute = alert_commands.parse_mute(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, mute.name)
             self._alerting.mute(host.id, now + mute.duration)
             self._send(ctx, f"<b>{views.e(host.name)}</b> muted for {format_duration(mute.duration)}; "
                             "what is still firing then will be reported. /unmute ends it sooner.")
         elif name == "unmute":
-            host = await self._db.read(service.resolve_host, ctx.user_id, alerts.parse_unmute(args))
+            host = await self._db.read(service.resolve_host, ctx.user_id, alert_commands.parse_unmute(args))
             muted_until = self._alerting.engine.host_status(host.id).muted_until
             if muted_until is None or muted_until <= now:
                 self._send(ctx, f"<b>{views.e(host.name)}</b> is not muted.")

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .. import series as catalogue, store
-from ..alerts import AlertEngine, AlertRule, OfflineRule, format_value, series_label
+from ..alerts import AlertEngine, AlertRule, OfflineRule
+from .alert_text import format_value, series_label
 from ..service import NewKey
 from . import commands
 

@@ -1,0 +1,168 @@
+"""The alert commands' grammar: /setalert, /delalert, /mute, /unmute -> values, or a usage error. Pure.
+
+Like mbot.telegram.commands, a mistake is never silence: AlertUsageError starts with the command's usage line and says
+what was wrong. Which metrics exist comes from the catalogue (through mbot.alerts.metric_of).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule,
+                      OfflineRule, metric_of, metric_words)
+from .alert_text import duration_text as _duration_text, format_value
+
+__all__ = [
+    "AlertSpec", "OfflineSpec", "DeleteSpec", "MuteSpec", "AlertUsageError", "parse_setalert", "parse_delalert",
+    "parse_mute", "parse_unmute", "USAGE_SETALERT", "USAGE_DELALERT", "USAGE_MUTE", "USAGE_UNMUTE",
+]
+
+
+USAGE_SETALERT = "Usage: /setalert NAME METRIC THRESHOLD [FOR]"
+USAGE_DELALERT = "Usage: /delalert NAME METRIC"
+USAGE_MUTE = "Usage: /mute NAME DURATION"
+USAGE_UNMUTE = "Usage: /unmute NAME"
+
+_DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
+_MAX_FOR = 7 * 86400.0
+_MAX_MUTE = 366 * 86400.0
+_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
+# Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
+_RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
+_UNITS = {_PCT: {"": 1, "%": 1}, _TEMP: {"": 1, "c": 1, "°c": 1, "°": 1}, _LOAD: {"": 1}, _RATE: _RATE_UNITS}
+
+
+class AlertUsageError(ValueError):
+    """Bad arguments to an alert command; str(self) starts with the usage line and says what is wrong."""
+
+
+def _usage(usage: str, problem: str) -> AlertUsageError:
+    return AlertUsageError(f"{usage}\n{problem}")
+
+
+@dataclass(frozen=True)
+class AlertSpec:
+    """/setalert NAME METRIC THRESHOLD [FOR], parsed; the caller resolves NAME to a host."""
+
+    name: str
+    metric: str
+    threshold: float
+    below: bool
+    for_s: float
+
+    def rule(self, host_id: int) -> AlertRule:
+        return AlertRule(host_id, self.metric, self.threshold, self.below, self.for_s)
+
+
+@dataclass(frozen=True)
+class OfflineSpec:
+    """/setalert NAME offline [DELAY]: (re-)enable the offline alert; delay None is the default."""
+
+    name: str
+    delay: float | None
+
+    def rule(self, host_id: int) -> OfflineRule:
+        return OfflineRule(host_id, self.delay)
+
+
+@dataclass(frozen=True)
+class DeleteSpec:
+    name: str
+    metric: str  # a rule's metric, or "offline"
+
+
+@dataclass(frozen=True)
+class MuteSpec:
+    name: str
+    duration: float
+
+
+def _parse_duration(text: str) -> float:
+    """"30s", "5m", "2h", "1d", "1w", "1h30m" -> seconds. (mbot.rollup has its own; they may be unified.)"""
+    text = text.strip().lower()
+    if not _DURATION.fullmatch(text):
+        raise ValueError(text)
+    return float(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> float:
+    try:
+        seconds = _parse_duration(text)
+    except ValueError:
+        raise _usage(usage, f"{what} {text[:32]!r} is not a duration: {_DURATION_HELP}.") from None
+    if not low <= seconds <= high:
+        raise _usage(usage, f"{what} must be between {_duration_text(low)} and {_duration_text(high)}.")
+    return seconds
+
+
+def _metric_help() -> str:
+    return f"METRIC: {', '.join(metric_words())}, or offline"
+
+
+def _metric_arg(usage: str, text: str) -> str:
+    selector, colon, mount = text.partition(":")
+    metric = selector.lower() + colon + mount  # mount points are case-sensitive
+    if metric == "offline" or metric_of(metric) is not None:
+        return metric
+    raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")
+
+
+def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
+    found = metric_of(metric)
+    assert found is not None
+    kind = found.kind
+    match = _NUMBER.fullmatch(text.strip())
+    unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
+    units = _UNITS[kind]
+    if match is None or unit not in units:
+        examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
+        raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
+    value = float(match[2]) * units[unit]
+    low, high = found.bounds
+    if not low <= value <= high:
+        shown = f"{format_value(metric, low)} and {format_value(metric, high)}"
+        raise _usage(USAGE_SETALERT, f"THRESHOLD for {metric} must be between {shown}.")
+    return value, match[1] == "<"
+
+
+def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
+    """/setalert NAME METRIC THRESHOLD [FOR] | /setalert NAME offline [DELAY]."""
+    if len(args) < 2:
+        raise _usage(USAGE_SETALERT, f"{_metric_help()}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
+    name = args[0]
+    metric = _metric_arg(USAGE_SETALERT, args[1])
+    if metric == "offline":
+        if len(args) > 3:
+            raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
+        delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
+        return OfflineSpec(name, delay)
+    if len(args) == 2:
+        raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
+    if len(args) > 4:
+        raise _usage(USAGE_SETALERT, "too many arguments.")
+    threshold, below = _threshold_arg(metric, args[2])
+    for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
+    return AlertSpec(name, metric, threshold, below, for_s)
+
+
+def parse_delalert(args: Sequence[str]) -> DeleteSpec:
+    if len(args) != 2:
+        raise _usage(USAGE_DELALERT, f"{_metric_help()}; /alerts lists your rules.")
+    return DeleteSpec(args[0], _metric_arg(USAGE_DELALERT, args[1]))
+
+
+def parse_mute(args: Sequence[str]) -> MuteSpec:
+    if len(args) != 2:
+        raise _usage(USAGE_MUTE, f"e.g. /mute box1 2h; {_DURATION_HELP}.")
+    return MuteSpec(args[0], _duration_arg(USAGE_MUTE, "DURATION", args[1], 1.0, _MAX_MUTE))
+
+
+def parse_unmute(args: Sequence[str]) -> str:
+    if len(args) != 1:
+        raise _usage(USAGE_UNMUTE, "e.g. /unmute box1.")
+    return args[0]

@@ -85,7 +85,7 @@ class Agent:
 
 async def test_start_and_menu(fake: FakeBot, server):
     await fake.wait_for("setMyCommands")
-    assert {"command": "status", "description": "Summary of your hosts, or one host's card"} in fake.commands
+    assert {"command": "status", "description": "A summary of your hosts, or one host's card: /status [NAME]"} in fake.commands
     reply = await say(fake, ALICE, "/start")
     assert "/newkey NAME" in reply["text"] and reply["parse_mode"] == "HTML"
 

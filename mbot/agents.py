@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
+# Closing an agent for what it sent: how long to wait for its close reply. Meanwhile the frames it still sends are
+# read and dropped (a lingering close): closing the socket under a peer that is still sending makes TCP reset the
+# connection, which throws away the error frame and the close code before the agent has read them.
+CLOSE_LINGER = 10.0
 AGENT_PATH = "/agent"
 LIMIT_NOTICE_EVERY = 86400.0  # an owner hears about the same limit of the same host at most once a day
 
@@ -179,7 +183,7 @@ class AgentConnection:
         elif not close.quiet:
             self._hub.log(("bad", self.host.id), logging.WARNING, "agent %s (%s): %s; closing with %d",
                           self.host.name, self.peer, close.reason, close.code)
-        with trio.move_on_after(CLOSE_TIMEOUT):
+        with trio.move_on_after(CLOSE_LINGER):
             try:
                 await self.ws.send_message(protocol.error("bad_frame", close.reason))
             except ConnectionClosed:

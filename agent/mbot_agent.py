@@ -1056,6 +1056,166 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random, low: 
     return low + (cap - low) * rand()
 
 
+# --- the protocol without IO: what to send, what an ack frees, when to give up on refused samples -------------
+
+
+@dataclass(frozen=True)
+class Acked:
+    """The server committed every sample up to `seq`; `freed` samples left the spool. `first`: the answer to the
+    hello (what the server already has of this epoch), after which sending starts."""
+
+    seq: int
+    first: bool
+    freed: int
+
+
+@dataclass(frozen=True)
+class ServerError:
+    """An `error` frame: why the server is about to close the connection (quoted and escaped for the log)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """A `command` frame with a valid id; its action and expiry are checked by whoever runs it."""
+
+    command_id: str
+    action: Any
+    expires: Any
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """A frame the agent does not act on. `note`: log it (thinned out); otherwise at debug level only."""
+
+    why: str
+    note: bool = True
+
+
+@dataclass(frozen=True)
+class Discarded:
+    """The server refused the same samples `strikes` times in a row: `count` samples up to `last` were let go
+    (evicted from the spool, so they are counted as dropped and the server is told)."""
+
+    first: Optional[int]
+    last: int
+    strikes: int
+    count: int
+
+
+class Link:
+    """The agent's side of the protocol, without IO (h11.Connection is the model): frames from the server in,
+    events out; which frames to send next; what the end of a connection means for the spool.
+
+    One Link for the agent's life (strikes count across connections); `connected()` starts each connection. The
+    spool is its memory: `receive` applies acks to it (what they free), `frames` takes what to send from it and
+    marks it sent, `closed` lets go of samples the server refused max_strikes times in a row (a close for invalid
+    data or policy after they were sent, with no ack progress since the hello), so that one sample the server
+    cannot take does not hold back every sample after it. The caller does the IO: sends the hello and the frames,
+    calls `sent()` after each, runs commands, logs. `report_loss` writes a file spool: call it off the event loop.
+    """
+
+    def __init__(self, buffer: SampleBuffer, *, max_strikes: int = _POISON_STRIKES) -> None:
+        self.buffer = buffer
+        self.max_strikes = max_strikes
+        self.strikes = 0  # connections in a row that ended in a refusal of the samples they sent first
+        self.connected()
+
+    def connected(self) -> None:
+        """A new connection: nothing acked or sent on it yet (call it before sending the hello)."""
+        self.hello_acked = False
+        self.hello_ack_seq = 0  # what the server had of this epoch when the connection started
+        self.acked_seq = 0  # the highest ack on this connection
+        self.sent_upto = 0  # samples up to here went out on this connection
+        self.first_frame_last_seq: Optional[int] = None  # the last seq of the first frame of samples sent
+
+    # frames in ------------------------------------------------------------------------------------------------
+
+    def receive(self, message: "str | bytes") -> "Acked | ServerError | CommandRequest | Ignored":
+        """One frame from the server -> what it means (an ack is applied to the spool here)."""
+        try:
+            frame = json.loads(message)
+            kind = frame["type"]
+        except (ValueError, TypeError, KeyError):
+            return Ignored("ignoring a frame from the server that is not a JSON object with a type: "
+                           + _quote(message, 100))
+        if kind == "ack":
+            return self._ack(frame.get("seq"))
+        if kind == "error":
+            # Quoted and escaped: the text is the server's, and goes into this host's log.
+            return ServerError(f"{_quote(frame.get('code', '?'), 40)}: {_quote(frame.get('message', ''), 300)}")
+        if kind == "command":
+            command_id = frame.get("id")
+            if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
+                return Ignored("ignoring a command without a valid id: " + _quote(command_id, 70))
+            return CommandRequest(command_id, frame.get("action"), frame.get("expires"))
+        return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), note=False)
+
+    def _ack(self, seq: Any) -> "Acked | Ignored":
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            return Ignored("ignoring an ack with a bad seq: " + _quote(repr(seq), 40))
+        first = not self.hello_acked
+        freed = self.buffer.ack(seq, first=first)
+        if first:
+            self.hello_acked = True
+            self.hello_ack_seq = self.acked_seq = self.sent_upto = seq
+        elif seq > self.acked_seq:
+            self.acked_seq = seq
+            self.strikes = 0  # the server takes samples again
+        return Acked(seq, first, freed)
+
+    # frames out -----------------------------------------------------------------------------------------------
+
+    @property
+    def loss_to_report(self) -> bool:
+        """Samples were lost and no sample says so yet: call report_loss() before frames()."""
+        return bool(self.buffer.unreported)
+
+    def report_loss(self) -> Optional[int]:
+        """Make the next sample to send carry the count of lost samples (module docstring). Blocking with a file
+        spool. Returns that sample's seq, or None."""
+        return self.buffer.attach_unreported(self.sent_upto + 1)
+
+    def frames(self) -> Iterator[Tuple[str, int]]:
+        """The frames to send now, oldest first, as (text, last seq in it): `sample` for one, `samples` batches for
+        a backlog. They are marked sent in the spool at once: send them all, in order, or end the connection."""
+        pending = self.buffer.pending_after(self.sent_upto, mark_sent=True)
+        return self._frames(pending)
+
+    @staticmethod
+    def _frames(pending: List[Tuple[int, str]]) -> Iterator[Tuple[str, int]]:
+        # One frame at a time: a day's backlog is not copied into frame texts all at once.
+        for batch in batches(pending):
+            if len(batch) == 1:
+                yield sample_frame(batch[0][1]), batch[0][0]
+            else:
+                yield samples_frame(text for _, text in batch), batch[-1][0]
+
+    def sent(self, last_seq: int) -> None:
+        """A frame from frames() went out."""
+        if self.first_frame_last_seq is None:
+            self.first_frame_last_seq = last_seq
+        self.sent_upto = last_seq
+
+    # the end of a connection ----------------------------------------------------------------------------------
+
+    def closed(self, code: Optional[int]) -> Optional[Discarded]:
+        """The connection ended with this close code (None: no close frame). A close that may be a refusal of the
+        samples sent first (1007, 1008, 1009), with no ack progress since the hello, is a strike against them; at
+        max_strikes they are let go of."""
+        last = self.first_frame_last_seq
+        if code not in _DATA_REJECTED or last is None or self.acked_seq > self.hello_ack_seq:
+            return None
+        self.strikes += 1
+        if self.strikes < self.max_strikes:
+            return None
+        first = self.buffer.first_seq
+        count = self.buffer.discard(last)
+        strikes, self.strikes = self.strikes, 0
+        return Discarded(first, last, strikes, count)
+
+
 # --- metrics ---------------------------------------------------------------------------------------------------
 
 _SKIP_FSTYPES = frozenset({
@@ -1540,14 +1700,11 @@ class AgentStop(Exception):
 
 @dataclass
 class _Connection:
-    """One WebSocket connection's state, shared by its sender and receiver tasks."""
+    """One WebSocket connection's IO state, shared by its sender and receiver tasks (the protocol's is in Link)."""
 
     ws: trio_websocket.WebSocketConnection
     cancel_scope: trio.CancelScope  # cancel to drop this connection (the agent then reconnects)
-    hello_acked: trio.Event = field(default_factory=trio.Event)
-    hello_ack_seq: int = 0
-    acked_seq: int = 0  # highest ack seen on this connection
-    first_frame_last_seq: Optional[int] = None  # the last seq of the first frame of samples sent
+    hello_acked: trio.Event = field(default_factory=trio.Event)  # set on Link's first Acked: sending may start
     up_since: Optional[float] = None
     last_error: str = ""  # the server's last `error` frame
     dropped_because: str = ""  # set when the agent itself ends the connection
@@ -1567,15 +1724,14 @@ class Agent:
     def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None) -> None:
         self.config = config
         self.collector = collector
-        # The spool: unacked samples, and the epoch and seq counter (kept across restarts with AGENT_SPOOL_FILE).
-        self.buffer = spool if spool is not None else SampleBuffer(config.spool_capacity)
+        # What to send, what acks free, when to give up on refused samples; it holds the spool (self.buffer).
+        self.link = Link(spool if spool is not None else SampleBuffer(config.spool_capacity))
         self.epoch = self.buffer.epoch
         self.seq = self.buffer.seq
         self.server = server_id(config.server, config.port)
         self._new_sample = trio.Event()
         self._to_thread = trio.to_thread.run_sync  # psutil calls block: never on the event loop (tests: inline)
         self._ssl = make_ssl_context()
-        self._strikes = 0
         self._facts: Dict[str, Any] = {}
         self._last_drop_log = -math.inf
         self._pinned: Optional[str] = None  # the fingerprint trusted on first use in this run
@@ -1583,12 +1739,15 @@ class Agent:
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
-        # Server frame type -> handler(connection, frame). Add "command" here.
-        self._handlers: Dict[str, Callable[[_Connection, Dict[str, Any]], Any]] = {
-            "ack": self._on_ack,
-            "error": self._on_error,
-            "command": self._on_command,
-        }
+
+    @property
+    def buffer(self) -> SampleBuffer:
+        """The spool: unacked samples, and the epoch and seq counter (kept across restarts with AGENT_SPOOL_FILE)."""
+        return self.link.buffer
+
+    @buffer.setter
+    def buffer(self, spool: SampleBuffer) -> None:
+        self.link.buffer = spool
 
     async def run(self) -> int:
         if not self.config.verify_ssl:
@@ -1817,19 +1976,15 @@ class Agent:
         level = logging.INFO if code in (1000, 1001, 4001) else logging.WARNING
         if conn.dropped_because:
             detail, level = conn.dropped_because, logging.WARNING
-        sent_but_no_progress = conn.first_frame_last_seq is not None and conn.acked_seq <= conn.hello_ack_seq
-        if code in _DATA_REJECTED and sent_but_no_progress:
-            self._strikes += 1
-            if self._strikes >= _POISON_STRIKES:
-                first = self.buffer.first_seq
-                dropped = self.buffer.discard(conn.first_frame_last_seq)
-                log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples (the "
-                          "server will be told how many)", first, conn.first_frame_last_seq, self._strikes, dropped)
-                self._strikes = 0
+        discarded = self.link.closed(code)
+        if discarded is not None:
+            log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples (the server "
+                      "will be told how many)", discarded.first, discarded.last, discarded.strikes, discarded.count)
         up_for = None if conn.up_since is None else trio.current_time() - conn.up_since
         return up_for, f"disconnected from {self.server}: {detail}", level
 
     async def _serve(self, conn: _Connection) -> None:
+        self.link.connected()
         await self.refresh_facts()  # disks come and go
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
@@ -1856,32 +2011,26 @@ class Agent:
             if not conn.hello_acked.is_set():
                 conn.dropped_because = f"no answer to the hello within {self.config.ack_timeout:g} s"
                 return
-            sent_upto = conn.hello_ack_seq
+            link = self.link
             backlog = len(self.buffer)
             conn.up_since = trio.current_time()
             failures = self._failures
             since = (f"; after {failures.count} failures in {trio.current_time() - failures.started:.0f} s"
                      if failures.count > 1 and failures.started is not None else "")
             log.info("connected to %s (epoch %d; server has up to seq %d; %d samples to send%s)", self.server,
-                     self.epoch, conn.hello_ack_seq, backlog, since)
+                     self.epoch, link.hello_ack_seq, backlog, since)
             while True:
                 new_sample = self._new_sample
-                if self.buffer.unreported:  # samples were lost: the next one sent says how many (module doc)
-                    await self._to_thread(self.buffer.attach_unreported, sent_upto + 1)
+                if link.loss_to_report:  # samples were lost: the next one sent says how many (module doc)
+                    await self._to_thread(link.report_loss)
                 # All of these are sent, in order (even if the spool evicts some meanwhile), or the connection ends.
-                pending = self.buffer.pending_after(sent_upto, mark_sent=True)
-                if not pending:
-                    await new_sample.wait()
-                    continue
-                for batch in batches(pending):
-                    if len(batch) == 1:
-                        frame = sample_frame(batch[0][1])
-                    else:
-                        frame = samples_frame(text for _, text in batch)
+                sent_any = False
+                for frame, last_seq in link.frames():
                     await ws.send_message(frame)
-                    if conn.first_frame_last_seq is None:
-                        conn.first_frame_last_seq = batch[-1][0]
-                    sent_upto = batch[-1][0]
+                    link.sent(last_seq)
+                    sent_any = True
+                if not sent_any:
+                    await new_sample.wait()
         except trio_websocket.ConnectionClosed:
             pass
         finally:
@@ -1890,19 +2039,19 @@ class Agent:
     async def _receiver(self, conn: _Connection, done: trio.CancelScope) -> None:
         try:
             while True:
-                message = await conn.ws.get_message()
-                try:
-                    frame = json.loads(message)
-                    kind = frame["type"]
-                except (ValueError, TypeError, KeyError):
-                    self._note_server_noise("ignoring a frame from the server that is not a JSON object with a "
-                                            "type: %s", _quote(message, 100))
-                    continue
-                handler = self._handlers.get(kind) if isinstance(kind, str) else None
-                if handler is None:
-                    log.debug("ignoring a server frame of unknown type %.40r", kind)
-                    continue
-                await handler(conn, frame)
+                event = self.link.receive(await conn.ws.get_message())
+                if isinstance(event, Acked):
+                    if event.first:
+                        conn.hello_acked.set()
+                elif isinstance(event, CommandRequest):
+                    await self._on_command(conn, event)
+                elif isinstance(event, ServerError):
+                    conn.last_error = event.text
+                    self._note_server_noise("server error %s", event.text)
+                elif event.note:
+                    self._note_server_noise("%s", event.why)
+                else:
+                    log.debug("%s", event.why)
         except trio_websocket.ConnectionClosed:
             pass
         finally:
@@ -1921,20 +2070,6 @@ class Agent:
         except trio_websocket.ConnectionClosed:
             done.cancel()
 
-    async def _on_ack(self, conn: _Connection, frame: Dict[str, Any]) -> None:
-        seq = frame.get("seq")
-        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            self._note_server_noise("ignoring an ack with a bad seq: %s", _quote(repr(seq), 40))
-            return
-        self.buffer.ack(seq, first=not conn.hello_acked.is_set())
-        if not conn.hello_acked.is_set():
-            conn.hello_ack_seq = conn.acked_seq = seq
-            conn.hello_acked.set()
-            return
-        if seq > conn.acked_seq:
-            conn.acked_seq = seq
-            self._strikes = 0
-
     def _note_server_noise(self, message: str, *args: Any) -> None:
         """Log something the server sent that the agent did not act on, thinned out (Repeats): a server that sends
         the same bad thing a thousand times costs a few lines."""
@@ -1944,16 +2079,8 @@ class Agent:
         else:
             log.warning(message + "%s", *args, _left_out(left_out))
 
-    async def _on_error(self, conn: _Connection, frame: Dict[str, Any]) -> None:
-        # Quoted and escaped: the text is the server's, and goes into this host's log.
-        conn.last_error = f"{_quote(frame.get('code', '?'), 40)}: {_quote(frame.get('message', ''), 300)}"
-        self._note_server_noise("server error %s", conn.last_error)
-
-    async def _on_command(self, conn: _Connection, frame: Dict[str, Any]) -> None:
-        command_id, action, expires = frame.get("id"), frame.get("action"), frame.get("expires")
-        if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
-            self._note_server_noise("ignoring a command without a valid id: %s", _quote(command_id, 70))
-            return
+    async def _on_command(self, conn: _Connection, command: CommandRequest) -> None:
+        command_id, action, expires = command.command_id, command.action, command.expires
         ok, message, ran = await self._run_power(action, expires)
         if ran:  # what the host did is always in its log
             log.warning("the server asked for %s (command %s): %s", _quote(action, 20), _quote(command_id, 64),

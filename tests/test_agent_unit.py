@@ -611,21 +611,100 @@ async def test_connection_without_hello_ack_gives_up(tmp_path, autojump_clock):
     assert up_for is None and ws.closed is None and "no answer to the hello" in what and level == logging.WARNING
 
 
-async def test_poison_sample_dropped_after_strikes(tmp_path):
-    a = _agent(tmp_path)
-    for i in range(1, 4):
-        a.add_sample(1_700_000_000.0 + i, {"cpu": 1.0})
-    for strike in range(3):
-        ws = FakeWebSocket()
-        async with trio.open_nursery() as nursery:
-            conn = agent._Connection(ws, nursery.cancel_scope)
-            nursery.start_soon(a._serve, conn)
-            await ws.wait_sent(1)
-            ws.push({"type": "ack", "seq": 0})
-            await ws.wait_sent(2)
-            ws.close_by_server(1007, "invalid frame")
-        a._after_close(conn)
-        assert len(a.buffer) == (3 if strike < 2 else 0)
+# --- the protocol without IO (agent.Link) ------------------------------------------------------------------------
+
+
+def _link(first=1, last=0, maxlen=10_000):
+    buffer = agent.SampleBuffer(maxlen)
+    _fill(buffer, first, last)
+    return agent.Link(buffer)
+
+
+def _ack(seq):
+    return json.dumps({"type": "ack", "seq": seq})
+
+
+def test_link_sends_nothing_before_the_hello_ack_then_what_the_server_lacks():
+    link = _link(1, 604)
+    assert not link.hello_acked
+    assert link.receive(_ack(3)) == agent.Acked(3, first=True, freed=3)  # the server has 1..3
+    assert link.hello_acked and link.hello_ack_seq == 3 and link.buffer.first_seq == 4
+    frames = list(link.frames())
+    assert [last for _, last in frames] == [503, 604]  # batches of 500, oldest first
+    parsed = [protocol.parse_agent_frame(text) for text, _ in frames]
+    assert [s.seq for s in parsed[0].items] == list(range(4, 504)) and len(parsed[1].items) == 101
+    for _, last in frames:
+        link.sent(last)
+    assert link.first_frame_last_seq == 503 and list(link.frames()) == []  # all sent: nothing more
+    _fill(link.buffer, 605, 605)
+    (text, last), = link.frames()
+    assert last == 605 and json.loads(text)["type"] == "sample"  # a live sample goes alone
+    assert link.receive(_ack(600)) == agent.Acked(600, first=False, freed=597)
+    assert (link.acked_seq, link.buffer.first_seq) == (600, 601)
+
+
+def test_link_reads_server_frames_without_trusting_them():
+    link = _link()
+    assert link.receive(json.dumps({"type": "error", "code": "bad_frame", "message": "x\ny"})) == \
+        agent.ServerError("'bad_frame': 'x\\ny'")  # quoted: a newline cannot forge a log line
+    assert link.receive(json.dumps({"type": "command", "id": "c1", "action": "reboot", "expires": 5.0})) == \
+        agent.CommandRequest("c1", "reboot", 5.0)
+    for frame in ({"type": "command", "id": ""}, {"type": "command", "id": "x" * 65}, {"type": "command"}):
+        event = link.receive(json.dumps(frame))
+        assert isinstance(event, agent.Ignored) and event.note and "without a valid id" in event.why
+    for bad in ("not json", "[1, 2]", '"ack"', "{}"):
+        event = link.receive(bad)
+        assert isinstance(event, agent.Ignored) and event.note and "not a JSON object with a type" in event.why
+    assert link.receive(json.dumps({"type": "surprise"})) == agent.Ignored(
+        "ignoring a server frame of unknown type 'surprise'", note=False)  # newer servers: debug only
+    for seq in (-1, True, 1.5, "3", None):
+        event = link.receive(json.dumps({"type": "ack", "seq": seq}))
+        assert isinstance(event, agent.Ignored) and "bad seq" in event.why
+    assert not link.hello_acked
+
+
+def test_link_lost_samples_ride_on_the_next_sample_sent():
+    link = _link(1, 605, maxlen=600)  # 1..5 dropped while the server was away
+    link.receive(_ack(0))
+    assert link.loss_to_report and link.report_loss() == 6 and not link.loss_to_report
+    first_text, _ = next(link.frames())
+    first = protocol.parse_agent_frame(first_text).items[0]
+    assert first.seq == 6 and first.metrics["dropped"] == 5
+
+
+def _refused_connection(link, code, *, acked=None):
+    """One connection: the hello's ack, everything sent, then the server closes with `code`."""
+    link.connected()
+    link.receive(_ack(0))
+    for _, last in link.frames():
+        link.sent(last)
+    if acked is not None:
+        link.receive(_ack(acked))
+    return link.closed(code)
+
+
+def test_link_lets_go_of_samples_the_server_refuses_three_times_in_a_row():
+    link = _link(1, 3)
+    assert _refused_connection(link, 1007) is None and _refused_connection(link, 1008) is None
+    assert link.strikes == 2 and len(link.buffer) == 3
+    assert _refused_connection(link, 1009) == agent.Discarded(first=1, last=3, strikes=3, count=3)
+    assert len(link.buffer) == 0 and link.strikes == 0
+    assert sorted(link.buffer.limbo) == [1, 2, 3]  # sent: lost only once the server says it lacks them
+    link.connected()
+    link.receive(_ack(0))
+    assert (link.buffer.dropped, link.buffer.unreported) == (3, 3)  # counted, and the server will be told
+
+
+def test_link_strikes_only_count_refusals_without_progress():
+    link = _link(1, 3)
+    assert _refused_connection(link, 1007) is None and link.strikes == 1
+    assert _refused_connection(link, 1000) is None and link.strikes == 1  # a normal close is no refusal
+    link.connected()
+    link.receive(_ack(0))
+    assert link.closed(1008) is None and link.strikes == 1  # nothing was sent on it
+    _fill(link.buffer, 4, 6)
+    assert _refused_connection(link, 1007, acked=2) is None  # progress: the server takes samples again
+    assert link.strikes == 0 and link.buffer.first_seq == 3
 
 
 async def test_unreachable_server_keeps_collecting_then_401_stops(tmp_path, autojump_clock, caplog):

@@ -195,3 +195,34 @@ async def test_restart_reuses_certificate(settings: Settings):
     again = certificate(settings)
     assert first.fingerprint == again.fingerprint
     assert (settings.data_dir / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+async def test_a_command_result_is_delivered_once_and_a_late_one_ignored(server: app.Server, settings: Settings,
+                                                                          connect, nursery: trio.Nursery, caplog):
+    key = add_host(settings, "box1")
+    ws = await connect(key.secret)
+    await ws.send_message(hello_frame())
+    await receive_json(ws)
+    send_result, results = trio.open_memory_channel(2)
+
+    async def ask(timeout: float) -> None:
+        await send_result.send(await server.hub.run_command(key.host_id, "reboot", timeout))
+
+    nursery.start_soon(ask, 30.0)
+    command = await receive_json(ws)
+    assert command["type"] == "command" and command["action"] == "reboot"
+    answer = {"type": "result", "id": command["id"], "ok": True, "message": "reboot started"}
+    await ws.send_message(json.dumps(answer))
+    with trio.fail_after(10):
+        result = await results.receive()
+    assert result.ok and result.message == "reboot started"
+
+    await ws.send_message(json.dumps(answer))  # answered twice: the second is logged and ignored
+    nursery.start_soon(ask, 0.01)  # nobody answers this one in time
+    late = await receive_json(ws)
+    with trio.fail_after(10):
+        assert await results.receive() is None
+    await ws.send_message(json.dumps({**answer, "id": late["id"]}))  # too late: ignored too
+    await ws.send_message(sample_frame(1))
+    await ack_reaching(ws, 1)  # the connection goes on
+    assert caplog.text.count("it was never sent; ignored") == 2

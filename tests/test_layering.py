@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The pure cores. Add a new core here when it is written.
 CORES = [
+    "mbot.alert_state",
     "mbot.alerts",
     "mbot.durations",
     "mbot.limits",
@@ -30,6 +31,8 @@ CORES = [
     "mbot.series",
     "mbot.session",
     "mbot.snapshots",
+    "mbot.telegram.alert_commands",
+    "mbot.telegram.alert_text",
     "mbot.telegram.commands",
     "mbot.telegram.views",
 ]

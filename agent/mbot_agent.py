@@ -72,7 +72,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence,
+                    Tuple)
 
 import psutil
 import trio
@@ -1059,49 +1060,20 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random, low: 
 # --- the protocol without IO: what to send, what an ack frees, when to give up on refused samples -------------
 
 
-@dataclass(frozen=True)
-class Acked:
-    """The server committed every sample up to `seq`; `freed` samples left the spool. `first`: the answer to the
-    hello (what the server already has of this epoch), after which sending starts."""
-
-    seq: int
-    first: bool
-    freed: int
-
-
-@dataclass(frozen=True)
-class ServerError:
-    """An `error` frame: why the server is about to close the connection (quoted and escaped for the log)."""
-
-    text: str
+# What Link.receive() makes of a frame from the server (an ack is applied to the spool on the way), and what
+# Link.closed() did. Acked.first: the answer to the hello (what the server already has of this epoch), after which
+# sending starts; freed: samples that left the spool. ServerError.text: why the server is about to close (quoted
+# and escaped for the log). CommandRequest: a command with a valid id (its action and expiry are checked by whoever
+# runs it). Ignored: a frame the agent does not act on, logged thinned out when `note`, else at debug level.
+# Discarded: the server refused the samples up to `last` `strikes` times in a row, and the agent let go of `count`
+# of them (evicted: counted as dropped, and the server is told).
 
 
-@dataclass(frozen=True)
-class CommandRequest:
-    """A `command` frame with a valid id; its action and expiry are checked by whoever runs it."""
-
-    command_id: str
-    action: Any
-    expires: Any
-
-
-@dataclass(frozen=True)
-class Ignored:
-    """A frame the agent does not act on. `note`: log it (thinned out); otherwise at debug level only."""
-
-    why: str
-    note: bool = True
-
-
-@dataclass(frozen=True)
-class Discarded:
-    """The server refused the same samples `strikes` times in a row: `count` samples up to `last` were let go
-    (evicted from the spool, so they are counted as dropped and the server is told)."""
-
-    first: Optional[int]
-    last: int
-    strikes: int
-    count: int
+Acked = NamedTuple("Acked", [("seq", int), ("first", bool), ("freed", int)])
+ServerError = NamedTuple("ServerError", [("text", str)])
+CommandRequest = NamedTuple("CommandRequest", [("command_id", str), ("action", Any), ("expires", Any)])
+Ignored = NamedTuple("Ignored", [("why", str), ("note", bool)])
+Discarded = NamedTuple("Discarded", [("first", Optional[int]), ("last", int), ("strikes", int), ("count", int)])
 
 
 class Link:
@@ -1139,7 +1111,7 @@ class Link:
             kind = frame["type"]
         except (ValueError, TypeError, KeyError):
             return Ignored("ignoring a frame from the server that is not a JSON object with a type: "
-                           + _quote(message, 100))
+                           + _quote(message, 100), True)
         if kind == "ack":
             return self._ack(frame.get("seq"))
         if kind == "error":
@@ -1148,13 +1120,13 @@ class Link:
         if kind == "command":
             command_id = frame.get("id")
             if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
-                return Ignored("ignoring a command without a valid id: " + _quote(command_id, 70))
+                return Ignored("ignoring a command without a valid id: " + _quote(command_id, 70), True)
             return CommandRequest(command_id, frame.get("action"), frame.get("expires"))
-        return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), note=False)
+        return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), False)  # newer servers
 
     def _ack(self, seq: Any) -> "Acked | Ignored":
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-            return Ignored("ignoring an ack with a bad seq: " + _quote(repr(seq), 40))
+            return Ignored("ignoring an ack with a bad seq: " + _quote(repr(seq), 40), True)
         first = not self.hello_acked
         freed = self.buffer.ack(seq, first=first)
         if first:

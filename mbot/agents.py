@@ -26,9 +26,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from . import protocol, store
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
-from .protocol import Hello, Result
-from .session import (Action, AgentSession, Close, DeliverResult, Ignore, StoreHello, StoreSamples,
-                      StoreSnapshot)
+from .protocol import Hello, Result, Snapshot
+from .session import Action, AgentSession, Close, Ignore, StoreSamples
 from .store import Database
 from .writer import LimitExceeded, Writer
 
@@ -133,17 +132,17 @@ class AgentConnection:
                 await trio.sleep(action.wait)  # a fast replay: read on more slowly rather than refuse it
             await self._writer.samples(self.host.id, action.epoch, action.samples, self._on_commit,
                                        self._on_store_error)
-        elif isinstance(action, StoreSnapshot):
-            await self._writer.snapshot(self.host.id, action.snapshot)
-        elif isinstance(action, StoreHello):
-            committed = await self._writer.hello(self.host.id, action.hello)
+        elif isinstance(action, Snapshot):
+            await self._writer.snapshot(self.host.id, action)
+        elif isinstance(action, Hello):
+            committed = await self._writer.hello(self.host.id, action)
             self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name,
-                          self.peer, action.hello.agent_version, action.hello.facts.get("os") or "unknown OS")
+                          self.peer, action.agent_version, action.facts.get("os") or "unknown OS")
             await self.ws.send_message(self.session.hello_stored(committed))
-        elif isinstance(action, DeliverResult):
-            awaited = self._awaiting.get(action.result.command_id)
+        elif isinstance(action, Result):
+            awaited = self._awaiting.get(action.command_id)
             if awaited is not None:
-                awaited.result = action.result
+                awaited.result = action
                 awaited.done.set()
         elif isinstance(action, Ignore):
             self._hub.log((action.what, self.host.id), logging.WARNING, "agent %s sent %s", self.host.name,

@@ -1,10 +1,17 @@
 """The server's side of one agent connection, without IO (h11.Connection is the model).
 
-An AgentSession takes what arrived (a text frame and the time) and says what to do about it: store a hello, store
-samples (after waiting a little when the host replays faster than the server wants), store a snapshot, deliver a
-command's result, ignore something (with a reason to log), or close with a code and a reason. It never touches a
-socket, the database or a clock: mbot.agents drives it (read a message -> receive() -> perform the action) and
-tells it back what the writer committed, so that it can say which ack to send.
+An AgentSession takes what arrived (a text frame and the time) and says what to do about it, as one action:
+
+    Hello          record it (writer.hello), then send hello_stored(the seq the writer answers): the first ack
+    StoreSamples   wait `wait` seconds (a replay faster than the server wants is slowed down, not refused), then
+                   queue the samples on the writer
+    Snapshot       queue it on the writer (no ack: only the latest counts)
+    Result         the answer to a command this connection sent and still waits for: wake the waiter
+    Ignore         nothing to do but log `why`
+    Close          send an `error` frame with the reason, then close with the code
+
+It never touches a socket, the database or a clock: mbot.agents drives it (read a message -> receive() -> perform
+the action) and tells it back what the writer committed, so that it can say which ack to send.
 
 What it holds:
 - the hello state machine: the first frame must be a hello (within HELLO_TIMEOUT), a second hello is an error;
@@ -35,37 +42,16 @@ MAX_PENDING_COMMANDS = 16  # the bot sends one at a time per host; more would be
 
 
 @dataclass(frozen=True)
-class StoreHello:
-    """Record the hello (writer.hello), then send hello_stored(its committed seq): the first ack."""
-
-    hello: Hello
-
-
-@dataclass(frozen=True)
 class StoreSamples:
-    """Wait `wait` seconds (a fast replay is slowed down, not refused), then queue the samples on the writer."""
-
-    epoch: int
     samples: Samples
-    wait: float
-
-
-@dataclass(frozen=True)
-class StoreSnapshot:
-    snapshot: Snapshot
-
-
-@dataclass(frozen=True)
-class DeliverResult:
-    """The answer to a command this connection sent and still waits for."""
-
-    result: Result
+    epoch: int  # the hello's
+    wait: float  # seconds to wait before queueing them (backpressure)
 
 
 @dataclass(frozen=True)
 class Ignore:
-    """Nothing to do but log `why` (summarised per host and `what`, a fixed word): a result for a command never
-    sent (or no longer awaited), a snapshot of a kind this server does not know."""
+    """Log `why`, summarised per host and `what` (a fixed word): a result for a command never sent (or no longer
+    awaited), a snapshot of a kind this server does not know."""
 
     what: str
     why: str
@@ -73,17 +59,15 @@ class Ignore:
 
 @dataclass(frozen=True)
 class Close:
-    """Send an `error` frame with `reason`, then close with `code`. `limit`: the host went over this limit (count
-    it, tell the owner); `quiet`: already logged elsewhere (the writer's isolated failure)."""
-
     code: int
-    reason: str
-    limit: str | None = None
-    detail: str = ""
-    quiet: bool = False
+    reason: str  # for the error frame and the close
+    limit: str | None = None  # the host went over this limit: count it, tell the owner
+    detail: str = ""  # what the limit's notice says
+    quiet: bool = False  # already logged elsewhere (the writer's isolated failure)
 
 
-Action = StoreHello | StoreSamples | StoreSnapshot | DeliverResult | Ignore | Close
+# The frames themselves stand for "store this hello / snapshot" and "deliver this result": the session checked them.
+Action = Hello | StoreSamples | Snapshot | Result | Ignore | Close
 
 
 class State(enum.Enum):
@@ -133,7 +117,7 @@ class AgentSession:
             return self._close(Close(protocol.CLOSE_POLICY, f"no hello within {self._hello_timeout:g} s"))
         return None
 
-    def _first(self, message: str | bytes) -> Action:
+    def _first(self, message: str | bytes) -> Hello:
         frame = protocol.parse_agent_frame(message)
         if not isinstance(frame, Hello):
             raise ProtocolError("the first frame must be a hello", protocol.CLOSE_POLICY)
@@ -142,7 +126,7 @@ class AgentSession:
         self.hello_deadline = math.inf
         self._samples = self._sample_budget_for(frame.interval)
         self._snapshots = self._snapshot_budget_for(frame.interval)
-        return StoreHello(frame)
+        return frame
 
     def _next(self, message: str | bytes, now: float) -> Action | None:
         assert self.hello is not None and self._samples is not None and self._snapshots is not None
@@ -154,12 +138,12 @@ class AgentSession:
             if wait is None:
                 return self._over("samples", f"more samples than one per {self._samples.interval:g} s (the "
                                   "interval its hello announced) plus what its time away accounts for")
-            return StoreSamples(self.hello.epoch, frame, wait)
+            return StoreSamples(frame, self.hello.epoch, wait)
         if isinstance(frame, Snapshot):
             if not self._snapshots.take(frame.kind, now):
                 return self._over("snapshots", f"more {frame.kind} snapshots than one per "
                                   f"{self._snapshots.interval:g} s")
-            return StoreSnapshot(frame)
+            return frame
         if isinstance(frame, UnknownSnapshot):
             # One log key for every unknown kind: kinds are the agent's choice, and a key per kind would let it
             # buy three free log lines with each new name.
@@ -170,7 +154,7 @@ class AgentSession:
         assert isinstance(frame, Result)
         if frame.command_id in self._pending:
             self._pending.discard(frame.command_id)
-            return DeliverResult(frame)
+            return frame
         return Ignore("result", f"a result for command {frame.command_id[:64]!r} it was never sent; ignored")
 
     def _close(self, close: Close) -> Close:

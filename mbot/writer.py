@@ -86,8 +86,7 @@ class SamplesWrite(_Pending):
 @dataclass
 class SnapshotWrite(_Pending):
     host_id: int = 0
-    snapshot: Snapshot | None = None
-    seen: float = 0.0
+    snapshot: Snapshot | None = None  # stored with the time of its commit (nothing waits for it)
 
 
 @dataclass
@@ -153,7 +152,7 @@ class Writer:
     async def snapshot(self, host_id: int, snapshot: Snapshot) -> None:
         """Queue a snapshot: it replaces the host's latest of its kind. Nothing waits for it (no ack: only the
         latest counts); one that fails alone is logged and counted like any item, and the connection goes on."""
-        await self._send.send(SnapshotWrite(host_id=host_id, snapshot=snapshot, seen=time.time()))
+        await self._send.send(SnapshotWrite(host_id=host_id, snapshot=snapshot))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(connection, *args) inside the writer's next transaction and return its result."""
@@ -412,7 +411,7 @@ class Writer:
         if conn.execute("SELECT 1 FROM hosts WHERE id = ?", (item.host_id,)).fetchone() is None:
             return []  # host deleted meanwhile
         previous = store.latest_snapshot(conn, item.host_id, snapshot.kind)
-        store.put_snapshot(conn, item.host_id, snapshot.kind, snapshot.v, snapshot.ts, item.seen,
+        store.put_snapshot(conn, item.host_id, snapshot.kind, snapshot.v, snapshot.ts, time.time(),
                            snapshot.items_json)
         return snapshots.diff_stored(snapshot.kind, None if previous is None else (previous.v, previous.items),
                                      snapshot.v, snapshot.items)

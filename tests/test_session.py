@@ -6,8 +6,8 @@ import json
 import pytest
 
 from mbot import limits, protocol
-from mbot.session import (AgentSession, Close, DeliverResult, Ignore, State, StoreHello, StoreSamples,
-                          StoreSnapshot)
+from mbot.protocol import Hello, Result, Snapshot
+from mbot.session import AgentSession, Close, Ignore, State, StoreSamples
 
 from helpers import BASE_TS, hello_frame, sample_frame
 
@@ -27,7 +27,7 @@ def session(*, since: float = 0.0, interval_budgets: list[float] | None = None, 
 
 def opened(**kwargs) -> AgentSession:
     s = session(**kwargs)
-    assert isinstance(s.receive(hello_frame(epoch=7), T0), StoreHello)
+    assert isinstance(s.receive(hello_frame(epoch=7), T0), Hello)
     assert s.hello_stored(0) == protocol.ack(0)
     return s
 
@@ -49,7 +49,7 @@ def test_hello_first_then_samples():
     s = session(interval_budgets=seen)
     assert s.state is State.AWAITING_HELLO and s.hello_deadline == T0 + 10
     action = s.receive(hello_frame(epoch=7, interval=2.0), T0 + 0.1)
-    assert isinstance(action, StoreHello) and action.hello.epoch == 7
+    assert isinstance(action, Hello) and action.epoch == 7
     assert seen == [2.0]  # the host's budget was lent at the interval the hello announced
     assert s.state is State.OPEN and s.hello_deadline == float("inf")
     assert json.loads(s.hello_stored(3)) == {"type": "ack", "seq": 3}  # the first ack: what the server has
@@ -165,7 +165,7 @@ def test_a_result_is_delivered_once():
     s = opened()
     s.command_sent("c1")
     action = s.receive(result("c1"), T0 + 1)
-    assert isinstance(action, DeliverResult) and action.result.command_id == "c1" and action.result.ok
+    assert isinstance(action, Result) and action.command_id == "c1" and action.ok
     again = s.receive(result("c1"), T0 + 2)  # a second answer to the same command
     assert isinstance(again, Ignore) and "never sent" in again.why
 
@@ -193,8 +193,8 @@ def test_pending_commands_are_bounded():
 def test_a_snapshot_is_stored():
     s = opened()
     action = s.receive(processes(proc(1, "init"), proc(42)), T0 + 1)
-    assert isinstance(action, StoreSnapshot)
-    assert action.snapshot.kind == "processes" and [i["pid"] for i in action.snapshot.items] == [1, 42]
+    assert isinstance(action, Snapshot)
+    assert action.kind == "processes" and [i["pid"] for i in action.items] == [1, 42]
 
 
 @pytest.mark.parametrize("kind, v", [("containers", 1), ("processes", 2), ("processes", None)])
@@ -210,7 +210,7 @@ def test_a_snapshot_of_an_unknown_kind_or_version_is_ignored(kind, v):
 def test_a_process_cpu_is_bounded_by_the_hello_cpu_count():
     s = session()
     s.receive(hello_frame(cpu_count=2), T0)
-    assert isinstance(s.receive(processes(proc(1, cpu=199.0)), T0 + 1), StoreSnapshot)  # two busy cores
+    assert isinstance(s.receive(processes(proc(1, cpu=199.0)), T0 + 1), Snapshot)  # two busy cores
     action = s.receive(processes(proc(1, cpu=250.0)), T0 + 2)
     assert isinstance(action, Close) and action.code == protocol.CLOSE_INVALID and "cpu" in action.reason
 
@@ -218,7 +218,7 @@ def test_a_process_cpu_is_bounded_by_the_hello_cpu_count():
 def test_snapshots_beyond_one_per_interval_are_closed_with_the_limit():
     s = opened()  # interval 1 s: a burst of 10, then 1.25 a second
     for i in range(10):
-        assert isinstance(s.receive(processes(proc(1)), T0 + 1), StoreSnapshot)
+        assert isinstance(s.receive(processes(proc(1)), T0 + 1), Snapshot)
     action = s.receive(processes(proc(1)), T0 + 1)
     assert isinstance(action, Close) and action.limit == "snapshots" and action.code == protocol.CLOSE_POLICY
 
@@ -226,4 +226,4 @@ def test_snapshots_beyond_one_per_interval_are_closed_with_the_limit():
 def test_snapshots_at_the_interval_go_on():
     s = opened()
     for i in range(1, 200):
-        assert isinstance(s.receive(processes(proc(1)), T0 + i), StoreSnapshot)
+        assert isinstance(s.receive(processes(proc(1)), T0 + i), Snapshot)

@@ -10,6 +10,7 @@ import trio
 import trio_websocket
 
 from helpers import (BASE_TS, ack_reaching, add_host, hello_frame, read_db, receive_json, sample_frame)
+from test_hostile import closed_with, good  # noqa: F401 (good: the fixture of a well-behaved agent)
 from mbot import limits, protocol, snapshots, store
 from mbot.protocol import ProtocolError, SnapshotKind
 from mbot.snapshots import Appeared, Disappeared, StateChanged
@@ -235,14 +236,6 @@ def test_the_snapshots_table_comes_with_a_migration(tmp_path):
 # --- the real server, over real TLS --------------------------------------------------------------------------------
 
 
-async def closed_with(ws) -> int:
-    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-        with trio.fail_after(10):
-            while True:
-                await ws.get_message()
-    return closed.value.reason.code
-
-
 async def agent(settings, connect, name, **hello):
     key = add_host(settings, name)
     ws = await connect(key.secret)
@@ -265,21 +258,6 @@ async def test_an_agent_sends_snapshots_beside_its_samples(server, settings, con
     assert (kind, ts, [i["pid"] for i in json.loads(items)]) == ("processes", BASE_TS + 5, [1])
     assert [(h, k, [type(e).__name__ for e in events]) for h, k, events in recorder.calls] == [
         (key.host_id, "processes", ["Disappeared"])]
-
-
-@pytest.fixture
-async def good(server, settings, connect):
-    """A well-behaved agent that must go on streaming whatever the others send."""
-    _, ws = await agent(settings, connect, "good")
-    seq = 0
-
-    async def still_streaming():
-        nonlocal seq
-        seq += 1
-        await ws.send_message(sample_frame(seq))
-        await ack_reaching(ws, seq)
-
-    return still_streaming
 
 
 BAD_SNAPSHOTS = [

@@ -4,13 +4,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import time
 
 import httpx
 import pytest
 import trio
 
 from fakebot import FakeBot
-from helpers import BASE_TS, ack_reaching, hello_frame, open_tls, receive_json, upgrade
+from helpers import ack_reaching, hello_frame, open_tls, receive_json, upgrade
 from mbot import alerts, plotspec, protocol, series
 from mbot.metrics import Histogram, ServerStats, render
 from mbot.store import Host
@@ -78,7 +79,7 @@ async def test_a_made_up_metric_needs_only_a_row_and_a_sample(monkeypatch, fake:
     await ws.send_message(hello_frame())
     await receive_json(ws)
     for seq in (1, 2):
-        await ws.send_message(json.dumps({"type": "sample", "seq": seq, "ts": BASE_TS + seq,
+        await ws.send_message(json.dumps({"type": "sample", "seq": seq, "ts": time.time() - 3 + seq,
                                           "metrics": {"cpu": 5.0, "entropy": 42}}))
     await ack_reaching(ws, 2)
 

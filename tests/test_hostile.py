@@ -304,6 +304,7 @@ async def test_a_good_agent_gets_in_while_idle_sockets_fill_the_waiting_room(set
     port = await nursery.start(hub.listen, "127.0.0.1", 0, tls.server_context(certificate(settings)))
     key = add_host(settings, "good")
     idle = await idle_sockets(400, port)
+    stream = None
     try:
         started = trio.current_time()
         stream = await open_tls(port)
@@ -312,8 +313,9 @@ async def test_a_good_agent_gets_in_while_idle_sockets_fill_the_waiting_room(set
         assert (await receive_json(ws))["type"] == "ack"
         assert trio.current_time() - started < 1.0
         assert len(hub.gate) <= 50 and hub.gate.evicted + hub.gate.refused > 0
-        await trio.aclose_forcefully(stream)
     finally:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
         for s in idle:
             await trio.aclose_forcefully(s)
     writer.close()
@@ -334,6 +336,7 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
                                                env=env, cwd=ROOT, stderr=subprocess.PIPE)
     log = b""
     idle: list[trio.SocketStream] = []
+    stream = None
     try:
         with trio.fail_after(30):
             while not (match := re.search(rb"agents on 127\.0\.0\.1:(\d+)", log)):
@@ -348,8 +351,9 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
             await ws.send_message(hello_frame())
             assert (await receive_json(ws))["type"] == "ack"
         assert trio.current_time() - started < 1.0
-        await trio.aclose_forcefully(stream)
     finally:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
         for s in idle:
             await trio.aclose_forcefully(s)
         process.terminate()

@@ -561,6 +561,7 @@ class AlertEngine:
                     events.append(Offline(host.id, host.last_seen, now))
             elif kind == _REMINDER:
                 state: _State = obj
+                assert state.value is not None  # reminders are only scheduled for firing alerts, which have one
                 events.append(Reminder(state.slot.rule, state.slot.host.id, state.series, state.value,
                                        state.since, state.last_ts))
                 following = deadline + self.repeat
@@ -642,8 +643,8 @@ class AlertEngine:
                 engine.mute(host.id, data["muted_until"])
             engine._arm(host)
         for data in snapshot["states"]:
-            host = engine._hosts.get(int(data["host"]))
-            slot = None if host is None else host.slots.get(data["metric"])
+            owner = engine._hosts.get(int(data["host"]))
+            slot = None if owner is None else owner.slots.get(data["metric"])
             series = data["series"]
             if slot is None or not slot.metric.matches(series):
                 continue
@@ -686,7 +687,7 @@ class AlertEngine:
         while heap:
             deadline, kind, _, obj = heap[0]
             if kind == _LIVENESS:
-                host = obj
+                host: _Host = obj
                 if self._hosts.get(host.id) is host and host.timer_at == deadline:
                     actual = self._deadline(host)
                     if actual == deadline:
@@ -698,12 +699,14 @@ class AlertEngine:
             elif kind == _REMINDER:
                 state = obj
                 if state.alive and state.notified and state.next_reminder == deadline:
-                    host = state.slot.host
-                    if host.muted_until is None and host.offline_since is None:
+                    held = state.slot.host
+                    if held.muted_until is None and held.offline_since is None:
                         return deadline
                     # Held: the entry goes, the schedule stays; the end of the mute or the host's return re-arms it.
-            elif self._hosts.get(obj.id) is obj and obj.muted_until == deadline:
-                return deadline
+            else:
+                muted: _Host = obj
+                if self._hosts.get(muted.id) is muted and muted.muted_until == deadline:
+                    return deadline
             heapq.heappop(heap)
         return None
 

@@ -32,7 +32,7 @@ class AuthThrottle:
         entry = self._seen.get(address)
         if entry is None or now - entry.last > self.window or entry.count < self.free:
             return 0.0
-        return min(self.max_delay, 0.25 * 2 ** (entry.count - self.free))
+        return min(self.max_delay, 0.25 * 2.0 ** (entry.count - self.free))
 
     def failed(self, address: str, now: float) -> None:
         entry = self._seen.pop(address, None)

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from . import series as catalogue, store
+from . import series as catalogue
 from .faults import TASKS, Faults
+from .model import Host
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -40,7 +41,6 @@ class ServerStats:
     commit_latency: Histogram
     telegram_errors: Mapping[str, int] = field(default_factory=dict)
     outbox_depth: int | None = None
-    alert_states: Mapping[str, int] = field(default_factory=dict)
     samples_rejected: Mapping[str, int] = field(default_factory=dict)  # reason -> samples acked, not stored
     limits_exceeded: Mapping[str, int] = field(default_factory=dict)  # limit -> connections closed for it
     preauth_waiting: int = 0
@@ -92,7 +92,7 @@ class _Families:
         return "\n".join(out) + "\n"
 
 
-def _host_families(f: _Families, host: store.Host, now: float) -> None:
+def _host_families(f: _Families, host: Host, now: float) -> None:
     # Names are unique per owner only: the public key id keeps two users' "box1" apart.
     hk = {"host": host.name, "key": host.key_id}
     f.add("mbot_host_up", "gauge", "1 when the host's agent was seen within three intervals.",
@@ -113,7 +113,7 @@ def _host_families(f: _Families, host: store.Host, now: float) -> None:
                   {**hk, **extra})
 
 
-def render(hosts: Iterable[store.Host], stats: ServerStats, now: float, isolated: Faults | None = None) -> str:
+def render(hosts: Iterable[Host], stats: ServerStats, now: float, isolated: Faults | None = None) -> str:
     """The exposition text. `isolated` is the server's record of items that failed alone: exported, and told about
     any host this render has to leave out."""
     isolated = isolated or Faults()
@@ -144,8 +144,6 @@ def render(hosts: Iterable[store.Host], stats: ServerStats, now: float, isolated
               stats.telegram_errors.get(kind, 0), {"kind": kind})
     if stats.outbox_depth is not None:
         f.add("mbot_telegram_outbox_depth", "gauge", "Messages queued for Telegram.", stats.outbox_depth)
-    for state, count in sorted(stats.alert_states.items()):
-        f.add("mbot_alerts", "gauge", "Alert rule instances by state.", count, {"state": state})
     failures = isolated.counts
     for task in sorted(set(failures) | set(TASKS)):
         f.add("mbot_isolated_failures_total", "counter",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from mbot import series as catalogue
-from mbot.rollup import format_duration, parse_duration
+from mbot.durations import format_duration, parse_duration
 
 USAGE = "Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]"
 EXAMPLES = "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit"
@@ -194,7 +194,7 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
         problem = f"{rest[0]!r} is not a SPAN" if rest else "Missing SPAN"
         raise fail(f"{problem}: use one or more of <n>s, m, h, d, w, like 30m or 2d 3h.")
     if span > max_span:
-        raise fail(f"SPAN {format_duration(span)} is longer than the history kept ({format_duration(max_span)}).")
+        raise fail(f"SPAN {format_duration(span, compact=True)} is longer than the history kept ({format_duration(max_span, compact=True)}).")
 
     limit: float | None = None
     unit: str | None = None
@@ -329,4 +329,4 @@ def host_metrics(available: Iterable[str]) -> list[str]:
 def chart_title(host: str, choices: Sequence[SeriesChoice], span: float) -> str:
     """'box1 · CPU, GPU 0 · last 2d 3h'."""
     labels = ", ".join(dict.fromkeys(c.label for c in choices))
-    return f"{host} · {labels} · last {format_duration(span)}"
+    return f"{host} · {labels} · last {format_duration(span, compact=True)}"

@@ -11,16 +11,13 @@ from datetime import tzinfo
 from pathlib import Path
 from typing import Sequence
 
-from . import charts, history, plotspec, protocol, rollup, store
+from . import charts, history, plotspec, protocol, rollup
 from .charts import NoData
+from .model import Host
 from .plotspec import PlotUsageError
 from .rollup import Tier
 
-__all__ = ["NoData", "PlotUsageError", "RANGES", "available_series", "build_spec", "use_cache_dir"]
-
-RANGES: tuple[tuple[str, float], ...] = (("10m", 600), ("1h", 3600), ("24h", 86400), ("7d", 7 * 86400),
-                                         ("30d", 30 * 86400))
-
+__all__ = ["NoData", "PlotUsageError", "available_series", "build_spec", "use_cache_dir"]
 
 def use_cache_dir(data_dir: Path) -> None:
     """matplotlib rebuilds its font cache on every start unless it has a writable home (0.3 s each time)."""
@@ -30,12 +27,12 @@ def use_cache_dir(data_dir: Path) -> None:
         os.environ["MPLCONFIGDIR"] = str(path)
 
 
-def available_series(host: store.Host) -> list[str]:
+def available_series(host: Host) -> list[str]:
     """The series the host reports now (its latest sample), named as history stores them."""
     return list(protocol.flatten(host.last_metrics)) if host.last_metrics else []
 
 
-def build_spec(conn: sqlite3.Connection, host: store.Host, words: Sequence[str], span: float, limit: float | None,
+def build_spec(conn: sqlite3.Connection, host: Host, words: Sequence[str], span: float, limit: float | None,
                unit: str | None, tiers: Sequence[Tier], tz: tzinfo, now: float) -> charts.ChartSpec:
     """Raises PlotUsageError (the message lists the host's metrics) for metrics the host does not have."""
     choices = plotspec.resolve_metrics(words, available_series(host), unit)

@@ -22,20 +22,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
 from . import durations
-# plotspec still imports parse_duration from here; new code imports mbot.durations.
-from .durations import parse_duration as parse_duration
 
 MAX_POINTS = 1500  # per line and response: a 1280 px chart cannot show more, and Telegram users wait for it
 DEFAULT_INTERVAL = 5.0  # the agent's default sample interval: the raw tier's step when the host's is unknown
-
-
-# --- durations -------------------------------------------------------------------------------------------------
-
-
-def format_duration(seconds: float) -> str:
-    """A span as the user types it ('2d 3h'): plotspec still calls it by this name; new code calls
-    mbot.durations.format_duration(seconds, compact=True)."""
-    return durations.format_duration(seconds, compact=True)
 
 
 # --- tiers -----------------------------------------------------------------------------------------------------

@@ -306,7 +306,7 @@ def size_rows() -> dict[str, Metric]:
 def members(rows: Sequence[Metric], available: Sequence[str] | set[str]) -> list[tuple[Metric, str]]:
     """(row, series) for each available series of these rows, in the catalogue's order and, within a row, by
     position or label."""
-    out = []
+    out: list[tuple[Metric, str]] = []
     for row in rows:
         found = [name for name in available if row.pattern.fullmatch(name)]
         found.sort(key=lambda name: _order(row, name))

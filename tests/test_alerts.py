@@ -614,5 +614,5 @@ def test_describe():
     assert alert_text.series_label("vram0") == "VRAM 0"
     ended = MuteEnded(H, 600.0, (Firing(cpu, H, "cpu", 97.0, 0.0, 590.0),), offline_since=480.0)
     assert describe(ended, "box1") == ("box1: notifications are back on.\nIt is offline (last seen 2 min ago).\n"
-                                       "Still firing:\n- CPU 97 % for 9 min (threshold 90 %)")
+                                       "Still firing:\n- CPU 97 % for 9 min 50 s (threshold 90 %)")
     assert describe(MuteEnded(H, 0.0, ()), "box1") == "box1: notifications are back on.\nNothing is firing."

@@ -12,7 +12,8 @@ from typing import Sequence
 
 from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule,
                       OfflineRule, metric_of, metric_words)
-from .alert_text import duration_text as _duration_text, format_value
+from ..durations import format_duration as _duration_text, parse_duration
+from .alert_text import format_value
 
 __all__ = [
     "AlertSpec", "OfflineSpec", "DeleteSpec", "MuteSpec", "AlertUsageError", "parse_setalert", "parse_delalert",
@@ -28,9 +29,6 @@ USAGE_UNMUTE = "Usage: /unmute NAME"
 _DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
 _MAX_FOR = 7 * 86400.0
 _MAX_MUTE = 366 * 86400.0
-_DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
 # Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
 _RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
@@ -82,17 +80,9 @@ class MuteSpec:
     duration: float
 
 
-def _parse_duration(text: str) -> float:
-    """"30s", "5m", "2h", "1d", "1w", "1h30m" -> seconds. (mbot.rollup has its own; they may be unified.)"""
-    text = text.strip().lower()
-    if not _DURATION.fullmatch(text):
-        raise ValueError(text)
-    return float(sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
-
-
 def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> float:
     try:
-        seconds = _parse_duration(text)
+        seconds = parse_duration(text, allow_zero=True)
     except ValueError:
         raise _usage(usage, f"{what} {text[:32]!r} is not a duration: {_DURATION_HELP}.") from None
     if not low <= seconds <= high:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule, BackOnline, Event, Firing,
                       MuteEnded, Offline, Reminder, Resolved, metric_of)
 from .. import series as catalogue
+from ..durations import format_duration
 
 __all__ = ["describe", "format_value", "series_label", "duration_text"]
 
@@ -45,20 +46,6 @@ def format_value(metric: str, value: float) -> str:
     return _num(value, 2)
 
 
-def duration_text(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min"
-    return f"{secs} s"
-
-
 def _threshold_text(rule: AlertRule) -> str:
     text = format_value(rule.metric, rule.threshold)
     return f"threshold below {text}" if rule.below else f"threshold {text}"
@@ -67,7 +54,7 @@ def _threshold_text(rule: AlertRule) -> str:
 def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
     text = f"{series_label(series)} {format_value(rule.metric, value)}"
     if lasted >= 1:
-        text += f" for {duration_text(lasted)}"
+        text += f" for {format_duration(lasted)}"
     return f"{text} ({_threshold_text(rule)})"
 
 
@@ -78,21 +65,21 @@ def describe(event: Event, host_name: str) -> str:
     if isinstance(event, Resolved):
         label = series_label(event.series)
         if event.value is None:
-            return f"{host_name}: {label} is no longer reported; alert closed after {duration_text(event.duration)}"
+            return f"{host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}"
         value = format_value(event.rule.metric, event.value)
-        return f"{host_name}: {label} back to normal ({value}) after {duration_text(event.duration)}"
+        return f"{host_name}: {label} back to normal ({value}) after {format_duration(event.duration)}"
     if isinstance(event, Reminder):
         value = format_value(event.rule.metric, event.value)
         return (f"{host_name}: {series_label(event.series)} still {value} after "
-                f"{duration_text(event.at - event.since)} ({_threshold_text(event.rule)})")
+                f"{format_duration(event.at - event.since)} ({_threshold_text(event.rule)})")
     if isinstance(event, Offline):
-        return f"{host_name} is offline (last seen {duration_text(event.at - event.since)} ago)"
+        return f"{host_name} is offline (last seen {format_duration(event.at - event.since)} ago)"
     if isinstance(event, BackOnline):
-        return f"{host_name} is back online after {duration_text(event.down_for)}"
+        return f"{host_name} is back online after {format_duration(event.down_for)}"
     if isinstance(event, MuteEnded):
         lines = [f"{host_name}: notifications are back on."]
         if event.offline_since is not None:
-            lines.append(f"It is offline (last seen {duration_text(event.at - event.offline_since)} ago).")
+            lines.append(f"It is offline (last seen {format_duration(event.at - event.offline_since)} ago).")
         if event.still_firing:
             lines.append("Still firing:")
             lines.extend(f"- {_firing_text(f.rule, f.series, f.value, f.at - f.since)}" for f in event.still_firing)

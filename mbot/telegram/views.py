@@ -9,10 +9,11 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import series as catalogue, store
+from .. import series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
-from ..service import NewKey
+from ..durations import format_duration
+from ..model import Host, NewKey
 from . import commands
 
 CALLBACK_LIMIT = 64
@@ -117,20 +118,6 @@ def human_rate(value: float) -> str:
     return f"{human_bytes(value)}/s"
 
 
-def human_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h"
-    if hours:
-        return f"{hours} h {minutes} min"
-    if minutes:
-        return f"{minutes} min"
-    return f"{secs} s"
-
-
 def value_text(unit: str, value: float) -> str:
     """A value in a catalogue unit, for people."""
     if unit == catalogue.PERCENT:
@@ -144,14 +131,14 @@ def value_text(unit: str, value: float) -> str:
     if unit == catalogue.WATTS:
         return f"{value:.0f} W"
     if unit == catalogue.SECONDS:
-        return human_duration(value)
+        return format_duration(value)
     if unit == catalogue.LOAD:
         return f"{value:.2f}"
     return f"{value:g}"
 
 
 def ago(then: float | None, now: float) -> str:
-    return "never" if then is None else f"{human_duration(now - then)} ago"
+    return "never" if then is None else f"{format_duration(now - then)} ago"
 
 
 def _pct(part: dict[str, float]) -> float:
@@ -162,7 +149,7 @@ def _used_total(part: dict[str, float]) -> str:
     return f"{human_bytes(part['used'])} / {human_bytes(part['total'])} ({_pct(part):.0f} %)"
 
 
-def _state(host: store.Host, now: float) -> str:
+def _state(host: Host, now: float) -> str:
     return "🟢 online" if host.is_online(now) else "🔴 offline"
 
 
@@ -178,9 +165,8 @@ HELP_EXAMPLES = (
 
 
 def help_text(admin: bool = False) -> str:
-    """/help, made from the commands' own usage lines (commands.SPECS), so a new command cannot be left out."""
-    lines = [html.escape(usage, quote=False) for name, (usage, _, _) in commands.SPECS.items()
-             if name not in commands.NOT_IN_HELP and (admin or name not in commands.ADMIN_ONLY)]
+    """/help, made from the commands' own table (commands.TABLE), so a new command cannot be left out."""
+    lines = [html.escape(usage, quote=False) for usage in commands.help_lines(admin)]
     return "<b>mbot</b> watches your machines and reports here.\n\n" + "\n".join(lines) + "\n\n" + HELP_EXAMPLES
 
 
@@ -213,8 +199,8 @@ def invite(code: str, link: str | None, user_id: int, hours: float) -> tuple[str
 
 
 def slow_down(what: str, burst: int, every: float, retry_after: float) -> str:
-    return (f"Slow down: {what} at most {burst} times at once, then once every {human_duration(every)}. "
-            f"Try again in {human_duration(max(1.0, retry_after))}.")
+    return (f"Slow down: {what} at most {burst} times at once, then once every {format_duration(every)}. "
+            f"Try again in {format_duration(max(1.0, retry_after))}.")
 NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 
@@ -223,7 +209,7 @@ _CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "di
                          "uptime", "procs"})
 
 
-def host_card(host: store.Host, now: float) -> str:
+def host_card(host: Host, now: float) -> str:
     m, f = host.last_metrics, host.facts
     lines = [f"<b>{e(host.name)}</b> {_state(host, now)} · last seen {ago(host.last_seen, now)}"]
     if not m:
@@ -262,7 +248,7 @@ def host_card(host: store.Host, now: float) -> str:
         lines.append(" · ".join(parts))
     tail = []
     if "uptime" in m:
-        tail.append(f"Uptime {human_duration(m['uptime'])}")
+        tail.append(f"Uptime {format_duration(m['uptime'])}")
     if "procs" in m:
         tail.append(f"{m['procs']:.0f} processes")
     # Plain numbers without a line of their own above (a metric added to the catalogue later): "Label value".
@@ -277,7 +263,7 @@ def host_card(host: store.Host, now: float) -> str:
     return "\n".join(lines)
 
 
-def chart_buttons(host: store.Host, series: Sequence[str]) -> list[dict[str, str]]:
+def chart_buttons(host: Host, series: Sequence[str]) -> list[dict[str, str]]:
     """📈 buttons for the charts this host can draw (a host without a GPU gets no GPU button): the catalogue's rows
     that have a button, in its order."""
     buttons = []
@@ -298,7 +284,7 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
     return keyboard(buttons) if buttons else None
 
 
-def card_keyboard(host: store.Host, series: Sequence[str] = ()) -> Keyboard:
+def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
     charts = chart_buttons(host, series)
     return keyboard(
         [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
@@ -308,7 +294,7 @@ def card_keyboard(host: store.Host, series: Sequence[str] = ()) -> Keyboard:
     )
 
 
-def host_list(hosts: list[store.Host], now: float) -> tuple[str, Keyboard | None]:
+def host_list(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one.", None
     lines = [f"{'🟢' if h.is_online(now) else '🔴'} <b>{e(h.name)}</b> - "
@@ -318,7 +304,7 @@ def host_list(hosts: list[store.Host], now: float) -> tuple[str, Keyboard | None
     return "\n".join(lines), keyboard(*rows)
 
 
-def summary(hosts: list[store.Host], now: float) -> tuple[str, Keyboard | None]:
+def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
     if not hosts:
         return host_list(hosts, now)
     lines = []
@@ -365,14 +351,14 @@ def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str,
     return f"{key.name}.env", content.encode(), caption, keyboard([delete_button(user_id)])
 
 
-def power_question(host: store.Host, action: str, nonce: str) -> tuple[str, Keyboard]:
+def power_question(host: Host, action: str, nonce: str) -> tuple[str, Keyboard]:
     # The buttons name the host's owner (the only one who can ask): in a group, nobody else may answer.
     args = (nonce, str(host.owner))
     return (f"{action.capitalize()} <b>{e(host.name)}</b>? (expires in 60 s)",
             keyboard([button("Yes", Callback("confirm", args)), button("Cancel", Callback("cancel", args))]))
 
 
-def revoke_question(host: store.Host) -> tuple[str, Keyboard]:
+def revoke_question(host: Host) -> tuple[str, Keyboard]:
     hid = str(host.id)
     return (f"Revoke <b>{e(host.name)}</b>? Its key stops working and its agent is disconnected.",
             keyboard([button("Revoke, keep history", Callback("revoke", (hid, "keep")))],
@@ -388,12 +374,12 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
     if isinstance(rule, OfflineRule):
         if not rule.enabled:
             return "offline alert off"
-        return f"offline after {human_duration(rule.delay)}" if rule.delay else "offline (default delay)"
+        return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
     text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
-    return text + (f" for {human_duration(rule.for_s)}" if rule.for_s else "")
+    return text + (f" for {format_duration(rule.for_s)}" if rule.for_s else "")
 
 
-def alerts_overview(hosts: list[store.Host], engine: AlertEngine, now: float) -> str:
+def alerts_overview(hosts: list[Host], engine: AlertEngine, now: float) -> str:
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one."
     blocks = []
@@ -401,12 +387,12 @@ def alerts_overview(hosts: list[store.Host], engine: AlertEngine, now: float) ->
         status = engine.host_status(host.id)
         head = f"<b>{e(host.name)}</b>"
         if status.muted_until and status.muted_until > now:
-            head += f" (muted for {human_duration(status.muted_until - now)})"
+            head += f" (muted for {format_duration(status.muted_until - now)})"
         if status.offline_since is not None:
-            head += f" 🔴 offline for {human_duration(now - status.offline_since)}"
+            head += f" 🔴 offline for {format_duration(now - status.offline_since)}"
         lines = [head]
         if status.offline_alert:
-            lines.append(f"• offline after {human_duration(status.delay)}")
+            lines.append(f"• offline after {format_duration(status.delay)}")
         else:
             lines.append("• offline alert off")
         for state in engine.states(host.id):
@@ -414,7 +400,7 @@ def alerts_overview(hosts: list[store.Host], engine: AlertEngine, now: float) ->
             if state.series and state.series != state.rule.metric:
                 line += f" [{e(series_label(state.series))}]"
             if state.state == "firing" and state.since is not None:
-                line += f" - 🔥 firing for {human_duration(now - state.since)}"
+                line += f" - 🔥 firing for {format_duration(now - state.since)}"
             elif state.state == "pending":
                 line += " - pending"
             else:

@@ -12,7 +12,6 @@ flapping host's connects and disconnects are summarised, so neither can forge or
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import secrets
@@ -24,7 +23,8 @@ from typing import Any, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from . import protocol, store
+from . import limits, protocol, store
+from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .protocol import Hello, Result, Snapshot
 from .session import Action, AgentSession, Close, Ignore, StoreSamples
@@ -47,15 +47,10 @@ LIMIT_NOTICE_EVERY = 86400.0  # an owner hears about the same limit of the same 
 LimitNotice = Callable[[store.Host, str, str], None]
 
 
-def secret_hash(secret: str) -> str:
-    """Secrets carry 256 random bits, so a plain SHA-256 is enough (no password stretching needed)."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
-def _peer(stream: trio.SSLStream[Any]) -> tuple[str, str]:
+def _peer(stream: trio.SocketStream) -> tuple[str, str]:
     """(address, address:port) of the peer."""
     try:
-        addr = stream.transport_stream.socket.getpeername()  # type: ignore[attr-defined]
+        addr = stream.socket.getpeername()
         return addr[0], f"{addr[0]}:{addr[1]}"
     except (OSError, AttributeError):
         return "?", "?"
@@ -229,6 +224,7 @@ class AgentHub:
                  gate: PreAuthGate | None = None, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._writer = writer
+        self._ssl_context: ssl.SSLContext | None = None  # set by listen()
         self._handshake_timeout = handshake_timeout
         self._throttle = AuthThrottle()
         self.gate = gate if gate is not None else PreAuthGate()  # (an empty gate is falsy: it has a len)
@@ -287,8 +283,10 @@ class AgentHub:
 
     async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_ssl_over_tcp_listeners(port, ssl_context, host=host, https_compatible=True)
-        bound = listeners[0].transport_listener.socket.getsockname()[1]
+        # Plain TCP listeners: TLS starts in _handle, once the peer has sent its first byte (see _session).
+        self._ssl_context = ssl_context
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
         log.info("listening for agents on %s:%d (TLS)", host, bound)
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self._handle, listeners)
@@ -323,21 +321,22 @@ class AgentHub:
             for connection in list(self.connections.values()):
                 nursery.start_soon(connection.close, code, reason)
 
-    async def _handle(self, stream: trio.SSLStream[Any]) -> None:
-        address, peer = _peer(stream)
+    async def _handle(self, tcp: trio.SocketStream) -> None:
+        address, peer = _peer(tcp)
         token = object()
         evict = self.gate.admit(token, address)
         if evict is None:
             self.log(("refused", address), logging.WARNING, "refused a connection from %s: %d connections from "
                      "that address are already waiting to authenticate", peer, self.gate.per_address)
-            await trio.aclose_forcefully(stream.transport_stream)
+            await trio.aclose_forcefully(tcp)
             return
         for other in evict:
             self._waiting.pop(other).cancel()
         preauth = self._waiting[token] = trio.CancelScope()
+        tls: list[trio.SSLStream[trio.SocketStream]] = []  # the TLS stream, once _session has started it
         try:
             async with trio.open_nursery() as nursery:
-                await self._session(nursery, stream, address, peer, preauth, token)
+                await self._session(nursery, tcp, tls, address, peer, preauth, token)
                 nursery.cancel_scope.cancel()
         except* (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, ConnectionClosed) as group:
             first = group.exceptions[0]
@@ -348,6 +347,7 @@ class AgentHub:
             self.log(("crashed", address), logging.ERROR, "connection from %s crashed", peer, exc_info=True)
         finally:
             self._release(token)
+            stream: trio.abc.AsyncResource = tls[0] if tls else tcp
             with trio.move_on_after(CLOSE_TIMEOUT, shield=True) as scope:
                 await _close_quietly(stream)
             if scope.cancelled_caught:
@@ -357,15 +357,21 @@ class AgentHub:
         self.gate.release(token)
         self._waiting.pop(token, None)
 
-    async def _session(self, nursery: trio.Nursery, stream: trio.SSLStream[Any], address: str, peer: str,
-                       preauth: trio.CancelScope, token: object) -> None:
+    async def _session(self, nursery: trio.Nursery, tcp: trio.SocketStream, tls: list[trio.SSLStream[Any]],
+                       address: str, peer: str, preauth: trio.CancelScope, token: object) -> None:
         stage = "TLS handshake"
         # One deadline for TLS, the upgrade and authentication: a slow client cannot pin a socket. `preauth` is
         # cancelled when the gate evicts this connection to make room.
         with preauth, trio.move_on_after(self._handshake_timeout) as deadline:
+            # TLS state (OpenSSL's buffers) only for a peer that has said something: an idle socket then costs a
+            # socket and a task, and accepting a flood of them stays fast enough that real agents get through.
+            await trio.lowlevel.wait_readable(tcp.socket)
+            assert self._ssl_context is not None
+            stream = trio.SSLStream(tcp, self._ssl_context, server_side=True, https_compatible=True)
+            tls.append(stream)
             await stream.do_handshake()
             stage = "WebSocket handshake"
-            request = await wrap_server_stream(nursery, stream, max_message_size=protocol.MAX_FRAME_BYTES)
+            request = await wrap_server_stream(nursery, stream, max_message_size=limits.MAX_FRAME_BYTES)
             host = await self._authenticate(request, address, peer)
         if preauth.cancelled_caught:
             self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
@@ -417,7 +423,7 @@ class AgentHub:
         return host
 
 
-async def _close_quietly(stream: trio.SSLStream[Any]) -> None:
+async def _close_quietly(stream: trio.abc.AsyncResource) -> None:
     try:
         await stream.aclose()
     except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):

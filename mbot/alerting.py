@@ -40,7 +40,7 @@ Notify = Callable[[int, str, Event], None]
 
 def load_rules(conn: sqlite3.Connection) -> list[AlertRule | OfflineRule]:
     rules: list[AlertRule | OfflineRule] = []
-    for (spec,) in conn.execute("SELECT spec FROM alert_rules ORDER BY host_id, metric"):
+    for spec in store.alert_rule_specs(conn):
         data = json.loads(spec)
         rules.append(OfflineRule.from_dict(data) if data.get("metric") == "offline" else AlertRule.from_dict(data))
     return rules
@@ -48,13 +48,11 @@ def load_rules(conn: sqlite3.Connection) -> list[AlertRule | OfflineRule]:
 
 def save_rule(conn: sqlite3.Connection, rule: AlertRule | OfflineRule) -> None:
     data = rule.as_dict()
-    conn.execute("INSERT INTO alert_rules (host_id, metric, spec) VALUES (?, ?, ?) "
-                 "ON CONFLICT (host_id, metric) DO UPDATE SET spec = excluded.spec",
-                 (rule.host_id, data["metric"], json.dumps(data)))
+    store.put_alert_rule(conn, rule.host_id, data["metric"], json.dumps(data))
 
 
 def delete_rule(conn: sqlite3.Connection, host_id: int, metric: str) -> bool:
-    return conn.execute("DELETE FROM alert_rules WHERE host_id = ? AND metric = ?", (host_id, metric)).rowcount > 0
+    return store.delete_alert_rule(conn, host_id, metric)
 
 
 def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule], dict[str, Any] | None,

@@ -476,6 +476,22 @@ def host_ids(conn: sqlite3.Connection) -> list[int]:
     return [row[0] for row in conn.execute("SELECT id FROM hosts")]
 
 
+# --- alert rules (mbot.alerting keeps them as JSON specs) -------------------------------------------------------
+
+
+def alert_rule_specs(conn: sqlite3.Connection) -> list[str]:
+    return [spec for (spec,) in conn.execute("SELECT spec FROM alert_rules ORDER BY host_id, metric")]
+
+
+def put_alert_rule(conn: sqlite3.Connection, host_id: int, metric: str, spec: str) -> None:
+    conn.execute("INSERT INTO alert_rules (host_id, metric, spec) VALUES (?, ?, ?) "
+                 "ON CONFLICT (host_id, metric) DO UPDATE SET spec = excluded.spec", (host_id, metric, spec))
+
+
+def delete_alert_rule(conn: sqlite3.Connection, host_id: int, metric: str) -> bool:
+    return conn.execute("DELETE FROM alert_rules WHERE host_id = ? AND metric = ?", (host_id, metric)).rowcount > 0
+
+
 # The rollup's watermark: every raw row up to this rowid is folded into the aggregates (mbot.history).
 ROLLUP_WATERMARK = "rollup.rowid"
 

@@ -228,7 +228,9 @@ class Writer:
                         if item.on_commit is not None:
                             item.on_commit(result.last_seq)
                 elif isinstance(item, HelloWrite):
-                    self._tell(lambda listener: listener.on_hello(item.host_id, item.hello))
+                    hello = item.hello
+                    assert hello is not None
+                    self._tell(lambda listener: listener.on_hello(item.host_id, hello))
                 elif isinstance(item, SnapshotWrite):
                     self.committed_snapshots += 1
                     if result:
@@ -399,7 +401,9 @@ class Writer:
             if not budget.take(len(encoded), time.monotonic()):
                 raise LimitExceeded("new series names", "the host keeps sending new sets of series names "
                                     f"(more than {limits.LAYOUT_BUDGET_BYTES // 1024} KiB of names per hour)")
-            layout_id = int(conn.execute("INSERT INTO layouts (names) VALUES (?)", (encoded,)).lastrowid)
+            inserted = conn.execute("INSERT INTO layouts (names) VALUES (?)", (encoded,)).lastrowid
+            assert inserted is not None
+            layout_id = inserted
         else:
             layout_id = row[0]
         new_layouts[digest] = layout_id

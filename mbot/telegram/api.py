@@ -233,9 +233,11 @@ class BotApi:
             body = {}
         if body.get("ok") is True and response.status_code < 400:
             return body.get("result")
-        code = body.get("error_code") if isinstance(body.get("error_code"), int) else response.status_code
+        error_code = body.get("error_code")
+        code: int = error_code if isinstance(error_code, int) else response.status_code
         description = self.redact(str(body.get("description") or response.reason_phrase or "no description"))
-        parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
+        given = body.get("parameters")
+        parameters: dict[str, Any] = given if isinstance(given, dict) else {}
         if code == 429:
             self.errors["429"] += 1
             retry_after = parameters.get("retry_after") or response.headers.get("retry-after") or 1

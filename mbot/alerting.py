@@ -61,6 +61,10 @@ def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule]
     return load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn)
 
 
+def _hosts_by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, store.Host | None]:
+    return {host_id: store.host_by_id(conn, host_id) for host_id in ids}
+
+
 class Alerting:
     """Owns the engine. `run()` lives in the app's nursery; everything else is called from the trio thread."""
 
@@ -190,11 +194,12 @@ class Alerting:
 
     async def _deliver(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
-        hosts: dict[int, store.Host | None] = {}
+        if not outgoing:
+            return
+        # One read for the whole batch: a storm of events must not queue hundreds of reads behind each other.
+        hosts = await self._db.read(_hosts_by_id, {event.host_id for event in outgoing})
         for event in outgoing:
-            if event.host_id not in hosts:
-                hosts[event.host_id] = await self._db.read(store.host_by_id, event.host_id)
-            host = hosts[event.host_id]
+            host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
             text = alert_text.describe(event, name)
             log.info("alert: %r", text)

@@ -15,7 +15,8 @@ import trio_websocket
 
 from helpers import (ROOT, ack_reaching, add_host, certificate, hello_frame, make_settings, open_tls, read_db,
                      receive_json, rejection_status, sample_frame, upgrade)
-from mbot import limits, protocol, tls
+from mbot import limits, protocol, store, tls
+from mbot.telegram import views
 from mbot.agents import AgentHub
 from mbot.limits import AuthThrottle, FrameBucket
 from mbot.store import Database
@@ -175,6 +176,14 @@ def test_frame_bucket():
     assert not bucket.take(0.1)
 
 
+def read_hosts(settings) -> list:
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        return store.list_hosts(conn)
+    finally:
+        conn.close()
+
+
 # --- every value bounded at the edge (issue 11) -------------------------------------------------------------------
 
 
@@ -188,6 +197,8 @@ async def test_samples_outside_the_time_window_are_acked_counted_and_not_stored(
     assert read_db(settings, "SELECT seq FROM samples JOIN hosts ON hosts.id = host_id WHERE name = 'clock'") == [(3,)]
     assert read_db(settings, "SELECT rejected, samples_count FROM hosts WHERE name = 'clock'") == [(2, 1)]
     assert server.writer.rejected_samples == {"too_old": 1, "too_new": 1}
+    (host,) = [h for h in read_hosts(settings) if h.name == "clock"]
+    assert "2 samples not stored" in views.host_card(host, time.time())
     await good()
 
 

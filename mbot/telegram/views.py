@@ -259,6 +259,9 @@ def host_card(host: Host, now: float) -> str:
         lines.append(" · ".join(tail))
     if host.dropped:
         lines.append(f"⚠️ {host.dropped} samples dropped during an outage")
+    if host.rejected:
+        lines.append(f"⚠️ {host.rejected} samples not stored: dated more than a week back or minutes ahead "
+                     "(is the host's clock right?)")
     lines.append(f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}")
     return "\n".join(lines)
 

@@ -95,8 +95,8 @@ class _Families:
 def _host_families(f: _Families, host: Host, now: float) -> None:
     # Names are unique per owner only: the public key id keeps two users' "box1" apart.
     hk = {"host": host.name, "key": host.key_id}
-    f.add("mbot_host_up", "gauge", "1 when the host's agent was seen within three intervals.",
-          1 if host.is_online(now) else 0, hk)
+    online = host.is_online(now)
+    f.add("mbot_host_up", "gauge", "1 when the host's agent was seen within three intervals.", 1 if online else 0, hk)
     if host.last_seen is not None:
         f.add("mbot_host_last_seen_timestamp_seconds", "gauge", "When the host's agent was last heard from.",
               host.last_seen, hk)
@@ -105,6 +105,8 @@ def _host_families(f: _Families, host: Host, now: float) -> None:
     f.add("mbot_host_samples_rejected_total", "counter",
           "Samples acked but not stored: their timestamp was outside the window the server accepts.",
           host.rejected, hk)
+    if not online:
+        return  # its last values are stale: a gauge Prometheus keeps seeing would pass them off as current
     for row, labels, value in catalogue.labelled_values(host.last_metrics):
         prom = row.prom
         if prom is not None:

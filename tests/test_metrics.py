@@ -41,6 +41,16 @@ def test_render_names_labels_and_escaping():
     assert text.endswith("\n")
 
 
+def test_an_offline_host_exports_up_0_and_when_it_was_seen_not_stale_values():
+    host = store.Host(id=1, name="gone", owner=0, key_id="k", created=NOW, facts={"interval": 5}, epoch=1,
+                      last_seq=1, last_ts=NOW - 600, last_seen=NOW - 600, samples_count=1,
+                      last_metrics={"cpu": 50.0, "ram": {"used": 1, "total": 4}})
+    text = metrics.render([host], ServerStats(0, 0, Histogram()), NOW)
+    assert 'mbot_host_up{host="gone",key="k"} 0' in text
+    assert f'mbot_host_last_seen_timestamp_seconds{{host="gone",key="k"}} {int(NOW - 600)}' in text
+    assert "mbot_host_cpu_usage_ratio" not in text and "mbot_host_memory_used_bytes" not in text
+
+
 async def start_with_one_host(settings, nursery):
     """A server with /metrics on, and host box1 that has sent one sample (CPU 25 %)."""
     settings = dataclasses.replace(settings, metrics_port=0)
@@ -98,8 +108,8 @@ async def test_real_prometheus_scrapes_a_host(settings, nursery, tmp_path):
                                                    params={"query": 'mbot_host_cpu_usage_ratio{host="box1"}'})).json()
                         if answer["data"]["result"]:
                             break
-                    except httpx.TransportError:
-                        pass
+                    except (httpx.TransportError, ValueError):
+                        pass  # not listening yet, or still starting (it answers 503 with plain text)
                     await trio.sleep(0.2)
         assert float(answer["data"]["result"][0]["value"][1]) == 0.25
     finally:

@@ -213,8 +213,9 @@ async def test_metrics_leave_out_a_damaged_host_and_count_it(settings, nursery):
     server = await start(settings, nursery)
     fine, broken = add_host(settings, "fine"), add_host(settings, "broken")
     conn = sqlite3.connect(settings.db_path)
-    with conn:  # a value /metrics cannot use: "used" missing
-        conn.execute("UPDATE hosts SET last_metrics = ? WHERE id = ?", ('{"ram": {"total": 1}}', broken.host_id))
+    with conn:  # an online host whose latest value /metrics cannot use: "used" missing
+        conn.execute("UPDATE hosts SET last_metrics = ?, last_seen = ? WHERE id = ?",
+                     ('{"ram": {"total": 1}}', time.time(), broken.host_id))
     conn.close()
     response = await scrape(server)
     assert response.status_code == 200

@@ -99,7 +99,13 @@ def _serve(settings: Settings) -> int:
     from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
 
     cert = _certificate(settings)
-    trio.run(app.serve, settings, cert)
+    try:
+        trio.run(app.serve, settings, cert)
+    except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable
+        first: BaseException = group
+        while isinstance(first, BaseExceptionGroup):  # nurseries nest their groups
+            first = first.exceptions[0]
+        raise first from None
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
+from .config import listen_error
 from .faults import Faults
 from .metrics import CONTENT_TYPE
 
@@ -38,7 +39,10 @@ async def serve_metrics(host: str, port: int, render: Render, *, faults: Faults 
         finally:
             await trio.aclose_forcefully(stream)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise listen_error("MBOT_METRICS_PORT", "MBOT_METRICS_HOST", host, port, exc) from None
     bound = listeners[0].socket.getsockname()[1]
     log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound)
     async with trio.open_nursery() as nursery:

@@ -209,3 +209,25 @@ async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery):
     assert (await say(9, f"/start {other}")).startswith("Sorry, this invite is not valid")
     await running.aclose()
     assert read_db(settings, "SELECT id, role FROM users ORDER BY id") == [(7, "admin"), (8, "user")]
+
+
+@pytest.mark.parametrize("env, variable, reason", [
+    ({"MBOT_HOST": "127.0.0.1"}, "PORT", "Address already in use"),  # PORT is the one the test holds
+    ({"MBOT_HOST": "192.0.2.1", "PORT": "0"}, "MBOT_HOST", "Cannot assign requested address"),  # not this machine
+    ({"MBOT_HOST": "no-such-host.invalid", "PORT": "0"}, "MBOT_HOST", ""),
+    ({"MBOT_HOST": "127.0.0.1", "PORT": "0", "MBOT_METRICS_PORT": "held"}, "MBOT_METRICS_PORT", "in use"),
+])
+def test_a_server_that_cannot_listen_says_so_in_one_line(tmp_path, env, variable, reason):
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        env = {"PORT": port, **{k: (port if v == "held" else v) for k, v in env.items()}}
+        done = mbot(tmp_path, env=env)
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mbot: {variable}: cannot listen on ") and reason in last, done.stderr
+    assert "Traceback" not in done.stderr
+

@@ -41,6 +41,7 @@ CLOSE_TIMEOUT = 2.0
 # connection, which throws away the error frame and the close code before the agent has read them.
 CLOSE_LINGER = 10.0
 AGENT_PATH = "/agent"
+DUPLICATE_WINDOW = 60.0  # a second replacement within this long means two agents share a key
 LIMIT_NOTICE_EVERY = 86400.0  # an owner hears about the same limit of the same host at most once a day
 
 # Told (in the trio thread) when a host goes over a limit: (host, limit name, what happened). The app turns it into
@@ -55,6 +56,10 @@ def _peer(stream: trio.SocketStream) -> tuple[str, str]:
         return addr[0], f"{addr[0]}:{addr[1]}"
     except (OSError, AttributeError):
         return "?", "?"
+
+
+def _address(peer: str) -> str:
+    return peer.rpartition(":")[0] or peer
 
 
 def _bearer(request: WebSocketRequest) -> str | None:
@@ -237,6 +242,7 @@ class AgentHub:
         self.on_limit: LimitNotice | None = None
         self.limits_exceeded: dict[str, int] = {}
         self._limit_told: dict[tuple[int, str], float] = {}
+        self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
 
@@ -272,6 +278,22 @@ class AgentHub:
             self._limit_told = {k: t for k, t in self._limit_told.items() if now - t < LIMIT_NOTICE_EVERY}
         if self.on_limit is not None:
             self.on_limit(host, exc.limit, exc.detail)
+
+    def _replaced(self, host: store.Host, peer: str, previous: str) -> None:
+        """One agent replacing its own stale connection is normal (a network blip); connections of one key that
+        keep replacing each other are two machines sharing a key, both feeding one history: say so, once."""
+        now = trio.current_time()
+        last, self._last_replaced[host.id] = self._last_replaced.get(host.id), now
+        if last is None or now - last > DUPLICATE_WINDOW:
+            self.log(host.id, logging.INFO, "agent %s: a new connection from %s replaces the one from %s", host.name,
+                     peer, previous)
+            return
+        self.log(("duplicate", host.id), logging.WARNING, "agent %s: connections from %s and %s keep replacing each "
+                 "other: two agents use this host's key", host.name, peer, previous)
+        self.over_limit(host, LimitExceeded(
+            "one agent per key", f"two agents seem to use its key (connections from {_address(peer)} and "
+            f"{_address(previous)} keep replacing each other, and both feed one history); give each machine its own "
+            "key with /newkey"))
 
     def log(self, key: object, level: int, message: str, *args: Any, exc_info: bool = False) -> None:
         """One line per event, but per key (a host, an address, a kind of event) only the first few in 10 minutes;
@@ -394,8 +416,7 @@ class AgentHub:
         self.connections[host.id] = connection
         self._notify_change()
         if previous is not None:
-            self.log(host.id, logging.INFO, "agent %s: a new connection from %s replaces the one from %s", host.name,
-                     peer, previous.peer)
+            self._replaced(host, peer, previous.peer)
             nursery.start_soon(previous.close, protocol.CLOSE_REPLACED, "replaced by a newer connection")
         try:
             await connection.serve()

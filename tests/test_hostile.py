@@ -399,3 +399,28 @@ async def test_agent_strings_cannot_forge_log_lines_and_flapping_is_summarised(s
 async def test_the_data_directory_and_database_are_private(server, settings):
     assert settings.data_dir.stat().st_mode & 0o777 == 0o700
     assert settings.db_path.stat().st_mode & 0o777 == 0o600
+
+
+async def test_two_agents_on_one_key_are_reported_once_to_the_owner(server, settings, connect, caplog):
+    told: list[tuple[str, str, str]] = []
+    server.hub.on_limit = lambda host, limit, detail: told.append((host.name, limit, detail))
+    key = add_host(settings, "shared")
+    for _ in range(4):  # two machines taking turns: each connection replaces the other
+        ws = await connect(key.secret)
+        await ws.send_message(hello_frame())
+        await receive_json(ws)
+    assert [(name, limit) for name, limit, _ in told] == [("shared", "one agent per key")]
+    assert "/newkey" in told[0][2] and "127.0.0.1" in told[0][2]
+    assert "keep replacing each other" in caplog.text
+
+
+async def test_one_reconnect_that_replaces_a_stale_connection_is_not_reported(server, settings, connect):
+    told: list[str] = []
+    server.hub.on_limit = lambda host, limit, detail: told.append(limit)
+    key = add_host(settings, "blip")
+    for _ in range(2):
+        ws = await connect(key.secret)
+        await ws.send_message(hello_frame())
+        await receive_json(ws)
+    assert told == []
+

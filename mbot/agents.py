@@ -24,7 +24,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import limits, protocol, store
-from .config import listen_error
+from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .protocol import Hello, Result, Snapshot
@@ -308,15 +308,8 @@ class AgentHub:
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         # Plain TCP listeners: TLS starts in _handle, once the peer has sent its first byte (see _session).
         self._ssl_context = ssl_context
-        try:
-            listeners = await trio.open_tcp_listeners(port, host=host)
-        except OSError as exc:
-            raise listen_error("PORT", "MBOT_HOST", host, port, exc) from None
-        bound = listeners[0].socket.getsockname()[1]
-        log.info("listening for agents on %s:%d (TLS)", host, bound)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, self._handle, listeners)
-            task_status.started(bound)
+        await serve_tcp(self._handle, host, port, port_variable="PORT", host_variable="MBOT_HOST",
+                        announce="listening for agents on %s:%d (TLS)", task_status=task_status)
 
     def is_connected(self, host_id: int) -> bool:
         return host_id in self.connections

@@ -5,7 +5,6 @@ names the variable, so start-up can end with one clear line instead of a traceba
 """
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import tempfile
@@ -128,13 +127,6 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ConfigError(name, f"must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
-
-
-def listen_error(port_variable: str, host_variable: str, host: str, port: int, exc: OSError) -> ConfigError:
-    """A listening socket the server cannot open, as the one-line error a bad variable gets, naming the variable to
-    change: the port when it is taken, the address otherwise (not on this machine, a name that does not resolve)."""
-    variable = port_variable if exc.errno == errno.EADDRINUSE else host_variable
-    return ConfigError(variable, f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

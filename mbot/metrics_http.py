@@ -11,7 +11,7 @@ from typing import Awaitable, Callable
 import h11
 import trio
 
-from .config import listen_error
+from .listening import serve_tcp
 from .faults import Faults
 from .metrics import CONTENT_TYPE
 
@@ -39,15 +39,8 @@ async def serve_metrics(host: str, port: int, render: Render, *, faults: Faults 
         finally:
             await trio.aclose_forcefully(stream)
 
-    try:
-        listeners = await trio.open_tcp_listeners(port, host=host)
-    except OSError as exc:
-        raise listen_error("MBOT_METRICS_PORT", "MBOT_METRICS_HOST", host, port, exc) from None
-    bound = listeners[0].socket.getsockname()[1]
-    log.info("serving Prometheus metrics on http://%s:%d/metrics", host, bound)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handle, listeners)
-        task_status.started(bound)
+    await serve_tcp(handle, host, port, port_variable="MBOT_METRICS_PORT", host_variable="MBOT_METRICS_HOST",
+                    announce="serving Prometheus metrics on http://%s:%d/metrics", task_status=task_status)
 
 
 async def _answer(stream: trio.SocketStream, render: Render, faults: Faults) -> None:

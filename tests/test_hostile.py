@@ -296,6 +296,12 @@ def test_preauth_gate_refuses_per_address_and_evicts_the_oldest():
     assert len(gate) == 2 and gate.admit("a4", "A") == []  # A has one waiting again, so room for one more
 
 
+async def close_all(*streams: trio.abc.AsyncResource | None) -> None:
+    for stream in streams:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+
+
 async def idle_sockets(count: int, port: int, first_address: int = 2) -> list[trio.SocketStream]:
     """`count` TCP connections that never send a byte, spread over source addresses 127.0.0.N."""
     streams = []
@@ -325,10 +331,7 @@ async def test_a_good_agent_gets_in_while_idle_sockets_fill_the_waiting_room(set
         assert trio.current_time() - started < 1.0
         assert len(hub.gate) <= 50 and hub.gate.evicted + hub.gate.refused > 0
     finally:
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
-        for s in idle:
-            await trio.aclose_forcefully(s)
+        await close_all(stream, *idle)
     writer.close()
 
 
@@ -363,10 +366,7 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
             assert (await receive_json(ws))["type"] == "ack"
         assert trio.current_time() - started < 1.0
     finally:
-        if stream is not None:
-            await trio.aclose_forcefully(stream)
-        for s in idle:
-            await trio.aclose_forcefully(s)
+        await close_all(stream, *idle)
         process.terminate()
         with trio.fail_after(10):
             await process.wait()

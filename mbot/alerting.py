@@ -119,7 +119,11 @@ class Alerting:
                 except Exception as exc:
                     self._writer.faults.isolated("alerting", "the alert timers", exc)
                     failures += 1
-                await self._deliver()
+                try:
+                    await self._deliver()
+                except Exception as exc:  # the events wait for the next wake-up; the task goes on
+                    self._writer.faults.isolated("alerting", "delivering alert messages", exc)
+                    failures += 1
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()
@@ -197,7 +201,11 @@ class Alerting:
         if not outgoing:
             return
         # One read for the whole batch: a storm of events must not queue hundreds of reads behind each other.
-        hosts = await self._db.read(_hosts_by_id, {event.host_id for event in outgoing})
+        try:
+            hosts = await self._db.read(_hosts_by_id, {event.host_id for event in outgoing})
+        except BaseException:
+            self._outgoing[:0] = outgoing  # not lost: delivered when the store answers again
+            raise
         for event in outgoing:
             host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)

@@ -12,6 +12,7 @@ import time
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from helpers import (BASE_TS, ack_reaching, add_host, certificate, hello_frame, make_settings, open_tls, read_db,
                      receive_json, sample_frame, upgrade)
@@ -223,3 +224,38 @@ async def test_metrics_leave_out_a_damaged_host_and_count_it(settings, nursery):
     assert 'host="broken"' not in response.text
     assert 'mbot_isolated_failures_total{task="metrics"} 1' in response.text
     await server.aclose()
+
+
+async def test_alert_messages_wait_out_a_failing_store_read(settings, nursery, monkeypatch):
+    """Alerting reads hosts before it speaks: a read that fails must neither end the task nor lose the message."""
+    from mbot.alerting import Alerting
+    from mbot.alerts import AlertRule
+    from mbot.store import Database
+
+    key = add_host(settings, "box1", owner=42)
+    db, writer = Database(settings.db_path), Writer(settings.db_path)
+    nursery.start_soon(writer.run)
+    alerting = Alerting(db, writer)
+    sent: list[tuple[int, str]] = []
+    alerting.set_notify(lambda owner, text, event: sent.append((owner, text)))
+    await nursery.start(alerting.run)
+    await alerting.set_rule(AlertRule(key.host_id, "cpu", 50.0))
+    real_read, failing = db.read, [True]
+
+    async def read(fn, *args):
+        if failing and fn.__name__ == "_hosts_by_id":
+            failing.clear()
+            raise sqlite3.OperationalError("disk I/O error")
+        return await real_read(fn, *args)
+
+    monkeypatch.setattr(db, "read", read)
+    alerting.on_samples(key.host_id, list(_samples(1).items))  # cpu 5: nothing yet
+    sample = protocol.parse_agent_frame(sample_frame(2, cpu=99.0)).items[0]
+    alerting.on_samples(key.host_id, [sample])
+    with trio.fail_after(10):
+        while not sent:
+            alerting.clock_moved()  # a wake-up: the task tries the delivery again
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    assert sent[0][0] == 42 and sent[0][1].startswith("box1: CPU 99")
+    assert writer.faults.counts["alerting"] == 1
+    writer.close()

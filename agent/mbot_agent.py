@@ -27,6 +27,8 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
                        (for tests and unusual systems, e.g. "sudo /sbin/shutdown -r now")
     AGENT_SPOOL_MAX    samples kept while the server is away (the spool), 1 to 10000000; default: 24 h of them at
                        AGENT_INTERVAL, at most 100000. When full, the oldest are dropped (and counted, see below)
+    AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
+                       with the host's /proc mounted, e.g. /host/proc; Linux only)
     AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
                        unsent samples and the seq counter survive a restart of the agent; unset: in memory only
 
@@ -1735,7 +1737,9 @@ class Agent:
 
     async def _collect_loop(self) -> None:
         interval = self.config.interval
-        next_at = trio.current_time() + interval  # cpu_percent was primed when the collector was made
+        # cpu_percent and the rates were primed when the collector was made; a second is enough to measure them,
+        # so a new host shows figures at once instead of after a whole (possibly long) interval.
+        next_at = trio.current_time() + min(interval, 1.0)
         while True:
             await trio.sleep_until(next_at)
             if await self._to_thread(self._collect_and_store, time.time()):
@@ -2328,6 +2332,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except (OSError, ValueError) as exc:
             log.warning("cannot save settings to %s: %s", args.env_file, _describe(exc))
 
+    host_proc = os.environ.get("AGENT_HOST_PROC", "").strip()
+    if host_proc and hasattr(psutil, "PROCFS_PATH"):
+        psutil.PROCFS_PATH = host_proc
     try:
         return trio.run(_run_until_signal, config)
     except KeyboardInterrupt:

@@ -10,6 +10,8 @@
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
           metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
+          own agent                 (unless MBOT_WATCH_SELF=0) the real agent as a child process, watching this
+                                    machine over loopback TLS (mbot/selfwatch.py)
           signal watcher            SIGINT/SIGTERM -> stop()
       stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
 """
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import history, metrics, plotting, protocol, store, tls
+from . import history, metrics, plotting, protocol, selfwatch, store, tls
 from .agents import AgentHub
 from .alerting import Alerting
 from .config import Settings
@@ -54,6 +56,7 @@ class Server:
     db: Database
     metrics_port: int | None = None
     alerting: Alerting | None = None
+    selfwatch: selfwatch.SelfWatch | None = None
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -107,7 +110,15 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                         serve_metrics, settings.metrics_host, settings.metrics_port, render, faults=faults))
                 if handle_signals:
                     services.start_soon(_stop_on_signal, server)
+                own = selfwatch.plan_for(settings)
+                log.info("%s", own.why)
+                if own.watch:
+                    server.selfwatch = selfwatch.SelfWatch(settings, port, cert.fingerprint, writer.call,
+                                                           clock=clock)
+                    services.start_soon(server.selfwatch.run, own)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
+                for line in next_steps(settings, remote_hosts=await db.read(selfwatch.remote_hosts)):
+                    log.info("next: %s", line)
                 task_status.started(server)
                 await server._stop.wait()
                 log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
@@ -118,6 +129,17 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             writer.close()
     log.info("stopped; %d samples committed in this run", writer.committed_samples)
     server._stopped.set()
+
+
+def next_steps(settings: Settings, *, remote_hosts: int) -> list[str]:
+    """What a newcomer does next, said once at start: the chat, then the first host. Quiet once there are hosts."""
+    steps = []
+    if not settings.bot_enabled:
+        steps.append("the Telegram bot is off: make a bot with @BotFather and start mbot with BOT_TOKEN=<its token>")
+    if not remote_hosts:
+        steps.append("add a host: run `python -m mbot newkey NAME` (or send /newkey NAME to the bot) and paste the "
+                     "line it prints on that machine")
+    return steps
 
 
 def raise_nofile_limit() -> int:

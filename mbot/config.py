@@ -47,6 +47,7 @@ class Settings:
     tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
+    watch_self: bool | None = None  # MBOT_WATCH_SELF: 1 on, 0 off, unset: on except inside a container
 
     @property
     def db_path(self) -> Path:
@@ -101,6 +102,18 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    """1/0 (yes/no, true/false, on/off); None when unset, so that the default can depend on where mbot runs."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return None
+    if raw in ("1", "yes", "true", "on"):
+        return True
+    if raw in ("0", "no", "false", "off"):
+        return False
+    raise ConfigError(name, f"must be 1 or 0, got {raw!r}")
+
+
 def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -151,6 +164,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ("h1", "1H", 730 * 86400.0))}),
         tz=_zone(env, "MBOT_TZ"),
         max_hosts_per_user=_positive_int(env, "MBOT_MAX_HOSTS_PER_USER", 100),
+        watch_self=_flag(env, "MBOT_WATCH_SELF"),
     )
 
 

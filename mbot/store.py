@@ -372,6 +372,10 @@ def rename_host(conn: sqlite3.Connection, host_id: int, name: str) -> None:
     conn.execute("UPDATE hosts SET name = ? WHERE id = ?", (name, host_id))
 
 
+def set_owner(conn: sqlite3.Connection, host_id: int, owner: int, name: str) -> None:
+    conn.execute("UPDATE hosts SET owner = ?, name = ? WHERE id = ?", (owner, name, host_id))
+
+
 def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked: float | None) -> None:
     conn.execute("UPDATE hosts SET secret_hash = ?, revoked = ? WHERE id = ?", (secret_hash, revoked, host_id))
 

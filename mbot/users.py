@@ -153,6 +153,12 @@ def load_users(conn: sqlite3.Connection) -> dict[int, str]:
     return {row[0]: row[1] for row in conn.execute("SELECT id, role FROM users")}
 
 
+def first_admin(conn: sqlite3.Connection) -> int | None:
+    """The user who became admin first (by the claim, or the first invite on a server without ALLOWED_USERS)."""
+    row = conn.execute("SELECT id FROM users WHERE role = ? ORDER BY added LIMIT 1", (ADMIN,)).fetchone()
+    return int(row[0]) if row else None
+
+
 def count_users(conn: sqlite3.Connection) -> int:
     return conn.execute("SELECT count(*) FROM users").fetchone()[0]
 

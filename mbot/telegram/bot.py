@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, protocol, service, store, users
+from .. import alerts, charts, plotspec, plotting, protocol, selfwatch, service, store, users
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -224,6 +224,8 @@ class Bot:
             return
         self._users[ctx.user_id] = role
         log.info("Telegram user %d joined with a code, as %s", ctx.user_id, role)
+        if role == users.ADMIN:
+            await self._writer.call(selfwatch.adopt, ctx.user_id)  # the server's own host is the admin's
         self._send(ctx, views.welcome(role))
 
     async def _command(self, ctx: Context, command: Command) -> None:

@@ -1,6 +1,7 @@
 """Shared fixtures: a real server (real TLS on 127.0.0.1, port 0, a real sqlite file in tmp_path)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -10,6 +11,10 @@ import trio
 from helpers import certificate, make_settings, open_tls, upgrade
 from mbot import app
 from mbot.config import Settings
+
+# Servers the tests start as processes (`python -m mbot`) inherit this: they watch the test machine only where a test
+# asks (tests/test_selfwatch.py), instead of each running an agent of its own.
+os.environ["MBOT_WATCH_SELF"] = "0"
 
 
 @pytest.fixture

@@ -27,7 +27,9 @@ FROM base AS deps
 ARG WHEELS=deploy
 COPY pyproject.toml /src/pyproject.toml
 COPY ${WHEELS}/ /src/wheels/
-RUN python3 -c 'import tomllib; print(*tomllib.load(open("/src/pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+# The server's dependencies and the agent's (psutil): the server runs the agent to watch the machine when the host's
+# /proc is mounted at /host/proc (see docs/architecture.md, "The server watches itself").
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb"))["project"]; print(*p["dependencies"], *p["optional-dependencies"]["agent"], sep="\n")' \
         > /src/requirements.txt \
     && python3 -m venv /opt/mbot \
     && if ls /src/wheels/*.whl >/dev/null 2>&1; then \

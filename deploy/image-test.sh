@@ -82,7 +82,7 @@ case $pyver in 3.1[1-9]) ;; *) fail "the base image $BASE has Python '$pyver'; m
 arch=$(uname -m)
 platforms=(--platform "manylinux2014_$arch")
 for minor in $(seq 17 40); do platforms+=(--platform "manylinux_2_${minor}_$arch"); done
-"$PY" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' \
+"$PY" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(*p["dependencies"], *p["optional-dependencies"]["agent"], sep="\n")' \
     >"$WORK/requirements.txt"
 rm -rf "$CACHE/wheels.new"
 mkdir -p "$CACHE"
@@ -228,6 +228,8 @@ code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 podman logs "$NAME" >"$WORK/server.log" 2>&1
 grep -q 'got SIGTERM' "$WORK/server.log" || fail "the server log does not show SIGTERM arriving"
 grep -q 'stopped; [0-9]* samples committed' "$WORK/server.log" || fail "the server log has no clean 'stopped' line"
+grep -q 'inside a container: not watching this machine' "$WORK/server.log" \
+    || fail "the server log does not say that it does not watch the container (MBOT_WATCH_SELF default)"
 say "stopped cleanly in $STOP_S s (exit 0)"
 t=$(date +%s.%N)
 podman start "$NAME" >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err" >&2; fail "podman start failed"; }

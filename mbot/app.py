@@ -31,7 +31,7 @@ import trio
 from . import history, metrics, plotting, protocol, selfwatch, store, tls
 from .agents import AgentHub
 from .alerting import Alerting
-from .config import Settings
+from .config import Settings, mbot_command
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
 from .metrics_http import serve_metrics
@@ -137,8 +137,8 @@ def next_steps(settings: Settings, *, remote_hosts: int) -> list[str]:
     if not settings.bot_enabled:
         steps.append("the Telegram bot is off: make a bot with @BotFather and start mbot with BOT_TOKEN=<its token>")
     if not remote_hosts:
-        steps.append("add a host: run `python -m mbot newkey NAME` (or send /newkey NAME to the bot) and paste the "
-                     "line it prints on that machine")
+        steps.append(f"add a host: run `{mbot_command()} newkey NAME` (or send /newkey NAME to the bot) and paste "
+                     "the line it prints on that machine")
     return steps
 
 

@@ -6,7 +6,9 @@ names the variable, so start-up can end with one clear line instead of a traceba
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -140,6 +142,20 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     if not raw.startswith(("http://", "https://")):
         raise ConfigError(name, f"must be an http:// or https:// URL, got {raw!r}")
     return raw.rstrip("/")
+
+
+def mbot_command() -> str:
+    """How to run mbot's CLI on this machine, for messages that tell a user what to type: plain `python -m mbot`
+    where `python` is this interpreter (the image, an activated venv), else this interpreter's path (relative when
+    it is below the working directory, as `.venv/bin/python` is after `make run`)."""
+    python = Path(sys.executable)
+    found = shutil.which("python")
+    if found and Path(found).resolve() == python.resolve():
+        return "python -m mbot"
+    try:
+        return f"{python.relative_to(Path.cwd())} -m mbot"
+    except ValueError:
+        return f"{python} -m mbot"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

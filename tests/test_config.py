@@ -56,3 +56,16 @@ def test_data_dir_is_created_private(tmp_path):
     settings = load_settings({"MBOT_DATA_DIR": str(tmp_path / "new")})
     prepare_data_dir(settings)
     assert os.stat(settings.data_dir).st_mode & 0o777 == 0o700
+
+
+def test_messages_name_the_cli_as_it_runs_here(monkeypatch, tmp_path):
+    from mbot import config
+
+    monkeypatch.setattr(config.sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    monkeypatch.setattr(config.shutil, "which", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    assert config.mbot_command() == ".venv/bin/python -m mbot"  # after `make run`, from the checkout
+    monkeypatch.chdir("/")
+    assert config.mbot_command() == f"{tmp_path}/.venv/bin/python -m mbot"
+    monkeypatch.setattr(config.shutil, "which", lambda name: config.sys.executable)
+    assert config.mbot_command() == "python -m mbot"  # the image, or an activated venv

@@ -152,10 +152,10 @@ def mbot_command() -> str:
     found = shutil.which("python")
     if found and Path(found).resolve() == python.resolve():
         return "python -m mbot"
-    try:
-        return f"{python.relative_to(Path.cwd())} -m mbot"
-    except ValueError:
-        return f"{python} -m mbot"
+    here = Path.cwd()
+    if here != Path(here.anchor) and python.is_relative_to(here):
+        return f"{python.relative_to(here)} -m mbot"
+    return f"{python} -m mbot"
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:

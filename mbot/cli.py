@@ -6,9 +6,12 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
+import stat
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 import trio
@@ -39,14 +42,22 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
     commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
                                        "certificate (for container HEALTHCHECKs)")
-    plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat")
-    plot.add_argument("name", help="host name (or the first 8+ characters of its key id)")
-    plot.add_argument("metrics", help="e.g. cpu, 'cpu;gpu', ram, net, disk:/home")
-    plot.add_argument("span", nargs="+", help="e.g. 1h, or 2d 3h")
-    plot.add_argument("--limit", type=float, help="top of the Y axis")
+    rename = commands.add_parser("rename", help="rename a host (as /rename does in the chat)")
+    rename.add_argument("old", metavar="OLD", help="its name (or the first 8+ characters of its key id)")
+    rename.add_argument("new", metavar="NEW", help=service.NAME_RULE)
+    rename.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat",
+                               usage=plotspec.CLI.usage.removeprefix("usage: "), epilog=plotspec.CLI.examples,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    plot.add_argument("metrics", metavar="METRICS", help="e.g. cpu, cpu,gpu, ram, net, temps, disk:/home")
+    plot.add_argument("span", metavar="SPAN", nargs="+",
+                      help="e.g. 1h, 2d 3h, 1y (at most the longest MBOT_RETAIN_*); then LIMIT and UNIT may follow")
+    plot.add_argument("--limit", type=float, help="top of the Y axis (the same as LIMIT)")
     plot.add_argument("--unit", help="b, kb, mb, gb, kib ... for ram/vram; bit, kbit, mbit, gbit for net; %%")
     plot.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
-    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                      help="the PNG file to write (replaced once the chart is drawn)")
     return parser
 
 
@@ -66,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invite(settings)
         if command == "hosts":
             return _hosts(settings, as_json=args.json)
+        if command == "rename":
+            return _rename(settings, args.old, args.new, args.owner)
         if command == "fingerprint":
             print(_certificate(settings).fingerprint)
             return 0
@@ -79,7 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (tls.TlsError, store.SchemaTooNew) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
-    except (ServiceError, PlotUsageError) as exc:
+    except (PlotUsageError, OutputError) as exc:  # a usage error, like argparse's: exit 2
+        print(f"mbot: {exc.render(plotspec.CLI) if isinstance(exc, PlotUsageError) else exc}", file=sys.stderr)
+        return 2
+    except ServiceError as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
     raise AssertionError(args.command)
@@ -157,6 +173,10 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
         return 0
     if not summaries:
         print("no hosts yet: python -m mbot newkey NAME")
+    # Names that differ only in case are refused now; ones made before keep working (the exact spelling picks).
+    alike: dict[tuple[int, str], list[str]] = {}
+    for s in summaries:
+        alike.setdefault((s.owner, s.name.lower()), []).append(s.name)
     for s in summaries:
         state = "online" if s.online else "offline"
         seen = f"last seen {format_duration(now - s.last_seen)} ago" if s.last_seen else "never seen"
@@ -165,11 +185,69 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
             f"ram {s.ram:.0f}%" if s.ram is not None else "") if part)
         owner = f" (owner {s.owner})" if s.owner else ""
         dropped = f", {s.dropped} dropped during an outage" if s.dropped else ""
-        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else ""))
+        others = [name for name in alike[(s.owner, s.name.lower())] if name != s.name]
+        clash = f", same name as {' and '.join(others)} but for case" if others else ""
+        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else "")
+              + clash)
+    for (owner_id, _), names in alike.items():
+        if len(names) > 1:
+            flag = f" --owner {owner_id}" if owner_id else ""
+            print(f"note: {' and '.join(names)} differ only in case; type the exact name to pick one, and rename all "
+                  f"but one: python -m mbot rename {names[-1]} NEWNAME{flag}" + (" (or /rename in the chat)"
+                                                                                 if owner_id else ""))
     return 0
 
 
+def _rename(settings: Settings, old: str, new: str, owner: int | None) -> int:
+    conn = store.connect(settings.db_path)
+    try:
+        with store.transaction(conn):
+            host = _cli_host(conn, old, owner)
+            service.rename(conn, host.owner, host.name, new)  # the exact name: it picks this host alone
+    finally:
+        conn.close()
+    print(f"{host.name} is now {new} (its agent needs no change)")
+    return 0
+
+
+class OutputError(Exception):
+    """`plot -o` names something the chart cannot be written to; said before any drawing."""
+
+
+def _output_part(name: str) -> Path:
+    """Check -o before anything is drawn and return a new empty file beside it: the chart is written there and
+    moved over the target only once it is whole, so a failure (no data, a full disk) leaves an existing file as
+    it was. Refused: a name not ending in .png, a directory, a missing directory, a target that is not a regular
+    file or not writable, a place where no file can be made. A symbolic link at that name is replaced, not followed:
+    a link planted in /tmp cannot send a root's chart over another file."""
+    target = Path(name)
+    try:
+        if name.endswith(("/", os.sep)) or target.is_dir():
+            raise OutputError(f"-o {name}: is a directory; name the file, like {target / 'chart.png'}")
+        if target.suffix.lower() != ".png":
+            raise OutputError(f"-o {name}: the chart is a PNG; give a file name ending in .png")
+        if not target.parent.is_dir():
+            raise OutputError(f"-o {name}: there is no directory {target.parent}")
+        try:
+            found = target.lstat()
+        except FileNotFoundError:
+            pass  # a new file; os.lstat still says when the name itself cannot be (too long ...)
+        else:
+            if stat.S_ISREG(found.st_mode) and not os.access(target, os.W_OK):
+                raise OutputError(f"-o {name}: the file is not writable")
+            if not (stat.S_ISREG(found.st_mode) or stat.S_ISLNK(found.st_mode)):
+                raise OutputError(f"-o {name}: exists and is not a regular file")
+        part = target.parent / f".{secrets.token_hex(6)}.png.part"
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(f"-o {name}: cannot write there ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a NUL in the name
+        raise OutputError(f"-o {name!r}: {exc}") from None
+    return part
+
+
 def _plot(settings: Settings, args: argparse.Namespace) -> int:
+    part = _output_part(args.output)  # first: a wrong -o is said at once, not after a chart was drawn for nothing
     from . import charts, plotting
 
     words = [args.name, args.metrics, *args.span]
@@ -178,37 +256,54 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     if args.unit:
         words.append(args.unit)
     longest = max(tier.retention for tier in settings.tiers)
-    plotting.use_cache_dir(settings.data_dir)
-    conn = store.connect(settings.db_path, readonly=True)
     try:
-        request = plotspec.parse_plot(words, max_span=longest)
-        host = _cli_host(conn, request.host, args.owner)
-        spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
-                                   settings.tiers, settings.tz, time.time())
+        plotting.use_cache_dir(settings.data_dir)
+        conn = store.connect(settings.db_path, readonly=True)
+        try:
+            request = plotspec.parse_plot(words, max_span=longest)
+            host = _cli_host(conn, request.host, args.owner)
+            spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
+                                       settings.tiers, settings.tz, time.time())
+        finally:
+            conn.close()
+        try:
+            png = charts.render(spec)
+        except charts.NoData:
+            print(f"mbot: no data from {host.name} for {spec.title.split(' · ')[-1]}", file=sys.stderr)
+            return 1
+        try:
+            part.write_bytes(png)
+            os.replace(part, args.output)
+        except OSError as exc:
+            print(f"mbot: -o {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     finally:
-        conn.close()
-    try:
-        png = charts.render(spec)
-    except charts.NoData:
-        print(f"mbot: no data from {host.name} for {spec.title.split(' · ')[-1]}", file=sys.stderr)
-        return 1
-    with open(args.output, "wb") as out:
-        out.write(png)
+        part.unlink(missing_ok=True)
     print(f"{args.output}: {spec.title}")
     return 0
 
 
 def _cli_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Host:
-    """The CLI sees every owner's hosts: a name two users share needs --owner."""
+    """The CLI sees every owner's hosts: a name two users share needs --owner. Names match as in the chat
+    (service.resolve_host): any case when one name fits, the exact spelling first."""
     if owner is not None:
-        return service.resolve_host(conn, owner, ref)
-    matches = [h for h in store.list_hosts(conn) if h.name == ref or (len(ref) >= 8 and h.key_id.startswith(ref))]
+        try:
+            return service.resolve_host(conn, owner, ref)
+        except service.NoSuchHost:
+            raise ServiceError(f"user {owner} has no host named {ref!r}; `python -m mbot hosts` lists them") from None
+    matches = service.by_name(store.hosts_named(conn, ref), ref)
+    if not matches and len(ref) >= 8:
+        matches = [h for h in store.list_hosts(conn) if h.key_id.startswith(ref.lower())]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
-    owners = ", ".join(str(h.owner) for h in matches)
-    raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+    if len({h.owner for h in matches}) == len(matches):
+        owners = ", ".join(str(h.owner) for h in matches)
+        raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+    names = ", ".join(f"{h.name} (owner {h.owner})" if h.owner else h.name for h in matches)
+    raise ServiceError(f"{ref!r} could be {names}: type the name exactly as `python -m mbot hosts` lists it"
+                       " (and --owner)")
 
 
 def _health(settings: Settings) -> int:

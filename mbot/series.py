@@ -229,12 +229,22 @@ CATALOGUE: list[Metric] = [
 ]
 
 
-# Other words for /plot's words.
+# Other words people type for the catalogue's words: plurals, long forms, the card's own names. /plot, the CLI's
+# plot and /setalert read them through canonical(); a word that is no selector stays unknown to /setalert (net:
+# it has net_up and net_down).
 ALIASES = {"temps": "temp", "temperature": "temp", "temperatures": "temp", "mem": "ram", "memory": "ram",
-           "disks": "disk", "gpus": "gpu", "processes": "procs"}
+           "disks": "disk", "gpus": "gpu", "vrams": "vram", "gputemps": "gputemp", "gpu_temp": "gputemp",
+           "cpus": "cpu", "network": "net", "nets": "net", "download": "net_down", "upload": "net_up",
+           "processes": "procs"}
 
 
 # --- what consumers ask ----------------------------------------------------------------------------------------
+
+
+def canonical(word: str) -> str:
+    """A metric word (any case) as the catalogue spells it: lower case, an alias replaced by its word."""
+    word = word.lower()
+    return ALIASES.get(word, word)
 
 
 def flatten(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -52,8 +52,7 @@ def new_key(conn: sqlite3.Connection, name: str, owner: int = 0, now: float | No
     With `max_hosts`, an owner who has that many hosts (revoked ones with kept history count: they hold storage)
     gets HostLimit. The count and the insert share the caller's transaction, so two requests cannot both slip in."""
     check_name(name)
-    if store.host_name_taken(conn, owner, name):
-        raise ServiceError(f"you already have a host named {name!r}")
+    _refuse_taken(name, store.hosts_named(conn, name, owner))
     if max_hosts is not None:
         count = store.count_hosts(conn, owner)
         if count >= max_hosts:
@@ -101,11 +100,31 @@ def host_summaries(conn: sqlite3.Connection, owner: int | None = None, now: floa
     return [summarize(host, now) for host in store.list_hosts(conn, owner)]
 
 
+def _refuse_taken(name: str, taken: list[Host]) -> None:
+    """Names are unique per owner without regard to case: `BOX1` next to `box1` would make every command that
+    names one of them a guess."""
+    if not taken:
+        return
+    other = taken[0].name
+    if other == name:
+        raise ServiceError(f"you already have a host named {name!r}")
+    raise ServiceError(f"you already have a host named {other!r}; names that differ only in case are not allowed")
+
+
+def by_name(hosts: list[Host], ref: str) -> list[Host]:
+    """Of the hosts whose name is `ref` but for case (store.hosts_named), those `ref` means: the ones spelled
+    exactly so if any (names that differ only in case, from before they were refused, stay reachable), else all."""
+    return [h for h in hosts if h.name == ref] or hosts
+
+
 def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
-    """A host of `owner` by name or by the first 8+ characters of its key id (as the original's <key|name>)."""
-    host = store.host_by_name(conn, owner, ref)
-    if host is not None:
-        return host
+    """A host of `owner` by name (any case, when only one name fits) or by the first 8+ characters of its key id
+    (as the original's <key|name>)."""
+    named = by_name(store.hosts_named(conn, ref, owner), ref)
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise ServiceError(f"{ref!r} could be {' or '.join(h.name for h in named)}: type the name exactly as listed")
     if len(ref) >= 8:
         matches = store.hosts_by_key_prefix(conn, owner, ref.lower())
         if len(matches) == 1:
@@ -124,8 +143,7 @@ def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> Host:
 def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> Host:
     host = resolve_host(conn, owner, ref)
     check_name(new_name)
-    if new_name != host.name and store.host_name_taken(conn, owner, new_name):
-        raise ServiceError(f"you already have a host named {new_name!r}")
+    _refuse_taken(new_name, [h for h in store.hosts_named(conn, new_name, owner) if h.id != host.id])
     store.rename_host(conn, host.id, new_name)
     return host
 

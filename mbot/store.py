@@ -346,10 +346,6 @@ def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str,
     return _inserted_id(cur)
 
 
-def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
-
-
 def count_hosts(conn: sqlite3.Connection, owner: int | None = None) -> int:
     """The owner's hosts, or every host (a read of `hosts` that the health check uses to see the database works)."""
     if owner is None:
@@ -363,9 +359,16 @@ def hosts_by_key_prefix(conn: sqlite3.Connection, owner: int, prefix: str) -> li
     return [_host(row) for row in rows]
 
 
-def host_by_name(conn: sqlite3.Connection, owner: int, name: str) -> Host | None:
-    row = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone()
-    return _host(row) if row else None
+def hosts_named(conn: sqlite3.Connection, name: str, owner: int | None = None) -> list[Host]:
+    """The hosts (of one owner, or of all) whose name is `name` but for case. NOCASE folds ASCII letters only, and
+    host names are ASCII (service.NAME_RULE): no Unicode look-alike (the Kelvin sign) ever matches a name."""
+    if owner is None:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE name = ? COLLATE NOCASE ORDER BY owner, name",
+                            (name,))
+    else:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND name = ? COLLATE NOCASE "
+                            "ORDER BY name", (owner, name))
+    return [_host(row) for row in rows]
 
 
 def rename_host(conn: sqlite3.Connection, host_id: int, name: str) -> None:

@@ -62,6 +62,13 @@ class Feed:
     (["box1", "vram", "95", "0s"], AlertSpec("box1", "vram", 95.0, False, 0.0)),
     (["box1", "offline", "2m"], OfflineSpec("box1", 120.0)),
     (["box1", "offline"], OfflineSpec("box1", None)),
+    # What people type for the catalogue's words: the rule is stored under the catalogue's own word.
+    (["box1", "temperatures", "80"], AlertSpec("box1", "temp", 80.0, False, 0.0)),
+    (["box1", "Temps", "80"], AlertSpec("box1", "temp", 80.0, False, 0.0)),
+    (["box1", "gpus", "90"], AlertSpec("box1", "gpu", 90.0, False, 0.0)),
+    (["box1", "memory", "90"], AlertSpec("box1", "ram", 90.0, False, 0.0)),
+    (["box1", "disks:/Data", "<10"], AlertSpec("box1", "disk:/Data", 10.0, True, 0.0)),
+    (["box1", "download", "10M"], AlertSpec("box1", "net_down", 10 * 1024**2, False, 0.0)),
 ])
 def test_parse_setalert(args, expected):
     assert parse_setalert(args) == expected
@@ -72,6 +79,9 @@ def test_parse_setalert(args, expected):
     (["box1"], "METRIC"),
     (["box1", "cpux", "90"], "unknown metric 'cpux'"),
     (["box1", "disk:", "90"], "unknown metric"),
+    # An alias of a word that is no alert selector (net: down or up?) stays unknown, and the reply lists them.
+    (["box1", "network", "90"], "unknown metric 'network'. METRIC: cpu, load, ram, swap, disk, net_down, net_up"),
+    (["box1", "temperaturez", "90"], "unknown metric 'temperaturez'"),
     (["box1", "cpu"], "THRESHOLD is missing"),
     (["box1", "cpu", "abc"], "THRESHOLD 'abc'"),
     (["box1", "cpu", "150"], "between"),
@@ -95,6 +105,7 @@ def test_parse_setalert_errors_start_with_usage(args, problem):
 
 def test_parse_delalert_mute_unmute():
     assert parse_delalert(["box1", "Disk:/Home"]) == DeleteSpec("box1", "disk:/Home")
+    assert parse_delalert(["box1", "temperatures"]) == DeleteSpec("box1", "temp")
     assert parse_delalert(["box1", "offline"]) == DeleteSpec("box1", "offline")
     assert parse_mute(["box1", "2h"]) == MuteSpec("box1", 7200.0)
     assert parse_unmute(["box1"]) == "box1"

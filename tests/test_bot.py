@@ -5,6 +5,7 @@ import dataclasses
 import json
 import re
 import time
+from html import unescape
 
 import pytest
 import trio
@@ -496,3 +497,51 @@ async def test_a_host_over_a_limit_costs_its_owner_one_message(fake: FakeBot, se
     assert "samples" in told.params["text"]
     # Three closes, one message.
     assert len([c for c in fake.calls("sendMessage") if "went over its limit" in c.params["text"]]) == 1
+
+
+async def test_host_names_are_one_name_whatever_the_case(fake: FakeBot, server, settings: Settings, nursery):
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    assert "you already have a host named 'box1'; names that differ only in case" in unescape(
+        (await say(fake, ALICE, "/newkey BOX1"))["text"])
+    # Look-alikes are not letters of another case: refused as names, unknown as references.
+    assert "not a valid name" in (await say(fake, ALICE, "/newkey ｂｏｘ1"))["text"]
+    assert "No such host" in (await say(fake, ALICE, "/status \u212aox1"))["text"]  # KELVIN SIGN, lower() is "k"
+    assert "<b>box1</b>" in (await say(fake, ALICE, "/status BOX1"))["text"]
+    # Someone else's box1 is theirs: names are unique per owner.
+    assert "AGENT_SECRET=" in (await say(fake, BOB, "/newkey Box1"))["text"]
+    assert "<b>Box1</b> is now <b>BOX1</b>" in (await say(fake, BOB, "/rename box1 BOX1"))["text"]  # its own name
+    await say(fake, ALICE, "/newkey box2")
+    assert "you already have a host named 'box2'" in unescape((await say(fake, ALICE, "/rename BOX1 Box2"))["text"])
+
+    # The catalogue words people type, a span of years, and one too long, in the chat's own syntax.
+    agent = await Agent.connect(nursery, server.port, secret)
+    now = time.time()
+    for seq in range(1, 4):
+        await agent.ws.send_message(sample_frame(seq, cpu=seq, ts=now - 30 + seq * 10))
+    await ack_reaching(agent.ws, 3)
+    reply = (await say(fake, ALICE, "/plot Box1 temperatures 1y"))["text"]
+    assert reply.startswith("Usage: /plot NAME") and "This host has no temp" in reply
+    reply = (await say(fake, ALICE, "/plot box1 cpu 3y"))["text"]
+    assert "reaches back further than the history this server keeps (730d)" in reply and "python -m" not in reply
+    assert "Unknown metric 'cpux'. Metrics: cpu, load" in unescape((await say(fake, ALICE, "/plot box1 cpux 1h"))["text"])
+    assert "Alert set on <b>box1</b>: temp" in (await say(fake, ALICE, "/setalert BOX1 temperatures 80"))["text"]
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/plot BOX1 cpu 2y")
+    photo = await fake.wait_for(lambda c: c.method in ("sendPhoto", "sendMessage"), since=since, timeout=20)
+    assert photo.method == "sendPhoto" and "last 730d" in photo.params["caption"], photo.params
+    await agent.close()
+
+
+async def test_names_that_differ_only_in_case_from_before_keep_working(fake: FakeBot, server, settings: Settings):
+    from mbot import store
+
+    await say(fake, ALICE, "/newkey box1")
+    conn = store.connect(settings.db_path)  # as an older mbot allowed: BOX1 next to box1
+    with store.transaction(conn):
+        store.insert_host(conn, name="BOX1", owner=ALICE, key_id="00ff00ff00ff00ff", secret_hash="x" * 64, created=1.0)
+    conn.close()
+    assert "<b>BOX1</b>" in (await say(fake, ALICE, "/status BOX1"))["text"]  # the exact spelling picks
+    assert "<b>box1</b>" in (await say(fake, ALICE, "/status box1"))["text"]
+    assert "'Box1' could be BOX1 or box1: type the name exactly" in unescape((await say(fake, ALICE, "/status Box1"))["text"])
+    assert "<b>BOX1</b> is now <b>box9</b>" in (await say(fake, ALICE, "/rename BOX1 box9"))["text"]
+    assert "<b>box1</b>" in (await say(fake, ALICE, "/status Box1"))["text"]  # one name fits again

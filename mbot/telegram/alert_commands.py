@@ -13,6 +13,7 @@ from typing import Sequence
 from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule,
                       OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
+from ..series import canonical
 from .alert_text import format_value
 
 __all__ = [
@@ -96,7 +97,7 @@ def _metric_help() -> str:
 
 def _metric_arg(usage: str, text: str) -> str:
     selector, colon, mount = text.partition(":")
-    metric = selector.lower() + colon + mount  # mount points are case-sensitive
+    metric = canonical(selector) + colon + mount  # temps is temp; mount points are case-sensitive
     if metric == "offline" or metric_of(metric) is not None:
         return metric
     raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -10,6 +10,15 @@ import trio
 from helpers import certificate, make_settings, open_tls, upgrade
 from mbot import app
 from mbot.config import Settings
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test (or a process it starts) that forgets MBOT_DATA_DIR lands here, never in the real default
+    (~/.local/share/mbot, /var/lib/mbot for root). Tests of the default pass their own environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MBOT_DATA_DIR", str(tmp_path_factory.mktemp("forgotten-data-dir")))
+        yield
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 import time
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import trio
 
@@ -143,22 +143,22 @@ def _serve(settings: Settings) -> int:
 
 
 @contextlib.contextmanager
-def _server_lock(data_dir: Path, *, exclusive: bool) -> Iterator[IO[str] | None]:
+def _server_lock(data_dir: Path, *, exclusive: bool) -> Iterator[bool]:
     """A running server holds this shared from before it loads its certificate until it exits; new-cert takes it
-    exclusively or gives up (None), so it never replaces the files under a server that would go on serving the old
+    exclusively or gives up (False), so it never replaces the files under a server that would go on serving the old
     pair while `fingerprint` and `newkey` named the new one."""
     with open(data_dir / SERVER_LOCK, "a") as lock:
         try:
             fcntl.flock(lock, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
         except BlockingIOError:
-            yield None
+            yield False
         else:
-            yield lock
+            yield True
 
 
 def _new_cert(settings: Settings) -> int:
     with _server_lock(settings.data_dir, exclusive=True) as free:
-        if free is None:
+        if not free:
             print(f"mbot: a server is running on {settings.data_dir}: stop it, run new-cert, then start it again "
                   "(a running server keeps the certificate it loaded)", file=sys.stderr)
             return 1

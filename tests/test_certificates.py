@@ -39,7 +39,7 @@ def test_without_hosts_a_lost_certificate_is_remade_silently(tmp_path):
     assert read_db(settings, "SELECT value FROM kv WHERE key = ?", cli.FINGERPRINT_KEY) == [(second.fingerprint,)]
 
 
-def test_with_hosts_missing_files_are_refused_naming_the_old_fingerprint(tmp_path):
+def test_with_hosts_missing_files_are_refused_naming_the_old_fingerprint(tmp_path, caplog):
     settings = make_settings(tmp_path)
     # Made by an older version, which recorded nothing: the first load records the fingerprint.
     old = tls.ensure_certificate(settings.data_dir, ["127.0.0.1"])
@@ -64,6 +64,16 @@ def test_with_hosts_missing_files_are_refused_naming_the_old_fingerprint(tmp_pat
     # Restoring the files is the first way out.
     (settings.data_dir / tls.KEY_FILE).write_bytes(saved[tls.KEY_FILE])
     assert cli._certificate(settings).fingerprint == old.fingerprint
+    assert "not the one hosts were given" not in caplog.text
+
+    # Another pair put in place by hand is used (the operator chose it), but not without a word.
+    (tmp_path / "other").mkdir()
+    other = tls.ensure_certificate(tmp_path / "other", ["127.0.0.1"])
+    for name in (tls.CERT_FILE, tls.KEY_FILE):
+        shutil.copy(tmp_path / "other" / name, settings.data_dir / name)
+    assert cli._certificate(settings).fingerprint == other.fingerprint
+    assert f"not the one hosts were given ({old.fingerprint}, now {other.fingerprint})" in caplog.text
+    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", cli.FINGERPRINT_KEY) == [(other.fingerprint,)]
 
 
 def test_a_certificate_that_does_not_match_its_key_is_one_clear_line(tmp_path):

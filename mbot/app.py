@@ -77,6 +77,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     `outbox` lets tests pass one with a faster rate limit than Telegram's (the default); `clock` (wall time for
     alerts and the bot) lets them move time forward instead of waiting for it."""
     ssl_context = tls.server_context(cert)
+    log.info("data directory: %s", settings.data_dir)
     plotting.use_cache_dir(settings.data_dir)
     nofile = raise_nofile_limit()
     faults = Faults()

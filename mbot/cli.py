@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -12,11 +14,11 @@ import stat
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import trio
 
-from . import plotspec, service, store, tls, users
+from . import plotspec, selfwatch, service, store, tls, users
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
 from .model import Host
@@ -24,6 +26,9 @@ from .plotspec import PlotUsageError
 from .service import ServiceError
 
 log = logging.getLogger("mbot")
+
+FINGERPRINT_KEY = "tls.fingerprint"  # kv: the fingerprint hosts were given, still known when the files are gone
+SERVER_LOCK = ".server.lock"  # held (shared) by a running server, so that new-cert can tell it is running
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
+    commands.add_parser("new-cert", help="replace the server certificate (when its files are lost) and print what "
+                                         "every agent then needs; the server must be stopped")
     commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
                                        "certificate (for container HEALTHCHECKs)")
     rename = commands.add_parser("rename", help="rename a host (as /rename does in the chat)")
@@ -67,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        if settings.data_dir_warning:
+            log.warning("%s", settings.data_dir_warning)
         prepare_data_dir(settings)
         command = args.command or "serve"
         if command == "serve":
@@ -82,11 +91,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "fingerprint":
             print(_certificate(settings).fingerprint)
             return 0
+        if command == "new-cert":
+            return _new_cert(settings)
         if command == "plot":
             return _plot(settings, args)
         if command == "health":
             return _health(settings)
-    except ConfigError as exc:
+    except (ConfigError, tls.CertificateRefused) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
     except (tls.TlsError, store.SchemaTooNew) as exc:
@@ -102,7 +113,28 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _certificate(settings: Settings) -> tls.Certificate:
-    return tls.ensure_certificate(settings.data_dir, [settings.public_host, _hostname(), "localhost", "127.0.0.1"])
+    """The server's certificate, made on first use; refused, not replaced, when its files are gone although hosts
+    have been given its fingerprint (which is kept in the database for that moment)."""
+    conn = store.connect(settings.db_path)
+    try:
+        known = store.get_kv(conn, FINGERPRINT_KEY)
+        pinned = selfwatch.remote_hosts(conn)  # the own agent gets the new fingerprint by itself
+        cert = tls.ensure_certificate(settings.data_dir, _certificate_names(settings), pinned_hosts=pinned,
+                                      known_fingerprint=known)
+        if cert.fingerprint != known:
+            if known and pinned:  # not made here (that is refused), so put in place by hand
+                log.warning("the certificate in %s is not the one hosts were given (%s, now %s): agents pinned to "
+                            "the old one refuse this server until they get the new fingerprint",
+                            settings.data_dir, known, cert.fingerprint)
+            with store.transaction(conn):
+                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+    finally:
+        conn.close()
+    return cert
+
+
+def _certificate_names(settings: Settings) -> list[str]:
+    return [settings.public_host, _hostname(), "localhost", "127.0.0.1"]
 
 
 def _hostname() -> str:
@@ -112,16 +144,55 @@ def _hostname() -> str:
 
 
 def _serve(settings: Settings) -> int:
-    from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+    with _server_lock(settings.data_dir, exclusive=False):  # shared: waits for a new-cert at work, never fails
+        cert = _certificate(settings)  # first: a refusal comes at once, not after the imports below
+        from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+        try:
+            trio.run(app.serve, settings, cert)
+        except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):  # nurseries nest their groups
+                first = first.exceptions[0]
+            raise first from None
+    return 0
 
-    cert = _certificate(settings)
-    try:
-        trio.run(app.serve, settings, cert)
-    except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):  # nurseries nest their groups
-            first = first.exceptions[0]
-        raise first from None
+
+@contextlib.contextmanager
+def _server_lock(data_dir: Path, *, exclusive: bool) -> Iterator[bool]:
+    """A running server holds this shared from before it loads its certificate until it exits; new-cert takes it
+    exclusively or gives up (False), so it never replaces the files under a server that would go on serving the old
+    pair while `fingerprint` and `newkey` named the new one."""
+    with open(data_dir / SERVER_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+
+
+def _new_cert(settings: Settings) -> int:
+    with _server_lock(settings.data_dir, exclusive=True) as free:
+        if not free:
+            print(f"mbot: a server is running on {settings.data_dir}: stop it, run new-cert, then start it again "
+                  "(a running server keeps the certificate it loaded)", file=sys.stderr)
+            return 1
+        conn = store.connect(settings.db_path)
+        try:
+            old = store.get_kv(conn, FINGERPRINT_KEY)
+            cert = tls.replace_certificate(settings.data_dir, _certificate_names(settings))
+            with store.transaction(conn):
+                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+        finally:
+            conn.close()
+    was = f"the old one ({old})" if old else "the old one"
+    print(f"# a new certificate replaces {was}: start the server again. Agents pinned to the old one refuse it "
+          "until they get the new fingerprint; on each host, one of:\n"
+          "#  - set AGENT_FINGERPRINT to the value below in the agent's .env, then restart the agent;\n"
+          "#  - an agent without AGENT_FINGERPRINT trusted the server on first use: delete the fingerprint file its "
+          "log names (~/.bot_fingerprint.json, or .env.fingerprint.json beside its .env), then restart it;\n"
+          "#  - re-run the install line from /newkey.\n"
+          f"AGENT_FINGERPRINT={cert.fingerprint}")
     return 0
 
 

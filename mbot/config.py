@@ -6,6 +6,7 @@ names the variable, so start-up can end with one clear line instead of a traceba
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import socket
 import sys
@@ -20,6 +21,9 @@ from .durations import parse_duration
 from .rollup import DEFAULT_TIERS, Tier, make_tiers
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DB_FILE = "mbot.sqlite3"
+ROOT_DATA_DIR = Path("/var/lib/mbot")
+LEGACY_DATA_DIR = "mbot-data"  # the old default, relative to the working directory
 
 
 def _local_zone() -> tzinfo:
@@ -50,10 +54,11 @@ class Settings:
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
     watch_self: bool | None = None  # MBOT_WATCH_SELF: 1 on, 0 off, unset: on except inside a container
+    data_dir_warning: str | None = None  # when an older version's ./mbot-data is here: what to do about it
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "mbot.sqlite3"
+        return self.data_dir / DB_FILE
 
     @property
     def bot_enabled(self) -> bool:
@@ -158,9 +163,72 @@ def mbot_command() -> str:
     return f"{python} -m mbot"
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read Settings from `env` (os.environ by default). Pure apart from the hostname default."""
+def default_data_dir(env: Mapping[str, str], euid: int) -> Path:
+    """Where the data lives when MBOT_DATA_DIR is unset: /var/lib/mbot for root, the XDG data directory
+    ($XDG_DATA_HOME/mbot, else ~/.local/share/mbot) for anyone else. Never the working directory, so the server and
+    every CLI command find the same certificate and database wherever they are started."""
+    if euid == 0:
+        return ROOT_DATA_DIR
+    xdg = env.get("XDG_DATA_HOME", "").strip()
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "mbot"
+    home = env.get("HOME", "").strip()
+    if not home:
+        try:
+            home = pwd.getpwuid(euid).pw_dir
+        except KeyError:  # a uid without an entry in /etc/passwd (common in containers)
+            pass
+    if not os.path.isabs(home):
+        raise ConfigError("MBOT_DATA_DIR", "is not set, and this user has no home directory for the default "
+                                           "(~/.local/share/mbot): set it to a directory")
+    return Path(home) / ".local" / "share" / "mbot"
+
+
+def _data_dir(env: Mapping[str, str], cwd: Path | None, euid: int) -> tuple[Path, str | None]:
+    """The absolute data directory, and a warning when an older version's ./mbot-data is in the way.
+
+    MBOT_DATA_DIR wins (a relative value is taken relative to the working directory, once, here). Without it, the
+    default applies, except in one case: the default holds no database yet and ./mbot-data (the old default,
+    relative to the working directory) holds one. That database is used rather than silently abandoned, with a
+    warning telling how to make the choice permanent. When both hold one, the default is used and the warning says
+    that ./mbot-data is not."""
+    raw = env.get("MBOT_DATA_DIR", "").strip()
+    if raw:
+        if os.path.isabs(raw):
+            return Path(os.path.normpath(raw)), None
+        if cwd is None:
+            raise ConfigError("MBOT_DATA_DIR", f"{raw!r} is relative, and the working directory is gone")
+        return Path(os.path.normpath(cwd / raw)), None
+    default = default_data_dir(env, euid)
+    if cwd is None:
+        return default, None
+    legacy = Path(os.path.normpath(cwd / LEGACY_DATA_DIR))
+    # os.path.exists, not Path.exists: a directory this user may not look into counts as absent, not as an error.
+    if not os.path.exists(legacy / DB_FILE):
+        return default, None
+    if not os.path.exists(default / DB_FILE):
+        return legacy, (f"using {legacy}, the data of an older mbot (its default was ./mbot-data in the working "
+                        f"directory); mbot now keeps its data in {default}: to keep using this data from anywhere, "
+                        f"stop mbot and move the directory there, or set MBOT_DATA_DIR={legacy}")
+    return default, (f"not using {legacy}, the data of an older mbot (its default was ./mbot-data in the working "
+                     f"directory): mbot now keeps its data in {default}, which has its own database; to use the "
+                     f"older data, set MBOT_DATA_DIR={legacy}, else move it out of the way")
+
+
+def _working_directory() -> Path | None:
+    try:
+        return Path.cwd()
+    except OSError:  # deleted under us: only a relative MBOT_DATA_DIR needs it
+        return None
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None,
+                  euid: int | None = None) -> Settings:
+    """Read Settings from `env` (os.environ by default). Pure apart from the hostname default and the look at where
+    the data directory's database is (`cwd` and `euid` default to this process's)."""
     env = os.environ if env is None else env
+    data_dir, data_dir_warning = _data_dir(env, _working_directory() if cwd is None else cwd,
+                                           os.geteuid() if euid is None else euid)
     token = env.get("BOT_TOKEN", "").strip() or None
     if token is not None and (":" not in token or any(c.isspace() for c in token)):
         raise ConfigError("BOT_TOKEN", "does not look like a bot token from @BotFather (123456:ABC...)")
@@ -169,7 +237,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         telegram_api_url=_url(env, "TELEGRAM_API_URL", DEFAULT_TELEGRAM_API_URL),
         port=_port(env, "PORT", 8000),
         host=env.get("MBOT_HOST", "").strip() or "0.0.0.0",
-        data_dir=Path(env.get("MBOT_DATA_DIR", "").strip() or "./mbot-data"),
+        data_dir=data_dir,
         public_host=env.get("MBOT_PUBLIC_HOST", "").strip() or socket.gethostname(),
         allowed_users=_user_ids(env, "ALLOWED_USERS"),
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
@@ -181,6 +249,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         tz=_zone(env, "MBOT_TZ"),
         max_hosts_per_user=_positive_int(env, "MBOT_MAX_HOSTS_PER_USER", 100),
         watch_self=_flag(env, "MBOT_WATCH_SELF"),
+        data_dir_warning=data_dir_warning,
     )
 
 

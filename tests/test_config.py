@@ -12,7 +12,6 @@ def test_defaults():
     s = load_settings({})
     assert (s.port, s.host, s.telegram_api_url, s.bot_token, s.allowed_users) == (
         8000, "0.0.0.0", DEFAULT_TELEGRAM_API_URL, None, None)
-    assert s.data_dir == Path("./mbot-data")
     assert s.public_host  # the machine's hostname
     assert not s.bot_enabled
 

@@ -345,6 +345,7 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
         pytest.skip(f"needs 4,500 open files for the test's own sockets, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     settings = make_settings(tmp_path)
+    certificate(settings)  # before the host, as newkey does: the server refuses to replace a missing one
     key = add_host(settings, "good")
     env = {**os.environ, "MBOT_DATA_DIR": str(tmp_path), "PORT": "0", "MBOT_HOST": "127.0.0.1",
            "MBOT_PUBLIC_HOST": "127.0.0.1"}

@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--unit", help="b, kb, mb, gb, kib ... for ram/vram; bit, kbit, mbit, gbit for net; %%")
     plot.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    top = commands.add_parser("top", help="a host's top processes by CPU, memory and VRAM, as /top does in the chat")
+    top.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    top.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    top.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "plot":
             return _plot(settings, args)
+        if command == "top":
+            return _top(settings, args)
         if command == "health":
             return _health(settings)
     except ConfigError as exc:
@@ -195,6 +201,23 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     with open(args.output, "wb") as out:
         out.write(png)
     print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _top(settings: Settings, args: argparse.Namespace) -> int:
+    from . import processes
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        snapshot = store.latest_snapshot(conn, host.id, processes.KIND)
+    finally:
+        conn.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps(processes.as_json(host, snapshot, now), indent=2, ensure_ascii=False))
+    else:
+        print(processes.as_text(host, snapshot, now))
     return 0
 
 

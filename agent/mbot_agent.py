@@ -1314,6 +1314,9 @@ def rank_processes(now: Mapping[int, ProcessStat], before: Mapping[int, ProcessS
     return sorted(((now[p], cpu[p]) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
 
 
+_BLANKS = {ord(c): " " for c in "\t\n\r\v\f"}  # `python -c` code and the like: a command line reads as one line
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
@@ -1356,7 +1359,8 @@ class ProcessTable:
                     name = base
             item: Dict[str, Any] = {"pid": proc.pid, "name": _cut(name, PROCESS_NAME_MAX),
                                     "user": _cut(user, PROCESS_USER_MAX),
-                                    "cmd": _cut(" ".join(argv), PROCESS_CMD_MAX), "cpu": round(cpu, 1),
+                                    "cmd": _cut(" ".join(argv).translate(_BLANKS), PROCESS_CMD_MAX),
+                                    "cpu": round(cpu, 1),
                                     "rss": proc.rss}
             if vram.get(proc.pid):
                 item["vram"] = int(vram[proc.pid])

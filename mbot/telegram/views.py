@@ -424,7 +424,8 @@ MESSAGE_LIMIT = 4096  # Telegram's limit on a message's text, in characters
 
 
 def process_line(item: dict[str, Any], cmd: int) -> str:
-    """name · user · CPU · RSS [· VRAM], and with `cmd` the command line shortened to that many characters.
+    """name · user · CPU · RSS [· VRAM], and with `cmd` the pid and the command line shortened to that many
+    characters.
     Texts are cut before escaping, so that an escaped `<` never gets cut in half."""
     parts = [f"<b>{e(processes.shorten(processes.name(item), 32))}</b>"]
     if processes.text(item, "user"):
@@ -432,6 +433,8 @@ def process_line(item: dict[str, Any], cmd: int) -> str:
     parts += [processes.percent(processes.number(item, "cpu")), human_bytes(processes.number(item, "rss"))]
     if processes.number(item, "vram"):
         parts.append(f"VRAM {human_bytes(processes.number(item, 'vram'))}")
+    if cmd:
+        parts.append(f"pid {processes.number(item, 'pid'):.0f}")
     line = " · ".join(parts)
     command = processes.text(item, "cmd")
     if cmd and command:

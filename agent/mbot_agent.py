@@ -1269,6 +1269,10 @@ PROCESSES_VERSION = 1
 PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
+# The process list may cost at most this share of one core: every interval on a host of a few hundred processes,
+# less often where reading them all costs more (a scan costs about 20-40 us of CPU per process).
+PROCESSES_CPU_SHARE = 0.001
+DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
 
 
 class ProcessStat(NamedTuple):
@@ -1287,11 +1291,10 @@ def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[P
     head, sep, rest = data.rpartition(b")")
     if not sep or b"(" not in head:
         return None
-    name = head.partition(b"(")[2].decode("utf-8", "replace")
-    fields = rest.split()
+    fields = rest.split(None, 22)  # the 50-odd fields after the name: only the first 22 are wanted
     try:  # fields 14, 15 (utime, stime), 22 (starttime), 24 (rss in pages) of proc(5); `fields` starts at 3
-        cpu_ticks = int(fields[11]) + int(fields[12])
-        return ProcessStat(pid, float(fields[19]), name, cpu_ticks / tick, max(0, int(fields[21])) * page)
+        return ProcessStat(pid, float(fields[19]), head.partition(b"(")[2].decode("utf-8", "replace"),
+                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page)
     except (IndexError, ValueError):
         return None
 
@@ -1324,10 +1327,11 @@ def _cut(text: str, limit: int) -> str:
 class ProcessTable:
     """The top processes by CPU, memory and VRAM, one scan per call to top().
 
-    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few), several times
-    cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere: psutil. CPU % is
-    the CPU time each process used since the previous call, so the first call (made here) only primes. Blocks: run
-    it in a worker thread; one call at a time.
+    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few, kept for a minute),
+    several times cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere:
+    psutil. CPU % is the CPU time each process used since the previous call, so the first call (made here) only
+    primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker thread; one call at
+    a time.
     """
 
     def __init__(self, procfs: Optional[str] = None, cores: Optional[int] = None, top: int = TOP_PROCESSES) -> None:
@@ -1340,18 +1344,35 @@ class ProcessTable:
         self._top = top
         self._users: Dict[int, str] = {}
         self._handles: Dict[int, Any] = {}  # psutil: pid -> Process of the latest scan
+        # (pid, start) of the chosen -> (read at, user, argv): the chosen change little from one call to the next
+        self._details_of: Dict[Tuple[int, float], Tuple[float, str, List[str]]] = {}
+        started = time.thread_time()
         self._before: Dict[int, ProcessStat] = self._scan()
-        self._before_at = time.monotonic()
+        self.scanned_at = time.monotonic()  # of the last scan
+        self.cost = time.thread_time() - started  # CPU seconds of the last call
+        self._listed = False
+
+    def due(self, now: float) -> bool:
+        """Whether a call now keeps the list within PROCESSES_CPU_SHARE of a core (`now`: time.monotonic()). The
+        first list is due at once: a new host shows its processes with its first sample."""
+        return not self._listed or now - self.scanned_at >= self.cost / PROCESSES_CPU_SHARE
 
     def top(self, vram: Optional[Mapping[int, int]] = None) -> List[Dict[str, Any]]:
         """The `processes` snapshot's items now. `vram`: pid -> bytes of GPU memory it holds (NVML)."""
+        started = time.thread_time()
         vram = vram or {}
         now, at = self._scan(), time.monotonic()
-        chosen = rank_processes(now, self._before, at - self._before_at, self._cores, vram, self._top)
-        self._before, self._before_at = now, at
+        chosen = rank_processes(now, self._before, at - self.scanned_at, self._cores, vram, self._top)
+        self._before, self.scanned_at = now, at
+        known, self._details_of = self._details_of, {}
         items = []
         for proc, cpu in chosen:
-            user, argv = self._details(proc.pid)
+            key = (proc.pid, proc.start)
+            details = known.get(key)
+            if details is None or at - details[0] >= DETAILS_TTL:
+                details = (at, *self._details(proc.pid))
+            self._details_of[key] = details
+            _, user, argv = details
             name = proc.name
             if len(name) >= 15 and argv:  # Linux cuts comm at 15 bytes: the program's file name says more
                 base = os.path.basename(argv[0])
@@ -1365,6 +1386,8 @@ class ProcessTable:
             if vram.get(proc.pid):
                 item["vram"] = int(vram[proc.pid])
             items.append(item)
+        self.cost = time.thread_time() - started
+        self._listed = True
         return items
 
     # scans ------------------------------------------------------------------------------------------------------
@@ -1630,7 +1653,7 @@ class Collector:
         """The lists this host has now, by snapshot kind: kind -> (version, items) (docs/protocol.md,
         "Snapshots"). Blocks like collect()."""
         out: Dict[str, Tuple[int, List[Dict[str, Any]]]] = {}
-        if self._processes is not None:
+        if self._processes is not None and self._processes.due(time.monotonic()):
             try:
                 vram = self.gpu_processes() if self._gpus else {}
                 out["processes"] = (PROCESSES_VERSION, self._processes.top(vram))

@@ -37,9 +37,15 @@ def ranked(items: list[dict[str, Any]], field: str, n: int) -> list[dict[str, An
 
 
 def is_fresh(snapshot: StoredSnapshot, host: Host, now: float) -> bool:
-    """Recent enough to show beside the host's current figures: received within the time that makes a host
-    offline (three intervals, at least 30 s)."""
-    return now - snapshot.received <= max(3 * host.interval, 30.0)
+    """Recent enough to show beside the host's current figures: received within three intervals or 5 minutes.
+    Minutes, because an agent sends the list less often where reading it costs more (thousands of processes)."""
+    return now - snapshot.received <= max(3 * host.interval, 300.0)
+
+
+def age_note(snapshot: StoredSnapshot, host: Host, now: float) -> str:
+    """" (2 min ago)" for a list older than the host's latest figures would be; "" for a current one."""
+    age = now - snapshot.received
+    return f" ({format_duration(age)} ago)" if age > max(3 * host.interval, 30.0) else ""
 
 
 def shorten(value: str, limit: int) -> str:

@@ -303,3 +303,28 @@ def test_the_cli_prints_no_escape_sequences_even_from_a_damaged_row():
     text = processes.as_text(host, snap, 2.0)
     assert "\x1b" not in text and "\x07" not in text and "rm\ufffd[2J -rf" in text
     assert processes.as_json(host, snap, 2.0)["top_cpu"][0]["pid"] == 7
+
+
+def test_the_process_list_is_paced_to_a_thousandth_of_a_core():
+    table = agent.ProcessTable()
+    assert table.due(table.scanned_at)  # the first list comes with the first sample
+    table.top()
+    wait = table.cost / agent.PROCESSES_CPU_SHARE  # a scan of ~100 processes costs a few ms: a few seconds
+    assert table.cost > 0 and not table.due(table.scanned_at + 0.9 * wait) and table.due(table.scanned_at + 1.01 * wait)
+
+
+def test_the_card_shows_a_current_list_and_says_when_it_is_old():
+    now = 10_000.0
+    host = Host(1, "box1", 1, "k", 0.0, {"interval": 5.0, "agent": "0.1.0"}, 1, 1, now, now, {"cpu": 5.0}, 1)
+    items = [{"pid": 1, "name": "db", "user": "pg", "cmd": "db -D /data", "cpu": 12.0, "rss": 3 << 30},
+             {"pid": 2, "name": "idle", "user": "u", "cmd": "idle", "cpu": 0.0, "rss": 0.0}]
+
+    def card(age: float) -> str:
+        return views.host_card(host, now, StoredSnapshot(1, "processes", 1, now - age, now - age, items))
+
+    assert "<b>Top CPU</b>\n<b>db</b> · pg · 12 % · 3.0 GiB\n<b>Top memory</b>" in card(5)
+    assert "idle" not in card(5)  # no CPU, no memory: in no ranking
+    assert "<b>Top CPU</b> (1 min 40 s ago)" in card(100)  # paced on a big host: shown, with its age
+    assert "Top CPU" not in card(600) and "Top CPU" not in views.host_card(host, now)
+    text, _ = views.processes_view(host, StoredSnapshot(1, "processes", 1, now - 600, now - 600, items), now)
+    assert "not current" in text and "pid 1\n    <code>db -D /data</code>" in text

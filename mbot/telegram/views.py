@@ -260,7 +260,8 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> st
                      "(is the host's clock right?)")
     footer = f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}"
     if procs is not None and processes.is_fresh(procs, host, now):
-        lines = _fit(lines, process_lines(procs.items, processes.CARD, cmd=0), MESSAGE_LIMIT - len(footer) - 1)
+        ranked = process_lines(procs.items, processes.CARD, cmd=0, note=processes.age_note(procs, host, now))
+        lines = _fit(lines, ranked, MESSAGE_LIMIT - len(footer) - 1)
     lines.append(footer)
     return "\n".join(lines)
 
@@ -442,13 +443,13 @@ def process_line(item: dict[str, Any], cmd: int) -> str:
     return line
 
 
-def process_lines(items: list[dict[str, Any]], n: int, cmd: int) -> list[str]:
-    """The rankings (CPU, memory, then VRAM when any process holds some), `n` each."""
+def process_lines(items: list[dict[str, Any]], n: int, cmd: int, note: str = "") -> list[str]:
+    """The rankings (CPU, memory, then VRAM when any process holds some), `n` each; `note` after each title."""
     lines: list[str] = []
     for field, title in processes.RANKINGS:
         top = processes.ranked(items, field, n)
         if top:
-            lines.append(f"<b>Top {title}</b>")
+            lines.append(f"<b>Top {title}</b>{e(note)}")
             lines += [process_line(item, cmd) for item in top]
     return lines
 

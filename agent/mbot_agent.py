@@ -30,8 +30,9 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
     AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
-                       15 largest by each, every interval or every second, whichever is longer). Command lines
-                       can hold secrets some programs take as arguments: they reach the server and the chat
+                       15 largest by each, every interval, less often on hosts with many processes so that it
+                       costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
+                       arguments: they reach the server and the chat
     AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
                        unsent samples and the seq counter survive a restart of the agent; unset: in memory only
 
@@ -1269,9 +1270,9 @@ PROCESSES_VERSION = 1
 PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
-# The process list may cost at most this share of one core: every interval on a host of a few hundred processes,
-# less often where reading them all costs more (a scan costs about 20-40 us of CPU per process).
-PROCESSES_CPU_SHARE = 0.001
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 %): at a 5 s interval, every
+# interval on a host of about a hundred processes, less often on bigger ones (reading costs 20-40 us per process).
+PROCESSES_CPU_SHARE = 0.0005
 DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
 
 
@@ -2034,8 +2035,13 @@ class Agent:
         if collect is None or now - self._snapshot_at < 0.9 * SNAPSHOT_MIN_INTERVAL:  # 0.9: a tick's jitter
             return False
         self._snapshot_at = now
+        try:
+            lists = collect()
+        except Exception as exc:  # a bug or a library surprise: the samples go on
+            log.error("collecting snapshots failed: %s", _describe(exc))
+            return False
         added = False
-        for kind, (version, items) in collect().items():
+        for kind, (version, items) in lists.items():
             frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": round(ts, 3), "items": items},
                                separators=(",", ":"))
             if len(frame) > SNAPSHOT_MAX_BYTES:

@@ -305,7 +305,7 @@ def test_the_cli_prints_no_escape_sequences_even_from_a_damaged_row():
     assert processes.as_json(host, snap, 2.0)["top_cpu"][0]["pid"] == 7
 
 
-def test_the_process_list_is_paced_to_a_thousandth_of_a_core():
+def test_the_process_list_is_paced_to_its_share_of_a_core():
     table = agent.ProcessTable()
     assert table.due(table.scanned_at)  # the first list comes with the first sample
     table.top()

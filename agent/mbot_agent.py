@@ -29,6 +29,10 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
                        AGENT_INTERVAL, at most 100000. When full, the oldest are dropped (and counted, see below)
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
+    AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
+                       15 largest by each, every interval, less often on hosts with many processes so that it
+                       costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
+                       arguments: they reach the server and the chat
     AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
                        unsent samples and the seq counter survive a restart of the agent; unset: in memory only
 
@@ -144,6 +148,7 @@ class AgentConfig:
     power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
     spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
     spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
+    processes: bool = True  # AGENT_PROCESSES: send the top processes (a `processes` snapshot)
     # The settings file (main() sets it; --env-file). Beside it: the pin saved on first use when the
     # fingerprint file cannot be written, and the record of power actions that makes their limit survive a
     # reboot. None (library use, tests): neither; power actions are then limited in memory only.
@@ -265,10 +270,13 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
         if not 1 <= spool_max <= SPOOL_MAX_LIMIT:
             raise ConfigError("AGENT_SPOOL_MAX", f"must be from 1 to {SPOOL_MAX_LIMIT} samples, got {raw!r}")
     spool_file = get("AGENT_SPOOL_FILE") or None
+    raw = get("AGENT_PROCESSES")
+    processes = _bool(raw, "AGENT_PROCESSES") if raw else True
 
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
                        fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
-                       power_command=power_command, spool_max=spool_max, spool_file=spool_file)
+                       power_command=power_command, spool_max=spool_max, spool_file=spool_file,
+                       processes=processes)
 
 
 POWER_ACTIONS = ("reboot", "shutdown")
@@ -1255,13 +1263,227 @@ def compact_temps(raw: Mapping[str, Sequence[Any]], limit: int = MAX_TEMPS) -> D
     return out
 
 
+# --- processes (the `processes` snapshot, docs/protocol.md "Snapshots") -------------------------------------------
+
+TOP_PROCESSES = 15  # per ranking (CPU, memory, VRAM): the snapshot is their union, at most 45 members
+PROCESSES_VERSION = 1
+PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
+SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
+SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 %): at a 5 s interval, every
+# interval on a host of about a hundred processes, less often on bigger ones (reading costs 20-40 us per process).
+PROCESSES_CPU_SHARE = 0.0005
+DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
+
+
+class ProcessStat(NamedTuple):
+    """One process in one scan."""
+
+    pid: int
+    start: float  # when it started, in the scan's own unit: a pid reused by the OS is another process
+    name: str
+    cpu_time: float  # seconds of CPU it used since it started (all threads)
+    rss: int  # bytes
+
+
+def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[ProcessStat]:
+    """/proc/PID/stat -> ProcessStat; None when it is not what Linux writes. The name (comm) sits in parentheses
+    and may itself hold spaces and parentheses: the fields after it start after the last ')'."""
+    head, sep, rest = data.rpartition(b")")
+    if not sep or b"(" not in head:
+        return None
+    fields = rest.split(None, 22)  # the 50-odd fields after the name: only the first 22 are wanted
+    try:  # fields 14, 15 (utime, stime), 22 (starttime), 24 (rss in pages) of proc(5); `fields` starts at 3
+        return ProcessStat(pid, float(fields[19]), head.partition(b"(")[2].decode("utf-8", "replace"),
+                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page)
+    except (IndexError, ValueError):
+        return None
+
+
+def rank_processes(now: Mapping[int, ProcessStat], before: Mapping[int, ProcessStat], seconds: float, cores: int,
+                   vram: Mapping[int, int], top: int = TOP_PROCESSES) -> List[Tuple[ProcessStat, float]]:
+    """The processes worth reporting, with their CPU % over the last `seconds`: the union of the `top` by CPU, by
+    memory (RSS) and by VRAM (zeros rank nowhere), largest CPU first. CPU % is of one core, summed over threads, as
+    top shows it: at most 100 x `cores`. A process that was not there before (or whose pid was reused) started
+    within the period: all its CPU time counts."""
+    cap = 100.0 * max(1, cores)
+    cpu: Dict[int, float] = {}
+    for pid, proc in now.items():
+        old = before.get(pid)
+        used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
+        cpu[pid] = min(cap, max(0.0, used / seconds * 100.0)) if seconds > 0 else 0.0
+    chosen = set(sorted((p for p in cpu if cpu[p] > 0), key=lambda p: -cpu[p])[:top])
+    chosen.update(sorted((p for p in now if now[p].rss > 0), key=lambda p: -now[p].rss)[:top])
+    chosen.update(p for p in sorted((p for p in vram if vram[p] > 0 and p in now), key=lambda p: -vram[p])[:top])
+    return sorted(((now[p], cpu[p]) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
+
+
+_BLANKS = {ord(c): " " for c in "\t\n\r\v\f"}  # `python -c` code and the like: a command line reads as one line
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class ProcessTable:
+    """The top processes by CPU, memory and VRAM, one scan per call to top().
+
+    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few, kept for a minute),
+    several times cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere:
+    psutil. CPU % is the CPU time each process used since the previous call, so the first call (made here) only
+    primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker thread; one call at
+    a time.
+    """
+
+    def __init__(self, procfs: Optional[str] = None, cores: Optional[int] = None, top: int = TOP_PROCESSES) -> None:
+        self._procfs = procfs or getattr(psutil, "PROCFS_PATH", "/proc")
+        self._linux = sys.platform.startswith("linux") and os.path.isfile(os.path.join(self._procfs, "stat"))
+        if self._linux:
+            self._tick = float(os.sysconf("SC_CLK_TCK"))
+            self._page = os.sysconf("SC_PAGE_SIZE")
+        self._cores = cores or psutil.cpu_count(logical=True) or os.cpu_count() or 1
+        self._top = top
+        self._users: Dict[int, str] = {}
+        self._handles: Dict[int, Any] = {}  # psutil: pid -> Process of the latest scan
+        # (pid, start) of the chosen -> (read at, user, argv): the chosen change little from one call to the next
+        self._details_of: Dict[Tuple[int, float], Tuple[float, str, List[str]]] = {}
+        started = time.thread_time()
+        self._before: Dict[int, ProcessStat] = self._scan()
+        self.scanned_at = time.monotonic()  # of the last scan
+        self.cost = time.thread_time() - started  # CPU seconds of the last call
+        self._listed = False
+
+    def due(self, now: float) -> bool:
+        """Whether a call now keeps the list within PROCESSES_CPU_SHARE of a core (`now`: time.monotonic()). The
+        first list is due at once: a new host shows its processes with its first sample."""
+        return not self._listed or now - self.scanned_at >= self.cost / PROCESSES_CPU_SHARE
+
+    def top(self, vram: Optional[Mapping[int, int]] = None) -> List[Dict[str, Any]]:
+        """The `processes` snapshot's items now. `vram`: pid -> bytes of GPU memory it holds (NVML)."""
+        started = time.thread_time()
+        vram = vram or {}
+        now, at = self._scan(), time.monotonic()
+        chosen = rank_processes(now, self._before, at - self.scanned_at, self._cores, vram, self._top)
+        self._before, self.scanned_at = now, at
+        known, self._details_of = self._details_of, {}
+        items = []
+        for proc, cpu in chosen:
+            key = (proc.pid, proc.start)
+            details = known.get(key)
+            if details is None or at - details[0] >= DETAILS_TTL:
+                details = (at, *self._details(proc.pid))
+            self._details_of[key] = details
+            _, user, argv = details
+            name = proc.name
+            if len(name) >= 15 and argv:  # Linux cuts comm at 15 bytes: the program's file name says more
+                base = os.path.basename(argv[0])
+                if base.startswith(name):
+                    name = base
+            item: Dict[str, Any] = {"pid": proc.pid, "name": _cut(name, PROCESS_NAME_MAX),
+                                    "user": _cut(user, PROCESS_USER_MAX),
+                                    "cmd": _cut(" ".join(argv).translate(_BLANKS), PROCESS_CMD_MAX),
+                                    "cpu": round(cpu, 1),
+                                    "rss": proc.rss}
+            if vram.get(proc.pid):
+                item["vram"] = int(vram[proc.pid])
+            items.append(item)
+        self.cost = time.thread_time() - started
+        self._listed = True
+        return items
+
+    # scans ------------------------------------------------------------------------------------------------------
+
+    def _scan(self) -> Dict[int, ProcessStat]:
+        return self._scan_proc() if self._linux else self._scan_psutil()
+
+    def _scan_proc(self) -> Dict[int, ProcessStat]:
+        out: Dict[int, ProcessStat] = {}
+        procfs, tick, page = self._procfs, self._tick, self._page
+        for entry in os.listdir(procfs):
+            if not entry.isdigit():
+                continue
+            try:  # os.open/os.read: half the cost of open() for a file read once
+                fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            except OSError:  # gone since the listing, or hidden from us (hidepid)
+                continue
+            proc = parse_proc_stat(int(entry), data, tick, page)
+            if proc is not None:
+                out[proc.pid] = proc
+        return out
+
+    def _scan_psutil(self) -> Dict[int, ProcessStat]:
+        out: Dict[int, ProcessStat] = {}
+        handles: Dict[int, Any] = {}
+        for p in psutil.process_iter(["name", "cpu_times", "memory_info", "create_time"], ad_value=None):
+            if p.pid == 0 and sys.platform == "win32":
+                continue  # the System Idle Process: its "CPU" is the idle time
+            info = p.info
+            times, mem = info.get("cpu_times"), info.get("memory_info")
+            out[p.pid] = ProcessStat(p.pid, float(info.get("create_time") or 0.0), str(info.get("name") or ""),
+                                     float(times.user + times.system) if times is not None else 0.0,
+                                     int(mem.rss) if mem is not None else 0)
+            handles[p.pid] = p
+        self._handles = handles
+        return out
+
+    def _details(self, pid: int) -> Tuple[str, List[str]]:
+        """(user, argv) of one chosen process; empty where it is gone or hidden from us."""
+        if not self._linux:
+            p = self._handles.get(pid)
+            user, argv = "", []
+            if p is not None:
+                try:
+                    user = p.username()
+                except (psutil.Error, OSError):
+                    pass
+                try:
+                    argv = [str(a) for a in p.cmdline()]
+                except (psutil.Error, OSError):
+                    pass
+            return user, argv
+        try:
+            uid = os.stat(f"{self._procfs}/{pid}").st_uid
+        except OSError:
+            return "", []
+        argv = []
+        try:
+            fd = os.open(f"{self._procfs}/{pid}/cmdline", os.O_RDONLY)
+            try:
+                raw = os.read(fd, 4 * PROCESS_CMD_MAX)
+            finally:
+                os.close(fd)
+            argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        except OSError:
+            pass
+        return self._user(uid), argv
+
+    def _user(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            import pwd  # Unix only, like this path
+
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:  # a uid without a name here (a container's user seen through the host's /proc)
+                name = str(uid)
+            if len(self._users) >= 4096:
+                self._users.clear()
+            self._users[uid] = name
+        return name
+
+
 class Collector:
     """Reads this host's metrics with psutil (and NVML). `collect()` blocks: run it in a worker thread.
 
     Not thread-safe: one collect() at a time.
     """
 
-    def __init__(self, *, gpu: bool = True, temps_every: int = 6, partitions_ttl: float = 60.0) -> None:
+    def __init__(self, *, gpu: bool = True, temps_every: int = 6, partitions_ttl: float = 60.0,
+                 processes: bool = True) -> None:
         self._temps_every = max(1, temps_every)
         self._partitions_ttl = partitions_ttl
         self._partitions: List[str] = []
@@ -1281,6 +1503,12 @@ class Collector:
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
         if gpu:
             self._init_gpus()
+        self._processes: Optional[ProcessTable] = None
+        if processes:
+            try:
+                self._processes = ProcessTable()
+            except Exception as exc:
+                self._note_failure("processes", exc)
 
     # GPUs ------------------------------------------------------------------------------------------------------
 
@@ -1338,6 +1566,28 @@ class Collector:
             except Exception as exc:
                 log.debug("GPU %d power: %s", i, _describe(exc))
             out.append(gpu)
+        return out
+
+    def gpu_processes(self) -> Dict[int, int]:
+        """pid -> bytes of VRAM it holds, summed over the GPUs. A process with both a compute and a graphics
+        context on one GPU is in both of NVML's lists with the same memory: counted once. Where NVML cannot say
+        (Windows WDDM: usedGpuMemory None; NotSupported on some boards) the process is left out."""
+        nv = self._nvml
+        out: Dict[int, int] = {}
+        for i, (handle, _) in enumerate(self._gpus):
+            on_gpu: Dict[int, int] = {}
+            for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    running = getattr(nv, call)(handle)
+                except Exception as exc:
+                    log.debug("GPU %d %s: %s", i, call, _describe(exc))
+                    continue
+                for proc in running:
+                    pid, used = getattr(proc, "pid", None), getattr(proc, "usedGpuMemory", None)
+                    if isinstance(pid, int) and isinstance(used, int) and pid >= 0 and used > 0:
+                        on_gpu[pid] = max(on_gpu.get(pid, 0), used)
+            for pid, used in on_gpu.items():
+                out[pid] = out.get(pid, 0) + used
         return out
 
     @property
@@ -1399,6 +1649,18 @@ class Collector:
         if mem_total:
             facts["mem_total"] = mem_total
         return facts
+
+    def snapshots(self) -> Dict[str, Tuple[int, List[Dict[str, Any]]]]:
+        """The lists this host has now, by snapshot kind: kind -> (version, items) (docs/protocol.md,
+        "Snapshots"). Blocks like collect()."""
+        out: Dict[str, Tuple[int, List[Dict[str, Any]]]] = {}
+        if self._processes is not None and self._processes.due(time.monotonic()):
+            try:
+                vram = self.gpu_processes() if self._gpus else {}
+                out["processes"] = (PROCESSES_VERSION, self._processes.top(vram))
+            except Exception as exc:
+                self._note_failure("processes", exc)
+        return out
 
     def _note_failure(self, what: str, exc: BaseException) -> None:
         if what not in self._failed:
@@ -1704,6 +1966,10 @@ class Agent:
         self.seq = self.buffer.seq
         self.server = server_id(config.server, config.port)
         self._new_sample = trio.Event()
+        # Snapshots (docs/protocol.md): per kind the newest frame not sent yet; only the latest counts, so they are
+        # neither spooled nor acked. Written by the collector's thread, taken by the sender.
+        self._snapshots: Dict[str, str] = {}
+        self._snapshot_at = -math.inf  # monotonic time of the last collection of snapshots
         self._to_thread = trio.to_thread.run_sync  # psutil calls block: never on the event loop (tests: inline)
         self._ssl = make_ssl_context()
         self._facts: Dict[str, Any] = {}
@@ -1750,13 +2016,45 @@ class Agent:
                 next_at = now + interval
 
     def _collect_and_store(self, ts: float) -> bool:
-        """Collect and spool one sample (in a worker thread: both block). Returns whether a sample was added."""
+        """Collect and spool one sample, and the snapshots when due (in a worker thread: all of it blocks).
+        Returns whether there is something new to send."""
         try:
             metrics = self.collector.collect()
         except Exception as exc:
             log.error("collecting metrics failed: %s", _describe(exc))
+            added = False
+        else:
+            added = self._store_sample(ts, metrics)
+        return self._collect_snapshots(ts) or added
+
+    def _collect_snapshots(self, ts: float) -> bool:
+        """At most one collection per max(interval, SNAPSHOT_MIN_INTERVAL): the server's budget for each kind.
+        Sending never outpaces collecting, so however the connection comes and goes, the budget holds."""
+        collect = getattr(self.collector, "snapshots", None)  # a collector without lists (tests' stubs) sends none
+        now = time.monotonic()
+        if collect is None or now - self._snapshot_at < 0.9 * SNAPSHOT_MIN_INTERVAL:  # 0.9: a tick's jitter
             return False
-        return self._store_sample(ts, metrics)
+        self._snapshot_at = now
+        try:
+            lists = collect()
+        except Exception as exc:  # a bug or a library surprise: the samples go on
+            log.error("collecting snapshots failed: %s", _describe(exc))
+            return False
+        added = False
+        for kind, (version, items) in lists.items():
+            frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": round(ts, 3), "items": items},
+                               separators=(",", ":"))
+            if len(frame) > SNAPSHOT_MAX_BYTES:
+                log.error("a %s snapshot of %d bytes is too big to send; left out", kind, len(frame))
+                continue
+            self._snapshots[kind] = frame
+            added = True
+        return added
+
+    def _take_snapshots(self) -> List[str]:
+        """The snapshot frames to send now (each kind's newest), taken out: a send that fails loses only what
+        the next collection replaces."""
+        return [frame for frame in (self._snapshots.pop(kind, None) for kind in list(self._snapshots)) if frame]
 
     def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
         """Give the sample the next seq and put it in the spool (any thread; one at a time)."""
@@ -2005,6 +2303,9 @@ class Agent:
                     await ws.send_message(frame)
                     link.sent(last_seq)
                     sent_any = True
+                for frame in self._take_snapshots():
+                    await ws.send_message(frame)
+                    sent_any = True
                 if not sent_any:
                     await new_sample.wait()
         except trio_websocket.ConnectionClosed:
@@ -2120,7 +2421,8 @@ async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) 
                 log.info("spool %s: new, epoch %d", spool.path, spool.epoch)
         own = collector is None
         if collector is None:
-            collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+            collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every,
+                                                                        processes=config.processes))
         try:
             agent = Agent(config, collector, spool)
             await agent.refresh_facts()
@@ -2157,7 +2459,8 @@ def _check() -> int:
     collector = Collector()
     try:
         time.sleep(1.0)
-        report = {"agent": __version__, "host": collector.host_facts(), "metrics": collector.collect()}
+        report = {"agent": __version__, "host": collector.host_facts(), "metrics": collector.collect(),
+                  "snapshots": {kind: items for kind, (_, items) in collector.snapshots().items()}}
     finally:
         collector.close()
     print(json.dumps(report, indent=2, sort_keys=True))

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/agent_cost.py                  # 2 minutes at the default 5 s interval
     .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
+    .venv/bin/python bench/agent_cost.py --no-processes      # AGENT_PROCESSES=0: without the process list
 
 Runs the real server and the real agent (agent/mbot_agent.py) as separate processes over real TLS. CPU is measured
 from the agent's own counters between the first committed sample and the end (so start-up is not counted), and
@@ -49,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
@@ -70,7 +72,7 @@ def main() -> None:
     work.mkdir()
     agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
                  "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
-                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json")}
+                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"), "AGENT_PROCESSES": "0" if args.no_processes else "1"}
     agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
@@ -93,7 +95,8 @@ def main() -> None:
     floor = floor_rss()
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     samples = count1 - count0
-    print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples}")
+    print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples} "
+          f"process list {'off' if args.no_processes else 'on'} ({len(psutil.pids())} processes on this host)")
     print(f"agent RSS {rss / 2**20:.1f} MiB; floor (import psutil, trio, trio_websocket) {floor / 2**20:.1f} MiB; "
           f"ratio {rss / floor:.2f}x (target <= 1.2x)")
     print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "

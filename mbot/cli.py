@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     plot.add_argument("-o", "--output", required=True, metavar="FILE.png",
                       help="the PNG file to write (replaced once the chart is drawn)")
+    top = commands.add_parser("top", help="a host's top processes by CPU, memory and VRAM, as /top does in the chat")
+    top.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    top.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    top.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -95,6 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _new_cert(settings)
         if command == "plot":
             return _plot(settings, args)
+        if command == "top":
+            return _top(settings, args)
         if command == "health":
             return _health(settings)
     except (ConfigError, tls.CertificateRefused) as exc:
@@ -351,6 +357,23 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         part.unlink(missing_ok=True)
     print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _top(settings: Settings, args: argparse.Namespace) -> int:
+    from . import processes
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        snapshot = store.latest_snapshot(conn, host.id, processes.KIND)
+    finally:
+        conn.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps(processes.as_json(host, snapshot, now), indent=2, ensure_ascii=False))
+    else:
+        print(processes.as_text(host, snapshot, now))
     return 0
 
 

@@ -53,3 +53,15 @@ class NewKey:
     name: str
     key_id: str
     secret: str
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """The latest snapshot of one kind from one host (mbot.store reads it; docs/protocol.md "Snapshots")."""
+
+    host_id: int
+    kind: str
+    v: int
+    ts: float  # the agent's clock
+    received: float  # the server's clock
+    items: list[dict[str, Any]]

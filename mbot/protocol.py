@@ -379,7 +379,7 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
     if pid > limits.MAX_PID:
         raise ProtocolError(f"{where}.pid: out of range (0 to 2^32)")
     cpu_bound = 100.0 * (cores or limits.MAX_CORES)  # percent of one core, summed over its threads
-    return {
+    item: dict[str, Any] = {
         "pid": pid,
         "name": _text(raw.get("name", ""), f"{where}.name", limit=limits.MAX_PROCESS_NAME),
         "user": _text(raw.get("user", ""), f"{where}.user", limit=limits.MAX_PROCESS_USER),
@@ -387,6 +387,9 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
         "cpu": _number(raw.get("cpu"), f"{where}.cpu", (0.0, cpu_bound)),
         "rss": _number(raw.get("rss"), f"{where}.rss", BYTES),
     }
+    if "vram" in raw:  # optional (added within v1: older servers leave it out, older agents do not send it)
+        item["vram"] = _number(raw["vram"], f"{where}.vram", BYTES)
+    return item
 
 
 # pid alone is reused by the OS; a pid that comes back under another name is another process.

@@ -24,14 +24,13 @@ import sys
 import threading
 from array import array
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
-from .model import Host
+from .model import Host, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -523,16 +522,6 @@ def set_kv(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 
 # --- snapshots -----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredSnapshot:
-    host_id: int
-    kind: str
-    v: int
-    ts: float  # the agent's clock
-    received: float  # the server's clock
-    items: list[dict[str, Any]]
 
 
 def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: float, received: float,

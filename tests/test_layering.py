@@ -26,6 +26,7 @@ CORES = [
     "mbot.metrics",
     "mbot.model",
     "mbot.plotspec",
+    "mbot.processes",
     "mbot.protocol",
     "mbot.rollup",
     "mbot.series",

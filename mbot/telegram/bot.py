@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, protocol, selfwatch, service, store, users
+from .. import alerts, charts, plotspec, plotting, processes, protocol, selfwatch, service, store, users
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -263,7 +263,11 @@ class Bot:
             self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
-            self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
+            self._send(ctx, *await self._card(host, now))
+        elif name == "top":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+            self._send(ctx, *views.processes_view(host, procs, now))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -276,6 +280,13 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             await self._send_key(ctx, key)
+
+    async def _card(self, host: Host, now: float) -> tuple[str, views.Keyboard]:
+        """A host's status card and its buttons; with the host's process list, its top processes and the
+        Processes button."""
+        procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+        return (views.host_card(host, now, procs),
+                views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
 
     async def _invite(self, ctx: Context, now: float) -> None:
         if self._role(ctx.user_id) != users.ADMIN:
@@ -417,11 +428,19 @@ class Bot:
             self._outbox.submit(ctx.chat_id, partial(self._api.delete_message, ctx.chat_id, ctx.message_id))
         elif action in ("card", "refresh"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
-            text, keyboard = views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host))
+            text, keyboard = await self._card(host, now)
             if action == "card":
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
+        elif action == "procs":  # the card's Processes button (a new message), or that message's Refresh (edit)
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+            text, keyboard = views.processes_view(host, procs, now)
+            if args[1:] == ("r",):
+                self._edit(ctx, text, keyboard)
+            else:
+                self._send(ctx, text, keyboard)
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

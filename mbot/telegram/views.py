@@ -9,11 +9,12 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import series as catalogue
+from .. import processes, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
-from ..model import Host, NewKey
+from ..model import Host, NewKey, StoredSnapshot
+from ..processes import human_bytes
 from . import commands
 
 CALLBACK_LIMIT = 64
@@ -28,7 +29,7 @@ class Callback:
     """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
     their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
 
-    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range
+    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes)
     args: tuple[str, ...] = ()
 
     def encode(self) -> str:
@@ -62,7 +63,7 @@ def decode_callback(data: str) -> Callback | None:
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
     expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1)}
+                "delete": (0, 1), "procs": (1, 2)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -75,10 +76,12 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action == "revoke" and args[1] not in ("keep", "wipe", "no"):
         return None
+    if action == "procs" and args[1:] not in ([], ["r"]):
+        return None
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -104,14 +107,6 @@ def keyboard(*rows: list[dict[str, str]]) -> Keyboard:
 
 
 # --- numbers for people ------------------------------------------------------------------------------------------
-
-
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError  # unreachable: the loop returns at TiB
 
 
 def human_rate(value: float) -> str:
@@ -209,7 +204,8 @@ _CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "di
                          "uptime", "procs"})
 
 
-def host_card(host: Host, now: float) -> str:
+def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> str:
+    """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too."""
     m, f = host.last_metrics, host.facts
     lines = [f"<b>{e(host.name)}</b> {_state(host, now)} · last seen {ago(host.last_seen, now)}"]
     if not m:
@@ -262,7 +258,11 @@ def host_card(host: Host, now: float) -> str:
     if host.rejected:
         lines.append(f"⚠️ {host.rejected} samples not stored: dated more than a week back or minutes ahead "
                      "(is the host's clock right?)")
-    lines.append(f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}")
+    footer = f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}"
+    if procs is not None and processes.is_fresh(procs, host, now):
+        ranked = process_lines(procs.items, processes.CARD, cmd=0, note=processes.age_note(procs, host, now))
+        lines = _fit(lines, ranked, MESSAGE_LIMIT - len(footer) - 1)
+    lines.append(footer)
     return "\n".join(lines)
 
 
@@ -287,10 +287,14 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
     return keyboard(buttons) if buttons else None
 
 
-def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
+def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -> Keyboard:
+    """`procs`: the host has sent a process list (the Processes button)."""
     charts = chart_buttons(host, series)
+    top = [button("🔄 Refresh", Callback("refresh", (str(host.id),)))]
+    if procs:
+        top.append(button("⚙️ Processes", Callback("procs", (str(host.id),))))
     return keyboard(
-        [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
+        top,
         charts[:3], charts[3:],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
@@ -413,3 +417,66 @@ def alerts_overview(hosts: list[Host], engine: AlertEngine, now: float) -> str:
             lines.append(line)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+# --- processes (the `processes` snapshot; mbot/processes.py ranks it) ----------------------------------------------
+
+MESSAGE_LIMIT = 4096  # Telegram's limit on a message's text, in characters
+
+
+def process_line(item: dict[str, Any], cmd: int) -> str:
+    """name · user · CPU · RSS [· VRAM], and with `cmd` the pid and the command line shortened to that many
+    characters.
+    Texts are cut before escaping, so that an escaped `<` never gets cut in half."""
+    parts = [f"<b>{e(processes.shorten(processes.name(item), 32))}</b>"]
+    if processes.text(item, "user"):
+        parts.append(e(processes.shorten(processes.text(item, "user"), 16)))
+    parts += [processes.percent(processes.number(item, "cpu")), human_bytes(processes.number(item, "rss"))]
+    if processes.number(item, "vram"):
+        parts.append(f"VRAM {human_bytes(processes.number(item, 'vram'))}")
+    if cmd:
+        parts.append(f"pid {processes.number(item, 'pid'):.0f}")
+    line = " · ".join(parts)
+    command = processes.text(item, "cmd")
+    if cmd and command:
+        line += f"\n    <code>{e(processes.shorten(command, cmd))}</code>"
+    return line
+
+
+def process_lines(items: list[dict[str, Any]], n: int, cmd: int, note: str = "") -> list[str]:
+    """The rankings (CPU, memory, then VRAM when any process holds some), `n` each; `note` after each title."""
+    lines: list[str] = []
+    for field, title in processes.RANKINGS:
+        top = processes.ranked(items, field, n)
+        if top:
+            lines.append(f"<b>Top {title}</b>{e(note)}")
+            lines += [process_line(item, cmd) for item in top]
+    return lines
+
+
+def _fit(head: list[str], tail: list[str], limit: int) -> list[str]:
+    """head + as much of tail as fits in `limit` characters (joined by newlines), saying when some was left out.
+    A hostile agent's names and command lines are bounded, but escaped they can grow fivefold."""
+    out, size = list(head), len("\n".join(head))
+    note = "… (cut to fit one message)"
+    for i, line in enumerate(tail):
+        rest = 0 if i == len(tail) - 1 else len(note) + 1
+        if size + 1 + len(line) + rest > limit:
+            out.append(note)
+            break
+        out.append(line)
+        size += 1 + len(line)
+    return out
+
+
+def processes_view(host: Host, procs: StoredSnapshot | None, now: float) -> tuple[str, Keyboard]:
+    """/top NAME and the card's Processes button: the top 15 by CPU, memory and VRAM with command lines."""
+    refresh = keyboard([button("🔄 Refresh", Callback("procs", (str(host.id), "r")))])
+    if procs is None:
+        return (f"<b>{e(host.name)}</b> has sent no process list yet (agents send one every interval unless "
+                "AGENT_PROCESSES=0).", refresh)
+    head = [f"<b>{e(host.name)}</b> · {e(processes.header(host, procs, now))}"]
+    lines = _fit(head, process_lines(procs.items, processes.LIST, cmd=60), MESSAGE_LIMIT)
+    if len(lines) == 1:
+        lines.append("Nothing uses CPU or memory (an empty list).")
+    return "\n".join(lines), refresh

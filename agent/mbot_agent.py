@@ -1255,6 +1255,168 @@ def compact_temps(raw: Mapping[str, Sequence[Any]], limit: int = MAX_TEMPS) -> D
     return out
 
 
+# --- inventory: what the machine is (hello's `inventory`; an `inventory` snapshot when it changes) ---------------
+
+INVENTORY_EVERY = 60.0  # seconds between checks for a changed inventory (a disk mounted, an address changed)
+MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs (the server refuses more: docs/protocol.md)
+MAX_NIC_ADDRS = 16
+# systemd-detect-virt's words, and what /sys/class/dmi/id says on hosts without it.
+_DMI_VIRT = (("kvm", "kvm"), ("qemu", "qemu"), ("vmware", "vmware"), ("virtualbox", "oracle"), ("xen", "xen"),
+             ("microsoft", "microsoft"), ("amazon ec2", "amazon"), ("google", "google"), ("bochs", "bochs"),
+             ("parallels", "parallels"), ("openstack", "kvm"))
+
+
+def _read_text(path: str, limit: int = 1 << 20) -> str:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read(limit)
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: Optional[str] = None) -> str:
+    """The CPU's marketing name: /proc/cpuinfo on Linux (x86 "model name", ARM "Hardware"/"Model"), sysctl on macOS,
+    platform.processor() elsewhere; "" when none says."""
+    import platform
+
+    if sys.platform.startswith("linux") or cpuinfo is not None:
+        text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+        found = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            if sep and value.strip() and key not in found:
+                found[key] = " ".join(value.split())
+        for key in ("model name", "hardware", "model", "cpu model", "processor"):
+            value = found.get(key, "")
+            if value and not value.isdigit():  # "processor: 0" is an index on x86
+                return value
+        return platform.processor() or ""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=2, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        return out or platform.processor() or ""
+    return platform.processor() or ""
+
+
+def os_name() -> str:
+    """"Debian GNU/Linux 12 (bookworm)", "macOS 14.4", "Windows 11 (10.0.22631)" ..."""
+    import platform
+
+    if sys.platform.startswith("linux"):
+        for path in ("/etc/os-release", "/usr/lib/os-release"):
+            for line in _read_text(path, 65536).splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    return line.partition("=")[2].strip().strip("\"'")
+        return "Linux"
+    if sys.platform == "darwin":
+        return f"macOS {platform.mac_ver()[0]}".strip()
+    if sys.platform == "win32":
+        release, version = platform.release(), platform.version()
+        return f"Windows {release} ({version})" if version else f"Windows {release}"
+    return platform.system() or sys.platform
+
+
+def virtualisation(run: Callable[..., Any] = subprocess.run) -> str:
+    """"none", a hypervisor ("kvm", "vmware" ...) or a container ("docker", "podman", "lxc" ...): systemd-detect-virt
+    when it is there, else /sys/class/dmi/id, the container marker files and the CPU's hypervisor flag ("vm" when
+    only the flag says so). "" off Linux or when nothing can tell."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    try:
+        done = run(["systemd-detect-virt"], capture_output=True, text=True, timeout=3, check=False)
+        word = (done.stdout or "").strip().splitlines()
+        # Exit status 1 with "none" means "no virtualisation": an answer too.
+        if word and word[0] and len(word[0]) <= 32:
+            return word[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/.dockerenv"):
+        return "docker"
+    if os.path.exists("/run/.containerenv"):
+        return "podman"
+    dmi = " ".join(_read_text(f"/sys/class/dmi/id/{name}", 256).strip().lower()
+                   for name in ("sys_vendor", "product_name", "bios_vendor"))
+    for needle, word in _DMI_VIRT:
+        if needle in dmi:
+            return word
+    flags = next((line for line in _read_text("/proc/cpuinfo").splitlines() if line.startswith("flags")), "")
+    if " hypervisor" in flags:
+        return "vm"
+    return "none" if dmi.strip() or flags else ""
+
+
+def disk_inventory() -> List[Dict[str, Any]]:
+    """Real filesystems: mount, device, filesystem, size."""
+    out: List[Dict[str, Any]] = []
+    seen = set()
+    try:
+        parts = psutil.disk_partitions(all=False)
+    except Exception:
+        return out
+    for part in sorted(parts, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        if not _is_real_filesystem(part.device, part.mountpoint, part.fstype) or part.device in seen:
+            continue
+        seen.add(part.device)
+        entry: Dict[str, Any] = {"mount": part.mountpoint, "device": part.device, "fs": part.fstype}
+        try:
+            entry["total"] = int(psutil.disk_usage(part.mountpoint).total)
+        except OSError:
+            pass
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
+def nic_inventory() -> List[Dict[str, Any]]:
+    """Network interfaces (not loopback): addresses (link-local IPv6 left out: every interface has one), MAC, link
+    speed in Mbit/s (0: unknown), up or not."""
+    try:
+        addrs = psutil.net_if_addrs()
+    except Exception:
+        return []
+    try:
+        stats = psutil.net_if_stats()
+    except Exception:
+        stats = {}
+    link_family = getattr(psutil, "AF_LINK", None)
+    out: List[Dict[str, Any]] = []
+    for name in sorted(addrs):
+        if name in _LOOPBACK or name.startswith(("Loopback", "veth")):
+            continue  # veth: a container's end of its link, one per container (the inventory's noise)
+        entry: Dict[str, Any] = {"name": name, "addrs": []}
+        for addr in addrs[name]:
+            if addr.family == link_family:
+                if addr.address and addr.address.strip("0:-"):
+                    entry["mac"] = addr.address
+            elif addr.family in (socket.AF_INET, socket.AF_INET6) and addr.address:
+                if addr.address.lower().startswith("fe80:"):
+                    continue
+                text = addr.address.split("%")[0]
+                if addr.netmask and addr.family == socket.AF_INET:
+                    try:
+                        import ipaddress
+
+                        text += f"/{ipaddress.IPv4Network(f'0.0.0.0/{addr.netmask}').prefixlen}"
+                    except ValueError:
+                        pass
+                if len(entry["addrs"]) < MAX_NIC_ADDRS:
+                    entry["addrs"].append(text)
+        stat = stats.get(name)
+        if stat is not None:
+            entry["up"] = bool(stat.isup)
+            if stat.speed and stat.speed > 0:
+                entry["speed"] = int(stat.speed)
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
 class Collector:
     """Reads this host's metrics with psutil (and NVML). `collect()` blocks: run it in a worker thread.
 
@@ -1279,6 +1441,7 @@ class Collector:
         psutil.cpu_percent(interval=None, percpu=True)
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
+        self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
         if gpu:
             self._init_gpus()
 
@@ -1395,10 +1558,55 @@ class Collector:
             "boot_time": float(self.boot_time),
             "disks": list(self.disks()),
             "gpus": self.gpu_names,
+            "inventory": self.inventory(),
         }
         if mem_total:
             facts["mem_total"] = mem_total
         return facts
+
+    def inventory(self) -> Dict[str, Any]:
+        """The machine as the Diagnostics view shows it (docs/protocol.md, "Inventory"). Blocks (a subprocess the
+        first time): run it in a worker thread."""
+        import platform
+
+        if self._static is None:
+            self._static = {
+                "cpu": {"model": cpu_model()[:128], "cores": psutil.cpu_count(logical=False) or 0,
+                        "threads": psutil.cpu_count(logical=True) or os.cpu_count() or 0},
+                "os": os_name()[:128], "kernel": platform.release()[:128],
+                "arch": (platform.machine() or "")[:32], "virt": virtualisation(),
+                "boot_time": float(self.boot_time), "agent": __version__,
+            }
+        inv: Dict[str, Any] = json.loads(json.dumps(self._static))  # a copy the caller may keep
+        try:
+            inv["mem_total"] = int(psutil.virtual_memory().total)
+            inv["swap_total"] = int(psutil.swap_memory().total)
+        except Exception as exc:
+            log.debug("inventory memory: %s", _describe(exc))
+        inv["disks"] = disk_inventory()
+        inv["nics"] = nic_inventory()
+        inv["gpus"] = self.gpu_inventory()
+        return inv
+
+    def gpu_inventory(self) -> List[Dict[str, Any]]:
+        """Each GPU's model, vendor, driver version and VRAM size."""
+        out: List[Dict[str, Any]] = []
+        nv = self._nvml
+        driver = ""
+        if nv is not None:
+            try:
+                driver = nv.nvmlSystemGetDriverVersion()
+                driver = driver.decode("utf-8", "replace") if isinstance(driver, bytes) else str(driver)
+            except Exception as exc:
+                log.debug("NVIDIA driver version: %s", _describe(exc))
+        for handle, name in self._gpus:
+            entry: Dict[str, Any] = {"name": name[:128], "vendor": "nvidia", "driver": driver[:64]}
+            try:
+                entry["vram"] = int(nv.nvmlDeviceGetMemoryInfo(handle).total)
+            except Exception as exc:
+                log.debug("GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        return out[:MAX_INVENTORY_ITEMS]
 
     def _note_failure(self, what: str, exc: BaseException) -> None:
         if what not in self._failed:
@@ -1682,6 +1890,7 @@ class _Connection:
     up_since: Optional[float] = None
     last_error: str = ""  # the server's last `error` frame
     dropped_because: str = ""  # set when the agent itself ends the connection
+    snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
 
 
 def _leaves(group: BaseException) -> Iterator[BaseException]:
@@ -1713,6 +1922,9 @@ class Agent:
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
+        # The latest snapshot of each kind: (items as JSON, the frame). Only the latest counts, so nothing is
+        # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
+        self._snapshots: Dict[str, Tuple[str, str]] = {}
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -1729,6 +1941,7 @@ class Agent:
                         "can read this host's secret and metrics. Set AGENT_VERIFY_SSL=1.")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._collect_loop)
+            nursery.start_soon(self._host_state_loop)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
         return status
@@ -1782,6 +1995,43 @@ class Agent:
     def _wake_sender(self) -> None:
         self._new_sample.set()
         self._new_sample = trio.Event()
+
+    # snapshots and the inventory -------------------------------------------------------------------------------
+
+    def queue_snapshot(self, kind: str, version: int, items: List[Dict[str, Any]], ts: float) -> None:
+        """Make this the latest snapshot of `kind`; the sender sends it unless this connection already sent the
+        same items (so an unchanged list costs nothing on the wire)."""
+        items_json = json.dumps(items, separators=(",", ":"), sort_keys=True)
+        frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": ts, "items": items},
+                           separators=(",", ":"))
+        if len(frame) > MAX_FRAME_BYTES - 1024:
+            log.error("a %s snapshot of %d bytes is too big to send; left out", kind, len(frame))
+            return
+        self._snapshots[kind] = (items_json, frame)
+        self._wake_sender()
+
+    def _unsent_snapshots(self, conn: _Connection) -> List[Tuple[str, str, str]]:
+        return [(kind, items_json, frame) for kind, (items_json, frame) in self._snapshots.items()
+                if conn.snapshots_sent.get(kind) != items_json]
+
+    async def _host_state_loop(self) -> None:
+        """What the host is and runs, checked less often than samples (each check in a worker thread): the
+        inventory every INVENTORY_EVERY seconds (sent as a snapshot when it changed since the hello)."""
+        next_inventory = trio.current_time() + INVENTORY_EVERY
+        while True:
+            await trio.sleep_until(next_inventory)
+            next_inventory = trio.current_time() + INVENTORY_EVERY
+            await self.check_inventory()
+
+    async def check_inventory(self) -> None:
+        try:
+            inventory = await self._to_thread(self.collector.inventory)
+        except Exception as exc:
+            log.warning("reading the inventory failed: %s", _describe(exc))
+            return
+        if inventory != self._facts.get("inventory"):
+            self._facts["inventory"] = inventory  # the next hello carries it too
+            self.queue_snapshot("inventory", 1, [inventory], time.time())
 
     # connections -----------------------------------------------------------------------------------------------
 
@@ -1962,6 +2212,10 @@ class Agent:
     async def _serve(self, conn: _Connection) -> None:
         self.link.connected()
         await self.refresh_facts()  # disks come and go
+        if "inventory" in self._facts:  # the hello carries it: no snapshot of it needed on this connection
+            self._snapshots.pop("inventory", None)
+            conn.snapshots_sent["inventory"] = json.dumps([self._facts["inventory"]], separators=(",", ":"),
+                                                          sort_keys=True)
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
             # Either task ending (connection closed, timeout) ends the connection.
@@ -2004,6 +2258,10 @@ class Agent:
                 for frame, last_seq in link.frames():
                     await ws.send_message(frame)
                     link.sent(last_seq)
+                    sent_any = True
+                for kind, items_json, frame in self._unsent_snapshots(conn):
+                    await ws.send_message(frame)
+                    conn.snapshots_sent[kind] = items_json
                     sent_any = True
                 if not sent_any:
                     await new_sample.wait()

@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "(expires in 24 h; on a server without users, that user becomes the admin)")
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    info = commands.add_parser("info", help="what a host is: CPU, memory, disks, network, GPUs, OS (as /info)")
+    info.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    info.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
     commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
                                        "certificate (for container HEALTHCHECKs)")
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "plot":
             return _plot(settings, args)
+        if command == "info":
+            return _info(settings, args)
         if command == "health":
             return _health(settings)
     except ConfigError as exc:
@@ -195,6 +201,24 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     with open(args.output, "wb") as out:
         out.write(png)
     print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _info(settings: Settings, args: argparse.Namespace) -> int:
+    from . import inventory
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+    finally:
+        conn.close()
+    found = host.facts.get("inventory")
+    found = found if isinstance(found, dict) else None
+    if args.json:
+        print(json.dumps({"name": host.name, "inventory": found}, indent=2, sort_keys=True))
+        return 0
+    print(host.name)
+    print("\n".join(inventory.lines(found, time.time())) if found else inventory.NO_INVENTORY)
     return 0
 
 

@@ -541,6 +541,12 @@ def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: 
                  (host_id, kind, v, ts, received, items_json))
 
 
+def set_inventory(conn: sqlite3.Connection, host_id: int, inventory_json: str) -> None:
+    """Replace the inventory among the host's hello facts (an `inventory` snapshot: it changed since the hello)."""
+    conn.execute("UPDATE hosts SET facts = json_set(CASE WHEN json_valid(facts) THEN facts ELSE '{}' END, "
+                 "'$.inventory', json(?)) WHERE id = ?", (inventory_json, host_id))
+
+
 def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
     """A damaged items column reads as empty (and says so) rather than failing every reader."""
     try:

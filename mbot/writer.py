@@ -414,6 +414,10 @@ class Writer:
         assert snapshot is not None
         if conn.execute("SELECT 1 FROM hosts WHERE id = ?", (item.host_id,)).fetchone() is None:
             return []  # host deleted meanwhile
+        if snapshot.kind == "inventory":  # a hello fact that changed: the hosts row keeps it, as after a hello
+            if snapshot.items:
+                store.set_inventory(conn, item.host_id, json.dumps(snapshot.items[0]))
+            return []
         previous = store.latest_snapshot(conn, item.host_id, snapshot.kind)
         store.put_snapshot(conn, item.host_id, snapshot.kind, snapshot.v, snapshot.ts, time.time(),
                            snapshot.items_json)

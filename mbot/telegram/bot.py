@@ -264,6 +264,9 @@ class Bot:
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
+        elif name == "info":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._send(ctx, *views.inventory_view(host, now))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -422,6 +425,9 @@ class Bot:
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
+        elif action == "info":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            self._send(ctx, *views.inventory_view(host, now))
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

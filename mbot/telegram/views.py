@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import series as catalogue
+from .. import inventory as host_inventory, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
@@ -61,7 +61,7 @@ def decode_callback(data: str) -> Callback | None:
     action, *args = data.split(":")
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
-    expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
+    expected = {"card": (1,), "refresh": (1,), "info": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1)}
     if len(args) not in expected.get(action, ()):
         return None
@@ -78,7 +78,7 @@ def decode_callback(data: str) -> Callback | None:
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "info")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -292,9 +292,25 @@ def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
     return keyboard(
         [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
         charts[:3], charts[3:],
+        [diagnostics_button(host)],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )
+
+
+def diagnostics_button(host: Host) -> dict[str, str]:
+    return button("🩺 Diagnostics", Callback("info", (str(host.id),)))
+
+
+def inventory_view(host: Host, now: float) -> tuple[str, Keyboard]:
+    """/info NAME and the card's Diagnostics button: what the machine is (mbot.inventory says it in lines)."""
+    inventory = host.facts.get("inventory")
+    head = f"<b>{e(host.name)}</b> · diagnostics"
+    if not isinstance(inventory, dict) or not inventory:
+        body = e(host_inventory.NO_INVENTORY)
+    else:
+        body = "\n".join(e(line) for line in host_inventory.lines(inventory, now))
+    return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 
 def host_list(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:

@@ -105,3 +105,10 @@ def nvmlDeviceGetTemperature(handle, sensor):
 
 def nvmlDeviceGetPowerUsage(handle):
     return _device(handle, "nvmlDeviceGetPowerUsage")["power_mw"]
+
+
+DRIVER_VERSION = "550.54.15"
+
+
+def nvmlSystemGetDriverVersion():
+    return DRIVER_VERSION

@@ -103,6 +103,7 @@ LIMBO_MAX = 10_000  # samples sent, evicted from a full spool and still waiting 
 MAX_TEMPS = 16
 MAX_NET_IFACES = 64
 MAX_DISKS = 64
+SERVICES_EVERY = 30.0  # seconds between two looks at systemd (one systemctl call, ~10 ms of CPU, off the event loop)
 
 CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
@@ -157,6 +158,7 @@ class AgentConfig:
     backoff_max: float = 60.0
     stable_after: float = 30.0  # a connection up this long resets the backoff
     temps_every: int = 6  # read temperature sensors on every Nth sample
+    services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
 
     @property
     def fingerprint_path(self) -> Path:
@@ -1417,6 +1419,112 @@ def nic_inventory() -> List[Dict[str, Any]]:
     return out
 
 
+# --- systemd services: the `services` snapshot (docs/protocol.md, "Services") -----------------------------------
+
+SYSTEMCTL_TIMEOUT = 10.0
+SERVICES_RETRY = 600.0  # systemctl failed (not systemd, or not running it): ask again this much later
+MAX_SERVICES = 500  # the server's bound on a snapshot's members
+_SERVICE_LIST = ["list-units", "--type=service", "--output=json", "--plain", "--no-legend", "--no-pager"]
+
+
+def parse_units(text: str) -> List[Dict[str, str]]:
+    """`systemctl list-units` output -> [{"unit", "load", "active", "sub"}]: JSON (systemd 246+ honours
+    --output=json here) or, from an older systemd that ignores it, the plain table (UNIT LOAD ACTIVE SUB
+    DESCRIPTION; a failed unit may start with a bullet)."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError:
+            rows = None
+        if isinstance(rows, list):
+            return [{k: str(row.get(k, "")) for k in ("unit", "load", "active", "sub")}
+                    for row in rows if isinstance(row, dict) and row.get("unit")]
+    units = []
+    for line in text.splitlines():
+        words = line.replace("\u25cf", " ").replace("*", " ").split()
+        if len(words) >= 4 and "." in words[0]:
+            units.append({"unit": words[0], "load": words[1], "active": words[2], "sub": words[3]})
+    return units
+
+
+class ServiceWatcher:
+    """Reads the state of systemd's service units with systemctl (no root needed). collect() blocks (a subprocess):
+    run it in a worker thread. Hosts without systemd: one info line, then nothing."""
+
+    def __init__(self, boot_time: float, systemctl: Optional[str] = None,
+                 run: Callable[..., Any] = subprocess.run) -> None:
+        import shutil
+
+        self._systemctl = systemctl if systemctl is not None else shutil.which("systemctl")
+        self._run = run
+        self._boot_time = boot_time
+        self._said_why = False
+        self._quiet_until = -math.inf  # after a failure, systemctl is asked again only every SERVICES_RETRY s
+        if not self._systemctl:
+            log.info("service states off: no systemctl on this host")
+
+    @property
+    def available(self) -> bool:
+        return bool(self._systemctl) and time.monotonic() >= self._quiet_until
+
+    def _systemctl_out(self, args: List[str]) -> Optional[str]:
+        assert self._systemctl is not None
+        try:
+            done = self._run([self._systemctl, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                             check=False, env={**os.environ, "SYSTEMD_COLORS": "0", "LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._off(_describe(exc))
+            return None
+        if done.returncode != 0:
+            self._off(_one_line((done.stderr or "").strip()[:200]) or f"exit status {done.returncode}")
+            return None
+        return done.stdout or ""
+
+    def _off(self, why: str) -> None:
+        self._quiet_until = time.monotonic() + SERVICES_RETRY
+        if not self._said_why:
+            self._said_why = True
+            log.info("service states off: systemctl does not answer (%s); not systemd, or not running it", why)
+
+    def collect(self) -> Optional[List[Dict[str, Any]]]:
+        """Every loaded service that is not inactive (active, failed, activating ...): {"unit", "state", "sub"},
+        with "since" (when it entered that state) for the ones that are not active. None: systemctl is not
+        usable. A unit missing from the list is stopped or not loaded: the server reads it as not running."""
+        if not self._systemctl:
+            return None
+        text = self._systemctl_out(_SERVICE_LIST)
+        if text is None:
+            return None
+        units = [u for u in parse_units(text) if u["load"] == "loaded" and u["active"] != "inactive"]
+        # Failed first: if a host ever had more than the bound, what matters most is kept.
+        units.sort(key=lambda u: (u["active"] != "failed", u["unit"]))
+        if len(units) > MAX_SERVICES:
+            log.debug("%d services, %d sent", len(units), MAX_SERVICES)
+            units = units[:MAX_SERVICES]
+        items = [{"unit": u["unit"][:256], "state": u["active"][:32], "sub": u["sub"][:32]} for u in units]
+        troubled = [item for item in items if item["state"] != "active"]
+        if troubled:
+            since = self._since([item["unit"] for item in troubled])
+            for item in troubled:
+                if item["unit"] in since:
+                    item["since"] = since[item["unit"]]
+        return items
+
+    def _since(self, units: List[str]) -> Dict[str, float]:
+        """When each unit entered its state (StateChangeTimestampMonotonic: microseconds since boot)."""
+        text = self._systemctl_out(["show", "--property=Id,StateChangeTimestampMonotonic", "--", *units[:100]])
+        out: Dict[str, float] = {}
+        unit = None
+        for line in (text or "").splitlines():
+            key, _, value = line.partition("=")
+            if key == "Id":
+                unit = value.strip()
+            elif key == "StateChangeTimestampMonotonic" and unit and value.strip().isdigit() and int(value):
+                out[unit] = round(self._boot_time + int(value) / 1e6, 1)
+        return out
+
+
 class Collector:
     """Reads this host's metrics with psutil (and NVML). `collect()` blocks: run it in a worker thread.
 
@@ -1904,9 +2012,11 @@ def _leaves(group: BaseException) -> Iterator[BaseException]:
 class Agent:
     """The process: a collector task for its whole life, a connection loop beside it."""
 
-    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None) -> None:
+    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None,
+                 services: Optional[ServiceWatcher] = None) -> None:
         self.config = config
         self.collector = collector
+        self.services = services if services is not None else ServiceWatcher(collector.boot_time)
         # What to send, what acks free, when to give up on refused samples; it holds the spool (self.buffer).
         self.link = Link(spool if spool is not None else SampleBuffer(config.spool_capacity))
         self.epoch = self.buffer.epoch
@@ -2015,13 +2125,32 @@ class Agent:
                 if conn.snapshots_sent.get(kind) != items_json]
 
     async def _host_state_loop(self) -> None:
-        """What the host is and runs, checked less often than samples (each check in a worker thread): the
-        inventory every INVENTORY_EVERY seconds (sent as a snapshot when it changed since the hello)."""
-        next_inventory = trio.current_time() + INVENTORY_EVERY
+        """What the host is and runs, checked less often than samples (each check in a worker thread): systemd's
+        services every services_every seconds, the inventory every INVENTORY_EVERY seconds (each sent as a snapshot
+        when it changed)."""
+        now = trio.current_time()
+        next_services = now + min(self.config.interval, 1.0)
+        next_inventory = now + INVENTORY_EVERY
         while True:
-            await trio.sleep_until(next_inventory)
-            next_inventory = trio.current_time() + INVENTORY_EVERY
-            await self.check_inventory()
+            await trio.sleep_until(min(next_services, next_inventory))
+            now = trio.current_time()
+            if now >= next_services:
+                # Never more often than samples: the server allows one snapshot of a kind per interval.
+                next_services = now + max(self.config.services_every, self.config.interval)
+                if self.services.available:
+                    await self.check_services()
+            if now >= next_inventory:
+                next_inventory = now + INVENTORY_EVERY
+                await self.check_inventory()
+
+    async def check_services(self) -> None:
+        try:
+            items = await self._to_thread(self.services.collect)
+        except Exception as exc:
+            log.warning("reading service states failed: %s", _describe(exc))
+            return
+        if items is not None:
+            self.queue_snapshot("services", 1, items, time.time())
 
     async def check_inventory(self) -> None:
         try:

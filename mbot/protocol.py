@@ -464,6 +464,24 @@ SNAPSHOT_KINDS: dict[str, SnapshotKind] = {
     "processes": SnapshotKind("processes", 1, key=("pid", "name"), state=None, item=_process),
 }
 
+def _service(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    unit = _text(raw.get("unit"), f"{where}.unit", limit=limits.MAX_UNIT_NAME)
+    if not unit:
+        raise ProtocolError(f"{where}.unit: must not be empty")
+    item: dict[str, Any] = {
+        "unit": unit,
+        "state": _text(raw.get("state", ""), f"{where}.state", limit=limits.MAX_UNIT_STATE),
+        "sub": _text(raw.get("sub", ""), f"{where}.sub", limit=limits.MAX_UNIT_STATE),
+    }
+    if "since" in raw:
+        item["since"] = _number(raw["since"], f"{where}.since", (0.0, limits.TS_CEILING))
+    return item
+
+
+# Loaded service units that are not inactive; a unit's state is systemd's ActiveState (active, failed ...).
+SNAPSHOT_KINDS["services"] = SnapshotKind("services", 1, key=("unit",), state="state", item=_service)
+
 # The inventory again, when it changed since the hello: one member (so no key; a second one is a duplicate).
 SNAPSHOT_KINDS["inventory"] = SnapshotKind("inventory", 1, key=(), state=None,
                                            item=lambda value, where, cores: inventory(value, where))

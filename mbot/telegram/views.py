@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import inventory as host_inventory, series as catalogue
+from .. import inventory as host_inventory, members, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
@@ -61,7 +61,8 @@ def decode_callback(data: str) -> Callback | None:
     action, *args = data.split(":")
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
-    expected = {"card": (1,), "refresh": (1,), "info": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
+    expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
+                "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1)}
     if len(args) not in expected.get(action, ()):
         return None
@@ -394,7 +395,10 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
         if not rule.enabled:
             return "offline alert off"
         return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
-    text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
+    if members.member_of(rule.metric) is not None:
+        text = f"{rule.metric} {members.DOWN_WORD}"
+    else:
+        text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
     return text + (f" for {format_duration(rule.for_s)}" if rule.for_s else "")
 
 

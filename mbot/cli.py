@@ -210,15 +210,18 @@ def _info(settings: Settings, args: argparse.Namespace) -> int:
     conn = store.connect(settings.db_path, readonly=True)
     try:
         host = _cli_host(conn, args.name, args.owner)
+        services = store.services_items(conn, host.id)
     finally:
         conn.close()
     found = host.facts.get("inventory")
     found = found if isinstance(found, dict) else None
     if args.json:
-        print(json.dumps({"name": host.name, "inventory": found}, indent=2, sort_keys=True))
+        print(json.dumps({"name": host.name, "inventory": found, "services": services}, indent=2, sort_keys=True))
         return 0
+    now = time.time()
     print(host.name)
-    print("\n".join(inventory.lines(found, time.time())) if found else inventory.NO_INVENTORY)
+    print("\n".join(inventory.lines(found, now, services) if found else
+                    inventory.service_lines(services, now) + [inventory.NO_INVENTORY]))
     return 0
 
 

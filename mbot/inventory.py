@@ -76,10 +76,28 @@ def _gpu(gpu: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def lines(inventory: dict[str, Any], now: float) -> list[str]:
-    """The view's lines, most useful first (plain text, not escaped)."""
+def service_lines(services: Sequence[dict[str, Any]] | None, now: float) -> list[str]:
+    """The host's systemd services that are not running well (its latest `services` snapshot), or that all are."""
+    if services is None:
+        return []
+    troubled = [s for s in services if s.get("state") != "active"]
+    if not troubled:
+        return [f"Services: {len(services)} running, none failed"]
+    entries = []
+    for service in troubled:
+        text = f"{service.get('unit', '?')} {service.get('state', '?')}"
+        if service.get("sub") and service.get("sub") != service.get("state"):
+            text += f" ({service['sub']})"
+        if isinstance(service.get("since"), (int, float)):
+            text += f" for {format_duration(now - service['since'])}"
+        entries.append(text)
+    return _listed(f"Services not running ({len(troubled)} of {len(services)})", entries)
+
+
+def lines(inventory: dict[str, Any], now: float, services: Sequence[dict[str, Any]] | None = None) -> list[str]:
+    """The view's lines, most useful first (plain text, not escaped); `services`: the latest services snapshot."""
     inv = inventory
-    out = []
+    out = service_lines(services, now)
     system = " · ".join(part for part in (
         str(inv.get("os") or ""), f"kernel {inv['kernel']}" if inv.get("kernel") else "",
         str(inv.get("arch") or "")) if part)

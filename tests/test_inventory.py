@@ -213,7 +213,7 @@ def test_cli_info_prints_text_and_json(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import sys; from mbot.cli import main; sys.exit(main(sys.argv[1:]))",
                            "info", "box1", "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"name": "box1", "inventory": INVENTORY}
+    assert json.loads(done.stdout) == {"name": "box1", "inventory": INVENTORY, "services": None}
     done = subprocess.run([sys.executable, "-m", "mbot", "info", "box1"], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=60)
     assert done.returncode == 0 and "CPU: AMD EPYC 7763" in done.stdout and done.stdout.startswith("box1\n")

@@ -153,6 +153,9 @@ async def test_service_alert_from_systemctl_to_the_chat(nursery, settings, fake,
     firing = await fake.wait_for(lambda c: c.method == "sendMessage" and "nginx" in c.params.get("text", ""),
                                  since=since)
     assert firing.params["chat_id"] == ALICE and "box1: service nginx.service is failed" in firing.params["text"]
+    info = await say(fake, ALICE, "/info box1")
+    assert "Services not running (2 of 3):" in info["text"] and "• nginx.service failed for " in info["text"]
+    assert "• backup.service failed for " in info["text"]
 
     systemd(UNITS)
     since = len(fake.sent)

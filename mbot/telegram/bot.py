@@ -266,7 +266,7 @@ class Bot:
             self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
         elif name == "info":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
-            self._send(ctx, *views.inventory_view(host, now))
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -427,7 +427,7 @@ class Bot:
                 self._edit(ctx, text, keyboard)
         elif action == "info":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
-            self._send(ctx, *views.inventory_view(host, now))
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

@@ -303,14 +303,17 @@ def diagnostics_button(host: Host) -> dict[str, str]:
     return button("🩺 Diagnostics", Callback("info", (str(host.id),)))
 
 
-def inventory_view(host: Host, now: float) -> tuple[str, Keyboard]:
-    """/info NAME and the card's Diagnostics button: what the machine is (mbot.inventory says it in lines)."""
+def inventory_view(host: Host, now: float,
+                   services: Sequence[dict[str, Any]] | None = None) -> tuple[str, Keyboard]:
+    """/info NAME and the card's Diagnostics button: what the machine is (mbot.inventory says it in lines), and
+    its systemd services that are not running (`services`: its latest services snapshot, if any)."""
     inventory = host.facts.get("inventory")
     head = f"<b>{e(host.name)}</b> · diagnostics"
     if not isinstance(inventory, dict) or not inventory:
-        body = e(host_inventory.NO_INVENTORY)
+        found = host_inventory.service_lines(services, now) + [host_inventory.NO_INVENTORY]
     else:
-        body = "\n".join(e(line) for line in host_inventory.lines(inventory, now))
+        found = host_inventory.lines(inventory, now, services)
+    body = "\n".join(e(line) for line in found)
     return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 

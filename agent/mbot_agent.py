@@ -1452,13 +1452,13 @@ class ServiceWatcher:
     """Reads the state of systemd's service units with systemctl (no root needed). collect() blocks (a subprocess):
     run it in a worker thread. Hosts without systemd: one info line, then nothing."""
 
-    def __init__(self, boot_time: float, systemctl: Optional[str] = None,
+    def __init__(self, boot_time: Optional[float] = None, systemctl: Optional[str] = None,
                  run: Callable[..., Any] = subprocess.run) -> None:
         import shutil
 
         self._systemctl = systemctl if systemctl is not None else shutil.which("systemctl")
         self._run = run
-        self._boot_time = boot_time
+        self._boot_time = psutil.boot_time() if boot_time is None else boot_time
         self._said_why = False
         self._quiet_until = -math.inf  # after a failure, systemctl is asked again only every SERVICES_RETRY s
         if not self._systemctl:
@@ -1550,8 +1550,11 @@ class Collector:
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
         self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
+        self._amd: Any = None
+        self._amd_gpus: List[Tuple[Any, str, str]] = []  # (handle, name, driver version)
         if gpu:
             self._init_gpus()
+            self._init_amd_gpus()
 
     # GPUs ------------------------------------------------------------------------------------------------------
 
@@ -1613,10 +1616,11 @@ class Collector:
 
     @property
     def gpu_names(self) -> List[str]:
-        return [name for _, name in self._gpus]
+        """NVIDIA GPUs first, then AMD ones: the order of `gpus` in samples (GPU N is the Nth here)."""
+        return [name for _, name in self._gpus] + [name for _, name, _ in self._amd_gpus]
 
     def close(self) -> None:
-        """Release NVML. Safe to call more than once."""
+        """Release NVML and amdsmi. Safe to call more than once."""
         nv, self._nvml = self._nvml, None
         self._gpus = []
         if nv is not None:
@@ -1624,6 +1628,104 @@ class Collector:
                 nv.nvmlShutdown()
             except Exception as exc:
                 log.debug("nvmlShutdown: %s", _describe(exc))
+        self._close_amd()
+
+    # AMD GPUs (amdsmi, ROCm's Python bindings: used only when they import) --------------------------------------
+
+    def _init_amd_gpus(self) -> None:
+        try:
+            import amdsmi  # optional, like pynvml; tests put a fake first on sys.path
+        except ImportError:
+            return  # most hosts have no AMD GPU: nothing worth a line
+        try:
+            amdsmi.amdsmi_init()
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot start (%s)", _describe(exc))
+            return
+        self._amd = amdsmi
+        try:
+            for handle in amdsmi.amdsmi_get_processor_handles():
+                self._amd_gpus.append((handle, self._amd_name(handle), self._amd_driver(handle)))
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot list the GPUs (%s)", _describe(exc))
+            self._close_amd()
+            return
+        if self._amd_gpus:
+            log.info("AMD GPU metrics on: %s", ", ".join(name for _, name, _ in self._amd_gpus))
+        else:
+            log.info("AMD GPU metrics off: amdsmi found no AMD GPU")
+            self._close_amd()
+
+    def _amd_name(self, handle: Any) -> str:
+        try:
+            name = str(self._amd.amdsmi_get_gpu_asic_info(handle).get("market_name") or "")
+        except Exception as exc:
+            log.debug("AMD GPU name: %s", _describe(exc))
+            name = ""
+        return (name if name and name != "N/A" else "AMD GPU")[:200]
+
+    def _amd_driver(self, handle: Any) -> str:
+        amd = self._amd
+        try:  # amdsmi 6.x: a dict; 5.x: the version string
+            if hasattr(amd, "amdsmi_get_gpu_driver_info"):
+                return str(amd.amdsmi_get_gpu_driver_info(handle).get("driver_version") or "")[:64]
+            return str(amd.amdsmi_get_gpu_driver_version(handle))[:64]
+        except Exception as exc:
+            log.debug("AMD driver version: %s", _describe(exc))
+            return ""
+
+    def _close_amd(self) -> None:
+        amd, self._amd = self._amd, None
+        self._amd_gpus = []
+        if amd is not None:
+            try:
+                amd.amdsmi_shut_down()
+            except Exception as exc:
+                log.debug("amdsmi_shut_down: %s", _describe(exc))
+
+    def _amd_metrics(self) -> List[Dict[str, Any]]:
+        """Each AMD GPU in the units of `gpus` (amdsmi: VRAM in MB, temperature in C, power in W; a field it
+        cannot read is "N/A" or an exception, and is then left out)."""
+        amd = self._amd
+        out = []
+        for i, (handle, name, _) in enumerate(self._amd_gpus):
+            gpu: Dict[str, Any] = {"name": name}
+            try:
+                util = _reading(amd.amdsmi_get_gpu_activity(handle).get("gfx_activity"))
+                if util is not None:
+                    gpu["util"] = min(100.0, max(0.0, util))
+            except Exception as exc:
+                log.debug("AMD GPU %d activity: %s", i, _describe(exc))
+            try:
+                vram = amd.amdsmi_get_gpu_vram_usage(handle)
+                total, used = _reading(vram.get("vram_total")), _reading(vram.get("vram_used"))
+                if total is not None and used is not None and total > 0:
+                    gpu["vram_total"] = int(total) << 20
+                    gpu["vram_used"] = min(max(0, int(used)) << 20, gpu["vram_total"])
+            except Exception as exc:
+                log.debug("AMD GPU %d memory: %s", i, _describe(exc))
+            # Data-centre GPUs (MI200, MI300) have no edge sensor: the hotspot (junction) one stands in.
+            for sensor in ("EDGE", "HOTSPOT"):
+                try:
+                    temp = _reading(amd.amdsmi_get_temp_metric(handle, getattr(amd.AmdSmiTemperatureType, sensor),
+                                                               amd.AmdSmiTemperatureMetric.CURRENT))
+                except Exception as exc:
+                    log.debug("AMD GPU %d %s temperature: %s", i, sensor.lower(), _describe(exc))
+                    continue
+                if temp is not None and -50 <= temp <= 250:
+                    gpu["temp"] = float(temp)
+                    break
+            try:
+                power = amd.amdsmi_get_power_info(handle)
+                watts = _reading(power.get("current_socket_power"))
+                if watts is None:  # older GPUs and drivers report only the average
+                    watts = _reading(power.get("average_socket_power"))
+                if watts is not None:
+                    gpu["power"] = round(min(max(0.0, watts), 100_000.0), 1)
+            except Exception as exc:
+                log.debug("AMD GPU %d power: %s", i, _describe(exc))
+            out.append(gpu)
+        return out
 
     # the rest --------------------------------------------------------------------------------------------------
 
@@ -1713,6 +1815,15 @@ class Collector:
                 entry["vram"] = int(nv.nvmlDeviceGetMemoryInfo(handle).total)
             except Exception as exc:
                 log.debug("GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        for handle, name, driver in self._amd_gpus:
+            entry = {"name": name[:128], "vendor": "amd", "driver": driver[:64]}
+            try:
+                total = _reading(self._amd.amdsmi_get_gpu_vram_usage(handle).get("vram_total"))
+                if total is not None and total > 0:
+                    entry["vram"] = int(total) << 20
+            except Exception as exc:
+                log.debug("AMD GPU memory size: %s", _describe(exc))
             out.append(entry)
         return out[:MAX_INVENTORY_ITEMS]
 
@@ -1824,9 +1935,16 @@ class Collector:
             m["procs"] = len(psutil.pids())
         except Exception as exc:
             self._note_failure("process count", exc)
-        if self._gpus:
-            m["gpus"] = self._gpu_metrics()
+        if self._gpus or self._amd_gpus:
+            m["gpus"] = self._gpu_metrics() + self._amd_metrics()
         return m
+
+
+def _reading(value: Any) -> Optional[float]:
+    """A number from amdsmi, or None for its "N/A" (and anything else that is not a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
@@ -2016,7 +2134,7 @@ class Agent:
                  services: Optional[ServiceWatcher] = None) -> None:
         self.config = config
         self.collector = collector
-        self.services = services if services is not None else ServiceWatcher(collector.boot_time)
+        self.services = services if services is not None else ServiceWatcher()
         # What to send, what acks free, when to give up on refused samples; it holds the spool (self.buffer).
         self.link = Link(spool if spool is not None else SampleBuffer(config.spool_capacity))
         self.epoch = self.buffer.epoch

@@ -237,7 +237,7 @@ def host_card(host: Host, now: float) -> str:
     if m.get("temps"):
         lines.append("Temp " + ", ".join(f"{e(label)} {value:.0f} °C" for label, value in m["temps"].items()))
     for i, gpu in enumerate(m.get("gpus", ())):
-        parts = [f"GPU{i} {e(gpu.get('name', ''))}".rstrip()]
+        parts = [e(catalogue.gpu_label(gpu["name"], i)) if gpu.get("name") else f"GPU {i}"]
         if "util" in gpu:
             parts.append(f"{gpu['util']:.0f} %")
         if "vram_total" in gpu:

@@ -1351,6 +1351,26 @@ def virtualisation(run: Callable[..., Any] = subprocess.run) -> str:
     return "none" if dmi.strip() or flags else ""
 
 
+def inventory_differs(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> bool:
+    """Whether `new` is worth a snapshot: anything changed but a filesystem's size by less than 5 % (the size of a
+    ZFS dataset or a thin volume follows what its neighbours use, minute by minute)."""
+    if old is None:
+        return True
+
+    def without_sizes(inv: Mapping[str, Any]) -> Dict[str, Any]:
+        copy = dict(inv)
+        copy["disks"] = [{k: v for k, v in d.items() if k != "total"} for d in inv.get("disks", ())]
+        return copy
+
+    if without_sizes(old) != without_sizes(new):
+        return True
+    for before, after in zip(old.get("disks", ()), new.get("disks", ())):
+        a, b = before.get("total"), after.get("total")
+        if (a is None) != (b is None) or (a and b and abs(a - b) > 0.05 * max(a, b)):
+            return True
+    return False
+
+
 def disk_inventory() -> List[Dict[str, Any]]:
     """Real filesystems: mount, device, filesystem, size."""
     out: List[Dict[str, Any]] = []
@@ -2276,7 +2296,7 @@ class Agent:
         except Exception as exc:
             log.warning("reading the inventory failed: %s", _describe(exc))
             return
-        if inventory != self._facts.get("inventory"):
+        if inventory_differs(self._facts.get("inventory"), inventory):
             self._facts["inventory"] = inventory  # the next hello carries it too
             self.queue_snapshot("inventory", 1, [inventory], time.time())
 

@@ -40,6 +40,15 @@ def host_with(inventory, name="box1") -> Host:
 # --- what the agent reads ----------------------------------------------------------------------------------------
 
 
+def test_a_filesystem_whose_size_drifts_sends_no_new_inventory():
+    disk = {"mount": "/tank", "device": "tank/data", "fs": "zfs", "total": 1000 << 30}
+    old = {**INVENTORY, "disks": [disk]}
+    assert not agent.inventory_differs(old, {**old, "disks": [{**disk, "total": 1010 << 30}]})
+    assert agent.inventory_differs(old, {**old, "disks": [{**disk, "total": 2000 << 30}]})
+    assert agent.inventory_differs(old, {**old, "disks": [disk, {"mount": "/mnt", "total": 1}]})
+    assert agent.inventory_differs(old, {**old, "kernel": "6.2"}) and agent.inventory_differs(None, old)
+
+
 def test_cpu_model_from_cpuinfo_on_x86_and_arm():
     assert agent.cpu_model("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7763\n") == \
         "AMD EPYC 7763"

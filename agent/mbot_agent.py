@@ -2,7 +2,8 @@
 """mbot agent: collects this host's metrics and streams them to the mbot server over one TLS WebSocket.
 
 Copy this one file to a host and run `python mbot_agent.py`. It needs psutil, trio and trio-websocket
-(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs (used only when importable).
+(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs, ROCm's amdsmi for AMD GPUs (each used
+only when importable). On systemd hosts it reports the service units that are not inactive (systemctl, no root).
 Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics).
 
 Configuration comes from the environment, then from `.env` in the working directory (the environment wins over the
@@ -1481,7 +1482,7 @@ class ServiceWatcher:
         self._boot_time = psutil.boot_time() if boot_time is None else boot_time
         self._said_why = False
         self._quiet_until = -math.inf  # after a failure, systemctl is asked again only every SERVICES_RETRY s
-        if not self._systemctl:
+        if not self._systemctl and sys.platform.startswith("linux"):
             log.info("service states off: no systemctl on this host")
 
     @property

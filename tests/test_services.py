@@ -99,6 +99,7 @@ def test_setalert_grammar_for_a_service():
     assert (spec.metric, spec.threshold, spec.below) == ("service:nginx.service", members.THRESHOLD, True)
     assert alert_commands.parse_setalert(["box1", "service:nginx"]).metric == "service:nginx.service"
     assert alert_commands.parse_setalert(["box1", "service:cron.timer", "down", "2m"]).for_s == 120
+    assert alert_commands.parse_delalert(["box1", "Service:nginx"]).metric == "service:nginx.service"
     with pytest.raises(alert_commands.AlertUsageError, match="down"):
         alert_commands.parse_setalert(["box1", "service:nginx", "90"])
     with pytest.raises(alert_commands.AlertUsageError, match="unknown metric"):

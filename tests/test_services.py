@@ -9,7 +9,7 @@ import os
 import pytest
 import trio
 
-from helpers import ROOT, add_host, load_agent, wait_for_samples
+from helpers import ROOT, ack_reaching, add_host, load_agent, receive_json, wait_for_samples
 from mbot import members, protocol
 from mbot.alerts import AlertEngine, Firing, Resolved
 from mbot.protocol import ProtocolError
@@ -169,3 +169,34 @@ async def test_service_alert_from_systemctl_to_the_chat(nursery, settings, fake,
     collector.close()
     await server.aclose()
     assert os.environ["FAKE_SYSTEMCTL_STATE"]  # the fixture's environment reached the agent's systemctl
+
+
+async def test_a_restarted_server_judges_watched_units_by_the_stored_list(settings, nursery):
+    """Agents send their services only when the list changes: after a restart the server starts from the stored one."""
+    import time as _time
+
+    from helpers import certificate, hello_frame, open_tls, read_db, upgrade
+    from mbot import alerting, app, store
+    from mbot.alerts import AlertRule
+
+    key = add_host(settings, "box1")
+    host_id = read_db(settings, "SELECT id FROM hosts")[0][0]
+    conn = store.connect(settings.db_path)
+    with store.transaction(conn):
+        alerting.save_rule(conn, AlertRule(host_id, "service:nginx.service", members.THRESHOLD, below=True))
+        store.put_snapshot(conn, host_id, "services", 1, BOOT, BOOT, json.dumps(
+            [{"unit": "nginx.service", "state": "failed", "sub": "failed"}]))
+    conn.close()
+    server = await nursery.start(lambda task_status: app.serve(settings, certificate(settings), handle_signals=False,
+                                                               task_status=task_status))
+    stream = await open_tls(server.port)
+    ws = await upgrade(nursery, stream, key.secret)
+    await ws.send_message(hello_frame())
+    await receive_json(ws)
+    now = _time.time()
+    await ws.send_message(json.dumps({"type": "sample", "seq": 1, "ts": now, "metrics": {"cpu": 1.0}}))
+    await ack_reaching(ws, 1)
+    (state,) = [s for s in server.alerting.engine.states(host_id) if s.series == "service:nginx.service"]
+    assert state.state == "firing" and state.value == members.FAILED
+    await trio.aclose_forcefully(stream)
+    await server.aclose()

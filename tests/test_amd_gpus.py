@@ -29,7 +29,9 @@ def fake_gpus(monkeypatch):
 
     pynvml.reset()
     amdsmi.reset()
-    return amdsmi
+    yield amdsmi
+    # The fake must not outlive the test: every later Collector would find AMD GPUs.
+    sys.modules.pop("amdsmi", None)
 
 
 def test_amd_readings_in_the_units_of_a_sample(fake_gpus):

@@ -2,7 +2,8 @@
 """mbot agent: collects this host's metrics and streams them to the mbot server over one TLS WebSocket.
 
 Copy this one file to a host and run `python mbot_agent.py`. It needs psutil, trio and trio-websocket
-(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs (used only when importable).
+(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs, ROCm's amdsmi for AMD GPUs (each used
+only when importable). On systemd hosts it reports the service units that are not inactive (systemctl, no root).
 Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics).
 
 Configuration comes from the environment, then from `.env` in the working directory (the environment wins over the
@@ -107,6 +108,7 @@ LIMBO_MAX = 10_000  # samples sent, evicted from a full spool and still waiting 
 MAX_TEMPS = 16
 MAX_NET_IFACES = 64
 MAX_DISKS = 64
+SERVICES_EVERY = 30.0  # seconds between two looks at systemd (one systemctl call, ~10 ms of CPU, off the event loop)
 
 CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
@@ -162,6 +164,7 @@ class AgentConfig:
     backoff_max: float = 60.0
     stable_after: float = 30.0  # a connection up this long resets the backoff
     temps_every: int = 6  # read temperature sensors on every Nth sample
+    services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
 
     @property
     def fingerprint_path(self) -> Path:
@@ -1475,6 +1478,293 @@ class ProcessTable:
             self._users[uid] = name
         return name
 
+# --- inventory: what the machine is (hello's `inventory`; an `inventory` snapshot when it changes) ---------------
+
+INVENTORY_EVERY = 60.0  # seconds between checks for a changed inventory (a disk mounted, an address changed)
+MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs (the server refuses more: docs/protocol.md)
+MAX_NIC_ADDRS = 16
+# systemd-detect-virt's words, and what /sys/class/dmi/id says on hosts without it.
+_DMI_VIRT = (("kvm", "kvm"), ("qemu", "qemu"), ("vmware", "vmware"), ("virtualbox", "oracle"), ("xen", "xen"),
+             ("microsoft", "microsoft"), ("amazon ec2", "amazon"), ("google", "google"), ("bochs", "bochs"),
+             ("parallels", "parallels"), ("openstack", "kvm"))
+
+
+def _read_text(path: str, limit: int = 1 << 20) -> str:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read(limit)
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: Optional[str] = None) -> str:
+    """The CPU's marketing name: /proc/cpuinfo on Linux (x86 "model name", ARM "Hardware"/"Model"), sysctl on macOS,
+    platform.processor() elsewhere; "" when none says."""
+    import platform
+
+    if sys.platform.startswith("linux") or cpuinfo is not None:
+        text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+        found = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            if sep and value.strip() and key not in found:
+                found[key] = " ".join(value.split())
+        for key in ("model name", "hardware", "model", "cpu model", "processor"):
+            value = found.get(key, "")
+            if value and not value.isdigit():  # "processor: 0" is an index on x86
+                return value
+        return platform.processor() or ""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=2, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        return out or platform.processor() or ""
+    return platform.processor() or ""
+
+
+def os_name() -> str:
+    """"Debian GNU/Linux 12 (bookworm)", "macOS 14.4", "Windows 11 (10.0.22631)" ..."""
+    import platform
+
+    if sys.platform.startswith("linux"):
+        for path in ("/etc/os-release", "/usr/lib/os-release"):
+            for line in _read_text(path, 65536).splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    return line.partition("=")[2].strip().strip("\"'")
+        return "Linux"
+    if sys.platform == "darwin":
+        return f"macOS {platform.mac_ver()[0]}".strip()
+    if sys.platform == "win32":
+        release, version = platform.release(), platform.version()
+        return f"Windows {release} ({version})" if version else f"Windows {release}"
+    return platform.system() or sys.platform
+
+
+def virtualisation(run: Callable[..., Any] = subprocess.run) -> str:
+    """"none", a hypervisor ("kvm", "vmware" ...) or a container ("docker", "podman", "lxc" ...): systemd-detect-virt
+    when it is there, else /sys/class/dmi/id, the container marker files and the CPU's hypervisor flag ("vm" when
+    only the flag says so). "" off Linux or when nothing can tell."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    try:
+        done = run(["systemd-detect-virt"], capture_output=True, text=True, timeout=3, check=False)
+        word = (done.stdout or "").strip().splitlines()
+        # Exit status 1 with "none" means "no virtualisation": an answer too.
+        if word and word[0] and len(word[0]) <= 32:
+            return word[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/.dockerenv"):
+        return "docker"
+    if os.path.exists("/run/.containerenv"):
+        return "podman"
+    dmi = " ".join(_read_text(f"/sys/class/dmi/id/{name}", 256).strip().lower()
+                   for name in ("sys_vendor", "product_name", "bios_vendor"))
+    for needle, word in _DMI_VIRT:
+        if needle in dmi:
+            return word
+    flags = next((line for line in _read_text("/proc/cpuinfo").splitlines() if line.startswith("flags")), "")
+    if " hypervisor" in flags:
+        return "vm"
+    return "none" if dmi.strip() or flags else ""
+
+
+def inventory_differs(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> bool:
+    """Whether `new` is worth a snapshot: anything changed but a filesystem's size by less than 5 % (the size of a
+    ZFS dataset or a thin volume follows what its neighbours use, minute by minute)."""
+    if old is None:
+        return True
+
+    def without_sizes(inv: Mapping[str, Any]) -> Dict[str, Any]:
+        copy = dict(inv)
+        copy["disks"] = [{k: v for k, v in d.items() if k != "total"} for d in inv.get("disks", ())]
+        return copy
+
+    if without_sizes(old) != without_sizes(new):
+        return True
+    for before, after in zip(old.get("disks", ()), new.get("disks", ())):
+        a, b = before.get("total"), after.get("total")
+        if (a is None) != (b is None) or (a and b and abs(a - b) > 0.05 * max(a, b)):
+            return True
+    return False
+
+
+def disk_inventory() -> List[Dict[str, Any]]:
+    """Real filesystems: mount, device, filesystem, size."""
+    out: List[Dict[str, Any]] = []
+    seen = set()
+    try:
+        parts = psutil.disk_partitions(all=False)
+    except Exception:
+        return out
+    for part in sorted(parts, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        if not _is_real_filesystem(part.device, part.mountpoint, part.fstype) or part.device in seen:
+            continue
+        seen.add(part.device)
+        entry: Dict[str, Any] = {"mount": part.mountpoint, "device": part.device, "fs": part.fstype}
+        try:
+            entry["total"] = int(psutil.disk_usage(part.mountpoint).total)
+        except OSError:
+            pass
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
+def nic_inventory() -> List[Dict[str, Any]]:
+    """Network interfaces (not loopback): addresses (link-local IPv6 left out: every interface has one), MAC, link
+    speed in Mbit/s (0: unknown), up or not."""
+    try:
+        addrs = psutil.net_if_addrs()
+    except Exception:
+        return []
+    try:
+        stats = psutil.net_if_stats()
+    except Exception:
+        stats = {}
+    link_family = getattr(psutil, "AF_LINK", None)
+    out: List[Dict[str, Any]] = []
+    for name in sorted(addrs):
+        if name in _LOOPBACK or name.startswith(("Loopback", "veth")):
+            continue  # veth: a container's end of its link, one per container (the inventory's noise)
+        entry: Dict[str, Any] = {"name": name, "addrs": []}
+        for addr in addrs[name]:
+            if addr.family == link_family:
+                if addr.address and addr.address.strip("0:-"):
+                    entry["mac"] = addr.address
+            elif addr.family in (socket.AF_INET, socket.AF_INET6) and addr.address:
+                if addr.address.lower().startswith("fe80:"):
+                    continue
+                text = addr.address.split("%")[0]
+                if addr.netmask and addr.family == socket.AF_INET:
+                    try:
+                        import ipaddress
+
+                        text += f"/{ipaddress.IPv4Network(f'0.0.0.0/{addr.netmask}').prefixlen}"
+                    except ValueError:
+                        pass
+                if len(entry["addrs"]) < MAX_NIC_ADDRS:
+                    entry["addrs"].append(text)
+        stat = stats.get(name)
+        if stat is not None:
+            entry["up"] = bool(stat.isup)
+            if stat.speed and stat.speed > 0:
+                entry["speed"] = int(stat.speed)
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
+# --- systemd services: the `services` snapshot (docs/protocol.md, "Services") -----------------------------------
+
+SYSTEMCTL_TIMEOUT = 10.0
+SERVICES_RETRY = 600.0  # systemctl failed (not systemd, or not running it): ask again this much later
+MAX_SERVICES = 500  # the server's bound on a snapshot's members
+_SERVICE_LIST = ["list-units", "--type=service", "--output=json", "--plain", "--no-legend", "--no-pager"]
+
+
+def parse_units(text: str) -> List[Dict[str, str]]:
+    """`systemctl list-units` output -> [{"unit", "load", "active", "sub"}]: JSON (systemd 246+ honours
+    --output=json here) or, from an older systemd that ignores it, the plain table (UNIT LOAD ACTIVE SUB
+    DESCRIPTION; a failed unit may start with a bullet)."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError:
+            rows = None
+        if isinstance(rows, list):
+            return [{k: str(row.get(k, "")) for k in ("unit", "load", "active", "sub")}
+                    for row in rows if isinstance(row, dict) and row.get("unit")]
+    units = []
+    for line in text.splitlines():
+        words = line.replace("\u25cf", " ").replace("*", " ").split()
+        if len(words) >= 4 and "." in words[0]:
+            units.append({"unit": words[0], "load": words[1], "active": words[2], "sub": words[3]})
+    return units
+
+
+class ServiceWatcher:
+    """Reads the state of systemd's service units with systemctl (no root needed). collect() blocks (a subprocess):
+    run it in a worker thread. Hosts without systemd: one info line, then nothing."""
+
+    def __init__(self, boot_time: Optional[float] = None, systemctl: Optional[str] = None,
+                 run: Callable[..., Any] = subprocess.run) -> None:
+        import shutil
+
+        self._systemctl = systemctl if systemctl is not None else shutil.which("systemctl")
+        self._run = run
+        self._boot_time = psutil.boot_time() if boot_time is None else boot_time
+        self._said_why = False
+        self._quiet_until = -math.inf  # after a failure, systemctl is asked again only every SERVICES_RETRY s
+        if not self._systemctl and sys.platform.startswith("linux"):
+            log.info("service states off: no systemctl on this host")
+
+    @property
+    def available(self) -> bool:
+        return bool(self._systemctl) and time.monotonic() >= self._quiet_until
+
+    def _systemctl_out(self, args: List[str]) -> Optional[str]:
+        assert self._systemctl is not None
+        try:
+            done = self._run([self._systemctl, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                             check=False, env={**os.environ, "SYSTEMD_COLORS": "0", "LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._off(_describe(exc))
+            return None
+        if done.returncode != 0:
+            self._off(_one_line((done.stderr or "").strip()[:200]) or f"exit status {done.returncode}")
+            return None
+        return done.stdout or ""
+
+    def _off(self, why: str) -> None:
+        self._quiet_until = time.monotonic() + SERVICES_RETRY
+        if not self._said_why:
+            self._said_why = True
+            log.info("service states off: systemctl does not answer (%s); not systemd, or not running it", why)
+
+    def collect(self) -> Optional[List[Dict[str, Any]]]:
+        """Every loaded service that is not inactive (active, failed, activating ...): {"unit", "state", "sub"},
+        with "since" (when it entered that state) for the ones that are not active. None: systemctl is not
+        usable. A unit missing from the list is stopped or not loaded: the server reads it as not running."""
+        if not self._systemctl:
+            return None
+        text = self._systemctl_out(_SERVICE_LIST)
+        if text is None:
+            return None
+        units = [u for u in parse_units(text) if u["load"] == "loaded" and u["active"] != "inactive"]
+        # Failed first: if a host ever had more than the bound, what matters most is kept.
+        units.sort(key=lambda u: (u["active"] != "failed", u["unit"]))
+        if len(units) > MAX_SERVICES:
+            log.debug("%d services, %d sent", len(units), MAX_SERVICES)
+            units = units[:MAX_SERVICES]
+        items = [{"unit": u["unit"][:256], "state": u["active"][:32], "sub": u["sub"][:32]} for u in units]
+        troubled = [item for item in items if item["state"] != "active"]
+        if troubled:
+            since = self._since([item["unit"] for item in troubled])
+            for item in troubled:
+                if item["unit"] in since:
+                    item["since"] = since[item["unit"]]
+        return items
+
+    def _since(self, units: List[str]) -> Dict[str, float]:
+        """When each unit entered its state (StateChangeTimestampMonotonic: microseconds since boot)."""
+        text = self._systemctl_out(["show", "--property=Id,StateChangeTimestampMonotonic", "--", *units[:100]])
+        out: Dict[str, float] = {}
+        unit = None
+        for line in (text or "").splitlines():
+            key, _, value = line.partition("=")
+            if key == "Id":
+                unit = value.strip()
+            elif key == "StateChangeTimestampMonotonic" and unit and value.strip().isdigit() and int(value):
+                out[unit] = round(self._boot_time + int(value) / 1e6, 1)
+        return out
+
 
 class Collector:
     """Reads this host's metrics with psutil (and NVML). `collect()` blocks: run it in a worker thread.
@@ -1501,8 +1791,12 @@ class Collector:
         psutil.cpu_percent(interval=None, percpu=True)
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
+        self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
+        self._amd: Any = None
+        self._amd_gpus: List[Tuple[Any, str, str]] = []  # (handle, name, driver version)
         if gpu:
             self._init_gpus()
+            self._init_amd_gpus()
         self._processes: Optional[ProcessTable] = None
         if processes:
             try:
@@ -1592,10 +1886,11 @@ class Collector:
 
     @property
     def gpu_names(self) -> List[str]:
-        return [name for _, name in self._gpus]
+        """NVIDIA GPUs first, then AMD ones: the order of `gpus` in samples (GPU N is the Nth here)."""
+        return [name for _, name in self._gpus] + [name for _, name, _ in self._amd_gpus]
 
     def close(self) -> None:
-        """Release NVML. Safe to call more than once."""
+        """Release NVML and amdsmi. Safe to call more than once."""
         nv, self._nvml = self._nvml, None
         self._gpus = []
         if nv is not None:
@@ -1603,6 +1898,104 @@ class Collector:
                 nv.nvmlShutdown()
             except Exception as exc:
                 log.debug("nvmlShutdown: %s", _describe(exc))
+        self._close_amd()
+
+    # AMD GPUs (amdsmi, ROCm's Python bindings: used only when they import) --------------------------------------
+
+    def _init_amd_gpus(self) -> None:
+        try:
+            import amdsmi  # optional, like pynvml; tests put a fake first on sys.path
+        except ImportError:
+            return  # most hosts have no AMD GPU: nothing worth a line
+        try:
+            amdsmi.amdsmi_init()
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot start (%s)", _describe(exc))
+            return
+        self._amd = amdsmi
+        try:
+            for handle in amdsmi.amdsmi_get_processor_handles():
+                self._amd_gpus.append((handle, self._amd_name(handle), self._amd_driver(handle)))
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot list the GPUs (%s)", _describe(exc))
+            self._close_amd()
+            return
+        if self._amd_gpus:
+            log.info("AMD GPU metrics on: %s", ", ".join(name for _, name, _ in self._amd_gpus))
+        else:
+            log.info("AMD GPU metrics off: amdsmi found no AMD GPU")
+            self._close_amd()
+
+    def _amd_name(self, handle: Any) -> str:
+        try:
+            name = str(self._amd.amdsmi_get_gpu_asic_info(handle).get("market_name") or "")
+        except Exception as exc:
+            log.debug("AMD GPU name: %s", _describe(exc))
+            name = ""
+        return (name if name and name != "N/A" else "AMD GPU")[:200]
+
+    def _amd_driver(self, handle: Any) -> str:
+        amd = self._amd
+        try:  # amdsmi 6.x: a dict; 5.x: the version string
+            if hasattr(amd, "amdsmi_get_gpu_driver_info"):
+                return str(amd.amdsmi_get_gpu_driver_info(handle).get("driver_version") or "")[:64]
+            return str(amd.amdsmi_get_gpu_driver_version(handle))[:64]
+        except Exception as exc:
+            log.debug("AMD driver version: %s", _describe(exc))
+            return ""
+
+    def _close_amd(self) -> None:
+        amd, self._amd = self._amd, None
+        self._amd_gpus = []
+        if amd is not None:
+            try:
+                amd.amdsmi_shut_down()
+            except Exception as exc:
+                log.debug("amdsmi_shut_down: %s", _describe(exc))
+
+    def _amd_metrics(self) -> List[Dict[str, Any]]:
+        """Each AMD GPU in the units of `gpus` (amdsmi: VRAM in MB, temperature in C, power in W; a field it
+        cannot read is "N/A" or an exception, and is then left out)."""
+        amd = self._amd
+        out = []
+        for i, (handle, name, _) in enumerate(self._amd_gpus):
+            gpu: Dict[str, Any] = {"name": name}
+            try:
+                util = _reading(amd.amdsmi_get_gpu_activity(handle).get("gfx_activity"))
+                if util is not None:
+                    gpu["util"] = min(100.0, max(0.0, util))
+            except Exception as exc:
+                log.debug("AMD GPU %d activity: %s", i, _describe(exc))
+            try:
+                vram = amd.amdsmi_get_gpu_vram_usage(handle)
+                total, used = _reading(vram.get("vram_total")), _reading(vram.get("vram_used"))
+                if total is not None and used is not None and total > 0:
+                    gpu["vram_total"] = int(total) << 20
+                    gpu["vram_used"] = min(max(0, int(used)) << 20, gpu["vram_total"])
+            except Exception as exc:
+                log.debug("AMD GPU %d memory: %s", i, _describe(exc))
+            # Data-centre GPUs (MI200, MI300) have no edge sensor: the hotspot (junction) one stands in.
+            for sensor in ("EDGE", "HOTSPOT"):
+                try:
+                    temp = _reading(amd.amdsmi_get_temp_metric(handle, getattr(amd.AmdSmiTemperatureType, sensor),
+                                                               amd.AmdSmiTemperatureMetric.CURRENT))
+                except Exception as exc:
+                    log.debug("AMD GPU %d %s temperature: %s", i, sensor.lower(), _describe(exc))
+                    continue
+                if temp is not None and -50 <= temp <= 250:
+                    gpu["temp"] = float(temp)
+                    break
+            try:
+                power = amd.amdsmi_get_power_info(handle)
+                watts = _reading(power.get("current_socket_power"))
+                if watts is None:  # older GPUs and drivers report only the average
+                    watts = _reading(power.get("average_socket_power"))
+                if watts is not None:
+                    gpu["power"] = round(min(max(0.0, watts), 100_000.0), 1)
+            except Exception as exc:
+                log.debug("AMD GPU %d power: %s", i, _describe(exc))
+            out.append(gpu)
+        return out
 
     # the rest --------------------------------------------------------------------------------------------------
 
@@ -1645,6 +2038,7 @@ class Collector:
             "boot_time": float(self.boot_time),
             "disks": list(self.disks()),
             "gpus": self.gpu_names,
+            "inventory": self.inventory(),
         }
         if mem_total:
             facts["mem_total"] = mem_total
@@ -1661,6 +2055,59 @@ class Collector:
             except Exception as exc:
                 self._note_failure("processes", exc)
         return out
+
+    def inventory(self) -> Dict[str, Any]:
+        """The machine as the Diagnostics view shows it (docs/protocol.md, "Inventory"). Blocks (a subprocess the
+        first time): run it in a worker thread."""
+        import platform
+
+        if self._static is None:
+            self._static = {
+                "cpu": {"model": cpu_model()[:128], "cores": psutil.cpu_count(logical=False) or 0,
+                        "threads": psutil.cpu_count(logical=True) or os.cpu_count() or 0},
+                "os": os_name()[:128], "kernel": platform.release()[:128],
+                "arch": (platform.machine() or "")[:32], "virt": virtualisation(),
+                "boot_time": float(self.boot_time), "agent": __version__,
+            }
+        inv: Dict[str, Any] = json.loads(json.dumps(self._static))  # a copy the caller may keep
+        try:
+            inv["mem_total"] = int(psutil.virtual_memory().total)
+            inv["swap_total"] = int(psutil.swap_memory().total)
+        except Exception as exc:
+            log.debug("inventory memory: %s", _describe(exc))
+        inv["disks"] = disk_inventory()
+        inv["nics"] = nic_inventory()
+        inv["gpus"] = self.gpu_inventory()
+        return inv
+
+    def gpu_inventory(self) -> List[Dict[str, Any]]:
+        """Each GPU's model, vendor, driver version and VRAM size."""
+        out: List[Dict[str, Any]] = []
+        nv = self._nvml
+        driver = ""
+        if nv is not None:
+            try:
+                driver = nv.nvmlSystemGetDriverVersion()
+                driver = driver.decode("utf-8", "replace") if isinstance(driver, bytes) else str(driver)
+            except Exception as exc:
+                log.debug("NVIDIA driver version: %s", _describe(exc))
+        for handle, name in self._gpus:
+            entry: Dict[str, Any] = {"name": name[:128], "vendor": "nvidia", "driver": driver[:64]}
+            try:
+                entry["vram"] = int(nv.nvmlDeviceGetMemoryInfo(handle).total)
+            except Exception as exc:
+                log.debug("GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        for handle, name, driver in self._amd_gpus:
+            entry = {"name": name[:128], "vendor": "amd", "driver": driver[:64]}
+            try:
+                total = _reading(self._amd.amdsmi_get_gpu_vram_usage(handle).get("vram_total"))
+                if total is not None and total > 0:
+                    entry["vram"] = int(total) << 20
+            except Exception as exc:
+                log.debug("AMD GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        return out[:MAX_INVENTORY_ITEMS]
 
     def _note_failure(self, what: str, exc: BaseException) -> None:
         if what not in self._failed:
@@ -1770,9 +2217,16 @@ class Collector:
             m["procs"] = len(psutil.pids())
         except Exception as exc:
             self._note_failure("process count", exc)
-        if self._gpus:
-            m["gpus"] = self._gpu_metrics()
+        if self._gpus or self._amd_gpus:
+            m["gpus"] = self._gpu_metrics() + self._amd_metrics()
         return m
+
+
+def _reading(value: Any) -> Optional[float]:
+    """A number from amdsmi, or None for its "N/A" (and anything else that is not a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
@@ -1944,6 +2398,7 @@ class _Connection:
     up_since: Optional[float] = None
     last_error: str = ""  # the server's last `error` frame
     dropped_because: str = ""  # set when the agent itself ends the connection
+    snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
 
 
 def _leaves(group: BaseException) -> Iterator[BaseException]:
@@ -1957,18 +2412,17 @@ def _leaves(group: BaseException) -> Iterator[BaseException]:
 class Agent:
     """The process: a collector task for its whole life, a connection loop beside it."""
 
-    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None) -> None:
+    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None,
+                 services: Optional[ServiceWatcher] = None) -> None:
         self.config = config
         self.collector = collector
+        self.services = services if services is not None else ServiceWatcher()
         # What to send, what acks free, when to give up on refused samples; it holds the spool (self.buffer).
         self.link = Link(spool if spool is not None else SampleBuffer(config.spool_capacity))
         self.epoch = self.buffer.epoch
         self.seq = self.buffer.seq
         self.server = server_id(config.server, config.port)
         self._new_sample = trio.Event()
-        # Snapshots (docs/protocol.md): per kind the newest frame not sent yet; only the latest counts, so they are
-        # neither spooled nor acked. Written by the collector's thread, taken by the sender.
-        self._snapshots: Dict[str, str] = {}
         self._snapshot_at = -math.inf  # monotonic time of the last collection of snapshots
         self._to_thread = trio.to_thread.run_sync  # psutil calls block: never on the event loop (tests: inline)
         self._ssl = make_ssl_context()
@@ -1979,6 +2433,10 @@ class Agent:
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
+        # The latest snapshot of each kind: (items as JSON, the frame). Only the latest counts, so nothing is
+        # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
+        # Written by the collector's thread and the event loop (one assignment each), read by the sender.
+        self._snapshots: Dict[str, Tuple[str, str]] = {}
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -1995,6 +2453,7 @@ class Agent:
                         "can read this host's secret and metrics. Set AGENT_VERIFY_SSL=1.")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._collect_loop)
+            nursery.start_soon(self._host_state_loop)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
         return status
@@ -2040,21 +2499,7 @@ class Agent:
         except Exception as exc:  # a bug or a library surprise: the samples go on
             log.error("collecting snapshots failed: %s", _describe(exc))
             return False
-        added = False
-        for kind, (version, items) in lists.items():
-            frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": round(ts, 3), "items": items},
-                               separators=(",", ":"))
-            if len(frame) > SNAPSHOT_MAX_BYTES:
-                log.error("a %s snapshot of %d bytes is too big to send; left out", kind, len(frame))
-                continue
-            self._snapshots[kind] = frame
-            added = True
-        return added
-
-    def _take_snapshots(self) -> List[str]:
-        """The snapshot frames to send now (each kind's newest), taken out: a send that fails loses only what
-        the next collection replaces."""
-        return [frame for frame in (self._snapshots.pop(kind, None) for kind in list(self._snapshots)) if frame]
+        return any([self._put_snapshot(kind, version, items, ts) for kind, (version, items) in lists.items()])
 
     def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
         """Give the sample the next seq and put it in the spool (any thread; one at a time)."""
@@ -2080,6 +2525,67 @@ class Agent:
     def _wake_sender(self) -> None:
         self._new_sample.set()
         self._new_sample = trio.Event()
+
+    # snapshots and the inventory -------------------------------------------------------------------------------
+
+    def queue_snapshot(self, kind: str, version: int, items: List[Dict[str, Any]], ts: float) -> None:
+        """Make this the latest snapshot of `kind` (on the event loop); the sender sends it unless this connection
+        already sent the same items (so an unchanged list costs nothing on the wire)."""
+        if self._put_snapshot(kind, version, items, ts):
+            self._wake_sender()
+
+    def _put_snapshot(self, kind: str, version: int, items: List[Dict[str, Any]], ts: float) -> bool:
+        """Make this the latest snapshot of `kind` (any thread); False when it is too big to send."""
+        items_json = json.dumps(items, separators=(",", ":"), sort_keys=True)
+        frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": round(ts, 3), "items": items},
+                           separators=(",", ":"))
+        if len(frame) > SNAPSHOT_MAX_BYTES:
+            log.error("a %s snapshot of %d bytes is too big to send; left out", kind, len(frame))
+            return False
+        self._snapshots[kind] = (items_json, frame)
+        return True
+
+    def _unsent_snapshots(self, conn: _Connection) -> List[Tuple[str, str, str]]:
+        return [(kind, items_json, frame) for kind, (items_json, frame) in self._snapshots.items()
+                if conn.snapshots_sent.get(kind) != items_json]
+
+    async def _host_state_loop(self) -> None:
+        """What the host is and runs, checked less often than samples (each check in a worker thread): systemd's
+        services every services_every seconds, the inventory every INVENTORY_EVERY seconds (each sent as a snapshot
+        when it changed)."""
+        now = trio.current_time()
+        next_services = now + min(self.config.interval, 1.0)
+        next_inventory = now + INVENTORY_EVERY
+        while True:
+            await trio.sleep_until(min(next_services, next_inventory))
+            now = trio.current_time()
+            if now >= next_services:
+                # Never more often than samples: the server allows one snapshot of a kind per interval.
+                next_services = now + max(self.config.services_every, self.config.interval)
+                if self.services.available:
+                    await self.check_services()
+            if now >= next_inventory:
+                next_inventory = now + INVENTORY_EVERY
+                await self.check_inventory()
+
+    async def check_services(self) -> None:
+        try:
+            items = await self._to_thread(self.services.collect)
+        except Exception as exc:
+            log.warning("reading service states failed: %s", _describe(exc))
+            return
+        if items is not None:
+            self.queue_snapshot("services", 1, items, time.time())
+
+    async def check_inventory(self) -> None:
+        try:
+            inventory = await self._to_thread(self.collector.inventory)
+        except Exception as exc:
+            log.warning("reading the inventory failed: %s", _describe(exc))
+            return
+        if inventory_differs(self._facts.get("inventory"), inventory):
+            self._facts["inventory"] = inventory  # the next hello carries it too
+            self.queue_snapshot("inventory", 1, [inventory], time.time())
 
     # connections -----------------------------------------------------------------------------------------------
 
@@ -2260,6 +2766,10 @@ class Agent:
     async def _serve(self, conn: _Connection) -> None:
         self.link.connected()
         await self.refresh_facts()  # disks come and go
+        if "inventory" in self._facts:  # the hello carries it: no snapshot of it needed on this connection
+            self._snapshots.pop("inventory", None)
+            conn.snapshots_sent["inventory"] = json.dumps([self._facts["inventory"]], separators=(",", ":"),
+                                                          sort_keys=True)
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
             # Either task ending (connection closed, timeout) ends the connection.
@@ -2303,8 +2813,9 @@ class Agent:
                     await ws.send_message(frame)
                     link.sent(last_seq)
                     sent_any = True
-                for frame in self._take_snapshots():
+                for kind, items_json, frame in self._unsent_snapshots(conn):
                     await ws.send_message(frame)
+                    conn.snapshots_sent[kind] = items_json
                     sent_any = True
                 if not sent_any:
                     await new_sample.wait()

@@ -3,6 +3,11 @@
     .venv/bin/python bench/agent_cost.py                  # 2 minutes at the default 5 s interval
     .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
     .venv/bin/python bench/agent_cost.py --no-processes      # AGENT_PROCESSES=0: without the process list
+    .venv/bin/python bench/agent_cost.py --services 150   # systemd services from the test fake of systemctl
+
+--services N puts tests/fakes/systemctl first on PATH with N running units (3 of them failed), so that the agent
+sends `services` snapshots; the CPU of the systemctl processes it starts is shown apart (the fake is a Python
+script, dearer than the real systemctl). The inventory's size (what each hello carries) is measured in this process.
 
 Runs the real server and the real agent (agent/mbot_agent.py) as separate processes over real TLS. CPU is measured
 from the agent's own counters between the first committed sample and the end (so start-up is not counted), and
@@ -12,6 +17,7 @@ divided by the samples the server committed in that window. The floor is a bare
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -51,7 +57,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
+    parser.add_argument("--services", type=int, default=0, help="fake systemd units (0: the host's own systemctl)")
     args = parser.parse_args()
+    print(f"inventory in each hello: {inventory_bytes()} bytes (JSON)")
 
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
     db = data / "mbot.sqlite3"
@@ -73,6 +81,12 @@ def main() -> None:
     agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
                  "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
                  "AGENT_FINGERPRINT_FILE": str(work / "fp.json"), "AGENT_PROCESSES": "0" if args.no_processes else "1"}
+    if args.services:
+        units = [{"unit": f"unit{i}.service", "active": "failed" if i < 3 else "active",
+                  "sub": "failed" if i < 3 else "running", "since_mono": 1_000_000} for i in range(args.services)]
+        (work / "units.json").write_text(json.dumps(units))
+        agent_env.update(PATH=f"{ROOT / 'tests' / 'fakes'}{os.pathsep}{os.environ.get('PATH', '')}",
+                         FAKE_SYSTEMCTL_STATE=str(work / "units.json"))
     agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
@@ -94,6 +108,7 @@ def main() -> None:
         server.wait(10)
     floor = floor_rss()
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    children = (cpu1.children_user + cpu1.children_system) - (cpu0.children_user + cpu0.children_system)
     samples = count1 - count0
     print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples} "
           f"process list {'off' if args.no_processes else 'on'} ({len(psutil.pids())} processes on this host)")
@@ -101,6 +116,35 @@ def main() -> None:
           f"ratio {rss / floor:.2f}x (target <= 1.2x)")
     print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "
           f"{cpu / elapsed * 100:.3f} % of one core at this interval (target < 0.1 %)")
+    print(f"processes the agent ran (systemctl): {children * 1000 / max(samples, 1):.2f} ms per sample = "
+          f"{children / elapsed * 100:.3f} % of one core")
+    services = snapshot_size(db, "services")
+    if services is not None:
+        print(f"latest services snapshot: {services} bytes stored")
+
+
+def inventory_bytes() -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mbot_agent", ROOT / "agent" / "mbot_agent.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mbot_agent"] = module
+    spec.loader.exec_module(module)
+    collector = module.Collector()
+    try:
+        return len(json.dumps(collector.inventory(), separators=(",", ":")))
+    finally:
+        collector.close()
+
+
+def snapshot_size(db: Path, kind: str) -> int | None:
+    conn = store.connect(db, readonly=True)
+    try:
+        row = conn.execute("SELECT length(items) FROM snapshots WHERE kind = ?", (kind,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else row[0]
 
 
 if __name__ == "__main__":

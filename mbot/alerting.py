@@ -15,14 +15,14 @@ import logging
 import math
 import sqlite3
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import trio
 
-from . import alerts, store
+from . import alerts, members, store
 from .alerts import AlertEngine, AlertRule, Event, OfflineRule
 from .telegram import alert_text
-from .protocol import Hello, Sample
+from .protocol import Hello, Sample, Snapshot
 from .store import Database
 from .writer import Writer
 
@@ -61,6 +61,17 @@ def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule]
     return load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn)
 
 
+def _member_snapshots(conn: sqlite3.Connection, host_ids: set[int]) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """The latest snapshot of each member kind (services ...) of these hosts, for member rules (mbot.members)."""
+    found = {}
+    for host_id in host_ids:
+        for kind in members.SNAPSHOT_KINDS:
+            latest = store.latest_snapshot(conn, host_id, kind)
+            if latest is not None:
+                found[host_id, kind] = latest.items
+    return found
+
+
 def _hosts_by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, store.Host | None]:
     return {host_id: store.host_by_id(conn, host_id) for host_id in ids}
 
@@ -79,6 +90,10 @@ class Alerting:
         self._notify: Notify | None = None
         self._wake = trio.Event()
         self._dirty = False
+        # Member alerts (mbot.members): the latest snapshot of each member kind per host, and the state codes of
+        # the members a host's rules watch, added to each of its samples (only hosts with such rules have codes).
+        self._member_items: dict[tuple[int, str], Sequence[dict[str, Any]]] = {}
+        self._member_codes: dict[int, dict[str, float]] = {}
 
     def set_notify(self, notify: Notify) -> None:
         self._notify = notify
@@ -100,6 +115,8 @@ class Alerting:
             if host.revoked is None and host.last_seen is not None:
                 self.engine.add_host(host.id, last_seen=host.last_seen, interval=host.interval)
         self._writer.listeners.append(self)
+        self._writer.snapshot_state_listeners.append(self)
+        await self._load_members({r.host_id for r in rules if isinstance(r, AlertRule) and members.member_of(r.metric)})
         task_status.started()
         last_save = -math.inf
         failures = 0
@@ -129,6 +146,7 @@ class Alerting:
                     last_save = self._clock()
         finally:
             self._writer.listeners.remove(self)
+            self._writer.snapshot_state_listeners.remove(self)
             if self._dirty:
                 # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
                 with trio.move_on_after(5, shield=True):
@@ -149,11 +167,41 @@ class Alerting:
 
     def on_samples(self, host_id: int, samples: list[Sample]) -> None:
         now = self._clock()
+        codes = self._member_codes.get(host_id)
         for sample in samples:
             try:
-                self._emit(self.engine.observe(host_id, sample.ts, sample.series, now))
+                series = {**sample.series, **codes} if codes else sample.series
+                self._emit(self.engine.observe(host_id, sample.ts, series, now))
             except Exception as exc:  # one sample the engine chokes on must not cost the others their alerts
                 self._writer.faults.isolated("alerting", f"sample {sample.seq} of host {host_id}", exc)
+
+    # --- member alerts (mbot.members) --------------------------------------------------------------------------
+
+    def on_snapshot_stored(self, host_id: int, snapshot: Snapshot) -> None:
+        if snapshot.kind in members.SNAPSHOT_KINDS:
+            self._member_items[host_id, snapshot.kind] = snapshot.items
+            self._update_codes(host_id)
+
+    def _update_codes(self, host_id: int) -> None:
+        watched = [r.metric for r in self.engine.rules(host_id)
+                   if isinstance(r, AlertRule) and members.member_of(r.metric)]
+        items = {kind: found for kind in members.SNAPSHOT_KINDS
+                 if (found := self._member_items.get((host_id, kind))) is not None}
+        codes = members.codes(watched, items)
+        if codes:
+            self._member_codes[host_id] = codes
+        else:
+            self._member_codes.pop(host_id, None)
+
+    async def _load_members(self, host_ids: set[int]) -> None:
+        """The latest member snapshots from the store, for hosts whose rules watch members and whose snapshots
+        have not arrived since this server started (agents send one only when the list changes)."""
+        missing = {h for h in host_ids if not any((h, kind) in self._member_items for kind in members.SNAPSHOT_KINDS)}
+        if missing:
+            for key, items in (await self._db.read(_member_snapshots, missing)).items():
+                self._member_items.setdefault(key, items)
+        for host_id in host_ids:
+            self._update_codes(host_id)
 
     # --- changes from users -----------------------------------------------------------------------------------
 
@@ -164,6 +212,8 @@ class Alerting:
     async def set_rule(self, rule: AlertRule | OfflineRule) -> None:
         await self._writer.call(save_rule, rule)
         self.engine.set_rule(rule)
+        if isinstance(rule, AlertRule) and members.member_of(rule.metric):
+            await self._load_members({rule.host_id})
         self._changed()
 
     async def delete_rule(self, host_id: int, metric: str) -> bool:
@@ -173,6 +223,7 @@ class Alerting:
             return True
         existed = await self._writer.call(delete_rule, host_id, metric)
         self.engine.delete_rule(host_id, metric)
+        self._update_codes(host_id)
         self._changed()
         return existed
 

@@ -60,19 +60,20 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from . import series as catalogue
+from . import members, series as catalogue
 from .alert_state import (COUNT, FIRE, FIRE_NOW, FIRING, FORGET, HOLD, NAMES, NOTHING, OK, PENDING, RESOLVE,
                           RESOLVE_GONE, START, TRANSITIONS, reading)
 
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
     "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event", "metric_of", "metric_words",
-    "PCT", "TEMP", "LOAD", "RATE", "MIN_DELAY",
+    "PCT", "TEMP", "LOAD", "RATE", "STATE", "MIN_DELAY",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
 PCT, TEMP, LOAD, RATE = "pct", "temp", "load", "rate"
+STATE = "state"  # a member's state code (mbot.members): a service, a container
 _PCT, _TEMP, _LOAD, _RATE = PCT, TEMP, LOAD, RATE
 
 
@@ -98,12 +99,15 @@ _RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _R
 
 def metric_words() -> tuple[str, ...]:
     """The /setalert METRIC words (from the catalogue's selectors), and the form for one disk."""
-    return (*catalogue.selectors(), "disk:/mount")
+    return (*catalogue.selectors(), "disk:/mount", *(f"{word}:NAME" for word in members.MEMBER_KINDS))
 
 
 def metric_of(metric: str) -> _Metric | None:
     """The selector for a rule's metric (already normalised), or None when there is no such metric: a catalogue
-    selector (cpu, disk: every disk) or one member of a family (disk:/home, temp:nvme)."""
+    selector (cpu, disk: every disk), one member of a family (disk:/home, temp:nvme), or a member of a snapshot
+    (service:nginx.service: its state code, mbot.members)."""
+    if members.member_of(metric) is not None:
+        return _Metric(STATE, metric, None, (members.FAILED, members.UP))
     selectors = catalogue.selectors()
     row, exact = selectors.get(metric), None
     if row is None:

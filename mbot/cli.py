@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "(expires in 24 h; on a server without users, that user becomes the admin)")
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    info = commands.add_parser("info", help="what a host is: CPU, memory, disks, network, GPUs, OS (as /info)")
+    info.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    info.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
     commands.add_parser("new-cert", help="replace the server certificate (when its files are lost) and print what "
                                          "every agent then needs; the server must be stopped")
@@ -101,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _plot(settings, args)
         if command == "top":
             return _top(settings, args)
+        if command == "info":
+            return _info(settings, args)
         if command == "health":
             return _health(settings)
     except (ConfigError, tls.CertificateRefused) as exc:
@@ -374,6 +380,27 @@ def _top(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(processes.as_json(host, snapshot, now), indent=2, ensure_ascii=False))
     else:
         print(processes.as_text(host, snapshot, now))
+    return 0
+
+
+def _info(settings: Settings, args: argparse.Namespace) -> int:
+    from . import inventory
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        services = store.services_items(conn, host.id)
+    finally:
+        conn.close()
+    found = host.facts.get("inventory")
+    found = found if isinstance(found, dict) else None
+    if args.json:
+        print(json.dumps({"name": host.name, "inventory": found, "services": services}, indent=2, sort_keys=True))
+        return 0
+    now = time.time()
+    print(host.name)
+    print("\n".join(inventory.lines(found, now, services) if found else
+                    inventory.service_lines(services, now) + [inventory.NO_INVENTORY]))
     return 0
 
 

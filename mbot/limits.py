@@ -306,3 +306,13 @@ class SnapshotBudget:
             bucket = self._buckets[kind] = TokenBucket(rate=BUDGET_SLACK / self.interval, capacity=SNAPSHOT_BURST,
                                                        now=now)
         return bucket.take(1.0, now)
+
+# The inventory (hello's `inventory`, the `inventory` snapshot; docs/protocol.md, "Inventory").
+MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs
+MAX_NIC_ADDRS = 16  # addresses of one interface
+MAX_INVENTORY_BYTES = 64 * 1024  # the whole object as stored (UTF-8 JSON); a real one is 1 to 10 KiB
+MAX_LINK_SPEED = 10.0**7  # Mbit/s: 10 Tbit/s
+
+# systemd services (the `services` snapshot; docs/protocol.md, "Services").
+MAX_UNIT_NAME = 256  # systemd's own limit on a unit name
+MAX_UNIT_STATE = 32

@@ -275,7 +275,7 @@ _AXES = {catalogue.PERCENT: PERCENT, catalogue.CELSIUS: "°C", catalogue.WATTS: 
           catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B"}
 
 
-def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesChoice]:
+def _choices(word: str, available: set[str], unit: str | None, gpus: Sequence[str] = ()) -> list[SeriesChoice]:
     """The series a canonical word stands for on this host (empty when it has none); `unit` already fits."""
     rows, member = _rows(word)
     size = BYTE_UNITS.get(unit or "")
@@ -287,7 +287,7 @@ def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesCho
         found = catalogue.members(rows, available)
     out: list[SeriesChoice] = []
     for row, name in found:
-        legend = row.text(name, legend=True)
+        legend = row.text(name, legend=True, gpus=gpus)
         if row.unit == catalogue.PERCENT and size and row.name in sizes:
             used = sizes[row.name].series(row.labels_of(name) or {})
             if used in available:
@@ -302,7 +302,8 @@ def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesCho
     return out
 
 
-def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str | None = None) -> list[SeriesChoice]:
+def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str | None = None,
+                    gpus: Sequence[str] = ()) -> list[SeriesChoice]:
     """The user's metric words -> this host's series to draw, in order, each once.
 
     `unit` applies to every metric it fits (`cpu;ram 1h gib`: RAM in GiB, CPU in %). Raises PlotUsageError, listing
@@ -324,7 +325,7 @@ def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str 
         raise PlotUsageError(f"Unit {unit!r} does not fit {', '.join(words)}.", known)
     chosen: list[SeriesChoice] = []
     for word in words:
-        found = _choices(word, names, key if _accepts(word, key) else None)
+        found = _choices(word, names, key if _accepts(word, key) else None, gpus)
         if not found:
             raise PlotUsageError(f"This host has no {word}.", known)
         chosen.extend(c for c in found if c.series not in {d.series for d in chosen})

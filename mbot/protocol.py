@@ -216,6 +216,8 @@ def _hello(obj: dict[str, Any]) -> Hello:
         facts["mem_total"] = _integer(obj["mem_total"], "hello.mem_total")
     if "boot_time" in obj:
         facts["boot_time"] = _number(obj["boot_time"], "hello.boot_time", (0.0, limits.TS_CEILING))
+    if "inventory" in obj:
+        facts["inventory"] = inventory(obj["inventory"], "hello.inventory")
     interval = _number(obj.get("interval", 5), "hello.interval", INTERVAL)
     facts["interval"] = interval
     return Hello(
@@ -315,6 +317,74 @@ def _gpu(value: Any, where: str) -> dict[str, Any]:
     return gpu
 
 
+# --- the inventory (docs/protocol.md, "Inventory") ---------------------------------------------------------------
+
+
+def _size(value: Any, where: str) -> int:
+    return int(_number(value, where, BYTES))
+
+
+def _records(value: Any, where: str, fields: Callable[[dict[str, Any], str], dict[str, Any]]) -> list[dict[str, Any]]:
+    items = _sequence(value, where, limit=limits.MAX_INVENTORY_ITEMS)
+    return [fields(_mapping(item, f"{where}[{i}]"), f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def _texts(raw: dict[str, Any], where: str, limits_by_key: dict[str, int]) -> dict[str, Any]:
+    return {key: _text(raw[key], f"{where}.{key}", limit=limit) for key, limit in limits_by_key.items() if key in raw}
+
+
+def _inventory_disk(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    disk = _texts(raw, where, {"mount": MAX_LABEL, "device": MAX_LABEL, "fs": 32})
+    if "total" in raw:
+        disk["total"] = _size(raw["total"], f"{where}.total")
+    return disk
+
+
+def _inventory_nic(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    nic = _texts(raw, where, {"name": MAX_LABEL, "mac": 64})
+    if "addrs" in raw:
+        addrs = _sequence(raw["addrs"], f"{where}.addrs", limit=limits.MAX_NIC_ADDRS)
+        nic["addrs"] = [_text(a, f"{where}.addrs[{i}]", limit=64) for i, a in enumerate(addrs)]
+    if "speed" in raw:
+        nic["speed"] = _number(raw["speed"], f"{where}.speed", (0.0, limits.MAX_LINK_SPEED))
+    if "up" in raw:
+        if not isinstance(raw["up"], bool):
+            raise ProtocolError(f"{where}.up: must be true or false")
+        nic["up"] = raw["up"]
+    return nic
+
+
+def _inventory_gpu(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    gpu = _texts(raw, where, {"name": MAX_LABEL, "vendor": 32, "driver": 64})
+    if "vram" in raw:
+        gpu["vram"] = _size(raw["vram"], f"{where}.vram")
+    return gpu
+
+
+def inventory(value: Any, where: str = "inventory") -> dict[str, Any]:
+    """What a host is (the Diagnostics view): every field optional, unknown ones dropped, texts cleaned and cut,
+    lists and the whole bounded (limits: MAX_INVENTORY_ITEMS, MAX_NIC_ADDRS, MAX_INVENTORY_BYTES)."""
+    raw = _mapping(value, where)
+    out = _texts(raw, where, {"os": MAX_LABEL, "kernel": MAX_LABEL, "arch": 32, "virt": 32, "agent": 64})
+    if "cpu" in raw:
+        cpu = _mapping(raw["cpu"], f"{where}.cpu")
+        out["cpu"] = _texts(cpu, f"{where}.cpu", {"model": MAX_LABEL})
+        for key in ("cores", "threads"):
+            if key in cpu:
+                out["cpu"][key] = _integer(cpu[key], f"{where}.cpu.{key}")
+    for key in ("mem_total", "swap_total"):
+        if key in raw:
+            out[key] = _size(raw[key], f"{where}.{key}")
+    if "boot_time" in raw:
+        out["boot_time"] = _number(raw["boot_time"], f"{where}.boot_time", (0.0, limits.TS_CEILING))
+    for key, fields in (("disks", _inventory_disk), ("nics", _inventory_nic), ("gpus", _inventory_gpu)):
+        if key in raw:
+            out[key] = _records(raw[key], f"{where}.{key}", fields)
+    if len(json.dumps(out, ensure_ascii=False).encode()) > limits.MAX_INVENTORY_BYTES:
+        raise ProtocolError(f"{where}: more than {limits.MAX_INVENTORY_BYTES // 1024} KiB", CLOSE_POLICY)
+    return out
+
+
 # --- series ----------------------------------------------------------------------------------------------------
 
 
@@ -396,6 +466,28 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
 SNAPSHOT_KINDS: dict[str, SnapshotKind] = {
     "processes": SnapshotKind("processes", 1, key=("pid", "name"), state=None, item=_process),
 }
+
+def _service(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    unit = _text(raw.get("unit"), f"{where}.unit", limit=limits.MAX_UNIT_NAME)
+    if not unit:
+        raise ProtocolError(f"{where}.unit: must not be empty")
+    item: dict[str, Any] = {
+        "unit": unit,
+        "state": _text(raw.get("state", ""), f"{where}.state", limit=limits.MAX_UNIT_STATE),
+        "sub": _text(raw.get("sub", ""), f"{where}.sub", limit=limits.MAX_UNIT_STATE),
+    }
+    if "since" in raw:
+        item["since"] = _number(raw["since"], f"{where}.since", (0.0, limits.TS_CEILING))
+    return item
+
+
+# Loaded service units that are not inactive; a unit's state is systemd's ActiveState (active, failed ...).
+SNAPSHOT_KINDS["services"] = SnapshotKind("services", 1, key=("unit",), state="state", item=_service)
+
+# The inventory again, when it changed since the hello: one member (so no key; a second one is a duplicate).
+SNAPSHOT_KINDS["inventory"] = SnapshotKind("inventory", 1, key=(), state=None,
+                                           item=lambda value, where, cores: inventory(value, where))
 
 
 def snapshot_key(kind: SnapshotKind, item: dict[str, Any]) -> tuple[Any, ...]:

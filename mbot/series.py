@@ -134,6 +134,7 @@ class Metric:
     button: str | None = None  # the card's chart button for this row's /plot word ("📈 CPU")
     list_each: bool = False  # a host's metric list names each member (disk:/, disk:/home), not the family word
     listed: bool = True  # in a host's metric list at all (load5 and load15 go with load)
+    named: str = ""  # label and legend when the GPU's model is known: {gpu} is "RTX 4090 #0" (gpu_label)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -146,10 +147,31 @@ class Metric:
         match = self.pattern.fullmatch(series)
         return match.groupdict() if match else None
 
-    def text(self, series: str, legend: bool = False) -> str:
+    def text(self, series: str, legend: bool = False, gpus: Sequence[str] = ()) -> str:
+        """The label (or legend); `gpus`: the host's GPU models by index (its hello), which name a GPU row."""
         labels = self.labels_of(series) or {}
+        index = labels.get("i", "")
+        if self.named and index.isdigit() and int(index) < len(gpus) and gpus[int(index)]:
+            return self.named.format(gpu=gpu_label(gpus[int(index)], int(index)))
         template = self.legend if legend and self.legend else self.label
         return template.format(**{"i": "", "label": "", **labels})
+
+
+_GPU_VENDOR_WORDS = frozenset({"NVIDIA", "AMD", "GeForce", "Radeon", "Intel(R)", "Intel"})
+
+
+def gpu_model(name: str) -> str:
+    """What people call a GPU: "NVIDIA GeForce RTX 4090" -> "RTX 4090", "AMD Instinct MI300X" -> "Instinct MI300X"
+    (the vendor's leading words go, unless nothing would be left)."""
+    words = name.split()
+    while len(words) > 1 and words[0] in _GPU_VENDOR_WORDS:
+        words.pop(0)
+    return " ".join(words) or "GPU"
+
+
+def gpu_label(name: str, index: int) -> str:
+    """"RTX 4090 #0": the model and the GPU's index, so two of the same model stay apart."""
+    return f"{gpu_model(name)} #{index}"
 
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
@@ -215,17 +237,23 @@ CATALOGUE: list[Metric] = [
     Metric("procs", scalar("procs"), COUNT, "processes", plot=("procs",), card=True,
            prom=Prom("mbot_host_processes", "Processes running.")),
     Metric("gpu{i}", gpus("util"), PERCENT, "GPU {i}", plot=("gpu",), plot_one="gpu", alert="gpu", card=True, button="GPU",
-           prom=Prom("mbot_gpu_utilization_ratio", "GPU busy, 0-1.", 100, labels={"i": "gpu", "name": "name"})),
-    Metric("vram{i}", gpus("vram"), PERCENT, "VRAM {i}", plot=("vram",), plot_one="vram", alert="vram", card=True, button="VRAM"),
+           prom=Prom("mbot_gpu_utilization_ratio", "GPU busy, 0-1.", 100, labels={"i": "gpu", "name": "name"}),
+           named="{gpu}"),
+    Metric("vram{i}", gpus("vram"), PERCENT, "VRAM {i}", plot=("vram",), plot_one="vram", alert="vram", card=True, button="VRAM",
+           named="{gpu} VRAM"),
     Metric("vram_used{i}", gpus("vram_used"), BYTES, "VRAM {i}", size_of="vram{i}", card=True,
-           prom=Prom("mbot_gpu_memory_used_bytes", "GPU memory in use.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_memory_used_bytes", "GPU memory in use.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} VRAM"),
     Metric("vram_total{i}", gpus("vram_total"), BYTES, "VRAM {i} size", card=True,
-           prom=Prom("mbot_gpu_memory_total_bytes", "GPU memory size.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_memory_total_bytes", "GPU memory size.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} VRAM size"),
     Metric("gputemp{i}", gpus("temp"), CELSIUS, "GPU {i} temperature", legend="GPU {i} temp", plot=("gputemp",),
            plot_one="gputemp", alert="gputemp", card=True,
-           prom=Prom("mbot_gpu_temperature_celsius", "GPU temperature.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_temperature_celsius", "GPU temperature.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} temp"),
     Metric("power{i}", gpus("power"), WATTS, "GPU {i} power", plot=("power",), plot_one="power", card=True,
-           prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} power"),
 ]
 
 

@@ -533,6 +533,18 @@ def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: 
                  (host_id, kind, v, ts, received, items_json))
 
 
+def services_items(conn: sqlite3.Connection, host_id: int) -> list[dict[str, Any]] | None:
+    """The host's latest `services` snapshot's items (None: it sent none: no systemd, or an older agent)."""
+    latest = latest_snapshot(conn, host_id, "services")
+    return None if latest is None else latest.items
+
+
+def set_inventory(conn: sqlite3.Connection, host_id: int, inventory_json: str) -> None:
+    """Replace the inventory among the host's hello facts (an `inventory` snapshot: it changed since the hello)."""
+    conn.execute("UPDATE hosts SET facts = json_set(CASE WHEN json_valid(facts) THEN facts ELSE '{}' END, "
+                 "'$.inventory', json(?)) WHERE id = ?", (inventory_json, host_id))
+
+
 def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
     """A damaged items column reads as empty (and says so) rather than failing every reader."""
     try:

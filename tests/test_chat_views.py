@@ -75,7 +75,7 @@ def test_card_shows_everything_and_escapes_names():
     assert "&lt;b&gt;" in text and "<b><b>" not in text
     for expected in ("🟢 online", "last seen 2 s ago", "CPU 12 %", "load 0.50 0.40 0.30", "(8 cores)",
                      "RAM 4.0 GiB / 16.0 GiB (25 %)", "Disk / 50.0 GiB / 100.0 GiB (50 %)", "Net ↓ 1.0 KiB/s",
-                     "Temp cpu 54 °C", "GPU0 H100 · 87 % · VRAM 1.0 GiB / 80.0 GiB (1 %) · 61 °C · 312 W",
+                     "Temp cpu 54 °C", "H100 #0 · 87 % · VRAM 1.0 GiB / 80.0 GiB (1 %) · 61 °C · 312 W",
                      "Uptime 3 d 4 h", "231 processes", "Agent 0.1.0 · Linux 6.1"):
         assert expected in text, expected
     offline = views.host_card(host(last_seen=NOW - 3600, last_metrics=metrics), NOW)
@@ -89,7 +89,7 @@ def test_keyboards_carry_ids_not_secrets():
     assert "S3CRET" not in str(kb)
     _, card_kb = views.host_card(host(), NOW), views.card_keyboard(host())
     datas = [b["callback_data"] for row in card_kb["inline_keyboard"] for b in row]
-    assert datas == ["refresh:7", "power:7:reboot", "power:7:shutdown"]
+    assert datas == ["refresh:7", "info:7", "power:7:reboot", "power:7:shutdown"]
 
 
 def test_card_says_when_samples_were_lost():

@@ -162,10 +162,10 @@ def test_the_agent_keeps_one_snapshot_per_kind_and_paces_them():
     a = agent.Agent(cfg, ListCollector())
     assert a._collect_and_store(1.7e9)
     a._collect_and_store(1.7e9 + 0.1)  # within a second of the last: no new snapshot (the server's budget)
-    frames = a._take_snapshots()
-    assert len(frames) == 1 and a._take_snapshots() == []
-    snap = protocol.parse_agent_frame(frames[0], cores=1)
-    assert isinstance(snap, protocol.Snapshot) and snap.items[0]["cmd"] == "/sbin/init"
+    [(kind, (_, frame))] = a._snapshots.items()  # the newest per kind, nothing queued behind it
+    snap = protocol.parse_agent_frame(frame, cores=1)
+    assert kind == "processes" and isinstance(snap, protocol.Snapshot) and snap.ts == 1.7e9
+    assert snap.items[0]["cmd"] == "/sbin/init"
 
 
 def test_agent_processes_0_turns_it_off():

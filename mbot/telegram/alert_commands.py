@@ -10,8 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule,
-                      OfflineRule, metric_of, metric_words)
+from .. import members
+from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, STATE as _STATE,
+                      TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
 from ..series import canonical
 from .alert_text import format_value
@@ -96,6 +97,9 @@ def _metric_help() -> str:
 
 
 def _metric_arg(usage: str, text: str) -> str:
+    member = members.normalise(text)  # service:nginx -> service:nginx.service
+    if member is not None:
+        return member
     selector, colon, mount = text.partition(":")
     metric = canonical(selector) + colon + mount  # temps is temp; mount points are case-sensitive
     if metric == "offline" or metric_of(metric) is not None:
@@ -107,6 +111,10 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
     found = metric_of(metric)
     assert found is not None
     kind = found.kind
+    if kind == _STATE:  # a member is up or not: the one condition is "down"
+        if text.strip().lower() != members.DOWN_WORD:
+            raise _usage(USAGE_SETALERT, f"{metric} takes no threshold but `down`, e.g. /setalert box1 {metric} down.")
+        return members.THRESHOLD, True
     match = _NUMBER.fullmatch(text.strip())
     unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
     units = _UNITS[kind]
@@ -132,6 +140,8 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
             raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
         delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
         return OfflineSpec(name, delay)
+    if len(args) == 2 and members.member_of(metric) is not None:
+        args = [*args, members.DOWN_WORD]
     if len(args) == 2:
         raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
     if len(args) > 4:

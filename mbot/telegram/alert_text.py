@@ -4,9 +4,9 @@ The engine (mbot.alerts) decides what happens; this module only says it. Labels 
 """
 from __future__ import annotations
 
-from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule, BackOnline, Event, Firing,
-                      MuteEnded, Offline, Reminder, Resolved, metric_of)
-from .. import series as catalogue
+from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule,
+                      BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved, metric_of)
+from .. import members, series as catalogue
 from ..durations import format_duration
 
 __all__ = ["describe", "format_value", "series_label", "duration_text"]
@@ -14,7 +14,7 @@ __all__ = ["describe", "format_value", "series_label", "duration_text"]
 
 def series_label(series: str) -> str:
     """What a series is called in messages: "CPU", "disk /home", "GPU 0 temperature" (the catalogue's label)."""
-    return catalogue.label(series)
+    return members.label(series) or catalogue.label(series)
 
 
 def _num(value: float, digits: int = 1) -> str:
@@ -43,6 +43,8 @@ def format_value(metric: str, value: float) -> str:
         return f"{_num(value)} °C"
     if kind == _RATE:
         return _rate(value)
+    if kind == _STATE:
+        return members.state_word(value)
     return _num(value, 2)
 
 
@@ -52,6 +54,9 @@ def _threshold_text(rule: AlertRule) -> str:
 
 
 def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
+    if members.member_of(rule.metric) is not None:  # "service nginx.service is failed for 2 min"
+        text = f"{series_label(series)} is {format_value(rule.metric, value)}"
+        return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
     text = f"{series_label(series)} {format_value(rule.metric, value)}"
     if lasted >= 1:
         text += f" for {format_duration(lasted)}"
@@ -70,6 +75,9 @@ def describe(event: Event, host_name: str) -> str:
         return f"{host_name}: {label} back to normal ({value}) after {format_duration(event.duration)}"
     if isinstance(event, Reminder):
         value = format_value(event.rule.metric, event.value)
+        if members.member_of(event.rule.metric) is not None:
+            return (f"{host_name}: {series_label(event.series)} still {value} after "
+                    f"{format_duration(event.at - event.since)}")
         return (f"{host_name}: {series_label(event.series)} still {value} after "
                 f"{format_duration(event.at - event.since)} ({_threshold_text(event.rule)})")
     if isinstance(event, Offline):

@@ -268,6 +268,9 @@ class Bot:
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
             self._send(ctx, *views.processes_view(host, procs, now))
+        elif name == "info":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -441,6 +444,9 @@ class Bot:
                 self._edit(ctx, text, keyboard)
             else:
                 self._send(ctx, text, keyboard)
+        elif action == "info":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import processes, series as catalogue
+from .. import inventory as host_inventory, members, processes, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
@@ -62,7 +62,8 @@ def decode_callback(data: str) -> Callback | None:
     action, *args = data.split(":")
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
-    expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
+    expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
+                "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1), "procs": (1, 2)}
     if len(args) not in expected.get(action, ()):
         return None
@@ -81,7 +82,7 @@ def decode_callback(data: str) -> Callback | None:
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -232,7 +233,7 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> st
     if m.get("temps"):
         lines.append("Temp " + ", ".join(f"{e(label)} {value:.0f} °C" for label, value in m["temps"].items()))
     for i, gpu in enumerate(m.get("gpus", ())):
-        parts = [f"GPU{i} {e(gpu.get('name', ''))}".rstrip()]
+        parts = [e(catalogue.gpu_label(gpu["name"], i)) if gpu.get("name") else f"GPU {i}"]
         if "util" in gpu:
             parts.append(f"{gpu['util']:.0f} %")
         if "vram_total" in gpu:
@@ -296,9 +297,28 @@ def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -
     return keyboard(
         top,
         charts[:3], charts[3:],
+        [diagnostics_button(host)],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )
+
+
+def diagnostics_button(host: Host) -> dict[str, str]:
+    return button("🩺 Diagnostics", Callback("info", (str(host.id),)))
+
+
+def inventory_view(host: Host, now: float,
+                   services: Sequence[dict[str, Any]] | None = None) -> tuple[str, Keyboard]:
+    """/info NAME and the card's Diagnostics button: what the machine is (mbot.inventory says it in lines), and
+    its systemd services that are not running (`services`: its latest services snapshot, if any)."""
+    inventory = host.facts.get("inventory")
+    head = f"<b>{e(host.name)}</b> · diagnostics"
+    if not isinstance(inventory, dict) or not inventory:
+        found = host_inventory.service_lines(services, now) + [host_inventory.NO_INVENTORY]
+    else:
+        found = host_inventory.lines(inventory, now, services)
+    body = "\n".join(e(line) for line in found)
+    return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 
 def host_list(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
@@ -382,7 +402,10 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
         if not rule.enabled:
             return "offline alert off"
         return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
-    text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
+    if members.member_of(rule.metric) is not None:
+        text = f"{rule.metric} {members.DOWN_WORD}"
+    else:
+        text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
     return text + (f" for {format_duration(rule.for_s)}" if rule.for_s else "")
 
 

@@ -121,3 +121,10 @@ def nvmlDeviceGetComputeRunningProcesses(handle):
 
 def nvmlDeviceGetGraphicsRunningProcesses(handle):
     return _running(handle, "nvmlDeviceGetGraphicsRunningProcesses", "graphics")
+
+
+DRIVER_VERSION = "550.54.15"
+
+
+def nvmlSystemGetDriverVersion():
+    return DRIVER_VERSION

@@ -11,7 +11,7 @@
                                     and the bot's own nursery for work that outlives an update
           metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
           signal watcher            SIGINT/SIGTERM -> stop()
-      stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
+      stop(): agents closed with 1012 -> services cancelled -> writer drains and commits -> return
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 task_status.started(server)
                 await server._stop.wait()
                 log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
-                await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+                await hub.close_all(protocol.CLOSE_RESTART, "server restarting or stopping; reconnect in a few seconds")
                 services.cancel_scope.cancel()
         finally:
             # Whatever ended the services (stop, a crash, cancellation), what was queued still gets committed.

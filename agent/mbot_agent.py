@@ -163,6 +163,9 @@ class AgentConfig:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     stable_after: float = 30.0  # a connection up this long resets the backoff
+    quick_reconnect: Tuple[float, float] = (0.5, 3.0)  # after a restart close: see Reconnect
+    fast_retry: Tuple[float, float] = (1.0, 2.0)  # a refusing server, for fast_retry_for s after a restart close
+    fast_retry_for: float = 60.0
     temps_every: int = 6  # read temperature sensors on every Nth sample
     services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
 
@@ -1068,6 +1071,93 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random, low: 
     """Exponential backoff with full jitter: attempt 0 -> low, then uniform in [low, min(high, low * 2**attempt)]."""
     cap = min(high, low * 2.0 ** min(attempt, 30))
     return low + (cap - low) * rand()
+
+
+# --- when to try again, without IO -----------------------------------------------------------------------------
+
+# Closes that say the server is stopping or restarting (1001 going away: older servers; 1012 service restart), and
+# 1006, a connection that ended without a close frame (a server killed or crashed, or restarted under a proxy).
+_RESTART_CLOSES = (1001, 1006, 1012)
+_ANNOUNCED_RESTARTS = (1001, 1012)
+# Errors that mean "nothing listens there (yet)" or "it hung up during the handshake": a server that restarts.
+_GONE_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                ssl.SSLEOFError)
+
+# Reconnect.closed() and failed(): wait `delay` seconds; `expected`: the server said it was restarting and this is
+# part of it (logged at INFO, not as a warning).
+Retry = NamedTuple("Retry", [("delay", float), ("expected", bool)])
+
+
+def server_gone(exc: BaseException) -> bool:
+    """Whether a failure to connect says the server is not there: connection refused, or reset or cut during the
+    handshake. That is what a restarting server looks like; an unknown name, an unreachable network, a timeout, an
+    HTTP refusal or a certificate problem are not."""
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        elif isinstance(error, _GONE_ERRORS):
+            return True
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is not None:
+            todo.append(cause)
+    return False
+
+
+class Reconnect:
+    """How long to wait before the next connection attempt, without IO (times are trio's clock): the end of each
+    connection or failed attempt in, a Retry out.
+
+    Failures back off exponentially with full jitter (backoff_delay; a connection up `stable_after` seconds starts
+    afresh). Except where the server is most likely restarting: when a stable connection ends with 1012 or 1001 (the
+    server's shutdown), or without a close frame (1006: killed, crashed), the agent reconnects after a random
+    `quick` wait (0.5-3 s), and for `fast_for` seconds (a minute) after that end a server that refuses or resets the
+    connection (server_gone) is tried again every `fast` seconds (random, 1-2 s); then the usual backoff. The
+    randomness spreads hundreds of agents over the seconds after a restart instead of one instant. A close that
+    does not say "restart" (1008 over a limit, 1007/1009 refused data, 1011, 4001 replaced) backs off as before, and
+    so does a restart close of a connection that was not stable: a server that keeps closing at once gets the backoff.
+    """
+
+    def __init__(self, *, low: float = 1.0, high: float = 60.0, stable_after: float = 30.0,
+                 quick: Tuple[float, float] = (0.5, 3.0), fast: Tuple[float, float] = (1.0, 2.0),
+                 fast_for: float = 60.0, rand: Callable[[], float] = random.random) -> None:
+        self.low, self.high, self.stable_after = low, high, stable_after
+        self.quick, self.fast, self.fast_for = quick, fast, fast_for
+        self.rand = rand
+        self.attempt = 0  # failures since the last stable connection: the backoff's exponent
+        self.fast_until = -math.inf  # until then, a server that is not there is taken to be restarting
+        self.announced = False  # ... and it said so (1001/1012)
+
+    def closed(self, code: Optional[int], up_for: Optional[float], now: float) -> Retry:
+        """A connection that reached the WebSocket ended: `code` is its close code (None: the agent dropped it, for
+        a ping without answer), `up_for` how long it was up after the hello's ack (None: never acked)."""
+        if up_for is None or up_for < self.stable_after:
+            return self._backoff()
+        self.attempt = 0
+        if code is not None and code not in _RESTART_CLOSES:
+            return self._backoff()
+        self.fast_until = now + self.fast_for
+        self.announced = code in _ANNOUNCED_RESTARTS
+        self.attempt = 1  # this wait was the first of a run of failures
+        return Retry(self._between(self.quick), self.announced)
+
+    def failed(self, gone: bool, now: float) -> Retry:
+        """An attempt failed before the WebSocket was up; `gone`: server_gone() said the server is not there."""
+        if gone and now < self.fast_until:
+            return Retry(self._between(self.fast), self.announced)
+        return self._backoff()
+
+    def _between(self, bounds: Tuple[float, float]) -> float:
+        return bounds[0] + (bounds[1] - bounds[0]) * self.rand()
+
+    def _backoff(self) -> Retry:
+        delay = backoff_delay(self.attempt, self.rand, self.low, self.high)
+        self.attempt += 1
+        return Retry(delay, False)
 
 
 # --- the protocol without IO: what to send, what an ack frees, when to give up on refused samples -------------
@@ -2401,6 +2491,11 @@ class _Connection:
     snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
 
 
+# How a connection that reached the WebSocket ended: seconds it was up after the hello's ack (None: never acked),
+# the close code as Reconnect reads it, the line for the log and its level.
+Ended = NamedTuple("Ended", [("up_for", Optional[float]), ("code", Optional[int]), ("what", str), ("level", int)])
+
+
 def _leaves(group: BaseException) -> Iterator[BaseException]:
     if isinstance(group, BaseExceptionGroup):
         for exc in group.exceptions:
@@ -2437,6 +2532,9 @@ class Agent:
         # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
         # Written by the collector's thread and the event loop (one assignment each), read by the sender.
         self._snapshots: Dict[str, Tuple[str, str]] = {}
+        self.reconnect = Reconnect(low=config.backoff_min, high=config.backoff_max, stable_after=config.stable_after,
+                                   quick=config.quick_reconnect, fast=config.fast_retry,
+                                   fast_for=config.fast_retry_for)
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -2591,12 +2689,13 @@ class Agent:
 
     async def _connection_loop(self) -> int:
         cfg = self.config
-        attempt = 0
         while True:
-            up_for: Optional[float] = None
+            ended: Optional[Ended] = None
+            gone = False
             level = logging.WARNING
             try:
-                up_for, what, level = await self._connect_and_serve()
+                ended = await self._connect_and_serve()
+                what, level = ended.what, ended.level
             except AgentStop as exc:
                 log.error("%s", _one_line(str(exc)))
                 return 1
@@ -2612,26 +2711,31 @@ class Agent:
                     reason = f"no answer within {cfg.connect_timeout:g} s"
                 else:
                     reason = _describe(exc)
+                    gone = server_gone(exc)
                 what = f"cannot connect to {self.server}: {reason}"
             except Exception as exc:  # a bug or a library surprise: keep the host monitored, say what happened
                 log.debug("connection failure", exc_info=True)
                 what = f"connection to {self.server} failed unexpectedly: {_describe(exc)}"
                 level = logging.ERROR
-            if up_for is not None and up_for >= cfg.stable_after:
-                attempt = 0
-                self._failures.reset()  # a new run of failures starts: this one is logged in full
-            delay = backoff_delay(attempt, low=cfg.backoff_min, high=cfg.backoff_max)
-            attempt += 1
+            now = trio.current_time()
+            if ended is None:
+                retry = self.reconnect.failed(gone, now)
+            else:
+                if ended.up_for is not None and ended.up_for >= cfg.stable_after:
+                    self._failures.reset()  # a new run of failures starts: this one is logged in full
+                retry = self.reconnect.closed(ended.code, ended.up_for, now)
+            if retry.expected and level == logging.WARNING:
+                level = logging.INFO  # the server said it was restarting: refusals meanwhile are no surprise
             # One line per retry would be a line a second at first, and a server could provoke them at will:
             # thinned out (Repeats), each logged line saying how many were left out. _one_line: the text may hold
             # what the server sent (close reasons, HTTP responses in exception messages).
-            line = _one_line(f"{what}; retrying in {delay:.1f} s ({len(self.buffer)} samples waiting)")
-            left_out = self._failures.admit(trio.current_time())
+            line = _one_line(f"{what}; retrying in {retry.delay:.1f} s ({len(self.buffer)} samples waiting)")
+            left_out = self._failures.admit(now)
             if left_out is None:
                 log.debug("%s", line)
             else:
                 log.log(level, "%s%s", line, _left_out(left_out))
-            await trio.sleep(delay)
+            await trio.sleep(retry.delay)
 
     def _check_pin(self, der: Optional[bytes]) -> Optional[str]:
         """Raise AgentStop when the certificate is not the pinned one. Returns a fingerprint to save (TOFU)."""
@@ -2679,7 +2783,7 @@ class Agent:
             raise
         return stream, to_save
 
-    async def _connect_and_serve(self) -> Tuple[Optional[float], str, int]:
+    async def _connect_and_serve(self) -> Ended:
         """One connection, from TCP connect to close: see _after_close for what it returns. Raises on a failure to
         connect, AgentStop when the server refuses this agent for good."""
         cfg = self.config
@@ -2743,8 +2847,8 @@ class Agent:
                   "(%s). After a restart the agent would trust whatever certificate it sees first: set "
                   "AGENT_FINGERPRINT=%s in .env", self.server, fp, "; ".join(failed), fp)
 
-    def _after_close(self, conn: _Connection) -> Tuple[Optional[float], str, int]:
-        """After a connection: (seconds it was up after the hello's ack or None, what happened, log level)."""
+    def _after_close(self, conn: _Connection) -> Ended:
+        """After a connection: how long it was up, its close code, what happened and at which log level."""
         closed = conn.ws.closed
         code = closed.code if closed is not None else None
         reason = (closed.reason or "") if closed is not None else ""
@@ -2753,15 +2857,16 @@ class Agent:
         if code == CLOSE_REVOKED:
             raise AgentStop(f"{self.server} revoked this agent's key ({detail}); get a new secret with /newkey, "
                             "set AGENT_SECRET and restart; stopping")
-        level = logging.INFO if code in (1000, 1001, 4001) else logging.WARNING
+        level = logging.INFO if code in (1000, 1001, 1012, 4001) else logging.WARNING
         if conn.dropped_because:
-            detail, level = conn.dropped_because, logging.WARNING
+            # The agent closed it (its own close says 1000): to Reconnect, a connection gone without a close frame.
+            detail, level, code = conn.dropped_because, logging.WARNING, None
         discarded = self.link.closed(code)
         if discarded is not None:
             log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples (the server "
                       "will be told how many)", discarded.first, discarded.last, discarded.strikes, discarded.count)
         up_for = None if conn.up_since is None else trio.current_time() - conn.up_since
-        return up_for, f"disconnected from {self.server}: {detail}", level
+        return Ended(up_for, code, f"disconnected from {self.server}: {detail}", level)
 
     async def _serve(self, conn: _Connection) -> None:
         self.link.connected()

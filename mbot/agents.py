@@ -245,6 +245,7 @@ class AgentHub:
         self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
+        self._closing = False  # close_all() has begun: the server is stopping
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -336,11 +337,17 @@ class AgentHub:
             await connection.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
+        """Close every agent (shutdown); from now on new connections are dropped at once, so that an agent that
+        reconnects within a second finds the door shut rather than a server about to vanish under it."""
+        self._closing = True
         async with trio.open_nursery() as nursery:
             for connection in list(self.connections.values()):
                 nursery.start_soon(connection.close, code, reason)
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
+        if self._closing:
+            await trio.aclose_forcefully(tcp)
+            return
         address, peer = _peer(tcp)
         token = object()
         evict = self.gate.admit(token, address)

@@ -13,7 +13,7 @@
           own agent                 (unless MBOT_WATCH_SELF=0) the real agent as a child process, watching this
                                     machine over loopback TLS (mbot/selfwatch.py)
           signal watcher            SIGINT/SIGTERM -> stop()
-      stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
+      stop(): agents closed with 1012 -> services cancelled -> writer drains and commits -> return
 """
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 task_status.started(server)
                 await server._stop.wait()
                 log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
-                await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+                await hub.close_all(protocol.CLOSE_RESTART, "server restarting or stopping; reconnect in a few seconds")
                 services.cancel_scope.cancel()
         finally:
             # Whatever ended the services (stop, a crash, cancellation), what was queued still gets committed.

@@ -23,6 +23,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012  # the server stops or restarts: agents come back within seconds (docs/protocol.md)
 CLOSE_REPLACED = 4001
 CLOSE_REVOKED = 4003
 

@@ -607,8 +607,9 @@ async def test_connection_without_hello_ack_gives_up(tmp_path, autojump_clock):
         conn = agent._Connection(ws, nursery.cancel_scope)
         await a._serve(conn)
     assert [f["type"] for f in ws.sent] == ["hello"]
-    up_for, what, level = a._after_close(conn)
-    assert up_for is None and ws.closed is None and "no answer to the hello" in what and level == logging.WARNING
+    ended = a._after_close(conn)
+    assert ended.up_for is None and ws.closed is None and "no answer to the hello" in ended.what
+    assert ended.level == logging.WARNING
 
 
 # --- the protocol without IO (agent.Link) ------------------------------------------------------------------------

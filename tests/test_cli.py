@@ -93,7 +93,7 @@ async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
         assert code == 0, log.decode()
         with pytest.raises(Exception) as closed:
             await ws.get_message()
-        assert getattr(closed.value, "reason").code == protocol.CLOSE_GOING_AWAY
+        assert getattr(closed.value, "reason").code == protocol.CLOSE_RESTART
         await trio.aclose_forcefully(stream)
     finally:
         if process.returncode is None:

@@ -27,6 +27,7 @@ from . import limits, protocol, store
 from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
+from .linkquality import LinkPolicy
 from .protocol import Hello, Result, Snapshot
 from .session import Action, AgentSession, Close, Ignore, StoreSamples
 from .store import Database
@@ -89,8 +90,10 @@ class AgentConnection:
         self._hub = hub
         self.session = AgentSession(now=trio.current_time(),
                                     sample_budget=lambda interval: hub.budget(host, interval),
-                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval))
+                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
+                                    link=hub.link_policy)
         self._ack_wanted = trio.Event()
+        self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -104,6 +107,7 @@ class AgentConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_acks)
+            nursery.start_soon(self._probe_link, nursery)
             with self._receiving:
                 await self._receive()
             if self._store_failure is not None:
@@ -206,6 +210,34 @@ class AgentConnection:
             self._awaiting.pop(command_id, None)
         return awaited.result
 
+    async def _probe_link(self, nursery: trio.Nursery) -> None:
+        """Measure the round trip now and then; the session's LinkProbe decides when and what it means. One ping in
+        flight at most: an unanswered one is awaited (and counted lost each period) rather than joined by more."""
+        link = self.session.link
+        while True:
+            await trio.sleep_until(link.next_at)
+            times: list[float] = []
+            nursery.start_soon(self._ping, times)
+            deadline = link.sent(trio.current_time())
+            while len(times) < 2:
+                with trio.move_on_at(deadline):
+                    while len(times) < 2:
+                        await self._pong.wait()
+                if len(times) < 2:
+                    deadline = link.overdue(trio.current_time())
+            link.answered(times[0], times[1])
+
+    async def _ping(self, times: list[float]) -> None:
+        # The payload is unpredictable, so no pong can come before the agent has read this ping.
+        times.append(trio.current_time())
+        try:
+            await self.ws.ping(secrets.token_bytes(8))
+        except ConnectionClosed:
+            return  # the receive loop ends the connection
+        times.append(trio.current_time())
+        self._pong.set()
+        self._pong = trio.Event()
+
     def _on_commit(self, seq: int) -> None:
         if self.session.committed(seq):
             self._ack_wanted.set()
@@ -245,6 +277,7 @@ class AgentHub:
         self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
+        self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
 
     # --- limits ----------------------------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ What it holds:
 - the host's SampleBudget and SnapshotBudget (per host across its connections: the hub lends them, so that
   reconnecting earns nothing);
 - ack coalescing: the highest committed seq, and the highest acked; an ack goes out only when the first grew;
-- command/result matching: the ids of commands sent and not answered yet.
+- command/result matching: the ids of commands sent and not answered yet;
+- the link probe (mbot/linkquality.py): when to measure the round trip, and the figures it folds into live samples.
 
 Once it said Close, the session is closed: later frames are ignored (the driver is closing the socket anyway).
 """
@@ -32,6 +33,7 @@ from typing import Callable
 
 from . import protocol
 from .limits import FrameBucket, SampleBudget, SnapshotBudget
+from .linkquality import LinkPolicy, LinkProbe
 from .protocol import Hello, ProtocolError, Result, Samples, Snapshot, UnknownSnapshot
 
 HELLO_TIMEOUT = 10.0
@@ -82,7 +84,7 @@ class State(enum.Enum):
 class AgentSession:
     def __init__(self, *, now: float, sample_budget: Callable[[float], SampleBudget],
                  snapshot_budget: Callable[[float], SnapshotBudget], hello_timeout: float = HELLO_TIMEOUT,
-                 frames: FrameBucket | None = None) -> None:
+                 frames: FrameBucket | None = None, link: LinkPolicy | None = None) -> None:
         """`sample_budget(interval)` and `snapshot_budget(interval)` lend the host's budgets when the hello
         announces its interval (they belong to the host, not to this connection)."""
         self.state = State.AWAITING_HELLO
@@ -97,6 +99,7 @@ class AgentSession:
         self._committed = 0  # the highest seq committed for this connection's epoch
         self._acked = 0  # the highest seq acked
         self._pending: set[str] = set()  # command ids sent, not answered yet
+        self.link = LinkProbe(link or LinkPolicy(), now)
 
     # --- frames in ---------------------------------------------------------------------------------------------
 
@@ -138,7 +141,7 @@ class AgentSession:
             if wait is None:
                 return self._over("samples", f"more samples than one per {self._samples.interval:g} s (the "
                                   "interval its hello announced) plus what its time away accounts for")
-            return StoreSamples(frame, self.hello.epoch, wait)
+            return StoreSamples(self.link.fold(frame), self.hello.epoch, wait)
         if isinstance(frame, Snapshot):
             if not self._snapshots.take(frame.kind, now):
                 return self._over("snapshots", f"more {frame.kind} snapshots than one per "

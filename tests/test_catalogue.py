@@ -29,8 +29,12 @@ FULL = {
 }
 
 
+# What the server adds to a live sample itself (mbot/linkquality.py): never taken from an agent.
+LINK = {"rtt": 12.5, "jitter": 0.75, "loss": 0.0}
+
+
 def test_every_row_reaches_every_consumer_it_declares():
-    metrics = protocol.validate_metrics(FULL)
+    metrics = {**protocol.validate_metrics(FULL), "link": LINK}
     flat = protocol.flatten(metrics)
     exported = render([Host(1, "box1", 0, "k", 0.0, {}, 1, 1, None, 0.0, metrics, 1)], ServerStats(0, 0, Histogram()),
                       1.0)

@@ -23,6 +23,7 @@ CORES = [
     "mbot.alerts",
     "mbot.durations",
     "mbot.limits",
+    "mbot.linkquality",
     "mbot.metrics",
     "mbot.model",
     "mbot.plotspec",

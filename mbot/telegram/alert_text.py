@@ -43,6 +43,9 @@ def format_value(metric: str, value: float) -> str:
         return f"{_num(value)} °C"
     if kind == _RATE:
         return _rate(value)
+    row = catalogue.selectors().get(metric.partition(":")[0])
+    if row is not None and row.unit == catalogue.MILLISECONDS:
+        return f"{_num(value)} ms"
     return _num(value, 2)
 
 

@@ -134,7 +134,14 @@ def value_text(unit: str, value: float) -> str:
         return format_duration(value)
     if unit == catalogue.LOAD:
         return f"{value:.2f}"
+    if unit == catalogue.MILLISECONDS:
+        return ms_text(value)
     return f"{value:g}"
+
+
+def ms_text(value: float) -> str:
+    """A round trip: 0.42 ms, 12.3 ms, 250 ms."""
+    return f"{value:.2f} ms" if value < 1 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
 
 
 def ago(then: float | None, now: float) -> str:
@@ -206,7 +213,16 @@ NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 # Keys of `metrics` the card has a line of its own for; other plain numbers of the catalogue share a generic line.
 _CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "disk_io", "net", "temps", "gpus",
-                         "uptime", "procs"})
+                         "uptime", "procs", "link"})
+
+
+def _link_line(link: dict[str, float]) -> str:
+    """The server's own measurement of its link to the host (mbot/linkquality.py)."""
+    parts = []
+    if "rtt" in link:
+        parts += [f"RTT {ms_text(link['rtt'])}", f"jitter {ms_text(link.get('jitter', 0.0))}"]
+    parts.append(f"loss {link.get('loss', 0.0):.0f} %")
+    return "Link to server: " + " · ".join(parts)
 
 
 def host_card(host: Host, now: float) -> str:
@@ -246,6 +262,8 @@ def host_card(host: Host, now: float) -> str:
         if "power" in gpu:
             parts.append(f"{gpu['power']:.0f} W")
         lines.append(" · ".join(parts))
+    if m.get("link"):
+        lines.append(_link_line(m["link"]))
     tail = []
     if "uptime" in m:
         tail.append(f"Uptime {format_duration(m['uptime'])}")

@@ -1,0 +1,150 @@
+"""Link quality benchmark: what continuous RTT probing (mbot/linkquality.py) costs the server per agent.
+
+    .venv/bin/python bench/netquality.py --agents 1000 --every 1 --duration 20
+
+N simulated agents (real TLS WebSockets in this process; their WebSocket library answers pings by itself, like the
+real agent's) connect to the real server in its own process, send their hello and then stay idle, so that the only
+work left is probing. Two rounds, one server each: probing off, then every EVERY seconds per connection. The
+difference in the server's CPU time, divided by the probes it sent, is the cost of one probe; at the default period
+(10 s) one agent costs that / 10 per second. Prints both rounds, the cost per probe and per agent, and what 5,000
+agents at the default period would take. The simulated agents share this machine's cores with the server: CPU
+figures are the server process's own CPU time, not wall time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import trio
+import trio_websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mbot import service, store  # noqa: E402
+from mbot.linkquality import LinkPolicy  # noqa: E402
+
+DEFAULT_EVERY = LinkPolicy().every
+
+
+def serve(data: str, port: int, every: float) -> None:
+    """The server process: mbot's own serve(), with the probe period set on its hub before any agent connects."""
+    from mbot import app, tls
+    from mbot.config import load_settings
+
+    settings = load_settings({"MBOT_DATA_DIR": data, "PORT": str(port), "MBOT_HOST": "127.0.0.1",
+                              "MBOT_PUBLIC_HOST": "127.0.0.1", "MBOT_WATCH_SELF": "0", "MBOT_LOG_LEVEL": "WARNING"})
+    cert = tls.ensure_certificate(Path(data), ["127.0.0.1"])
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(lambda task_status: app.serve(settings, cert, task_status=task_status))
+            server.hub.link_policy = LinkPolicy(every=every)
+            print("ready", flush=True)
+
+    trio.run(main)
+
+
+async def agent(secret: str, port: int, connected: list[int], errors: list[int], stop: trio.Event,
+                connecting: trio.CapacityLimiter) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    try:
+        async with trio.open_nursery() as nursery:
+            async with connecting:
+                with trio.fail_after(120):
+                    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx,
+                                                                 https_compatible=True)
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery, stream, "127.0.0.1", "/agent",
+                        extra_headers=[(b"Authorization", f"Bearer {secret}".encode())])
+                    await ws.send_message(json.dumps({"type": "hello", "v": 1, "agent": "bench", "epoch": 1,
+                                                      "hostname": "sim", "interval": 3600}))
+                    await ws.get_message()
+            connected[0] += 1
+            await stop.wait()
+            nursery.cancel_scope.cancel()
+    except* (trio_websocket.ConnectionClosed, trio_websocket.HandshakeError, OSError, trio.BrokenResourceError,
+             trio.TooSlowError):
+        errors[0] += 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def round_(args: argparse.Namespace, data: Path, secrets: list[str], every: float) -> tuple[float, int]:
+    """One server, every agent connected and idle: the server's CPU (% of one core) over the measured window."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(data), str(port), str(every)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    proc = psutil.Process(server.pid)
+    try:
+        assert server.stdout is not None
+        await trio.to_thread.run_sync(server.stdout.readline)  # "ready"
+        connected, errors, stop = [0], [0], trio.Event()
+        async with trio.open_nursery() as nursery:
+            limiter = trio.CapacityLimiter(args.connect_concurrency)
+            for secret in secrets:
+                nursery.start_soon(agent, secret, port, connected, errors, stop, limiter)
+            while connected[0] + errors[0] < len(secrets):
+                await trio.sleep(0.2)
+            await trio.sleep(max(2.0, 1.5 * every if every < 1e6 else 2.0))  # past every first probe
+            cpu0, t0 = proc.cpu_times(), time.perf_counter()
+            await trio.sleep(args.duration)
+            cpu1, elapsed = proc.cpu_times(), time.perf_counter() - t0
+            stop.set()
+        cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / elapsed * 100
+        return cpu, connected[0]
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+async def run(args: argparse.Namespace) -> None:
+    data = Path(tempfile.mkdtemp(prefix="mbot-bench-net-"))
+    conn = store.connect(data / "mbot.sqlite3")
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        secrets = [service.new_key(conn, f"sim{i}").secret for i in range(args.agents)]
+    conn.close()
+    idle, n0 = await round_(args, data, secrets, 1e9)
+    probing, n1 = await round_(args, data, secrets, args.every)
+    probes_per_s = n1 / args.every
+    per_probe = (probing - idle) / 100 / probes_per_s  # CPU seconds per probe
+    per_agent = per_probe / DEFAULT_EVERY
+    print(f"agents={args.agents} (connected {n0} / {n1}) window={args.duration:g}s")
+    print(f"server CPU, agents idle, probing off: {idle:.1f} % of one core")
+    print(f"server CPU, probing every {args.every:g} s ({probes_per_s:.0f} probes/s): {probing:.1f} % of one core")
+    print(f"cost of one probe: {per_probe * 1e6:.1f} us of server CPU")
+    print(f"at the default period ({DEFAULT_EVERY:g} s): {per_agent * 1e6:.2f} us/s per agent = "
+          f"{per_agent * 100 * 1000:.2f} % of a core per 1,000 agents, {per_agent * 100 * 5000:.2f} % for 5,000")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+        serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        return
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--every", type=float, default=1.0, help="probe period in the measured round (s)")
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--connect-concurrency", type=int, default=50)
+    random.seed(1)
+    trio.run(run, parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

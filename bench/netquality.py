@@ -1,6 +1,7 @@
 """Link quality benchmark: what continuous RTT probing (mbot/linkquality.py) costs the server per agent.
 
     .venv/bin/python bench/netquality.py --agents 1000 --every 1 --duration 20
+    .venv/bin/python bench/netquality.py --stability     # the stability test at 1 ms and 10 ms, beside ping
 
 N simulated agents (real TLS WebSockets in this process; their WebSocket library answers pings by itself, like the
 real agent's) connect to the real server in its own process, send their hello and then stay idle, so that the only
@@ -133,6 +134,57 @@ async def run(args: argparse.Namespace) -> None:
           f"{per_agent * 100 * 1000:.2f} % of a core per 1,000 agents, {per_agent * 100 * 5000:.2f} % for 5,000")
 
 
+async def stability_round(args: argparse.Namespace) -> None:
+    """The stability test at 1 ms against the real agent in its own process: probes/s achieved, the RTT floor,
+    the server's CPU per probe; beside `ping -i 0.01 127.0.0.1` (ICMP, the kernel alone) in the same run."""
+    from mbot import app, stability, tls
+    from mbot.config import load_settings
+
+    data = Path(tempfile.mkdtemp(prefix="mbot-bench-stab-"))
+    settings = load_settings({"MBOT_DATA_DIR": str(data), "PORT": "0", "MBOT_HOST": "127.0.0.1",
+                              "MBOT_PUBLIC_HOST": "127.0.0.1", "MBOT_WATCH_SELF": "0"})
+    from mbot.config import prepare_data_dir
+    prepare_data_dir(settings)
+    cert = tls.ensure_certificate(data, ["127.0.0.1"])
+    conn = store.connect(settings.db_path)
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        key = service.new_key(conn, "box1", 0)
+    conn.close()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(lambda task_status: app.serve(settings, cert, handle_signals=False,
+                                                                   task_status=task_status))
+        env = {**os.environ, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(server.port),
+               "AGENT_SECRET": key.secret, "AGENT_FINGERPRINT": server.fingerprint, "AGENT_INTERVAL": "5",
+               "HOME": str(data)}
+        agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], env=env, cwd=data,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with trio.fail_after(60):
+                await server.hub.wait_until(1, connected=True)
+            for interval in args.stability_intervals:
+                spec = stability.StabilitySpec("box1", interval, args.stability_duration)
+                run = stability.StabilityRun(spec, start=trio.current_time())
+                cpu0, agent0 = time.process_time(), psutil.Process(agent.pid).cpu_times()
+                await server.hub.stability(1, run, lambda run, now: None, 3600)
+                cpu, agent1 = time.process_time() - cpu0, psutil.Process(agent.pid).cpu_times()
+                agent_cpu = agent1.user + agent1.system - agent0.user - agent0.system
+                f = run.figures()
+                print(f"stability every {interval * 1000:g} ms for {spec.duration:g} s: {f.sent} probes sent "
+                      f"({f.rate:.0f}/s of {1 / interval:.0f}/s asked), skipped {f.skipped}, lost {f.lost}; RTT "
+                      f"min {min(r for r in run.rtts if r is not None):.3f} ms p50 {f.p50:.3f} p95 {f.p95:.3f} "
+                      f"max {f.max:.3f} jitter {f.jitter:.3f} ms; server CPU {cpu / max(f.sent, 1) * 1e6:.0f} us "
+                      f"per probe ({100 * cpu / f.elapsed:.0f} % of a core); the agent's CPU {100 * agent_cpu / f.elapsed:.0f} % "
+                      "of a core")
+        finally:
+            agent.terminate()
+            agent.wait(10)
+        ping = await trio.run_process(["ping", "-q", "-c", "100", "-i", "0.01", "127.0.0.1"], capture_stdout=True,
+                                      check=False)
+        print("ping -c 100 -i 0.01 127.0.0.1:", ping.stdout.decode().strip().splitlines()[-1])
+        await server.aclose()
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
@@ -142,8 +194,12 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=1.0, help="probe period in the measured round (s)")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--connect-concurrency", type=int, default=50)
+    parser.add_argument("--stability", action="store_true", help="the stability test's round instead")
+    parser.add_argument("--stability-intervals", type=float, nargs="+", default=[0.001, 0.01])
+    parser.add_argument("--stability-duration", type=float, default=5.0)
     random.seed(1)
-    trio.run(run, parser.parse_args())
+    args = parser.parse_args()
+    trio.run(stability_round if args.stability else run, args)
 
 
 if __name__ == "__main__":

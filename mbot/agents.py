@@ -28,6 +28,7 @@ from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .linkquality import LinkPolicy
+from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
 from .protocol import Hello, Result, Snapshot
 from .session import Action, AgentSession, Close, Ignore, StoreSamples
 from .store import Database
@@ -94,6 +95,7 @@ class AgentConnection:
                                     link=hub.link_policy)
         self._ack_wanted = trio.Event()
         self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
+        self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -238,6 +240,51 @@ class AgentConnection:
         self._pong.set()
         self._pong = trio.Event()
 
+    async def stability(self, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """The stability test (mbot/stability.py): a ping every interval, each in its own task, `run` keeping the
+        score; progress(run, now) every progress_every seconds. Ends early if the connection goes."""
+        async with trio.open_nursery() as probes:
+            next_progress = run.start + progress_every
+            for i in range(run.spec.count):
+                await trio.sleep_until(run.due(i))
+                if self.ws.closed is not None:
+                    break
+                if run.slot(i):
+                    probes.start_soon(self._stability_ping, run, i)
+                now = trio.current_time()
+                if now >= next_progress:
+                    progress(run, now)
+                    next_progress = now + progress_every
+            run.end(trio.current_time())
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                while run.in_flight:
+                    await self._stability_settled.wait()
+            probes.cancel_scope.cancel()
+
+    async def _stability_ping(self, run: StabilityRun, i: int) -> None:
+        payload = secrets.token_bytes(8)
+        sent = trio.current_time()
+        answered = False
+        try:
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                await self.ws.ping(payload)
+                answered = True
+        except (ConnectionClosed, ValueError):  # ValueError: the same 8 random bytes twice in flight
+            pass
+        finally:
+            if answered:
+                run.answered(i, sent, trio.current_time())
+            else:
+                run.given_up(i)
+                # trio-websocket keeps a ping's payload until a pong comes (0.12: WebSocketConnection._pings):
+                # one the agent never answers would stay for the life of the connection.
+                pings = getattr(self.ws, "_pings", None)
+                if isinstance(pings, dict):
+                    pings.pop(payload, None)
+            self._stability_settled.set()
+            self._stability_settled = trio.Event()
+
     def _on_commit(self, seq: int) -> None:
         if self.session.committed(seq):
             self._ack_wanted.set()
@@ -278,6 +325,7 @@ class AgentHub:
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
+        self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -362,6 +410,15 @@ class AgentHub:
         if connection is None:
             raise LookupError(host_id)
         return await connection.run_command(action, timeout)
+
+    async def stability(self, host_id: int, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """Run a stability test on a connected agent (the caller took its place in stability_budget). Raises
+        LookupError when the host is not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        await connection.stability(run, progress, progress_every)
 
     async def disconnect(self, host_id: int, code: int, reason: str) -> None:
         connection = self.connections.get(host_id)

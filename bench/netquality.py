@@ -127,11 +127,54 @@ async def run(args: argparse.Namespace) -> None:
     per_probe = (probing - idle) / 100 / probes_per_s  # CPU seconds per probe
     per_agent = per_probe / DEFAULT_EVERY
     print(f"agents={args.agents} (connected {n0} / {n1}) window={args.duration:g}s")
-    print(f"server CPU, agents idle, probing off: {idle:.1f} % of one core")
+    print(f"server CPU, agents idle, probing off: {max(0.0, idle):.1f} % of one core")
     print(f"server CPU, probing every {args.every:g} s ({probes_per_s:.0f} probes/s): {probing:.1f} % of one core")
     print(f"cost of one probe: {per_probe * 1e6:.1f} us of server CPU")
     print(f"at the default period ({DEFAULT_EVERY:g} s): {per_agent * 1e6:.2f} us/s per agent = "
           f"{per_agent * 100 * 1000:.2f} % of a core per 1,000 agents, {per_agent * 100 * 5000:.2f} % for 5,000")
+
+
+async def streamer(port: int, secret: str, latencies: list[float]) -> None:
+    try:
+        await _stream(port, secret, latencies)
+    except* trio_websocket.ConnectionClosed:
+        pass  # the server stopped
+
+
+async def _stream(port: int, secret: str, latencies: list[float]) -> None:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    async with trio.open_nursery() as nursery:
+        stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx, https_compatible=True)
+        ws = await trio_websocket.wrap_client_stream(nursery, stream, "127.0.0.1", "/agent",
+                                                     extra_headers=[(b"Authorization", f"Bearer {secret}".encode())])
+        await ws.send_message(json.dumps({"type": "hello", "v": 1, "agent": "bench", "epoch": 1, "interval": 0.1}))
+        await ws.get_message()
+        sent: dict[int, float] = {}
+
+        async def acks() -> None:
+            while True:
+                seq = json.loads(await ws.get_message())["seq"]
+                now = time.perf_counter()
+                for s in [s for s in sent if s <= seq]:
+                    latencies.append(now - sent.pop(s))
+
+        nursery.start_soon(acks)
+        seq = 0
+        while True:
+            seq += 1
+            sent[seq] = time.perf_counter()
+            await ws.send_message(json.dumps({"type": "sample", "seq": seq, "ts": time.time(),
+                                              "metrics": {"cpu": 1.0}}))
+            await trio.sleep(0.1)
+
+
+def summary(latencies: list[float]) -> str:
+    if not latencies:
+        return "no acks"
+    ordered = sorted(latencies)
+    return (f"{len(ordered)} samples, p50 {ordered[len(ordered) // 2] * 1000:.1f} ms, "
+            f"p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms")
 
 
 async def stability_round(args: argparse.Namespace) -> None:
@@ -150,6 +193,7 @@ async def stability_round(args: argparse.Namespace) -> None:
     with conn:
         conn.execute("BEGIN IMMEDIATE")
         key = service.new_key(conn, "box1", 0)
+        other = service.new_key(conn, "box2", 0)
     conn.close()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(lambda task_status: app.serve(settings, cert, handle_signals=False,
@@ -162,7 +206,13 @@ async def stability_round(args: argparse.Namespace) -> None:
         try:
             with trio.fail_after(60):
                 await server.hub.wait_until(1, connected=True)
+            # Another host streaming a sample every 100 ms: does the test delay its samples (send -> ack)?
+            latencies: list[float] = []
+            nursery.start_soon(streamer, server.port, other.secret, latencies)
+            await trio.sleep(3)
+            print(f"box2's send->ack before any test: {summary(latencies)}")
             for interval in args.stability_intervals:
+                latencies.clear()
                 spec = stability.StabilitySpec("box1", interval, args.stability_duration)
                 run = stability.StabilityRun(spec, start=trio.current_time())
                 cpu0, agent0 = time.process_time(), psutil.Process(agent.pid).cpu_times()
@@ -172,10 +222,11 @@ async def stability_round(args: argparse.Namespace) -> None:
                 f = run.figures()
                 print(f"stability every {interval * 1000:g} ms for {spec.duration:g} s: {f.sent} probes sent "
                       f"({f.rate:.0f}/s of {1 / interval:.0f}/s asked), skipped {f.skipped}, lost {f.lost}; RTT "
-                      f"min {min(r for r in run.rtts if r is not None):.3f} ms p50 {f.p50:.3f} p95 {f.p95:.3f} "
+                      f"min {min(r for _, r in run.answered_points()):.3f} ms p50 {f.p50:.3f} p95 {f.p95:.3f} "
                       f"max {f.max:.3f} jitter {f.jitter:.3f} ms; server CPU {cpu / max(f.sent, 1) * 1e6:.0f} us "
                       f"per probe ({100 * cpu / f.elapsed:.0f} % of a core); the agent's CPU {100 * agent_cpu / f.elapsed:.0f} % "
                       "of a core")
+                print(f"  box2's send->ack meanwhile: {summary(latencies)}")
         finally:
             agent.terminate()
             agent.wait(10)
@@ -183,6 +234,7 @@ async def stability_round(args: argparse.Namespace) -> None:
                                       check=False)
         print("ping -c 100 -i 0.01 127.0.0.1:", ping.stdout.decode().strip().splitlines()[-1])
         await server.aclose()
+        nursery.cancel_scope.cancel()
 
 
 def main() -> None:

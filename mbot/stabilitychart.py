@@ -16,10 +16,9 @@ LOST = "#d62728"
 
 def render(run: StabilityRun, title: str) -> bytes:
     figures = run.figures()
-    xs = run.offsets[:len(run.rtts)]
-    answered = [(x, r) for x, r in zip(xs, run.rtts) if r is not None]
-    skipped = set(run.skipped)
-    lost = [x for i, (x, r) in enumerate(zip(xs, run.rtts)) if r is None and i not in skipped]
+    answered = run.answered_points()
+    lost = run.lost_offsets()
+    last = run.offset(len(run.rtts) - 1) if len(run.rtts) else 0.0
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -35,7 +34,7 @@ def render(run: StabilityRun, title: str) -> bytes:
         ax.axhline(figures.p50, color=COLORS[2], linewidth=0.8, linestyle="--", label=f"p50 {ms_text(figures.p50)}")
         ax.axhline(figures.p95, color=COLORS[3], linewidth=0.8, linestyle="--", label=f"p95 {ms_text(figures.p95)}")
     ax.set_ylim(0, top * 1.12)
-    ax.set_xlim(0, max(run.spec.duration, xs[-1] if xs else 0.0))
+    ax.set_xlim(0, max(run.spec.duration, last))
     ax.set_xlabel("seconds since the start", color=TEXT)
     ax.set_ylabel("RTT (ms)", color=TEXT)
     ax.set_title(title, color=TEXT, fontsize=12)

@@ -112,10 +112,18 @@ async def test_a_1ms_test_for_2s_returns_a_chart_and_sane_figures_with_the_real_
         lost, of = map(int, re.search(r"\((\d+) of (\d+) not answered within 2 s\)", caption).groups())
         assert of == sent and 0 <= lost <= sent
         assert (await fake.wait_for(lambda c: c.method == "editMessageText" and "done" in c.params["text"]))
-        # The card has the button; the place is free again.
+        # The card's button starts the default test (the place is free again); the agent going away ends it early,
+        # with what it measured so far.
         card = await say(fake, ALICE, "/status box1")
-        assert "📶 Stability" in buttons(card)
+        since = len(fake.sent)
+        fake.push_callback(ALICE, buttons(card)["📶 Stability"], max(m for (c, m) in fake.messages if c == ALICE))
+        await fake.wait_for(lambda c: c.method == "sendMessage" and "600 probes every 100 ms for 1 min"
+                            in c.params["text"], since=since, timeout=10)
         agents.cancel_scope.cancel()
+    ended = await fake.wait_for(lambda c: c.method == "editMessageText" and "disconnected after" in c.params["text"],
+                                since=since, timeout=10)
+    assert re.search(r"its agent disconnected after \d+ probes", ended.params["text"])
+    assert "Stability of box1" in (await fake.wait_for("sendPhoto", since=since, timeout=20)).params["caption"]
     await server.aclose()
 
 

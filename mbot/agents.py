@@ -29,8 +29,10 @@ from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .linkquality import LinkPolicy
 from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
-from .protocol import Hello, Result, Snapshot
-from .session import Action, AgentSession, Close, Ignore, StoreSamples
+from .protocol import Hello, Result, Snapshot, SpeedReport
+from .session import Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
+from .speedtest import Throughput
+from . import speedtest
 from .store import Database
 from .writer import LimitExceeded, Writer
 
@@ -79,6 +81,13 @@ class _Awaited:
     result: Result | None = None
 
 
+@dataclass
+class _AwaitedSpeed:
+    done: trio.Event = field(default_factory=trio.Event)
+    report: SpeedReport | None = None
+    at: float = 0.0  # when it came (trio clock)
+
+
 class AgentConnection:
     """One authenticated agent: the driver of its AgentSession (mbot/session.py), which decides; this class reads
     frames, performs what the session says (writer, socket, logs) and sends the coalesced acks after commits."""
@@ -96,6 +105,9 @@ class AgentConnection:
         self._ack_wanted = trio.Event()
         self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
         self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
+        self._speed_awaiting: dict[str, _AwaitedSpeed] = {}
+        self._uploaded = 0  # bytes of the speed test's upload under way, counted here
+        self._uploaded_at = 0.0  # when its last frame came
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -151,6 +163,14 @@ class AgentConnection:
             if awaited is not None:
                 awaited.result = action
                 awaited.done.set()
+        elif isinstance(action, UploadBytes):
+            self._uploaded += action.count
+            self._uploaded_at = trio.current_time()
+        elif isinstance(action, SpeedReport):
+            awaited_speed = self._speed_awaiting.get(action.test_id)
+            if awaited_speed is not None:
+                awaited_speed.report, awaited_speed.at = action, trio.current_time()
+                awaited_speed.done.set()
         elif isinstance(action, Ignore):
             self._hub.log((action.what, self.host.id), logging.WARNING, "agent %s sent %s", self.host.name,
                           action.why)
@@ -285,6 +305,61 @@ class AgentConnection:
             self._stability_settled.set()
             self._stability_settled = trio.Event()
 
+    async def speedtest(self, seconds: float, max_bytes: int) -> tuple[Throughput | None, Throughput | None]:
+        """Download, then upload (mbot/speedtest.py); None for a direction the agent did not answer."""
+        down = await self._speed_down(seconds, max_bytes)
+        up = await self._speed_up(seconds, max_bytes)
+        values = speedtest.metrics(down, up)
+        if values:
+            self.session.fold_once("speed", values)
+        return down, up
+
+    async def _speed_down(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self.session.speed_started(test_id)
+        chunk = secrets.token_bytes(speedtest.CHUNK)  # random: nothing on the way can compress it
+        sent = 0
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "down", seconds, max_bytes))
+            started = trio.current_time()
+            # Each send waits for TCP to take the frame: the pace is the path's. Other connections run between.
+            while sent + len(chunk) <= max_bytes and trio.current_time() - started < seconds:
+                await self.ws.send_message(chunk)
+                sent += len(chunk)
+            await self.ws.send_message(speedtest.end(test_id))
+            with trio.move_on_after(speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None:
+            return None
+        # What it says it got, never more than was sent; over the server's own time up to its answer.
+        return Throughput("down", min(awaited.report.bytes, sent), awaited.at - started)
+
+    async def _speed_up(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self._uploaded = 0
+        self.session.speed_started(test_id, upload_bytes=max_bytes)
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "up", seconds, max_bytes))
+            started = trio.current_time()
+            with trio.move_on_after(seconds + speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None or not self._uploaded:
+            return None
+        # The bytes counted here, over the server's own time from its request to the last of them.
+        return Throughput("up", self._uploaded, self._uploaded_at - started)
+
     def _on_commit(self, seq: int) -> None:
         if self.session.committed(seq):
             self._ack_wanted.set()
@@ -326,6 +401,8 @@ class AgentHub:
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
         self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
+        self.speed_busy = False  # one speed test at a time per server (set and cleared by the bot)
+        self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -419,6 +496,13 @@ class AgentHub:
         if connection is None:
             raise LookupError(host_id)
         await connection.stability(run, progress, progress_every)
+
+    async def speedtest(self, host_id: int) -> tuple[Throughput | None, Throughput | None]:
+        """Run a speed test on a connected agent (the caller set speed_busy). LookupError: not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        return await connection.speedtest(self.speed_seconds, speedtest.MAX_BYTES)
 
     async def disconnect(self, host_id: int, code: int, reason: str) -> None:
         connection = self.connections.get(host_id)

@@ -101,13 +101,18 @@ def gpus(what: str) -> Extract:
     return extract
 
 
-def link(what: str) -> Extract:
-    """metrics["link"][what]: a figure the server measured itself (mbot/linkquality.py) and added to the sample
-    after validation. An agent cannot send it: validation keeps known keys only, and `link` is none of them."""
+def measured(key: str, what: str) -> Extract:
+    """metrics[key][what]: a figure the server measured itself (the link: mbot/linkquality.py; a speed test:
+    mbot/speedtest.py) and added to the sample after validation. An agent cannot send one: validation keeps known
+    keys only, and these are none of them."""
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
-        if what in m.get("link", {}):
-            yield {}, m["link"][what]
+        if what in m.get(key, {}):
+            yield {}, m[key][what]
     return extract
+
+
+def link(what: str) -> Extract:
+    return measured("link", what)
 
 
 def _part(value: Mapping[str, float], what: str) -> float:
@@ -248,6 +253,12 @@ CATALOGUE: list[Metric] = [
     Metric("loss", link("loss"), PERCENT, "probe loss", legend="loss", plot=("link", "loss"), alert="loss",
            card=True, prom=Prom("mbot_host_link_loss_ratio", "Share of the last probes not answered within the "
                                 "probe timeout, 0-1.", 100)),
+    # Speed tests' results (mbot/speedtest.py): one point per test, on the sample that followed it (so not on
+    # /metrics, which shows the latest sample's values).
+    Metric("speed_down", measured("speed", "down"), BYTE_RATE, "speed test download", legend="speed ↓",
+           plot=("speed",), kind=RATE),
+    Metric("speed_up", measured("speed", "up"), BYTE_RATE, "speed test upload", legend="speed ↑",
+           plot=("speed",), kind=RATE),
 ]
 
 

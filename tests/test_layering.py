@@ -32,6 +32,7 @@ CORES = [
     "mbot.series",
     "mbot.session",
     "mbot.snapshots",
+    "mbot.speedtest",
     "mbot.stability",
     "mbot.telegram.alert_commands",
     "mbot.telegram.alert_text",

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, protocol, selfwatch, service, stability, stabilitychart, store, users
+from .. import (alerts, charts, plotspec, plotting, protocol, selfwatch, service, speedtest, stability,
+               stabilitychart, store, users)
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -247,6 +248,9 @@ class Bot:
             spec = stability.parse_stability(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
             self._start_stability(ctx, host, spec)
+        elif name == "speedtest":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._start_speedtest(ctx, host)
         elif name == "newkey":
             decision = self._newkey_limit.take(ctx.user_id, now)
             if not decision.allowed:
@@ -438,6 +442,8 @@ class Bot:
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             self._start_stability(ctx, host, stability.StabilitySpec(host.name, stability.DEFAULT_INTERVAL,
                                                                      stability.DEFAULT_DURATION))
+        elif action == "speedtest":
+            self._start_speedtest(ctx, await self._db.read(service.owned_host, ctx.user_id, int(args[0])))
         elif action == "power":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             if not self._hub.is_connected(host.id):
@@ -527,6 +533,44 @@ class Bot:
                                             limiter=self._charts)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
                                                  views.e(stability.caption(host.name, spec, figures))))
+
+    # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
+
+    def _start_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        connection = self._hub.connections.get(host.id)
+        if connection is None:
+            self._send(ctx, f"<b>{name}</b> is offline: a speed test needs its agent connected.")
+            return
+        if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
+            self._send(ctx, f"<b>{name}</b>: its agent is too old for a speed test; update mbot_agent.py (/agent).")
+            return
+        if self._hub.speed_busy:
+            self._send(ctx, "Another speed test is running on this server; try again in half a minute.")
+            return
+        self._hub.speed_busy = True  # taken now: a second request finds it taken
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_speedtest, ctx, host)
+
+    async def _run_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        try:
+            seconds = self._hub.speed_seconds
+            self._send(ctx, f"Speed test of <b>{name}</b>: about {format_duration(2 * seconds)}, download then "
+                            "upload...")
+            try:
+                down, up = await self._hub.speedtest(host.id)
+            except LookupError:
+                self._send(ctx, f"<b>{name}</b> went offline before the speed test started.")
+                return
+            log.info("user %d ran a speed test of host %s: down %s, up %s", ctx.user_id, host.name,
+                     down and speedtest.mbit(down.rate), up and speedtest.mbit(up.rate))
+            self._send(ctx, views.e(speedtest.reply(host.name, down, up)))
+        except Exception:
+            log.exception("speed test of host %s failed", host.name)
+            self._send(ctx, f"The speed test of <b>{name}</b> failed; the server's log says why.")
+        finally:
+            self._hub.speed_busy = False
 
     def _forget_expired(self, now: float) -> None:
         for nonce in [n for n, r in self._pending.items() if r.expires < now]:

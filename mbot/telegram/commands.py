@@ -61,6 +61,7 @@ TABLE: tuple[Spec, ...] = (
     # The stability test checks its own arguments (mbot.stability): bounds with more to say than a count.
     Spec("stability", "NAME [INTERVAL] [DURATION]", "RTT and loss of the link to a host, probed every INTERVAL", 0, 8,
          example="/stability box1 10ms 2m"),
+    Spec("speedtest", "NAME", "throughput between a host and this server, both ways (about 20 s)", 1, 1),
     Spec("alerts", "", "your alert rules and their state", 0, 0),
     # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
     Spec("setalert", "NAME METRIC THRESHOLD [FOR]", "alert when a metric crosses a threshold", 0, 8),

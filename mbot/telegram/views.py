@@ -62,7 +62,7 @@ def decode_callback(data: str) -> Callback | None:
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
     expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1), "stability": (1,)}
+                "delete": (0, 1), "stability": (1,), "speedtest": (1,)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -78,7 +78,7 @@ def decode_callback(data: str) -> Callback | None:
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "stability")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "stability", "speedtest")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -310,7 +310,8 @@ def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
     return keyboard(
         [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
         charts[:3], charts[3:],
-        [button("📶 Stability", Callback("stability", (str(host.id),)))],
+        [button("📶 Stability", Callback("stability", (str(host.id),))),
+         button("🚀 Speed test", Callback("speedtest", (str(host.id),)))],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )

@@ -1,7 +1,8 @@
 """Link quality benchmark: what continuous RTT probing (mbot/linkquality.py) costs the server per agent.
 
     .venv/bin/python bench/netquality.py --agents 1000 --every 1 --duration 20
-    .venv/bin/python bench/netquality.py --stability     # the stability test at 1 ms and 10 ms, beside ping
+    .venv/bin/python bench/netquality.py --stability     # stability at 1 ms and 10 ms beside ping; speed test
+                                                         # beside a raw TLS copy
 
 N simulated agents (real TLS WebSockets in this process; their WebSocket library answers pings by itself, like the
 real agent's) connect to the real server in its own process, send their hello and then stay idle, so that the only
@@ -177,6 +178,33 @@ def summary(latencies: list[float]) -> str:
             f"p99 {ordered[int(0.99 * (len(ordered) - 1))] * 1000:.1f} ms, max {ordered[-1] * 1000:.1f} ms")
 
 
+async def raw_tls_copy(cert, seconds: float) -> float:
+    """Bytes/s through a plain trio TLS stream over loopback (no WebSocket, no mbot): the physical limit here."""
+    from mbot import tls
+
+    received = [0]
+
+    async def sink(stream: trio.SSLStream) -> None:
+        while data := await stream.receive_some(1 << 20):
+            received[0] += len(data)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_ssl_over_tcp, sink, 0, tls.server_context(cert))
+        port = listeners[0].transport_listener.socket.getsockname()[1]
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=ctx)
+        chunk = os.urandom(64 * 1024)
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            await stream.send_all(chunk)
+        await stream.aclose()
+        elapsed = time.perf_counter() - start
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()
+    return received[0] / elapsed
+
+
 async def stability_round(args: argparse.Namespace) -> None:
     """The stability test at 1 ms against the real agent in its own process: probes/s achieved, the RTT floor,
     the server's CPU per probe; beside `ping -i 0.01 127.0.0.1` (ICMP, the kernel alone) in the same run."""
@@ -227,6 +255,20 @@ async def stability_round(args: argparse.Namespace) -> None:
                       f"per probe ({100 * cpu / f.elapsed:.0f} % of a core); the agent's CPU {100 * agent_cpu / f.elapsed:.0f} % "
                       "of a core")
                 print(f"  box2's send->ack meanwhile: {summary(latencies)}")
+            server.hub.speed_seconds = args.speed_seconds
+            await trio.sleep(1)
+            latencies.clear()
+            cpu0 = time.process_time()
+            down, up = await server.hub.speedtest(1)
+            cpu = time.process_time() - cpu0
+            for result in (down, up):
+                print(f"speed test {result.direction if result else '?'}: "
+                      + (f"{result.rate * 8 / 1e6:.0f} Mbit/s ({result.bytes / 1e6:.0f} MB in {result.seconds:.1f} s)"
+                         if result else "no answer"))
+            print(f"  server CPU {100 * cpu / (2 * args.speed_seconds):.0f} % of a core; box2's send->ack meanwhile: "
+                  f"{summary(latencies)}")
+            print(f"raw TLS socket copy on loopback, one process, {args.speed_seconds:g} s: "
+                  f"{await raw_tls_copy(cert, args.speed_seconds) * 8 / 1e6:.0f} Mbit/s")
         finally:
             agent.terminate()
             agent.wait(10)
@@ -249,6 +291,7 @@ def main() -> None:
     parser.add_argument("--stability", action="store_true", help="the stability test's round instead")
     parser.add_argument("--stability-intervals", type=float, nargs="+", default=[0.001, 0.01])
     parser.add_argument("--stability-duration", type=float, default=5.0)
+    parser.add_argument("--speed-seconds", type=float, default=5.0, help="each way, in the --stability round")
     random.seed(1)
     args = parser.parse_args()
     trio.run(stability_round if args.stability else run, args)

@@ -238,6 +238,9 @@ class AgentConnection:
         link = self.session.link
         while True:
             await trio.sleep_until(link.next_at)
+            if self._speed_awaiting:
+                link.skip(trio.current_time())
+                continue
             times: list[float] = []
             nursery.start_soon(self._ping, times)
             deadline = link.sent(trio.current_time())

@@ -101,6 +101,10 @@ class LinkProbe:
         self.next_at = now + self._wait()
         return -1.0 if late else rtt
 
+    def skip(self, now: float) -> None:
+        """No probe this period (a speed test fills the connection: its queueing is not the link's quality)."""
+        self.next_at = now + self._wait()
+
     def overdue(self, now: float) -> float:
         """The deadline passed without the pong: one lost probe; the next period's deadline (the same ping is still
         awaited: no new one is sent to a link that has not answered the last)."""

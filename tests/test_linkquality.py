@@ -44,6 +44,8 @@ def test_a_late_pong_counts_as_lost_once_and_never_as_a_huge_rtt():
     assert probe.answered(35.0, 35.004) == pytest.approx(0.004)
     assert probe.stats().loss == pytest.approx(100 * 2 / 3) and probe.stats().rtt == pytest.approx(4.0)
     assert probe.next_at == pytest.approx(45.004)
+    probe.skip(45.004)  # a speed test fills the connection: no probe, nothing counted
+    assert probe.next_at == pytest.approx(55.004) and probe.stats().probes == 3
 
 
 def _samples(*seqs: int) -> Samples:

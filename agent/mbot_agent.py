@@ -2117,7 +2117,7 @@ class Agent:
             await conn.ws.send_message(json.dumps({"type": "speedtest", "id": request.test_id, "bytes": sent}))
         except trio_websocket.ConnectionClosed:
             pass
-        log.info("speed test: sent %d bytes to the server in %.1f s", sent, request.seconds)
+        log.info("speed test: sent %d bytes to the server (for up to %g s)", sent, request.seconds)
 
     def _note_server_noise(self, message: str, *args: Any) -> None:
         """Log something the server sent that the agent did not act on, thinned out (Repeats): a server that sends

@@ -57,7 +57,8 @@ def reply(host_name: str, down: Throughput | None, up: Throughput | None) -> str
              "connection (not the internet)."]
     for label, result in (("Download (server -> host)", down), ("Upload (host -> server)", up)):
         if result is None:
-            lines.append(f"{label}: no answer from the agent.")
+            lines.append(f"{label}: no result (the agent did not answer, or refused: it takes one upload a "
+                         "minute).")
         else:
             lines.append(f"{label}: {mbit(result.rate)} ({result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s)")
     return "\n".join(lines)

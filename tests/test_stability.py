@@ -161,3 +161,23 @@ def test_the_card_button_carries_a_host_id_only():
 
     assert views.decode_callback("stability:7") == views.Callback("stability", ("7",))
     assert views.decode_callback("stability:x") is None and views.decode_callback("stability:7:1") is None
+
+
+def test_a_long_test_is_charted_per_bucket_and_every_loss_is_marked():
+    import numpy as np
+
+    from mbot import stabilitychart
+
+    run = StabilityRun(StabilitySpec("h", 0.001, 5.0), start=0.0)
+    for i in range(run.spec.count):
+        run.slot(i)
+        if i % 100 == 7:
+            run.given_up(i)
+        else:
+            run.answered(i, 0.0, 0.001 + (i % 13) / 1e4)
+    run.end(5.0)
+    xs, ys = map(np.array, zip(*run.answered_points()))
+    x, low, median, high = stabilitychart._buckets(xs, ys, 5.0 / stabilitychart.BUCKETS)
+    assert len(x) <= stabilitychart.BUCKETS and (low <= median).all() and (median <= high).all()
+    assert len(run.lost_offsets()) == 50
+    assert png_size(stabilitychart.render(run, "h · stability")) == (1280, 640)

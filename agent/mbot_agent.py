@@ -175,7 +175,7 @@ class AgentConfig:
 
     @property
     def capabilities(self) -> List[str]:
-        return ["power"] if self.allow_power else []
+        return (["power"] if self.allow_power else []) + ["speedtest"]
 
     @property
     def spool_capacity(self) -> int:
@@ -1177,6 +1177,34 @@ ServerError = NamedTuple("ServerError", [("text", str)])
 CommandRequest = NamedTuple("CommandRequest", [("command_id", str), ("action", Any), ("expires", Any)])
 Ignored = NamedTuple("Ignored", [("why", str), ("note", bool)])
 Discarded = NamedTuple("Discarded", [("first", Optional[int]), ("last", int), ("strikes", int), ("count", int)])
+# The speed test (docs/protocol.md, "Speed test"): the server's request for one direction, the end of its download,
+# and a binary frame (only a download's bytes are binary).
+SpeedTestRequest = NamedTuple("SpeedTestRequest", [("test_id", str), ("direction", str), ("seconds", float),
+                                                   ("max_bytes", int)])
+SpeedTestEnd = NamedTuple("SpeedTestEnd", [("test_id", str)])
+Binary = NamedTuple("Binary", [("size", int)])
+SPEEDTEST_MAX_SECONDS = 30.0  # what a server may ask for, per direction
+SPEEDTEST_MAX_BYTES = 1 << 31
+SPEEDTEST_CHUNK = 64 * 1024
+SPEEDTEST_UPLOAD_EVERY = 60.0  # uploads a server may ask for: one a minute (it cannot use the host's uplink more)
+
+
+def speedtest_request(kind: str, frame: Mapping[str, Any]) -> "SpeedTestRequest | SpeedTestEnd | Ignored":
+    """A speedtest or speedtest_end frame from the server, checked."""
+    test_id = frame.get("id")
+    if not isinstance(test_id, str) or not test_id or len(test_id) > 64:
+        return Ignored("ignoring a speed test frame without a valid id: " + _quote(test_id, 70), True)
+    if kind == "speedtest_end":
+        return SpeedTestEnd(test_id)
+    direction, seconds, max_bytes = frame.get("dir"), frame.get("seconds"), frame.get("bytes")
+    if direction not in ("down", "up"):
+        return Ignored("ignoring a speed test of unknown direction " + _quote(direction, 20), True)
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+            or not 0 < seconds <= SPEEDTEST_MAX_SECONDS):
+        return Ignored("ignoring a speed test of %s seconds" % _quote(seconds, 30), True)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 < max_bytes <= SPEEDTEST_MAX_BYTES:
+        return Ignored("ignoring a speed test of %s bytes" % _quote(max_bytes, 30), True)
+    return SpeedTestRequest(test_id, direction, float(seconds), max_bytes)
 
 
 class Link:
@@ -1207,8 +1235,11 @@ class Link:
 
     # frames in ------------------------------------------------------------------------------------------------
 
-    def receive(self, message: "str | bytes") -> "Acked | ServerError | CommandRequest | Ignored":
+    def receive(self, message: "str | bytes") -> ("Acked | ServerError | CommandRequest | SpeedTestRequest | "
+                                                  "SpeedTestEnd | Binary | Ignored"):
         """One frame from the server -> what it means (an ack is applied to the spool here)."""
+        if isinstance(message, bytes):
+            return Binary(len(message))
         try:
             frame = json.loads(message)
             kind = frame["type"]
@@ -1225,6 +1256,8 @@ class Link:
             if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
                 return Ignored("ignoring a command without a valid id: " + _quote(command_id, 70), True)
             return CommandRequest(command_id, frame.get("action"), frame.get("expires"))
+        if kind in ("speedtest", "speedtest_end"):
+            return speedtest_request(kind, frame)
         return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), False)  # newer servers
 
     def _ack(self, seq: Any) -> "Acked | Ignored":
@@ -2489,6 +2522,8 @@ class _Connection:
     last_error: str = ""  # the server's last `error` frame
     dropped_because: str = ""  # set when the agent itself ends the connection
     snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
+    tasks: Optional[trio.Nursery] = None  # the connection's nursery (a speed test's upload runs in it)
+    download: Optional[List[Any]] = None  # the speed test's download under way: [test id, bytes received]
 
 
 # How a connection that reached the WebSocket ended: seconds it was up after the hello's ack (None: never acked),
@@ -2527,6 +2562,7 @@ class Agent:
         env_dir = Path(os.path.abspath(config.env_file)).parent if config.env_file else None
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
+        self._last_upload = -math.inf  # when the server last had a speed test upload (trio clock)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
         # The latest snapshot of each kind: (items as JSON, the frame). Only the latest counts, so nothing is
         # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
@@ -2878,6 +2914,7 @@ class Agent:
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
             # Either task ending (connection closed, timeout) ends the connection.
+            conn.tasks = nursery
             nursery.start_soon(self._receiver, conn, nursery.cancel_scope)
             nursery.start_soon(self._sender, conn, nursery.cancel_scope)
             nursery.start_soon(self._keepalive, conn, nursery.cancel_scope)
@@ -2938,6 +2975,8 @@ class Agent:
                         conn.hello_acked.set()
                 elif isinstance(event, CommandRequest):
                     await self._on_command(conn, event)
+                elif isinstance(event, (SpeedTestRequest, SpeedTestEnd, Binary)):
+                    await self._on_speedtest(conn, event)
                 elif isinstance(event, ServerError):
                     conn.last_error = event.text
                     self._note_server_noise("server error %s", event.text)
@@ -2962,6 +3001,40 @@ class Agent:
                 return
         except trio_websocket.ConnectionClosed:
             done.cancel()
+
+    async def _on_speedtest(self, conn: _Connection, event: "SpeedTestRequest | SpeedTestEnd | Binary") -> None:
+        """The speed test (docs/protocol.md): count a download's bytes and say how many; send an upload."""
+        if isinstance(event, Binary):
+            if conn.download is not None:
+                conn.download[1] += event.size
+            else:
+                self._note_server_noise("ignoring a binary frame of %d bytes from the server", event.size)
+        elif isinstance(event, SpeedTestEnd):
+            if conn.download is not None and conn.download[0] == event.test_id:
+                test_id, received = conn.download
+                conn.download = None
+                await conn.ws.send_message(json.dumps({"type": "speedtest", "id": test_id, "bytes": received}))
+        elif event.direction == "down":
+            conn.download = [event.test_id, 0]
+        elif trio.current_time() - self._last_upload < SPEEDTEST_UPLOAD_EVERY or conn.tasks is None:
+            self._note_server_noise("the server asked for a speed test upload within %g s of the last; refused",
+                                    SPEEDTEST_UPLOAD_EVERY)
+            await conn.ws.send_message(json.dumps({"type": "speedtest", "id": event.test_id, "bytes": 0}))
+        else:
+            self._last_upload = trio.current_time()
+            conn.tasks.start_soon(self._upload, conn, event)
+
+    async def _upload(self, conn: _Connection, request: "SpeedTestRequest") -> None:
+        chunk = os.urandom(SPEEDTEST_CHUNK)  # random: nothing on the way can compress it
+        sent, deadline = 0, trio.current_time() + request.seconds
+        try:
+            while sent + len(chunk) <= request.max_bytes and trio.current_time() < deadline:
+                await conn.ws.send_message(chunk)  # samples interleave: the socket's lock is fair
+                sent += len(chunk)
+            await conn.ws.send_message(json.dumps({"type": "speedtest", "id": request.test_id, "bytes": sent}))
+        except trio_websocket.ConnectionClosed:
+            pass
+        log.info("speed test: sent %d bytes to the server (for up to %g s)", sent, request.seconds)
 
     def _note_server_noise(self, message: str, *args: Any) -> None:
         """Log something the server sent that the agent did not act on, thinned out (Repeats): a server that sends

@@ -27,8 +27,12 @@ from . import limits, protocol, store
 from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
-from .protocol import Hello, Result, Snapshot
-from .session import Action, AgentSession, Close, Ignore, StoreSamples
+from .linkquality import LinkPolicy
+from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
+from .protocol import Hello, Result, Snapshot, SpeedReport
+from .session import Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
+from .speedtest import Throughput
+from . import speedtest
 from .store import Database
 from .writer import LimitExceeded, Writer
 
@@ -77,6 +81,13 @@ class _Awaited:
     result: Result | None = None
 
 
+@dataclass
+class _AwaitedSpeed:
+    done: trio.Event = field(default_factory=trio.Event)
+    report: SpeedReport | None = None
+    at: float = 0.0  # when it came (trio clock)
+
+
 class AgentConnection:
     """One authenticated agent: the driver of its AgentSession (mbot/session.py), which decides; this class reads
     frames, performs what the session says (writer, socket, logs) and sends the coalesced acks after commits."""
@@ -89,8 +100,14 @@ class AgentConnection:
         self._hub = hub
         self.session = AgentSession(now=trio.current_time(),
                                     sample_budget=lambda interval: hub.budget(host, interval),
-                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval))
+                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
+                                    link=hub.link_policy)
         self._ack_wanted = trio.Event()
+        self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
+        self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
+        self._speed_awaiting: dict[str, _AwaitedSpeed] = {}
+        self._uploaded = 0  # bytes of the speed test's upload under way, counted here
+        self._uploaded_at = 0.0  # when its last frame came
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -104,6 +121,7 @@ class AgentConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_acks)
+            nursery.start_soon(self._probe_link, nursery)
             with self._receiving:
                 await self._receive()
             if self._store_failure is not None:
@@ -145,6 +163,14 @@ class AgentConnection:
             if awaited is not None:
                 awaited.result = action
                 awaited.done.set()
+        elif isinstance(action, UploadBytes):
+            self._uploaded += action.count
+            self._uploaded_at = trio.current_time()
+        elif isinstance(action, SpeedReport):
+            awaited_speed = self._speed_awaiting.get(action.test_id)
+            if awaited_speed is not None:
+                awaited_speed.report, awaited_speed.at = action, trio.current_time()
+                awaited_speed.done.set()
         elif isinstance(action, Ignore):
             self._hub.log((action.what, self.host.id), logging.WARNING, "agent %s sent %s", self.host.name,
                           action.why)
@@ -206,6 +232,137 @@ class AgentConnection:
             self._awaiting.pop(command_id, None)
         return awaited.result
 
+    async def _probe_link(self, nursery: trio.Nursery) -> None:
+        """Measure the round trip now and then; the session's LinkProbe decides when and what it means. One ping in
+        flight at most: an unanswered one is awaited (and counted lost each period) rather than joined by more."""
+        link = self.session.link
+        while True:
+            await trio.sleep_until(link.next_at)
+            if self._speed_awaiting:
+                link.skip(trio.current_time())
+                continue
+            times: list[float] = []
+            nursery.start_soon(self._ping, times)
+            deadline = link.sent(trio.current_time())
+            while len(times) < 2:
+                with trio.move_on_at(deadline):
+                    while len(times) < 2:
+                        await self._pong.wait()
+                if len(times) < 2:
+                    deadline = link.overdue(trio.current_time())
+            link.answered(times[0], times[1])
+
+    async def _ping(self, times: list[float]) -> None:
+        # The payload is unpredictable, so no pong can come before the agent has read this ping.
+        times.append(trio.current_time())
+        try:
+            await self.ws.ping(secrets.token_bytes(8))
+        except ConnectionClosed:
+            return  # the receive loop ends the connection
+        times.append(trio.current_time())
+        self._pong.set()
+        self._pong = trio.Event()
+
+    async def stability(self, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """The stability test (mbot/stability.py): a ping every interval, each in its own task, `run` keeping the
+        score; progress(run, now) every progress_every seconds. Ends early if the connection goes."""
+        async with trio.open_nursery() as probes:
+            next_progress = run.start + progress_every
+            for i in range(run.spec.count):
+                await trio.sleep_until(run.due(i))
+                if self.ws.closed is not None:
+                    break
+                if run.slot(i):
+                    probes.start_soon(self._stability_ping, run, i)
+                now = trio.current_time()
+                if now >= next_progress:
+                    progress(run, now)
+                    next_progress = now + progress_every
+            run.end(trio.current_time())
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                while run.in_flight:
+                    await self._stability_settled.wait()
+            probes.cancel_scope.cancel()
+
+    async def _stability_ping(self, run: StabilityRun, i: int) -> None:
+        payload = secrets.token_bytes(8)
+        sent = trio.current_time()
+        answered = False
+        try:
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                await self.ws.ping(payload)
+                answered = True
+        except (ConnectionClosed, ValueError):  # ValueError: the same 8 random bytes twice in flight
+            pass
+        finally:
+            if answered:
+                run.answered(i, sent, trio.current_time())
+            else:
+                run.given_up(i)
+                # trio-websocket keeps a ping's payload until a pong comes (0.12: WebSocketConnection._pings):
+                # one the agent never answers would stay for the life of the connection.
+                pings = getattr(self.ws, "_pings", None)
+                if isinstance(pings, dict):
+                    pings.pop(payload, None)
+            self._stability_settled.set()
+            self._stability_settled = trio.Event()
+
+    async def speedtest(self, seconds: float, max_bytes: int) -> tuple[Throughput | None, Throughput | None]:
+        """Download, then upload (mbot/speedtest.py); None for a direction the agent did not answer."""
+        down = await self._speed_down(seconds, max_bytes)
+        up = await self._speed_up(seconds, max_bytes)
+        values = speedtest.metrics(down, up)
+        if values:
+            self.session.fold_once("speed", values)
+        return down, up
+
+    async def _speed_down(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self.session.speed_started(test_id)
+        chunk = secrets.token_bytes(speedtest.CHUNK)  # random: nothing on the way can compress it
+        sent = 0
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "down", seconds, max_bytes))
+            started = trio.current_time()
+            # Each send waits for TCP to take the frame: the pace is the path's. Other connections run between.
+            while sent + len(chunk) <= max_bytes and trio.current_time() - started < seconds:
+                await self.ws.send_message(chunk)
+                sent += len(chunk)
+            await self.ws.send_message(speedtest.end(test_id))
+            with trio.move_on_after(speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None:
+            return None
+        # What it says it got, never more than was sent; over the server's own time up to its answer.
+        return Throughput("down", min(awaited.report.bytes, sent), awaited.at - started)
+
+    async def _speed_up(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self._uploaded = 0
+        self.session.speed_started(test_id, upload_bytes=max_bytes)
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "up", seconds, max_bytes))
+            started = trio.current_time()
+            with trio.move_on_after(seconds + speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None or not self._uploaded:
+            return None
+        # The bytes counted here, over the server's own time from its request to the last of them.
+        return Throughput("up", self._uploaded, self._uploaded_at - started)
+
     def _on_commit(self, seq: int) -> None:
         if self.session.committed(seq):
             self._ack_wanted.set()
@@ -246,6 +403,10 @@ class AgentHub:
         self.connections: dict[int, AgentConnection] = {}
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self._closing = False  # close_all() has begun: the server is stopping
+        self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
+        self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
+        self.speed_busy = False  # one speed test at a time per server (set and cleared by the bot)
+        self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -330,6 +491,22 @@ class AgentHub:
         if connection is None:
             raise LookupError(host_id)
         return await connection.run_command(action, timeout)
+
+    async def stability(self, host_id: int, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """Run a stability test on a connected agent (the caller took its place in stability_budget). Raises
+        LookupError when the host is not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        await connection.stability(run, progress, progress_every)
+
+    async def speedtest(self, host_id: int) -> tuple[Throughput | None, Throughput | None]:
+        """Run a speed test on a connected agent (the caller set speed_busy). LookupError: not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        return await connection.speedtest(self.speed_seconds, speedtest.MAX_BYTES)
 
     async def disconnect(self, host_id: int, code: int, reason: str) -> None:
         connection = self.connections.get(host_id)

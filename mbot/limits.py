@@ -91,6 +91,7 @@ LOAD = (0.0, 1e6)
 SECONDS = (0.0, 1e10)  # uptime: three centuries
 COUNT = (0.0, 1e9)  # processes, dropped samples
 WATTS = (0.0, 1e5)
+MILLISECONDS = (0.0, 60_000.0)  # link round trips (measured by the server, bounded by its probe timeout)
 INTERVAL = (0.05, 86400.0)  # seconds between samples (hello.interval); see MIN_BUDGET_INTERVAL
 
 # Volume per host.

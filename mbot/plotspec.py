@@ -272,7 +272,7 @@ def _rate_unit(unit: str | None) -> tuple[float, str]:
 
 
 _AXES = {catalogue.PERCENT: PERCENT, catalogue.CELSIUS: "°C", catalogue.WATTS: "W", catalogue.LOAD: "",
-          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B"}
+          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B", catalogue.MILLISECONDS: "ms"}
 
 
 def _choices(word: str, available: set[str], unit: str | None, gpus: Sequence[str] = ()) -> list[SeriesChoice]:

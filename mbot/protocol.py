@@ -90,7 +90,15 @@ class UnknownSnapshot:
     v: int | None
 
 
-AgentFrame = Hello | Samples | Result | Snapshot | UnknownSnapshot
+@dataclass(frozen=True)
+class SpeedReport:
+    """The agent's side of a speed test (mbot/speedtest.py): bytes it received (download) or sent (upload)."""
+
+    test_id: str
+    bytes: int
+
+
+AgentFrame = Hello | Samples | Result | Snapshot | UnknownSnapshot | SpeedReport
 
 
 def _reject_constant(name: str) -> None:
@@ -133,6 +141,9 @@ def parse_agent_frame(message: str | bytes, *, cores: int | None = None) -> Agen
         return Samples(parsed)
     if kind == "result":
         return _result(obj)
+    if kind == "speedtest":
+        return SpeedReport(_text(obj.get("id"), "speedtest.id", limit=64),
+                           _integer(obj.get("bytes"), "speedtest.bytes"))
     if kind == "snapshot":
         return _snapshot(obj, cores)
     raise ProtocolError(f"unknown frame type {str(kind)[:40]!r}", CLOSE_POLICY)

@@ -20,11 +20,12 @@ from . import limits
 # Kinds
 GAUGE, RATE, COUNTER = "gauge", "rate", "counter"
 # Units: decide the sane range at the edge, the formatting, the axis and which /plot UNITs fit.
-PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD = (
-    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load")
+PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD, MILLISECONDS = (
+    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load", "ms")
 RANGES: Mapping[str, tuple[float, float]] = {
     PERCENT: limits.PERCENT, BYTES: limits.BYTES, BYTE_RATE: limits.BYTE_RATE, CELSIUS: limits.CELSIUS,
     WATTS: limits.WATTS, SECONDS: limits.SECONDS, COUNT: limits.COUNT, LOAD: limits.LOAD,
+    MILLISECONDS: limits.MILLISECONDS,
 }
 
 Labels = dict[str, str]
@@ -98,6 +99,20 @@ def gpus(what: str) -> Extract:
             elif what in gpu:
                 yield labels, gpu[what]
     return extract
+
+
+def measured(key: str, what: str) -> Extract:
+    """metrics[key][what]: a figure the server measured itself (the link: mbot/linkquality.py; a speed test:
+    mbot/speedtest.py) and added to the sample after validation. An agent cannot send one: validation keeps known
+    keys only, and these are none of them."""
+    def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
+        if what in m.get(key, {}):
+            yield {}, m[key][what]
+    return extract
+
+
+def link(what: str) -> Extract:
+    return measured("link", what)
 
 
 def _part(value: Mapping[str, float], what: str) -> float:
@@ -254,6 +269,24 @@ CATALOGUE: list[Metric] = [
     Metric("power{i}", gpus("power"), WATTS, "GPU {i} power", plot=("power",), plot_one="power", card=True,
            prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"}),
            named="{gpu} power"),
+    # The link to the server, measured by the server (mbot/linkquality.py): the last ~minute of probes.
+    Metric("rtt", link("rtt"), MILLISECONDS, "round trip to the server", legend="RTT", plot=("link", "rtt"),
+           alert="rtt", card=True, button="Link",
+           prom=Prom("mbot_host_link_rtt_seconds", "Round trip from the server to the agent over its WebSocket "
+                     "(mean of the last probes).", 1000)),
+    Metric("jitter", link("jitter"), MILLISECONDS, "jitter of the round trip", legend="jitter",
+           plot=("link", "jitter"), alert="jitter", card=True,
+           prom=Prom("mbot_host_link_jitter_seconds", "Mean change of the round trip between consecutive probes.",
+                     1000)),
+    Metric("loss", link("loss"), PERCENT, "probe loss", legend="loss", plot=("link", "loss"), alert="loss",
+           card=True, prom=Prom("mbot_host_link_loss_ratio", "Share of the last probes not answered within the "
+                                "probe timeout, 0-1.", 100)),
+    # Speed tests' results (mbot/speedtest.py): one point per test, on the sample that followed it (so not on
+    # /metrics, which shows the latest sample's values).
+    Metric("speed_down", measured("speed", "down"), BYTE_RATE, "speed test download", legend="speed ↓",
+           plot=("speed",), kind=RATE),
+    Metric("speed_up", measured("speed", "up"), BYTE_RATE, "speed test upload", legend="speed ↑",
+           plot=("speed",), kind=RATE),
 ]
 
 
@@ -263,7 +296,7 @@ CATALOGUE: list[Metric] = [
 ALIASES = {"temps": "temp", "temperature": "temp", "temperatures": "temp", "mem": "ram", "memory": "ram",
            "disks": "disk", "gpus": "gpu", "vrams": "vram", "gputemps": "gputemp", "gpu_temp": "gputemp",
            "cpus": "cpu", "network": "net", "nets": "net", "download": "net_down", "upload": "net_up",
-           "processes": "procs"}
+           "processes": "procs", "latency": "rtt", "ping": "rtt"}
 
 
 # --- what consumers ask ----------------------------------------------------------------------------------------

@@ -132,7 +132,8 @@ async def test_newkey_then_agent_then_status_card(fake: FakeBot, server, setting
     card = await say(fake, ALICE, "/status box1")
     assert "🟢 online" in card["text"] and "CPU 42 %" in card["text"]
     # Chart buttons only for what the host has: CPU and RAM here, no GPU.
-    assert set(buttons(card)) == {"🔄 Refresh", "📈 CPU", "📈 RAM", "🩺 Diagnostics", "Reboot", "Shutdown"}
+    assert set(buttons(card)) == {"🔄 Refresh", "📈 CPU", "📈 RAM", "🩺 Diagnostics", "📶 Stability", "🚀 Speed test",
+                                  "Reboot", "Shutdown"}
     listed = await say(fake, ALICE, "/hosts")
     assert "box1" in listed["text"] and "online" in listed["text"]
     summary = await say(fake, ALICE, "/status")

@@ -29,8 +29,12 @@ FULL = {
 }
 
 
+# What the server adds to a live sample itself (mbot/linkquality.py, mbot/speedtest.py): never from an agent.
+MEASURED = {"link": {"rtt": 12.5, "jitter": 0.75, "loss": 0.0}, "speed": {"down": 1.2e8, "up": 3.4e7}}
+
+
 def test_every_row_reaches_every_consumer_it_declares():
-    metrics = protocol.validate_metrics(FULL)
+    metrics = {**protocol.validate_metrics(FULL), **MEASURED}
     flat = protocol.flatten(metrics)
     exported = render([Host(1, "box1", 0, "k", 0.0, {}, 1, 1, None, 0.0, metrics, 1)], ServerStats(0, 0, Histogram()),
                       1.0)

@@ -89,7 +89,7 @@ def test_keyboards_carry_ids_not_secrets():
     assert "S3CRET" not in str(kb)
     _, card_kb = views.host_card(host(), NOW), views.card_keyboard(host())
     datas = [b["callback_data"] for row in card_kb["inline_keyboard"] for b in row]
-    assert datas == ["refresh:7", "info:7", "power:7:reboot", "power:7:shutdown"]
+    assert datas == ["refresh:7", "info:7", "stability:7", "speedtest:7", "power:7:reboot", "power:7:shutdown"]
 
 
 def test_card_says_when_samples_were_lost():

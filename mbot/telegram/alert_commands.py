@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from .. import members
+from .. import members, series as catalogue
 from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, STATE as _STATE,
                       TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
@@ -35,6 +35,14 @@ _NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
 # Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
 _RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
 _UNITS = {_PCT: {"": 1, "%": 1}, _TEMP: {"": 1, "c": 1, "°c": 1, "°": 1}, _LOAD: {"": 1}, _RATE: _RATE_UNITS}
+
+
+_MS_UNITS = {"": 1, "ms": 1, "s": 1000}  # round trips (rtt, jitter) are in milliseconds
+
+
+def _in_ms(metric: str) -> bool:
+    row = catalogue.selectors().get(metric.partition(":")[0])
+    return row is not None and row.unit == catalogue.MILLISECONDS
 
 
 class AlertUsageError(ValueError):
@@ -118,8 +126,13 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
     match = _NUMBER.fullmatch(text.strip())
     unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
     units = _UNITS[kind]
+    in_ms = _in_ms(metric)
+    if in_ms:
+        units = _MS_UNITS
     if match is None or unit not in units:
         examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
+        if in_ms:
+            examples[kind] = "200, 200ms or 1s"
         raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
     value = float(match[2]) * units[unit]
     low, high = found.bounds

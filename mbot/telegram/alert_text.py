@@ -45,6 +45,9 @@ def format_value(metric: str, value: float) -> str:
         return _rate(value)
     if kind == _STATE:
         return members.state_word(value)
+    row = catalogue.selectors().get(metric.partition(":")[0])
+    if row is not None and row.unit == catalogue.MILLISECONDS:
+        return f"{_num(value)} ms"
     return _num(value, 2)
 
 

@@ -19,7 +19,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, processes, protocol, selfwatch, service, store, users
+from .. import (alerts, charts, plotspec, plotting, processes, protocol, selfwatch, service, speedtest, stability,
+               stabilitychart, store, users)
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -33,7 +34,7 @@ from ..writer import Writer
 from . import alert_commands, commands, views
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
-from .outbox import Outbox
+from .outbox import Outbox, OutboxDropped
 from .views import Callback
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError, PlotUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -243,6 +244,13 @@ class Bot:
             request = plotspec.parse_plot(args, max_span=longest)
             host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
             await self._chart(ctx, host, request.metrics, request.span, request.limit, request.unit, None)
+        elif name == "stability":
+            spec = stability.parse_stability(args)
+            host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
+            self._start_stability(ctx, host, spec)
+        elif name == "speedtest":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._start_speedtest(ctx, host)
         elif name == "newkey":
             decision = self._newkey_limit.take(ctx.user_id, now)
             if not decision.allowed:
@@ -455,6 +463,12 @@ class Bot:
                                   replace=action == "range")
             except PlotUsageError as exc:
                 self._send(ctx, views.e(str(exc)))
+        elif action == "stability":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            self._start_stability(ctx, host, stability.StabilitySpec(host.name, stability.DEFAULT_INTERVAL,
+                                                                     stability.DEFAULT_DURATION))
+        elif action == "speedtest":
+            self._start_speedtest(ctx, await self._db.read(service.owned_host, ctx.user_id, int(args[0])))
         elif action == "power":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             if not self._hub.is_connected(host.id):
@@ -483,6 +497,105 @@ class Bot:
                      "history deleted" if args[1] == "wipe" else "history kept")
             kept = "Its history is deleted." if args[1] == "wipe" else "Its history is kept; /rotate gives it a new key."
             self._edit(ctx, f"<b>{views.e(host.name)}</b> is revoked: its agent was disconnected. {kept}")
+
+    # --- the stability test (mbot/stability.py) ------------------------------------------------------------------
+
+    def _start_stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        """Refused at once when the host is offline, already under test, or the server's probe budget is spent;
+        otherwise its place is taken now (a second request finds it taken) and the test runs in the bot's nursery,
+        so other updates are not held up for its minutes."""
+        name = views.e(host.name)
+        if not self._hub.is_connected(host.id):
+            self._send(ctx, f"<b>{name}</b> is offline: a stability test needs its agent connected.")
+            return
+        budget = self._hub.stability_budget
+        refusal = budget.refusal(host.id, spec.interval)
+        if refusal is not None:
+            self._send(ctx, f"<b>{name}</b>: not now: {views.e(refusal)}")
+            return
+        budget.take(host.id, spec.interval)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_stability, ctx, host, spec)
+
+    async def _run_stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        try:
+            await self._stability(ctx, host, spec)
+        except Exception:
+            # Isolated like any update: a test that breaks must not end the bot's nursery (and the bot).
+            log.exception("stability test of host %s failed", host.name)
+            self._send(ctx, f"The stability test of <b>{views.e(host.name)}</b> failed; the server's log says why.")
+        finally:
+            self._hub.stability_budget.release(host.id)
+
+    async def _stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        name = views.e(host.name)
+        head = (f"Stability test of <b>{name}</b>: {spec.count} probes every "
+                f"{stability.interval_text(spec.interval)} for {format_duration(spec.duration)}...")
+        try:
+            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head))
+        except (TelegramError, OutboxDropped):
+            sent = None  # no progress message to edit: the result still comes
+        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"))
+
+        def progress(run: stability.StabilityRun, now: float) -> None:
+            if progress_ctx.message_id is not None:
+                self._edit(progress_ctx, f"{head}\n{views.e(run.progress(now))}")
+
+        run = stability.StabilityRun(spec, start=trio.current_time())
+        try:
+            await self._hub.stability(host.id, run, progress, stability.progress_every(spec.duration))
+        except LookupError:
+            self._edit(progress_ctx, f"<b>{name}</b> went offline before the test started.")
+            return
+        figures = await trio.to_thread.run_sync(run.figures)  # a sort of up to 600,000 RTTs: not in the loop
+        log.info("user %d ran a stability test of host %s: %d probes, %.1f %% lost", ctx.user_id, host.name,
+                 figures.sent, figures.loss)
+        done = f"Stability test of <b>{name}</b>: done."
+        if figures.slots < spec.count:
+            done = f"Stability test of <b>{name}</b>: its agent disconnected after {figures.slots} probes."
+        self._edit(progress_ctx, done)
+        png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
+                                            limiter=self._charts)
+        self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
+                                                 views.e(stability.caption(host.name, spec, figures))))
+
+    # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
+
+    def _start_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        connection = self._hub.connections.get(host.id)
+        if connection is None:
+            self._send(ctx, f"<b>{name}</b> is offline: a speed test needs its agent connected.")
+            return
+        if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
+            self._send(ctx, f"<b>{name}</b>: its agent is too old for a speed test; update mbot_agent.py (/agent).")
+            return
+        if self._hub.speed_busy:
+            self._send(ctx, "Another speed test is running on this server; try again in half a minute.")
+            return
+        self._hub.speed_busy = True  # taken now: a second request finds it taken
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_speedtest, ctx, host)
+
+    async def _run_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        try:
+            seconds = self._hub.speed_seconds
+            self._send(ctx, f"Speed test of <b>{name}</b>: about {format_duration(2 * seconds)}, download then "
+                            "upload...")
+            try:
+                down, up = await self._hub.speedtest(host.id)
+            except LookupError:
+                self._send(ctx, f"<b>{name}</b> went offline before the speed test started.")
+                return
+            log.info("user %d ran a speed test of host %s: down %s, up %s", ctx.user_id, host.name,
+                     down and speedtest.mbit(down.rate), up and speedtest.mbit(up.rate))
+            self._send(ctx, views.e(speedtest.reply(host.name, down, up)))
+        except Exception:
+            log.exception("speed test of host %s failed", host.name)
+            self._send(ctx, f"The speed test of <b>{name}</b> failed; the server's log says why.")
+        finally:
+            self._hub.speed_busy = False
 
     def _forget_expired(self, now: float) -> None:
         for nonce in [n for n, r in self._pending.items() if r.expires < now]:

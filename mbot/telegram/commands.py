@@ -60,6 +60,10 @@ TABLE: tuple[Spec, ...] = (
     Spec("rename", "OLD NEW", "rename a host", 2, 2),
     Spec("rotate", "NAME", "issue a new secret; the old one stops working at once", 1, 1),
     Spec("revoke", "NAME", "delete a host's key and disconnect its agent", 1, 1),
+    # The stability test checks its own arguments (mbot.stability): bounds with more to say than a count.
+    Spec("stability", "NAME [INTERVAL] [DURATION]", "RTT and loss of the link to a host, probed every INTERVAL", 0, 8,
+         example="/stability box1 10ms 2m"),
+    Spec("speedtest", "NAME", "throughput between a host and this server, both ways (about 20 s)", 1, 1),
     Spec("alerts", "", "your alert rules and their state", 0, 0),
     # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
     Spec("setalert", "NAME METRIC THRESHOLD [FOR]", "alert when a metric crosses a threshold", 0, 8),

@@ -64,7 +64,7 @@ def decode_callback(data: str) -> Callback | None:
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
     expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
                 "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1), "procs": (1, 2)}
+                "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -82,7 +82,8 @@ def decode_callback(data: str) -> Callback | None:
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
+                "speedtest")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -130,7 +131,14 @@ def value_text(unit: str, value: float) -> str:
         return format_duration(value)
     if unit == catalogue.LOAD:
         return f"{value:.2f}"
+    if unit == catalogue.MILLISECONDS:
+        return ms_text(value)
     return f"{value:g}"
+
+
+def ms_text(value: float) -> str:
+    """A round trip: 0.42 ms, 12.3 ms, 250 ms."""
+    return f"{value:.2f} ms" if value < 1 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
 
 
 def ago(then: float | None, now: float) -> str:
@@ -202,7 +210,16 @@ NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 # Keys of `metrics` the card has a line of its own for; other plain numbers of the catalogue share a generic line.
 _CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "disk_io", "net", "temps", "gpus",
-                         "uptime", "procs"})
+                         "uptime", "procs", "link"})
+
+
+def _link_line(link: dict[str, float]) -> str:
+    """The server's own measurement of its link to the host (mbot/linkquality.py)."""
+    parts = []
+    if "rtt" in link:
+        parts += [f"RTT {ms_text(link['rtt'])}", f"jitter {ms_text(link.get('jitter', 0.0))}"]
+    parts.append(f"loss {link.get('loss', 0.0):.0f} %")
+    return "Link to server: " + " · ".join(parts)
 
 
 def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> str:
@@ -243,6 +260,8 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> st
         if "power" in gpu:
             parts.append(f"{gpu['power']:.0f} W")
         lines.append(" · ".join(parts))
+    if m.get("link"):
+        lines.append(_link_line(m["link"]))
     tail = []
     if "uptime" in m:
         tail.append(f"Uptime {format_duration(m['uptime'])}")
@@ -297,7 +316,9 @@ def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -
     return keyboard(
         top,
         charts[:3], charts[3:],
-        [diagnostics_button(host)],
+        [diagnostics_button(host),
+         button("📶 Stability", Callback("stability", (str(host.id),))),
+         button("🚀 Speed test", Callback("speedtest", (str(host.id),)))],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )

@@ -22,6 +22,7 @@ CORES = [
     "mbot.alert_state",
     "mbot.alerts",
     "mbot.durations",
+    "mbot.install",
     "mbot.limits",
     "mbot.metrics",
     "mbot.model",

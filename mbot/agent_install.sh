@@ -65,6 +65,28 @@ put_file() {  # put_file NEW TARGET MODE OWNER: replace TARGET with NEW when the
     CHANGED=1
 }
 
+# The agent file and .env are staged as *.new beside the ones in use, checked together, and only then moved into
+# place: a line that does not work (a revoked key, another server) leaves a working install as it was.
+stage() {  # stage NEW TARGET MODE OWNER: NEW becomes TARGET.new when it differs from TARGET
+    chmod "$3" "$1" && chown "$4" "$1" || die "cannot set the mode and owner of $2"
+    if same_file "$1" "$2" && [ "$(stat -c '%a %U' "$1")" = "$(stat -c '%a %U' "$2")" ]; then
+        rm -f "$1"
+        return
+    fi
+    mv -f "$1" "$2.new" || die "cannot write $2.new"
+    CHANGED=1
+}
+
+current() {  # the file to use: the staged one, if any
+    if [ -f "$1.new" ]; then echo "$1.new"; else echo "$1"; fi
+}
+
+commit() {
+    for file in "$DIR/mbot_agent.py" "$DIR/.env"; do
+        if [ -f "$file.new" ]; then mv -f "$file.new" "$file" || die "cannot write $file"; fi
+    done
+}
+
 fetch_agent() {
     url="https://$URL_HOST:$PORT/agent.py"
     curl -fsS -k --pinnedpubkey "sha256//$PIN" --connect-timeout 15 --max-time 120 -o "$TMP/mbot_agent.py" "$url" \
@@ -73,7 +95,7 @@ fetch_agent() {
     "$PY3" -c 'import sys; compile(open(sys.argv[1], "rb").read(), sys.argv[1], "exec")' "$TMP/mbot_agent.py" \
             </dev/null >/dev/null 2>&1 \
         || die "what $url sent is not a Python file"
-    put_file "$TMP/mbot_agent.py" "$DIR/mbot_agent.py" 644 root:root
+    stage "$TMP/mbot_agent.py" "$DIR/mbot_agent.py" 644 root:root
 }
 
 has_modules() { "$1" -c 'import psutil, trio, trio_websocket' </dev/null >/dev/null 2>&1; }
@@ -97,7 +119,11 @@ setup_python() {
         why="no venv: $(last_line "$TMP/venv.log")"
     elif ! "$DIR/venv/bin/python" -m pip install -q --disable-pip-version-check --no-input --timeout 15 \
             --retries 1 $packages </dev/null >"$TMP/pip.log" 2>&1; then
-        why="pip: $(grep -v '^ *$' "$TMP/pip.log" | tail -n 1)"
+        # pip's last line says only "no matching distribution"; the network's reason comes before it.
+        why=$(sed -n -e "s/.*\(Failed to establish a new connection: [^)']*\).*/\1/p" \
+                     -e "s/.*\(certificate verify failed[^)']*\).*/\1/p" -e "s/.*\(Read timed out\).*/\1/p" \
+                     "$TMP/pip.log" | head -n 1)
+        why="pip: ${why:-$(grep -v '^ *$' "$TMP/pip.log" | tail -n 1)}"
     elif ! has_modules "$DIR/venv/bin/python"; then
         why="the venv cannot import them"
     else
@@ -150,10 +176,10 @@ write_env() {  # .env: this script's four settings; any other lines (AGENT_ALLOW
         printf 'AGENT_SERVER_IP=%s\nAGENT_PORT=%s\nAGENT_SECRET=%s\nAGENT_FINGERPRINT=%s\n' \
             "$SERVER" "$PORT" "$SECRET" "$FINGERPRINT"
         if [ -f "$DIR/.env" ]; then
-            grep -Ev "^(# mbot agent settings, written by|($SETTINGS)=)" "$DIR/.env" || true
+            grep -Ev "^(# mbot agent settings, written by|(export +)?($SETTINGS)=)" "$DIR/.env" || true
         fi
     } >"$TMP/env" || die "cannot write $TMP/env"
-    put_file "$TMP/env" "$DIR/.env" 600 "$AGENT_USER:$AGENT_USER"
+    stage "$TMP/env" "$DIR/.env" 600 "$AGENT_USER:$AGENT_USER"
 }
 
 as_agent() {  # run "$@" as the agent's user, as the service will
@@ -165,18 +191,21 @@ as_agent() {  # run "$@" as the agent's user, as the service will
 }
 
 check_connection() {
-    if ! as_agent "$PYTHON" "$DIR/mbot_agent.py" --env-file "$DIR/.env" --check-connection </dev/null \
-            >"$TMP/check.log" 2>&1; then
+    if ! as_agent "$PYTHON" "$(current "$DIR/mbot_agent.py")" --env-file "$(current "$DIR/.env")" --check-connection \
+            </dev/null >"$TMP/check.log" 2>&1; then
         die "the agent could not connect: $(last_line "$TMP/check.log" | sed 's/^mbot agent: //')"
     fi
 }
 
-write_unit() {
+write_unit() {  # the unit the agent writes for itself, into $TMP/unit
     mkdir -p "$TMP/unit"
     env -u SUDO_USER "$PYTHON" "$DIR/mbot_agent.py" --install-systemd --env-file "$DIR/.env" --systemd-dir "$TMP/unit" \
             </dev/null >"$TMP/unit.log" 2>&1 \
         || die "the agent could not write its systemd unit: $(last_line "$TMP/unit.log")"
-    put_file "$TMP/unit/$UNIT" "$UNIT_FILE" 644 root:root
+}
+
+unit_is_current() {
+    [ -f "$DIR/.env" ] && [ -f "$DIR/mbot_agent.py" ] && write_unit && same_file "$TMP/unit/$UNIT" "$UNIT_FILE"
 }
 
 wait_connected() {
@@ -210,8 +239,14 @@ install_agent() {
     setup_python
     ensure_user
     write_env
+    if has_systemd && [ "$CHANGED" = 0 ] && unit_is_current && systemctl is-active --quiet "$UNIT" \
+            && systemctl is-enabled --quiet "$UNIT"; then
+        say "already installed and running as $UNIT; nothing changed"
+        return
+    fi
+    check_connection
+    commit
     if ! has_systemd; then
-        check_connection
         say "the agent connected to $SERVER:$PORT; it is installed in $DIR"
         say "this machine has no systemd (no /run/systemd/system): start the agent yourself, and have your init system or container keep it running:"
         if command -v runuser >/dev/null 2>&1; then
@@ -222,14 +257,7 @@ install_agent() {
         return
     fi
     write_unit
-    if [ "$CHANGED" = 0 ] && systemctl is-active --quiet "$UNIT" && systemctl is-enabled --quiet "$UNIT"; then
-        say "already installed and running as $UNIT; nothing changed"
-        return
-    fi
-    # Stopped first: the check must not replace the running agent's connection (the server would count two
-    # agents on one key).
-    systemctl stop "$UNIT" >/dev/null 2>&1 || true
-    check_connection
+    put_file "$TMP/unit/$UNIT" "$UNIT_FILE" 644 root:root
     systemctl daemon-reload && systemctl enable --quiet "$UNIT" && systemctl restart "$UNIT" \
         || die "systemctl could not start $UNIT: $(journalctl --no-pager -o cat -n 1 -u "$UNIT" 2>/dev/null)"
     wait_connected
@@ -260,7 +288,7 @@ uninstall_agent() {
 main() {
     [ $# = 1 ] || usage
     TMP=$(mktemp -d) || die "mktemp failed"
-    trap 'rm -rf "$TMP"' EXIT
+    trap 'rm -rf "$TMP" "$DIR/mbot_agent.py.new" "$DIR/.env.new"' EXIT
     trap 'exit 130' INT TERM
     umask 022  # the venv and the agent file must be readable by the agent's user
     case $1 in

@@ -9,6 +9,9 @@ evicted first), so idle or silent sockets cannot take the file descriptors real 
 SampleBudget bounds what it may send, and the writer bounds the new series names it may introduce; a host over a
 limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
 flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
+
+The port also answers two plain HTTPS GETs, /install and /agent.py (the one-line install, mbot/install.py): the first
+request's head is read here (bounded like the handshake) and either answered or replayed to trio-websocket.
 """
 from __future__ import annotations
 

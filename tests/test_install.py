@@ -214,7 +214,8 @@ def test_the_script_refuses_what_is_not_a_secret(tmp_path):
     if os.geteuid() == 0 and shutil.which("runuser"):
         done = subprocess.run(["runuser", "-u", "nobody", "--", "sh", "-s", "--", "a" * 43], input=script,
                               capture_output=True, text=True, timeout=30)
-        assert done.returncode == 1 and done.stderr == "mbot-install: error: run it as root: ... | sudo sh -s -- SECRET\n"
+        assert done.returncode == 1
+        assert done.stderr == "mbot-install: error: run it as root: ... | sudo sh -s -- SECRET\n"
 
 
 # --- the line newkey prints --------------------------------------------------------------------------------------

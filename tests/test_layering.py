@@ -23,6 +23,7 @@ CORES = [
     "mbot.alerts",
     "mbot.durations",
     "mbot.inventory",
+    "mbot.install",
     "mbot.limits",
     "mbot.members",
     "mbot.linkquality",

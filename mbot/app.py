@@ -93,7 +93,8 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
-                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
+                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
+                                                      reboot_grace=settings.reboot_grace, tz=settings.tz)
                 await services.start(alerting.run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None

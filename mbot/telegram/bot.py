@@ -43,8 +43,6 @@ OFFSET_KEY = "telegram.offset"
 AGENT_FILE = Path(__file__).resolve().parents[2] / "agent" / "mbot_agent.py"
 CONFIRM_SECONDS = 60.0
 COMMAND_TIMEOUT = 30.0
-WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
-WATCH_ONLINE = 1800.0  # ... and to come back
 # /newkey per user: a burst for setting up a rack at once, then one a minute; MBOT_MAX_HOSTS_PER_USER caps the total.
 NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
 # Invite codes a stranger may try: a few typos, then one per 10 minutes (codes are unguessable; this bounds the
@@ -266,9 +264,11 @@ class Bot:
         elif name == "agent":
             await self._send_agent_file(ctx)
         elif name == "hosts":
-            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                             self._alerting.power_states()))
         elif name == "status" and not args:
-            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                           self._alerting.power_states()))
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._send(ctx, *await self._card(host, now))
@@ -296,7 +296,7 @@ class Bot:
         """A host's status card and its buttons; with the host's process list, its top processes and the
         Processes button."""
         procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
-        return (views.host_card(host, now, procs),
+        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
                 views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
 
     async def _invite(self, ctx: Context, now: float) -> None:
@@ -367,7 +367,7 @@ class Bot:
         keyboard = None
         rule = getattr(event, "rule", None)
         if isinstance(rule, alerts.AlertRule):
-            callback = views.chart_callback("chart", event.host_id, "1h", None, (rule.metric,))
+            callback = views.chart_callback("chart", rule.host_id, "1h", None, (rule.metric,))
             if callback is not None:
                 keyboard = views.keyboard([views.button("📈 Last hour", callback)])
         self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
@@ -623,41 +623,34 @@ class Bot:
 
     async def _run_power(self, ctx: Context, host: Host, action: str, audit_id: int) -> None:
         name = views.e(host.name)
+        # The maintenance window opens before the command goes out: the machine may go down before its answer
+        # arrives. From here the alert engine watches it go and come back (PowerBack, RebootOverdue).
+        self._alerting.expect_power(host.id, action, host.facts.get("boot_time"))
         try:
             result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
         except LookupError:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "offline", f"<b>{name}</b> is offline.")
             return
-        if result is None:
+        if result is None:  # it may be going down without a word: the window stays open
             await self._finish_power(ctx, host, action, audit_id, "no answer",
                                      f"<b>{name}</b> did not answer within {COMMAND_TIMEOUT:.0f} s.")
         elif not result.ok and result.message == "disabled":
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "disabled",
                                      f"<b>{name}</b> did not {action}. {views.POWER_DISABLED_HINT}")
         elif not result.ok:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, f"failed: {result.message}",
                                      f"<b>{name}</b> could not {action}: {views.e(result.message)}")
         else:
-            await self._finish_power(ctx, host, action, audit_id, "ok",
-                                     f"<b>{name}</b>: {action} started.")
-            await self._watch_restart(ctx, host)
+            await self._finish_power(ctx, host, action, audit_id, "ok", views.power_started(host.name, action))
 
     async def _finish_power(self, ctx: Context, host: Host, action: str, audit_id: int, outcome: str,
                             text: str) -> None:
         await self._writer.call(store.set_audit_outcome, audit_id, outcome)
         log.info("user %d asked host %s to %s: %s", ctx.user_id, host.name, action, outcome)
         self._edit(ctx, text)
-
-    async def _watch_restart(self, ctx: Context, host: Host) -> None:
-        """After a reboot or shutdown: say when the host drops off, and when (if) it comes back."""
-        name = views.e(host.name)
-        with trio.move_on_after(WATCH_OFFLINE):
-            await self._hub.wait_until(host.id, connected=False)
-            went = self._clock()
-            self._send(ctx, f"<b>{name}</b> is offline.")
-            with trio.move_on_after(WATCH_ONLINE):
-                await self._hub.wait_until(host.id, connected=True)
-                self._send(ctx, f"<b>{name}</b> is back online after {format_duration(self._clock() - went)}.")
 
     # --- sending ---------------------------------------------------------------------------------------------
 

@@ -184,7 +184,7 @@ class Alerting:
     async def _heartbeat(self) -> None:
         try:
             await self._writer.call(store.set_kv, HEARTBEAT_KEY, repr(self._clock()))
-        except trio.ClosedResourceError:
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # closed, or cancelled with everything else
             log.warning("heartbeat not saved: the writer is already closed")
 
     async def _save(self) -> None:

@@ -32,7 +32,12 @@ Notifications (what comes out as events):
   one MuteEnded lists what is still firing (and whether the host is offline); those count as announced from then on.
 - Offline: a timer, `max(last_seen, start) + delay`, delay = the host's /setalert offline delay or
   max(3 intervals, 30 s), never under 2 intervals. The engine's start time (`now` given to the constructor or to
-  restore) counts as "seen" for every host, so a server restart does not report every host offline at once.
+  restore) counts as "seen" for every host, and no host is reported offline before START_GRACE after it, so a
+  server restart does not report every host offline at once, even agents that were in their backoff.
+- The server's own outage (server_was_down, from its heartbeat): longer than LONG_DOWN, one ServerDown lists the
+  hosts that were up and came back, and those that did not (their offline alert: they are offline from then on).
+- Power actions from the chat (expect_power): a maintenance window in which the host's silence is expected; a hello
+  from a new boot is one PowerBack, no new boot within the grace one RebootOverdue, a shutdown is held silently.
   While a host is offline its reminders are held (one that fell due meanwhile comes `repeat` after it is back);
   samples cannot arrive without bringing it back, so nothing else can fire or resolve meanwhile: one Offline, no
   storm of stale alerts. BackOnline carries how long the host was silent (server time since its last sample).

@@ -19,8 +19,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (alerts, charts, plotspec, plotting, processes, protocol, selfwatch, service, speedtest, stability,
-               stabilitychart, store, users)
+from .. import (alerts, charts, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
+               stability, stabilitychart, store, users)
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -104,6 +104,7 @@ class Bot:
         self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
+        self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,6 +112,8 @@ class Bot:
         # Who may use the bot is known before the first update is handled.
         self._users = await self._db.read(users.load_users)
         self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
+        self._quiet = {user: quiet.QuietHours(*window) for user, window in
+                       (await self._db.read(store.quiet_hours)).items()}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._introduce)
@@ -158,7 +161,36 @@ class Bot:
             return
         if not self._tell_limit.take((owner, html_text), self._clock()).allowed:
             return
-        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text,
+                                           disable_notification=self._silent(owner)))
+
+    # --- quiet hours (mbot.quiet) --------------------------------------------------------------------------------
+
+    def _silent(self, user_id: int) -> bool:
+        """Whether a notification to this user goes out without a sound now (their /quiet window, in MBOT_TZ).
+        For what the server sends on its own (alerts, reminders, notices), never for replies to commands."""
+        window = self._quiet.get(user_id)
+        return window is not None and window.quiet_at(self._clock(), self._settings.tz)
+
+    async def _quiet_command(self, ctx: Context, args: Sequence[str]) -> None:
+        wanted = quiet.parse_quiet(args)
+        zone = views.e(str(self._settings.tz))
+        if wanted == quiet.SHOW:
+            window = self._quiet.get(ctx.user_id)
+            self._send(ctx, f"Quiet hours: {window} ({zone}). /quiet off ends them." if window else
+                       f"No quiet hours: notifications make a sound at any time. /quiet 23:00-07:00 sets them "
+                       f"(in {zone}).")
+            return
+        if wanted == quiet.OFF:
+            await self._writer.call(store.set_quiet_hours, ctx.user_id, None)
+            self._quiet.pop(ctx.user_id, None)
+            self._send(ctx, "Quiet hours are off: notifications make a sound at any time.")
+            return
+        assert isinstance(wanted, quiet.QuietHours)
+        await self._writer.call(store.set_quiet_hours, ctx.user_id, (wanted.start, wanted.end))
+        self._quiet[ctx.user_id] = wanted
+        self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
+                        "nothing is held back. /quiet off ends them.")
 
     # --- routing ---------------------------------------------------------------------------------------------
 
@@ -189,7 +221,8 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError,
+                quiet.QuietUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -235,6 +268,8 @@ class Bot:
             self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
         elif name == "invite":
             await self._invite(ctx, now)
+        elif name == "quiet":
+            await self._quiet_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -370,7 +405,8 @@ class Bot:
             callback = views.chart_callback("chart", rule.host_id, "1h", None, (rule.metric,))
             if callback is not None:
                 keyboard = views.keyboard([views.button("📈 Last hour", callback)])
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard,
+                                           disable_notification=self._silent(owner)))
 
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:

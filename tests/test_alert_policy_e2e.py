@@ -160,7 +160,8 @@ async def test_a_power_action_from_the_chat_is_a_maintenance_window(fake: FakeBo
     server.alerting.clock_moved()
     shown = "🔁 rebooting" if action == "reboot" else "⏻ shut down"
     assert shown in (await say(fake, ALICE, "/status box1"))["text"]
-    assert f"{shown.split()[1]}" in (await say(fake, ALICE, "/hosts"))["text"]
+    word = "rebooting" if action == "reboot" else "shut down"
+    assert f"<b>box1</b> - {word}, last seen 9 min" in (await say(fake, ALICE, "/hosts"))["text"]
     if action == "shutdown":  # held past the grace, silently, until it is back
         clock.offset += 3600
         server.alerting.clock_moved()

@@ -167,8 +167,11 @@ class Alerting:
                     self._writer.faults.isolated("alerting", "delivering alert messages", exc)
                     failures += 1
                 if self._clock() >= next_heartbeat:
-                    await self._heartbeat()
                     next_heartbeat = self._clock() + HEARTBEAT_EVERY
+                    try:
+                        await self._heartbeat()
+                    except Exception as exc:  # a missed beat only makes the next outage look a minute longer
+                        self._writer.faults.isolated("alerting", "the heartbeat", exc)
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()

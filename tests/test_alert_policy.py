@@ -260,3 +260,26 @@ def test_power_windows_restore_like_never_stopping(before, after):
     engines.append(AlertEngine.restore(json.loads(json.dumps(engines[0].snapshot())), []))
     for op in after:
         step(op)
+
+
+# --- how a host in a power window looks ---------------------------------------------------------------------------
+
+
+def test_views_say_rebooting_or_shut_down_only_while_the_host_is_offline():
+    from mbot.model import Host
+    from mbot.telegram import views
+
+    def host(host_id: int, last_seen: float) -> Host:
+        return Host(host_id, f"box{host_id}", 1, f"k{host_id}", 0.0, {}, 1, 1, None, last_seen, {"cpu": 5.0}, 1)
+
+    now = 10_000.0
+    down, up, other = host(1, now - 600), host(2, now - 1), host(3, now - 600)
+    power = {1: SHUTDOWN, 2: REBOOT}
+    listing, _ = views.host_list([down, up, other], now, power)
+    assert listing.splitlines() == ["⏻ <b>box1</b> - shut down, last seen 10 min ago",
+                                    "🟢 <b>box2</b> - online, last seen 1 s ago",
+                                    "🔴 <b>box3</b> - offline, last seen 10 min ago"]
+    summary, _ = views.summary([down, up], now, power)
+    assert summary.splitlines()[0] == "⏻ <b>box1</b> shut down, last seen 10 min ago"
+    assert views.host_card(down, now, power=REBOOT).startswith("<b>box1</b> 🔁 rebooting · last seen 10 min ago")
+    assert views.host_card(up, now, power=REBOOT).startswith("<b>box2</b> 🟢 online")

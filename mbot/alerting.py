@@ -15,12 +15,13 @@ import logging
 import math
 import sqlite3
 import time
+from datetime import timezone, tzinfo
 from typing import Any, Callable, Sequence
 
 import trio
 
 from . import alerts, members, store
-from .alerts import AlertEngine, AlertRule, Event, OfflineRule
+from .alerts import AlertEngine, AlertRule, Event, HostEvent, OfflineRule, ServerDown
 from .telegram import alert_text
 from .protocol import Hello, Sample, Snapshot
 from .store import Database
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "alerts.snapshot"
 SAVE_EVERY = 5.0  # seconds between snapshot writes at most: a large one costs milliseconds
+# The server's last sign of life, for the next start to know how long it was down (ServerDown): written at start,
+# every HEARTBEAT_EVERY seconds, and at a clean shutdown. A crash is thus placed within a minute.
+HEARTBEAT_KEY = "server.heartbeat"
+HEARTBEAT_EVERY = 60.0
 
 # Where a message goes: (owner's chat id, HTML text, the event).
 Notify = Callable[[int, str, Event], None]
@@ -56,9 +61,19 @@ def delete_rule(conn: sqlite3.Connection, host_id: int, metric: str) -> bool:
 
 
 def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule], dict[str, Any] | None,
-                                                    list[store.Host]]:
+                                                    list[store.Host], float | None]:
     snapshot = store.get_kv(conn, SNAPSHOT_KEY)
-    return load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn)
+    heartbeat = store.get_kv(conn, HEARTBEAT_KEY)
+    return (load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn),
+            _number(heartbeat))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _member_snapshots(conn: sqlite3.Connection, host_ids: set[int]) -> dict[tuple[int, str], list[dict[str, Any]]]:
@@ -80,13 +95,17 @@ class Alerting:
     """Owns the engine. `run()` lives in the app's nursery; everything else is called from the trio thread."""
 
     def __init__(self, db: Database, writer: Writer, *, repeat: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reboot_grace: float = 600.0,
+                 tz: tzinfo = timezone.utc) -> None:
         self._db = db
         self._writer = writer
         self._repeat = repeat
         self._clock = clock
+        self._reboot_grace = reboot_grace
+        self._tz = tz
+        self._reports: list[ServerDown] = []  # said per owner, not per host
         self.engine = AlertEngine(repeat=repeat, now=clock())
-        self._outgoing: list[Event] = []  # events waiting for their host's name and owner (read from the store)
+        self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
         self._wake = trio.Event()
         self._dirty = False
@@ -103,7 +122,7 @@ class Alerting:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        rules, snapshot, hosts = await self._db.read(_load_state)
+        rules, snapshot, hosts, heartbeat = await self._db.read(_load_state)
         now = self._clock()
         ids = [h.id for h in hosts if h.revoked is None]
         if snapshot is not None:
@@ -114,6 +133,10 @@ class Alerting:
             # A host that never connected is not "offline": its agent is simply not installed yet.
             if host.revoked is None and host.last_seen is not None:
                 self.engine.add_host(host.id, last_seen=host.last_seen, interval=host.interval)
+        if heartbeat is not None:
+            self.engine.server_was_down(heartbeat, now)
+        await self._heartbeat()
+        next_heartbeat = self._clock() + HEARTBEAT_EVERY
         self._writer.listeners.append(self)
         self._writer.snapshot_state_listeners.append(self)
         await self._load_members({r.host_id for r in rules if isinstance(r, AlertRule) and members.member_of(r.metric)})
@@ -123,7 +146,8 @@ class Alerting:
         try:
             while True:
                 deadline = self.engine.next_deadline()
-                wait = math.inf if deadline is None else max(0.0, deadline - self._clock())
+                deadline = next_heartbeat if deadline is None else min(deadline, next_heartbeat)
+                wait = max(0.0, deadline - self._clock())
                 if failures:
                     # A tick that raised will likely raise again at the same deadline: back off, stay alive.
                     wait = max(wait, min(2.0 ** failures, 300.0))
@@ -138,19 +162,33 @@ class Alerting:
                     failures += 1
                 try:
                     await self._deliver()
+                    await self._deliver_reports()
                 except Exception as exc:  # the events wait for the next wake-up; the task goes on
                     self._writer.faults.isolated("alerting", "delivering alert messages", exc)
                     failures += 1
+                if self._clock() >= next_heartbeat:
+                    next_heartbeat = self._clock() + HEARTBEAT_EVERY
+                    try:
+                        await self._heartbeat()
+                    except Exception as exc:  # a missed beat only makes the next outage look a minute longer
+                        self._writer.faults.isolated("alerting", "the heartbeat", exc)
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()
         finally:
             self._writer.listeners.remove(self)
             self._writer.snapshot_state_listeners.remove(self)
-            if self._dirty:
-                # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
-                with trio.move_on_after(5, shield=True):
+            # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
+            with trio.move_on_after(5, shield=True):
+                if self._dirty:
                     await self._save()
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._writer.call(store.set_kv, HEARTBEAT_KEY, repr(self._clock()))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # closed, or cancelled with everything else
+            log.warning("heartbeat not saved: the writer is already closed")
 
     async def _save(self) -> None:
         self._dirty = False
@@ -163,7 +201,7 @@ class Alerting:
     # --- fed by the writer (CommitListener) -------------------------------------------------------------------
 
     def on_hello(self, host_id: int, hello: Hello) -> None:
-        self._emit(self.engine.host_seen(host_id, self._clock(), hello.interval))
+        self._emit(self.engine.host_seen(host_id, self._clock(), hello.interval, hello.facts.get("boot_time")))
 
     def on_samples(self, host_id: int, samples: list[Sample]) -> None:
         now = self._clock()
@@ -235,6 +273,21 @@ class Alerting:
         self._emit(self.engine.unmute(host_id, self._clock()))
         self._changed()
 
+    # --- power actions from the chat (a maintenance window, mbot.alerts.AlertEngine.expect_power) ----------------
+
+    def expect_power(self, host_id: int, action: str, boot_time: float | None) -> None:
+        """The user confirmed a reboot or shutdown: its silence is expected for MBOT_REBOOT_GRACE."""
+        self.engine.expect_power(host_id, action, self._clock(), self._reboot_grace, boot_time)
+        self._changed()
+
+    def cancel_power(self, host_id: int) -> None:
+        self.engine.cancel_power(host_id)
+        self._changed()
+
+    def power_states(self) -> dict[int, str]:
+        """Hosts with a power action under way or done (shut down): what the card and /hosts show when offline."""
+        return self.engine.power_states()
+
     # --- out -------------------------------------------------------------------------------------------------
 
     def _changed(self) -> None:
@@ -244,7 +297,11 @@ class Alerting:
     def _emit(self, events: list[Event]) -> None:
         if not events:
             return
-        self._outgoing.extend(events)
+        for event in events:
+            if isinstance(event, ServerDown):
+                self._reports.append(event)
+            else:
+                self._outgoing.append(event)
         self._changed()  # wakes run(), which delivers them
 
     async def _deliver(self) -> None:
@@ -260,7 +317,29 @@ class Alerting:
         for event in outgoing:
             host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
-            text = alert_text.describe(event, name)
+            text = alert_text.describe(event, name, self._tz)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
                 self._notify(owner, html.escape(text), event)
+
+    async def _deliver_reports(self) -> None:
+        """A server outage (ServerDown): one message per owner, about their own hosts."""
+        reports, self._reports = self._reports, []
+        for report in reports:
+            try:
+                hosts = await self._db.read(_hosts_by_id, {*report.back, *report.missing})
+            except BaseException:
+                self._reports[:0] = [report]
+                raise
+            owners: dict[int, tuple[list[str], list[str]]] = {}
+            for ids, column in ((report.back, 0), (report.missing, 1)):
+                for host_id in ids:
+                    host = hosts.get(host_id)
+                    if host is not None and host.owner:
+                        owners.setdefault(host.owner, ([], []))[column].append(host.name)
+            log.info("mbot was down for %.0f s: %d host(s) came back, %d did not", report.until - report.since,
+                     len(report.back), len(report.missing))
+            for owner, (back, missing) in owners.items():
+                text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
+                if self._notify is not None:
+                    self._notify(owner, html.escape(text), report)

@@ -32,7 +32,12 @@ Notifications (what comes out as events):
   one MuteEnded lists what is still firing (and whether the host is offline); those count as announced from then on.
 - Offline: a timer, `max(last_seen, start) + delay`, delay = the host's /setalert offline delay or
   max(3 intervals, 30 s), never under 2 intervals. The engine's start time (`now` given to the constructor or to
-  restore) counts as "seen" for every host, so a server restart does not report every host offline at once.
+  restore) counts as "seen" for every host, and no host is reported offline before START_GRACE after it, so a
+  server restart does not report every host offline at once, even agents that were in their backoff.
+- The server's own outage (server_was_down, from its heartbeat): longer than LONG_DOWN, one ServerDown lists the
+  hosts that were up and came back, and those that did not (their offline alert: they are offline from then on).
+- Power actions from the chat (expect_power): a maintenance window in which the host's silence is expected; a hello
+  from a new boot is one PowerBack, no new boot within the grace one RebootOverdue, a shutdown is held silently.
   While a host is offline its reminders are held (one that fell due meanwhile comes `repeat` after it is back);
   samples cannot arrive without bringing it back, so nothing else can fire or resolve meanwhile: one Offline, no
   storm of stale alerts. BackOnline carries how long the host was silent (server time since its last sample).
@@ -66,8 +71,9 @@ from .alert_state import (COUNT, FIRE, FIRE_NOW, FIRING, FORGET, HOLD, NAMES, NO
 
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
-    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event", "metric_of", "metric_words",
-    "PCT", "TEMP", "LOAD", "RATE", "STATE", "MIN_DELAY",
+    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "ServerDown", "PowerBack",
+    "RebootOverdue", "Event", "HostEvent", "metric_of", "metric_words",
+    "PCT", "TEMP", "LOAD", "RATE", "STATE", "MIN_DELAY", "START_GRACE", "LONG_DOWN", "REBOOT", "SHUTDOWN",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -241,7 +247,41 @@ class MuteEnded:
     offline_since: float | None = None  # the host is offline (and its offline alert enabled)
 
 
-Event = Firing | Resolved | Reminder | Offline | BackOnline | MuteEnded
+@dataclass(frozen=True, slots=True)
+class ServerDown:
+    """The server itself was down for longer than LONG_DOWN: said once, after the start grace (or as soon as every
+    host that was up has come back). Not a host's event: the edge splits it per owner."""
+
+    since: float  # the server's last heartbeat before it went down
+    until: float  # its start
+    back: tuple[int, ...]  # hosts up before the outage that came back
+    missing: tuple[int, ...]  # ... that did not: now offline, and this was their offline alert
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PowerBack:
+    """A host rebooted (or shut down) from the chat is back: a hello from a new boot."""
+
+    host_id: int
+    action: str  # REBOOT or SHUTDOWN
+    requested: float  # server time the user confirmed it
+    at: float
+    boot_time: float | None  # the host's clock, from its hello
+
+
+@dataclass(frozen=True, slots=True)
+class RebootOverdue:
+    """A host rebooted from the chat did not come back within the reboot grace: its offline alert."""
+
+    host_id: int
+    requested: float
+    since: float  # server time of its last sample or hello
+    at: float
+
+
+HostEvent = Firing | Resolved | Reminder | Offline | BackOnline | MuteEnded | PowerBack | RebootOverdue
+Event = HostEvent | ServerDown
 
 
 @dataclass(frozen=True)
@@ -263,14 +303,23 @@ class HostStatus:
     last_seen: float | None
     offline_since: float | None
     muted_until: float | None
+    power: str | None = None  # REBOOT or SHUTDOWN: a power action from the chat is under way (or, shutdown: done)
 
 
 # --- the engine --------------------------------------------------------------------------------------------------
 
 _OK, _PENDING, _FIRING = OK, PENDING, FIRING
 _PHASE_NAMES = NAMES
-_LIVENESS, _REMINDER, _MUTE = 0, 1, 2
+# At equal deadlines the lower kind goes first: the outage report before the liveness timers it speaks for.
+_OUTAGE, _LIVENESS, _REMINDER, _MUTE, _POWER = -1, 0, 1, 2, 3
 MIN_DELAY = 30.0  # the shortest offline delay (the default is max(3 intervals, this))
+# No host is reported offline before the engine has run this long: after a long outage its agents are in their
+# backoff, whose longest wait is 60 s (agent Reconnect), and need a few seconds more to connect and say hello.
+START_GRACE = 90.0
+# A server outage longer than this is reported (ServerDown): the default offline delay, the shortest silence of a
+# host mbot would have reported had it been watching.
+LONG_DOWN = MIN_DELAY
+REBOOT, SHUTDOWN = "reboot", "shutdown"
 _MIN_DELAY = MIN_DELAY
 _LAG_RISE = 0.5  # how fast the usual-lag floor may rise, in seconds per second of live samples
 
@@ -322,7 +371,8 @@ class _Slot:
 
 class _Host:
     __slots__ = ("id", "interval", "delay", "offline_rule", "last_seen", "offline_since", "offline_notified",
-                 "muted_until", "timer_at", "lag_floor", "lag_at", "slots", "slot_list", "wild", "layout")
+                 "muted_until", "timer_at", "lag_floor", "lag_at", "slots", "slot_list", "wild", "layout",
+                 "power", "power_since", "power_until", "power_boot")
 
     def __init__(self, host_id: int) -> None:
         self.id = host_id
@@ -340,6 +390,12 @@ class _Host:
         self.slot_list: list[_Slot] = []
         self.wild = False  # some rule watches a family of series: the sample's layout must be checked
         self.layout: tuple[str, ...] | None = None  # series names of the last sample, when `wild`
+        # A reboot or shutdown from the chat (expect_power): which, when confirmed, the end of its window (None: a
+        # shutdown that happened, held until the host is back), and the boot it started from (hello boot_time).
+        self.power: str | None = None
+        self.power_since = 0.0
+        self.power_until: float | None = None
+        self.power_boot: float | None = None
 
     def update_delay(self) -> None:
         interval = self.interval or 0.0
@@ -350,6 +406,15 @@ class _Host:
     @property
     def offline_enabled(self) -> bool:
         return self.offline_rule is None or self.offline_rule.enabled
+
+
+class _Outage:
+    __slots__ = ("since", "until", "hosts", "waiting")
+
+    def __init__(self, since: float, until: float, hosts: list[int]) -> None:
+        self.since, self.until = since, until
+        self.hosts = hosts  # up when the server went down
+        self.waiting = set(hosts)  # ... and not back yet
 
 
 class AlertEngine:
@@ -366,6 +431,7 @@ class AlertEngine:
         # so a mute ending at that instant reports the host offline in its one MuteEnded.
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
+        self._outage: _Outage | None = None  # a server outage whose report is still to come
         for rule in rules:
             self.set_rule(rule)
 
@@ -458,15 +524,51 @@ class AlertEngine:
 
     # --- input ---
 
-    def host_seen(self, host_id: int, now: float, interval: float | None = None) -> list[Event]:
-        """A sign of life without a sample (an agent's hello); `interval` is its sampling interval."""
+    def host_seen(self, host_id: int, now: float, interval: float | None = None,
+                  boot_time: float | None = None) -> list[Event]:
+        """A sign of life without a sample (an agent's hello); `interval` is its sampling interval, `boot_time`
+        when its machine booted (its own clock)."""
         host = self._host(host_id)
         if interval:
             host.interval = interval
             host.update_delay()
         events: list[Event] = []
+        if host.power is not None:
+            self._power_hello(host, now, boot_time, events)
         self._alive(host, now, events)
         return events
+
+    # --- the server's own outages, and power actions from the chat ---
+
+    def server_was_down(self, since: float, now: float) -> None:
+        """The server, starting at `now` (the engine's start), was last alive at `since` (its heartbeat). After an
+        outage longer than LONG_DOWN, one ServerDown says which of the hosts that were up came back: as soon as all
+        of them did, or START_GRACE after the start. Those that did not are offline from then on, the ServerDown
+        being their offline alert (hosts whose own offline delay is longer follow their own timer)."""
+        if now - since <= LONG_DOWN:
+            return
+        hosts = [h.id for h in self._hosts.values()
+                 if h.last_seen is not None and h.offline_since is None and h.power is None]
+        if hosts:
+            self._outage = _Outage(since, now, hosts)
+            self._push(max(self._start, now) + START_GRACE, _OUTAGE, self._outage)
+
+    def expect_power(self, host_id: int, action: str, now: float, grace: float,
+                     boot_time: float | None = None) -> None:
+        """The user confirmed a reboot or shutdown (REBOOT, SHUTDOWN) of a host that booted at `boot_time`. For
+        `grace` seconds its silence is expected: no offline alert. A reboot's hello from a new boot gives one
+        PowerBack; no new boot within the grace gives one RebootOverdue (its offline alert). A shutdown that happened
+        holds the host as shut down (silently offline) until it is back (PowerBack). A host still up when the
+        grace ends did not do it: the window closes silently."""
+        host = self._host(host_id)
+        host.power, host.power_since, host.power_until, host.power_boot = action, now, now + grace, boot_time
+        self._push(now + grace, _POWER, host)
+
+    def cancel_power(self, host_id: int) -> None:
+        """The power action did not start (the agent refused it, or was gone): the host is watched as usual."""
+        host = self._hosts.get(host_id)
+        if host is not None and host.power is not None:
+            self._clear_power(host)
 
     def observe(self, host_id: int, ts: float, series: dict[str, float], now: float) -> list[Event]:
         """One committed sample: `ts` by the agent's clock, `now` by the server's."""
@@ -559,10 +661,15 @@ class AlertEngine:
                 host: _Host = obj
                 host.timer_at = None
                 host.offline_since = host.last_seen
-                host.offline_notified = host.offline_enabled and host.muted_until is None
+                # Silent while a reboot or shutdown from the chat is under way: the user expects it.
+                host.offline_notified = host.offline_enabled and host.muted_until is None and host.power is None
                 if host.offline_notified:
                     assert host.last_seen is not None
                     events.append(Offline(host.id, host.last_seen, now))
+            elif kind == _OUTAGE:
+                self._report_outage(now, events)
+            elif kind == _POWER:
+                self._power_window_ended(obj, now, events)
             elif kind == _REMINDER:
                 state: _State = obj
                 assert state.value is not None  # reminders are only scheduled for firing alerts, which have one
@@ -594,10 +701,14 @@ class AlertEngine:
                                            None if s.phase == _OK else s.since, s.value))
         return rows
 
+    def power_states(self) -> dict[int, str]:
+        """The hosts with a power action from the chat under way (REBOOT, SHUTDOWN) or done (SHUTDOWN)."""
+        return {host.id: host.power for host in self._hosts.values() if host.power is not None}
+
     def host_status(self, host_id: int) -> HostStatus:
         host = self._hosts.get(host_id) or _Host(host_id)
         return HostStatus(host_id, host.offline_enabled, host.delay, host.last_seen, host.offline_since,
-                          host.muted_until)
+                          host.muted_until, host.power)
 
     # --- restart ---
 
@@ -608,7 +719,9 @@ class AlertEngine:
         for host in self._hosts.values():
             hosts.append({"id": host.id, "interval": host.interval, "last_seen": host.last_seen,
                           "offline_since": host.offline_since, "offline_notified": host.offline_notified,
-                          "muted_until": host.muted_until, "lag_floor": host.lag_floor, "lag_at": host.lag_at})
+                          "muted_until": host.muted_until, "lag_floor": host.lag_floor, "lag_at": host.lag_at,
+                          "power": host.power, "power_since": host.power_since, "power_until": host.power_until,
+                          "power_boot": host.power_boot})
             for slot in host.slot_list:
                 for s in slot.by_series.values():
                     if s.phase != _OK:
@@ -645,6 +758,11 @@ class AlertEngine:
             host.lag_at = data["lag_at"]
             if data["muted_until"] is not None:
                 engine.mute(host.id, data["muted_until"])
+            if data.get("power") in (REBOOT, SHUTDOWN):  # absent from older snapshots
+                host.power, host.power_since = data["power"], data["power_since"]
+                host.power_until, host.power_boot = data["power_until"], data["power_boot"]
+                if host.power_until is not None:
+                    engine._push(host.power_until, _POWER, host)
             engine._arm(host)
         for data in snapshot["states"]:
             owner = engine._hosts.get(int(data["host"]))
@@ -675,7 +793,7 @@ class AlertEngine:
     def _deadline(self, host: _Host) -> float | None:
         if host.last_seen is None or host.offline_since is not None:
             return None
-        return max(host.last_seen, self._start) + host.delay
+        return max(max(host.last_seen, self._start) + host.delay, self._start + START_GRACE)
 
     def _arm(self, host: _Host) -> None:
         # The liveness entry may lag behind (last_seen only moves forward; _top re-arms it lazily), but it must
@@ -707,6 +825,14 @@ class AlertEngine:
                     if held.muted_until is None and held.offline_since is None:
                         return deadline
                     # Held: the entry goes, the schedule stays; the end of the mute or the host's return re-arms it.
+            elif kind == _OUTAGE:
+                if obj is self._outage:
+                    return deadline
+            elif kind == _POWER:
+                powered: _Host = obj
+                if (self._hosts.get(powered.id) is powered and powered.power is not None
+                        and powered.power_until == deadline):
+                    return deadline
             else:
                 muted: _Host = obj
                 if self._hosts.get(muted.id) is muted and muted.muted_until == deadline:
@@ -736,6 +862,62 @@ class AlertEngine:
         if muted_until is not None and muted_until <= now:
             self._end_mute(host, now, events)
         self._arm(host)
+        outage = self._outage
+        if outage is not None and host.id in outage.waiting:
+            outage.waiting.discard(host.id)
+            if not outage.waiting:  # every host is back: no need to wait for the grace to say so
+                self._report_outage(now, events)
+
+    def _report_outage(self, now: float, events: list[Event]) -> None:
+        outage, self._outage = self._outage, None
+        assert outage is not None
+        back, missing = [], []
+        for host_id in outage.hosts:
+            host = self._hosts.get(host_id)
+            if host is None:
+                continue  # deleted meanwhile
+            if host_id not in outage.waiting:
+                back.append(host_id)
+                continue
+            deadline = self._deadline(host)
+            if deadline is None or deadline > now or host.power is not None:
+                continue  # offline already, a longer offline delay of its own, or a power action meanwhile
+            host.timer_at = None
+            host.offline_since = host.last_seen
+            host.offline_notified = host.offline_enabled and host.muted_until is None
+            if host.offline_notified:
+                missing.append(host_id)
+        if back or missing:
+            events.append(ServerDown(outage.since, outage.until, tuple(back), tuple(missing), now))
+
+    def _power_hello(self, host: _Host, now: float, boot_time: float | None, events: list[Event]) -> None:
+        """A hello while a power action is under way: a new boot (or, from an agent that does not say when its
+        machine booted, any hello) means the host is back; the same boot is the agent reconnecting before the
+        machine went down, unless the window is over (then it never went down)."""
+        same_boot = boot_time is not None and host.power_boot is not None and abs(boot_time - host.power_boot) < 2.0
+        if not same_boot:
+            assert host.power is not None
+            events.append(PowerBack(host.id, host.power, host.power_since, now, boot_time))
+            self._clear_power(host)
+        elif host.power_until is None or host.power_until <= now:
+            self._clear_power(host)
+
+    def _power_window_ended(self, host: _Host, now: float, events: list[Event]) -> None:
+        if host.offline_since is None:  # still up: it never went down
+            self._clear_power(host)
+            self._arm(host)
+        elif host.power == SHUTDOWN:
+            host.power_until = None  # shut down, as asked: held so until it is back
+        else:
+            requested = host.power_since
+            self._clear_power(host)
+            host.offline_notified = host.offline_enabled and host.muted_until is None
+            if host.offline_notified:
+                assert host.offline_since is not None
+                events.append(RebootOverdue(host.id, requested, host.offline_since, now))
+
+    def _clear_power(self, host: _Host) -> None:
+        host.power, host.power_until, host.power_boot = None, None, None
 
     def _end_mute(self, host: _Host, now: float, events: list[Event]) -> None:
         host.muted_until = None

@@ -97,7 +97,8 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 endpoint = install.Endpoint(settings.public_host, settings.port or port, cert.fingerprint, pin,
                                             settings.public_host_guessed)
                 hub.downloads = await trio.to_thread.run_sync(load_downloads, endpoint)
-                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
+                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
+                                                      reboot_grace=settings.reboot_grace, tz=settings.tz)
                 await services.start(alerting.run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None

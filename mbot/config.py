@@ -52,6 +52,7 @@ class Settings:
     metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
     metrics_host: str = "127.0.0.1"
     alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
+    reboot_grace: float = 600.0  # MBOT_REBOOT_GRACE: how long a host rebooted from the chat may take to come back
     tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
@@ -278,6 +279,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
         alert_repeat=_duration(env, "MBOT_ALERT_REPEAT", 3600.0),
+        reboot_grace=_duration(env, "MBOT_REBOOT_GRACE", 600.0),
         tiers=make_tiers(**{key: _duration(env, f"MBOT_RETAIN_{suffix}", default) for key, suffix, default in (
             ("raw", "RAW", 2 * 86400.0), ("m1", "1M", 7 * 86400.0), ("m10", "10M", 90 * 86400.0),
             ("h1", "1H", 730 * 86400.0))}),

@@ -154,6 +154,14 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (host_id, kind)
     );
     """,
+    # Quiet hours per Telegram user (/quiet, mbot.quiet): a daily window of the wall clock in minutes after midnight.
+    """
+    CREATE TABLE quiet_hours (
+        user_id INTEGER PRIMARY KEY,
+        start_minute INTEGER NOT NULL,
+        end_minute INTEGER NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -571,3 +579,22 @@ def snapshots_of_host(conn: sqlite3.Connection, host_id: int) -> list[StoredSnap
                         (host_id,))
     return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], _snapshot_items(host_id, row[0], row[4]))
             for row in rows]
+
+
+# --- quiet hours (mbot.quiet) ---------------------------------------------------------------------------------
+
+
+def quiet_hours(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """Every user's quiet window: user id -> (start, end) in minutes after midnight."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute(
+        "SELECT user_id, start_minute, end_minute FROM quiet_hours")}
+
+
+def set_quiet_hours(conn: sqlite3.Connection, user_id: int, window: tuple[int, int] | None) -> None:
+    """Set a user's quiet window, or (None) remove it."""
+    if window is None:
+        conn.execute("DELETE FROM quiet_hours WHERE user_id = ?", (user_id,))
+    else:
+        conn.execute("INSERT INTO quiet_hours (user_id, start_minute, end_minute) VALUES (?, ?, ?) "
+                     "ON CONFLICT (user_id) DO UPDATE SET start_minute = excluded.start_minute, "
+                     "end_minute = excluded.end_minute", (user_id, *window))

@@ -372,8 +372,9 @@ def test_start_time_counts_as_seen_so_a_restart_reports_nobody_offline():
     engine.add_host(H, last_seen=100.0, interval=5.0)
     engine.add_host(2, last_seen=4990.0, interval=5.0)
     engine.add_host(3)  # never seen: no offline alert
-    assert engine.tick(5029.0) == []
-    assert engine.tick(5030.0) == [Offline(H, 100.0, 5030.0), Offline(2, 4990.0, 5030.0)]
+    # Not before the agents had their chance to come back (START_GRACE, 90 s; the delay alone is 30 s).
+    assert engine.tick(5089.0) == []
+    assert engine.tick(5090.0) == [Offline(H, 100.0, 5090.0), Offline(2, 4990.0, 5090.0)]
 
 
 def test_reminders_are_held_while_offline_and_alerts_do_not_storm():

@@ -27,6 +27,11 @@ def test_values():
     assert s.db_path == Path("/x/mbot.sqlite3")
 
 
+def test_reboot_grace():
+    assert load_settings({}).reboot_grace == 600.0
+    assert load_settings({"MBOT_REBOOT_GRACE": "15m"}).reboot_grace == 900.0
+
+
 @pytest.mark.parametrize("env, variable", [
     ({"PORT": "abc"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
@@ -35,6 +40,8 @@ def test_values():
     ({"MBOT_MAX_HOSTS_PER_USER": "lots"}, "MBOT_MAX_HOSTS_PER_USER"),
     ({"TELEGRAM_API_URL": "ftp://x"}, "TELEGRAM_API_URL"),
     ({"BOT_TOKEN": "no token here"}, "BOT_TOKEN"),
+    ({"MBOT_REBOOT_GRACE": "soon"}, "MBOT_REBOOT_GRACE"),
+    ({"MBOT_REBOOT_GRACE": "0"}, "MBOT_REBOOT_GRACE"),
 ])
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as error:

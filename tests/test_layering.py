@@ -32,6 +32,7 @@ CORES = [
     "mbot.plotspec",
     "mbot.processes",
     "mbot.protocol",
+    "mbot.quiet",
     "mbot.rollup",
     "mbot.series",
     "mbot.session",

@@ -4,12 +4,16 @@ The engine (mbot.alerts) decides what happens; this module only says it. Labels 
 """
 from __future__ import annotations
 
-from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule,
-                      BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved, metric_of)
+from datetime import datetime, timezone, tzinfo
+from typing import Sequence
+
+from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, REBOOT, STATE as _STATE, TEMP as _TEMP, AlertRule,
+                      BackOnline, Event, Firing, MuteEnded, Offline, PowerBack, RebootOverdue, Reminder, Resolved,
+                      ServerDown, metric_of)
 from .. import members, series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "format_value", "series_label", "duration_text"]
+__all__ = ["describe", "format_value", "series_label", "duration_text", "outage_text"]
 
 
 def series_label(series: str) -> str:
@@ -66,8 +70,33 @@ def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> s
     return f"{text} ({_threshold_text(rule)})"
 
 
-def describe(event: Event, host_name: str) -> str:
-    """The chat message for an event, plain text (the caller escapes it for HTML)."""
+def _clock_time(ts: float, tz: tzinfo, *, seconds: bool = False, day_of: float | None = None) -> str:
+    """14:02 (14:02:07), with the date in front when it is not the day of `day_of`."""
+    when = datetime.fromtimestamp(ts, tz)
+    text = when.strftime("%H:%M:%S" if seconds else "%H:%M")
+    if day_of is not None and datetime.fromtimestamp(day_of, tz).date() != when.date():
+        text = f"{when:%b} {when.day} {text}"
+    return text
+
+
+def outage_text(event: ServerDown, back: Sequence[str], missing: Sequence[str], tz: tzinfo) -> str:
+    """What the server missed, for one owner: "mbot was down 14:02-14:31; 3 hosts came back, 1 did not: box4"."""
+    span = f"{_clock_time(event.since, tz, day_of=event.until)}-{_clock_time(event.until, tz)}"
+    hosts = len(back) + len(missing)
+    if not missing:
+        news = "your host came back" if hosts == 1 else f"all {hosts} hosts came back"
+    elif not back:
+        news = (f"{missing[0]} did not come back" if hosts == 1
+                else f"none of your {hosts} hosts came back: {', '.join(missing)}")
+    else:
+        news = f"{len(back)} {'host' if len(back) == 1 else 'hosts'} came back, {len(missing)} did not: " \
+               + ", ".join(missing)
+    return f"mbot was down {span} ({format_duration(event.until - event.since)}); {news}"
+
+
+def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
+    """The chat message for an event, plain text (the caller escapes it for HTML). `tz`: where clock times are
+    read (MBOT_TZ)."""
     if isinstance(event, Firing):
         return f"{host_name}: {_firing_text(event.rule, event.series, event.value, event.at - event.since)}"
     if isinstance(event, Resolved):
@@ -87,6 +116,16 @@ def describe(event: Event, host_name: str) -> str:
         return f"{host_name} is offline (last seen {format_duration(event.at - event.since)} ago)"
     if isinstance(event, BackOnline):
         return f"{host_name} is back online after {format_duration(event.down_for)}"
+    if isinstance(event, PowerBack):
+        took = format_duration(event.at - event.requested)
+        text = (f"{host_name} is back after {took}" if event.action == REBOOT
+                else f"{host_name} is back, {took} after its shutdown from the chat")
+        if event.boot_time is not None:
+            text += f" (booted {_clock_time(event.boot_time, tz, seconds=True, day_of=event.at)})"
+        return text
+    if isinstance(event, RebootOverdue):
+        return (f"{host_name} is not back {format_duration(event.at - event.requested)} after its reboot "
+                f"(last seen {format_duration(event.at - event.since)} ago)")
     if isinstance(event, MuteEnded):
         lines = [f"{host_name}: notifications are back on."]
         if event.offline_since is not None:

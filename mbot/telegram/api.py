@@ -327,9 +327,11 @@ class BotApi:
         *,
         parse_mode: str | None = "HTML",
         filename: str = "chart.png",
+        disable_notification: bool = False,
     ) -> dict[str, Any]:
         return await self._upload("sendPhoto", chat_id, caption, reply_markup, parse_mode,
-                                  {"photo": (filename, png_bytes, "image/png")})
+                                  {"photo": (filename, png_bytes, "image/png")},
+                                  disable_notification=disable_notification)
 
     async def send_document(
         self,
@@ -347,9 +349,9 @@ class BotApi:
 
     async def _upload(self, method: str, chat_id: int | str, caption: str | None,
                       reply_markup: dict[str, Any] | None, parse_mode: str | None,
-                      files: Mapping[str, FileField]) -> dict[str, Any]:
+                      files: Mapping[str, FileField], *, disable_notification: bool = False) -> dict[str, Any]:
         params = {"chat_id": chat_id, "caption": caption, "parse_mode": parse_mode if caption else None,
-                  "reply_markup": reply_markup}
+                  "reply_markup": reply_markup, "disable_notification": disable_notification or None}
         return await self.call(method, params, files)
 
     async def edit_message_media(

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (alerts, charts, plotspec, plotting, processes, protocol, selfwatch, service, speedtest, stability,
-               stabilitychart, store, users)
+from .. import (alerts, charts, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
+               stability, stabilitychart, store, users)
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -42,8 +42,6 @@ log = logging.getLogger(__name__)
 OFFSET_KEY = "telegram.offset"
 CONFIRM_SECONDS = 60.0
 COMMAND_TIMEOUT = 30.0
-WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
-WATCH_ONLINE = 1800.0  # ... and to come back
 # /newkey per user: a burst for setting up a rack at once, then one a minute; MBOT_MAX_HOSTS_PER_USER caps the total.
 NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
 # Invite codes a stranger may try: a few typos, then one per 10 minutes (codes are unguessable; this bounds the
@@ -104,6 +102,7 @@ class Bot:
         self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
+        self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -111,6 +110,8 @@ class Bot:
         # Who may use the bot is known before the first update is handled.
         self._users = await self._db.read(users.load_users)
         self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
+        self._quiet = {user: quiet.QuietHours(*window) for user, window in
+                       (await self._db.read(store.quiet_hours)).items()}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._introduce)
@@ -158,7 +159,36 @@ class Bot:
             return
         if not self._tell_limit.take((owner, html_text), self._clock()).allowed:
             return
-        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text,
+                                           disable_notification=self._silent(owner)))
+
+    # --- quiet hours (mbot.quiet) --------------------------------------------------------------------------------
+
+    def _silent(self, user_id: int) -> bool:
+        """Whether a notification to this user goes out without a sound now (their /quiet window, in MBOT_TZ).
+        For what the server sends on its own (alerts, reminders, notices), never for replies to commands."""
+        window = self._quiet.get(user_id)
+        return window is not None and window.quiet_at(self._clock(), self._settings.tz)
+
+    async def _quiet_command(self, ctx: Context, args: Sequence[str]) -> None:
+        wanted = quiet.parse_quiet(args)
+        zone = views.e(str(self._settings.tz))
+        if wanted == quiet.SHOW:
+            window = self._quiet.get(ctx.user_id)
+            self._send(ctx, f"Quiet hours: {window} ({zone}). /quiet off ends them." if window else
+                       f"No quiet hours: notifications make a sound at any time. /quiet 23:00-07:00 sets them "
+                       f"(in {zone}).")
+            return
+        if wanted == quiet.OFF:
+            await self._writer.call(store.set_quiet_hours, ctx.user_id, None)
+            self._quiet.pop(ctx.user_id, None)
+            self._send(ctx, "Quiet hours are off: notifications make a sound at any time.")
+            return
+        assert isinstance(wanted, quiet.QuietHours)
+        await self._writer.call(store.set_quiet_hours, ctx.user_id, (wanted.start, wanted.end))
+        self._quiet[ctx.user_id] = wanted
+        self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
+                        "nothing is held back. /quiet off ends them.")
 
     # --- routing ---------------------------------------------------------------------------------------------
 
@@ -189,7 +219,8 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError,
+                quiet.QuietUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -235,6 +266,8 @@ class Bot:
             self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
         elif name == "invite":
             await self._invite(ctx, now)
+        elif name == "quiet":
+            await self._quiet_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -264,9 +297,11 @@ class Bot:
         elif name == "agent":
             await self._send_agent_file(ctx)
         elif name == "hosts":
-            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                             self._alerting.power_states()))
         elif name == "status" and not args:
-            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                           self._alerting.power_states()))
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._send(ctx, *await self._card(host, now))
@@ -294,7 +329,7 @@ class Bot:
         """A host's status card and its buttons; with the host's process list, its top processes and the
         Processes button."""
         procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
-        return (views.host_card(host, now, procs),
+        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
                 views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
 
     async def _invite(self, ctx: Context, now: float) -> None:
@@ -365,10 +400,11 @@ class Bot:
         keyboard = None
         rule = getattr(event, "rule", None)
         if isinstance(rule, alerts.AlertRule):
-            callback = views.chart_callback("chart", event.host_id, "1h", None, (rule.metric,))
+            callback = views.chart_callback("chart", rule.host_id, "1h", None, (rule.metric,))
             if callback is not None:
                 keyboard = views.keyboard([views.button("📈 Last hour", callback)])
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard,
+                                           disable_notification=self._silent(owner)))
 
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
@@ -621,41 +657,34 @@ class Bot:
 
     async def _run_power(self, ctx: Context, host: Host, action: str, audit_id: int) -> None:
         name = views.e(host.name)
+        # The maintenance window opens before the command goes out: the machine may go down before its answer
+        # arrives. From here the alert engine watches it go and come back (PowerBack, RebootOverdue).
+        self._alerting.expect_power(host.id, action, host.facts.get("boot_time"))
         try:
             result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
         except LookupError:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "offline", f"<b>{name}</b> is offline.")
             return
-        if result is None:
+        if result is None:  # it may be going down without a word: the window stays open
             await self._finish_power(ctx, host, action, audit_id, "no answer",
                                      f"<b>{name}</b> did not answer within {COMMAND_TIMEOUT:.0f} s.")
         elif not result.ok and result.message == "disabled":
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "disabled",
                                      f"<b>{name}</b> did not {action}. {views.POWER_DISABLED_HINT}")
         elif not result.ok:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, f"failed: {result.message}",
                                      f"<b>{name}</b> could not {action}: {views.e(result.message)}")
         else:
-            await self._finish_power(ctx, host, action, audit_id, "ok",
-                                     f"<b>{name}</b>: {action} started.")
-            await self._watch_restart(ctx, host)
+            await self._finish_power(ctx, host, action, audit_id, "ok", views.power_started(host.name, action))
 
     async def _finish_power(self, ctx: Context, host: Host, action: str, audit_id: int, outcome: str,
                             text: str) -> None:
         await self._writer.call(store.set_audit_outcome, audit_id, outcome)
         log.info("user %d asked host %s to %s: %s", ctx.user_id, host.name, action, outcome)
         self._edit(ctx, text)
-
-    async def _watch_restart(self, ctx: Context, host: Host) -> None:
-        """After a reboot or shutdown: say when the host drops off, and when (if) it comes back."""
-        name = views.e(host.name)
-        with trio.move_on_after(WATCH_OFFLINE):
-            await self._hub.wait_until(host.id, connected=False)
-            went = self._clock()
-            self._send(ctx, f"<b>{name}</b> is offline.")
-            with trio.move_on_after(WATCH_ONLINE):
-                await self._hub.wait_until(host.id, connected=True)
-                self._send(ctx, f"<b>{name}</b> is back online after {format_duration(self._clock() - went)}.")
 
     # --- sending ---------------------------------------------------------------------------------------------
 

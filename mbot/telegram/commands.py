@@ -70,6 +70,9 @@ TABLE: tuple[Spec, ...] = (
     Spec("delalert", "NAME METRIC", "remove an alert", 0, 8),
     Spec("mute", "NAME DURATION", "no notifications from a host for a while", 0, 8),
     Spec("unmute", "NAME", "notifications back on", 0, 8),
+    # mbot.quiet checks the window itself.
+    Spec("quiet", "[HH:MM-HH:MM | off]", "silent notifications in these hours (MBOT_TZ)", 0, 3,
+         example="/quiet 23:00-07:00"),
     Spec("invite", "", "a one-time link that lets one more person use this bot (admin only)", 0, 0, menu=False,
          admin=True),
     # /help is the list itself (so not in it), but in the menu: it is where a new user looks first.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .. import inventory as host_inventory, members, processes, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
@@ -154,8 +154,24 @@ def _used_total(part: dict[str, float]) -> str:
     return f"{human_bytes(part['used'])} / {human_bytes(part['total'])} ({_pct(part):.0f} %)"
 
 
-def _state(host: Host, now: float) -> str:
-    return "🟢 online" if host.is_online(now) else "🔴 offline"
+# A host offline because of a power action from the chat (mbot.alerts REBOOT, SHUTDOWN) says so, not "offline".
+_POWER_STATES = {"reboot": ("🔁", "rebooting"), "shutdown": ("⏻", "shut down")}
+
+
+def _state_parts(host: Host, now: float, power: str | None = None) -> tuple[str, str]:
+    if host.is_online(now):
+        return "🟢", "online"
+    return _POWER_STATES.get(power or "", ("🔴", "offline"))
+
+
+def _state(host: Host, now: float, power: str | None = None) -> str:
+    return " ".join(_state_parts(host, now, power))
+
+
+def power_started(name: str, action: str) -> str:
+    if action == "shutdown":
+        return f"<b>{e(name)}</b>: shutdown started. It shows as shut down until it is back; no offline alert."
+    return f"<b>{e(name)}</b>: reboot started. You will hear when it is back; no offline alert meanwhile."
 
 
 e = html.escape
@@ -223,10 +239,11 @@ def _link_line(link: dict[str, float]) -> str:
     return "Link to server: " + " · ".join(parts)
 
 
-def host_card(host: Host, now: float, procs: StoredSnapshot | None = None) -> str:
-    """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too."""
+def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None) -> str:
+    """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too. `power`: a
+    reboot or shutdown from the chat under way (or done), shown instead of "offline"."""
     m, f = host.last_metrics, host.facts
-    lines = [f"<b>{e(host.name)}</b> {_state(host, now)} · last seen {ago(host.last_seen, now)}"]
+    lines = [f"<b>{e(host.name)}</b> {_state(host, now, power)} · last seen {ago(host.last_seen, now)}"]
     if not m:
         lines.append("No data yet: start the agent with this host's secret.")
         return "\n".join(lines)
@@ -343,19 +360,23 @@ def inventory_view(host: Host, now: float,
     return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 
-def host_list(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
+def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one.", None
-    lines = [f"{'🟢' if h.is_online(now) else '🔴'} <b>{e(h.name)}</b> - "
-             f"{'online' if h.is_online(now) else 'offline'}, last seen {ago(h.last_seen, now)}" for h in hosts]
+    power = power or {}
+    lines = []
+    for h in hosts:
+        mark, word = _state_parts(h, now, power.get(h.id))
+        lines.append(f"{mark} <b>{e(h.name)}</b> - {word}, last seen {ago(h.last_seen, now)}")
     buttons = [button(h.name, Callback("card", (str(h.id),))) for h in hosts]
     rows = [buttons[i:i + 3] for i in range(0, len(buttons), 3)]
     return "\n".join(lines), keyboard(*rows)
 
 
-def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
+def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return host_list(hosts, now)
+    power = power or {}
     lines = []
     for h in hosts:
         m = h.last_metrics
@@ -366,8 +387,8 @@ def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
             figures.append(f"RAM {_pct(m['ram']):.0f} %")
         if m.get("disks"):
             figures.append(f"Disk {max(_pct(p) for p in m['disks'].values()):.0f} %")
-        state = "🟢" if h.is_online(now) else "🔴"
-        detail = " · ".join(figures) if h.is_online(now) else f"offline, last seen {ago(h.last_seen, now)}"
+        state, word = _state_parts(h, now, power.get(h.id))
+        detail = " · ".join(figures) if h.is_online(now) else f"{word}, last seen {ago(h.last_seen, now)}"
         lines.append(f"{state} <b>{e(h.name)}</b> {detail}")
     _, buttons = host_list(hosts, now)
     return "\n".join(lines), buttons

@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import trio
 
 from fakebot import Call, FakeBot
-from helpers import certificate, load_agent
+from helpers import ack_reaching, certificate, load_agent, sample_frame
 from mbot import app
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
-from test_bot import ALICE, BOB, WallClock, buttons, fake, last_message_id, press, say  # noqa: F401 (fake: a fixture)
+from test_bot import ALICE, BOB, Agent, WallClock, buttons, fake, last_message_id, press, say  # noqa: F401 (fake: a fixture)
 
 
 REPEAT = 20.0
@@ -124,3 +125,75 @@ async def test_an_alert_is_one_thread_with_working_buttons_across_a_restart(fake
         assert server.alerting.engine.host_status(int(host_id)).muted_until is not None
         agents.cancel_scope.cancel()
     await server.aclose()
+
+
+async def test_offline_is_one_thread_and_a_deleted_message_gets_a_new_one(fake: FakeBot, nursery,
+                                                                           settings: Settings):
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    seq = 0
+    for deleted in (False, True):
+        agent = await Agent.connect(nursery, server.port, secret)
+        seq += 1
+        await agent.ws.send_message(sample_frame(seq, ts=clock()))
+        await ack_reaching(agent.ws, seq)
+        await agent.close()
+        since = len(fake.sent)
+        clock.offset += 31  # the default offline delay is 30 s
+        server.alerting.clock_moved()
+        offline = await fake.wait_for(to_alice("sendMessage", "box1 is offline"), since=since)
+        assert list(buttons(offline.params)) == ["🔕 Mute 1h"]  # no reminders to ack, nothing to chart
+        message_id = offline.result["message_id"]
+        if deleted:
+            del fake.messages[ALICE, message_id]  # the user deleted it
+        since = len(fake.sent)
+        agent = await Agent.connect(nursery, server.port, secret)
+        ended = await fake.wait_for(to_alice("sendMessage" if deleted else "editMessageText", "✅ box1 was offline"),
+                                    since=since)
+        if deleted:  # a new message says it, and that one notifies: no reply to a message that is gone
+            assert reply_to(ended) is None and ended.params.get("reply_markup") is None
+        else:
+            assert ended.params["message_id"] == message_id
+            notice = await fake.wait_for(to_alice("sendMessage", "box1 is back online after"), since=since)
+            assert reply_to(notice) == message_id
+        await agent.close()
+    await say(fake, ALICE, "/hosts")
+    assert not [c for c in fake.sent if to_alice("sendMessage", "back online after")(c) and reply_to(c) is None]
+    await server.aclose()
+
+
+async def test_a_chart_that_takes_too_long_leaves_the_alert_as_text_with_a_chart_button(
+        fake: FakeBot, nursery, settings: Settings, monkeypatch):
+    from mbot import charts
+    from mbot.telegram import alert_delivery
+
+    def stuck(spec):
+        time.sleep(0.5)  # in its worker thread, abandoned by then
+        raise AssertionError("an abandoned render's result is never used")
+
+    monkeypatch.setattr(charts, "render", stuck)
+    monkeypatch.setattr(alert_delivery, "CHART_TIMEOUT", 0.05)
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    await say(fake, ALICE, "/setalert box1 cpu 50")
+    agent = await Agent.connect(nursery, server.port, secret)
+    await agent.ws.send_message(sample_frame(1, cpu=99.0, ts=clock()))
+    fired = await fake.wait_for(to_alice("sendMessage", "box1: CPU 99 %"))
+    assert list(buttons(fired.params)) == ["📈 Chart", "🔕 Mute 1h", "✔️ Ack"]  # no process list was sent
+    await agent.close()
+    await server.aclose()
+
+
+def test_alert_buttons_fit_and_forged_data_decodes_to_nothing():
+    from mbot.telegram import views
+
+    keyboard = views.alert_keyboard(123456789, 987654321, "disk:/" + "x" * 40, chart=True, procs=True, live=True)
+    texts = [b["text"] for row in keyboard["inline_keyboard"] for b in row]
+    assert texts == ["⚙️ Processes", "🔕 Mute 1h", "✔️ Ack"]  # the chart's data would not fit in 64 bytes: left out
+    for row in keyboard["inline_keyboard"]:
+        for b in row:
+            assert views.decode_callback(b["callback_data"]) is not None
+    for forged in ("ack:1", "ack:1:x", "ack:x:1", "aprocs:1:-1", "amute:1:2", "amute:x", "ack:1:2:3"):
+        assert views.decode_callback(forged) is None, forged

@@ -163,7 +163,7 @@ async def test_offline_is_one_thread_and_a_deleted_message_gets_a_new_one(fake: 
     await server.aclose()
 
 
-async def test_a_chart_that_takes_too_long_leaves_the_alert_as_text_with_a_chart_button(
+async def test_a_slow_chart_leaves_text_and_an_alert_that_ends_while_muted_says_so_quietly(
         fake: FakeBot, nursery, settings: Settings, monkeypatch):
     from mbot import charts
     from mbot.telegram import alert_delivery
@@ -181,7 +181,22 @@ async def test_a_chart_that_takes_too_long_leaves_the_alert_as_text_with_a_chart
     agent = await Agent.connect(nursery, server.port, secret)
     await agent.ws.send_message(sample_frame(1, cpu=99.0, ts=clock()))
     fired = await fake.wait_for(to_alice("sendMessage", "box1: CPU 99 %"))
-    assert list(buttons(fired.params)) == ["📈 Chart", "🔕 Mute 1h", "✔️ Ack"]  # no process list was sent
+    pressable = buttons(fired.params)
+    assert list(pressable) == ["📈 Chart", "🔕 Mute 1h", "✔️ Ack"]  # no process list was sent
+
+    # Muted, it ends silently; when the mute ends, its message says so, quietly (an edit, no reply).
+    await press(fake, ALICE, pressable["🔕 Mute 1h"], fired.result["message_id"], method="sendMessage")
+    for seq in (2, 3):
+        await agent.ws.send_message(sample_frame(seq, cpu=10.0, ts=clock()))
+    await ack_reaching(agent.ws, 3)
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/unmute box1")
+    await fake.wait_for(to_alice("sendMessage", "Nothing is firing"), since=since)
+    edited = await fake.wait_for(to_alice("editMessageText", "✅ box1: CPU back to normal while muted"), since=since)
+    assert edited.params["message_id"] == fired.result["message_id"]
+    assert list(buttons(edited.params)) == ["📈 Chart"]
+    await say(fake, ALICE, "/hosts")
+    assert not [c for c in fake.sent[since:] if reply_to(c) is not None]
     await agent.close()
     await server.aclose()
 

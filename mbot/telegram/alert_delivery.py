@@ -12,6 +12,8 @@ mbot.alerting hands events over with `notify()` (never blocks); `run()` (in the 
 - Resolved / BackOnline: that message is edited to say it ended (✅, how long, the worst value) and a short reply
   notifies (an edit does not). An edit Telegram refuses (the message was deleted, or is too old) becomes a new
   message instead; "message is not modified" counts as done (BotApi).
+- MuteEnded: its own message; the messages of alerts that ended during the mute (the engine sent no Resolved) are
+  edited to say so, quietly (no reply, no new message if the edit fails).
 
 The message_id of an alert's message comes back through the outbox's `on_sent`, which runs before the next message
 to that chat goes out; reminders and ends read it when they are sent, so none of this waits for Telegram, and per
@@ -30,7 +32,7 @@ from typing import Any, Callable
 import trio
 
 from .. import charts, members, plotting, processes, store
-from ..alerts import BackOnline, Event, Firing, Offline, Reminder, Resolved
+from ..alerts import BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
 from ..model import Host, StoredSnapshot
 from ..store import Database
@@ -133,6 +135,8 @@ class AlertDelivery:
         key = _key(event)
         if key is None:  # MuteEnded: a message of its own
             self._outbox.submit(owner, partial(self._api.send_message, owner, text))
+            if isinstance(event, MuteEnded):
+                await self._ended_while_muted(owner, event)
         elif isinstance(event, (Firing, Offline)):
             await self._start(owner, text, event, key)
         elif isinstance(event, Reminder):
@@ -182,6 +186,24 @@ class AlertDelivery:
         self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited))
         self._outbox.submit(owner, partial(self._reply_if, edited, owner, text, thread))
 
+    async def _ended_while_muted(self, owner: int, event: MuteEnded) -> None:
+        live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
+        if event.offline_since is not None:
+            live.add((event.host_id, OFFLINE, ""))
+        ended = [key for key in self._threads if key[0] == event.host_id and key not in live]
+        if not ended:
+            return
+        host = await self._db.read(store.host_by_id, event.host_id)
+        name = host.name if host is not None else f"host {event.host_id}"
+        for key in ended:
+            thread = self._threads.pop(key)
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            summary = html.escape(alert_text.ended_while_muted(name, None if key[1] == OFFLINE else key[2]))
+            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
+                                            procs=thread.procs, live=False)
+            self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, trio.Event(),
+                                               fallback=False))
+
     # --- sends (run by the outbox, in order per chat: an earlier message's id is known by then) -----------------
 
     def _on_sent(self, thread: _Thread, message: Any) -> None:
@@ -199,7 +221,7 @@ class AlertDelivery:
                                             reply_to=self._reply_to(thread, chat_id))
 
     async def _edit(self, chat_id: int, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
-                    edited: trio.Event) -> Any:
+                    edited: trio.Event, *, fallback: bool = True) -> Any:
         message_id = self._reply_to(thread, chat_id)
         if thread is not None and message_id is not None:
             try:
@@ -214,7 +236,7 @@ class AlertDelivery:
             else:
                 edited.set()
                 return result
-        return await self._api.send_message(chat_id, summary, reply_markup=keyboard)
+        return await self._api.send_message(chat_id, summary, reply_markup=keyboard) if fallback else None
 
     async def _reply_if(self, edited: trio.Event, chat_id: int, text: str, thread: _Thread | None) -> Any:
         # Not edited: a new message said it ended, and that one notified already.

@@ -9,7 +9,7 @@ from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE
 from .. import members, series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "ended", "format_value", "series_label", "duration_text"]
+__all__ = ["describe", "ended", "ended_while_muted", "format_value", "series_label", "duration_text"]
 
 
 def series_label(series: str) -> str:
@@ -98,6 +98,13 @@ def describe(event: Event, host_name: str) -> str:
             lines.append("Nothing is firing.")
         return "\n".join(lines)
     raise TypeError(f"not an alert event: {event!r}")
+
+
+def ended_while_muted(host_name: str, series: str | None) -> str:
+    """An alert's own message once it ended during a mute (no Resolved was sent); series None: offline."""
+    if series is None:
+        return f"✅ {host_name} came back online while muted"
+    return f"✅ {host_name}: {series_label(series)} back to normal while muted"
 
 
 def ended(event: Resolved | BackOnline, host_name: str) -> str:

@@ -183,8 +183,9 @@ class AlertDelivery:
             keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
                                             procs=thread.procs, live=False)
         edited = trio.Event()  # set when the alert's own message now says it ended: then a reply notifies
-        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited))
-        self._outbox.submit(owner, partial(self._reply_if, edited, owner, text, thread))
+        reply = partial(self._reply, owner, text, None, thread)
+        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited),
+                            on_sent=lambda _: self._outbox.submit(owner, reply) if edited.is_set() else None)
 
     async def _ended_while_muted(self, owner: int, event: MuteEnded) -> None:
         live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
@@ -222,6 +223,8 @@ class AlertDelivery:
 
     async def _edit(self, chat_id: int, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
                     edited: trio.Event, *, fallback: bool = True) -> Any:
+        """Edit the alert's message to `summary` (setting `edited`); if Telegram refuses, a new message (which
+        notifies by itself, so no reply follows) unless not `fallback`."""
         message_id = self._reply_to(thread, chat_id)
         if thread is not None and message_id is not None:
             try:
@@ -237,10 +240,6 @@ class AlertDelivery:
                 edited.set()
                 return result
         return await self._api.send_message(chat_id, summary, reply_markup=keyboard) if fallback else None
-
-    async def _reply_if(self, edited: trio.Event, chat_id: int, text: str, thread: _Thread | None) -> Any:
-        # Not edited: a new message said it ended, and that one notified already.
-        return await self._reply(chat_id, text, None, thread) if edited.is_set() else None
 
     # --- the chart ---------------------------------------------------------------------------------------------
 

@@ -58,7 +58,12 @@ def reply_to(call: Call) -> int | None:
 
 
 async def test_an_alert_is_one_thread_with_working_buttons_across_a_restart(fake: FakeBot, nursery,
-                                                                            settings: Settings, tmp_path):
+                                                                            settings: Settings, tmp_path,
+                                                                            monkeypatch):
+    from mbot.telegram import alert_delivery
+
+    # The first chart imports matplotlib, seconds on a busy machine: the time bound has a test of its own.
+    monkeypatch.setattr(alert_delivery, "CHART_TIMEOUT", 60.0)
     agent = load_agent()
     clock = WallClock()
     server = await start(nursery, settings, fake, clock)
@@ -69,7 +74,7 @@ async def test_an_alert_is_one_thread_with_working_buttons_across_a_restart(fake
     await say(fake, ALICE, "/setalert box1 ram 0 1s")
     async with trio.open_nursery() as agents:
         agents.start_soon(agent.run_agent, config)
-        fired = await fake.wait_for(to_alice("sendPhoto", "box1: RAM"), timeout=20)
+        fired = await fake.wait_for(to_alice("sendPhoto", "box1: RAM"), timeout=60)
         alert_id = fired.result["message_id"]
         assert fired.files["photo"].data.startswith(b"\x89PNG")
         assert "threshold 0 %" in fired.params["caption"]

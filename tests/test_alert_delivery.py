@@ -89,9 +89,13 @@ async def test_an_alert_is_one_thread_with_working_buttons_across_a_restart(fake
         await say(fake, BOB, "/hosts")
         refused = await press(fake, BOB, pressable["✔️ Ack"], last_message_id(fake, BOB))
         assert refused["text"] == "No such host. /hosts lists yours."
+        await say(fake, BOB, "/hosts")
+        refused = await press(fake, BOB, pressable["🔕 Mute 1h"], last_message_id(fake, BOB))
+        assert refused["text"] == "No such host. /hosts lists yours."
         host_id = pressable["✔️ Ack"].split(":")[1]
         forged = await press(fake, ALICE, f"ack:{host_id}:999999", alert_id, method="sendMessage")
         assert "too old" in forged["text"]
+        assert server.alerting.engine.host_status(int(host_id)).muted_until is None
 
         # A reminder (REPEAT of server time later) replies to the alert's message, with the Ack button.
         since = len(fake.sent)

@@ -79,14 +79,23 @@ async def flap(cycles: int) -> Counter[str]:
             ws = await upgrade(nursery, stream, secret)
             await ws.send_message(hello_frame(epoch=1))
             await receive_json(ws)
-            await fake.wait_for(lambda c: c.method == "sendMessage" and "back online after" in c.params["text"],
-                                since=sent)
+            while sum(1 for c in fake.sent if c.method == "sendMessage" and "back online after" in c.params["text"]
+                      ) < cycles:
+                await fake.wait_for(lambda c: c.method == "sendMessage" and "back online after" in c.params["text"],
+                                    since=sent)
+                sent = len(fake.sent)
             await trio.aclose_forcefully(stream)
             counts: Counter[str] = Counter()
+            latest = None  # the latest offline message: a "back online" reply must answer that one
             for call in fake.sent[start:]:
                 if call.params.get("chat_id") != user:
                     continue
                 counts[call.method] += 1
+                if "is offline (last seen" in (call.params.get("text") or ""):
+                    latest = call.result["message_id"]
+                reply = (call.params.get("reply_parameters") or {}).get("message_id")
+                if reply is not None and reply != latest:
+                    counts["replies out of order"] += 1
                 if call.method in ("sendMessage", "sendPhoto"):
                     counts["notifying"] += 1
                     if not call.params.get("reply_parameters"):

@@ -183,9 +183,10 @@ class AlertDelivery:
             keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
                                             procs=thread.procs, live=False)
         edited = trio.Event()  # set when the alert's own message now says it ended: then a reply notifies
-        reply = partial(self._reply, owner, text, None, thread)
-        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited),
-                            on_sent=lambda _: self._outbox.submit(owner, reply) if edited.is_set() else None)
+        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited))
+        # Queued now, not once the edit went through: behind the edit and ahead of whatever comes next (the next
+        # offline of a flapping host must not overtake its "back online").
+        self._outbox.submit(owner, partial(self._reply_if, edited, owner, text, thread))
 
     async def _ended_while_muted(self, owner: int, event: MuteEnded) -> None:
         live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
@@ -240,6 +241,10 @@ class AlertDelivery:
                 edited.set()
                 return result
         return await self._api.send_message(chat_id, summary, reply_markup=keyboard) if fallback else None
+
+    async def _reply_if(self, edited: trio.Event, chat_id: int, text: str, thread: _Thread | None) -> Any:
+        # Not edited: a new message said it ended, and that one notified already.
+        return await self._reply(chat_id, text, None, thread) if edited.is_set() else None
 
     # --- the chart ---------------------------------------------------------------------------------------------
 

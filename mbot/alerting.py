@@ -269,6 +269,13 @@ class Alerting:
         self.engine.mute(host_id, until)
         self._changed()
 
+    def ack(self, host_id: int, metric: str, series: str) -> bool:
+        """The Ack button: no reminders for this firing alert until it resolves. False: it is not firing."""
+        done = self.engine.ack(host_id, metric, series)
+        if done:
+            self._changed()
+        return done
+
     def unmute(self, host_id: int) -> None:
         self._emit(self.engine.unmute(host_id, self._clock()))
         self._changed()

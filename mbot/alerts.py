@@ -213,6 +213,7 @@ class Resolved:
     value: float | None  # None: the series is no longer reported
     since: float
     duration: float  # from the first sample over to the first one back on the good side
+    worst: float | None = None  # the value furthest on the bad side while it fired
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +327,7 @@ _LAG_RISE = 0.5  # how fast the usual-lag floor may rise, in seconds per second 
 
 class _State:
     __slots__ = ("slot", "series", "phase", "since", "value", "last_ts", "clear_n", "clear_since", "notified",
-                 "next_reminder", "alive")
+                 "next_reminder", "alive", "worst", "acked")
 
     def __init__(self, slot: _Slot, series: str) -> None:
         self.slot = slot
@@ -340,6 +341,8 @@ class _State:
         self.notified = False  # the user was told it fires (Firing or MuteEnded)
         self.next_reminder: float | None = None
         self.alive = True  # False once its rule or host is gone: heap entries pointing here are then void
+        self.worst: float | None = None  # while firing: the value furthest on the bad side (Resolved says it)
+        self.acked = False  # the user acknowledged it (the Ack button): no reminders until it resolves
 
 
 class _Slot:
@@ -514,6 +517,18 @@ class AlertEngine:
         host.muted_until = until
         self._push(until, _MUTE, host)
 
+    def ack(self, host_id: int, metric: str, series: str) -> bool:
+        """The user acknowledged a firing alert (the Ack button): no reminders for it until it resolves. Its
+        Resolved still comes. False when that alert is not firing (it resolved meanwhile, or its rule is gone)."""
+        host = self._hosts.get(host_id)
+        slot = None if host is None else host.slots.get(metric)
+        state = None if slot is None else slot.by_series.get(series)
+        if state is None or state.phase != _FIRING:
+            return False
+        state.acked = True
+        state.next_reminder = None  # voids its heap entry
+        return True
+
     def unmute(self, host_id: int, now: float) -> list[Event]:
         host = self._hosts.get(host_id)
         if host is None or host.muted_until is None:
@@ -616,6 +631,8 @@ class AlertEngine:
                 if value is not None:
                     state.value = value
                     state.last_ts = ts
+                    if phase == FIRING and (state.worst is None or value * sign > state.worst * sign):
+                        state.worst = value
         return events
 
     def _act(self, state: _State, action: str, value: float | None, ts: float, now: float, announce: bool,
@@ -628,6 +645,8 @@ class AlertEngine:
                 state.since = ts
             state.clear_n = 0
             state.notified = False
+            state.worst = None
+            state.acked = False
             if announce:
                 assert value is not None
                 self._announce(state, value, ts, now, events)
@@ -729,7 +748,7 @@ class AlertEngine:
                             "host": host.id, "metric": slot.rule.metric, "series": s.series,
                             "phase": _PHASE_NAMES[s.phase], "since": s.since, "value": s.value, "last_ts": s.last_ts,
                             "clear_n": s.clear_n, "clear_since": s.clear_since, "notified": s.notified,
-                            "next_reminder": s.next_reminder})
+                            "next_reminder": s.next_reminder, "worst": s.worst, "acked": s.acked})
         return {"v": 1, "hosts": hosts, "states": states}
 
     @classmethod
@@ -781,7 +800,9 @@ class AlertEngine:
             state.clear_n = data["clear_n"]
             state.clear_since = data["clear_since"]
             state.notified = bool(data["notified"]) and state.phase == _FIRING
-            if state.notified and data["next_reminder"] is not None:
+            state.worst = data.get("worst")  # absent from snapshots made before it was kept
+            state.acked = bool(data.get("acked")) and state.phase == _FIRING
+            if state.notified and not state.acked and data["next_reminder"] is not None:
                 engine._schedule_reminder(state, data["next_reminder"])
         return engine
 
@@ -855,7 +876,7 @@ class AlertEngine:
             host.offline_notified = False
             for slot in host.slot_list:
                 for state in slot.states:
-                    if state.notified:
+                    if state.notified and not state.acked:
                         due = state.next_reminder
                         self._schedule_reminder(state, now + self.repeat if due is None or due <= now else due)
         host.last_seen = now
@@ -928,7 +949,7 @@ class AlertEngine:
                     assert state.value is not None
                     firing.append(Firing(slot.rule, host.id, state.series, state.value, state.since, state.last_ts))
                     state.notified = True
-                    if host.offline_since is None:
+                    if host.offline_since is None and not state.acked:
                         self._schedule_reminder(state, now + self.repeat)
                     else:
                         state.next_reminder = None
@@ -946,9 +967,12 @@ class AlertEngine:
     def _resolve(self, state: _State, value: float | None, end: float, events: list[Event]) -> None:
         host = state.slot.host
         if state.notified and host.muted_until is None:
-            events.append(Resolved(state.slot.rule, host.id, state.series, value, state.since, end - state.since))
+            events.append(Resolved(state.slot.rule, host.id, state.series, value, state.since, end - state.since,
+                                   state.worst))
         state.phase = _OK
         state.notified = False
+        state.worst = None
+        state.acked = False
         state.next_reminder = None
         state.clear_n = 0
 

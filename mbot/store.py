@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
-from .model import Host, StoredSnapshot
+from .model import AlertMessage, Host, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -161,6 +161,24 @@ MIGRATIONS: list[str] = [
         start_minute INTEGER NOT NULL,
         end_minute INTEGER NOT NULL
     );
+    """,
+    # Alert messages (mbot/telegram/alert_delivery.py): one row per alert that fired (metric "offline": a host that
+    # went offline) and the chat message of its life, which its reminders reply to and its end edits; and, for
+    # CPU/RAM/GPU alerts, the top processes when it fired (JSON items of the `processes` snapshot).
+    """
+    CREATE TABLE alert_messages (
+        id INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        metric TEXT NOT NULL,
+        series TEXT NOT NULL,
+        fired REAL NOT NULL,
+        procs TEXT,
+        chat_id INTEGER,
+        message_id INTEGER,
+        photo INTEGER NOT NULL DEFAULT 0,
+        resolved REAL
+    );
+    CREATE INDEX alert_messages_open ON alert_messages (host_id, metric, series) WHERE resolved IS NULL;
     """,
 ]
 
@@ -396,6 +414,7 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
         conn.execute(f"DELETE FROM {table} WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM alert_messages WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
@@ -598,3 +617,47 @@ def set_quiet_hours(conn: sqlite3.Connection, user_id: int, window: tuple[int, i
         conn.execute("INSERT INTO quiet_hours (user_id, start_minute, end_minute) VALUES (?, ?, ?) "
                      "ON CONFLICT (user_id) DO UPDATE SET start_minute = excluded.start_minute, "
                      "end_minute = excluded.end_minute", (user_id, *window))
+
+
+# --- alert messages (mbot/telegram/alert_delivery.py) ----------------------------------------------------------
+
+ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Processes button) is kept
+
+
+def _alert_message(row: sqlite3.Row) -> AlertMessage:
+    procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
+    return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
+                        row["message_id"], bool(row["photo"]), row["resolved"])
+
+
+def add_alert_message(conn: sqlite3.Connection, host_id: int, metric: str, series: str, fired: float,
+                      procs_json: str | None) -> int:
+    """A new alert life; an older open one of the same alert is closed (it can only be left from a crash), and
+    rows resolved more than ALERT_MESSAGE_KEEP ago go."""
+    conn.execute("UPDATE alert_messages SET resolved = ? WHERE host_id = ? AND metric = ? AND series = ? "
+                 "AND resolved IS NULL", (fired, host_id, metric, series))
+    conn.execute("DELETE FROM alert_messages WHERE resolved < ?", (fired - ALERT_MESSAGE_KEEP,))
+    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs) VALUES (?, ?, ?, ?, ?)",
+                       (host_id, metric, series, fired, procs_json))
+    return _inserted_id(cur)
+
+
+def set_alert_message_sent(conn: sqlite3.Connection, alert_id: int, chat_id: int, message_id: int,
+                           photo: bool) -> None:
+    conn.execute("UPDATE alert_messages SET chat_id = ?, message_id = ?, photo = ? WHERE id = ?",
+                 (chat_id, message_id, int(photo), alert_id))
+
+
+def resolve_alert_message(conn: sqlite3.Connection, alert_id: int, ts: float) -> None:
+    conn.execute("UPDATE alert_messages SET resolved = ? WHERE id = ? AND resolved IS NULL", (ts, alert_id))
+
+
+def alert_message(conn: sqlite3.Connection, alert_id: int) -> AlertMessage | None:
+    row = conn.execute("SELECT * FROM alert_messages WHERE id = ?", (alert_id,)).fetchone()
+    return None if row is None else _alert_message(row)
+
+
+def open_alert_messages(conn: sqlite3.Connection) -> list[AlertMessage]:
+    """Alerts that have not ended, oldest first (at start: the threads a restart must keep)."""
+    rows = conn.execute("SELECT * FROM alert_messages WHERE resolved IS NULL ORDER BY id")
+    return [_alert_message(row) for row in rows]

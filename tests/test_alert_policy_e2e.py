@@ -122,8 +122,9 @@ async def test_a_restart_with_agents_connected_sends_nothing_and_a_long_outage_i
     assert third.alerting.engine.host_status(3).offline_since is not None
     # box3 comes back later: its "back online", and nothing besides the report before that.
     agents.start("box3", secrets["box3"], third)
-    back = await fake.wait_for(lambda c: c.method == "sendMessage" and "box3 is back online" in c.params["text"],
-                               since=since, timeout=10)
+    # (The report was its offline alert, so there is no thread to edit: its end goes as a message of its own.)
+    back = await fake.wait_for(lambda c: c.method == "sendMessage" and "✅ box3 was offline" in c.params["text"]
+                               and c.params["text"].endswith("back online"), since=since, timeout=10)
     assert alerts_to(fake, since) == [report.params["text"], back.params["text"]]
     heartbeat = float(read_db(settings, "SELECT value FROM kv WHERE key = 'server.heartbeat'")[0][0])
     assert heartbeat >= started  # written at start, so the next outage is measured from this run

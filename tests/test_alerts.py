@@ -440,7 +440,7 @@ def test_missing_series_cancel_pending_and_resolve_firing_after_the_delay():
         assert engine.observe(H, ts, {"disk:/": 1}, ts) == []
     assert [s.state for s in engine.states(H) if s.series == "gpu0"] == []
     events = engine.observe(H, 35, {"disk:/": 1}, 35)
-    assert events == [Resolved(AlertRule(H, "disk", 90.0), H, "disk:/mnt", None, 0, 0)]
+    assert events == [Resolved(AlertRule(H, "disk", 90.0), H, "disk:/mnt", None, 0, 0, worst=95)]
     assert [s.series for s in engine.states(H)] == ["disk:/", None]
 
 
@@ -628,3 +628,59 @@ def test_describe():
     assert describe(ended, "box1") == ("box1: notifications are back on.\nIt is offline (last seen 2 min ago).\n"
                                        "Still firing:\n- CPU 97 % for 9 min 50 s (threshold 90 %)")
     assert describe(MuteEnded(H, 0.0, ()), "box1") == "box1: notifications are back on.\nNothing is firing."
+
+
+# --- ack and the worst value (the Ack button; the edited message of an alert that ended) --------------------------
+
+
+def test_ack_stops_reminders_until_it_resolves_and_survives_a_restart():
+    engine = AlertEngine([CPU90, AlertRule(H, "ram", 50.0)], repeat=60.0)
+    feed = Feed(engine)
+    assert kinds(feed.sample(cpu=95, ram=60)) == ["Firing", "Firing"]
+    assert not engine.ack(H, "cpu", "nope") and not engine.ack(H, "disk", "cpu") and not engine.ack(2, "cpu", "cpu")
+    assert engine.ack(H, "cpu", "cpu")
+    restored = AlertEngine.restore(json.loads(json.dumps(engine.snapshot())), engine.rules(), now=feed.t,
+                                   repeat=60.0)
+    for live in (engine, restored):
+        feed = Feed(live, t=feed.t) if live is restored else feed
+        start = feed.t
+        while feed.t < start + 200:
+            feed.sample(cpu=95, ram=60)
+        # Only the alert that was not acked reminds, and a mute ending does not bring the acked one back.
+        assert {e.series for e in feed.events if isinstance(e, Reminder)} == {"ram"}
+        live.mute(H, feed.t + 1)
+        feed.sample(cpu=95, ram=60)
+        before = len(feed.events)
+        while feed.t < start + 400:
+            feed.sample(cpu=95, ram=60)
+        assert {e.series for e in feed.events[before:] if isinstance(e, Reminder)} == {"ram"}
+    # It still resolves; the next time it fires, it reminds again.
+    feed.sample(cpu=10, ram=60)
+    assert kinds(feed.sample(cpu=10, ram=60)) == ["Resolved"]
+    assert not restored.ack(H, "cpu", "cpu")  # not firing
+    assert kinds(feed.sample(cpu=95, ram=60)) == ["Firing"]
+    before = len(feed.events)
+    start = feed.t
+    while feed.t < start + 70:
+        feed.sample(cpu=95, ram=60)
+    assert {e.series for e in feed.events[before:] if isinstance(e, Reminder)} == {"cpu", "ram"}
+
+
+@settings(max_examples=100)
+@given(st.lists(st.floats(91, 100), min_size=1, max_size=20), st.booleans())
+def test_resolved_says_the_worst_value_even_across_a_restart(over, restart):
+    engine = AlertEngine([CPU90, AlertRule(H, "disk:/", 10.0, below=True)])
+    feed = Feed(engine)
+    for value in over:
+        feed.sample(cpu=value, disk__=100 - value)  # disk free: the lower the worse
+    if restart:
+        engine = AlertEngine.restore(json.loads(json.dumps(engine.snapshot())), engine.rules(), now=feed.t)
+        feed = Feed(engine, t=feed.t)
+    feed.sample(cpu=10, disk__=50)
+    resolved = {e.series: e for e in feed.sample(cpu=10, disk__=50)}
+    assert resolved["cpu"].worst == max(over)
+    assert resolved["disk:/"].worst == 100 - max(over)
+    text = alert_text.ended(resolved["cpu"], "box1")
+    assert text.startswith("✅ box1: CPU back to normal (10 %) after ")
+    assert f"; worst {alert_text.format_value('cpu', max(over))} (threshold 90 %)" in text
+    assert alert_text.ended(BackOnline(H, 125.0, 0.0), "box1") == "✅ box1 was offline for 2 min 5 s; back online"

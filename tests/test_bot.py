@@ -348,16 +348,17 @@ async def test_alerts_end_to_end_with_the_real_agent(fake: FakeBot, nursery, set
     assert "No such host" in (await say(fake, BOB, "/setalert box1 ram 0"))["text"]
     # RAM in use is never 0 %, so this fires on the first sample (an idle CPU can read 0 %).
     assert "Alert set on <b>box1</b>: ram &gt; 0 %" in (await say(fake, ALICE, "/setalert box1 ram 0"))["text"]
-    is_alert = lambda text: lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE and text in c.params["text"]  # noqa: E731
+    is_alert = lambda text: lambda c: (c.method in ("sendMessage", "sendPhoto") and c.params["chat_id"] == ALICE  # noqa: E731
+                                       and text in c.shown)
     async with trio.open_nursery() as agents:
         agents.start_soon(agent.run_agent, config)
         fired = await fake.wait_for(is_alert("box1: RAM"), timeout=10)
-        assert "threshold" in fired.params["text"]
+        assert "threshold" in fired.shown
         overview = await say(fake, ALICE, "/alerts")
         assert "firing" in overview["text"] and "offline after 30 s" in overview["text"]
         agents.cancel_scope.cancel()
     # Only one message for the incident, however many samples were over.
-    assert len([c for c in fake.calls("sendMessage") if "box1: RAM" in c.params["text"]]) == 1
+    assert len([c for c in fake.sent if c.method in ("sendMessage", "sendPhoto") and "box1: RAM" in c.shown]) == 1
 
     # The agent stopped: after the delay (30 s by default), and not before the server has run 90 s (its start grace:
     # agents' time to reconnect after a restart), the owner hears of it. Moved forward, not waited for.
@@ -442,7 +443,7 @@ async def test_restart_neither_repeats_nor_forgets_a_firing_alert(fake: FakeBot,
     await say(fake, ALICE, "/setalert box1 ram 0")
     config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=running.port, interval=0.1,
                                fingerprint=running.fingerprint, fingerprint_file=str(tmp_path / "fp.json"))
-    firing = lambda c: c.method == "sendMessage" and c.params["text"].startswith("box1: RAM")  # noqa: E731
+    firing = lambda c: c.method in ("sendMessage", "sendPhoto") and c.shown.startswith("box1: RAM")  # noqa: E731
     async with trio.open_nursery() as agents:
         agents.start_soon(agent.run_agent, config)
         await fake.wait_for(firing, timeout=10)
@@ -483,9 +484,9 @@ async def test_a_host_registered_by_the_cli_while_the_server_runs_gets_its_alert
     assert "Alert set on <b>cli1</b>" in (await say(fake, ALICE, "/setalert cli1 cpu 50"))["text"]
     agent = await Agent.connect(nursery, server.port, secret)
     await agent.ws.send_message(sample_frame(1, cpu=99.0))
-    fired = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params["chat_id"] == ALICE
-                                and c.params["text"].startswith("cli1: CPU"), timeout=10)
-    assert "99 %" in fired.params["text"]
+    fired = await fake.wait_for(lambda c: c.method in ("sendMessage", "sendPhoto") and c.params["chat_id"] == ALICE
+                                and c.shown.startswith("cli1: CPU"), timeout=10)
+    assert "99 %" in fired.shown
     await agent.close()
 
 

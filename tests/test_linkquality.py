@@ -118,9 +118,9 @@ async def test_rtt_reaches_card_plot_alerts_and_metrics_with_the_real_agent(fake
         link = await link_metrics(server, settings, "box1", lambda link: link.get("rtt") is not None)
         # Loopback: well under a second, never negative; nothing lost.
         assert 0 < link["rtt"] < 1000 and link["jitter"] >= 0 and link["loss"] == 0
-        fired = await fake.wait_for(lambda c: c.method == "sendMessage" and "box1: round trip to the server"
-                                    in c.params["text"], timeout=10)
-        assert " ms (threshold 0 ms)" in fired.params["text"]
+        fired = await fake.wait_for(lambda c: c.method in ("sendMessage", "sendPhoto")
+                                    and "box1: round trip to the server" in c.shown, timeout=10)
+        assert " ms (threshold 0 ms)" in fired.shown
         card = await say(fake, ALICE, "/status box1")
         assert re.search(r"Link to server: RTT [\d.]+ ms · jitter [\d.]+ ms · loss 0 %", card["text"])
         chart = await say(fake, ALICE, "/plot box1 rtt 1h", method="sendPhoto")

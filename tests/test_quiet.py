@@ -154,7 +154,7 @@ async def test_alerts_in_quiet_hours_are_silent_and_replies_never_are(fake: Fake
                                fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"))
     async with trio.open_nursery() as agents:
         agents.start_soon(agent.run_agent, config)
-        fired = await fake.wait_for(lambda c: c.method == "sendMessage" and "box1: RAM" in c.params["text"],
+        fired = await fake.wait_for(lambda c: c.method in ("sendMessage", "sendPhoto") and "box1: RAM" in c.shown,
                                     timeout=10)
         assert fired.params.get("disable_notification") is True  # delivered, without a sound
 

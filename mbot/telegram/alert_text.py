@@ -13,7 +13,8 @@ from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, REBOOT, STATE a
 from .. import members, series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "format_value", "series_label", "duration_text", "outage_text"]
+__all__ = ["describe", "ended", "ended_while_muted", "format_value", "series_label", "duration_text",
+           "outage_text"]
 
 
 def series_label(series: str) -> str:
@@ -137,3 +138,24 @@ def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
             lines.append("Nothing is firing.")
         return "\n".join(lines)
     raise TypeError(f"not an alert event: {event!r}")
+
+
+def ended_while_muted(host_name: str, series: str | None) -> str:
+    """An alert's own message once it ended during a mute (no Resolved was sent); series None: offline."""
+    if series is None:
+        return f"✅ {host_name} came back online while muted"
+    return f"✅ {host_name}: {series_label(series)} back to normal while muted"
+
+
+def ended(event: Resolved | BackOnline, host_name: str) -> str:
+    """What an alert's own message says once it is over (it is edited to this; describe() is the reply that
+    notifies): ✅, how long it lasted, and the worst value."""
+    if isinstance(event, BackOnline):
+        return f"✅ {host_name} was offline for {format_duration(event.down_for)}; back online"
+    label = series_label(event.series)
+    worst = "" if event.worst is None else f"; worst {format_value(event.rule.metric, event.worst)}"
+    if event.value is None:
+        return f"✅ {host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}{worst}"
+    threshold = "" if members.member_of(event.rule.metric) is not None else f" ({_threshold_text(event.rule)})"
+    return (f"✅ {host_name}: {label} back to normal ({format_value(event.rule.metric, event.value)}) after "
+            f"{format_duration(event.duration)}{worst}{threshold}")

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (alerts, charts, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
+from .. import (charts, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
                stability, stabilitychart, store, users)
 from ..agents import AgentHub
 from ..alerting import Alerting
@@ -31,7 +31,8 @@ from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
 from ..writer import Writer
-from . import alert_commands, commands, views
+from . import alert_commands, alert_text, commands, views
+from .alert_delivery import AlertDelivery
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox, OutboxDropped
@@ -91,7 +92,6 @@ class Bot:
         self._writer = writer
         self._hub = hub
         self._alerting = alerting
-        alerting.set_notify(self._notify)
         self._endpoint = endpoint  # how agents reach this server: the /newkey reply
         self._clock = clock
         self._username: str | None = None
@@ -103,6 +103,9 @@ class Bot:
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
+        self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
+                                             chart_limiter=self._charts, silent=self._silent)
+        alerting.set_notify(self._alert_delivery.notify)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -114,6 +117,7 @@ class Bot:
                        (await self._db.read(store.quiet_hours)).items()}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._alert_delivery.run)
             nursery.start_soon(self._introduce)
             task_status.started()
             await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
@@ -396,16 +400,6 @@ class Bot:
         else:
             self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard))
 
-    def _notify(self, owner: int, text: str, event: alerts.Event) -> None:
-        keyboard = None
-        rule = getattr(event, "rule", None)
-        if isinstance(rule, alerts.AlertRule):
-            callback = views.chart_callback("chart", rule.host_id, "1h", None, (rule.metric,))
-            if callback is not None:
-                keyboard = views.keyboard([views.button("📈 Last hour", callback)])
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard,
-                                           disable_notification=self._silent(owner)))
-
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
             await self._api.answer_callback_query(query["id"], text, show_alert=text is not None)
@@ -497,6 +491,8 @@ class Bot:
                                   replace=action == "range")
             except PlotUsageError as exc:
                 self._send(ctx, views.e(str(exc)))
+        elif action in ("amute", "ack", "aprocs"):
+            await self._alert_button(ctx, callback, now)
         elif action == "stability":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             self._start_stability(ctx, host, stability.StabilitySpec(host.name, stability.DEFAULT_INTERVAL,
@@ -531,6 +527,26 @@ class Bot:
                      "history deleted" if args[1] == "wipe" else "history kept")
             kept = "Its history is deleted." if args[1] == "wipe" else "Its history is kept; /rotate gives it a new key."
             self._edit(ctx, f"<b>{views.e(host.name)}</b> is revoked: its agent was disconnected. {kept}")
+
+    async def _alert_button(self, ctx: Context, callback: Callback, now: float) -> None:
+        """Under an alert (mbot/telegram/alert_delivery.py): Mute 1h, Ack, Processes."""
+        host = await self._db.read(service.owned_host, ctx.user_id, int(callback.args[0]))
+        name = views.e(host.name)
+        if callback.action == "amute":
+            self._alerting.mute(host.id, now + views.ALERT_MUTE)
+            self._send(ctx, f"<b>{name}</b> muted for 1 h; what is still firing then will be reported. "
+                            f"/unmute {name} ends it sooner.")
+            return
+        alert = await self._db.read(store.alert_message, int(callback.args[1]))
+        if alert is None or alert.host_id != host.id:  # pruned a week after it ended (or never this host's)
+            self._send(ctx, "This alert is too old: its details are no longer kept.")
+        elif callback.action == "aprocs":
+            self._send(ctx, views.captured_processes(host, alert, now))
+        elif alert.resolved is None and self._alerting.ack(host.id, alert.metric, alert.series):
+            label = views.e(alert_text.series_label(alert.series))
+            self._send(ctx, f"Acknowledged: no more reminders for {label} on <b>{name}</b> until it resolves.")
+        else:
+            self._send(ctx, f"This alert on <b>{name}</b> is no longer firing.")
 
     # --- the stability test (mbot/stability.py) ------------------------------------------------------------------
 

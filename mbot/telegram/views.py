@@ -14,7 +14,7 @@ from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
 from ..install import Endpoint, guessed_note, one_liner
-from ..model import Host, NewKey, StoredSnapshot
+from ..model import AlertMessage, Host, NewKey, StoredSnapshot
 from ..processes import human_bytes
 from . import commands
 
@@ -30,7 +30,8 @@ class Callback:
     """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
     their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
 
-    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes)
+    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes),
+    # and under alerts: amute (mute the host 1 h), ack and aprocs (an alert_messages id: ack it, its processes)
     args: tuple[str, ...] = ()
 
     def encode(self) -> str:
@@ -65,7 +66,8 @@ def decode_callback(data: str) -> Callback | None:
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
     expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
                 "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,)}
+                "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,),
+                "amute": (1,), "ack": (2,), "aprocs": (2,)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -80,11 +82,13 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action == "procs" and args[1:] not in ([], ["r"]):
         return None
+    if action in ("ack", "aprocs") and not args[1].isdigit():
+        return None
     return Callback(action, tuple(args))
 
 
 HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
-                "speedtest")
+                "speedtest", "amute", "ack", "aprocs")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -551,3 +555,41 @@ def processes_view(host: Host, procs: StoredSnapshot | None, now: float) -> tupl
     if len(lines) == 1:
         lines.append("Nothing uses CPU or memory (an empty list).")
     return "\n".join(lines), refresh
+
+
+# --- under alerts (mbot/telegram/alert_delivery.py) ----------------------------------------------------------------
+
+ALERT_MUTE = 3600.0  # the Mute 1h button
+# Alerts on these metrics capture the host's top processes when they fire: the likely culprit.
+PROCESS_METRICS = frozenset({"cpu", "load", "ram", "swap", "gpu", "vram"})
+
+
+def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
+                   live: bool) -> Keyboard | None:
+    """An alert's buttons: 📈 Chart (the metric's last hour; `chart`: when the message is not the chart itself),
+    ⚙️ Processes (the list captured when it fired), and while it lasts (`live`) 🔕 Mute 1h and ✔️ Ack (no more
+    reminders until it resolves; offline alerts have no reminders). `metric` "offline": a host that went offline."""
+    first = []
+    if chart and metric != "offline" and members.member_of(metric) is None:
+        callback = chart_callback("chart", host_id, "1h", None, (metric,))
+        if callback is not None:
+            first.append(button("📈 Chart", callback))
+    if procs and alert_id is not None:
+        first.append(button("⚙️ Processes", Callback("aprocs", (str(host_id), str(alert_id)))))
+    second = []
+    if live:
+        second.append(button("🔕 Mute 1h", Callback("amute", (str(host_id),))))
+        if metric != "offline" and alert_id is not None:
+            second.append(button("✔️ Ack", Callback("ack", (str(host_id), str(alert_id)))))
+    return keyboard(first, second) if first or second else None
+
+
+def captured_processes(host: Host, alert: AlertMessage, now: float) -> str:
+    """The Processes button of an alert: the top processes the server had when it fired (they may be gone)."""
+    when = format_duration(max(0.0, now - alert.fired))
+    head = [f"<b>{e(host.name)}</b> · top processes when the {e(series_label(alert.series))} alert fired, "
+            f"{when} ago"]
+    lines = _fit(head, process_lines(alert.procs or [], processes.LIST, cmd=60), MESSAGE_LIMIT)
+    if len(lines) == 1:
+        lines.append("No process list was captured (the host had sent none recently).")
+    return "\n".join(lines)

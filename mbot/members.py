@@ -55,9 +55,19 @@ def _service_code(item: Item | None) -> float:
     return STOPPED
 
 
+def _check_code(item: Item | None) -> float:
+    # Checks from the host (mbot.checks): the agent says `down` after the check's N consecutive failures. A check
+    # it has not reported (just added, not run yet) is not known to be down.
+    if item is None or item.get("state") != "down":
+        return UP
+    return FAILED
+
+
 MEMBER_KINDS: dict[str, MemberKind] = {
     "service": MemberKind("service", "services", "unit", "service",
                           re.compile(r"[A-Za-z0-9:_.@\\-]{1,256}"), _unit_name, _service_code),
+    "check": MemberKind("check", "checks", "name", "check", re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}"),
+                        str.lower, _check_code),
 }
 SNAPSHOT_KINDS = frozenset(kind.snapshot for kind in MEMBER_KINDS.values())
 

@@ -2766,30 +2766,36 @@ def _http_once(url: str, deadline: _Deadline, max_body: int, result: Dict[str, A
             host, parts.port, timeout=deadline.left(), context=_check_context())
     else:
         conn = http.client.HTTPConnection(host, parts.port, timeout=deadline.left())
+    sock: Optional[socket.socket] = None
     try:
         path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
         conn.connect()
-        deadline.watch(conn.sock)
+        sock = conn.sock
+        assert sock is not None  # kept: http.client lets go of it once a response says the connection will close
+        deadline.watch(sock)
         if parts.scheme == "https" and "cert_days" not in result:
-            der = conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+            der = sock.getpeercert(binary_form=True)
             expires = cert_not_after(der) if der else None
             if expires is not None:
                 result["cert_days"] = round((expires - now()) / 86400.0, 2)
         conn.request("GET", path, headers={"User-Agent": "mbot-agent/%s (check)" % __version__, "Accept": "*/*",
                                            "Connection": "close"})
-        conn.sock.settimeout(deadline.left())  # type: ignore[union-attr]
+        sock.settimeout(deadline.left())
         response = conn.getresponse()
         result["_ms"] = (time.monotonic() - deadline.started) * 1000.0  # to the final answer, redirects included
         read = 0
         while read < max_body:
-            conn.sock.settimeout(deadline.left())  # type: ignore[union-attr]
+            sock.settimeout(deadline.left())
             chunk = response.read1(min(16384, max_body - read))
             if not chunk:
                 break
             read += len(chunk)
+        response.close()
         return response.status, response.getheader("Location")
     finally:
         conn.close()
+        if sock is not None:
+            sock.close()
 
 
 if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters:

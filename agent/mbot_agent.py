@@ -2866,9 +2866,13 @@ class CheckRunner:
 
     async def _run_one(self, spec: CheckSpec) -> None:
         started = trio.current_time()
+        outcome: Dict[str, Any] = {"ok": False, "error": "no answer within %g s" % self.timeout}
         try:
-            outcome = await trio.to_thread.run_sync(self._probe, spec.target, self.timeout,
-                                                    limiter=self._limiter, **_ABANDON)
+            # The probe bounds itself, but not a name lookup that hangs (getaddrinfo has no timeout): such a
+            # thread is left to finish on its own, holding its place in the limiter meanwhile.
+            with trio.move_on_after(self.timeout + 5.0):
+                outcome = await trio.to_thread.run_sync(self._probe, spec.target, self.timeout,
+                                                        limiter=self._limiter, **_ABANDON)
         except Exception as exc:  # a bug, not a target: the schedule goes on
             outcome = {"ok": False, "error": _check_error(exc)}
         finally:

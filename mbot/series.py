@@ -290,8 +290,9 @@ CATALOGUE: list[Metric] = [
     # Checks from the host (mbot/checks.py): the agent's latest result of each check, on every sample (an alert
     # on a series that comes and goes would resolve while it is missing). The label is the check's name, from a
     # set the server bounds (limits.MAX_CHECKS per host).
-    Metric("check_up:{label}", labelled("checks", "up"), PERCENT, "check {label} up", plot_one="up:", prom=Prom("mbot_check_up", "1 when the check's last probe succeeded.", 100,
-                                      labels={"label": "check"})),
+    Metric("check_up:{label}", labelled("checks", "up"), PERCENT, "check {label} up", plot_one="up:",
+           prom=Prom("mbot_check_up", "1 when the check's last probe succeeded.", 100,
+                     labels={"label": "check"})),
     Metric("check_ms:{label}", labelled("checks", "ms"), MILLISECONDS, "check {label} latency",
            legend="{label}", plot=("checks",), plot_one="check:",
            prom=Prom("mbot_check_latency_seconds", "Time of the check's last successful probe.", 1000,

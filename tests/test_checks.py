@@ -212,6 +212,27 @@ def test_hostile_targets_are_bounded(web):
     assert hung == {"ok": False, "error": "no answer within 0.5 s"} and time.monotonic() - started < 2
     silent.close()
 
+    trickle = socket.socket()
+    trickle.bind(("127.0.0.1", 0))
+    trickle.listen()
+
+    def drip():  # an answer one byte at a time, each well inside a socket timeout: only the deadline ends it
+        conn, _ = trickle.accept()
+        try:
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 100:
+                conn.send(bytes([byte]))
+                time.sleep(0.02)
+        except OSError:
+            pass
+        conn.close()
+
+    threading.Thread(target=drip, daemon=True).start()
+    started = time.monotonic()
+    assert agent.probe(f"http://127.0.0.1:{trickle.getsockname()[1]}/", timeout=0.5) == {
+        "ok": False, "error": "no answer within 0.5 s"}
+    assert time.monotonic() - started < 1
+    trickle.close()
+
     started = time.monotonic()
     endless = agent.probe(f"http://127.0.0.1:{plain}/endless", timeout=5)
     assert endless["ok"] and time.monotonic() - started < 2  # read 64 KiB of it, then hung up
@@ -264,7 +285,7 @@ async def test_checks_from_the_chat_to_the_alerts(nursery, settings, fake, tmp_p
     since = len(fake.sent)
     await say(fake, ALICE, f"/check box1 tcp://127.0.0.1:{port} 0.2s")
     down = await fake.wait_for(message([f"check 127.0.0.1:{port}"]), since=since)
-    assert f"box1: check 127.0.0.1:{port} is failed" in down.params["text"]
+    assert f"box1: check 127.0.0.1:{port} is down" in down.params["text"]
     listing = (await say(fake, ALICE, "/checks box1"))["text"]
     assert f"127.0.0.1:{port}: down, connection refused" in listing
     assert "localhost:" in listing and ": up, HTTP 200, " in listing and "cert 3 d" in listing
@@ -273,7 +294,7 @@ async def test_checks_from_the_chat_to_the_alerts(nursery, settings, fake, tmp_p
 
     since = len(fake.sent)
     closed.listen()  # the port opens
-    back = await fake.wait_for(message([f"check 127.0.0.1:{port}", "back to normal"]), since=since)
+    back = await fake.wait_for(message([f"check 127.0.0.1:{port}", "back to normal (up)"]), since=since)
     assert back.params["chat_id"] == ALICE
     names = " ".join(row[0] for row in read_db(settings, "SELECT names FROM layouts"))
     assert "check_ms:localhost:" in names and f"check_up:127.0.0.1:{port}" in names  # history: /plot box1 check:...

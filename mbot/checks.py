@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 from urllib.parse import urlsplit
 
+from . import limits
 from .durations import format_duration, parse_duration
 
 DEFAULT_EVERY = 60.0
 MIN_EVERY, MAX_EVERY = 10.0, 86400.0  # what a user may ask for
 DEFAULT_DOWN_AFTER = 3  # consecutive failures
 DEFAULT_CERT_DAYS = 14.0  # the certificate alert: fewer days left than this
-MAX_PER_HOST = 20
+MAX_PER_HOST = limits.MAX_CHECKS  # what a sample's `checks` may hold, too
 MAX_PER_USER = 200
 MAX_TARGET = 2048  # characters of a URL
 SCHEMES = ("http", "https", "tcp")

@@ -327,5 +327,8 @@ async def test_an_old_agent_is_told_to_update(nursery, settings, fake):
     reply = await say(fake, ALICE, "/check box1 tcp://127.0.0.1:1")
     assert "too old to run checks: update it" in reply["text"]
     assert "does not run checks: update it" in (await say(fake, ALICE, "/checks box1"))["text"]
+    assert "Usage: /check NAME URL|tcp://HOST:PORT [EVERY]" in (await say(fake, ALICE, "/check box1"))["text"]
+    assert "No such host" in (await say(fake, ALICE, "/check box9 https://example.com"))["text"]
+    assert "EVERY is 10 s to 1 d" in (await say(fake, ALICE, "/check box1 https://example.com 1s"))["text"]
     await ws.aclose()
     await server.aclose()

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test typecheck bench clean image-test
+.PHONY: run test typecheck bench clean image-test install-test
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ typecheck: $(VENV)/.test-installed
 # The container image end to end with podman (installs podman when missing; see deploy/image-test.sh).
 image-test: $(VENV)/.run-installed
 	PYTHON=$(PY) deploy/image-test.sh
+
+# The one-line agent install end to end: the server here, the line in fresh Debian containers, with systemd and
+# PyPI, and without either (see deploy/install-test.sh).
+install-test: $(VENV)/.run-installed
+	PYTHON=$(PY) deploy/install-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache mbot.egg-info

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """mbot agent: collects this host's metrics and streams them to the mbot server over one TLS WebSocket.
 
-Copy this one file to a host and run `python mbot_agent.py`. It needs psutil, trio and trio-websocket
-(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs, ROCm's amdsmi for AMD GPUs (each used
-only when importable). On systemd hosts it reports the service units that are not inactive (systemctl, no root).
-Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics).
+The server's one-line installer (`/newkey` prints it) sets it up as a systemd service in /opt/mbot-agent. By hand:
+copy this one file to a host and run `python3 mbot_agent.py`. It needs psutil, trio and trio-websocket (in a venv:
+`python3 -m venv venv && venv/bin/pip install psutil trio trio-websocket`; or Debian/Ubuntu's `apt install
+python3-psutil python3-trio python3-trio-websocket`), and nvidia-ml-py for NVIDIA GPUs, ROCm's amdsmi for AMD GPUs
+(each used only when importable). On systemd hosts it reports the service units that are not inactive (systemctl,
+no root). Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics). `--check-connection` connects once
+with the settings, sends the hello and says whether the server accepted it.
 
 Configuration comes from the environment, then from `.env` in the working directory (the environment wins over the
 file). The agent writes to `.env` (mode 0600) only what you type at its prompts on a terminal (server, secret,
@@ -2756,7 +2759,9 @@ def probe(target: str, timeout: float = CHECK_TIMEOUT, max_body: int = CHECK_MAX
                 result["error"] = "HTTP %d" % status
             return result
     except Exception as exc:  # everything a target can do to a probe ends as its error text
-        result["error"] = "no answer within %g s" % timeout if deadline.passed else _check_error(exc)
+        # Every socket timeout is set to what is left of the deadline: either way, the probe's time is up.
+        timed_out = deadline.passed or isinstance(exc, socket.timeout)
+        result["error"] = "no answer within %g s" % timeout if timed_out else _check_error(exc)
         return result
     finally:
         deadline.cancel()
@@ -3209,8 +3214,7 @@ class Agent:
         deadline = trio.current_time() + cfg.connect_timeout
         with trio.fail_at(deadline):
             stream, to_save = await self._open_stream()
-        host_header = self.server if cfg.port not in (80, 443) else cfg.server
-        headers = [(b"Authorization", b"Bearer " + cfg.secret.encode("ascii"))]
+        host_header, headers = self._upgrade_request()
         conn = None
         close_wait = 1.0
         try:
@@ -3245,6 +3249,46 @@ class Agent:
         if conn is None:  # pragma: no cover - the nursery raises when the upgrade does not finish
             raise trio.BrokenResourceError("the connection ended during the WebSocket upgrade")
         return self._after_close(conn)
+
+    def _upgrade_request(self) -> Tuple[str, List[Tuple[bytes, bytes]]]:
+        """(Host header, extra headers) of the WebSocket upgrade."""
+        cfg = self.config
+        host_header = self.server if cfg.port not in (80, 443) else cfg.server
+        return host_header, [(b"Authorization", b"Bearer " + cfg.secret.encode("ascii"))]
+
+    async def check_connection(self) -> None:
+        """Connect once, send the hello, wait for the server's first ack, close (1000): `--check-connection`, which
+        the installer runs to say at once whether these settings work. Raises what a connection attempt raises
+        (AgentStop, ConnectionRejected, OSError, TooSlowError...; explain_failure() words it); a trusted-on-first-use
+        fingerprint is not saved."""
+        cfg = self.config
+        with trio.fail_after(cfg.connect_timeout + cfg.ack_timeout):
+            stream, _ = await self._open_stream()
+            try:
+                async with trio.open_nursery() as nursery:
+                    host_header, headers = self._upgrade_request()
+                    ws = await trio_websocket.wrap_client_stream(nursery, stream, host_header, "/agent",
+                                                                 extra_headers=headers)
+                    self.link.connected()
+                    await ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
+                    last_error = ""
+                    while True:
+                        try:
+                            event = self.link.receive(await ws.get_message())
+                        except trio_websocket.ConnectionClosed as exc:
+                            reason = exc.reason
+                            raise AgentStop(f"{self.server} closed the connection before acknowledging the hello: "
+                                            f"code {reason.code}" + (f" ({_quote(reason.reason, 120)})" if reason.reason
+                                                                     else "")
+                                            + (f"; server said: {last_error}" if last_error else "")) from None
+                        if isinstance(event, Acked) and event.first:
+                            break
+                        if isinstance(event, ServerError):
+                            last_error = event.text
+                    await ws.aclose()
+                    nursery.cancel_scope.cancel()
+            finally:
+                await trio.aclose_forcefully(stream)
 
     def _save_fingerprint(self, fp: str) -> None:
         """Keep a pin trusted on first use: in the first of pin_files that can be written, and in memory. It is
@@ -3546,6 +3590,44 @@ def _check() -> int:
     return 0
 
 
+def _check_failure(server: str, exc: BaseException, timeout: float) -> Optional[str]:
+    """One line saying why --check-connection failed; None for what is not a connection failure (a bug)."""
+    errors = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    exc = errors[0] if errors else exc
+    if isinstance(exc, AgentStop):
+        return _one_line(str(exc))
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        if exc.status_code == 401:
+            return (f"secret rejected by {server} (HTTP 401): check AGENT_SECRET (a new one comes from the bot's "
+                    "/newkey command)")
+        return f"{server} refused the connection: HTTP {exc.status_code}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"cannot connect to {server}: no answer within {timeout:g} s"
+    if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.HandshakeError,
+                        trio_websocket.ConnectionClosed, ssl.SSLError)):
+        return _one_line(f"cannot connect to {server}: {_describe(exc)}")
+    return None
+
+
+async def _check_connection(config: AgentConfig) -> int:
+    collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+    try:
+        agent = Agent(config, collector)
+        await agent.refresh_facts()
+        try:
+            await agent.check_connection()
+        except BaseException as exc:
+            problem = _check_failure(agent.server, exc, config.connect_timeout + config.ack_timeout)
+            if problem is None:
+                raise
+            print(f"mbot agent: {problem}", file=sys.stderr)
+            return 1
+    finally:
+        collector.close()
+    print(f"mbot agent: connected to {agent.server}; the server accepted this agent's secret and hello")
+    return 0
+
+
 def systemd_unit(python: str, script: str, workdir: str, env_file: str, user: str) -> str:
     """The unit deploy/mbot-agent.service shows, for this file's location."""
     return f"""[Unit]
@@ -3666,6 +3748,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"mbot agent {__version__}")
     parser.add_argument("--check", action="store_true",
                         help="collect one sample, print it (what would be sent) and exit; sends nothing")
+    parser.add_argument("--check-connection", action="store_true",
+                        help="connect to the server once with these settings, send the hello, wait for its answer "
+                             "and exit: 0 when it accepted the agent, 1 (with the reason) when not; sends no "
+                             "samples")
     parser.add_argument("--install-systemd", action="store_true",
                         help="write a systemd unit for this file and its settings (as root), or print what to run")
     parser.add_argument("--systemd-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
@@ -3717,6 +3803,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host_proc = os.environ.get("AGENT_HOST_PROC", "").strip()
     if host_proc and hasattr(psutil, "PROCFS_PATH"):
         psutil.PROCFS_PATH = host_proc
+    if args.check_connection:
+        try:
+            return trio.run(_check_connection, config)
+        except KeyboardInterrupt:
+            return 1
     try:
         return trio.run(_run_until_signal, config)
     except KeyboardInterrupt:

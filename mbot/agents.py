@@ -9,6 +9,9 @@ evicted first), so idle or silent sockets cannot take the file descriptors real 
 SampleBudget bounds what it may send, and the writer bounds the new series names it may introduce; a host over a
 limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
 flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
+
+The port also answers two plain HTTPS GETs, /install and /agent.py (the one-line install, mbot/install.py): the first
+request's head is read here (bounded like the handshake) and either answered or replayed to trio-websocket.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Any, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from . import limits, protocol, store
+from . import install, limits, protocol, store
 from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
@@ -413,6 +416,7 @@ class AgentHub:
         self._limit_told: dict[tuple[int, str], float] = {}
         self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
         self.connections: dict[int, AgentConnection] = {}
+        self.downloads: install.Downloads | None = None  # what GET /install and /agent.py serve (set by the app)
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self._closing = False  # close_all() has begun: the server is stopping
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
@@ -598,8 +602,13 @@ class AgentHub:
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True, https_compatible=True)
             tls.append(stream)
             await stream.do_handshake()
+            stage = "HTTP request"
+            head, decision = await _read_head(stream)
+            if isinstance(decision, (install.Download, install.TooLarge)):
+                await self._answer(stream, decision, address, peer)
+                return
             stage = "WebSocket handshake"
-            request = await wrap_server_stream(nursery, stream, max_message_size=limits.MAX_FRAME_BYTES)
+            request = await wrap_server_stream(nursery, _Replay(stream, head), max_message_size=limits.MAX_FRAME_BYTES)
             host = await self._authenticate(request, address, peer)
         if preauth.cancelled_caught:
             self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
@@ -628,6 +637,19 @@ class AgentHub:
                 del self.connections[host.id]
                 self._notify_change()
 
+    async def _answer(self, stream: trio.abc.Stream, decision: install.Download | install.TooLarge, address: str,
+                      peer: str) -> None:
+        """A GET of the installer or the agent file (or a head too large to be anything): answer it and close.
+        Still inside the connection's handshake deadline and its place in the pre-auth gate."""
+        status, response = install.answer(decision, self.downloads)
+        if isinstance(decision, install.TooLarge):
+            self.log(("head", address), logging.INFO, "connection from %s: request head over %d bytes; answered 431",
+                     peer, install.MAX_HEAD)
+        else:
+            self.log(("get", address), logging.INFO, "%s %s from %s: %d", "HEAD" if decision.head_only else "GET",
+                     decision.path, peer, status)
+        await stream.send_all(response)
+
     async def _authenticate(self, request: WebSocketRequest, address: str, peer: str) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:
             self.log(("path", address), logging.INFO, "rejected connection from %s: unknown path %r", peer,
@@ -648,6 +670,62 @@ class AgentHub:
             return None
         self._throttle.succeeded(address)
         return host
+
+
+async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, install.Decision]:
+    """The first request's head (what was read of it, and what it is), bounded by install.MAX_HEAD; the caller's
+    deadline bounds the time. A peer that closes first is a failed connection like any other."""
+    sniffer = install.RequestSniffer()
+    head = b""
+    while True:
+        data = bytes(await stream.receive_some(install.MAX_HEAD))
+        if not data:
+            raise trio.BrokenResourceError("the peer closed the connection before sending a request")
+        head += data
+        decision = sniffer.receive(data)
+        if not isinstance(decision, install.NeedMore):
+            return head, decision
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it: trio-websocket reads the request head again."""
+
+    def __init__(self, stream: trio.abc.Stream, pending: bytes) -> None:
+        self._stream = stream
+        self._pending = pending
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def load_downloads(endpoint: install.Endpoint) -> install.Downloads:
+    """Read what /install and /agent.py serve (blocking: call it in a thread). A file that is missing is served as
+    404, with one warning here."""
+    try:
+        template: str | None = install.SCRIPT_FILE.read_text(encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot read the install script %s (/install answers 404): %s", install.SCRIPT_FILE, exc)
+        template = None
+    try:
+        agent: bytes | None = install.AGENT_FILE.read_bytes()
+    except OSError as exc:
+        log.warning("cannot read the agent file %s (/agent.py answers 404): %s", install.AGENT_FILE, exc)
+        agent = None
+    return install.Downloads(endpoint, template, agent)
 
 
 async def _close_quietly(stream: trio.abc.AsyncResource) -> None:

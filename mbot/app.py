@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import history, metrics, plotting, protocol, selfwatch, store, tls
-from .agents import AgentHub
+from . import history, install, metrics, plotting, protocol, selfwatch, store, tls
+from .agents import AgentHub, load_downloads
 from .alerting import Alerting
 from .checksync import CheckSync
 from .config import Settings, mbot_command
@@ -86,6 +86,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(partial(Writer, settings.db_path, faults=faults))
     hub = AgentHub(db, writer, gate=PreAuthGate(total=preauth_total(nofile)))
+    pin = install.pin_of_pem(await trio.to_thread.run_sync(cert.cert_path.read_text))
     if not settings.bot_enabled:
         log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")
     quiet_httpx_logging()
@@ -95,6 +96,9 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
+                endpoint = install.Endpoint(settings.public_host, settings.port or port, cert.fingerprint, pin,
+                                            settings.public_host_guessed)
+                hub.downloads = await trio.to_thread.run_sync(load_downloads, endpoint)
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
                 await services.start(alerting.run)
                 await services.start(CheckSync(db, hub, alerting).run)
@@ -104,8 +108,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
                     outbox = outbox or Outbox()
                     services.start_soon(outbox.run)
-                    bot = Bot(settings, api, outbox, db, writer, hub, alerting, fingerprint=cert.fingerprint,
-                              agent_port=settings.port or port, clock=clock)
+                    bot = Bot(settings, api, outbox, db, writer, hub, alerting, endpoint=endpoint, clock=clock)
                     hub.on_limit = partial(_tell_limit, bot)
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
@@ -121,6 +124,10 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                                                            clock=clock)
                     services.start_soon(server.selfwatch.run, own)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
+                if settings.public_host_guessed:
+                    log.info("MBOT_PUBLIC_HOST is not set: new keys tell agents to reach this server at %s (the "
+                             "address of this machine's default route); if other machines reach it by another name "
+                             "or address, set MBOT_PUBLIC_HOST to that", settings.public_host)
                 for line in next_steps(settings, remote_hosts=await db.read(selfwatch.remote_hosts)):
                     log.info("next: %s", line)
                 task_status.started(server)

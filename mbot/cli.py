@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 
 import trio
 
-from . import checks, plotspec, selfwatch, service, store, tls, users
+from . import checks, install, plotspec, selfwatch, service, store, tls, users
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
@@ -239,8 +239,16 @@ def _newkey(settings: Settings, name: str, owner: int) -> int:
             key = service.new_key(conn, name, owner, max_hosts=settings.max_hosts_per_user if owner else None)
     finally:
         conn.close()
+    endpoint = install.Endpoint(settings.public_host, settings.port, cert.fingerprint,
+                                install.pin_of_pem(cert.cert_path.read_text()), settings.public_host_guessed)
     port = f"AGENT_PORT={settings.port}\n" if settings.port != 8000 else ""
-    print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once\n"
+    guess = install.guessed_note(endpoint)
+    print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once.\n"
+          "# On the host, paste this (it installs the agent in /opt/mbot-agent as a systemd service and says when "
+          "it is connected):\n"
+          f"{install.one_liner(endpoint, key.secret)}\n"
+          + (f"# {guess}\n" if guess else "")
+          + "# Or run agent/mbot_agent.py by hand with these settings (in its .env or the environment):\n"
           f"AGENT_SERVER_IP={settings.public_host}\n{port}"
           f"AGENT_SECRET={key.secret}\nAGENT_FINGERPRINT={cert.fingerprint}")
     return 0

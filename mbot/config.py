@@ -5,6 +5,7 @@ names the variable, so start-up can end with one clear line instead of a traceba
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import shutil
@@ -18,6 +19,7 @@ from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .durations import parse_duration
+from .install import is_host
 from .rollup import DEFAULT_TIERS, Tier, make_tiers
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
@@ -55,6 +57,7 @@ class Settings:
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
     watch_self: bool | None = None  # MBOT_WATCH_SELF: 1 on, 0 off, unset: on except inside a container
     data_dir_warning: str | None = None  # when an older version's ./mbot-data is here: what to do about it
+    public_host_guessed: bool = False  # MBOT_PUBLIC_HOST was unset: public_host is guess_public_host()'s answer
 
     @property
     def db_path(self) -> Path:
@@ -222,13 +225,44 @@ def _working_directory() -> Path | None:
         return None
 
 
+def guess_public_host() -> str:
+    """The address of the interface that holds the default route: the one other machines most likely reach.
+
+    connect() on a UDP socket only asks the routing table for a source address: no packet is sent, and it works
+    offline as long as a default route exists. Without one (or only a loopback or link-local answer), the host
+    name, else 127.0.0.1."""
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                udp.connect((probe, 9))
+                address = ipaddress.ip_address(udp.getsockname()[0])
+        except (OSError, ValueError):
+            continue
+        if not (address.is_unspecified or address.is_loopback or address.is_link_local):
+            return str(address)
+    return socket.gethostname() or "127.0.0.1"
+
+
+def _public_host(env: Mapping[str, str]) -> tuple[str, bool]:
+    """(MBOT_PUBLIC_HOST or the guess, whether it was guessed). It goes into the one-line installer that users
+    paste into a shell, so only a plain host name or IP address is taken."""
+    raw = env.get("MBOT_PUBLIC_HOST", "").strip()
+    if not raw:
+        return guess_public_host(), True
+    if not is_host(raw):
+        raise ConfigError("MBOT_PUBLIC_HOST", "must be a host name or IP address that agents can reach, without "
+                          f"scheme or port (e.g. monitor.example.org or 192.0.2.10), got {raw!r}")
+    return raw, False
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None,
                   euid: int | None = None) -> Settings:
-    """Read Settings from `env` (os.environ by default). Pure apart from the hostname default and the look at where
-    the data directory's database is (`cwd` and `euid` default to this process's)."""
+    """Read Settings from `env` (os.environ by default). Pure apart from the public address's guess and the look at
+    where the data directory's database is (`cwd` and `euid` default to this process's)."""
     env = os.environ if env is None else env
     data_dir, data_dir_warning = _data_dir(env, _working_directory() if cwd is None else cwd,
                                            os.geteuid() if euid is None else euid)
+    public_host, public_host_guessed = _public_host(env)
     token = env.get("BOT_TOKEN", "").strip() or None
     if token is not None and (":" not in token or any(c.isspace() for c in token)):
         raise ConfigError("BOT_TOKEN", "does not look like a bot token from @BotFather (123456:ABC...)")
@@ -238,7 +272,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         port=_port(env, "PORT", 8000),
         host=env.get("MBOT_HOST", "").strip() or "0.0.0.0",
         data_dir=data_dir,
-        public_host=env.get("MBOT_PUBLIC_HOST", "").strip() or socket.gethostname(),
+        public_host=public_host,
+        public_host_guessed=public_host_guessed,
         allowed_users=_user_ids(env, "ALLOWED_USERS"),
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",

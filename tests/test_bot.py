@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
 import re
 import time
@@ -12,7 +13,7 @@ import trio
 
 from fakebot import FakeBot
 from helpers import ROOT, ack_reaching, certificate, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade
-from mbot import app, protocol
+from mbot import app, install, protocol
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
 
@@ -111,6 +112,8 @@ async def test_newkey_then_agent_then_status_card(fake: FakeBot, server, setting
     secret = re.search(r"AGENT_SECRET=(\S+)", reply["text"]).group(1)
     assert f"AGENT_FINGERPRINT={server.fingerprint}" in reply["text"]
     assert "AGENT_SERVER_IP=127.0.0.1" in reply["text"]
+    # The one-liner first, pinned to this server's key (tests/test_install.py checks what it fetches).
+    assert install.one_liner(server.hub.downloads.endpoint, secret) in html.unescape(reply["text"])
     assert secret not in json.dumps(reply["reply_markup"])
     # Then the agent file and its ready .env, so a phone is enough to set a host up.
     agent_doc = await fake.wait_for(lambda c: c.method == "sendDocument" and c.files["document"].filename

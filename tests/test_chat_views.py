@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mbot import store
+from mbot.install import Endpoint
 from mbot.service import NewKey
 from mbot.telegram import commands, views
 from mbot.telegram.commands import Command, UsageError
@@ -84,7 +85,7 @@ def test_card_shows_everything_and_escapes_names():
 
 def test_keyboards_carry_ids_not_secrets():
     key = NewKey(host_id=7, name="box1", key_id="0123456789abcdef", secret="S3CRET")
-    text, kb = views.new_key(key, "mon.example.org", 8000, "ab" * 32)
+    text, kb = views.new_key(key, Endpoint("mon.example.org", 8000, "ab" * 32, "A" * 43 + "="))
     assert "AGENT_SECRET=S3CRET" in text and "AGENT_SERVER_IP=mon.example.org" in text
     assert "S3CRET" not in str(kb)
     _, card_kb = views.host_card(host(), NOW), views.card_keyboard(host())

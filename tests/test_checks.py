@@ -230,12 +230,12 @@ def test_hostile_targets_are_bounded(web):
     started = time.monotonic()
     assert agent.probe(f"http://127.0.0.1:{trickle.getsockname()[1]}/", timeout=0.5) == {
         "ok": False, "error": "no answer within 0.5 s"}
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 2  # the whole answer would take 12 s
     trickle.close()
 
     started = time.monotonic()
     endless = agent.probe(f"http://127.0.0.1:{plain}/endless", timeout=5)
-    assert endless["ok"] and time.monotonic() - started < 2  # read 64 KiB of it, then hung up
+    assert endless["ok"] and time.monotonic() - started < 4  # read 64 KiB of it, then hung up (not timed out)
 
     Handler.seen = []
     looped = agent.probe(f"http://127.0.0.1:{plain}/loop", timeout=5)

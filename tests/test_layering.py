@@ -24,6 +24,7 @@ CORES = [
     "mbot.checks",
     "mbot.durations",
     "mbot.inventory",
+    "mbot.install",
     "mbot.limits",
     "mbot.members",
     "mbot.linkquality",

@@ -14,7 +14,6 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import trio
@@ -28,6 +27,7 @@ from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
+from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
@@ -41,7 +41,6 @@ from .views import Callback
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "telegram.offset"
-AGENT_FILE = Path(__file__).resolve().parents[2] / "agent" / "mbot_agent.py"
 CONFIRM_SECONDS = 60.0
 COMMAND_TIMEOUT = 30.0
 WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
@@ -86,7 +85,7 @@ class SqliteOffset:
 
 class Bot:
     def __init__(self, settings: Settings, api: BotApi, outbox: Outbox, db: Database, writer: Writer,
-                 hub: AgentHub, alerting: Alerting, *, fingerprint: str, agent_port: int,
+                 hub: AgentHub, alerting: Alerting, *, endpoint: Endpoint,
                  clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._api = api
@@ -96,8 +95,7 @@ class Bot:
         self._hub = hub
         self._alerting = alerting
         alerting.set_notify(self._notify)
-        self._fingerprint = fingerprint
-        self._agent_port = agent_port
+        self._endpoint = endpoint  # how agents reach this server: the /newkey reply
         self._clock = clock
         self._username: str | None = None
         self._pending: dict[str, PowerRequest] = {}
@@ -698,10 +696,9 @@ class Bot:
 
     async def _send_key(self, ctx: Context, key: NewKey) -> None:
         """The key reply, then the agent and its ready .env as files: a working agent from the phone."""
-        public, port, fingerprint = self._settings.public_host, self._agent_port, self._fingerprint
-        self._send(ctx, *views.new_key(key, public, port, fingerprint, ctx.user_id))
+        self._send(ctx, *views.new_key(key, self._endpoint, ctx.user_id))
         await self._send_agent_file(ctx)
-        name, content, caption, keyboard = views.agent_env(key, public, port, fingerprint, ctx.user_id)
+        name, content, caption, keyboard = views.agent_env(key, self._endpoint, ctx.user_id)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
                                                  keyboard, content_type="text/plain"))
 

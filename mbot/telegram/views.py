@@ -13,6 +13,7 @@ from .. import checks, inventory as host_inventory, members, processes, series a
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
+from ..install import Endpoint, guessed_note, one_liner
 from ..model import Host, NewKey, StoredSnapshot
 from ..processes import human_bytes
 from . import commands
@@ -403,27 +404,32 @@ def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
     return "\n".join(lines), buttons
 
 
-def new_key(key: NewKey, public_host: str, port: int, fingerprint: str,
-            user_id: int | None = None) -> tuple[str, Keyboard]:
-    command = (f"AGENT_SERVER_IP={public_host} AGENT_PORT={port} AGENT_SECRET={key.secret} "
-               f"AGENT_FINGERPRINT={fingerprint} python3 mbot_agent.py")
+def new_key(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tuple[str, Keyboard]:
+    manual = (f"AGENT_SERVER_IP={endpoint.host} AGENT_PORT={endpoint.port} AGENT_SECRET={key.secret} "
+              f"AGENT_FINGERPRINT={endpoint.fingerprint} python3 mbot_agent.py")
+    guess = guessed_note(endpoint)
     text = (f"Host <b>{e(key.name)}</b> registered (key <code>{key.key_id}</code>).\n\n"
-            f"Run the agent on it:\n<pre>{e(command)}</pre>\n"
-            f"Secret: <code>{e(key.secret)}</code>\nServer fingerprint: <code>{fingerprint}</code>\n\n"
+            "Install the agent: paste this on the host (it sets it up in /opt/mbot-agent as a systemd service and "
+            f"says when it is connected):\n<pre>{e(one_liner(endpoint, key.secret))}</pre>\n"
+            + (f"<i>{e(guess)}</i>\n" if guess else "")
+            + f"\nOr run the agent by hand (the file and its .env follow):\n<pre>{e(manual)}</pre>\n"
+            f"Secret: <code>{e(key.secret)}</code>\nServer fingerprint: <code>{endpoint.fingerprint}</code>\n\n"
             "This message holds the secret and is not shown again: delete it once you have copied it.")
     return text, keyboard([delete_button(user_id)])
 
 
-AGENT_CAPTION = ("The mbot agent. On the host: <code>pip install psutil trio trio-websocket</code> (and "
-                 "<code>nvidia-ml-py</code> with NVIDIA GPUs), then <code>python3 mbot_agent.py</code>. "
-                 "<code>--check</code> shows what it would send; <code>--install-systemd</code> keeps it running.")
+AGENT_CAPTION = ("The mbot agent, to run by hand. It needs psutil, trio and trio-websocket: in a venv "
+                 "(<code>python3 -m venv venv &amp;&amp; venv/bin/pip install psutil trio trio-websocket</code>) or, "
+                 "on Debian/Ubuntu, <code>apt install python3-psutil python3-trio python3-trio-websocket</code> "
+                 "(and <code>nvidia-ml-py</code> with NVIDIA GPUs). Then <code>python3 mbot_agent.py</code>; "
+                 "<code>--check-connection</code> tests the settings; <code>--install-systemd</code> keeps it "
+                 "running.")
 
 
-def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str,
-              user_id: int | None = None) -> tuple[str, bytes, str, Keyboard]:
+def agent_env(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tuple[str, bytes, str, Keyboard]:
     """The host's ready settings file: (file name, content, caption, keyboard with the delete button)."""
-    content = (f"AGENT_SERVER_IP={public_host}\nAGENT_PORT={port}\nAGENT_SECRET={key.secret}\n"
-               f"AGENT_FINGERPRINT={fingerprint}\n")
+    content = (f"AGENT_SERVER_IP={endpoint.host}\nAGENT_PORT={endpoint.port}\nAGENT_SECRET={key.secret}\n"
+               f"AGENT_FINGERPRINT={endpoint.fingerprint}\n")
     caption = (f"Settings for <b>{e(key.name)}</b>: save as <code>.env</code> next to mbot_agent.py (or run "
                f"<code>python3 mbot_agent.py --env-file {e(key.name)}.env</code>). It holds the secret: delete "
                "this message once saved.")

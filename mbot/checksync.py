@@ -66,10 +66,10 @@ class CheckSync:
         self._hub.check_specs = by_host
         first = self._version is None
         self._version = version
+        if not first:  # at start the engine loaded every rule from the store itself
+            await self._sync_rules(changed)  # before the agents hear of it: its alerts are ready for its results
         for host_id in changed:
             await self._hub.send_checks(host_id)
-        if not first:  # at start the engine loaded every rule from the store itself
-            await self._sync_rules(changed)
 
     async def _sync_rules(self, host_ids: set[int]) -> None:
         """Make the engine's check rules of these hosts what the store has (the CLI wrote them there)."""

@@ -252,6 +252,27 @@ def test_hostile_targets_are_bounded(web):
 # --- end to end: the real agent, the real server, the fake Bot API ----------------------------------------------
 
 
+class Lists:
+    """Each list of checks the agent takes from the server wakes whoever waits for one."""
+
+    def __init__(self, runner):
+        self.changed = trio.Event()
+        self.runner = runner
+        take = runner.set_checks
+
+        def set_checks(specs):
+            take(specs)
+            self.changed.set()
+            self.changed = trio.Event()
+
+        runner.set_checks = set_checks
+
+    async def until(self, wanted):
+        with trio.fail_after(5):
+            while not wanted(set(self.runner.specs)):
+                await self.changed.wait()
+
+
 async def test_checks_from_the_chat_to_the_alerts(nursery, settings, fake, tmp_path, web, monkeypatch):
     monkeypatch.setattr(checks, "MIN_EVERY", 0.1)
     monkeypatch.setattr(agent, "CHECK_MIN_EVERY", 0.1)
@@ -267,6 +288,7 @@ async def test_checks_from_the_chat_to_the_alerts(nursery, settings, fake, tmp_p
         with scope:
             await runner.run()
 
+    lists = Lists(runner.checks)
     nursery.start_soon(run)
     await wait_for_samples(server, settings, "box1", 1)
 
@@ -300,17 +322,13 @@ async def test_checks_from_the_chat_to_the_alerts(nursery, settings, fake, tmp_p
     assert "check_ms:localhost:" in names and f"check_up:127.0.0.1:{port}" in names  # history: /plot box1 check:...
 
     assert "Removed check" in (await say(fake, ALICE, f"/check box1 del 127.0.0.1:{port}"))["text"]
-    with trio.fail_after(5):
-        while f"127.0.0.1:{port}" in runner.checks.specs:
-            await trio.sleep(0.05)
+    await lists.until(lambda names: f"127.0.0.1:{port}" not in names)
     assert "http://, https:// or tcp" in (await say(fake, ALICE, "/check box1 ftp://x"))["text"]
 
     # The CLI is another process: the server sees its change through the store within a poll, and tells the agent.
     monkeypatch.setenv("MBOT_DATA_DIR", str(settings.data_dir))
     assert await trio.to_thread.run_sync(cli.main, ["check", "add", "box1", f"http://127.0.0.1:{web[1]}/", "1m"]) == 0
-    with trio.fail_after(5):
-        while f"127.0.0.1:{web[1]}" not in runner.checks.specs:
-            await trio.sleep(0.05)
+    await lists.until(lambda names: f"127.0.0.1:{web[1]}" in names)
     assert f"check:127.0.0.1:{web[1]}" in {r.metric for r in server.alerting.engine.rules(key.host_id)}
     closed.close()
     scope.cancel()

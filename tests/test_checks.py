@@ -163,6 +163,30 @@ def test_agent_bounds_the_server_list():
     assert any("repeated" in why for why in found.skipped) and any("more than 20" in why for why in found.skipped)
 
 
+async def test_agent_states_down_after_n_failures_and_keeps_the_certificate():
+    runner = agent.CheckRunner()
+    assert runner.report() == (None, None)  # no list from the server (an older one): nothing to report
+    web = agent.CheckSpec("web", "https://x/", 60.0, 2)
+    runner.set_checks([web])
+    assert runner.report() == (None, [])  # a list, nothing probed yet
+
+    def after(outcome):
+        runner._record(web, outcome)
+        figures, items = runner.report()
+        return figures["web"], items[0]
+
+    assert after({"ok": True, "ms": 12.5, "status": 200, "cert_days": 3.5}) == (
+        {"up": 100.0, "ms": 12.5, "cert": 3.5},
+        {"name": "web", "state": "up", "fails": 0, "status": 200, "ms": 12.5, "cert_days": 3.5})
+    assert after({"ok": False, "error": "timed out"})[1]["state"] == "failing"
+    figures, item = after({"ok": False, "error": "connection refused"})
+    assert item["state"] == "down" and item["fails"] == 2 and item["error"] == "connection refused"
+    assert figures == {"up": 0.0, "cert": 3.5}  # the certificate has not changed because the site is down
+    assert after({"ok": True, "ms": 1e9})[0] == {"up": 100.0, "ms": 60_000.0, "cert": 3.5}  # within the bounds
+    runner.set_checks([])
+    assert runner.report() == (None, [])  # an empty snapshot tells the server they are gone
+
+
 def test_server_bounds_what_the_agent_reports():
     sample = {"type": "sample", "seq": 1, "ts": time.time(), "metrics": {"checks": {
         f"c{i}": {"up": 100} for i in range(21)}}}

@@ -144,8 +144,7 @@ def frame(specs: Iterable[CheckSpec]) -> str:
 
 # --- what a user sees ------------------------------------------------------------------------------------------
 
-UP, FAILING, DOWN, PENDING = "up", "failing", "down", "pending"
-STATES = (UP, FAILING, DOWN, PENDING)
+PENDING = "pending"  # the agent's states are up, failing (fewer than down_after failures in a row) and down
 
 
 def rule_metrics(name: str) -> tuple[str, str]:
@@ -169,11 +168,3 @@ def result_line(spec: CheckSpec, item: dict[str, Any] | None) -> str:
         bits.append(str(item["error"]))
     return f"{spec.name}: {', '.join(bits)} ({spec.target}, every {every})"
 
-
-def failing(specs: Sequence[CheckSpec], items: Sequence[dict[str, Any]] | None) -> list[str]:
-    """Lines for the card: the checks that are failing or down now."""
-    if not items:
-        return []
-    by_name = {item.get("name"): item for item in items}
-    return [result_line(spec, by_name[spec.name]) for spec in specs
-            if spec.name in by_name and by_name[spec.name].get("state") in (FAILING, DOWN)]

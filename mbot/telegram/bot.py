@@ -317,7 +317,8 @@ class Bot:
         text = (f"<b>{views.e(host.name)}</b> checks {views.e(spec.target)} every {format_duration(spec.every)} as "
                 f"<b>{views.e(spec.name)}</b>. You get an alert when it fails {spec.down_after} times in a row "
                 f"and when its certificate has less than {checks.DEFAULT_CERT_DAYS:.0f} days left "
-                f"(/delalert {views.e(host.name)} check:{views.e(spec.name)} to stop either). /checks "
+                f"(/delalert {views.e(host.name)} check:{views.e(spec.name)} or cert:{views.e(spec.name)} stops one). "
+                f"/checks "
                 f"{views.e(host.name)} shows the results. The check runs with the agent's network access.")
         connection = self._hub.connections.get(host.id)
         hello = connection.hello if connection is not None else None

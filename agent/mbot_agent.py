@@ -2729,44 +2729,51 @@ def _check_context() -> ssl.SSLContext:
 
 def probe(target: str, timeout: float = CHECK_TIMEOUT, max_body: int = CHECK_MAX_BODY,
           max_redirects: int = CHECK_MAX_REDIRECTS, now: Callable[[], float] = time.time) -> Dict[str, Any]:
-    """Probe a target once (blocking: a worker thread). {"ok", "ms" (when ok), "status", "cert_days", "error"}."""
+    """Probe a target once (blocking: a worker thread): {"ok", "ms", "status", "cert_days", "error"}. `ms` is the
+    time to the final answer (HTTP headers, redirects included; a TCP connect), or to the failure: always there,
+    so that a check going down and up does not change which series a sample has (each new set of names is a
+    layout the server stores and budgets)."""
     deadline = _Deadline(timeout)
     result: Dict[str, Any] = {"ok": False}
     try:
-        parts = urllib.parse.urlsplit(target)
-        if parts.scheme == "tcp":
-            sock = socket.create_connection((parts.hostname, parts.port), timeout=deadline.left())
-            sock.close()
-            result.update(ok=True, ms=(time.monotonic() - deadline.started) * 1000.0)
-            return result
-        url = target
-        for hop in range(max_redirects + 1):
-            status, location = _http_once(url, deadline, max_body, result, now)
-            if status in _REDIRECTS and location:
-                if hop == max_redirects:
-                    result.update(status=status, error="more than %d redirects" % max_redirects)
-                    return result
-                url = urllib.parse.urljoin(url, location)
-                if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-                    result.update(status=status, error="a redirect to a non-HTTP URL")
-                    return result
-                continue
-            result["status"] = status
-            result["ok"] = 200 <= status < 400
-            if result["ok"]:
-                result["ms"] = result.pop("_ms")
-            else:
-                result["error"] = "HTTP %d" % status
-            return result
+        _probe(target, deadline, max_body, max_redirects, result, now)
     except Exception as exc:  # everything a target can do to a probe ends as its error text
         # Every socket timeout is set to what is left of the deadline: either way, the probe's time is up.
         timed_out = deadline.passed or isinstance(exc, socket.timeout)
         result["error"] = "no answer within %g s" % timeout if timed_out else _check_error(exc)
-        return result
+        result.pop("_ms", None)  # an earlier hop's answer: the time to fail is what counts
     finally:
         deadline.cancel()
-        result.pop("_ms", None)
-    return result  # not reached: the loop returns
+    answered = result.pop("_ms", None)
+    result["ms"] = answered if answered is not None else (time.monotonic() - deadline.started) * 1000.0
+    return result
+
+
+def _probe(target: str, deadline: _Deadline, max_body: int, max_redirects: int, result: Dict[str, Any],
+           now: Callable[[], float]) -> None:
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme == "tcp":
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=deadline.left())
+        sock.close()
+        result["ok"] = True
+        return
+    url = target
+    for hop in range(max_redirects + 1):
+        status, location = _http_once(url, deadline, max_body, result, now)
+        result["status"] = status
+        if status in _REDIRECTS and location:
+            if hop == max_redirects:
+                result["error"] = "more than %d redirects" % max_redirects
+                return
+            url = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                result["error"] = "a redirect to a non-HTTP URL"
+                return
+            continue
+        result["ok"] = 200 <= status < 400
+        if not result["ok"]:
+            result["error"] = "HTTP %d" % status
+        return
 
 
 def _http_once(url: str, deadline: _Deadline, max_body: int, result: Dict[str, Any],

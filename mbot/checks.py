@@ -160,7 +160,7 @@ def result_line(spec: CheckSpec, item: dict[str, Any] | None) -> str:
     bits = [str(item.get("state", PENDING))]
     if "status" in item:
         bits.append(f"HTTP {item['status']}")
-    if "ms" in item:
+    if "ms" in item and item.get("state") == "up":  # a failure's time is in the series, not worth a word here
         bits.append(f"{item['ms']:.0f} ms")
     if "cert_days" in item:
         bits.append(f"cert {item['cert_days']:.0f} d")

@@ -295,8 +295,8 @@ CATALOGUE: list[Metric] = [
                      labels={"label": "check"})),
     Metric("check_ms:{label}", labelled("checks", "ms"), MILLISECONDS, "check {label} latency",
            legend="{label}", plot=("checks",), plot_one="check:",
-           prom=Prom("mbot_check_latency_seconds", "Time of the check's last successful probe.", 1000,
-                     labels={"label": "check"})),
+           prom=Prom("mbot_check_latency_seconds", "Time the check's last probe took (to its answer, or to its "
+                     "failure).", 1000, labels={"label": "check"})),
     Metric("check_cert:{label}", labelled("checks", "cert"), DAYS, "certificate of {label}",
            legend="cert {label}", plot_one="cert:", alert="cert",
            prom=Prom("mbot_check_cert_days", "Days until the check's TLS certificate expires.",

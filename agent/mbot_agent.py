@@ -2568,6 +2568,7 @@ CHECK_TIMEOUT = 10.0
 CHECK_MAX_BODY = 64 * 1024
 CHECK_MAX_REDIRECTS = 5
 CHECK_CONCURRENCY = 4
+CHECK_MAX_RATE = 20.0  # probes started per second at most, however often the server changes the list
 CHECK_MAX_TARGET = 2048
 CHECK_ERROR_CHARS = 200
 _CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}")
@@ -2841,6 +2842,7 @@ class CheckRunner:
         self._figures: Dict[str, Dict[str, float]] = {}  # name -> the sample's up, ms, cert
         self._lock = threading.Lock()  # the results are read by the collector's thread
         self._told = False  # the server sent a list (an old server never does: then nothing is reported)
+        self._next_slot = -math.inf  # when the next probe may start (CHECK_MAX_RATE)
         self._changed = trio.Event()
         self.on_result: Optional[Callable[[], None]] = None
 
@@ -2884,6 +2886,12 @@ class CheckRunner:
                     await changed.wait()
 
     async def _run_one(self, spec: CheckSpec) -> None:
+        # Evenly spaced starts: a server that sends new lists as fast as it can gets CHECK_MAX_RATE probes a second.
+        self._next_slot = max(trio.current_time(), self._next_slot + 1.0 / CHECK_MAX_RATE)
+        await trio.sleep_until(self._next_slot)
+        if self.specs.get(spec.name) != spec:  # removed or changed while it waited
+            self._running.discard(spec.name)
+            return
         started = trio.current_time()
         outcome: Dict[str, Any] = {"ok": False, "error": "no answer within %g s" % self.timeout}
         try:

@@ -187,6 +187,18 @@ async def test_agent_states_down_after_n_failures_and_keeps_the_certificate():
     assert runner.report() == (None, [])  # an empty snapshot tells the server they are gone
 
 
+async def test_a_server_changing_the_list_all_the_time_gets_a_bounded_probe_rate(nursery):
+    probes = []
+    runner = agent.CheckRunner(run_probe=lambda target, timeout: probes.append(target) or {"ok": True, "ms": 1.0})
+    nursery.start_soon(runner.run)
+    started = trio.current_time()
+    for i in range(40):  # 20 new checks every 10 ms: each list would be due at once
+        runner.set_checks([agent.CheckSpec(f"c{i}-{j}", f"tcp://h:{j + 1}", 60.0, 3) for j in range(20)])
+        await trio.sleep(0.01)
+    elapsed = trio.current_time() - started
+    assert len(probes) <= elapsed * agent.CHECK_MAX_RATE + 2
+
+
 def test_server_bounds_what_the_agent_reports():
     sample = {"type": "sample", "seq": 1, "ts": time.time(), "metrics": {"checks": {
         f"c{i}": {"up": 100} for i in range(21)}}}

@@ -93,7 +93,8 @@ def default_name(target: str, taken: Iterable[str]) -> str:
     base = host[4:] if host.startswith("www.") and len(host) > 4 else host
     if parts.port is not None and (parts.scheme == "tcp" or parts.port != {"http": 80, "https": 443}[parts.scheme]):
         base = f"{base}:{parts.port}"
-    base = re.sub(r"[^a-z0-9._:-]", "-", base).strip("-")[:34] or "check"
+    base = re.sub(r"[^a-z0-9._:-]", "-", base)
+    base = re.sub(r"^[^a-z0-9]+", "", base)[:34].rstrip("-") or "check"  # [::1] -> 1:8443
     used = {name.lower() for name in taken}
     name, n = base, 1
     while name in used:

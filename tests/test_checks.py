@@ -100,6 +100,8 @@ def test_targets_names_and_usage():
     assert checks.default_name("https://www.example.com/", []) == "example.com"
     assert checks.default_name("https://example.com:8443/", ["example.com:8443"]) == "example.com:8443-2"
     assert checks.default_name("tcp://DB.local:5432", []) == "db.local:5432"
+    assert checks.default_name("https://[::1]:8443/", []) == "1:8443"  # a name alerts can use (check:1:8443)
+    assert checks.NAME.fullmatch(checks.default_name("http://" + "a" * 60 + ".example/", ["x"]))
     assert checks.parse_every(None) == 60 and checks.parse_every("5m") == 300
     for bad in ("1s", "2d", "soon"):
         with pytest.raises(checks.CheckError, match="EVERY"):

@@ -63,14 +63,18 @@ refuses this agent (secret rejected, key revoked, certificate changed), 2 for a 
 """
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import hashlib
+import http.client
+import inspect
 import itertools
 import json
 import logging
 import math
 import os
 import random
+import re
 import secrets
 import socket
 import ssl
@@ -79,6 +83,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +176,7 @@ class AgentConfig:
     fast_retry_for: float = 60.0
     temps_every: int = 6  # read temperature sensors on every Nth sample
     services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
+    check_timeout: float = 10.0  # one probe of a check, redirects and body included (CHECK_TIMEOUT)
 
     @property
     def fingerprint_path(self) -> Path:
@@ -178,7 +184,7 @@ class AgentConfig:
 
     @property
     def capabilities(self) -> List[str]:
-        return (["power"] if self.allow_power else []) + ["speedtest"]
+        return (["power"] if self.allow_power else []) + ["speedtest", "checks"]
 
     @property
     def spool_capacity(self) -> int:
@@ -1239,7 +1245,7 @@ class Link:
     # frames in ------------------------------------------------------------------------------------------------
 
     def receive(self, message: "str | bytes") -> ("Acked | ServerError | CommandRequest | SpeedTestRequest | "
-                                                  "SpeedTestEnd | Binary | Ignored"):
+                                                  "SpeedTestEnd | Binary | CheckList | Ignored"):
         """One frame from the server -> what it means (an ack is applied to the spool here)."""
         if isinstance(message, bytes):
             return Binary(len(message))
@@ -1261,6 +1267,8 @@ class Link:
             return CommandRequest(command_id, frame.get("action"), frame.get("expires"))
         if kind in ("speedtest", "speedtest_end"):
             return speedtest_request(kind, frame)
+        if kind == "checks":
+            return checks_request(frame)
         return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), False)  # newer servers
 
     def _ack(self, seq: Any) -> "Acked | Ignored":
@@ -2542,6 +2550,391 @@ def _leaves(group: BaseException) -> Iterator[BaseException]:
         yield group
 
 
+# --- checks from the host (docs/protocol.md, "Checks") -------------------------------------------------------------
+#
+# The server sends the whole list of this host's checks (a `checks` frame after the hello's ack, and again when it
+# changes); the agent probes each target every `every` seconds in worker threads (http.client, ssl, socket: no
+# new dependency), and reports results in its samples (`checks`: up, ms, cert) and as a `checks` snapshot (state,
+# HTTP status, error). A check runs with this agent's network access, private addresses included (the host's own
+# network is what checks are for); every probe is bounded here, whatever the server asks: CHECKS_MAX checks, at
+# least CHECK_MIN_EVERY apart, CHECK_CONCURRENCY at once, CHECK_TIMEOUT each (redirects and body included),
+# CHECK_MAX_BODY bytes read, CHECK_MAX_REDIRECTS redirects. A probe is a fresh connection that carries no mbot
+# header and never the secret: only a User-Agent, Accept and Host.
+
+CHECKS_MAX = 20
+CHECK_MIN_EVERY = 1.0
+CHECK_MAX_EVERY = 86_400.0
+CHECK_TIMEOUT = 10.0
+CHECK_MAX_BODY = 64 * 1024
+CHECK_MAX_REDIRECTS = 5
+CHECK_CONCURRENCY = 4
+CHECK_MAX_RATE = 20.0  # probes started per second at most, however often the server changes the list
+CHECK_MAX_TARGET = 2048
+CHECK_ERROR_CHARS = 200
+_CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}")
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+CheckSpec = NamedTuple("CheckSpec", [("name", str), ("target", str), ("every", float), ("down_after", int)])
+CheckList = NamedTuple("CheckList", [("checks", List[CheckSpec]), ("skipped", List[str])])
+
+
+def check_target_problem(target: Any) -> Optional[str]:
+    """Why the agent will not probe `target` (None: it will): http, https and tcp://HOST:PORT only."""
+    if not isinstance(target, str) or not target or len(target) > CHECK_MAX_TARGET:
+        return "a target is a URL of 1 to %d characters" % CHECK_MAX_TARGET
+    if any(ord(c) < 33 or ord(c) == 127 for c in target):
+        return "a target has no spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(target)
+        port = parts.port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https", "tcp"):
+        return "only http, https and tcp targets are checked"
+    if not parts.hostname:
+        return "the target names no host"
+    if parts.scheme == "tcp" and not port:
+        return "a tcp target needs a port"
+    return None
+
+
+def checks_request(frame: Mapping[str, Any]) -> "CheckList | Ignored":
+    """The server's `checks` frame, checked: entries the agent will not run are skipped (and said why)."""
+    raw = frame.get("checks")
+    if not isinstance(raw, list):
+        return Ignored("ignoring a checks frame without a list of checks", True)
+    specs: List[CheckSpec] = []
+    skipped: List[str] = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            skipped.append("an entry that is not an object")
+            continue
+        name, target, every = entry.get("name"), entry.get("target"), entry.get("every", 60.0)
+        down_after = entry.get("down_after", 3)
+        problem = check_target_problem(target)
+        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name) or any(s.name == name for s in specs):
+            problem = "a missing, odd or repeated name"
+        elif (isinstance(every, bool) or not isinstance(every, (int, float)) or not math.isfinite(every)
+              or isinstance(down_after, bool) or not isinstance(down_after, int) or not 1 <= down_after <= 100):
+            problem = "a bad every or down_after"
+        elif len(specs) >= CHECKS_MAX:
+            problem = "more than %d checks" % CHECKS_MAX
+        if problem is not None:
+            skipped.append("%s (%s)" % (_quote(name, 50), problem))
+            continue
+        specs.append(CheckSpec(name, target, min(max(float(every), CHECK_MIN_EVERY), CHECK_MAX_EVERY), down_after))
+    return CheckList(specs, skipped)
+
+
+def _tlv(data: bytes, pos: int) -> Tuple[int, int, int]:
+    """One DER element at `pos`: (tag, start of its content, end of its content)."""
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[pos:pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated")
+    return tag, pos, pos + length
+
+
+def cert_not_after(der: bytes) -> Optional[float]:
+    """A certificate's notAfter (seconds since 1970) from its DER bytes, or None. The agent does not judge trust
+    (self-signed certificates are common on a host's own network), so ssl's verified getpeercert() is no help:
+    this reads the one field it needs from the X.509 structure."""
+    try:
+        _, pos, _ = _tlv(der, 0)  # Certificate
+        _, pos, _ = _tlv(der, pos)  # tbsCertificate
+        tag, _, end = _tlv(der, pos)
+        if tag == 0xA0:  # [0] version
+            pos = end
+        for _ in range(3):  # serialNumber, signature, issuer
+            _, _, pos = _tlv(der, pos)
+        _, pos, _ = _tlv(der, pos)  # validity
+        _, _, pos = _tlv(der, pos)  # notBefore
+        tag, start, end = _tlv(der, pos)  # notAfter
+        text = der[start:end].decode("ascii")
+        if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ
+            year = int(text[:2])
+            text = ("20" if year < 50 else "19") + text
+        elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+            return None
+        return float(calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S")))
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_error(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    return _one_line(_describe(exc))[:CHECK_ERROR_CHARS]
+
+
+class _Deadline:
+    """The whole probe's time limit: a timer that shuts the socket down when it passes, because per-operation
+    socket timeouts alone let a server that sends one byte every few seconds hold a probe for ever."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.at = self.started + seconds
+        self.passed = False
+        self._socks: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0 or self.passed:
+            raise socket.timeout("timed out")
+        return left
+
+    def watch(self, sock: Optional[socket.socket]) -> None:
+        with self._lock:
+            if sock is not None:
+                self._socks.append(sock)
+            if self.passed:
+                self._fire()
+
+    def _fire(self) -> None:
+        self.passed = True
+        for sock in list(self._socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+_CHECK_CONTEXT: List[ssl.SSLContext] = []
+
+
+def _check_context() -> ssl.SSLContext:
+    """One context for every probe, made once: it loads no CA store, which trust is not judged with (loading the
+    system's CAs would cost ~50 ms of CPU per probe)."""
+    if not _CHECK_CONTEXT:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _CHECK_CONTEXT.append(ctx)
+    return _CHECK_CONTEXT[0]
+
+
+def probe(target: str, timeout: float = CHECK_TIMEOUT, max_body: int = CHECK_MAX_BODY,
+          max_redirects: int = CHECK_MAX_REDIRECTS, now: Callable[[], float] = time.time) -> Dict[str, Any]:
+    """Probe a target once (blocking: a worker thread): {"ok", "ms", "status", "cert_days", "error"}. `ms` is the
+    time to the final answer (HTTP headers, redirects included; a TCP connect), or to the failure: always there,
+    so that a check going down and up does not change which series a sample has (each new set of names is a
+    layout the server stores and budgets)."""
+    deadline = _Deadline(timeout)
+    result: Dict[str, Any] = {"ok": False}
+    try:
+        _probe(target, deadline, max_body, max_redirects, result, now)
+    except Exception as exc:  # everything a target can do to a probe ends as its error text
+        # Every socket timeout is set to what is left of the deadline: either way, the probe's time is up.
+        timed_out = deadline.passed or isinstance(exc, socket.timeout)
+        result["error"] = "no answer within %g s" % timeout if timed_out else _check_error(exc)
+        result.pop("_ms", None)  # an earlier hop's answer: the time to fail is what counts
+    finally:
+        deadline.cancel()
+    answered = result.pop("_ms", None)
+    result["ms"] = answered if answered is not None else (time.monotonic() - deadline.started) * 1000.0
+    return result
+
+
+def _probe(target: str, deadline: _Deadline, max_body: int, max_redirects: int, result: Dict[str, Any],
+           now: Callable[[], float]) -> None:
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme == "tcp":
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=deadline.left())
+        sock.close()
+        result["ok"] = True
+        return
+    url = target
+    for hop in range(max_redirects + 1):
+        status, location = _http_once(url, deadline, max_body, result, now)
+        result["status"] = status
+        if status in _REDIRECTS and location:
+            if hop == max_redirects:
+                result["error"] = "more than %d redirects" % max_redirects
+                return
+            url = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                result["error"] = "a redirect to a non-HTTP URL"
+                return
+            continue
+        result["ok"] = 200 <= status < 400
+        if not result["ok"]:
+            result["error"] = "HTTP %d" % status
+        return
+
+
+def _http_once(url: str, deadline: _Deadline, max_body: int, result: Dict[str, Any],
+               now: Callable[[], float]) -> Tuple[int, Optional[str]]:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, parts.port, timeout=deadline.left(), context=_check_context())
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=deadline.left())
+    sock: Optional[socket.socket] = None
+    try:
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        conn.connect()
+        sock = conn.sock
+        assert sock is not None  # kept: http.client lets go of it once a response says the connection will close
+        deadline.watch(sock)
+        if parts.scheme == "https" and "cert_days" not in result:
+            der = sock.getpeercert(binary_form=True)
+            expires = cert_not_after(der) if der else None
+            if expires is not None:
+                result["cert_days"] = round((expires - now()) / 86400.0, 2)
+        conn.request("GET", path, headers={"User-Agent": "mbot-agent/%s (check)" % __version__, "Accept": "*/*",
+                                           "Connection": "close"})
+        sock.settimeout(deadline.left())
+        response = conn.getresponse()
+        result["_ms"] = (time.monotonic() - deadline.started) * 1000.0  # to the final answer, redirects included
+        read = 0
+        while read < max_body:
+            sock.settimeout(deadline.left())
+            chunk = response.read1(min(16384, max_body - read))
+            if not chunk:
+                break
+            read += len(chunk)
+        response.close()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+        if sock is not None:
+            sock.close()
+
+
+if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters:
+    _ABANDON: Dict[str, bool] = {"abandon_on_cancel": True}
+else:  # trio before 0.23
+    _ABANDON = {"cancellable": True}
+
+
+class CheckRunner:
+    """The checks the server gave this host, run on their schedule (each probe in a worker thread, at most
+    `concurrency` at once), and their latest results: `report()` gives what the next sample and the `checks`
+    snapshot carry. A check is down after `down_after` failures in a row; the certificate's days left are kept from
+    the last probe that saw one (a check that is down cannot see it, and the certificate has not changed)."""
+
+    def __init__(self, timeout: float = CHECK_TIMEOUT, concurrency: int = CHECK_CONCURRENCY,
+                 run_probe: Callable[[str, float], Dict[str, Any]] = probe) -> None:
+        self.timeout = timeout
+        self._probe = run_probe
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self.specs: Dict[str, CheckSpec] = {}
+        self._due: Dict[str, float] = {}
+        self._running: set = set()
+        self._results: Dict[str, Dict[str, Any]] = {}  # name -> the snapshot's item
+        self._figures: Dict[str, Dict[str, float]] = {}  # name -> the sample's up, ms, cert
+        self._lock = threading.Lock()  # the results are read by the collector's thread
+        self._told = False  # the server sent a list (an old server never does: then nothing is reported)
+        self._next_slot = -math.inf  # when the next probe may start (CHECK_MAX_RATE)
+        self._changed = trio.Event()
+        self.on_result: Optional[Callable[[], None]] = None
+
+    def set_checks(self, specs: Sequence[CheckSpec]) -> None:
+        """The server's new list: new and changed checks run at once, removed ones are forgotten."""
+        now = trio.current_time()
+        new = {spec.name: spec for spec in specs}
+        with self._lock:
+            for name in list(self._results):
+                if name not in new or new[name].target != self.specs.get(name, new[name]).target:
+                    self._results.pop(name, None)
+                    self._figures.pop(name, None)
+            for name, spec in new.items():
+                if self.specs.get(name) != spec:
+                    self._due[name] = now
+            self._due = {name: due for name, due in self._due.items() if name in new}
+            self.specs = new
+            self._told = True
+        self._changed.set()
+
+    def report(self) -> Tuple[Optional[Dict[str, Dict[str, float]]], Optional[List[Dict[str, Any]]]]:
+        """(the sample's `checks`, the snapshot's items); None for what there is nothing to say about."""
+        with self._lock:
+            if not self._told:
+                return None, None
+            figures = {name: dict(f) for name, f in self._figures.items() if name in self.specs}
+            items = [dict(self._results[name]) for name in sorted(self._results) if name in self.specs]
+        return figures or None, items
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self._changed = trio.Event()
+                now = trio.current_time()
+                for name, due in list(self._due.items()):
+                    if due <= now and name not in self._running:
+                        self._running.add(name)
+                        nursery.start_soon(self._run_one, self.specs[name])
+                waiting = [due for name, due in self._due.items() if name not in self._running]
+                with trio.move_on_at(min(waiting, default=math.inf)):
+                    await changed.wait()
+
+    async def _run_one(self, spec: CheckSpec) -> None:
+        # Evenly spaced starts: a server that sends new lists as fast as it can gets CHECK_MAX_RATE probes a second.
+        self._next_slot = max(trio.current_time(), self._next_slot + 1.0 / CHECK_MAX_RATE)
+        await trio.sleep_until(self._next_slot)
+        if self.specs.get(spec.name) != spec:  # removed or changed while it waited
+            self._running.discard(spec.name)
+            return
+        started = trio.current_time()
+        outcome: Dict[str, Any] = {"ok": False, "error": "no answer within %g s" % self.timeout}
+        try:
+            # The probe bounds itself, but not a name lookup that hangs (getaddrinfo has no timeout): such a
+            # thread is left to finish on its own, holding its place in the limiter meanwhile.
+            with trio.move_on_after(self.timeout + 5.0):
+                outcome = await trio.to_thread.run_sync(self._probe, spec.target, self.timeout,
+                                                        limiter=self._limiter, **_ABANDON)
+        except Exception as exc:  # a bug, not a target: the schedule goes on
+            outcome = {"ok": False, "error": _check_error(exc)}
+        finally:
+            self._running.discard(spec.name)
+        with self._lock:
+            if self.specs.get(spec.name) != spec:  # removed or changed while it ran
+                return
+            self._record(spec, outcome)
+            self._due[spec.name] = started + spec.every
+        self._changed.set()
+        if self.on_result is not None:
+            self.on_result()
+
+    def _record(self, spec: CheckSpec, outcome: Dict[str, Any]) -> None:
+        before = self._results.get(spec.name, {})
+        fails = 0 if outcome.get("ok") else int(before.get("fails", 0)) + 1
+        state = "up" if not fails else "down" if fails >= spec.down_after else "failing"
+        item: Dict[str, Any] = {"name": spec.name, "state": state, "fails": fails}
+        figures: Dict[str, float] = {"up": 0.0 if fails else 100.0}
+        for key in ("status", "error"):
+            if outcome.get(key) is not None:
+                item[key] = outcome[key]
+        if "ms" in outcome:
+            item["ms"] = figures["ms"] = round(min(float(outcome["ms"]), 60_000.0), 2)
+        cert = outcome.get("cert_days", before.get("cert_days"))
+        if cert is not None:
+            item["cert_days"] = figures["cert"] = max(-36_500.0, min(float(cert), 36_500.0))
+        if before.get("state") != state:
+            level = logging.WARNING if state == "down" else logging.INFO
+            log.log(level, "check %s (%s): %s%s", spec.name, spec.target, state,
+                    ": " + item["error"] if "error" in item else "")
+        self._results[spec.name] = item
+        self._figures[spec.name] = figures
+
+
 class Agent:
     """The process: a collector task for its whole life, a connection loop beside it."""
 
@@ -2571,6 +2964,7 @@ class Agent:
         # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
         # Written by the collector's thread and the event loop (one assignment each), read by the sender.
         self._snapshots: Dict[str, Tuple[str, str]] = {}
+        self.checks = CheckRunner(timeout=config.check_timeout)  # the server's list of checks (docs/protocol.md)
         self.reconnect = Reconnect(low=config.backoff_min, high=config.backoff_max, stable_after=config.stable_after,
                                    quick=config.quick_reconnect, fast=config.fast_retry,
                                    fast_for=config.fast_retry_for)
@@ -2591,6 +2985,7 @@ class Agent:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._collect_loop)
             nursery.start_soon(self._host_state_loop)
+            nursery.start_soon(self.checks.run)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
         return status
@@ -2620,7 +3015,12 @@ class Agent:
             log.error("collecting metrics failed: %s", _describe(exc))
             added = False
         else:
+            figures, items = self.checks.report()  # the latest results of the checks, on every sample
+            if figures:
+                metrics = {**metrics, "checks": figures}
             added = self._store_sample(ts, metrics)
+            if items is not None:  # sent when it differs from what this connection sent
+                added = self._put_snapshot("checks", 1, items, ts) or added
         return self._collect_snapshots(ts) or added
 
     def _collect_snapshots(self, ts: float) -> bool:
@@ -3019,6 +3419,13 @@ class Agent:
                     await self._on_command(conn, event)
                 elif isinstance(event, (SpeedTestRequest, SpeedTestEnd, Binary)):
                     await self._on_speedtest(conn, event)
+                elif isinstance(event, CheckList):
+                    for why in event.skipped:
+                        self._note_server_noise("not running a check the server sent: %s", why)
+                    if {s.name: s for s in event.checks} != self.checks.specs:
+                        log.info("checks from the server: %d (%s)", len(event.checks),
+                                 ", ".join(s.name for s in event.checks[:5]) or "none")
+                    self.checks.set_checks(event.checks)
                 elif isinstance(event, ServerError):
                     conn.last_error = event.text
                     self._note_server_noise("server error %s", event.text)

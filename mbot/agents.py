@@ -35,7 +35,8 @@ from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, Stab
 from .protocol import Hello, Result, Snapshot, SpeedReport
 from .session import Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
 from .speedtest import Throughput
-from . import speedtest
+from . import checks, speedtest
+from .checks import CheckSpec
 from .store import Database
 from .writer import LimitExceeded, Writer
 
@@ -161,6 +162,7 @@ class AgentConnection:
             self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name,
                           self.peer, action.agent_version, action.facts.get("os") or "unknown OS")
             await self.ws.send_message(self.session.hello_stored(committed))
+            await self.send_checks()
         elif isinstance(action, Result):
             awaited = self._awaiting.get(action.command_id)
             if awaited is not None:
@@ -218,6 +220,16 @@ class AgentConnection:
             except ConnectionClosed:
                 return
             await self.ws.aclose(close.code, close.reason[:120])
+
+    async def send_checks(self) -> None:
+        """The host's checks (mbot/checks.py), to an agent that runs them: after the hello's ack, and whenever they
+        change (an empty list stops them). An agent without the capability gets nothing (/check says to update)."""
+        if self.hello is None or checks.CAPABILITY not in self.hello.capabilities:
+            return
+        try:
+            await self.ws.send_message(checks.frame(self._hub.check_specs.get(self.host.id, [])))
+        except ConnectionClosed:
+            pass
 
     async def run_command(self, action: str, timeout: float) -> Result | None:
         """Send a command and wait for its result; None when the agent did not answer in time."""
@@ -411,6 +423,10 @@ class AgentHub:
         self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
         self.speed_busy = False  # one speed test at a time per server (set and cleared by the bot)
         self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)
+        # Checks from the host (mbot/checks.py, mbot/checksync.py keeps these): each host's checks, and who to
+        # wake when the bot changed them.
+        self.check_specs: dict[int, list[CheckSpec]] = {}
+        self.on_checks_changed: Callable[[], None] | None = None
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -511,6 +527,15 @@ class AgentHub:
         if connection is None:
             raise LookupError(host_id)
         return await connection.speedtest(self.speed_seconds, speedtest.MAX_BYTES)
+
+    async def send_checks(self, host_id: int) -> None:
+        connection = self.connections.get(host_id)
+        if connection is not None:
+            await connection.send_checks()
+
+    def checks_changed(self) -> None:
+        if self.on_checks_changed is not None:
+            self.on_checks_changed()
 
     async def disconnect(self, host_id: int, code: int, reason: str) -> None:
         connection = self.connections.get(host_id)

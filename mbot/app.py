@@ -6,6 +6,7 @@
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
           alerting                  the alert engine's timers; fed by the writer's commits
+          check sync                checks from the host: the agents' lists and their alert rules (checksync.py)
           history.maintain          rollups (by arrival, bounded steps) and retention
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
@@ -31,6 +32,7 @@ import trio
 from . import history, install, metrics, plotting, protocol, selfwatch, store, tls
 from .agents import AgentHub, load_downloads
 from .alerting import Alerting
+from .checksync import CheckSync
 from .config import Settings, mbot_command
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
@@ -100,6 +102,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
                                                       reboot_grace=settings.reboot_grace, tz=settings.tz)
                 await services.start(alerting.run)
+                await services.start(CheckSync(db, hub, alerting).run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None
                 if settings.bot_token is not None:  # bot_enabled, spelled so that the type checker sees a str

@@ -18,7 +18,8 @@ from typing import Iterator, Sequence
 
 import trio
 
-from . import install, plotspec, selfwatch, service, store, tls, users
+from . import checks, install, plotspec, selfwatch, service, store, tls, users
+from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
 from .model import Host
@@ -73,6 +74,22 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("name", help="host name (or the first 8+ characters of its key id)")
     top.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     top.add_argument("--json", action="store_true", help="machine-readable output")
+    check = commands.add_parser("check", help="checks from a host: a URL or tcp://HOST:PORT its agent probes "
+                                "(as /check and /checks in the chat)")
+    check_commands = check.add_subparsers(dest="check_command", metavar="add|list|del", required=True)
+    check_add = check_commands.add_parser("add", help="probe TARGET from host NAME every EVERY (default 1m, 10s..1d);"
+                                          " alerts when it is down and when its certificate nears its end")
+    check_add.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_add.add_argument("target", metavar="URL|tcp://HOST:PORT")
+    check_add.add_argument("every", metavar="EVERY", nargs="?", help="e.g. 30s, 5m, 1h")
+    check_list = check_commands.add_parser("list", help="a host's checks and their latest results")
+    check_list.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_list.add_argument("--json", action="store_true", help="machine-readable output")
+    check_del = check_commands.add_parser("del", help="remove a check and its alerts")
+    check_del.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_del.add_argument("check", metavar="CHECK", help="the check's name (as `check list` shows it) or target")
+    for sub in (check_add, check_list, check_del):
+        sub.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     return parser
 
 
@@ -109,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _info(settings, args)
         if command == "health":
             return _health(settings)
+        if command == "check":
+            return _check(settings, args)
     except (ConfigError, tls.CertificateRefused) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
@@ -121,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ServiceError as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
+    except CheckError as exc:  # a usage error: exit 2
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 2
     raise AssertionError(args.command)
 
 
@@ -409,6 +431,45 @@ def _info(settings: Settings, args: argparse.Namespace) -> int:
     print(host.name)
     print("\n".join(inventory.lines(found, now, services) if found else
                     inventory.service_lines(services, now) + [inventory.NO_INVENTORY]))
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    """`check add|list|del`: the running server notices within seconds (mbot/checksync.py) and tells the agent."""
+    if args.check_command == "list":
+        conn = store.connect(settings.db_path, readonly=True)
+        try:
+            host = _cli_host(conn, args.name, args.owner)
+            specs = store.checks_of_host(conn, host.id)
+            snapshot = store.latest_snapshot(conn, host.id, checks.FRAME)
+        finally:
+            conn.close()
+        by_name = {item.get("name"): item for item in snapshot.items} if snapshot is not None else {}
+        if args.json:
+            print(json.dumps([{**spec.wire(), "result": by_name.get(spec.name)} for spec in specs], indent=2))
+        elif not specs:
+            print(f"{host.name} has no checks")
+        else:
+            print("\n".join(checks.result_line(spec, by_name.get(spec.name)) for spec in specs))
+        return 0
+    if args.check_command == "add":
+        target, every = checks.validate_target(args.target), checks.parse_every(args.every)
+    conn = store.connect(settings.db_path)
+    try:
+        with store.transaction(conn):
+            host = _cli_host(conn, args.name, args.owner)
+            if args.check_command == "add":
+                spec = service.add_check(conn, host, target, every)
+            else:
+                spec = service.delete_check(conn, host, args.check)
+    finally:
+        conn.close()
+    if args.check_command == "add":
+        print(f"{host.name} checks {spec.target} every {format_duration(spec.every)} as {spec.name} (alerts: "
+              f"check:{spec.name} down, cert:{spec.name} below {checks.DEFAULT_CERT_DAYS:.0f} days); the check runs "
+              "with the agent's network access")
+    else:
+        print(f"removed check {spec.name} ({spec.target}) of {host.name} and its alerts")
     return 0
 
 

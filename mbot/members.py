@@ -34,6 +34,7 @@ class MemberKind:
     name: re.Pattern[str]  # what a member's name may look like (as typed, before normalise)
     normalise: Callable[[str], str]
     code: Callable[[Item | None], float]  # an item (None: absent from the latest snapshot) -> a state code
+    words: dict[float, str] | None = None  # what its codes are called, where STATE_WORDS does not fit
 
 
 def _unit_name(name: str) -> str:
@@ -55,9 +56,19 @@ def _service_code(item: Item | None) -> float:
     return STOPPED
 
 
+def _check_code(item: Item | None) -> float:
+    # Checks from the host (mbot.checks): the agent says `down` after the check's N consecutive failures. A check
+    # it has not reported (just added, not run yet) is not known to be down.
+    if item is None or item.get("state") != "down":
+        return UP
+    return FAILED
+
+
 MEMBER_KINDS: dict[str, MemberKind] = {
     "service": MemberKind("service", "services", "unit", "service",
                           re.compile(r"[A-Za-z0-9:_.@\\-]{1,256}"), _unit_name, _service_code),
+    "check": MemberKind("check", "checks", "name", "check", re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}"),
+                        str.lower, _check_code, {UP: "up", FAILED: "down"}),
 }
 SNAPSHOT_KINDS = frozenset(kind.snapshot for kind in MEMBER_KINDS.values())
 
@@ -104,5 +115,8 @@ def label(series: str) -> str | None:
     return None if found is None else f"{found[0].label} {found[1]}"
 
 
-def state_word(value: float) -> str:
-    return STATE_WORDS.get(value, f"state {value:g}")
+def state_word(value: float, metric: str | None = None) -> str:
+    """A state code in words; `metric` (service:nginx.service, check:web) picks its kind's own words."""
+    found = member_of(metric) if metric is not None else None
+    words = found[0].words if found is not None and found[0].words else STATE_WORDS
+    return words.get(value, STATE_WORDS.get(value, f"state {value:g}"))

@@ -311,6 +311,21 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
         out["dropped"] = _number(raw["dropped"], f"{where}.dropped", COUNT)
     if "gpus" in raw:
         out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
+    if "checks" in raw:
+        out["checks"] = _check_results(raw["checks"], f"{where}.checks")
+    return out
+
+
+def _check_results(value: Any, where: str) -> dict[str, dict[str, float]]:
+    """A sample's `checks`: the latest result of each check by name (up 0 or 100, ms, cert days)."""
+    if isinstance(value, dict) and len(value) > limits.MAX_CHECKS:
+        raise ProtocolError(f"{where}: more than {limits.MAX_CHECKS} checks", CLOSE_POLICY)
+    out: dict[str, dict[str, float]] = {}
+    for name, result in _mapping(value, where).items():
+        result = _mapping(result, f"{where}[{name!r}]")
+        out[name[:limits.MAX_CHECK_NAME]] = {
+            key: _number(result[key], f"{where}[{name!r}].{key}", bounds)
+            for key, bounds in (("up", PERCENT), ("ms", limits.MILLISECONDS), ("cert", limits.DAYS)) if key in result}
     return out
 
 
@@ -496,6 +511,30 @@ def _service(value: Any, where: str, cores: int | None) -> dict[str, Any]:
 
 # Loaded service units that are not inactive; a unit's state is systemd's ActiveState (active, failed ...).
 SNAPSHOT_KINDS["services"] = SnapshotKind("services", 1, key=("unit",), state="state", item=_service)
+
+
+def _check(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    name = _text(raw.get("name"), f"{where}.name", limit=limits.MAX_CHECK_NAME)
+    if not name:
+        raise ProtocolError(f"{where}.name: must not be empty")
+    item: dict[str, Any] = {"name": name, "state": _text(raw.get("state", ""), f"{where}.state", limit=16)}
+    if "status" in raw:
+        item["status"] = _integer(raw["status"], f"{where}.status")
+        if item["status"] > 999:
+            raise ProtocolError(f"{where}.status: out of range (0 to 999)")
+    for key, bounds in (("ms", limits.MILLISECONDS), ("cert_days", limits.DAYS), ("ts", (0.0, limits.TS_CEILING))):
+        if key in raw:
+            item[key] = _number(raw[key], f"{where}.{key}", bounds)
+    if "fails" in raw:
+        item["fails"] = _integer(raw["fails"], f"{where}.fails")
+    if raw.get("error"):
+        item["error"] = _text(raw["error"], f"{where}.error", limit=limits.MAX_CHECK_ERROR)
+    return item
+
+
+# Checks from the host (mbot.checks): one member per check the agent runs, by name; the state field is `state`.
+SNAPSHOT_KINDS["checks"] = SnapshotKind("checks", 1, key=("name",), state="state", item=_check)
 
 # The inventory again, when it changed since the hello: one member (so no key; a second one is a duplicate).
 SNAPSHOT_KINDS["inventory"] = SnapshotKind("inventory", 1, key=(), state=None,

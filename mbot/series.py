@@ -20,12 +20,12 @@ from . import limits
 # Kinds
 GAUGE, RATE, COUNTER = "gauge", "rate", "counter"
 # Units: decide the sane range at the edge, the formatting, the axis and which /plot UNITs fit.
-PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD, MILLISECONDS = (
-    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load", "ms")
+PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD, MILLISECONDS, DAYS = (
+    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load", "ms", "days")
 RANGES: Mapping[str, tuple[float, float]] = {
     PERCENT: limits.PERCENT, BYTES: limits.BYTES, BYTE_RATE: limits.BYTE_RATE, CELSIUS: limits.CELSIUS,
     WATTS: limits.WATTS, SECONDS: limits.SECONDS, COUNT: limits.COUNT, LOAD: limits.LOAD,
-    MILLISECONDS: limits.MILLISECONDS,
+    MILLISECONDS: limits.MILLISECONDS, DAYS: limits.DAYS,
 }
 
 Labels = dict[str, str]
@@ -287,6 +287,20 @@ CATALOGUE: list[Metric] = [
            plot=("speed",), kind=RATE),
     Metric("speed_up", measured("speed", "up"), BYTE_RATE, "speed test upload", legend="speed ↑",
            plot=("speed",), kind=RATE),
+    # Checks from the host (mbot/checks.py): the agent's latest result of each check, on every sample (an alert
+    # on a series that comes and goes would resolve while it is missing). The label is the check's name, from a
+    # set the server bounds (limits.MAX_CHECKS per host).
+    Metric("check_up:{label}", labelled("checks", "up"), PERCENT, "check {label} up", plot_one="up:",
+           prom=Prom("mbot_check_up", "1 when the check's last probe succeeded.", 100,
+                     labels={"label": "check"})),
+    Metric("check_ms:{label}", labelled("checks", "ms"), MILLISECONDS, "check {label} latency",
+           legend="{label}", plot=("checks",), plot_one="check:",
+           prom=Prom("mbot_check_latency_seconds", "Time the check's last probe took (to its answer, or to its "
+                     "failure).", 1000, labels={"label": "check"})),
+    Metric("check_cert:{label}", labelled("checks", "cert"), DAYS, "certificate of {label}",
+           legend="cert {label}", plot_one="cert:", alert="cert",
+           prom=Prom("mbot_check_cert_days", "Days until the check's TLS certificate expires.",
+                     labels={"label": "check"})),
 ]
 
 

@@ -5,13 +5,15 @@ own connection, the server its single writer) and the rendering (terminal text, 
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 
-from . import store
+from . import checks, members, store
+from .alerts import AlertRule
 # NewKey is also read as service.NewKey by modules written before mbot.model; new code imports it from there.
 from .model import Host, NewKey, secret_hash
 
@@ -165,3 +167,48 @@ def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, no
         # Not a SHA-256 hex digest, so no secret can ever match it.
         store.set_secret(conn, host.id, f"revoked-{secrets.token_hex(16)}", revoked=time.time() if now is None else now)
     return host
+
+
+# --- checks from the host (mbot.checks) ---------------------------------------------------------------------------
+
+
+def add_check(conn: sqlite3.Connection, host: Host, target: str, every: float, *, now: float | None = None,
+              down_after: int = checks.DEFAULT_DOWN_AFTER, max_per_host: int = checks.MAX_PER_HOST,
+              max_per_user: int = checks.MAX_PER_USER) -> checks.CheckSpec:
+    """A new check of `host` (target and every already validated, mbot.checks), with its two alert rules (down;
+    certificate under DEFAULT_CERT_DAYS days), in the caller's transaction. Bounds: per host and per owner."""
+    existing = store.checks_of_host(conn, host.id)
+    if len(existing) >= max_per_host:
+        raise ServiceError(f"{host.name} has {len(existing)} checks, the most a host may have: remove one first "
+                           f"(/check {host.name} del CHECK)")
+    if host.owner and store.count_checks_of_owner(conn, host.owner) >= max_per_user:
+        raise ServiceError(f"you have {max_per_user} checks, the most a user may have: remove one first")
+    same = [spec.name for spec in existing if spec.target == target]
+    if same:
+        raise ServiceError(f"{host.name} already checks {target} (as {same[0]})")
+    name = checks.default_name(target, [spec.name for spec in existing])
+    check_id = store.insert_check(conn, host.id, name, target, every, down_after,
+                                  time.time() if now is None else now)
+    down_metric, cert_metric = checks.rule_metrics(name)
+    for rule in (AlertRule(host.id, down_metric, members.THRESHOLD, below=True),
+                 AlertRule(host.id, cert_metric, checks.DEFAULT_CERT_DAYS, below=True)):
+        store.put_alert_rule(conn, host.id, rule.metric, json.dumps(rule.as_dict()))
+    return checks.CheckSpec(check_id, host.id, name, target, every, down_after)
+
+
+def find_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSpec:
+    """A check of `host` by name (any case), number or target."""
+    found = [spec for spec in store.checks_of_host(conn, host.id)
+             if ref.lower() in (spec.name, str(spec.id), spec.target.lower())]
+    if not found:
+        raise ServiceError(f"{host.name} has no check {ref[:60]!r}: /checks {host.name} lists them")
+    return found[0]
+
+
+def delete_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSpec:
+    """Remove a check and its alert rules (the ones /check added, or /setalert set since)."""
+    spec = find_check(conn, host, ref)
+    store.delete_check(conn, spec.id)
+    for metric in checks.rule_metrics(spec.name):
+        store.delete_alert_rule(conn, host.id, metric)
+    return spec

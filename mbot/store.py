@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterator, TypeVar
 import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
+from .checks import CheckSpec
 from .model import AlertMessage, Host, StoredSnapshot
 
 T = TypeVar("T")
@@ -179,6 +180,19 @@ MIGRATIONS: list[str] = [
         resolved REAL
     );
     CREATE INDEX alert_messages_open ON alert_messages (host_id, metric, series) WHERE resolved IS NULL;
+    """,
+    # Checks from the host (mbot.checks): what each host's agent probes. The name labels its series and alerts.
+    """
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        every REAL NOT NULL,
+        down_after INTEGER NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (host_id, name)
+    );
     """,
 ]
 
@@ -415,6 +429,7 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM alert_messages WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM checks WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
@@ -661,3 +676,48 @@ def open_alert_messages(conn: sqlite3.Connection) -> list[AlertMessage]:
     """Alerts that have not ended, oldest first (at start: the threads a restart must keep)."""
     rows = conn.execute("SELECT * FROM alert_messages WHERE resolved IS NULL ORDER BY id")
     return [_alert_message(row) for row in rows]
+
+
+# --- checks from the host (mbot.checks) -------------------------------------------------------------------------
+
+# Bumped with every change of `checks`, so a running server notices what the CLI (another process) changed.
+CHECKS_VERSION = "checks.version"
+
+
+def _check_spec(row: sqlite3.Row) -> CheckSpec:
+    return CheckSpec(row["id"], row["host_id"], row["name"], row["target"], row["every"], row["down_after"])
+
+
+def checks_of_host(conn: sqlite3.Connection, host_id: int) -> list[CheckSpec]:
+    return [_check_spec(row) for row in conn.execute("SELECT * FROM checks WHERE host_id = ? ORDER BY id",
+                                                      (host_id,))]
+
+
+def all_checks(conn: sqlite3.Connection) -> list[CheckSpec]:
+    return [_check_spec(row) for row in conn.execute("SELECT * FROM checks ORDER BY host_id, id")]
+
+
+def count_checks_of_owner(conn: sqlite3.Connection, owner: int) -> int:
+    return conn.execute("SELECT count(*) FROM checks JOIN hosts ON hosts.id = checks.host_id WHERE hosts.owner = ?",
+                        (owner,)).fetchone()[0]
+
+
+def insert_check(conn: sqlite3.Connection, host_id: int, name: str, target: str, every: float, down_after: int,
+                 created: float) -> int:
+    cur = conn.execute("INSERT INTO checks (host_id, name, target, every, down_after, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (host_id, name, target, every, down_after, created))
+    _bump_checks(conn)
+    return _inserted_id(cur)
+
+
+def delete_check(conn: sqlite3.Connection, check_id: int) -> None:
+    conn.execute("DELETE FROM checks WHERE id = ?", (check_id,))
+    _bump_checks(conn)
+
+
+def checks_version(conn: sqlite3.Connection) -> int:
+    return int(get_kv(conn, CHECKS_VERSION) or 0)
+
+
+def _bump_checks(conn: sqlite3.Connection) -> None:
+    set_kv(conn, CHECKS_VERSION, str(checks_version(conn) + 1))

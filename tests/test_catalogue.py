@@ -26,6 +26,7 @@ FULL = {
     "temps": {"cpu": 54.0, "nvme": 40.9}, "uptime": 19410.0, "procs": 231,
     "gpus": [{"name": "H100", "util": 87.0, "vram_used": 1e9, "vram_total": 8e10, "temp": 61.0, "power": 312.5},
              {"name": "H100", "util": 5.0, "vram_used": 0, "vram_total": 8e10, "temp": 40.0, "power": 70.0}],
+    "checks": {"web": {"up": 100.0, "ms": 35.5, "cert": 41.2}, "db:5432": {"up": 0.0}},
 }
 
 

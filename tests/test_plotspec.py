@@ -235,7 +235,7 @@ def test_errors_without_the_hosts_series_still_explain_and_can_be_completed_late
     assert "Metrics of this host" not in caught.value.message
     # Without the host's metrics, the reply lists every word /plot knows instead.
     assert ("Metrics: cpu, load, load1, load5, load15, ram, swap, disk, io, net, net_down, net_up, temp, uptime, "
-            "procs, gpu, vram, gputemp, power, link, rtt, jitter, loss, speed; one of several: cpu:N, disk:/MOUNT, "
+            "procs, gpu, vram, gputemp, power, link, rtt, jitter, loss, speed, checks; one of several: cpu:N, disk:/MOUNT, "
             "net:IFACE, temp:LABEL, gpuN"
             in caught.value.message)
     assert "Metrics of this host: cpu, load, ram, disk:/, net" in caught.value.with_metrics(SMALL).message

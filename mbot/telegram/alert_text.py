@@ -49,10 +49,12 @@ def format_value(metric: str, value: float) -> str:
     if kind == _RATE:
         return _rate(value)
     if kind == _STATE:
-        return members.state_word(value)
+        return members.state_word(value, metric)
     row = catalogue.selectors().get(metric.partition(":")[0])
     if row is not None and row.unit == catalogue.MILLISECONDS:
         return f"{_num(value)} ms"
+    if row is not None and row.unit == catalogue.DAYS:  # a certificate's days left (mbot.checks)
+        return f"{_num(value)} days"
     return _num(value, 2)
 
 

@@ -18,9 +18,10 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (charts, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
+from .. import (charts, checks, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
                stability, stabilitychart, store, users)
 from ..agents import AgentHub
+from ..checks import CheckError
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
@@ -223,7 +224,7 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError,
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
                 quiet.QuietUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
@@ -286,6 +287,8 @@ class Bot:
         elif name == "speedtest":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._start_speedtest(ctx, host)
+        elif name in ("check", "checks"):
+            await self._check_command(ctx, command)
         elif name == "newkey":
             decision = self._newkey_limit.take(ctx.user_id, now)
             if not decision.allowed:
@@ -328,6 +331,39 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             await self._send_key(ctx, key)
+
+    # --- checks from the host (mbot/checks.py) -----------------------------------------------------------------
+
+    async def _check_command(self, ctx: Context, command: Command) -> None:
+        if command.name == "checks":
+            host = await self._db.read(service.resolve_host, ctx.user_id, command.args[0])
+            specs = await self._db.read(store.checks_of_host, host.id)
+            snapshot = await self._db.read(store.latest_snapshot, host.id, checks.FRAME)
+            self._send(ctx, views.checks_view(host, specs, snapshot))
+            return
+        request = checks.parse_command(command.args)
+        host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
+        if isinstance(request, checks.DelCheck):
+            spec = await self._writer.call(service.delete_check, host, request.check)
+            self._hub.checks_changed()
+            self._send(ctx, f"Removed check <b>{views.e(spec.name)}</b> ({views.e(spec.target)}) of "
+                            f"<b>{views.e(host.name)}</b> and its alerts.")
+            return
+        spec = await self._writer.call(partial(service.add_check, now=self._clock()), host, request.target,
+                                       request.every)
+        self._hub.checks_changed()
+        log.info("user %d added check %s of host %s", ctx.user_id, spec.name, host.name)
+        text = (f"<b>{views.e(host.name)}</b> checks {views.e(spec.target)} every {format_duration(spec.every)} as "
+                f"<b>{views.e(spec.name)}</b>. You get an alert when it fails {spec.down_after} times in a row "
+                f"and when its certificate has less than {checks.DEFAULT_CERT_DAYS:.0f} days left "
+                f"(/delalert {views.e(host.name)} check:{views.e(spec.name)} or cert:{views.e(spec.name)} stops one). "
+                f"/checks "
+                f"{views.e(host.name)} shows the results. The check runs with the agent's network access.")
+        connection = self._hub.connections.get(host.id)
+        hello = connection.hello if connection is not None else None
+        if hello is not None and checks.CAPABILITY not in hello.capabilities:
+            text += "\n⚠️ This host's agent is too old to run checks: update it (/agent)."
+        self._send(ctx, text)
 
     async def _card(self, host: Host, now: float) -> tuple[str, views.Keyboard]:
         """A host's status card and its buttons; with the host's process list, its top processes and the

@@ -64,6 +64,10 @@ TABLE: tuple[Spec, ...] = (
     Spec("stability", "NAME [INTERVAL] [DURATION]", "RTT and loss of the link to a host, probed every INTERVAL", 0, 8,
          example="/stability box1 10ms 2m"),
     Spec("speedtest", "NAME", "throughput between a host and this server, both ways (about 20 s)", 1, 1),
+    # /check checks its own arguments (mbot.checks): a URL, a duration and bounds have more to say than a count.
+    Spec("check", "NAME URL|tcp://HOST:PORT [EVERY]", "probe a target from a host (alerts when it is down)", 0, 8,
+         example="/check box1 https://example.com 5m"),
+    Spec("checks", "NAME", "a host's checks and their state", 1, 1),
     Spec("alerts", "", "your alert rules and their state", 0, 0),
     # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
     Spec("setalert", "NAME METRIC THRESHOLD [FOR]", "alert when a metric crosses a threshold", 0, 8),

@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .. import inventory as host_inventory, members, processes, series as catalogue
+from .. import checks, inventory as host_inventory, members, processes, series as catalogue
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
@@ -284,6 +284,8 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, po
         lines.append(" · ".join(parts))
     if m.get("link"):
         lines.append(_link_line(m["link"]))
+    if m.get("checks"):
+        lines.append(checks_card_line(m["checks"]))
     tail = []
     if "uptime" in m:
         tail.append(f"Uptime {format_duration(m['uptime'])}")
@@ -305,6 +307,35 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, po
         ranked = process_lines(procs.items, processes.CARD, cmd=0, note=processes.age_note(procs, host, now))
         lines = _fit(lines, ranked, MESSAGE_LIMIT - len(footer) - 1)
     lines.append(footer)
+    return "\n".join(lines)
+
+
+def checks_card_line(results: dict[str, dict[str, float]]) -> str:
+    """`Checks 2/3 up · ❌ web · cert of api 5 d`: the failing ones and certificates near their end by name
+    (mbot.checks; the full list is /checks NAME)."""
+    up = [name for name, r in results.items() if r.get("up")]
+    text = f"Checks {len(up)}/{len(results)} up"
+    failing = [name for name, r in results.items() if not r.get("up")]
+    if failing:
+        text += " · ❌ " + ", ".join(e(name) for name in failing[:5]) + (" …" if len(failing) > 5 else "")
+    expiring = [(name, r["cert"]) for name, r in results.items() if r.get("cert", checks.DEFAULT_CERT_DAYS)
+                < checks.DEFAULT_CERT_DAYS]
+    for name, days in expiring[:3]:
+        text += f" · cert of {e(name)} {days:.0f} d"
+    return text
+
+
+def checks_view(host: Host, specs: Sequence[checks.CheckSpec], snapshot: StoredSnapshot | None) -> str:
+    """/checks NAME: every check of the host with its latest result."""
+    if not specs:
+        return (f"<b>{e(host.name)}</b> has no checks. Add one: /check {e(host.name)} https://example.com "
+                "(or tcp://HOST:PORT) [EVERY]")
+    capable = checks.CAPABILITY in host.facts.get("capabilities", ())
+    by_name = {item.get("name"): item for item in snapshot.items} if snapshot is not None else {}
+    lines = [f"<b>{e(host.name)}</b>: {len(specs)} check(s)"]
+    lines += [e(checks.result_line(spec, by_name.get(spec.name))) for spec in specs]
+    if host.facts and not capable:
+        lines.append("⚠️ This host's agent does not run checks: update it (/agent).")
     return "\n".join(lines)
 
 

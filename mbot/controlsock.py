@@ -19,7 +19,7 @@ from typing import Awaitable, Callable
 
 import trio
 
-from . import control, service, stabilitychart
+from . import control, service, speedtest, stabilitychart
 from .agents import AgentHub, TestRefused
 from .control import ControlError, NetTest
 from .durations import format_duration
@@ -98,7 +98,7 @@ class ControlServer:
                 if not data:
                     return buffer or None
                 buffer += data
-                if len(buffer) > control.MAX_LINE and b"\n" not in buffer[:control.MAX_LINE + 1]:
+                if len(buffer) > control.MAX_LINE and b"\n" not in buffer:
                     raise ControlError(f"request line over {control.MAX_LINE} bytes")
             return buffer.split(b"\n", 1)[0]
         raise ControlError(f"no request within {self._request_timeout:g} s")
@@ -159,7 +159,10 @@ class ControlServer:
         figures = await trio.to_thread.run_sync(run.figures)
         log.info("control socket: a stability test of host %s: %d probes, %.1f %% lost", host.name, figures.sent,
                  figures.loss)
-        result = control.stability_result(host.name, spec, figures, complete=figures.slots >= spec.count)
+        complete = figures.slots >= spec.count
+        await send(control.progress_line(f"Stability test of {host.name}: " + (
+            "done." if complete else f"its agent disconnected after {figures.slots} probes.")))
+        result = control.stability_result(host.name, spec, figures, complete=complete)
         if test.chart:
             png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
                                                 limiter=self._charts)
@@ -173,7 +176,8 @@ class ControlServer:
             down, up = await self._hub.speedtest(host.id)
         except LookupError:
             raise ControlError(f"{host.name} went offline before the speed test started") from None
-        log.info("control socket: a speed test of host %s", host.name)
+        log.info("control socket: a speed test of host %s: down %s, up %s", host.name,
+                 down and speedtest.mbit(down.rate), up and speedtest.mbit(up.rate))
         await send(control.result_line(control.speed_result(host.name, down, up)))
 
 

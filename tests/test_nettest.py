@@ -10,6 +10,7 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 
 from helpers import add_host, hello_frame, load_agent, open_tls, receive_json, upgrade
 from mbot import cli, control
@@ -31,7 +32,8 @@ def test_requests_are_checked_before_anything_runs():
     for bad, problem in ((b"\xff\xfe", "not a JSON line"), (b"[1]", "not a JSON object"),
                          (b"x" * (control.MAX_LINE + 1), "over 65536 bytes"),
                          ({"cmd": "shutdown"}, "unknown command 'shutdown'"),
-                         ({**stability, "host": ""}, "host must be"), ({**stability, "host": "x" * 200}, "host must be"),
+                         ({**stability, "host": ""}, "host must be"),
+                         ({**stability, "host": "x" * 200}, "host must be"),
                          ({**stability, "owner": "alice"}, "owner must be"), ({**stability, "owner": True}, "owner"),
                          ({**stability, "kind": "ddos"}, "kind must be"),
                          ({**stability, "interval": 0.0001}, "between 1 ms and 1 s"),
@@ -79,6 +81,7 @@ async def test_stability_and_speed_print_the_chats_figures(server, settings, nur
     code, out, err = await _cli(monkeypatch, capsys, settings, "box1", "--stability", "5ms", "1s", "-o", str(chart))
     assert code == 0, err
     assert "Stability test of box1: 200 probes every 5 ms for 1 s..." in err  # progress on stderr
+    assert err.splitlines()[-2:] == ["Stability test of box1: done.", f"{chart}: the RTT chart"]
     assert out.startswith("Stability of box1: ") and "not the internet" in out
     p50, p95, worst, jitter = (float(re.search(rf"{n} ([\d.]+) ms", out).group(1))
                                for n in ("p50", "p95", "max", "jitter"))
@@ -88,10 +91,19 @@ async def test_stability_and_speed_print_the_chats_figures(server, settings, nur
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
     code, out, err = await _cli(monkeypatch, capsys, settings, "box1", "--speed", "--json")
-    assert code == 0, err and "download then upload" in err
+    assert code == 0 and "download then upload" in err, err
     result = json.loads(out)
     assert result["down"]["bytes_per_s"] > 0 and result["up"]["bytes_per_s"] > 0
     assert "Download (server -> host)" in result["text"] and "Upload (host -> server)" in result["text"]
+
+    # A client that hangs up ends its test, and the host's place is free again.
+    client = await trio.open_unix_socket(str(path))
+    await client.send_all(control.request_line(NetTest("box1", None, "stability", 0.1, 30.0)))
+    assert b"Stability test of box1: 300 probes" in await client.receive_some()
+    assert server.hub.stability_budget.running(1)
+    await client.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert not server.hub.stability_budget.running(1)
 
     # The chat's refusals, in one line each, exit 1.
     server.hub.claim_stability(1, 0.1)  # a test of box1 running (from the chat, say)
@@ -179,14 +191,14 @@ async def _exchange(path, data: bytes, *, close: bool = False) -> dict:
 
 async def test_hostile_clients_get_one_error_line_and_the_listener_goes_on(server, nursery, tmp_path):
     path = tmp_path / "c.sock"
-    listener = ControlServer(path, server.db, server.hub, request_timeout=0.3)
+    listener = ControlServer(path, server.db, server.hub, request_timeout=0.5)
     assert await nursery.start(listener.serve) == path
     assert (await _exchange(path, b"\x00garbage\xff\n"))["error"] == "request is not a JSON line"
     assert "over 65536 bytes" in (await _exchange(path, b"{" * (control.MAX_LINE + 10)))["error"]
     assert "unknown command 'rm'" in (await _exchange(path, b'{"cmd": "rm", "host": "x"}\n'))["error"]
     out_of_range = b'{"cmd": "nettest", "host": "box1", "kind": "stability", "interval": 5, "duration": 1}\n'
     assert "between 1 ms and 1 s" in (await _exchange(path, out_of_range))["error"]
-    assert (await _exchange(path, b""))["error"] == "no request within 0.3 s"  # connects and says nothing
+    assert (await _exchange(path, b""))["error"] == "no request within 0.5 s"  # connects and says nothing
     truncated = b'{"cmd": "nettest", "host": "nosuch", "kind": "speed"}'  # no newline, then EOF: still one request
     assert "no host named 'nosuch'" in (await _exchange(path, truncated, close=True))["error"]
     # Many at once, each alone.

@@ -207,3 +207,13 @@ async def test_hostile_clients_get_one_error_line_and_the_listener_goes_on(serve
             many.start_soon(_exchange, path, b"nonsense\n")
     assert "no host named" in (await _exchange(path, b'{"cmd": "nettest", "host": "z", "kind": "speed"}\n'))["error"]
     assert os.path.exists(path)
+
+
+async def test_a_path_that_cannot_be_a_socket_leaves_the_server_without_one(server, nursery, tmp_path, caplog):
+    too_long = tmp_path / ("x" * 120 + ".sock")  # AF_UNIX paths end at 108 bytes
+    assert await nursery.start(ControlServer(too_long, server.db, server.hub).serve) is None
+    in_the_way = tmp_path / "control.sock"
+    in_the_way.write_text("not ours")
+    assert await nursery.start(ControlServer(in_the_way, server.db, server.hub).serve) is None
+    assert in_the_way.read_text() == "not ours"
+    assert sum("cannot reach this server" in r.getMessage() for r in caplog.records) == 2

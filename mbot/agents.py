@@ -395,6 +395,19 @@ class AgentConnection:
                 return
 
 
+class TestRefused(Exception):
+    """A stability or speed test that cannot start now (offline, already running, an agent too old): the chat and
+    the control socket say why in their own words around the same reason."""
+
+    def __init__(self, reason: str, *, after_name: bool = True) -> None:
+        super().__init__(reason)
+        self.reason, self.after_name = reason, after_name
+
+    def text(self, name: str, escape: Callable[[str], str] = str) -> str:
+        """The whole sentence: `name` (as it is to appear) in front when it has one, the reason through `escape`."""
+        return (name if self.after_name else "") + escape(self.reason)
+
+
 class AgentHub:
     """Accepts agents and keeps the one live connection of each host."""
 
@@ -421,7 +434,7 @@ class AgentHub:
         self._closing = False  # close_all() has begun: the server is stopping
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
         self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
-        self.speed_busy = False  # one speed test at a time per server (set and cleared by the bot)
+        self.speed_busy = False  # one speed test at a time per server (claim_speed; cleared when it ends)
         self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)
         # Checks from the host (mbot/checks.py, mbot/checksync.py keeps these): each host's checks, and who to
         # wake when the bot changed them.
@@ -512,9 +525,31 @@ class AgentHub:
             raise LookupError(host_id)
         return await connection.run_command(action, timeout)
 
+    def claim_stability(self, host_id: int, interval: float) -> None:
+        """Take the host's place in stability_budget for a test (release it when the test ends), or TestRefused.
+        Taken at once, so a second request finds it taken even before the first test's task runs."""
+        if not self.is_connected(host_id):
+            raise TestRefused(" is offline: a stability test needs its agent connected.")
+        refusal = self.stability_budget.refusal(host_id, interval)
+        if refusal is not None:
+            raise TestRefused(f": not now: {refusal}")
+        self.stability_budget.take(host_id, interval)
+
+    def claim_speed(self, host_id: int) -> None:
+        """Take the server's one speed test (clear speed_busy when it ends), or TestRefused."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise TestRefused(" is offline: a speed test needs its agent connected.")
+        if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
+            raise TestRefused(": its agent is too old for a speed test; update mbot_agent.py (/agent).")
+        if self.speed_busy:
+            raise TestRefused("Another speed test is running on this server; try again in half a minute.",
+                              after_name=False)
+        self.speed_busy = True
+
     async def stability(self, host_id: int, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
                         progress_every: float) -> None:
-        """Run a stability test on a connected agent (the caller took its place in stability_budget). Raises
+        """Run a stability test on a connected agent (the caller claimed it: claim_stability). Raises
         LookupError when the host is not connected."""
         connection = self.connections.get(host_id)
         if connection is None:
@@ -522,7 +557,7 @@ class AgentHub:
         await connection.stability(run, progress, progress_every)
 
     async def speedtest(self, host_id: int) -> tuple[Throughput | None, Throughput | None]:
-        """Run a speed test on a connected agent (the caller set speed_busy). LookupError: not connected."""
+        """Run a speed test on a connected agent (the caller claimed it: claim_speed). LookupError: not connected."""
         connection = self.connections.get(host_id)
         if connection is None:
             raise LookupError(host_id)

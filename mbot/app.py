@@ -5,6 +5,8 @@
         writer                      single sqlite writer; outlives the services so it can flush them
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
+          control socket            DATA_DIR/control.sock (0600): `nettest` from the CLI, one task per
+                                    connection (mbot/controlsock.py)
           alerting                  the alert engine's timers; fed by the writer's commits
           check sync                checks from the host: the agents' lists and their alert rules (checksync.py)
           history.maintain          rollups (by arrival, bounded steps) and retention
@@ -24,15 +26,17 @@ import logging
 import signal
 import time
 from functools import partial
+from pathlib import Path
 from typing import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from . import history, install, metrics, plotting, protocol, selfwatch, store, tls
+from . import control, history, install, metrics, plotting, protocol, selfwatch, store, tls
 from .agents import AgentHub, load_downloads
 from .alerting import Alerting
 from .checksync import CheckSync
+from .controlsock import ControlServer
 from .config import Settings, mbot_command
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
@@ -59,6 +63,7 @@ class Server:
     metrics_port: int | None = None
     alerting: Alerting | None = None
     selfwatch: selfwatch.SelfWatch | None = None
+    control_path: Path | None = None  # the control socket (None: it could not be made)
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -99,6 +104,8 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 endpoint = install.Endpoint(settings.public_host, settings.port or port, cert.fingerprint, pin,
                                             settings.public_host_guessed)
                 hub.downloads = await trio.to_thread.run_sync(load_downloads, endpoint)
+                server.control_path = await services.start(
+                    ControlServer(settings.data_dir / control.CONTROL_FILE, db, hub).serve)
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
                                                       reboot_grace=settings.reboot_grace, tz=settings.tz)
                 await services.start(alerting.run)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -9,20 +10,18 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import stat
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import trio
 
-from . import checks, install, plotspec, selfwatch, service, store, tls, users
+from . import checks, control, install, plotspec, selfwatch, service, stability, store, tls, users
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
-from .model import Host
 from .plotspec import PlotUsageError
 from .service import ServiceError
 
@@ -88,7 +87,20 @@ def _parser() -> argparse.ArgumentParser:
     check_del = check_commands.add_parser("del", help="remove a check and its alerts")
     check_del.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
     check_del.add_argument("check", metavar="CHECK", help="the check's name (as `check list` shows it) or target")
-    for sub in (check_add, check_list, check_del):
+    nettest = commands.add_parser(
+        "nettest", help="a speed or stability test of a host's link to this server, as /speedtest and /stability in "
+                        "the chat (the server must be running: the test runs over its connection to the agent)",
+        usage="python -m mbot nettest NAME (--speed | --stability [INTERVAL [DURATION]] [-o FILE.png]) "
+              "[--owner ID] [--json]")
+    nettest.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    kind = nettest.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--speed", action="store_true", help="download and upload throughput (about 10 s each way)")
+    kind.add_argument("--stability", nargs="*", metavar="INTERVAL [DURATION]",
+                      help="a ping every INTERVAL (1ms..1s, default 100ms) for DURATION (up to 10m, default 60s): "
+                           "RTT p50, p95, max, jitter and loss")
+    nettest.add_argument("-o", "--output", metavar="FILE.png", help="with --stability: write the RTT chart there")
+    nettest.add_argument("--json", action="store_true", help="machine-readable output")
+    for sub in (check_add, check_list, check_del, nettest):
         sub.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     return parser
 
@@ -128,13 +140,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _health(settings)
         if command == "check":
             return _check(settings, args)
+        if command == "nettest":
+            return _nettest(settings, args)
     except (ConfigError, tls.CertificateRefused) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
     except (tls.TlsError, store.SchemaTooNew) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
-    except (PlotUsageError, OutputError) as exc:  # a usage error, like argparse's: exit 2
+    except (PlotUsageError, OutputError, NetTestUsage) as exc:  # a usage error, like argparse's: exit 2
         print(f"mbot: {exc.render(plotspec.CLI) if isinstance(exc, PlotUsageError) else exc}", file=sys.stderr)
         return 2
     except ServiceError as exc:
@@ -315,7 +329,7 @@ def _rename(settings: Settings, old: str, new: str, owner: int | None) -> int:
     conn = store.connect(settings.db_path)
     try:
         with store.transaction(conn):
-            host = _cli_host(conn, old, owner)
+            host = service.any_owner_host(conn, old, owner)
             service.rename(conn, host.owner, host.name, new)  # the exact name: it picks this host alone
     finally:
         conn.close()
@@ -374,7 +388,7 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
         conn = store.connect(settings.db_path, readonly=True)
         try:
             request = plotspec.parse_plot(words, max_span=longest)
-            host = _cli_host(conn, request.host, args.owner)
+            host = service.any_owner_host(conn, request.host, args.owner)
             spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
                                        settings.tiers, settings.tz, time.time())
         finally:
@@ -401,7 +415,7 @@ def _top(settings: Settings, args: argparse.Namespace) -> int:
 
     conn = store.connect(settings.db_path, readonly=True)
     try:
-        host = _cli_host(conn, args.name, args.owner)
+        host = service.any_owner_host(conn, args.name, args.owner)
         snapshot = store.latest_snapshot(conn, host.id, processes.KIND)
     finally:
         conn.close()
@@ -418,7 +432,7 @@ def _info(settings: Settings, args: argparse.Namespace) -> int:
 
     conn = store.connect(settings.db_path, readonly=True)
     try:
-        host = _cli_host(conn, args.name, args.owner)
+        host = service.any_owner_host(conn, args.name, args.owner)
         services = store.services_items(conn, host.id)
     finally:
         conn.close()
@@ -439,7 +453,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     if args.check_command == "list":
         conn = store.connect(settings.db_path, readonly=True)
         try:
-            host = _cli_host(conn, args.name, args.owner)
+            host = service.any_owner_host(conn, args.name, args.owner)
             specs = store.checks_of_host(conn, host.id)
             snapshot = store.latest_snapshot(conn, host.id, checks.FRAME)
         finally:
@@ -457,7 +471,7 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     conn = store.connect(settings.db_path)
     try:
         with store.transaction(conn):
-            host = _cli_host(conn, args.name, args.owner)
+            host = service.any_owner_host(conn, args.name, args.owner)
             if args.check_command == "add":
                 spec = service.add_check(conn, host, target, every)
             else:
@@ -473,27 +487,92 @@ def _check(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cli_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Host:
-    """The CLI sees every owner's hosts: a name two users share needs --owner. Names match as in the chat
-    (service.resolve_host): any case when one name fits, the exact spelling first."""
-    if owner is not None:
+class NetTestUsage(Exception):
+    """nettest's arguments do not make a test; exit 2, like argparse."""
+
+
+class NoServer(Exception):
+    """Nothing listens on the control socket."""
+
+
+READ_TIMEOUT = 120.0  # the longest the server may be silent: a speed test says nothing for up to 2 x (10 + 15) s
+
+
+def _nettest(settings: Settings, args: argparse.Namespace) -> int:
+    """Asks the running server over its control socket (mbot/control.py): progress on stderr, figures on stdout."""
+    test = control.NetTest(args.name, args.owner, "speed")
+    if args.stability is not None:
+        if len(args.stability) > 2:
+            raise NetTestUsage("nettest: --stability takes at most INTERVAL and DURATION")
         try:
-            return service.resolve_host(conn, owner, ref)
-        except service.NoSuchHost:
-            raise ServiceError(f"user {owner} has no host named {ref!r}; `python -m mbot hosts` lists them") from None
-    matches = service.by_name(store.hosts_named(conn, ref), ref)
-    if not matches and len(ref) >= 8:
-        matches = [h for h in store.list_hosts(conn) if h.key_id.startswith(ref.lower())]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
-    if len({h.owner for h in matches}) == len(matches):
-        owners = ", ".join(str(h.owner) for h in matches)
-        raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
-    names = ", ".join(f"{h.name} (owner {h.owner})" if h.owner else h.name for h in matches)
-    raise ServiceError(f"{ref!r} could be {names}: type the name exactly as `python -m mbot hosts` lists it"
-                       " (and --owner)")
+            spec = stability.parse_stability([args.name, *args.stability])
+        except stability.StabilityUsageError as exc:
+            raise NetTestUsage(f"nettest: {str(exc).splitlines()[-1]}") from None
+        test = control.NetTest(args.name, args.owner, "stability", spec.interval, spec.duration,
+                               chart=args.output is not None)
+    elif args.output is not None:
+        raise NetTestUsage("nettest: -o is for --stability (a speed test has no chart)")
+    part = _output_part(args.output) if args.output is not None else None  # a wrong -o is said before the test
+    path = settings.data_dir / control.CONTROL_FILE
+    try:
+        try:
+            result = _ask(path, test, progress=lambda line: print(line, file=sys.stderr, flush=True))
+        except NoServer:
+            print(f"mbot: no running server on {settings.data_dir}: start it first", file=sys.stderr)
+            return 1
+        except control.ControlError as exc:
+            print(f"mbot: {exc}", file=sys.stderr)
+            return 1
+        png = result.pop("chart_png", None)
+        if part is not None:
+            try:
+                part.write_bytes(base64.b64decode(png if isinstance(png, str) else "", validate=True))
+                os.replace(part, args.output)
+            except (OSError, ValueError) as exc:
+                print(f"mbot: -o {args.output}: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+                return 1
+    finally:
+        if part is not None:
+            part.unlink(missing_ok=True)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else result.get("text", ""))
+    if part is not None:
+        print(f"{args.output}: the RTT chart", file=sys.stderr)
+    return 0
+
+
+def _ask(path: Path, test: control.NetTest, progress: Callable[[str], None]) -> dict[str, Any]:
+    """One request on the control socket; its result, or ControlError with the server's one line."""
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NoServer() from None
+        except OSError as exc:
+            raise control.ControlError(f"cannot reach the server at {path}: {exc.strerror or exc}") from None
+        sock.settimeout(READ_TIMEOUT)
+        sock.sendall(control.request_line(test))
+        reader = sock.makefile("rb")
+        while True:
+            line = reader.readline(control.MAX_RESULT_LINE + 1)
+            if not line.endswith(b"\n"):
+                raise control.ControlError("the server ended the connection without an answer" if len(line) <=
+                                           control.MAX_RESULT_LINE else "the server's answer is too long")
+            response = control.parse_response(line)
+            if response.kind == "progress":
+                progress(response.value)
+            elif response.kind == "error":
+                raise control.ControlError(response.value)
+            else:
+                return dict(response.value)
+    except TimeoutError:
+        raise control.ControlError(f"the server said nothing for {READ_TIMEOUT:g} s") from None
+    except OSError as exc:
+        raise control.ControlError(f"the connection to the server failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
 
 
 def _health(settings: Settings) -> int:

@@ -134,6 +134,29 @@ def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
     raise NoSuchHost()
 
 
+def any_owner_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Host:
+    """The CLI (and the control socket, for the CLI) sees every owner's hosts: a name two users share needs --owner.
+    Names match as in the chat (resolve_host): any case when one name fits, the exact spelling first."""
+    if owner is not None:
+        try:
+            return resolve_host(conn, owner, ref)
+        except NoSuchHost:
+            raise ServiceError(f"user {owner} has no host named {ref!r}; `python -m mbot hosts` lists them") from None
+    matches = by_name(store.hosts_named(conn, ref), ref)
+    if not matches and len(ref) >= 8:
+        matches = [h for h in store.list_hosts(conn) if h.key_id.startswith(ref.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
+    if len({h.owner for h in matches}) == len(matches):
+        owners = ", ".join(str(h.owner) for h in matches)
+        raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+    names = ", ".join(f"{h.name} (owner {h.owner})" if h.owner else h.name for h in matches)
+    raise ServiceError(f"{ref!r} could be {names}: type the name exactly as `python -m mbot hosts` lists it"
+                       " (and --owner)")
+
+
 def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> Host:
     """Every callback re-checks ownership here: a forged host id gets the same answer as a missing host."""
     host = store.host_by_id(conn, host_id)

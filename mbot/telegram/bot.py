@@ -20,7 +20,7 @@ import trio
 
 from .. import (charts, checks, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
                stability, stabilitychart, store, users)
-from ..agents import AgentHub
+from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -590,16 +590,11 @@ class Bot:
         """Refused at once when the host is offline, already under test, or the server's probe budget is spent;
         otherwise its place is taken now (a second request finds it taken) and the test runs in the bot's nursery,
         so other updates are not held up for its minutes."""
-        name = views.e(host.name)
-        if not self._hub.is_connected(host.id):
-            self._send(ctx, f"<b>{name}</b> is offline: a stability test needs its agent connected.")
+        try:
+            self._hub.claim_stability(host.id, spec.interval)
+        except TestRefused as refused:
+            self._send(ctx, refused.text(f"<b>{views.e(host.name)}</b>", escape=views.e))
             return
-        budget = self._hub.stability_budget
-        refusal = budget.refusal(host.id, spec.interval)
-        if refusal is not None:
-            self._send(ctx, f"<b>{name}</b>: not now: {views.e(refusal)}")
-            return
-        budget.take(host.id, spec.interval)
         assert self._nursery is not None
         self._nursery.start_soon(self._run_stability, ctx, host, spec)
 
@@ -648,18 +643,11 @@ class Bot:
     # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
 
     def _start_speedtest(self, ctx: Context, host: Host) -> None:
-        name = views.e(host.name)
-        connection = self._hub.connections.get(host.id)
-        if connection is None:
-            self._send(ctx, f"<b>{name}</b> is offline: a speed test needs its agent connected.")
+        try:
+            self._hub.claim_speed(host.id)  # taken now: a second request finds it taken
+        except TestRefused as refused:
+            self._send(ctx, refused.text(f"<b>{views.e(host.name)}</b>", escape=views.e))
             return
-        if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
-            self._send(ctx, f"<b>{name}</b>: its agent is too old for a speed test; update mbot_agent.py (/agent).")
-            return
-        if self._hub.speed_busy:
-            self._send(ctx, "Another speed test is running on this server; try again in half a minute.")
-            return
-        self._hub.speed_busy = True  # taken now: a second request finds it taken
         assert self._nursery is not None
         self._nursery.start_soon(self._run_speedtest, ctx, host)
 

@@ -218,7 +218,7 @@ class StabilityRun:
 def caption(host_name: str, spec: StabilitySpec, f: Figures) -> str:
     """The chart's caption: the figures people asked for, and what was measured."""
     lines = [f"Stability of {host_name}: {f.sent} probes every {interval_text(spec.interval)} for "
-             f"{format_duration(f.elapsed)}"]
+             f"{format_duration(round(f.elapsed))}"]
     if f.answered:
         lines.append(f"RTT p50 {ms_text(f.p50)} · p95 {ms_text(f.p95)} · max {ms_text(f.max)} · "
                      f"jitter {ms_text(f.jitter)}")

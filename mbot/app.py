@@ -13,6 +13,7 @@
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
           metrics endpoint          (with MBOT_METRICS_PORT) plain HTTP /metrics for Prometheus
+          backups                   (with MBOT_BACKUP_DIR) one every MBOT_BACKUP_EVERY, the newest kept
           own agent                 (unless MBOT_WATCH_SELF=0) the real agent as a child process, watching this
                                     machine over loopback TLS (mbot/selfwatch.py)
           signal watcher            SIGINT/SIGTERM -> stop()
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import control, history, install, metrics, plotting, protocol, selfwatch, store, tls
+from . import backup, control, history, install, metrics, plotting, protocol, selfwatch, store, tls
 from .agents import AgentHub, load_downloads
 from .alerting import Alerting
 from .checksync import CheckSync
@@ -40,6 +41,7 @@ from .controlsock import ControlServer
 from .config import Settings, mbot_command
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
+from .metrics import BackupStats
 from .metrics_http import serve_metrics
 from .model import Host
 from .store import Database
@@ -63,6 +65,7 @@ class Server:
     metrics_port: int | None = None
     alerting: Alerting | None = None
     selfwatch: selfwatch.SelfWatch | None = None
+    backups: BackupStats | None = None  # with MBOT_BACKUP_DIR
     control_path: Path | None = None  # the control socket (None: it could not be made)
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
@@ -120,11 +123,16 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     hub.on_limit = partial(_tell_limit, bot)
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
-                    render = partial(_render_metrics, db, hub, writer, api, outbox if api else None)
+                    render = partial(_render_metrics, server, api, outbox if api else None)
                     server.metrics_port = await services.start(partial(
                         serve_metrics, settings.metrics_host, settings.metrics_port, render, faults=faults))
                 if handle_signals:
                     services.start_soon(_stop_on_signal, server)
+                if settings.backup_dir is not None:
+                    server.backups = BackupStats()
+                    services.start_soon(partial(backup.keep_backups, settings.data_dir, settings.backup_dir,
+                                                settings.backup_every, settings.backup_keep, server.backups,
+                                                clock=clock))
                 own = selfwatch.plan_for(settings)
                 log.info("%s", own.why)
                 if own.watch:
@@ -186,15 +194,15 @@ def _tell_limit(bot: Bot, host: Host, limit: str, detail: str) -> None:
                                "everything it had stored.")
 
 
-async def _render_metrics(db: Database, hub: AgentHub, writer: Writer, api: BotApi | None,
-                          outbox: Outbox | None) -> str:
+async def _render_metrics(server: Server, api: BotApi | None, outbox: Outbox | None) -> str:
+    db, hub, writer = server.db, server.hub, server.writer
     hosts = await db.read(store.list_hosts)
     stats = metrics.ServerStats(
         connected_agents=len(hub.connections), samples_ingested=writer.committed_samples,
         commit_latency=writer.commit_latency, telegram_errors=dict(api.errors) if api else {},
         outbox_depth=outbox.depth if outbox else None, samples_rejected=dict(writer.rejected_samples),
         limits_exceeded=dict(hub.limits_exceeded), preauth_waiting=len(hub.gate),
-        preauth_refused=hub.gate.refused, preauth_evicted=hub.gate.evicted)
+        preauth_refused=hub.gate.refused, preauth_evicted=hub.gate.evicted, backups=server.backups)
     return await trio.to_thread.run_sync(metrics.render, hosts, stats, time.time(), writer.faults)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import trio
 
-from . import checks, control, install, plotspec, selfwatch, service, stability, store, tls, users
+from . import backup, checks, control, install, plotspec, selfwatch, service, stability, store, tls, users
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
@@ -27,12 +27,13 @@ from .service import ServiceError
 
 log = logging.getLogger("mbot")
 
-FINGERPRINT_KEY = "tls.fingerprint"  # kv: the fingerprint hosts were given, still known when the files are gone
 SERVER_LOCK = ".server.lock"  # held (shared) by a running server, so that new-cert can tell it is running
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mbot", description="mbot: a host monitor you run yourself.")
+    parser.add_argument("--version", action="version",
+                        version=f"mbot {backup.mbot_version()} (database schema v{store.SCHEMA_VERSION})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", help="run the server (the default)")
     newkey = commands.add_parser("newkey", help="register a host and print its agent secret")
@@ -100,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
                            "RTT p50, p95, max, jitter and loss")
     nettest.add_argument("-o", "--output", metavar="FILE.png", help="with --stability: write the RTT chart there")
     nettest.add_argument("--json", action="store_true", help="machine-readable output")
+    backup_cmd = commands.add_parser("backup", help="write one archive (mode 0600) with a consistent copy of the "
+                                     "database, the certificate and its key; works while the server runs")
+    backup_cmd.add_argument("file", nargs="?", metavar="FILE",
+                            help="where to write it (default: mbot-backup-DATE.tar.gz in MBOT_BACKUP_DIR, else here)")
+    restore_cmd = commands.add_parser("restore", help="restore an archive made by backup into the data directory "
+                                      "(the server must be stopped; the files it replaces are moved aside)")
+    restore_cmd.add_argument("file", metavar="FILE", help="the archive")
     for sub in (check_add, check_list, check_del, nettest):
         sub.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     return parser
@@ -130,6 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "new-cert":
             return _new_cert(settings)
+        if command == "backup":
+            return _backup(settings, args.file)
+        if command == "restore":
+            return _restore(settings, args.file)
         if command == "plot":
             return _plot(settings, args)
         if command == "top":
@@ -165,7 +177,7 @@ def _certificate(settings: Settings) -> tls.Certificate:
     have been given its fingerprint (which is kept in the database for that moment)."""
     conn = store.connect(settings.db_path)
     try:
-        known = store.get_kv(conn, FINGERPRINT_KEY)
+        known = store.get_kv(conn, tls.FINGERPRINT_KEY)
         pinned = selfwatch.remote_hosts(conn)  # the own agent gets the new fingerprint by itself
         cert = tls.ensure_certificate(settings.data_dir, _certificate_names(settings), pinned_hosts=pinned,
                                       known_fingerprint=known)
@@ -175,7 +187,7 @@ def _certificate(settings: Settings) -> tls.Certificate:
                             "the old one refuse this server until they get the new fingerprint",
                             settings.data_dir, known, cert.fingerprint)
             with store.transaction(conn):
-                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+                store.set_kv(conn, tls.FINGERPRINT_KEY, cert.fingerprint)
     finally:
         conn.close()
     return cert
@@ -227,10 +239,10 @@ def _new_cert(settings: Settings) -> int:
             return 1
         conn = store.connect(settings.db_path)
         try:
-            old = store.get_kv(conn, FINGERPRINT_KEY)
+            old = store.get_kv(conn, tls.FINGERPRINT_KEY)
             cert = tls.replace_certificate(settings.data_dir, _certificate_names(settings))
             with store.transaction(conn):
-                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+                store.set_kv(conn, tls.FINGERPRINT_KEY, cert.fingerprint)
         finally:
             conn.close()
     was = f"the old one ({old})" if old else "the old one"
@@ -241,6 +253,35 @@ def _new_cert(settings: Settings) -> int:
           "log names (~/.bot_fingerprint.json, or .env.fingerprint.json beside its .env), then restart it;\n"
           "#  - re-run the install line from /newkey.\n"
           f"AGENT_FINGERPRINT={cert.fingerprint}")
+    return 0
+
+
+def _backup(settings: Settings, file: str | None) -> int:
+    now = time.time()
+    target = Path(file) if file else (settings.backup_dir or Path.cwd()) / backup.default_name(now)
+    try:
+        made = backup.write_backup(settings.data_dir, target, now)
+    except backup.BackupError as exc:
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 1
+    print(made.describe())
+    return 0
+
+
+def _restore(settings: Settings, file: str) -> int:
+    with _server_lock(settings.data_dir, exclusive=True) as free:
+        if not free:
+            print(f"mbot: a server is running on {settings.data_dir}: stop it, restore, then start it again",
+                  file=sys.stderr)
+            return 1
+        try:
+            restored = backup.restore(Path(file), settings.data_dir, time.time())
+        except backup.BackupError as exc:
+            print(f"mbot: {exc}", file=sys.stderr)
+            return 1
+    aside = f"; the files it replaced are in {restored.moved_aside}" if restored.moved_aside else ""
+    print(f"restored {file} into {settings.data_dir}: schema v{restored.schema}, {restored.hosts} hosts, certificate "
+          f"{restored.fingerprint}{aside}. Start the server: agents reconnect with their old secrets.")
     return 0
 
 

@@ -58,6 +58,9 @@ class Settings:
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
     watch_self: bool | None = None  # MBOT_WATCH_SELF: 1 on, 0 off, unset: on except inside a container
     data_dir_warning: str | None = None  # when an older version's ./mbot-data is here: what to do about it
+    backup_dir: Path | None = None  # MBOT_BACKUP_DIR: the server makes a backup there every backup_every
+    backup_every: float = 86400.0  # MBOT_BACKUP_EVERY
+    backup_keep: int = 7  # MBOT_BACKUP_KEEP: the newest this many are kept
     public_host_guessed: bool = False  # MBOT_PUBLIC_HOST was unset: public_host is guess_public_host()'s answer
 
     @property
@@ -287,7 +290,22 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         max_hosts_per_user=_positive_int(env, "MBOT_MAX_HOSTS_PER_USER", 100),
         watch_self=_flag(env, "MBOT_WATCH_SELF"),
         data_dir_warning=data_dir_warning,
+        backup_dir=_backup_dir(env, cwd),
+        backup_every=_duration(env, "MBOT_BACKUP_EVERY", 86400.0),
+        backup_keep=_positive_int(env, "MBOT_BACKUP_KEEP", 7),
     )
+
+
+def _backup_dir(env: Mapping[str, str], cwd: Path | None) -> Path | None:
+    raw = env.get("MBOT_BACKUP_DIR", "").strip()
+    if not raw:
+        return None
+    if os.path.isabs(raw):
+        return Path(os.path.normpath(raw))
+    here = cwd or _working_directory()
+    if here is None:
+        raise ConfigError("MBOT_BACKUP_DIR", f"{raw!r} is relative, and the working directory is gone")
+    return Path(os.path.normpath(here / raw))
 
 
 def prepare_data_dir(settings: Settings) -> None:

@@ -46,6 +46,16 @@ class ServerStats:
     preauth_waiting: int = 0
     preauth_refused: int = 0
     preauth_evicted: int = 0
+    backups: BackupStats | None = None  # with MBOT_BACKUP_DIR
+
+
+@dataclass
+class BackupStats:
+    """The server's own backups (MBOT_BACKUP_DIR): kept by the backup task, read by /metrics."""
+
+    made: int = 0
+    failures: int = 0
+    last_success: float | None = None  # when the last one was written (wall clock)
 
 
 def _escape(value: str) -> str:
@@ -163,4 +173,11 @@ def render(hosts: Iterable[Host], stats: ServerStats, now: float, isolated: Faul
           "one address.", stats.preauth_refused)
     f.add("mbot_preauth_evicted_total", "counter", "Waiting connections closed to make room for new ones.",
           stats.preauth_evicted)
+    if stats.backups is not None:
+        f.add("mbot_backups_total", "counter", "Backups the server made in MBOT_BACKUP_DIR.", stats.backups.made)
+        f.add("mbot_backup_failures_total", "counter", "Backups the server failed to make (each also logged).",
+              stats.backups.failures)
+        if stats.backups.last_success is not None:
+            f.add("mbot_backup_last_success_timestamp_seconds", "gauge", "When the last backup was written.",
+                  stats.backups.last_success)
     return f.text()

@@ -552,6 +552,16 @@ def next_sample_rowid(conn: sqlite3.Connection) -> int:
     return max(top, int(get_kv(conn, ROLLUP_WATERMARK) or 0)) + 1
 
 
+def contents(conn: sqlite3.Connection) -> tuple[int, int, int]:
+    """(schema version, hosts, raw samples) of a database file, as a backup's manifest and restore report them."""
+    return (conn.execute("PRAGMA user_version").fetchone()[0], conn.execute("SELECT count(*) FROM hosts").fetchone()[0],
+            conn.execute("SELECT count(*) FROM samples").fetchone()[0])
+
+
+def intact(conn: sqlite3.Connection) -> bool:
+    return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
+
+
 def get_kv(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None

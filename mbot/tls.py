@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 log = logging.getLogger(__name__)
 
 CERT_FILE = "cert.pem"
+FINGERPRINT_KEY = "tls.fingerprint"  # kv: the fingerprint hosts were given, known when the files are gone
 KEY_FILE = "key.pem"
 LOCK_FILE = ".cert.lock"
 NEW_CERT = "python -m mbot new-cert"

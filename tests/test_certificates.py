@@ -32,11 +32,11 @@ def remove_pair(data_dir: Path) -> None:
 def test_without_hosts_a_lost_certificate_is_remade_silently(tmp_path):
     settings = make_settings(tmp_path)
     first = cli._certificate(settings)  # the first start: nothing to ask anyone
-    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", cli.FINGERPRINT_KEY) == [(first.fingerprint,)]
+    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", tls.FINGERPRINT_KEY) == [(first.fingerprint,)]
     remove_pair(settings.data_dir)
     second = cli._certificate(settings)  # no host was ever given the first fingerprint
     assert second.fingerprint != first.fingerprint
-    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", cli.FINGERPRINT_KEY) == [(second.fingerprint,)]
+    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", tls.FINGERPRINT_KEY) == [(second.fingerprint,)]
 
 
 def test_with_hosts_missing_files_are_refused_naming_the_old_fingerprint(tmp_path, caplog):
@@ -73,7 +73,7 @@ def test_with_hosts_missing_files_are_refused_naming_the_old_fingerprint(tmp_pat
         shutil.copy(tmp_path / "other" / name, settings.data_dir / name)
     assert cli._certificate(settings).fingerprint == other.fingerprint
     assert f"not the one hosts were given ({old.fingerprint}, now {other.fingerprint})" in caplog.text
-    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", cli.FINGERPRINT_KEY) == [(other.fingerprint,)]
+    assert read_db(settings, "SELECT value FROM kv WHERE key = ?", tls.FINGERPRINT_KEY) == [(other.fingerprint,)]
 
 
 def test_a_certificate_that_does_not_match_its_key_is_one_clear_line(tmp_path):

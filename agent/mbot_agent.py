@@ -99,7 +99,7 @@ try:  # Python 3.11+; trio brings the backport on older versions
 except NameError:  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup  # type: ignore[no-redef]
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # 0.2: snapshots (processes, containers, services, inventory), checks, speed test
 PROTOCOL_VERSION = 1
 
 log = logging.getLogger("mbot.agent")

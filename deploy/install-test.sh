@@ -197,6 +197,10 @@ A2_S=$(run_line "$LINE" "$WORK/a2.log")
 grep -q "nothing changed" "$WORK/a2.log" || { cat "$WORK/a2.log" >&2; fail "A: the second run did not say that nothing changed"; }
 [ "$(state)" = "$before" ] || fail "A: the second run changed files"
 [ "$(in_box 'systemctl show -p MainPID --value mbot-agent')" = "$pid" ] || fail "A: the second run restarted the agent"
+# --update (no secret on the line: the installed one) on an agent that is current changes nothing either.
+run_line "${LINE% -- *} -- --update" "$WORK/a-upd.log" >/dev/null
+grep -q "nothing changed" "$WORK/a-upd.log" || { cat "$WORK/a-upd.log" >&2; fail "A: --update did not say that nothing changed"; }
+[ "$(state)" = "$before" ] || fail "A: --update changed files"
 # A line that cannot work (an unknown secret) fails in one line and leaves the working install as it was.
 bad=$(head -c 48 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 43)
 if podman exec "$BOX" sh -c "${LINE% -- *} -- $bad" >"$WORK/a-bad.log" 2>&1; then

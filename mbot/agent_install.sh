@@ -3,6 +3,7 @@
 # certificate filled in; `python -m mbot newkey NAME` and the bot's /newkey print the line that runs it:
 #
 #   curl -fsSk --pinnedpubkey 'sha256//PIN' https://SERVER:PORT/install | sudo sh -s -- SECRET
+#   curl -fsSk --pinnedpubkey 'sha256//PIN' https://SERVER:PORT/install | sudo sh -s -- --update
 #   curl -fsSk --pinnedpubkey 'sha256//PIN' https://SERVER:PORT/install | sudo sh -s -- --uninstall
 #
 # What it does, as root: checks for Python 3.9+; downloads the agent from the server (the same pinned curl) into
@@ -37,7 +38,7 @@ has_systemd() { [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>
 
 # Commands never read this script's stdin: when it is piped into sh, that is the rest of the script.
 usage() {
-    die "usage: curl ... https://$URL_HOST:$PORT/install | sudo sh -s -- SECRET  (or -- --uninstall)"
+    die "usage: curl ... https://$URL_HOST:$PORT/install | sudo sh -s -- SECRET  (or -- --update, -- --uninstall)"
 }
 
 need_root() {
@@ -265,6 +266,13 @@ install_agent() {
     say "its log: journalctl -u $UNIT; remove it: the same curl line with | sudo sh -s -- --uninstall"
 }
 
+update_agent() {  # the installed agent's own secret (.env), this server's agent file: an update in place
+    need_root --update
+    secret=$(sed -n 's/^AGENT_SECRET=//p' "$DIR/.env" 2>/dev/null | tail -n 1)
+    [ -n "$secret" ] || die "no agent is installed in $DIR to update: use the line with a secret from newkey"
+    install_agent "$secret"
+}
+
 uninstall_agent() {
     need_root --uninstall
     if has_systemd; then
@@ -293,6 +301,7 @@ main() {
     umask 022  # the venv and the agent file must be readable by the agent's user
     case $1 in
         --uninstall) uninstall_agent ;;
+        --update) update_agent ;;
         -h|--help) usage ;;
         *) install_agent "$1" ;;
     esac

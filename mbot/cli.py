@@ -336,8 +336,10 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
     finally:
         conn.close()
     now = time.time()
+    recommended = install.agent_version(install.AGENT_FILE.read_bytes() if install.AGENT_FILE.is_file() else None)
     if as_json:
-        print(json.dumps([s.__dict__ for s in summaries], indent=2))
+        print(json.dumps([{**s.__dict__, "agent_outdated": install.older(s.agent_version, recommended)}
+                          for s in summaries], indent=2))
         return 0
     if not summaries:
         print("no hosts yet: python -m mbot newkey NAME")
@@ -355,8 +357,13 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
         dropped = f", {s.dropped} dropped during an outage" if s.dropped else ""
         others = [name for name in alike[(s.owner, s.name.lower())] if name != s.name]
         clash = f", same name as {' and '.join(others)} but for case" if others else ""
+        outdated = (f", agent {s.agent_version} is older than {recommended}"
+                    if install.older(s.agent_version, recommended) else "")
         print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else "")
-              + clash)
+              + clash + outdated)
+    if any(install.older(s.agent_version, recommended) for s in summaries):
+        print("note: an older agent updates in place: on its machine, the install line from newkey with "
+              "`-- --update` instead of the secret")
     for (owner_id, _), names in alike.items():
         if len(names) > 1:
             flag = f" --owner {owner_id}" if owner_id else ""

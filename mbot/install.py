@@ -66,6 +66,29 @@ class Endpoint:
     host_guessed: bool = False
 
 
+_AGENT_VERSION = re.compile(rb'^__version__ = "([0-9][0-9A-Za-z.+-]{0,30})"[ \t]*(?:#.*)?$', re.M)
+
+
+def agent_version(source: bytes | None) -> str | None:
+    """The `__version__` of an agent file: what this server ships, and so what it recommends."""
+    found = _AGENT_VERSION.search(source) if source else None
+    return found.group(1).decode() if found else None
+
+
+def _numbers(version: str) -> tuple[int, ...] | None:
+    parts = re.match(r"(\d+(?:\.\d+)*)", version)
+    return tuple(int(p) for p in parts.group(1).split(".")) if parts else None
+
+
+def older(version: object, recommended: str | None) -> bool:
+    """Whether an agent that says `version` in its hello is older than `recommended`; anything unparsable (a
+    test agent, a fork) is not called old."""
+    if not isinstance(version, str) or recommended is None:
+        return False
+    mine, theirs = _numbers(version), _numbers(recommended)
+    return mine is not None and theirs is not None and mine < theirs
+
+
 def one_liner(endpoint: Endpoint, secret: str) -> str:
     return (f"curl -fsSk --pinnedpubkey 'sha256//{endpoint.pin}' "
             f"https://{url_host(endpoint.host)}:{endpoint.port}/install | sudo sh -s -- {secret}")

@@ -77,3 +77,29 @@ def test_a_database_from_a_newer_mbot_is_refused_in_one_line_and_left_alone(tmp_
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "newer than this mbot" in err
     assert settings.db_path.read_bytes() == before
+
+
+# --- agents older than the server's ----------------------------------------------------------------------------
+
+
+def test_the_server_recommends_the_agent_it_ships_and_marks_older_ones(tmp_path, monkeypatch, capsys):
+    from mbot import install
+    from mbot.telegram import views
+
+    shipped = install.agent_version(install.AGENT_FILE.read_bytes())
+    assert shipped and install.older("0.1.0", shipped) and not install.older(shipped, shipped)
+    assert not install.older("test", shipped) and not install.older(None, shipped)  # unparsable: not called old
+    assert install.older("0.9.9", "0.10.0") and not install.older("0.10.0", "0.9.9")  # numbers, not text
+
+    settings = first_release(tmp_path)  # its hosts said agent 0.1.0 in their hellos
+    conn = store.connect(settings.db_path)
+    hosts = store.list_hosts(conn, 42)
+    conn.close()
+    text, _ = views.host_list(hosts, BASE, recommended=shipped, update_line="curl ... | sudo sh -s -- --update")
+    assert text.count("⬆️ agent 0.1.0") == 2 and "<code>curl ... | sudo sh -s -- --update</code>" in text
+    assert "⬆️" not in views.host_list(hosts, BASE, recommended="0.1.0")[0]
+
+    monkeypatch.setenv("MBOT_DATA_DIR", str(settings.data_dir))
+    assert cli.main(["hosts"]) == 0
+    out = capsys.readouterr().out
+    assert f"agent 0.1.0 is older than {shipped}" in out and "-- --update" in out

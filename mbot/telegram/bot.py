@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (charts, checks, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
+from .. import (charts, checks, install, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
                stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
@@ -304,8 +304,11 @@ class Bot:
         elif name == "agent":
             await self._send_agent_file(ctx)
         elif name == "hosts":
+            downloads = self._hub.downloads
             self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now,
-                                             self._alerting.power_states()))
+                                             self._alerting.power_states(),
+                                             recommended=install.agent_version(downloads.agent if downloads else None),
+                                             update_line=install.one_liner(self._endpoint, "--update")))
         elif name == "status" and not args:
             self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now,
                                            self._alerting.power_states()))

@@ -13,7 +13,7 @@ from .. import checks, inventory as host_inventory, members, processes, series a
 from ..alerts import AlertEngine, AlertRule, OfflineRule
 from .alert_text import format_value, series_label
 from ..durations import format_duration
-from ..install import Endpoint, guessed_note, one_liner
+from ..install import Endpoint, guessed_note, older, one_liner
 from ..model import AlertMessage, Host, NewKey, StoredSnapshot
 from ..processes import human_bytes
 from . import commands
@@ -395,14 +395,21 @@ def inventory_view(host: Host, now: float,
     return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 
-def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
+def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None, *,
+              recommended: str | None = None, update_line: str | None = None) -> tuple[str, Keyboard | None]:
+    """`recommended`: the agent version this server ships; hosts whose agent is older are marked, and
+    `update_line` (the install line with --update) says how to bring them up to date."""
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one.", None
     power = power or {}
     lines = []
     for h in hosts:
         mark, word = _state_parts(h, now, power.get(h.id))
-        lines.append(f"{mark} <b>{e(h.name)}</b> - {word}, last seen {ago(h.last_seen, now)}")
+        old = f" · ⬆️ agent {e(str(h.facts.get('agent')))}" if older(h.facts.get("agent"), recommended) else ""
+        lines.append(f"{mark} <b>{e(h.name)}</b> - {word}, last seen {ago(h.last_seen, now)}{old}")
+    if recommended and any(older(h.facts.get("agent"), recommended) for h in hosts):
+        how = f": on that machine, <code>{e(update_line)}</code>" if update_line else ""
+        lines.append(f"\n⬆️ an agent older than this server's {e(recommended)}; it updates in place{how}")
     buttons = [button(h.name, Callback("card", (str(h.id),))) for h in hosts]
     rows = [buttons[i:i + 3] for i in range(0, len(buttons), 3)]
     return "\n".join(lines), keyboard(*rows)

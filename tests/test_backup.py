@@ -105,7 +105,8 @@ def _archive(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def test_a_hostile_or_foreign_archive_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
+def backed_up(tmp_path: Path, monkeypatch, capsys):
+    """A data directory with one host, and the members of a good backup of it."""
     data = tmp_path / "data"
     settings = make_settings(data)
     certificate(settings)
@@ -113,7 +114,12 @@ def test_a_hostile_or_foreign_archive_is_refused_and_changes_nothing(tmp_path, m
     good = tmp_path / "good.tar.gz"
     assert run_cli(monkeypatch, capsys, data, "backup", str(good))[0] == 0
     with tarfile.open(good) as tar:
-        parts = {m.name: tar.extractfile(m).read() for m in tar}
+        return settings, {m.name: tar.extractfile(m).read() for m in tar}
+
+
+def test_a_hostile_or_foreign_archive_is_refused_and_changes_nothing(tmp_path, monkeypatch, capsys):
+    settings, parts = backed_up(tmp_path, monkeypatch, capsys)
+    data = settings.data_dir
 
     cases = {
         "traversal": {**parts, "../evil": b"x"},
@@ -133,14 +139,8 @@ def test_a_hostile_or_foreign_archive_is_refused_and_changes_nothing(tmp_path, m
 
 
 def test_an_archive_from_a_newer_mbot_is_refused(tmp_path, monkeypatch, capsys):
-    data = tmp_path / "data"
-    settings = make_settings(data)
-    certificate(settings)
-    add_host(settings, "box1")
-    archive = tmp_path / "b.tar.gz"
-    assert run_cli(monkeypatch, capsys, data, "backup", str(archive))[0] == 0
-    with tarfile.open(archive) as tar:
-        parts = {m.name: tar.extractfile(m).read() for m in tar}
+    settings, parts = backed_up(tmp_path, monkeypatch, capsys)
+    data = settings.data_dir
     newer = tmp_path / "newer.sqlite3"
     newer.write_bytes(parts["mbot.sqlite3"])
     import sqlite3

@@ -29,6 +29,10 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
                        AGENT_INTERVAL, at most 100000. When full, the oldest are dropped (and counted, see below)
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
+    AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
+                       state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
+                       $XDG_RUNTIME_DIR/podman/podman.sock or /run/podman/podman.sock, the first that exists;
+                       off: none. The agent's user needs access to it (group docker, or its own podman socket)
     AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
                        unsent samples and the seq counter survive a restart of the agent; unset: in memory only
 
@@ -56,7 +60,9 @@ refuses this agent (secret rejected, key revoked, certificate changed), 2 for a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
+import http.client
 import itertools
 import json
 import logging
@@ -103,6 +109,8 @@ LIMBO_MAX = 10_000  # samples sent, evicted from a full spool and still waiting 
 MAX_TEMPS = 16
 MAX_NET_IFACES = 64
 MAX_DISKS = 64
+MAX_SNAPSHOT_ITEMS = 500  # the server's bounds on a snapshot (docs/protocol.md, "Snapshots")
+MAX_SNAPSHOT_BYTES = 250 * 1024  # its items as JSON: the server's 256 KiB, with room to spare
 
 CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
@@ -144,6 +152,7 @@ class AgentConfig:
     power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
     spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
     spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
+    container_socket: Optional[str] = None  # AGENT_CONTAINER_SOCKET: a path, "off"; None: the usual places
     # The settings file (main() sets it; --env-file). Beside it: the pin saved on first use when the
     # fingerprint file cannot be written, and the record of power actions that makes their limit survive a
     # reboot. None (library use, tests): neither; power actions are then limited in memory only.
@@ -265,10 +274,12 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
         if not 1 <= spool_max <= SPOOL_MAX_LIMIT:
             raise ConfigError("AGENT_SPOOL_MAX", f"must be from 1 to {SPOOL_MAX_LIMIT} samples, got {raw!r}")
     spool_file = get("AGENT_SPOOL_FILE") or None
+    container_socket = get("AGENT_CONTAINER_SOCKET") or None
 
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
                        fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
-                       power_command=power_command, spool_max=spool_max, spool_file=spool_file)
+                       power_command=power_command, spool_max=spool_max, spool_file=spool_file,
+                       container_socket=container_socket)
 
 
 POWER_ACTIONS = ("reboot", "shutdown")
@@ -1513,6 +1524,318 @@ class Collector:
         return m
 
 
+# --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
+#
+# Stdlib only: http.client over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each interval:
+# GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
+# agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
+# count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
+# MAX_CONTAINERS, by name) and, in each sample, series for up to MAX_CONTAINER_SERIES of them (a bounded label set).
+
+CONTAINER_SOCKETS = ("/var/run/docker.sock", "{XDG_RUNTIME_DIR}/podman/podman.sock", "/run/podman/podman.sock")
+MAX_CONTAINERS = 500  # members in the snapshot (the server's bound)
+MAX_CONTAINER_SERIES = 50  # containers with series (cpu, mem, down) in samples
+MAX_CONTAINER_NAME = 128
+MAX_CONTAINER_IMAGE = 256
+MAX_CONTAINER_STATE = 32
+CONTAINER_TIMEOUT = 2.0  # seconds for one Engine API request, connect to last byte
+CONTAINER_LIST_BYTES = 8 << 20  # /containers/json with 500 containers and their labels: well under this
+CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally)
+CONTAINER_STATS_PER_POLL = 10  # stats requests per interval at most: round robin beyond that
+CONTAINER_INSPECTS_PER_POLL = 10  # inspects (restart count, health) per interval at most
+CONTAINER_WORKERS = 4  # stats and inspects in flight at once
+CONTAINER_REFRESH = 60.0  # an inspect is redone at least this often (restart counts move without a state change)
+RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down
+DOWN_UP, DOWN_STOPPED, DOWN_UNHEALTHY, DOWN_RESTARTING = 0, 1, 2, 3
+
+
+class EngineError(Exception):
+    """The container engine did not answer as expected (the message says how)."""
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def engine_get(socket_path: str, path: str, max_bytes: int, timeout: float = CONTAINER_TIMEOUT) -> Any:
+    """GET `path` from the Engine API at `socket_path`: the parsed JSON. The whole exchange is bounded in time
+    (`timeout`, also across a slow trickle) and size (`max_bytes`); anything else is an EngineError."""
+    deadline = time.monotonic() + timeout
+    conn = _UnixHTTPConnection(socket_path, timeout)
+    try:
+        conn.request("GET", path, headers={"Host": "docker", "Accept": "application/json"})
+        response = conn.getresponse()
+        chunks: List[bytes] = []
+        size = 0
+        while True:
+            if time.monotonic() > deadline:
+                raise EngineError(f"GET {path}: no complete answer within {timeout:g} s")
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise EngineError(f"GET {path}: answer over {max_bytes} bytes")
+            chunks.append(chunk)
+        if response.status != 200:
+            raise EngineError(f"GET {path}: HTTP {response.status} {_quote(b''.join(chunks)[:200])}")
+        try:
+            return json.loads(b"".join(chunks))
+        except ValueError as exc:
+            raise EngineError(f"GET {path}: not JSON ({exc})") from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise EngineError(f"GET {path}: {_describe(exc)}") from None
+    finally:
+        conn.close()
+
+
+def find_container_socket(setting: Optional[str], environ: Mapping[str, str]) -> Tuple[Optional[str], str]:
+    """(the socket to use or None, a line for the log). `setting` is AGENT_CONTAINER_SOCKET: a path, "off", or
+    None to look in the usual places."""
+    if setting is not None and setting.lower() in _FALSE:
+        return None, "containers: not watched (AGENT_CONTAINER_SOCKET=off)"
+    if setting:
+        candidates = [setting.removeprefix("unix://")]
+    else:
+        runtime = environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}" if hasattr(os, "getuid") else ""
+        candidates = [c.format(XDG_RUNTIME_DIR=runtime) for c in CONTAINER_SOCKETS if runtime or "{" not in c]
+    denied = []
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        if os.access(path, os.R_OK | os.W_OK):
+            return path, f"containers: watching the engine at {path}"
+        denied.append(path)
+    if denied:
+        return None, (f"containers: not watched: no permission on {', '.join(denied)}. To grant it: add this "
+                      "agent's user to the docker group (usermod -aG docker USER, then restart the agent), or use "
+                      "rootless Podman's socket (systemctl --user enable --now podman.socket) or set "
+                      "AGENT_CONTAINER_SOCKET to a socket the user can open")
+    if setting:
+        return None, f"containers: not watched: AGENT_CONTAINER_SOCKET={setting} does not exist"
+    return None, ("containers: no Docker or Podman socket found (" + ", ".join(candidates) + "); to watch "
+                  "containers, start the engine's socket (systemctl enable --now docker, or podman.socket) or set "
+                  "AGENT_CONTAINER_SOCKET")
+
+
+_HEALTH_IN_STATUS = (("(unhealthy)", "unhealthy"), ("(healthy)", "healthy"), ("(health: starting)", "starting"))
+
+
+def _cut(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else ""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def container_summary(raw: Any) -> Optional[Dict[str, Any]]:
+    """One entry of GET /containers/json -> {id, name, image, state, health}, or None when it is not one."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("Id"), str):
+        return None
+    names = raw.get("Names")
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else raw["Id"][:12]
+    health = ""
+    if isinstance(raw.get("Health"), dict):  # newer Docker APIs say it in the list
+        health = raw["Health"].get("Status") or ""
+    else:  # older ones in the status text: "Up 2 hours (healthy)"
+        status = raw.get("Status") if isinstance(raw.get("Status"), str) else ""
+        health = next((h for marker, h in _HEALTH_IN_STATUS if marker in status), "")
+    return {"id": raw["Id"][:128], "name": _cut(name.lstrip("/"), MAX_CONTAINER_NAME) or raw["Id"][:12],
+            "image": _cut(raw.get("Image"), MAX_CONTAINER_IMAGE),
+            "state": _cut(raw.get("State"), MAX_CONTAINER_STATE).lower(),
+            "health": _cut(health if isinstance(health, str) else "", MAX_CONTAINER_STATE).lower()}
+
+
+def _int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def stats_reading(raw: Any) -> Tuple[Optional[Tuple[int, int]], Optional[int]]:
+    """GET /containers/{id}/stats?stream=false&one-shot=true -> ((container CPU ns, system CPU ns) or None,
+    memory in use or None). Memory is what `docker stats` shows: usage less the inactive page cache
+    (total_inactive_file on cgroup v1, inactive_file on v2, `cache` on old engines)."""
+    if not isinstance(raw, dict):
+        return None, None
+    cpu_stats = raw.get("cpu_stats") if isinstance(raw.get("cpu_stats"), dict) else {}
+    usage = cpu_stats.get("cpu_usage") if isinstance(cpu_stats.get("cpu_usage"), dict) else {}
+    total, system = _int(usage.get("total_usage")), _int(cpu_stats.get("system_cpu_usage"))
+    cpu = (total, system) if total is not None and system is not None else None
+    memory = raw.get("memory_stats") if isinstance(raw.get("memory_stats"), dict) else {}
+    used = _int(memory.get("usage"))
+    if used is not None:
+        details = memory.get("stats") if isinstance(memory.get("stats"), dict) else {}
+        for key in ("total_inactive_file", "inactive_file", "cache"):
+            cache = _int(details.get(key))
+            if cache is not None:
+                if cache < used:
+                    used -= cache
+                break
+    return cpu, used
+
+
+def cpu_percent(before: Tuple[int, int], after: Tuple[int, int]) -> Optional[float]:
+    """Percent of the whole host between two readings: container CPU time over system CPU time (all cores), like
+    the host's `cpu`. (`docker stats` multiplies this by the number of CPUs: percent of one core.)"""
+    spent, elapsed = after[0] - before[0], after[1] - before[1]
+    if elapsed <= 0 or spent < 0:
+        return None
+    return round(min(100.0, 100.0 * spent / elapsed), 2)
+
+
+def down_code(state: str, health: str, restart_loop: bool) -> int:
+    """What the `down` series says of a container: 0 up, 1 not running, 2 unhealthy, 3 restarting over and over."""
+    if restart_loop:
+        return DOWN_RESTARTING
+    if state != "running":
+        return DOWN_STOPPED
+    return DOWN_UNHEALTHY if health == "unhealthy" else DOWN_UP
+
+
+@dataclass
+class ContainerReport:
+    items: List[Dict[str, Any]]  # the snapshot's members
+    series: Dict[str, Dict[str, float]]  # a sample's metrics["containers"]
+    taken: float  # time.time() of the list
+
+
+@dataclass
+class _Seen:
+    """What the watcher remembers of one container (by id)."""
+    state: str = ""
+    restarts: int = 0
+    health: str = ""
+    inspected: float = -math.inf  # monotonic
+    cpu_reading: Optional[Tuple[int, int]] = None
+    cpu: Optional[float] = None
+    mem: Optional[int] = None
+    stats_turn: int = -1
+
+
+class ContainerWatcher:
+    """One poll per interval of a Docker/Podman engine: `poll()` blocks (run it in a worker thread), never more
+    than a few CONTAINER_TIMEOUTs. `get(path, max_bytes)` is the HTTP call (engine_get on a socket; tests inject)."""
+
+    def __init__(self, get: Callable[[str, int], Any], *, clock: Callable[[], float] = time.monotonic,
+                 workers: int = CONTAINER_WORKERS) -> None:
+        self._get = get
+        self._clock = clock
+        self._seen: Dict[str, _Seen] = {}
+        self._restarts: Dict[str, deque] = {}  # name -> (time, restart count) within RESTART_LOOP's window
+        self._turn = 0
+        self._workers = max(1, workers)
+        self._pool: Any = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+        if len(items) <= 1 or self._workers == 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mbot-containers")
+        return list(self._pool.map(fn, items))
+
+    def _try(self, path: str) -> Any:
+        try:
+            return self._get(path, CONTAINER_ITEM_BYTES)
+        except EngineError as exc:
+            log.debug("containers: %s", exc)
+            return None
+
+    def poll(self) -> ContainerReport:
+        """Raises EngineError when the list itself fails; a failed stats or inspect only leaves that one out."""
+        taken = time.time()
+        listed = self._get("/containers/json?all=1", CONTAINER_LIST_BYTES)
+        if not isinstance(listed, list):
+            raise EngineError("GET /containers/json: not a list")
+        now = self._clock()
+        self._turn += 1
+        containers: Dict[str, Dict[str, Any]] = {}
+        for raw in listed:
+            summary = container_summary(raw)
+            if summary is not None and summary["name"] not in containers:
+                containers[summary["name"]] = summary
+        chosen = [containers[name] for name in sorted(containers)[:MAX_CONTAINERS]]
+        seen = {c["id"]: self._seen.get(c["id"]) or _Seen() for c in chosen}
+        self._seen = seen
+
+        # Inspect (restart count, health): new or changed containers first, then the stalest, bounded.
+        due = [c for c in chosen if seen[c["id"]].state != c["state"] or now - seen[c["id"]].inspected
+               >= CONTAINER_REFRESH]
+        due.sort(key=lambda c: (seen[c["id"]].state == c["state"], seen[c["id"]].inspected))
+        for c, answer in zip(due, self._map(lambda c: self._try(f"/containers/{c['id']}/json"),
+                                            due[:CONTAINER_INSPECTS_PER_POLL])):
+            known = seen[c["id"]]
+            known.inspected = now
+            known.state = c["state"]
+            if isinstance(answer, dict):
+                known.restarts = _int(answer.get("RestartCount")) or 0
+                state = answer.get("State") if isinstance(answer.get("State"), dict) else {}
+                health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
+                if isinstance(health.get("Status"), str):
+                    known.health = _cut(health["Status"], MAX_CONTAINER_STATE).lower()
+
+        # Stats for the containers with series that run: round robin when there are more than a poll's worth.
+        with_series = chosen[:MAX_CONTAINER_SERIES]
+        running = [c for c in with_series if c["state"] == "running"]
+        running.sort(key=lambda c: seen[c["id"]].stats_turn)
+        wanted = running[:CONTAINER_STATS_PER_POLL]
+        for c, answer in zip(wanted, self._map(
+                lambda c: self._try(f"/containers/{c['id']}/stats?stream=false&one-shot=true"), wanted)):
+            known = seen[c["id"]]
+            known.stats_turn = self._turn
+            reading, mem = stats_reading(answer)
+            if reading is not None:
+                if known.cpu_reading is not None:
+                    known.cpu = cpu_percent(known.cpu_reading, reading)
+                known.cpu_reading = reading
+            known.mem = mem
+
+        items: List[Dict[str, Any]] = []
+        series: Dict[str, Dict[str, float]] = {}
+        windows: Dict[str, deque] = {}
+        for index, c in enumerate(chosen):
+            known = seen[c["id"]]
+            health = c["health"] or known.health
+            # The restart counts seen, one entry per change: the first one is the count as of the window's start.
+            window = self._restarts.get(c["name"]) or deque()
+            if window and known.restarts < window[-1][1]:
+                window.clear()  # a new container under the same name counts from 0
+            if not window or window[-1][1] != known.restarts:
+                window.append((now, known.restarts))
+            while len(window) > 1 and now - window[1][0] >= RESTART_LOOP[1]:
+                window.popleft()
+            windows[c["name"]] = window
+            looping = known.restarts - window[0][1] >= RESTART_LOOP[0]
+            item: Dict[str, Any] = {"name": c["name"], "image": c["image"], "state": c["state"], "health": health,
+                                    "restarts": known.restarts}
+            running_now = c["state"] == "running"
+            if running_now and known.cpu is not None:
+                item["cpu"] = known.cpu
+            if running_now and known.mem is not None:
+                item["mem"] = known.mem
+            items.append(item)
+            if index < MAX_CONTAINER_SERIES:
+                entry: Dict[str, float] = {"down": down_code(c["state"], health, looping)}
+                entry.update({k: item[k] for k in ("cpu", "mem") if k in item})
+                series[c["name"]] = entry
+        self._restarts = windows
+        return ContainerReport(items, series, taken)
+
+
 def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
     """One line about an exception, with the root causes trio hides behind generic messages."""
     # Exception chains can loop (an error re-raised out of the group that holds it has that group as context):
@@ -1713,6 +2036,12 @@ class Agent:
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
+        # Snapshots (docs/protocol.md): only the latest of each kind counts. Sent before the next samples, and
+        # again after a reconnect; never spooled.
+        self.container_watcher: Optional[ContainerWatcher] = None  # set by _container_loop (tests: injected)
+        self._containers: Optional[ContainerReport] = None  # the latest poll, for the next samples' series
+        self._snapshots: Dict[str, str] = {}  # kind -> the latest frame
+        self._snapshots_due: Dict[str, str] = {}  # kind -> a frame not sent on this connection yet
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -1729,6 +2058,7 @@ class Agent:
                         "can read this host's secret and metrics. Set AGENT_VERIFY_SSL=1.")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._collect_loop)
+            nursery.start_soon(self._container_loop)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
         return status
@@ -1756,6 +2086,9 @@ class Agent:
         except Exception as exc:
             log.error("collecting metrics failed: %s", _describe(exc))
             return False
+        report = self._containers
+        if report is not None and report.series and ts - report.taken <= 2 * self.config.interval + 5:
+            metrics["containers"] = report.series
         return self._store_sample(ts, metrics)
 
     def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
@@ -1778,6 +2111,55 @@ class Agent:
         """Spool a sample and wake the sender (on the event loop; the collect loop does the same off it)."""
         if self._store_sample(ts, metrics):
             self._wake_sender()
+
+    # containers ------------------------------------------------------------------------------------------------
+
+    async def _container_loop(self) -> None:
+        """Poll the container engine once per interval in a worker thread (never on the event loop), keep the
+        latest report for the samples and queue its snapshot. Without a usable socket: one line, then nothing."""
+        watcher = self.container_watcher
+        if watcher is None:
+            path, line = await trio.to_thread.run_sync(find_container_socket, self.config.container_socket,
+                                                       dict(os.environ))
+            log.info("%s", line)
+            if path is None:
+                return
+            watcher = self.container_watcher = ContainerWatcher(functools.partial(engine_get, path))
+        failing = False
+        try:
+            while True:
+                started = trio.current_time()
+                try:
+                    report = await trio.to_thread.run_sync(watcher.poll)
+                except EngineError as exc:
+                    self._containers = None
+                    if not failing:
+                        log.warning("containers: the engine does not answer, left out until it does: %s", exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("containers: the engine answers again (%d containers)", len(report.items))
+                    failing = False
+                    self._containers = report
+                    self.queue_snapshot("containers", report.items, report.taken)
+                await trio.sleep_until(started + self.config.interval)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(watcher.close)
+
+    def queue_snapshot(self, kind: str, items: List[Dict[str, Any]], ts: float) -> None:
+        """Make `items` the latest snapshot of `kind`, sent before the next samples. Cut (from the end) to what
+        the server takes: MAX_SNAPSHOT_ITEMS members, MAX_SNAPSHOT_BYTES of items."""
+        items = items[:MAX_SNAPSHOT_ITEMS]
+        while True:
+            body = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+            if len(body.encode()) <= MAX_SNAPSHOT_BYTES or not items:
+                break
+            items = items[:len(items) * 3 // 4]
+        frame = json.dumps({"type": "snapshot", "kind": kind, "v": 1, "ts": ts}, separators=(",", ":"))
+        frame = frame[:-1] + ',"items":' + body + "}"
+        self._snapshots[kind] = self._snapshots_due[kind] = frame
+        self._wake_sender()
 
     def _wake_sender(self) -> None:
         self._new_sample.set()
@@ -1961,6 +2343,7 @@ class Agent:
 
     async def _serve(self, conn: _Connection) -> None:
         self.link.connected()
+        self._snapshots_due = dict(self._snapshots)  # the server keeps the latest; a new connection gets it again
         await self.refresh_facts()  # disks come and go
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
@@ -2001,6 +2384,10 @@ class Agent:
                     await self._to_thread(link.report_loss)
                 # All of these are sent, in order (even if the spool evicts some meanwhile), or the connection ends.
                 sent_any = False
+                while self._snapshots_due:
+                    kind = next(iter(self._snapshots_due))
+                    await ws.send_message(self._snapshots_due.pop(kind))
+                    sent_any = True
                 for frame, last_seq in link.frames():
                     await ws.send_message(frame)
                     link.sent(last_seq)

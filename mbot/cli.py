@@ -13,7 +13,7 @@ from typing import Sequence
 
 import trio
 
-from . import plotspec, service, store, tls, users
+from . import containers, plotspec, service, store, tls, users
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
 from .model import Host
@@ -36,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
                                        "(expires in 24 h; on a server without users, that user becomes the admin)")
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    listing = commands.add_parser("containers", help="a host's containers: state, health, restarts, CPU, memory")
+    listing.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
     commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
                                        "certificate (for container HEALTHCHECKs)")
@@ -71,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if command == "plot":
             return _plot(settings, args)
+        if command == "containers":
+            return _containers(settings, args)
         if command == "health":
             return _health(settings)
     except ConfigError as exc:
@@ -195,6 +201,34 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     with open(args.output, "wb") as out:
         out.write(png)
     print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _containers(settings: Settings, args: argparse.Namespace) -> int:
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        snapshot = store.latest_snapshot(conn, host.id, containers.KIND)
+    finally:
+        conn.close()
+    listed = containers.rows(snapshot.items) if snapshot is not None else []
+    if args.json:
+        print(json.dumps({"host": host.name, "received": None if snapshot is None else snapshot.received,
+                          "containers": [c.as_dict() for c in listed]}, indent=2))
+        return 0
+    if snapshot is None:
+        print(f"{host.name}: no containers reported (the agent reports them when it can open a Docker or Podman "
+              "socket; its log says why not)")
+        return 0
+    print(f"{host.name}: {containers.tally(listed)}, {format_duration(time.time() - snapshot.received)} ago")
+    for c in listed:
+        figures = [f"cpu {c.cpu:.1f}%" if c.cpu is not None else "", f"mem {c.mem / 2**20:.0f} MiB"
+                   if c.mem is not None else "", f"{c.restarts} restarts" if c.restarts else ""]
+        state = c.state + (f" ({c.health})" if c.health else "")
+        # Names and images come from the agent: repr-quoted when they hold anything a terminal could act on.
+        name = c.name if c.name.isprintable() else repr(c.name)
+        image = c.image if c.image.isprintable() else repr(c.image)
+        print(f"  {name:<24} {state:<22} {image}  " + " ".join(f for f in figures if f))
     return 0
 
 

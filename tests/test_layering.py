@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CORES = [
     "mbot.alert_state",
     "mbot.alerts",
+    "mbot.containers",
     "mbot.durations",
     "mbot.limits",
     "mbot.metrics",

@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule,
-                      OfflineRule, metric_of, metric_words)
+from ..alerts import (DOWN as _DOWN, LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE,
+                      STATE as _STATE, TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
 from .alert_text import format_value
 
@@ -91,7 +91,7 @@ def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> 
 
 
 def _metric_help() -> str:
-    return f"METRIC: {', '.join(metric_words())}, or offline"
+    return f"METRIC: {', '.join(metric_words())}, or offline (containers: THRESHOLD is the word down)"
 
 
 def _metric_arg(usage: str, text: str) -> str:
@@ -131,6 +131,10 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
             raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
         delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
         return OfflineSpec(name, delay)
+    found = metric_of(metric)
+    assert found is not None
+    if found.kind == _STATE:
+        return _state_alert(name, metric, args[2:])
     if len(args) == 2:
         raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
     if len(args) > 4:
@@ -138,6 +142,18 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
     threshold, below = _threshold_arg(metric, args[2])
     for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
     return AlertSpec(name, metric, threshold, below, for_s)
+
+
+def _state_alert(name: str, metric: str, rest: Sequence[str]) -> AlertSpec:
+    """`container:web down [FOR]`, `containers down [FOR]`: fires when the container is not running, unhealthy,
+    restarting over and over (3 times in 10 min, counted by the agent) or, for one named container, gone."""
+    example = f"e.g. /setalert {name[:32]} {metric[:40]} down, or down 2m to let a restart pass."
+    if not rest or rest[0].lower() != "down":
+        raise _usage(USAGE_SETALERT, f"{metric[:40]} takes the word down (and an optional FOR): {example}")
+    if len(rest) > 2:
+        raise _usage(USAGE_SETALERT, f"too many arguments: {example}")
+    for_s = 0.0 if len(rest) == 1 else _duration_arg(USAGE_SETALERT, "FOR", rest[1], 0.0, _MAX_FOR)
+    return AlertSpec(name, metric, _DOWN, False, for_s)
 
 
 def parse_delalert(args: Sequence[str]) -> DeleteSpec:

@@ -4,8 +4,8 @@ The engine (mbot.alerts) decides what happens; this module only says it. Labels 
 """
 from __future__ import annotations
 
-from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, TEMP as _TEMP, AlertRule, BackOnline, Event, Firing,
-                      MuteEnded, Offline, Reminder, Resolved, metric_of)
+from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule,
+                      BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved, metric_of)
 from .. import series as catalogue
 from ..durations import format_duration
 
@@ -33,10 +33,16 @@ def _rate(value: float) -> str:
     return f"{_num(value)} TiB/s"
 
 
+# A state series' codes (a container's `down`; 4: the engine found the member missing from the sample).
+STATES = {0: "up", 1: "not running", 2: "unhealthy", 3: "restarting over and over", 4: "not reported (removed?)"}
+
+
 def format_value(metric: str, value: float) -> str:
-    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s"."""
+    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s", "not running"."""
     found = metric_of(metric)
     kind = found.kind if found is not None else _LOAD
+    if kind == _STATE:
+        return STATES.get(int(value), "down") if value != 0.5 else "down"
     if kind == _PCT:
         return f"{_num(value)} %"
     if kind == _TEMP:
@@ -51,7 +57,15 @@ def _threshold_text(rule: AlertRule) -> str:
     return f"threshold below {text}" if rule.below else f"threshold {text}"
 
 
+def _is_state(rule: AlertRule) -> bool:
+    found = metric_of(rule.metric)
+    return found is not None and found.kind == _STATE
+
+
 def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
+    if _is_state(rule):
+        text = f"{series_label(series)} is down: {format_value(rule.metric, value)}"
+        return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
     text = f"{series_label(series)} {format_value(rule.metric, value)}"
     if lasted >= 1:
         text += f" for {format_duration(lasted)}"
@@ -67,9 +81,14 @@ def describe(event: Event, host_name: str) -> str:
         if event.value is None:
             return f"{host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}"
         value = format_value(event.rule.metric, event.value)
+        if _is_state(event.rule):
+            return f"{host_name}: {label} is {value} again after {format_duration(event.duration)}"
         return f"{host_name}: {label} back to normal ({value}) after {format_duration(event.duration)}"
     if isinstance(event, Reminder):
         value = format_value(event.rule.metric, event.value)
+        if _is_state(event.rule):
+            return (f"{host_name}: {series_label(event.series)} still down ({value}) after "
+                    f"{format_duration(event.at - event.since)}")
         return (f"{host_name}: {series_label(event.series)} still {value} after "
                 f"{format_duration(event.at - event.since)} ({_threshold_text(event.rule)})")
     if isinstance(event, Offline):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, plotspec, plotting, protocol, selfwatch, service, store, users
+from .. import alerts, charts, containers, plotspec, plotting, protocol, selfwatch, service, store, users
 from ..agents import AgentHub
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
@@ -264,6 +264,9 @@ class Bot:
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
+        elif name == "containers":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            await self._containers(ctx, host, now, edit=False)
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -276,6 +279,12 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             await self._send_key(ctx, key)
+
+    async def _containers(self, ctx: Context, host: Host, now: float, *, edit: bool) -> None:
+        snapshot = await self._db.read(store.latest_snapshot, host.id, containers.KIND)
+        text, keyboard = views.containers_view(host, None if snapshot is None else snapshot.items,
+                                               None if snapshot is None else snapshot.received, now)
+        (self._edit if edit else self._send)(ctx, text, keyboard)
 
     async def _invite(self, ctx: Context, now: float) -> None:
         if self._role(ctx.user_id) != users.ADMIN:
@@ -422,6 +431,9 @@ class Bot:
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
+        elif action == "containers":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            await self._containers(ctx, host, now, edit=len(args) == 2)
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

@@ -53,6 +53,7 @@ TABLE: tuple[Spec, ...] = (
     Spec("status", "[NAME]", "a summary of your hosts, or one host's card", 0, 1),
     Spec("hosts", "", "your hosts, online or not", 0, 0),
     Spec("plot", "NAME METRICS SPAN... [LIMIT] [UNIT]", "a chart", 0, 16, example="/plot box1 cpu;gpu 2d 3h 80"),
+    Spec("containers", "NAME", "a host's containers: state, health, restarts, CPU, memory", 1, 1),
     Spec("newkey", "NAME", "register a host and get its agent settings", 1, 1),
     Spec("agent", "", "the agent file, to copy to a host", 0, 0),
     Spec("rename", "OLD NEW", "rename a host", 2, 2),

@@ -9,8 +9,8 @@ import html
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .. import series as catalogue
-from ..alerts import AlertEngine, AlertRule, OfflineRule
+from .. import containers as container_rows, series as catalogue
+from ..alerts import STATE, AlertEngine, AlertRule, OfflineRule, metric_of
 from .alert_text import format_value, series_label
 from ..durations import format_duration
 from ..model import Host, NewKey
@@ -62,7 +62,7 @@ def decode_callback(data: str) -> Callback | None:
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
     expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1)}
+                "delete": (0, 1), "containers": (1, 2)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -75,10 +75,12 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action == "revoke" and args[1] not in ("keep", "wipe", "no"):
         return None
+    if action == "containers" and len(args) == 2 and args[1] != "r":
+        return None
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "containers")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -257,6 +259,8 @@ def host_card(host: Host, now: float) -> str:
             tail.append(f"{e(row.label[:1].upper() + row.label[1:])} {value_text(row.unit, m[key])}")
     if tail:
         lines.append(" · ".join(tail))
+    if m.get("containers"):
+        lines.append(f"Containers {container_rows.series_tally(m['containers'])}")
     if host.dropped:
         lines.append(f"⚠️ {host.dropped} samples dropped during an outage")
     if host.rejected:
@@ -278,6 +282,51 @@ def chart_buttons(host: Host, series: Sequence[str]) -> list[dict[str, str]]:
     return buttons
 
 
+def _containers_button(host: Host) -> list[dict[str, str]]:
+    """The card's Containers button, for a host whose agent reports containers."""
+    if not host.last_metrics.get("containers"):
+        return []
+    return [button("🐳 Containers", Callback("containers", (str(host.id),)))]
+
+
+CONTAINERS_TEXT_LIMIT = 3900  # Telegram takes 4096 characters: the rest of the list becomes "... and N more"
+_TROUBLE_MARK = {"unhealthy": "🟠", "restarting": "🟠", "paused": "⏸", "created": "⚪"}
+
+
+def containers_view(host: Host, items: Sequence[dict[str, Any]] | None, received: float | None,
+                    now: float) -> tuple[str, Keyboard]:
+    """/containers NAME and the card's Containers button: the latest `containers` snapshot, trouble first."""
+    hid = str(host.id)
+    buttons = keyboard([button("🔄 Refresh", Callback("containers", (hid, "r"))),
+                        button("Card", Callback("card", (hid,)))])
+    head = f"<b>{e(host.name)}</b> · containers"
+    if items is None or received is None:
+        return (f"{head}\nNo containers reported. The agent reports them when it can open a Docker or Podman "
+                "socket (its user in the docker group, or AGENT_CONTAINER_SOCKET); its log says which."), buttons
+    listed = container_rows.rows(items)
+    lines = [f"{head} · {ago(received, now)}", e(container_rows.tally(listed))]
+    size = sum(len(line) + 1 for line in lines)
+    for shown, c in enumerate(listed):
+        trouble = c.trouble
+        mark = "🟢" if trouble is None else _TROUBLE_MARK.get(trouble, "🔴")
+        parts = [f"{mark} <b>{e(c.name)}</b>" + (f" {e(trouble)}" if trouble else "")]
+        if c.image:
+            parts.append(e(c.image))
+        if c.cpu is not None:
+            parts.append(f"CPU {c.cpu:.1f} %")
+        if c.mem is not None:
+            parts.append(human_bytes(c.mem))
+        if c.restarts:
+            parts.append(f"{c.restarts} restart{'s' if c.restarts != 1 else ''}")
+        line = " · ".join(parts)
+        if size + len(line) + 1 > CONTAINERS_TEXT_LIMIT:
+            lines.append(f"… and {len(listed) - shown} more (python -m mbot containers {e(host.name)} lists all)")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines), buttons
+
+
 def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, current: str | None) -> Keyboard | None:
     buttons = []
     for span in CHART_SPANS:
@@ -290,7 +339,7 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
 def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
     charts = chart_buttons(host, series)
     return keyboard(
-        [button("🔄 Refresh", Callback("refresh", (str(host.id),)))],
+        [button("🔄 Refresh", Callback("refresh", (str(host.id),)))] + _containers_button(host),
         charts[:3], charts[3:],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
@@ -378,7 +427,11 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
         if not rule.enabled:
             return "offline alert off"
         return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
-    text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
+    found = metric_of(rule.metric)
+    if found is not None and found.kind == STATE:
+        text = f"{rule.metric} down"
+    else:
+        text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
     return text + (f" for {format_duration(rule.for_s)}" if rule.for_s else "")
 
 

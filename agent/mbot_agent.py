@@ -1785,8 +1785,8 @@ class ContainerWatcher:
                 known.restarts = _int(answer.get("RestartCount")) or 0
                 state = answer.get("State") if isinstance(answer.get("State"), dict) else {}
                 health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
-                if isinstance(health.get("Status"), str):
-                    known.health = _cut(health["Status"], MAX_CONTAINER_STATE).lower()
+                status = health.get("Status")
+                known.health = _cut(status, MAX_CONTAINER_STATE).lower() if isinstance(status, str) else ""
 
         # Stats for the containers with series that run: round robin when there are more than a poll's worth.
         with_series = chosen[:MAX_CONTAINER_SERIES]

@@ -206,10 +206,12 @@ class Alerting:
         except BaseException:
             self._outgoing[:0] = outgoing  # not lost: delivered when the store answers again
             raise
-        for event in outgoing:
+        # Many state alerts of one host at once (containers) make one message: alert_text.grouped.
+        for group in alert_text.grouped(outgoing):
+            event = group[0]
             host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
-            text = alert_text.describe(event, name)
+            text = alert_text.describe_group(group, name)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
                 self._notify(owner, html.escape(text), event)

@@ -225,10 +225,8 @@ def _containers(settings: Settings, args: argparse.Namespace) -> int:
         figures = [f"cpu {c.cpu:.1f}%" if c.cpu is not None else "", f"mem {c.mem / 2**20:.0f} MiB"
                    if c.mem is not None else "", f"{c.restarts} restarts" if c.restarts else ""]
         state = c.state + (f" ({c.health})" if c.health else "")
-        # Names and images come from the agent: repr-quoted when they hold anything a terminal could act on.
-        name = c.name if c.name.isprintable() else repr(c.name)
-        image = c.image if c.image.isprintable() else repr(c.image)
-        print(f"  {name:<24} {state:<22} {image}  " + " ".join(f for f in figures if f))
+        # Names and images were cleaned at the edge (no control or format characters reach a terminal).
+        print(f"  {c.name:<24} {state:<22} {c.image}  " + " ".join(f for f in figures if f))
     return 0
 
 

@@ -4,12 +4,14 @@ The engine (mbot.alerts) decides what happens; this module only says it. Labels 
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule,
                       BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved, metric_of)
 from .. import series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "format_value", "series_label", "duration_text"]
+__all__ = ["describe", "describe_group", "grouped", "format_value", "series_label", "duration_text"]
 
 
 def series_label(series: str) -> str:
@@ -106,3 +108,58 @@ def describe(event: Event, host_name: str) -> str:
             lines.append("Nothing is firing.")
         return "\n".join(lines)
     raise TypeError(f"not an alert event: {event!r}")
+
+
+# State alerts (containers) of one host and one kind of news, this many or more in one delivery, go out as one
+# message: a host whose hundreds of containers stop at once (a daemon restart, a flapping deploy) sends one message
+# per delivery, not hundreds.
+GROUP_FROM = 3
+GROUP_NAMES = 20  # names listed in a grouped message; the rest are counted
+
+
+def _group_key(event: Event) -> tuple[int, str] | None:
+    if isinstance(event, (Firing, Resolved, Reminder)) and _is_state(event.rule):
+        return event.host_id, type(event).__name__
+    return None
+
+
+def grouped(events: Sequence[Event]) -> list[list[Event]]:
+    """Events -> messages (lists of events), in order: state alerts of one host and kind of news together when
+    they are GROUP_FROM or more (the group takes the place of its first event), every other event alone."""
+    counts: dict[tuple[int, str], int] = {}
+    for event in events:
+        key = _group_key(event)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    out: list[list[Event]] = []
+    groups: dict[tuple[int, str], list[Event]] = {}
+    for event in events:
+        key = _group_key(event)
+        if key is None or counts[key] < GROUP_FROM:
+            out.append([event])
+        elif key in groups:
+            groups[key].append(event)
+        else:
+            groups[key] = [event]
+            out.append(groups[key])
+    return out
+
+
+def describe_group(events: Sequence[Event], host_name: str) -> str:
+    """One message for a group from grouped(): "box1: 120 containers down: web (not running), db (unhealthy), ...
+    and 100 more"."""
+    if len(events) == 1:
+        return describe(events[0], host_name)
+    first = events[0]
+    assert isinstance(first, (Firing, Resolved, Reminder))
+    names = []
+    for event in events[:GROUP_NAMES]:
+        assert isinstance(event, (Firing, Resolved, Reminder))
+        name = series_label(event.series)
+        if not isinstance(event, Resolved) and event.value is not None:
+            name += f" ({format_value(event.rule.metric, event.value)})"
+        names.append(name.removeprefix("container "))
+    more = f" … and {len(events) - GROUP_NAMES} more" if len(events) > GROUP_NAMES else ""
+    what = {"Firing": "down", "Resolved": "up again", "Reminder": "still down"}[type(first).__name__]
+    noun = "containers" if series_label(first.series).startswith("container ") else "members"
+    return f"{host_name}: {len(events)} {noun} {what}: {', '.join(names)}{more}"

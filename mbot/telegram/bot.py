@@ -353,7 +353,10 @@ class Bot:
     def _notify(self, owner: int, text: str, event: alerts.Event) -> None:
         keyboard = None
         rule = getattr(event, "rule", None)
-        if isinstance(rule, alerts.AlertRule):
+        metric = alerts.metric_of(rule.metric) if isinstance(rule, alerts.AlertRule) else None
+        if metric is not None and metric.kind == alerts.STATE:  # a container: its list says more than a chart
+            keyboard = views.keyboard([views.button("🐳 Containers", Callback("containers", (str(event.host_id),)))])
+        elif isinstance(rule, alerts.AlertRule):
             callback = views.chart_callback("chart", event.host_id, "1h", None, (rule.metric,))
             if callback is not None:
                 keyboard = views.keyboard([views.button("📈 Last hour", callback)])

@@ -440,10 +440,16 @@ def test_rows_survive_a_damaged_stored_snapshot():
     assert containers.tally([]) == "no containers"
 
 
-def test_cli_lists_a_hosts_containers(tmp_path):
+def test_cli_lists_a_hosts_containers(tmp_path, monkeypatch, capsys):
     from helpers import add_host, make_settings
-    from mbot import store
-    from test_cli import mbot
+    from mbot import cli, store
+
+    def mbot(*args: str) -> str:  # in this process: the command is a read of the database, like `hosts`
+        assert cli.main(list(args)) == 0
+        return capsys.readouterr().out
+
+    monkeypatch.setenv("MBOT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("MBOT_PUBLIC_HOST", "127.0.0.1")
 
     settings = make_settings(tmp_path)
     key = add_host(settings, "box1")
@@ -458,14 +464,12 @@ def test_cli_lists_a_hosts_containers(tmp_path):
             store.put_snapshot(conn, host_id, "containers", 1, parsed.ts, time.time() - 7200, parsed.items_json)
     finally:
         conn.close()
-    done = mbot(tmp_path, "containers", "box1")
-    assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    lines = mbot("containers", "box1").splitlines()
     assert lines[0] == "box1: 2 containers: 1 running, 1 exited, 2 h ago"
     # A bidi override in a name was cleaned at the edge, like every label.
     assert lines[1].split() == ["job\ufffd", "exited", "busybox", "4", "restarts"]
     assert lines[2].split() == ["web", "running", "(healthy)", "nginx", "cpu", "1.2%", "mem", "3", "MiB"]
-    listed = json.loads(mbot(tmp_path, "containers", "box1", "--json").stdout)
+    listed = json.loads(mbot("containers", "box1", "--json"))
     assert listed["host"] == "box1" and [c["name"] for c in listed["containers"]] == ["job\ufffd", "web"]
     assert listed["containers"][1] == {"name": "web", "image": "nginx", "state": "running", "health": "healthy",
                                        "restarts": 0, "cpu": 1.25, "mem": 3 * 2**20}

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/agent_cost.py                  # 2 minutes at the default 5 s interval
     .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
+    .venv/bin/python bench/agent_cost.py --containers /tmp/podman.sock   # with container collection on
 
 Runs the real server and the real agent (agent/mbot_agent.py) as separate processes over real TLS. CPU is measured
 from the agent's own counters between the first committed sample and the end (so start-up is not counted), and
@@ -11,6 +12,7 @@ divided by the samples the server committed in that window. The floor is a bare
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -45,10 +47,31 @@ def committed(db: Path) -> int:
         conn.close()
 
 
+def stored_bytes(db: Path) -> int:
+    """Bytes the raw samples take (sqlite's dbstat: the table and its index)."""
+    conn = store.connect(db, readonly=True)
+    try:
+        return conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('samples', "
+                            "'samples_host_ts')").fetchone()[0] or 0
+    finally:
+        conn.close()
+
+
+def series_per_sample(db: Path) -> int:
+    conn = store.connect(db, readonly=True)
+    try:
+        row = conn.execute("SELECT names FROM layouts ORDER BY id DESC LIMIT 1").fetchone()
+        return len(json.loads(row[0])) if row else 0
+    finally:
+        conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--containers", default="off", metavar="SOCKET",
+                        help="AGENT_CONTAINER_SOCKET: a Docker/Podman socket to watch (default: off)")
     args = parser.parse_args()
 
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
@@ -70,7 +93,7 @@ def main() -> None:
     work.mkdir()
     agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
                  "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
-                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json")}
+                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"), "AGENT_CONTAINER_SOCKET": args.containers}
     agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
@@ -80,9 +103,11 @@ def main() -> None:
             if time.time() > deadline:
                 raise SystemExit("the agent sent nothing within 60 s")
             time.sleep(0.2)
-        cpu0, count0, t0 = proc.cpu_times(), committed(db), time.time()
+        time.sleep(2 * args.interval)  # containers: the first polls (inspects of every container) are start-up
+        cpu0, count0, t0, size0 = proc.cpu_times(), committed(db), time.time(), stored_bytes(db)
         time.sleep(args.duration)
-        cpu1, count1 = proc.cpu_times(), committed(db)
+        cpu1, count1, size1 = proc.cpu_times(), committed(db), stored_bytes(db)
+        series = series_per_sample(db)
         rss = proc.memory_info().rss
         elapsed = time.time() - t0
     finally:
@@ -98,6 +123,10 @@ def main() -> None:
           f"ratio {rss / floor:.2f}x (target <= 1.2x)")
     print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "
           f"{cpu / elapsed * 100:.3f} % of one core at this interval (target < 0.1 %)")
+    per_sample = (size1 - size0) / max(samples, 1)
+    print(f"server: {series} series per sample ({args.containers != 'off' and 'containers on' or 'containers off'});"
+          f" raw rows grow {per_sample:.0f} B per sample = {per_sample * 86400 / args.interval / 2**20:.1f} MiB per "
+          "host per day before rollup")
 
 
 if __name__ == "__main__":

@@ -239,6 +239,13 @@ def test_engine_get_reads_json_and_bounds_everything(engine_socket):
     behaviour["answer"] = http(b"<html>")
     with pytest.raises(agent.EngineError, match="not JSON"):
         agent.engine_get(path, "/containers/json", 1000)
+    behaviour["answer"] = b"SSH-2.0-OpenSSH_9.2\r\n"
+    with pytest.raises(agent.EngineError, match="not an HTTP answer"):
+        agent.engine_get(path, "/containers/json", 1000)
+    # An engine that answers in chunks all the same.
+    behaviour["answer"] = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"3\r\n[1,\r\n2\r\n2]\r\n0\r\n\r\n")
+    assert agent.engine_get(path, "/containers/json", 1000) == [1, 2]
 
     def trickle(conn: socket.socket) -> None:  # a byte every 0.1 s, for ever: the whole answer has a deadline
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")

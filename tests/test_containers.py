@@ -480,3 +480,50 @@ def test_cli_lists_a_hosts_containers(tmp_path, monkeypatch, capsys):
     assert listed["host"] == "box1" and [c["name"] for c in listed["containers"]] == ["job\ufffd", "web"]
     assert listed["containers"][1] == {"name": "web", "image": "nginx", "state": "running", "health": "healthy",
                                        "restarts": 0, "cpu": 1.25, "mem": 3 * 2**20}
+
+
+async def test_real_agent_sends_containers_to_the_real_server(server, settings, tmp_path):
+    """The real agent against the real server over TLS, its engine a stand-in speaking the Engine API on a real unix
+    socket (the real Podman service: test_containers_podman.py)."""
+    import trio
+
+    from helpers import add_host, read_db
+    from test_agent_e2e import agent_config, run_in
+
+    web, job = listed("web", status="Up 1 hour (healthy)"), listed("job<1>", state="exited", status="Exited (1)")
+    readings = iter(range(1, 1000))  # each stats answer a second later: 1 ms of CPU in 4 ms of all cores
+    answers = {"/containers/json?all=1": lambda: [web, job],
+               f"/containers/{web['Id']}/stats?stream=false&one-shot=true":
+               lambda: stats(*(10**6 * n for n in (lambda n: (n, 4 * n))(next(readings)))),
+               f"/containers/{web['Id']}/json": lambda: inspected(2), f"/containers/{job['Id']}/json": inspected}
+    path = str(tmp_path / "docker.sock")
+    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await listener.bind(path)
+    listener.listen(16)
+
+    async def engine() -> None:
+        while True:
+            conn, _ = await listener.accept()
+            with conn:
+                request = await conn.recv(65536)
+                body = json.dumps(answers[request.split()[1].decode()]()).encode()
+                await conn.send(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+
+    key = add_host(settings, "box1")
+    async with trio.open_nursery() as running:
+        running.start_soon(engine)
+        await run_in(running, agent_config(server, key.secret, tmp_path, container_socket=path, containers_every=0.2))
+        with trio.fail_after(20):
+            while True:
+                metrics = json.loads(read_db(settings, "SELECT last_metrics FROM hosts")[0][0] or "{}")
+                stored = read_db(settings, "SELECT items FROM snapshots WHERE kind = 'containers'")
+                if stored and "cpu" in metrics.get("containers", {}).get("web", {}):
+                    break
+                await server.writer.next_commit()
+        running.cancel_scope.cancel()
+    listener.close()
+    assert json.loads(stored[0][0]) == [
+        {"name": "job<1>", "image": "nginx:1.25", "state": "exited", "health": "", "restarts": 0},
+        {"name": "web", "image": "nginx:1.25", "state": "running", "health": "healthy", "restarts": 2, "cpu": 25.0,
+         "mem": 50 << 20}]
+    assert metrics["containers"] == {"job<1>": {"down": 1.0}, "web": {"down": 0.0, "cpu": 25.0, "mem": 50 << 20}}

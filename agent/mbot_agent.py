@@ -1529,8 +1529,8 @@ class Collector:
 
 # --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
 #
-# Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each interval:
-# GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
+# Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each poll (every
+# max(interval, 10 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
 # agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
 # count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
 # MAX_CONTAINERS, by name) and, in each sample, series for up to MAX_CONTAINER_SERIES of them (a bounded label set).
@@ -1547,8 +1547,8 @@ CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally
 # Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (4 per
 # poll: every container every poll up to 4 running, every 13th poll with 50) and so do inspects. A poll happens
 # every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
-CONTAINER_STATS_PER_POLL = 4  # stats requests per interval at most
-CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per interval at most, new and changed first
+CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
+CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
 CONTAINER_WORKERS = 4  # stats and inspects in flight at once
 CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
 RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down
@@ -2135,7 +2135,7 @@ class Agent:
     # containers ------------------------------------------------------------------------------------------------
 
     async def _container_loop(self) -> None:
-        """Poll the container engine once per interval in a worker thread (never on the event loop), keep the
+        """Poll the container engine every _containers_period in a worker thread (never on the event loop), keep the
         latest report for the samples and queue its snapshot. Without a usable socket: one line, then nothing."""
         watcher = self.container_watcher
         if watcher is None:

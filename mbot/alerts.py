@@ -20,6 +20,10 @@ Per (rule, series) a state machine: ok -> pending -> firing -> ok. "Over" means 
   the threshold fires once and stays firing until it has clearly and durably gone back.
 - Series come and go (a disk unmounted, a GPU gone): a pending alert whose series is missing from a sample is
   cancelled; a firing one resolves (value None) once the series has been missing longer than the offline delay.
+- State rules (`container:web down`, `containers down`): the same machine on a code series whose 0 means fine
+  (catalogue unit `state`): threshold DOWN (0.5), so any trouble code is "over" and it resolves after
+  `clear_samples` samples at 0. A rule on one member reads its missing series as MISSING (down, "not reported"):
+  a watched container that was removed is down, not quietly forgotten.
 
 Two clocks: conditions (pending, FOR, durations in messages) use the agent's sample timestamps `ts`; timers
 (offline, reminders, mute expiry) use the server's `now`. Samples with a lower `ts` than the previous one are still
@@ -67,7 +71,7 @@ from .alert_state import (COUNT, FIRE, FIRE_NOW, FIRING, FORGET, HOLD, NAMES, NO
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
     "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event", "metric_of", "metric_words",
-    "PCT", "TEMP", "LOAD", "RATE", "MIN_DELAY",
+    "PCT", "TEMP", "LOAD", "RATE", "STATE", "DOWN", "MISSING", "MIN_DELAY",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------

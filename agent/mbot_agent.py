@@ -1533,11 +1533,13 @@ class Collector:
 # max(interval, 10 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
 # agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
 # count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
-# MAX_CONTAINERS, by name) and, in each sample, series for up to MAX_CONTAINER_SERIES of them (a bounded label set).
+# MAX_CONTAINERS, by name) and, in each sample, series for a bounded label set: `down` for MAX_CONTAINER_DOWN of
+# them, CPU and memory for MAX_CONTAINER_SERIES.
 
 CONTAINER_SOCKETS = ("/var/run/docker.sock", "{XDG_RUNTIME_DIR}/podman/podman.sock", "/run/podman/podman.sock")
 MAX_CONTAINERS = 500  # members in the snapshot (the server's bound)
-MAX_CONTAINER_SERIES = 50  # containers with series (cpu, mem, down) in samples
+MAX_CONTAINER_SERIES = 50  # containers with CPU and memory series in samples (the first by name)
+MAX_CONTAINER_DOWN = 200  # containers with a `down` series (what alerts watch): one value each, so more of them
 MAX_CONTAINER_NAME = 128
 MAX_CONTAINER_IMAGE = 256
 MAX_CONTAINER_STATE = 32
@@ -1848,9 +1850,10 @@ class ContainerWatcher:
             if running_now and known.mem is not None:
                 item["mem"] = known.mem
             items.append(item)
-            if index < MAX_CONTAINER_SERIES:
+            if index < MAX_CONTAINER_DOWN:
                 entry: Dict[str, float] = {"down": down_code(c["state"], health, looping)}
-                entry.update({k: item[k] for k in ("cpu", "mem") if k in item})
+                if index < MAX_CONTAINER_SERIES:
+                    entry.update({k: item[k] for k in ("cpu", "mem") if k in item})
                 series[c["name"]] = entry
         self._restarts = windows
         return ContainerReport(items, series, taken)

@@ -240,8 +240,8 @@ CATALOGUE: list[Metric] = [
            prom=Prom("mbot_gpu_temperature_celsius", "GPU temperature.", labels={"i": "gpu", "name": "name"})),
     Metric("power{i}", gpus("power"), WATTS, "GPU {i} power", plot=("power",), plot_one="power", card=True,
            prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"})),
-    # Containers: a bounded set (the agent sends series for at most 50); their full list is the `containers`
-    # snapshot. `container:web` draws CPU and memory, `container:web cpu` one of them.
+    # Containers: a bounded set (the mbot agent sends CPU and memory for at most 50, `down` for 200); their full
+    # list is the `containers` snapshot. `container:web` draws CPU and memory, `container:web cpu` one of them.
     Metric("container_cpu:{label}", containers("cpu"), PERCENT, "container {label} CPU", legend="{label} CPU",
            plot_one="container:", plot_field="cpu",
            prom=Prom("mbot_container_cpu_usage_ratio", "Container CPU busy, share of the whole host, 0-1.", 100,

@@ -159,7 +159,11 @@ def test_watcher_bounds_a_host_with_600_containers():
     try:
         report = watcher.poll()
         calls = len(engine.calls)
-        assert len(report.items) == agent.MAX_CONTAINERS and len(report.series) == agent.MAX_CONTAINER_SERIES
+        assert len(report.items) == agent.MAX_CONTAINERS and len(report.series) == agent.MAX_CONTAINER_DOWN
+        # CPU and memory for the first 50 only (a bounded label set); `down`, what alerts watch, for 200.
+        assert [name for name, entry in report.series.items() if "mem" in entry] == [
+            f"c{i:03d}" for i in range(agent.MAX_CONTAINER_SERIES) if "mem" in report.series[f"c{i:03d}"]]
+        assert len(protocol.flatten(protocol.validate_metrics({"containers": report.series}))) <= 300
         # One list, at most a poll's worth of stats and of inspects: never one request per container.
         assert calls <= 1 + agent.CONTAINER_STATS_PER_POLL + agent.CONTAINER_INSPECTS_PER_POLL
         # Round robin: the next poll measures the next containers.

@@ -109,6 +109,7 @@ async def test_real_container_reported_alerted_and_resolved(engine, fake: FakeBo
         agents.cancel_scope.cancel()
     # One message each way, however many samples said so.
     assert len([c for c in fake.calls("sendMessage") if f"container {name} is down" in c.params["text"]]) == 1
-    series = {s for (s,) in read_db(settings, "SELECT names FROM layouts")}
-    assert any(f'"container_cpu:{name}"' in s and f'"container_down:{name}"' in s for s in series)
+    # Its history: the series alerts watched (CPU and memory come round robin, 4 containers a poll: on a machine
+    # running many containers they may not have come yet).
+    assert any(f'"container_down:{name}"' in names for (names,) in read_db(settings, "SELECT names FROM layouts"))
     await server.aclose()

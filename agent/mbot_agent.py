@@ -2569,13 +2569,27 @@ def _pin_description(config: AgentConfig) -> str:
 
 
 def _check() -> int:
-    """What this host would send, without sending anything (the sample needs one second to measure CPU)."""
+    """What this host would send, without sending anything (the sample needs one second to measure CPU), and
+    whether the agent can see containers (AGENT_CONTAINER_SOCKET from the environment)."""
     collector = Collector()
     try:
         time.sleep(1.0)
-        report = {"agent": __version__, "host": collector.host_facts(), "metrics": collector.collect()}
+        report: Dict[str, Any] = {"agent": __version__, "host": collector.host_facts(),
+                                  "metrics": collector.collect()}
     finally:
         collector.close()
+    path, line = find_container_socket(os.environ.get("AGENT_CONTAINER_SOCKET", "").strip() or None, os.environ)
+    report["containers"] = line
+    if path is not None:
+        watcher = ContainerWatcher(functools.partial(engine_get, path), workers=1)
+        try:
+            polled = watcher.poll()
+            report["containers"] = polled.items
+            report["metrics"]["containers"] = polled.series
+        except EngineError as exc:
+            report["containers"] = f"{line}, but it does not answer: {exc}"
+        finally:
+            watcher.close()
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 

@@ -531,3 +531,54 @@ async def test_real_agent_sends_containers_to_the_real_server(server, settings, 
         {"name": "web", "image": "nginx:1.25", "state": "running", "health": "healthy", "restarts": 2, "cpu": 25.0,
          "mem": 50 << 20}]
     assert metrics["containers"] == {"job<1>": {"down": 1.0}, "web": {"down": 0.0, "cpu": 25.0, "mem": 50 << 20}}
+
+
+async def test_hundreds_of_flapping_containers_cost_a_few_messages_a_minute(settings, nursery):
+    """The attacker's (or the unlucky deploy's) side: 200 containers down and up every 20 s for 10 minutes."""
+    import trio
+    import trio.testing
+
+    from helpers import add_host
+    from mbot.alerting import STATE_BURST, STATE_EVERY, Alerting
+    from mbot.store import Database
+    from mbot.writer import Writer
+
+    key = add_host(settings, "box1", owner=42)
+    db, writer = Database(settings.db_path), Writer(settings.db_path)
+    nursery.start_soon(writer.run)
+    now = [time.time()]
+    alerting = Alerting(db, writer, clock=lambda: now[0])
+    sent: list[tuple[float, str]] = []
+    alerting.set_notify(lambda owner, text, event: sent.append((now[0], text)))
+    await nursery.start(alerting.run)
+    await alerting.set_rule(alerts.AlertRule(key.host_id, "containers", alerts.DOWN))
+    names = [f"c{i:03d}" for i in range(200)]
+
+    async def sample(seq: int, down: int) -> None:
+        now[0] += 5
+        series = {f"container_down:{n}": float(down) for n in names}
+        alerting.on_samples(key.host_id, [protocol.Sample(seq, now[0], {}, series)])
+        alerting.clock_moved()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.001)
+
+    await sample(1, 0)
+    await sample(2, 1)
+    with trio.fail_after(10):  # the first goes at once: nobody waits a minute to hear of the first trouble
+        while not sent:
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    assert sent[0][1].startswith("box1: 200 containers down: c000 (not running), c001 (not running)")
+    for seq in range(3, 123):  # 10 minutes
+        await sample(seq, (seq // 2) % 2)
+    now[0] += STATE_EVERY + 1
+    with trio.fail_after(10):
+        while alerting._held or alerting._outgoing:
+            alerting.clock_moved()
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+    # After a burst, one message per kind of news (down, up again) per minute at most: 30 flaps would have been 60
+    # messages.
+    times = sorted({at for at, _ in sent})
+    assert len(sent) <= 2 * len(times) and len(times) <= STATE_BURST + 600 / STATE_EVERY + 1
+    assert all(b - a >= STATE_EVERY - 0.001 for a, b in zip(times[STATE_BURST:], times[STATE_BURST + 1:]))
+    assert all(len(text) < 1200 and text.startswith("box1: 200 containers ") for _, text in sent)
+    assert any("times in all)" in text for _, text in sent)  # flapped within the minute: said once, counted
+    writer.close()

@@ -11,7 +11,8 @@ from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, STATE as _STATE
 from .. import series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "describe_group", "grouped", "format_value", "series_label", "duration_text"]
+__all__ = ["describe", "describe_group", "grouped", "is_state_event", "format_value", "series_label",
+           "duration_text"]
 
 
 def series_label(series: str) -> str:
@@ -117,10 +118,13 @@ GROUP_FROM = 3
 GROUP_NAMES = 20  # names listed in a grouped message; the rest are counted
 
 
+def is_state_event(event: Event) -> bool:
+    """Whether an event is about a state rule (a container down, back, still down)."""
+    return isinstance(event, (Firing, Resolved, Reminder)) and _is_state(event.rule)
+
+
 def _group_key(event: Event) -> tuple[int, str] | None:
-    if isinstance(event, (Firing, Resolved, Reminder)) and _is_state(event.rule):
-        return event.host_id, type(event).__name__
-    return None
+    return (event.host_id, type(event).__name__) if is_state_event(event) else None
 
 
 def grouped(events: Sequence[Event]) -> list[list[Event]]:
@@ -152,14 +156,19 @@ def describe_group(events: Sequence[Event], host_name: str) -> str:
         return describe(events[0], host_name)
     first = events[0]
     assert isinstance(first, (Firing, Resolved, Reminder))
-    names = []
-    for event in events[:GROUP_NAMES]:
+    latest: dict[str, Firing | Resolved | Reminder] = {}  # a member that flapped within the batch: once, as last
+    for event in events:
         assert isinstance(event, (Firing, Resolved, Reminder))
+        latest.pop(event.series, None)
+        latest[event.series] = event
+    names = []
+    for event in list(latest.values())[:GROUP_NAMES]:
         name = series_label(event.series)
         if not isinstance(event, Resolved) and event.value is not None:
             name += f" ({format_value(event.rule.metric, event.value)})"
         names.append(name.removeprefix("container "))
-    more = f" … and {len(events) - GROUP_NAMES} more" if len(events) > GROUP_NAMES else ""
+    more = f" … and {len(latest) - GROUP_NAMES} more" if len(latest) > GROUP_NAMES else ""
     what = {"Firing": "down", "Resolved": "up again", "Reminder": "still down"}[type(first).__name__]
     noun = "containers" if series_label(first.series).startswith("container ") else "members"
-    return f"{host_name}: {len(events)} {noun} {what}: {', '.join(names)}{more}"
+    times = f" ({len(events)} times in all)" if len(events) > len(latest) else ""
+    return f"{host_name}: {len(latest)} {noun} {what}{times}: {', '.join(names)}{more}"

@@ -48,7 +48,7 @@ RUN useradd --no-log-init --user-group --uid 10001 --home-dir /home/mbot --creat
     && chmod 700 /data
 COPY --from=deps /opt/mbot /opt/mbot
 COPY mbot /app/mbot
-# /agent and /newkey send the agent file from here.
+# GET /agent.py (the one-line install) and /newkey send the agent file from here.
 COPY agent/mbot_agent.py /app/agent/mbot_agent.py
 RUN /opt/mbot/bin/python -m compileall -q /app/mbot
 

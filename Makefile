@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test typecheck bench clean image-test container-test
+.PHONY: run test typecheck bench clean image-test install-test container-test
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ image-test: $(VENV)/.run-installed
 # the local base image set up as for image-test). Skipped in `make test`, which must not need podman.
 container-test: $(VENV)/.test-installed
 	bash -c '. deploy/podman-setup.sh && MBOT_TEST_PODMAN=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_containers_podman.py'
+
+# The one-line agent install end to end: the server here, the line in fresh Debian containers, with systemd and
+# PyPI, and without either (see deploy/install-test.sh).
+install-test: $(VENV)/.run-installed
+	PYTHON=$(PY) deploy/install-test.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache mbot.egg-info

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """mbot agent: collects this host's metrics and streams them to the mbot server over one TLS WebSocket.
 
-Copy this one file to a host and run `python mbot_agent.py`. It needs psutil, trio and trio-websocket
-(`pip install psutil trio trio-websocket`), and nvidia-ml-py for NVIDIA GPUs (used only when importable).
-Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics).
+The server's one-line installer (`/newkey` prints it) sets it up as a systemd service in /opt/mbot-agent. By hand:
+copy this one file to a host and run `python3 mbot_agent.py`. It needs psutil, trio and trio-websocket (in a venv:
+`python3 -m venv venv && venv/bin/pip install psutil trio trio-websocket`; or Debian/Ubuntu's `apt install
+python3-psutil python3-trio python3-trio-websocket`), and nvidia-ml-py for NVIDIA GPUs, ROCm's amdsmi for AMD GPUs
+(each used only when importable). On systemd hosts it reports the service units that are not inactive (systemctl,
+no root). Runs on Python 3.9+ (Linux; macOS and Windows with fewer metrics). `--check-connection` connects once
+with the settings, sends the hello and says whether the server accepted it.
 
 Configuration comes from the environment, then from `.env` in the working directory (the environment wins over the
 file). The agent writes to `.env` (mode 0600) only what you type at its prompts on a terminal (server, secret,
@@ -29,6 +33,10 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
                        AGENT_INTERVAL, at most 100000. When full, the oldest are dropped (and counted, see below)
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
+    AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
+                       15 largest by each, every interval, less often on hosts with many processes so that it
+                       costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
+                       arguments: they reach the server and the chat
     AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
                        state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
                        $XDG_RUNTIME_DIR/podman/podman.sock or /run/podman/podman.sock, the first that exists;
@@ -59,15 +67,19 @@ refuses this agent (secret rejected, key revoked, certificate changed), 2 for a 
 """
 from __future__ import annotations
 
+import calendar
 import dataclasses
 import functools
 import hashlib
+import http.client
+import inspect
 import itertools
 import json
 import logging
 import math
 import os
 import random
+import re
 import secrets
 import socket
 import ssl
@@ -76,6 +88,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,9 +121,7 @@ LIMBO_MAX = 10_000  # samples sent, evicted from a full spool and still waiting 
 MAX_TEMPS = 16
 MAX_NET_IFACES = 64
 MAX_DISKS = 64
-MAX_SNAPSHOT_ITEMS = 500  # the server's bounds on a snapshot (docs/protocol.md, "Snapshots")
-MAX_SNAPSHOT_BYTES = 250 * 1024  # its items as JSON: the server's 256 KiB, with room to spare
-SNAPSHOT_MIN_GAP = 1.0  # the server takes one snapshot of a kind per max(interval, 1 s): never faster
+SERVICES_EVERY = 30.0  # seconds between two looks at systemd (one systemctl call, ~10 ms of CPU, off the event loop)
 
 CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
@@ -152,6 +163,7 @@ class AgentConfig:
     power_command: Optional[str] = None  # AGENT_POWER_COMMAND; None: the platform's own
     spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
     spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
+    processes: bool = True  # AGENT_PROCESSES: send the top processes (a `processes` snapshot)
     container_socket: Optional[str] = None  # AGENT_CONTAINER_SOCKET: a path, "off"; None: the usual places
     # The settings file (main() sets it; --env-file). Beside it: the pin saved on first use when the
     # fingerprint file cannot be written, and the record of power actions that makes their limit survive a
@@ -165,7 +177,12 @@ class AgentConfig:
     backoff_min: float = 1.0
     backoff_max: float = 60.0
     stable_after: float = 30.0  # a connection up this long resets the backoff
+    quick_reconnect: Tuple[float, float] = (0.5, 3.0)  # after a restart close: see Reconnect
+    fast_retry: Tuple[float, float] = (1.0, 2.0)  # a refusing server, for fast_retry_for s after a restart close
+    fast_retry_for: float = 60.0
     temps_every: int = 6  # read temperature sensors on every Nth sample
+    services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
+    check_timeout: float = 10.0  # one probe of a check, redirects and body included (CHECK_TIMEOUT)
     # Containers are polled every max(interval, this): the list alone costs about a millisecond of CPU with 50
     # containers, and a state seen within 10 s is soon enough for an alert.
     containers_every: float = 10.0
@@ -176,7 +193,7 @@ class AgentConfig:
 
     @property
     def capabilities(self) -> List[str]:
-        return ["power"] if self.allow_power else []
+        return (["power"] if self.allow_power else []) + ["speedtest", "checks"]
 
     @property
     def spool_capacity(self) -> int:
@@ -277,12 +294,14 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
         if not 1 <= spool_max <= SPOOL_MAX_LIMIT:
             raise ConfigError("AGENT_SPOOL_MAX", f"must be from 1 to {SPOOL_MAX_LIMIT} samples, got {raw!r}")
     spool_file = get("AGENT_SPOOL_FILE") or None
+    raw = get("AGENT_PROCESSES")
+    processes = _bool(raw, "AGENT_PROCESSES") if raw else True
     container_socket = get("AGENT_CONTAINER_SOCKET") or None
 
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
                        fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
                        power_command=power_command, spool_max=spool_max, spool_file=spool_file,
-                       container_socket=container_socket)
+                       processes=processes, container_socket=container_socket)
 
 
 POWER_ACTIONS = ("reboot", "shutdown")
@@ -1073,6 +1092,93 @@ def backoff_delay(attempt: int, rand: Callable[[], float] = random.random, low: 
     return low + (cap - low) * rand()
 
 
+# --- when to try again, without IO -----------------------------------------------------------------------------
+
+# Closes that say the server is stopping or restarting (1001 going away: older servers; 1012 service restart), and
+# 1006, a connection that ended without a close frame (a server killed or crashed, or restarted under a proxy).
+_RESTART_CLOSES = (1001, 1006, 1012)
+_ANNOUNCED_RESTARTS = (1001, 1012)
+# Errors that mean "nothing listens there (yet)" or "it hung up during the handshake": a server that restarts.
+_GONE_ERRORS = (ConnectionRefusedError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                ssl.SSLEOFError)
+
+# Reconnect.closed() and failed(): wait `delay` seconds; `expected`: the server said it was restarting and this is
+# part of it (logged at INFO, not as a warning).
+Retry = NamedTuple("Retry", [("delay", float), ("expected", bool)])
+
+
+def server_gone(exc: BaseException) -> bool:
+    """Whether a failure to connect says the server is not there: connection refused, or reset or cut during the
+    handshake. That is what a restarting server looks like; an unknown name, an unreachable network, a timeout, an
+    HTTP refusal or a certificate problem are not."""
+    todo, seen = [exc], set()
+    while todo:
+        error = todo.pop()
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, BaseExceptionGroup):
+            todo.extend(error.exceptions)
+        elif isinstance(error, _GONE_ERRORS):
+            return True
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is not None:
+            todo.append(cause)
+    return False
+
+
+class Reconnect:
+    """How long to wait before the next connection attempt, without IO (times are trio's clock): the end of each
+    connection or failed attempt in, a Retry out.
+
+    Failures back off exponentially with full jitter (backoff_delay; a connection up `stable_after` seconds starts
+    afresh). Except where the server is most likely restarting: when a stable connection ends with 1012 or 1001 (the
+    server's shutdown), or without a close frame (1006: killed, crashed), the agent reconnects after a random
+    `quick` wait (0.5-3 s), and for `fast_for` seconds (a minute) after that end a server that refuses or resets the
+    connection (server_gone) is tried again every `fast` seconds (random, 1-2 s); then the usual backoff. The
+    randomness spreads hundreds of agents over the seconds after a restart instead of one instant. A close that
+    does not say "restart" (1008 over a limit, 1007/1009 refused data, 1011, 4001 replaced) backs off as before, and
+    so does a restart close of a connection that was not stable: a server that keeps closing at once gets the backoff.
+    """
+
+    def __init__(self, *, low: float = 1.0, high: float = 60.0, stable_after: float = 30.0,
+                 quick: Tuple[float, float] = (0.5, 3.0), fast: Tuple[float, float] = (1.0, 2.0),
+                 fast_for: float = 60.0, rand: Callable[[], float] = random.random) -> None:
+        self.low, self.high, self.stable_after = low, high, stable_after
+        self.quick, self.fast, self.fast_for = quick, fast, fast_for
+        self.rand = rand
+        self.attempt = 0  # failures since the last stable connection: the backoff's exponent
+        self.fast_until = -math.inf  # until then, a server that is not there is taken to be restarting
+        self.announced = False  # ... and it said so (1001/1012)
+
+    def closed(self, code: Optional[int], up_for: Optional[float], now: float) -> Retry:
+        """A connection that reached the WebSocket ended: `code` is its close code (None: the agent dropped it, for
+        a ping without answer), `up_for` how long it was up after the hello's ack (None: never acked)."""
+        if up_for is None or up_for < self.stable_after:
+            return self._backoff()
+        self.attempt = 0
+        if code is not None and code not in _RESTART_CLOSES:
+            return self._backoff()
+        self.fast_until = now + self.fast_for
+        self.announced = code in _ANNOUNCED_RESTARTS
+        self.attempt = 1  # this wait was the first of a run of failures
+        return Retry(self._between(self.quick), self.announced)
+
+    def failed(self, gone: bool, now: float) -> Retry:
+        """An attempt failed before the WebSocket was up; `gone`: server_gone() said the server is not there."""
+        if gone and now < self.fast_until:
+            return Retry(self._between(self.fast), self.announced)
+        return self._backoff()
+
+    def _between(self, bounds: Tuple[float, float]) -> float:
+        return bounds[0] + (bounds[1] - bounds[0]) * self.rand()
+
+    def _backoff(self) -> Retry:
+        delay = backoff_delay(self.attempt, self.rand, self.low, self.high)
+        self.attempt += 1
+        return Retry(delay, False)
+
+
 # --- the protocol without IO: what to send, what an ack frees, when to give up on refused samples -------------
 
 
@@ -1090,6 +1196,34 @@ ServerError = NamedTuple("ServerError", [("text", str)])
 CommandRequest = NamedTuple("CommandRequest", [("command_id", str), ("action", Any), ("expires", Any)])
 Ignored = NamedTuple("Ignored", [("why", str), ("note", bool)])
 Discarded = NamedTuple("Discarded", [("first", Optional[int]), ("last", int), ("strikes", int), ("count", int)])
+# The speed test (docs/protocol.md, "Speed test"): the server's request for one direction, the end of its download,
+# and a binary frame (only a download's bytes are binary).
+SpeedTestRequest = NamedTuple("SpeedTestRequest", [("test_id", str), ("direction", str), ("seconds", float),
+                                                   ("max_bytes", int)])
+SpeedTestEnd = NamedTuple("SpeedTestEnd", [("test_id", str)])
+Binary = NamedTuple("Binary", [("size", int)])
+SPEEDTEST_MAX_SECONDS = 30.0  # what a server may ask for, per direction
+SPEEDTEST_MAX_BYTES = 1 << 31
+SPEEDTEST_CHUNK = 64 * 1024
+SPEEDTEST_UPLOAD_EVERY = 60.0  # uploads a server may ask for: one a minute (it cannot use the host's uplink more)
+
+
+def speedtest_request(kind: str, frame: Mapping[str, Any]) -> "SpeedTestRequest | SpeedTestEnd | Ignored":
+    """A speedtest or speedtest_end frame from the server, checked."""
+    test_id = frame.get("id")
+    if not isinstance(test_id, str) or not test_id or len(test_id) > 64:
+        return Ignored("ignoring a speed test frame without a valid id: " + _quote(test_id, 70), True)
+    if kind == "speedtest_end":
+        return SpeedTestEnd(test_id)
+    direction, seconds, max_bytes = frame.get("dir"), frame.get("seconds"), frame.get("bytes")
+    if direction not in ("down", "up"):
+        return Ignored("ignoring a speed test of unknown direction " + _quote(direction, 20), True)
+    if (isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds)
+            or not 0 < seconds <= SPEEDTEST_MAX_SECONDS):
+        return Ignored("ignoring a speed test of %s seconds" % _quote(seconds, 30), True)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or not 0 < max_bytes <= SPEEDTEST_MAX_BYTES:
+        return Ignored("ignoring a speed test of %s bytes" % _quote(max_bytes, 30), True)
+    return SpeedTestRequest(test_id, direction, float(seconds), max_bytes)
 
 
 class Link:
@@ -1120,8 +1254,11 @@ class Link:
 
     # frames in ------------------------------------------------------------------------------------------------
 
-    def receive(self, message: "str | bytes") -> "Acked | ServerError | CommandRequest | Ignored":
+    def receive(self, message: "str | bytes") -> ("Acked | ServerError | CommandRequest | SpeedTestRequest | "
+                                                  "SpeedTestEnd | Binary | CheckList | Ignored"):
         """One frame from the server -> what it means (an ack is applied to the spool here)."""
+        if isinstance(message, bytes):
+            return Binary(len(message))
         try:
             frame = json.loads(message)
             kind = frame["type"]
@@ -1138,6 +1275,10 @@ class Link:
             if not isinstance(command_id, str) or not command_id or len(command_id) > 64:
                 return Ignored("ignoring a command without a valid id: " + _quote(command_id, 70), True)
             return CommandRequest(command_id, frame.get("action"), frame.get("expires"))
+        if kind in ("speedtest", "speedtest_end"):
+            return speedtest_request(kind, frame)
+        if kind == "checks":
+            return checks_request(frame)
         return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), False)  # newer servers
 
     def _ack(self, seq: Any) -> "Acked | Ignored":
@@ -1269,13 +1410,514 @@ def compact_temps(raw: Mapping[str, Sequence[Any]], limit: int = MAX_TEMPS) -> D
     return out
 
 
+# --- processes (the `processes` snapshot, docs/protocol.md "Snapshots") -------------------------------------------
+
+TOP_PROCESSES = 15  # per ranking (CPU, memory, VRAM): the snapshot is their union, at most 45 members
+PROCESSES_VERSION = 1
+PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
+SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
+SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 %): at a 5 s interval, every
+# interval on a host of about a hundred processes, less often on bigger ones (reading costs 20-40 us per process).
+PROCESSES_CPU_SHARE = 0.0005
+DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
+
+
+class ProcessStat(NamedTuple):
+    """One process in one scan."""
+
+    pid: int
+    start: float  # when it started, in the scan's own unit: a pid reused by the OS is another process
+    name: str
+    cpu_time: float  # seconds of CPU it used since it started (all threads)
+    rss: int  # bytes
+
+
+def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[ProcessStat]:
+    """/proc/PID/stat -> ProcessStat; None when it is not what Linux writes. The name (comm) sits in parentheses
+    and may itself hold spaces and parentheses: the fields after it start after the last ')'."""
+    head, sep, rest = data.rpartition(b")")
+    if not sep or b"(" not in head:
+        return None
+    fields = rest.split(None, 22)  # the 50-odd fields after the name: only the first 22 are wanted
+    try:  # fields 14, 15 (utime, stime), 22 (starttime), 24 (rss in pages) of proc(5); `fields` starts at 3
+        return ProcessStat(pid, float(fields[19]), head.partition(b"(")[2].decode("utf-8", "replace"),
+                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page)
+    except (IndexError, ValueError):
+        return None
+
+
+def rank_processes(now: Mapping[int, ProcessStat], before: Mapping[int, ProcessStat], seconds: float, cores: int,
+                   vram: Mapping[int, int], top: int = TOP_PROCESSES) -> List[Tuple[ProcessStat, float]]:
+    """The processes worth reporting, with their CPU % over the last `seconds`: the union of the `top` by CPU, by
+    memory (RSS) and by VRAM (zeros rank nowhere), largest CPU first. CPU % is of one core, summed over threads, as
+    top shows it: at most 100 x `cores`. A process that was not there before (or whose pid was reused) started
+    within the period: all its CPU time counts."""
+    cap = 100.0 * max(1, cores)
+    cpu: Dict[int, float] = {}
+    for pid, proc in now.items():
+        old = before.get(pid)
+        used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
+        cpu[pid] = min(cap, max(0.0, used / seconds * 100.0)) if seconds > 0 else 0.0
+    chosen = set(sorted((p for p in cpu if cpu[p] > 0), key=lambda p: -cpu[p])[:top])
+    chosen.update(sorted((p for p in now if now[p].rss > 0), key=lambda p: -now[p].rss)[:top])
+    chosen.update(p for p in sorted((p for p in vram if vram[p] > 0 and p in now), key=lambda p: -vram[p])[:top])
+    return sorted(((now[p], cpu[p]) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
+
+
+_BLANKS = {ord(c): " " for c in "\t\n\r\v\f"}  # `python -c` code and the like: a command line reads as one line
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+class ProcessTable:
+    """The top processes by CPU, memory and VRAM, one scan per call to top().
+
+    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few, kept for a minute),
+    several times cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere:
+    psutil. CPU % is the CPU time each process used since the previous call, so the first call (made here) only
+    primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker thread; one call at
+    a time.
+    """
+
+    def __init__(self, procfs: Optional[str] = None, cores: Optional[int] = None, top: int = TOP_PROCESSES) -> None:
+        self._procfs = procfs or getattr(psutil, "PROCFS_PATH", "/proc")
+        self._linux = sys.platform.startswith("linux") and os.path.isfile(os.path.join(self._procfs, "stat"))
+        if self._linux:
+            self._tick = float(os.sysconf("SC_CLK_TCK"))
+            self._page = os.sysconf("SC_PAGE_SIZE")
+        self._cores = cores or psutil.cpu_count(logical=True) or os.cpu_count() or 1
+        self._top = top
+        self._users: Dict[int, str] = {}
+        self._handles: Dict[int, Any] = {}  # psutil: pid -> Process of the latest scan
+        # (pid, start) of the chosen -> (read at, user, argv): the chosen change little from one call to the next
+        self._details_of: Dict[Tuple[int, float], Tuple[float, str, List[str]]] = {}
+        started = time.thread_time()
+        self._before: Dict[int, ProcessStat] = self._scan()
+        self.scanned_at = time.monotonic()  # of the last scan
+        self.cost = time.thread_time() - started  # CPU seconds of the last call
+        self._listed = False
+
+    def due(self, now: float) -> bool:
+        """Whether a call now keeps the list within PROCESSES_CPU_SHARE of a core (`now`: time.monotonic()). The
+        first list is due at once: a new host shows its processes with its first sample."""
+        return not self._listed or now - self.scanned_at >= self.cost / PROCESSES_CPU_SHARE
+
+    def top(self, vram: Optional[Mapping[int, int]] = None) -> List[Dict[str, Any]]:
+        """The `processes` snapshot's items now. `vram`: pid -> bytes of GPU memory it holds (NVML)."""
+        started = time.thread_time()
+        vram = vram or {}
+        now, at = self._scan(), time.monotonic()
+        chosen = rank_processes(now, self._before, at - self.scanned_at, self._cores, vram, self._top)
+        self._before, self.scanned_at = now, at
+        known, self._details_of = self._details_of, {}
+        items = []
+        for proc, cpu in chosen:
+            key = (proc.pid, proc.start)
+            details = known.get(key)
+            if details is None or at - details[0] >= DETAILS_TTL:
+                details = (at, *self._details(proc.pid))
+            self._details_of[key] = details
+            _, user, argv = details
+            name = proc.name
+            if len(name) >= 15 and argv:  # Linux cuts comm at 15 bytes: the program's file name says more
+                base = os.path.basename(argv[0])
+                if base.startswith(name):
+                    name = base
+            item: Dict[str, Any] = {"pid": proc.pid, "name": _cut(name, PROCESS_NAME_MAX),
+                                    "user": _cut(user, PROCESS_USER_MAX),
+                                    "cmd": _cut(" ".join(argv).translate(_BLANKS), PROCESS_CMD_MAX),
+                                    "cpu": round(cpu, 1),
+                                    "rss": proc.rss}
+            if vram.get(proc.pid):
+                item["vram"] = int(vram[proc.pid])
+            items.append(item)
+        self.cost = time.thread_time() - started
+        self._listed = True
+        return items
+
+    # scans ------------------------------------------------------------------------------------------------------
+
+    def _scan(self) -> Dict[int, ProcessStat]:
+        return self._scan_proc() if self._linux else self._scan_psutil()
+
+    def _scan_proc(self) -> Dict[int, ProcessStat]:
+        out: Dict[int, ProcessStat] = {}
+        procfs, tick, page = self._procfs, self._tick, self._page
+        for entry in os.listdir(procfs):
+            if not entry.isdigit():
+                continue
+            try:  # os.open/os.read: half the cost of open() for a file read once
+                fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
+                try:
+                    data = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
+            except OSError:  # gone since the listing, or hidden from us (hidepid)
+                continue
+            proc = parse_proc_stat(int(entry), data, tick, page)
+            if proc is not None:
+                out[proc.pid] = proc
+        return out
+
+    def _scan_psutil(self) -> Dict[int, ProcessStat]:
+        out: Dict[int, ProcessStat] = {}
+        handles: Dict[int, Any] = {}
+        for p in psutil.process_iter(["name", "cpu_times", "memory_info", "create_time"], ad_value=None):
+            if p.pid == 0 and sys.platform == "win32":
+                continue  # the System Idle Process: its "CPU" is the idle time
+            info = p.info
+            times, mem = info.get("cpu_times"), info.get("memory_info")
+            out[p.pid] = ProcessStat(p.pid, float(info.get("create_time") or 0.0), str(info.get("name") or ""),
+                                     float(times.user + times.system) if times is not None else 0.0,
+                                     int(mem.rss) if mem is not None else 0)
+            handles[p.pid] = p
+        self._handles = handles
+        return out
+
+    def _details(self, pid: int) -> Tuple[str, List[str]]:
+        """(user, argv) of one chosen process; empty where it is gone or hidden from us."""
+        if not self._linux:
+            p = self._handles.get(pid)
+            user, argv = "", []
+            if p is not None:
+                try:
+                    user = p.username()
+                except (psutil.Error, OSError):
+                    pass
+                try:
+                    argv = [str(a) for a in p.cmdline()]
+                except (psutil.Error, OSError):
+                    pass
+            return user, argv
+        try:
+            uid = os.stat(f"{self._procfs}/{pid}").st_uid
+        except OSError:
+            return "", []
+        argv = []
+        try:
+            fd = os.open(f"{self._procfs}/{pid}/cmdline", os.O_RDONLY)
+            try:
+                raw = os.read(fd, 4 * PROCESS_CMD_MAX)
+            finally:
+                os.close(fd)
+            argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        except OSError:
+            pass
+        return self._user(uid), argv
+
+    def _user(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            import pwd  # Unix only, like this path
+
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except KeyError:  # a uid without a name here (a container's user seen through the host's /proc)
+                name = str(uid)
+            if len(self._users) >= 4096:
+                self._users.clear()
+            self._users[uid] = name
+        return name
+
+# --- inventory: what the machine is (hello's `inventory`; an `inventory` snapshot when it changes) ---------------
+
+INVENTORY_EVERY = 60.0  # seconds between checks for a changed inventory (a disk mounted, an address changed)
+MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs (the server refuses more: docs/protocol.md)
+MAX_NIC_ADDRS = 16
+# systemd-detect-virt's words, and what /sys/class/dmi/id says on hosts without it.
+_DMI_VIRT = (("kvm", "kvm"), ("qemu", "qemu"), ("vmware", "vmware"), ("virtualbox", "oracle"), ("xen", "xen"),
+             ("microsoft", "microsoft"), ("amazon ec2", "amazon"), ("google", "google"), ("bochs", "bochs"),
+             ("parallels", "parallels"), ("openstack", "kvm"))
+
+
+def _read_text(path: str, limit: int = 1 << 20) -> str:
+    try:
+        with open(path, "r", encoding="utf-8", errors="replace") as handle:
+            return handle.read(limit)
+    except OSError:
+        return ""
+
+
+def cpu_model(cpuinfo: Optional[str] = None) -> str:
+    """The CPU's marketing name: /proc/cpuinfo on Linux (x86 "model name", ARM "Hardware"/"Model"), sysctl on macOS,
+    platform.processor() elsewhere; "" when none says."""
+    import platform
+
+    if sys.platform.startswith("linux") or cpuinfo is not None:
+        text = _read_text("/proc/cpuinfo") if cpuinfo is None else cpuinfo
+        found = {}
+        for line in text.splitlines():
+            key, sep, value = line.partition(":")
+            key = key.strip().lower()
+            if sep and value.strip() and key not in found:
+                found[key] = " ".join(value.split())
+        for key in ("model name", "hardware", "model", "cpu model", "processor"):
+            value = found.get(key, "")
+            if value and not value.isdigit():  # "processor: 0" is an index on x86
+                return value
+        return platform.processor() or ""
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                 timeout=2, check=False).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+        return out or platform.processor() or ""
+    return platform.processor() or ""
+
+
+def os_name() -> str:
+    """"Debian GNU/Linux 12 (bookworm)", "macOS 14.4", "Windows 11 (10.0.22631)" ..."""
+    import platform
+
+    if sys.platform.startswith("linux"):
+        for path in ("/etc/os-release", "/usr/lib/os-release"):
+            for line in _read_text(path, 65536).splitlines():
+                if line.startswith("PRETTY_NAME="):
+                    return line.partition("=")[2].strip().strip("\"'")
+        return "Linux"
+    if sys.platform == "darwin":
+        return f"macOS {platform.mac_ver()[0]}".strip()
+    if sys.platform == "win32":
+        release, version = platform.release(), platform.version()
+        return f"Windows {release} ({version})" if version else f"Windows {release}"
+    return platform.system() or sys.platform
+
+
+def virtualisation(run: Callable[..., Any] = subprocess.run) -> str:
+    """"none", a hypervisor ("kvm", "vmware" ...) or a container ("docker", "podman", "lxc" ...): systemd-detect-virt
+    when it is there, else /sys/class/dmi/id, the container marker files and the CPU's hypervisor flag ("vm" when
+    only the flag says so). "" off Linux or when nothing can tell."""
+    if not sys.platform.startswith("linux"):
+        return ""
+    try:
+        done = run(["systemd-detect-virt"], capture_output=True, text=True, timeout=3, check=False)
+        word = (done.stdout or "").strip().splitlines()
+        # Exit status 1 with "none" means "no virtualisation": an answer too.
+        if word and word[0] and len(word[0]) <= 32:
+            return word[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if os.path.exists("/.dockerenv"):
+        return "docker"
+    if os.path.exists("/run/.containerenv"):
+        return "podman"
+    dmi = " ".join(_read_text(f"/sys/class/dmi/id/{name}", 256).strip().lower()
+                   for name in ("sys_vendor", "product_name", "bios_vendor"))
+    for needle, word in _DMI_VIRT:
+        if needle in dmi:
+            return word
+    flags = next((line for line in _read_text("/proc/cpuinfo").splitlines() if line.startswith("flags")), "")
+    if " hypervisor" in flags:
+        return "vm"
+    return "none" if dmi.strip() or flags else ""
+
+
+def inventory_differs(old: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> bool:
+    """Whether `new` is worth a snapshot: anything changed but a filesystem's size by less than 5 % (the size of a
+    ZFS dataset or a thin volume follows what its neighbours use, minute by minute)."""
+    if old is None:
+        return True
+
+    def without_sizes(inv: Mapping[str, Any]) -> Dict[str, Any]:
+        copy = dict(inv)
+        copy["disks"] = [{k: v for k, v in d.items() if k != "total"} for d in inv.get("disks", ())]
+        return copy
+
+    if without_sizes(old) != without_sizes(new):
+        return True
+    for before, after in zip(old.get("disks", ()), new.get("disks", ())):
+        a, b = before.get("total"), after.get("total")
+        if (a is None) != (b is None) or (a and b and abs(a - b) > 0.05 * max(a, b)):
+            return True
+    return False
+
+
+def disk_inventory() -> List[Dict[str, Any]]:
+    """Real filesystems: mount, device, filesystem, size."""
+    out: List[Dict[str, Any]] = []
+    seen = set()
+    try:
+        parts = psutil.disk_partitions(all=False)
+    except Exception:
+        return out
+    for part in sorted(parts, key=lambda p: (len(p.mountpoint), p.mountpoint)):
+        if not _is_real_filesystem(part.device, part.mountpoint, part.fstype) or part.device in seen:
+            continue
+        seen.add(part.device)
+        entry: Dict[str, Any] = {"mount": part.mountpoint, "device": part.device, "fs": part.fstype}
+        try:
+            entry["total"] = int(psutil.disk_usage(part.mountpoint).total)
+        except OSError:
+            pass
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
+def nic_inventory() -> List[Dict[str, Any]]:
+    """Network interfaces (not loopback): addresses (link-local IPv6 left out: every interface has one), MAC, link
+    speed in Mbit/s (0: unknown), up or not."""
+    try:
+        addrs = psutil.net_if_addrs()
+    except Exception:
+        return []
+    try:
+        stats = psutil.net_if_stats()
+    except Exception:
+        stats = {}
+    link_family = getattr(psutil, "AF_LINK", None)
+    out: List[Dict[str, Any]] = []
+    for name in sorted(addrs):
+        if name in _LOOPBACK or name.startswith(("Loopback", "veth")):
+            continue  # veth: a container's end of its link, one per container (the inventory's noise)
+        entry: Dict[str, Any] = {"name": name, "addrs": []}
+        for addr in addrs[name]:
+            if addr.family == link_family:
+                if addr.address and addr.address.strip("0:-"):
+                    entry["mac"] = addr.address
+            elif addr.family in (socket.AF_INET, socket.AF_INET6) and addr.address:
+                if addr.address.lower().startswith("fe80:"):
+                    continue
+                text = addr.address.split("%")[0]
+                if addr.netmask and addr.family == socket.AF_INET:
+                    try:
+                        import ipaddress
+
+                        text += f"/{ipaddress.IPv4Network(f'0.0.0.0/{addr.netmask}').prefixlen}"
+                    except ValueError:
+                        pass
+                if len(entry["addrs"]) < MAX_NIC_ADDRS:
+                    entry["addrs"].append(text)
+        stat = stats.get(name)
+        if stat is not None:
+            entry["up"] = bool(stat.isup)
+            if stat.speed and stat.speed > 0:
+                entry["speed"] = int(stat.speed)
+        out.append(entry)
+        if len(out) >= MAX_INVENTORY_ITEMS:
+            break
+    return out
+
+
+# --- systemd services: the `services` snapshot (docs/protocol.md, "Services") -----------------------------------
+
+SYSTEMCTL_TIMEOUT = 10.0
+SERVICES_RETRY = 600.0  # systemctl failed (not systemd, or not running it): ask again this much later
+MAX_SERVICES = 500  # the server's bound on a snapshot's members
+_SERVICE_LIST = ["list-units", "--type=service", "--output=json", "--plain", "--no-legend", "--no-pager"]
+
+
+def parse_units(text: str) -> List[Dict[str, str]]:
+    """`systemctl list-units` output -> [{"unit", "load", "active", "sub"}]: JSON (systemd 246+ honours
+    --output=json here) or, from an older systemd that ignores it, the plain table (UNIT LOAD ACTIVE SUB
+    DESCRIPTION; a failed unit may start with a bullet)."""
+    text = text.strip()
+    if text.startswith("["):
+        try:
+            rows = json.loads(text)
+        except ValueError:
+            rows = None
+        if isinstance(rows, list):
+            return [{k: str(row.get(k, "")) for k in ("unit", "load", "active", "sub")}
+                    for row in rows if isinstance(row, dict) and row.get("unit")]
+    units = []
+    for line in text.splitlines():
+        words = line.replace("\u25cf", " ").replace("*", " ").split()
+        if len(words) >= 4 and "." in words[0]:
+            units.append({"unit": words[0], "load": words[1], "active": words[2], "sub": words[3]})
+    return units
+
+
+class ServiceWatcher:
+    """Reads the state of systemd's service units with systemctl (no root needed). collect() blocks (a subprocess):
+    run it in a worker thread. Hosts without systemd: one info line, then nothing."""
+
+    def __init__(self, boot_time: Optional[float] = None, systemctl: Optional[str] = None,
+                 run: Callable[..., Any] = subprocess.run) -> None:
+        import shutil
+
+        self._systemctl = systemctl if systemctl is not None else shutil.which("systemctl")
+        self._run = run
+        self._boot_time = psutil.boot_time() if boot_time is None else boot_time
+        self._said_why = False
+        self._quiet_until = -math.inf  # after a failure, systemctl is asked again only every SERVICES_RETRY s
+        if not self._systemctl and sys.platform.startswith("linux"):
+            log.info("service states off: no systemctl on this host")
+
+    @property
+    def available(self) -> bool:
+        return bool(self._systemctl) and time.monotonic() >= self._quiet_until
+
+    def _systemctl_out(self, args: List[str]) -> Optional[str]:
+        assert self._systemctl is not None
+        try:
+            done = self._run([self._systemctl, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT,
+                             check=False, env={**os.environ, "SYSTEMD_COLORS": "0", "LC_ALL": "C"})
+        except (OSError, subprocess.SubprocessError) as exc:
+            self._off(_describe(exc))
+            return None
+        if done.returncode != 0:
+            self._off(_one_line((done.stderr or "").strip()[:200]) or f"exit status {done.returncode}")
+            return None
+        return done.stdout or ""
+
+    def _off(self, why: str) -> None:
+        self._quiet_until = time.monotonic() + SERVICES_RETRY
+        if not self._said_why:
+            self._said_why = True
+            log.info("service states off: systemctl does not answer (%s); not systemd, or not running it", why)
+
+    def collect(self) -> Optional[List[Dict[str, Any]]]:
+        """Every loaded service that is not inactive (active, failed, activating ...): {"unit", "state", "sub"},
+        with "since" (when it entered that state) for the ones that are not active. None: systemctl is not
+        usable. A unit missing from the list is stopped or not loaded: the server reads it as not running."""
+        if not self._systemctl:
+            return None
+        text = self._systemctl_out(_SERVICE_LIST)
+        if text is None:
+            return None
+        units = [u for u in parse_units(text) if u["load"] == "loaded" and u["active"] != "inactive"]
+        # Failed first: if a host ever had more than the bound, what matters most is kept.
+        units.sort(key=lambda u: (u["active"] != "failed", u["unit"]))
+        if len(units) > MAX_SERVICES:
+            log.debug("%d services, %d sent", len(units), MAX_SERVICES)
+            units = units[:MAX_SERVICES]
+        items = [{"unit": u["unit"][:256], "state": u["active"][:32], "sub": u["sub"][:32]} for u in units]
+        troubled = [item for item in items if item["state"] != "active"]
+        if troubled:
+            since = self._since([item["unit"] for item in troubled])
+            for item in troubled:
+                if item["unit"] in since:
+                    item["since"] = since[item["unit"]]
+        return items
+
+    def _since(self, units: List[str]) -> Dict[str, float]:
+        """When each unit entered its state (StateChangeTimestampMonotonic: microseconds since boot)."""
+        text = self._systemctl_out(["show", "--property=Id,StateChangeTimestampMonotonic", "--", *units[:100]])
+        out: Dict[str, float] = {}
+        unit = None
+        for line in (text or "").splitlines():
+            key, _, value = line.partition("=")
+            if key == "Id":
+                unit = value.strip()
+            elif key == "StateChangeTimestampMonotonic" and unit and value.strip().isdigit() and int(value):
+                out[unit] = round(self._boot_time + int(value) / 1e6, 1)
+        return out
+
+
 class Collector:
     """Reads this host's metrics with psutil (and NVML). `collect()` blocks: run it in a worker thread.
 
     Not thread-safe: one collect() at a time.
     """
 
-    def __init__(self, *, gpu: bool = True, temps_every: int = 6, partitions_ttl: float = 60.0) -> None:
+    def __init__(self, *, gpu: bool = True, temps_every: int = 6, partitions_ttl: float = 60.0,
+                 processes: bool = True) -> None:
         self._temps_every = max(1, temps_every)
         self._partitions_ttl = partitions_ttl
         self._partitions: List[str] = []
@@ -1293,8 +1935,18 @@ class Collector:
         psutil.cpu_percent(interval=None, percpu=True)
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
+        self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
+        self._amd: Any = None
+        self._amd_gpus: List[Tuple[Any, str, str]] = []  # (handle, name, driver version)
         if gpu:
             self._init_gpus()
+            self._init_amd_gpus()
+        self._processes: Optional[ProcessTable] = None
+        if processes:
+            try:
+                self._processes = ProcessTable()
+            except Exception as exc:
+                self._note_failure("processes", exc)
 
     # GPUs ------------------------------------------------------------------------------------------------------
 
@@ -1354,12 +2006,35 @@ class Collector:
             out.append(gpu)
         return out
 
+    def gpu_processes(self) -> Dict[int, int]:
+        """pid -> bytes of VRAM it holds, summed over the GPUs. A process with both a compute and a graphics
+        context on one GPU is in both of NVML's lists with the same memory: counted once. Where NVML cannot say
+        (Windows WDDM: usedGpuMemory None; NotSupported on some boards) the process is left out."""
+        nv = self._nvml
+        out: Dict[int, int] = {}
+        for i, (handle, _) in enumerate(self._gpus):
+            on_gpu: Dict[int, int] = {}
+            for call in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
+                try:
+                    running = getattr(nv, call)(handle)
+                except Exception as exc:
+                    log.debug("GPU %d %s: %s", i, call, _describe(exc))
+                    continue
+                for proc in running:
+                    pid, used = getattr(proc, "pid", None), getattr(proc, "usedGpuMemory", None)
+                    if isinstance(pid, int) and isinstance(used, int) and pid >= 0 and used > 0:
+                        on_gpu[pid] = max(on_gpu.get(pid, 0), used)
+            for pid, used in on_gpu.items():
+                out[pid] = out.get(pid, 0) + used
+        return out
+
     @property
     def gpu_names(self) -> List[str]:
-        return [name for _, name in self._gpus]
+        """NVIDIA GPUs first, then AMD ones: the order of `gpus` in samples (GPU N is the Nth here)."""
+        return [name for _, name in self._gpus] + [name for _, name, _ in self._amd_gpus]
 
     def close(self) -> None:
-        """Release NVML. Safe to call more than once."""
+        """Release NVML and amdsmi. Safe to call more than once."""
         nv, self._nvml = self._nvml, None
         self._gpus = []
         if nv is not None:
@@ -1367,6 +2042,104 @@ class Collector:
                 nv.nvmlShutdown()
             except Exception as exc:
                 log.debug("nvmlShutdown: %s", _describe(exc))
+        self._close_amd()
+
+    # AMD GPUs (amdsmi, ROCm's Python bindings: used only when they import) --------------------------------------
+
+    def _init_amd_gpus(self) -> None:
+        try:
+            import amdsmi  # optional, like pynvml; tests put a fake first on sys.path
+        except ImportError:
+            return  # most hosts have no AMD GPU: nothing worth a line
+        try:
+            amdsmi.amdsmi_init()
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot start (%s)", _describe(exc))
+            return
+        self._amd = amdsmi
+        try:
+            for handle in amdsmi.amdsmi_get_processor_handles():
+                self._amd_gpus.append((handle, self._amd_name(handle), self._amd_driver(handle)))
+        except Exception as exc:
+            log.info("AMD GPU metrics off: amdsmi cannot list the GPUs (%s)", _describe(exc))
+            self._close_amd()
+            return
+        if self._amd_gpus:
+            log.info("AMD GPU metrics on: %s", ", ".join(name for _, name, _ in self._amd_gpus))
+        else:
+            log.info("AMD GPU metrics off: amdsmi found no AMD GPU")
+            self._close_amd()
+
+    def _amd_name(self, handle: Any) -> str:
+        try:
+            name = str(self._amd.amdsmi_get_gpu_asic_info(handle).get("market_name") or "")
+        except Exception as exc:
+            log.debug("AMD GPU name: %s", _describe(exc))
+            name = ""
+        return (name if name and name != "N/A" else "AMD GPU")[:200]
+
+    def _amd_driver(self, handle: Any) -> str:
+        amd = self._amd
+        try:  # amdsmi 6.x: a dict; 5.x: the version string
+            if hasattr(amd, "amdsmi_get_gpu_driver_info"):
+                return str(amd.amdsmi_get_gpu_driver_info(handle).get("driver_version") or "")[:64]
+            return str(amd.amdsmi_get_gpu_driver_version(handle))[:64]
+        except Exception as exc:
+            log.debug("AMD driver version: %s", _describe(exc))
+            return ""
+
+    def _close_amd(self) -> None:
+        amd, self._amd = self._amd, None
+        self._amd_gpus = []
+        if amd is not None:
+            try:
+                amd.amdsmi_shut_down()
+            except Exception as exc:
+                log.debug("amdsmi_shut_down: %s", _describe(exc))
+
+    def _amd_metrics(self) -> List[Dict[str, Any]]:
+        """Each AMD GPU in the units of `gpus` (amdsmi: VRAM in MB, temperature in C, power in W; a field it
+        cannot read is "N/A" or an exception, and is then left out)."""
+        amd = self._amd
+        out = []
+        for i, (handle, name, _) in enumerate(self._amd_gpus):
+            gpu: Dict[str, Any] = {"name": name}
+            try:
+                util = _reading(amd.amdsmi_get_gpu_activity(handle).get("gfx_activity"))
+                if util is not None:
+                    gpu["util"] = min(100.0, max(0.0, util))
+            except Exception as exc:
+                log.debug("AMD GPU %d activity: %s", i, _describe(exc))
+            try:
+                vram = amd.amdsmi_get_gpu_vram_usage(handle)
+                total, used = _reading(vram.get("vram_total")), _reading(vram.get("vram_used"))
+                if total is not None and used is not None and total > 0:
+                    gpu["vram_total"] = int(total) << 20
+                    gpu["vram_used"] = min(max(0, int(used)) << 20, gpu["vram_total"])
+            except Exception as exc:
+                log.debug("AMD GPU %d memory: %s", i, _describe(exc))
+            # Data-centre GPUs (MI200, MI300) have no edge sensor: the hotspot (junction) one stands in.
+            for sensor in ("EDGE", "HOTSPOT"):
+                try:
+                    temp = _reading(amd.amdsmi_get_temp_metric(handle, getattr(amd.AmdSmiTemperatureType, sensor),
+                                                               amd.AmdSmiTemperatureMetric.CURRENT))
+                except Exception as exc:
+                    log.debug("AMD GPU %d %s temperature: %s", i, sensor.lower(), _describe(exc))
+                    continue
+                if temp is not None and -50 <= temp <= 250:
+                    gpu["temp"] = float(temp)
+                    break
+            try:
+                power = amd.amdsmi_get_power_info(handle)
+                watts = _reading(power.get("current_socket_power"))
+                if watts is None:  # older GPUs and drivers report only the average
+                    watts = _reading(power.get("average_socket_power"))
+                if watts is not None:
+                    gpu["power"] = round(min(max(0.0, watts), 100_000.0), 1)
+            except Exception as exc:
+                log.debug("AMD GPU %d power: %s", i, _describe(exc))
+            out.append(gpu)
+        return out
 
     # the rest --------------------------------------------------------------------------------------------------
 
@@ -1409,10 +2182,76 @@ class Collector:
             "boot_time": float(self.boot_time),
             "disks": list(self.disks()),
             "gpus": self.gpu_names,
+            "inventory": self.inventory(),
         }
         if mem_total:
             facts["mem_total"] = mem_total
         return facts
+
+    def snapshots(self) -> Dict[str, Tuple[int, List[Dict[str, Any]]]]:
+        """The lists this host has now, by snapshot kind: kind -> (version, items) (docs/protocol.md,
+        "Snapshots"). Blocks like collect()."""
+        out: Dict[str, Tuple[int, List[Dict[str, Any]]]] = {}
+        if self._processes is not None and self._processes.due(time.monotonic()):
+            try:
+                vram = self.gpu_processes() if self._gpus else {}
+                out["processes"] = (PROCESSES_VERSION, self._processes.top(vram))
+            except Exception as exc:
+                self._note_failure("processes", exc)
+        return out
+
+    def inventory(self) -> Dict[str, Any]:
+        """The machine as the Diagnostics view shows it (docs/protocol.md, "Inventory"). Blocks (a subprocess the
+        first time): run it in a worker thread."""
+        import platform
+
+        if self._static is None:
+            self._static = {
+                "cpu": {"model": cpu_model()[:128], "cores": psutil.cpu_count(logical=False) or 0,
+                        "threads": psutil.cpu_count(logical=True) or os.cpu_count() or 0},
+                "os": os_name()[:128], "kernel": platform.release()[:128],
+                "arch": (platform.machine() or "")[:32], "virt": virtualisation(),
+                "boot_time": float(self.boot_time), "agent": __version__,
+            }
+        inv: Dict[str, Any] = json.loads(json.dumps(self._static))  # a copy the caller may keep
+        try:
+            inv["mem_total"] = int(psutil.virtual_memory().total)
+            inv["swap_total"] = int(psutil.swap_memory().total)
+        except Exception as exc:
+            log.debug("inventory memory: %s", _describe(exc))
+        inv["disks"] = disk_inventory()
+        inv["nics"] = nic_inventory()
+        inv["gpus"] = self.gpu_inventory()
+        return inv
+
+    def gpu_inventory(self) -> List[Dict[str, Any]]:
+        """Each GPU's model, vendor, driver version and VRAM size."""
+        out: List[Dict[str, Any]] = []
+        nv = self._nvml
+        driver = ""
+        if nv is not None:
+            try:
+                driver = nv.nvmlSystemGetDriverVersion()
+                driver = driver.decode("utf-8", "replace") if isinstance(driver, bytes) else str(driver)
+            except Exception as exc:
+                log.debug("NVIDIA driver version: %s", _describe(exc))
+        for handle, name in self._gpus:
+            entry: Dict[str, Any] = {"name": name[:128], "vendor": "nvidia", "driver": driver[:64]}
+            try:
+                entry["vram"] = int(nv.nvmlDeviceGetMemoryInfo(handle).total)
+            except Exception as exc:
+                log.debug("GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        for handle, name, driver in self._amd_gpus:
+            entry = {"name": name[:128], "vendor": "amd", "driver": driver[:64]}
+            try:
+                total = _reading(self._amd.amdsmi_get_gpu_vram_usage(handle).get("vram_total"))
+                if total is not None and total > 0:
+                    entry["vram"] = int(total) << 20
+            except Exception as exc:
+                log.debug("AMD GPU memory size: %s", _describe(exc))
+            out.append(entry)
+        return out[:MAX_INVENTORY_ITEMS]
 
     def _note_failure(self, what: str, exc: BaseException) -> None:
         if what not in self._failed:
@@ -1522,8 +2361,8 @@ class Collector:
             m["procs"] = len(psutil.pids())
         except Exception as exc:
             self._note_failure("process count", exc)
-        if self._gpus:
-            m["gpus"] = self._gpu_metrics()
+        if self._gpus or self._amd_gpus:
+            m["gpus"] = self._gpu_metrics() + self._amd_metrics()
         return m
 
 
@@ -1714,6 +2553,15 @@ def cpu_percent(before: Tuple[int, int], after: Tuple[int, int]) -> Optional[flo
     return round(min(100.0, 100.0 * spent / elapsed), 2)
 
 
+def fit_snapshot(items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The containers' items cut (from the end: the list is by name) to what one snapshot may carry: MAX_CONTAINERS
+    members, and its frame within SNAPSHOT_MAX_BYTES (_put_snapshot leaves out a bigger one whole)."""
+    items = items[:MAX_CONTAINERS]
+    while items and len(json.dumps(items, separators=(",", ":"))) > SNAPSHOT_MAX_BYTES - 200:
+        items = items[:len(items) * 3 // 4]
+    return items
+
+
 def down_code(state: str, health: str, restart_loop: bool) -> int:
     """What the `down` series says of a container: 0 up, 1 not running, 2 unhealthy, 3 restarting over and over."""
     if restart_loop:
@@ -1857,6 +2705,13 @@ class ContainerWatcher:
                 series[c["name"]] = entry
         self._restarts = windows
         return ContainerReport(items, series, taken)
+
+
+def _reading(value: Any) -> Optional[float]:
+    """A number from amdsmi, or None for its "N/A" (and anything else that is not a finite number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
 
 
 def _describe(exc: BaseException, _seen: Optional[set] = None) -> str:
@@ -2028,6 +2883,14 @@ class _Connection:
     up_since: Optional[float] = None
     last_error: str = ""  # the server's last `error` frame
     dropped_because: str = ""  # set when the agent itself ends the connection
+    snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
+    tasks: Optional[trio.Nursery] = None  # the connection's nursery (a speed test's upload runs in it)
+    download: Optional[List[Any]] = None  # the speed test's download under way: [test id, bytes received]
+
+
+# How a connection that reached the WebSocket ended: seconds it was up after the hello's ack (None: never acked),
+# the close code as Reconnect reads it, the line for the log and its level.
+Ended = NamedTuple("Ended", [("up_for", Optional[float]), ("code", Optional[int]), ("what", str), ("level", int)])
 
 
 def _leaves(group: BaseException) -> Iterator[BaseException]:
@@ -2038,18 +2901,406 @@ def _leaves(group: BaseException) -> Iterator[BaseException]:
         yield group
 
 
+# --- checks from the host (docs/protocol.md, "Checks") -------------------------------------------------------------
+#
+# The server sends the whole list of this host's checks (a `checks` frame after the hello's ack, and again when it
+# changes); the agent probes each target every `every` seconds in worker threads (http.client, ssl, socket: no
+# new dependency), and reports results in its samples (`checks`: up, ms, cert) and as a `checks` snapshot (state,
+# HTTP status, error). A check runs with this agent's network access, private addresses included (the host's own
+# network is what checks are for); every probe is bounded here, whatever the server asks: CHECKS_MAX checks, at
+# least CHECK_MIN_EVERY apart, CHECK_CONCURRENCY at once, CHECK_TIMEOUT each (redirects and body included),
+# CHECK_MAX_BODY bytes read, CHECK_MAX_REDIRECTS redirects. A probe is a fresh connection that carries no mbot
+# header and never the secret: only a User-Agent, Accept and Host.
+
+CHECKS_MAX = 20
+CHECK_MIN_EVERY = 1.0
+CHECK_MAX_EVERY = 86_400.0
+CHECK_TIMEOUT = 10.0
+CHECK_MAX_BODY = 64 * 1024
+CHECK_MAX_REDIRECTS = 5
+CHECK_CONCURRENCY = 4
+CHECK_MAX_RATE = 20.0  # probes started per second at most, however often the server changes the list
+CHECK_MAX_TARGET = 2048
+CHECK_ERROR_CHARS = 200
+_CHECK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}")
+_REDIRECTS = (301, 302, 303, 307, 308)
+
+CheckSpec = NamedTuple("CheckSpec", [("name", str), ("target", str), ("every", float), ("down_after", int)])
+CheckList = NamedTuple("CheckList", [("checks", List[CheckSpec]), ("skipped", List[str])])
+
+
+def check_target_problem(target: Any) -> Optional[str]:
+    """Why the agent will not probe `target` (None: it will): http, https and tcp://HOST:PORT only."""
+    if not isinstance(target, str) or not target or len(target) > CHECK_MAX_TARGET:
+        return "a target is a URL of 1 to %d characters" % CHECK_MAX_TARGET
+    if any(ord(c) < 33 or ord(c) == 127 for c in target):
+        return "a target has no spaces or control characters"
+    try:
+        parts = urllib.parse.urlsplit(target)
+        port = parts.port
+    except ValueError:
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https", "tcp"):
+        return "only http, https and tcp targets are checked"
+    if not parts.hostname:
+        return "the target names no host"
+    if parts.scheme == "tcp" and not port:
+        return "a tcp target needs a port"
+    return None
+
+
+def checks_request(frame: Mapping[str, Any]) -> "CheckList | Ignored":
+    """The server's `checks` frame, checked: entries the agent will not run are skipped (and said why)."""
+    raw = frame.get("checks")
+    if not isinstance(raw, list):
+        return Ignored("ignoring a checks frame without a list of checks", True)
+    specs: List[CheckSpec] = []
+    skipped: List[str] = []
+    for entry in raw:
+        if not isinstance(entry, dict):
+            skipped.append("an entry that is not an object")
+            continue
+        name, target, every = entry.get("name"), entry.get("target"), entry.get("every", 60.0)
+        down_after = entry.get("down_after", 3)
+        problem = check_target_problem(target)
+        if not isinstance(name, str) or not _CHECK_NAME.fullmatch(name) or any(s.name == name for s in specs):
+            problem = "a missing, odd or repeated name"
+        elif (isinstance(every, bool) or not isinstance(every, (int, float)) or not math.isfinite(every)
+              or isinstance(down_after, bool) or not isinstance(down_after, int) or not 1 <= down_after <= 100):
+            problem = "a bad every or down_after"
+        elif len(specs) >= CHECKS_MAX:
+            problem = "more than %d checks" % CHECKS_MAX
+        if problem is not None:
+            skipped.append("%s (%s)" % (_quote(name, 50), problem))
+            continue
+        specs.append(CheckSpec(name, target, min(max(float(every), CHECK_MIN_EVERY), CHECK_MAX_EVERY), down_after))
+    return CheckList(specs, skipped)
+
+
+def _tlv(data: bytes, pos: int) -> Tuple[int, int, int]:
+    """One DER element at `pos`: (tag, start of its content, end of its content)."""
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        length = int.from_bytes(data[pos:pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated")
+    return tag, pos, pos + length
+
+
+def cert_not_after(der: bytes) -> Optional[float]:
+    """A certificate's notAfter (seconds since 1970) from its DER bytes, or None. The agent does not judge trust
+    (self-signed certificates are common on a host's own network), so ssl's verified getpeercert() is no help:
+    this reads the one field it needs from the X.509 structure."""
+    try:
+        _, pos, _ = _tlv(der, 0)  # Certificate
+        _, pos, _ = _tlv(der, pos)  # tbsCertificate
+        tag, _, end = _tlv(der, pos)
+        if tag == 0xA0:  # [0] version
+            pos = end
+        for _ in range(3):  # serialNumber, signature, issuer
+            _, _, pos = _tlv(der, pos)
+        _, pos, _ = _tlv(der, pos)  # validity
+        _, _, pos = _tlv(der, pos)  # notBefore
+        tag, start, end = _tlv(der, pos)  # notAfter
+        text = der[start:end].decode("ascii")
+        if tag == 0x17:  # UTCTime: YYMMDDHHMMSSZ
+            year = int(text[:2])
+            text = ("20" if year < 50 else "19") + text
+        elif tag != 0x18:  # GeneralizedTime: YYYYMMDDHHMMSSZ
+            return None
+        return float(calendar.timegm(time.strptime(text[:14], "%Y%m%d%H%M%S")))
+    except (IndexError, ValueError):
+        return None
+
+
+def _check_error(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "name not resolved"
+    return _one_line(_describe(exc))[:CHECK_ERROR_CHARS]
+
+
+class _Deadline:
+    """The whole probe's time limit: a timer that shuts the socket down when it passes, because per-operation
+    socket timeouts alone let a server that sends one byte every few seconds hold a probe for ever."""
+
+    def __init__(self, seconds: float) -> None:
+        self.started = time.monotonic()
+        self.at = self.started + seconds
+        self.passed = False
+        self._socks: List[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0 or self.passed:
+            raise socket.timeout("timed out")
+        return left
+
+    def watch(self, sock: Optional[socket.socket]) -> None:
+        with self._lock:
+            if sock is not None:
+                self._socks.append(sock)
+            if self.passed:
+                self._fire()
+
+    def _fire(self) -> None:
+        self.passed = True
+        for sock in list(self._socks):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+_CHECK_CONTEXT: List[ssl.SSLContext] = []
+
+
+def _check_context() -> ssl.SSLContext:
+    """One context for every probe, made once: it loads no CA store, which trust is not judged with (loading the
+    system's CAs would cost ~50 ms of CPU per probe)."""
+    if not _CHECK_CONTEXT:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        _CHECK_CONTEXT.append(ctx)
+    return _CHECK_CONTEXT[0]
+
+
+def probe(target: str, timeout: float = CHECK_TIMEOUT, max_body: int = CHECK_MAX_BODY,
+          max_redirects: int = CHECK_MAX_REDIRECTS, now: Callable[[], float] = time.time) -> Dict[str, Any]:
+    """Probe a target once (blocking: a worker thread): {"ok", "ms", "status", "cert_days", "error"}. `ms` is the
+    time to the final answer (HTTP headers, redirects included; a TCP connect), or to the failure: always there,
+    so that a check going down and up does not change which series a sample has (each new set of names is a
+    layout the server stores and budgets)."""
+    deadline = _Deadline(timeout)
+    result: Dict[str, Any] = {"ok": False}
+    try:
+        _probe(target, deadline, max_body, max_redirects, result, now)
+    except Exception as exc:  # everything a target can do to a probe ends as its error text
+        # Every socket timeout is set to what is left of the deadline: either way, the probe's time is up.
+        timed_out = deadline.passed or isinstance(exc, socket.timeout)
+        result["error"] = "no answer within %g s" % timeout if timed_out else _check_error(exc)
+        result.pop("_ms", None)  # an earlier hop's answer: the time to fail is what counts
+    finally:
+        deadline.cancel()
+    answered = result.pop("_ms", None)
+    result["ms"] = answered if answered is not None else (time.monotonic() - deadline.started) * 1000.0
+    return result
+
+
+def _probe(target: str, deadline: _Deadline, max_body: int, max_redirects: int, result: Dict[str, Any],
+           now: Callable[[], float]) -> None:
+    parts = urllib.parse.urlsplit(target)
+    if parts.scheme == "tcp":
+        sock = socket.create_connection((parts.hostname, parts.port), timeout=deadline.left())
+        sock.close()
+        result["ok"] = True
+        return
+    url = target
+    for hop in range(max_redirects + 1):
+        status, location = _http_once(url, deadline, max_body, result, now)
+        result["status"] = status
+        if status in _REDIRECTS and location:
+            if hop == max_redirects:
+                result["error"] = "more than %d redirects" % max_redirects
+                return
+            url = urllib.parse.urljoin(url, location)
+            if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+                result["error"] = "a redirect to a non-HTTP URL"
+                return
+            continue
+        result["ok"] = 200 <= status < 400
+        if not result["ok"]:
+            result["error"] = "HTTP %d" % status
+        return
+
+
+def _http_once(url: str, deadline: _Deadline, max_body: int, result: Dict[str, Any],
+               now: Callable[[], float]) -> Tuple[int, Optional[str]]:
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            host, parts.port, timeout=deadline.left(), context=_check_context())
+    else:
+        conn = http.client.HTTPConnection(host, parts.port, timeout=deadline.left())
+    sock: Optional[socket.socket] = None
+    try:
+        path = (parts.path or "/") + ("?" + parts.query if parts.query else "")
+        conn.connect()
+        sock = conn.sock
+        assert sock is not None  # kept: http.client lets go of it once a response says the connection will close
+        deadline.watch(sock)
+        if parts.scheme == "https" and "cert_days" not in result:
+            der = sock.getpeercert(binary_form=True)
+            expires = cert_not_after(der) if der else None
+            if expires is not None:
+                result["cert_days"] = round((expires - now()) / 86400.0, 2)
+        conn.request("GET", path, headers={"User-Agent": "mbot-agent/%s (check)" % __version__, "Accept": "*/*",
+                                           "Connection": "close"})
+        sock.settimeout(deadline.left())
+        response = conn.getresponse()
+        result["_ms"] = (time.monotonic() - deadline.started) * 1000.0  # to the final answer, redirects included
+        read = 0
+        while read < max_body:
+            sock.settimeout(deadline.left())
+            chunk = response.read1(min(16384, max_body - read))
+            if not chunk:
+                break
+            read += len(chunk)
+        response.close()
+        return response.status, response.getheader("Location")
+    finally:
+        conn.close()
+        if sock is not None:
+            sock.close()
+
+
+if "abandon_on_cancel" in inspect.signature(trio.to_thread.run_sync).parameters:
+    _ABANDON: Dict[str, bool] = {"abandon_on_cancel": True}
+else:  # trio before 0.23
+    _ABANDON = {"cancellable": True}
+
+
+class CheckRunner:
+    """The checks the server gave this host, run on their schedule (each probe in a worker thread, at most
+    `concurrency` at once), and their latest results: `report()` gives what the next sample and the `checks`
+    snapshot carry. A check is down after `down_after` failures in a row; the certificate's days left are kept from
+    the last probe that saw one (a check that is down cannot see it, and the certificate has not changed)."""
+
+    def __init__(self, timeout: float = CHECK_TIMEOUT, concurrency: int = CHECK_CONCURRENCY,
+                 run_probe: Callable[[str, float], Dict[str, Any]] = probe) -> None:
+        self.timeout = timeout
+        self._probe = run_probe
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self.specs: Dict[str, CheckSpec] = {}
+        self._due: Dict[str, float] = {}
+        self._running: set = set()
+        self._results: Dict[str, Dict[str, Any]] = {}  # name -> the snapshot's item
+        self._figures: Dict[str, Dict[str, float]] = {}  # name -> the sample's up, ms, cert
+        self._lock = threading.Lock()  # the results are read by the collector's thread
+        self._told = False  # the server sent a list (an old server never does: then nothing is reported)
+        self._next_slot = -math.inf  # when the next probe may start (CHECK_MAX_RATE)
+        self._changed = trio.Event()
+        self.on_result: Optional[Callable[[], None]] = None
+
+    def set_checks(self, specs: Sequence[CheckSpec]) -> None:
+        """The server's new list: new and changed checks run at once, removed ones are forgotten."""
+        now = trio.current_time()
+        new = {spec.name: spec for spec in specs}
+        with self._lock:
+            for name in list(self._results):
+                if name not in new or new[name].target != self.specs.get(name, new[name]).target:
+                    self._results.pop(name, None)
+                    self._figures.pop(name, None)
+            for name, spec in new.items():
+                if self.specs.get(name) != spec:
+                    self._due[name] = now
+            self._due = {name: due for name, due in self._due.items() if name in new}
+            self.specs = new
+            self._told = True
+        self._changed.set()
+
+    def report(self) -> Tuple[Optional[Dict[str, Dict[str, float]]], Optional[List[Dict[str, Any]]]]:
+        """(the sample's `checks`, the snapshot's items); None for what there is nothing to say about."""
+        with self._lock:
+            if not self._told:
+                return None, None
+            figures = {name: dict(f) for name, f in self._figures.items() if name in self.specs}
+            items = [dict(self._results[name]) for name in sorted(self._results) if name in self.specs]
+        return figures or None, items
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                changed = self._changed = trio.Event()
+                now = trio.current_time()
+                for name, due in list(self._due.items()):
+                    if due <= now and name not in self._running:
+                        self._running.add(name)
+                        nursery.start_soon(self._run_one, self.specs[name])
+                waiting = [due for name, due in self._due.items() if name not in self._running]
+                with trio.move_on_at(min(waiting, default=math.inf)):
+                    await changed.wait()
+
+    async def _run_one(self, spec: CheckSpec) -> None:
+        # Evenly spaced starts: a server that sends new lists as fast as it can gets CHECK_MAX_RATE probes a second.
+        self._next_slot = max(trio.current_time(), self._next_slot + 1.0 / CHECK_MAX_RATE)
+        await trio.sleep_until(self._next_slot)
+        if self.specs.get(spec.name) != spec:  # removed or changed while it waited
+            self._running.discard(spec.name)
+            return
+        started = trio.current_time()
+        outcome: Dict[str, Any] = {"ok": False, "error": "no answer within %g s" % self.timeout}
+        try:
+            # The probe bounds itself, but not a name lookup that hangs (getaddrinfo has no timeout): such a
+            # thread is left to finish on its own, holding its place in the limiter meanwhile.
+            with trio.move_on_after(self.timeout + 5.0):
+                outcome = await trio.to_thread.run_sync(self._probe, spec.target, self.timeout,
+                                                        limiter=self._limiter, **_ABANDON)
+        except Exception as exc:  # a bug, not a target: the schedule goes on
+            outcome = {"ok": False, "error": _check_error(exc)}
+        finally:
+            self._running.discard(spec.name)
+        with self._lock:
+            if self.specs.get(spec.name) != spec:  # removed or changed while it ran
+                return
+            self._record(spec, outcome)
+            self._due[spec.name] = started + spec.every
+        self._changed.set()
+        if self.on_result is not None:
+            self.on_result()
+
+    def _record(self, spec: CheckSpec, outcome: Dict[str, Any]) -> None:
+        before = self._results.get(spec.name, {})
+        fails = 0 if outcome.get("ok") else int(before.get("fails", 0)) + 1
+        state = "up" if not fails else "down" if fails >= spec.down_after else "failing"
+        item: Dict[str, Any] = {"name": spec.name, "state": state, "fails": fails}
+        figures: Dict[str, float] = {"up": 0.0 if fails else 100.0}
+        for key in ("status", "error"):
+            if outcome.get(key) is not None:
+                item[key] = outcome[key]
+        if "ms" in outcome:
+            item["ms"] = figures["ms"] = round(min(float(outcome["ms"]), 60_000.0), 2)
+        cert = outcome.get("cert_days", before.get("cert_days"))
+        if cert is not None:
+            item["cert_days"] = figures["cert"] = max(-36_500.0, min(float(cert), 36_500.0))
+        if before.get("state") != state:
+            level = logging.WARNING if state == "down" else logging.INFO
+            log.log(level, "check %s (%s): %s%s", spec.name, spec.target, state,
+                    ": " + item["error"] if "error" in item else "")
+        self._results[spec.name] = item
+        self._figures[spec.name] = figures
+
+
 class Agent:
     """The process: a collector task for its whole life, a connection loop beside it."""
 
-    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None) -> None:
+    def __init__(self, config: AgentConfig, collector: Collector, spool: Optional[SampleBuffer] = None,
+                 services: Optional[ServiceWatcher] = None) -> None:
         self.config = config
         self.collector = collector
+        self.services = services if services is not None else ServiceWatcher()
         # What to send, what acks free, when to give up on refused samples; it holds the spool (self.buffer).
         self.link = Link(spool if spool is not None else SampleBuffer(config.spool_capacity))
         self.epoch = self.buffer.epoch
         self.seq = self.buffer.seq
         self.server = server_id(config.server, config.port)
         self._new_sample = trio.Event()
+        self._snapshot_at = -math.inf  # monotonic time of the last collection of snapshots
         self._to_thread = trio.to_thread.run_sync  # psutil calls block: never on the event loop (tests: inline)
         self._ssl = make_ssl_context()
         self._facts: Dict[str, Any] = {}
@@ -2058,13 +3309,18 @@ class Agent:
         env_dir = Path(os.path.abspath(config.env_file)).parent if config.env_file else None
         self.power_limits = PowerLimiter(env_dir / POWER_LOG_NAME if env_dir else None)
         self._server_noise = Repeats(SERVER_NOISE_EVERY)
+        self._last_upload = -math.inf  # when the server last had a speed test upload (trio clock)
         self._failures = Repeats(FAILURES_EVERY)  # connection failures since the last stable connection
-        # Snapshots (docs/protocol.md): only the latest of each kind counts. Sent before the next samples, and
-        # again after a reconnect; never spooled.
+        # The latest snapshot of each kind: (items as JSON, the frame). Only the latest counts, so nothing is
+        # spooled: each connection sends the ones whose items it has not sent yet (docs/protocol.md, Snapshots).
+        # Written by the collector's thread and the event loop (one assignment each), read by the sender.
+        self._snapshots: Dict[str, Tuple[str, str]] = {}
+        self.checks = CheckRunner(timeout=config.check_timeout)  # the server's list of checks (docs/protocol.md)
+        self.reconnect = Reconnect(low=config.backoff_min, high=config.backoff_max, stable_after=config.stable_after,
+                                   quick=config.quick_reconnect, fast=config.fast_retry,
+                                   fast_for=config.fast_retry_for)
         self.container_watcher: Optional[ContainerWatcher] = None  # set by _container_loop (tests: injected)
         self._containers: Optional[ContainerReport] = None  # the latest poll, for the next samples' series
-        self._snapshots: Dict[str, str] = {}  # kind -> the latest frame
-        self._snapshots_due: Dict[str, str] = {}  # kind -> a frame not sent on this connection yet
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -2081,6 +3337,8 @@ class Agent:
                         "can read this host's secret and metrics. Set AGENT_VERIFY_SSL=1.")
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._collect_loop)
+            nursery.start_soon(self._host_state_loop)
+            nursery.start_soon(self.checks.run)
             nursery.start_soon(self._container_loop)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
@@ -2103,16 +3361,39 @@ class Agent:
                 next_at = now + interval
 
     def _collect_and_store(self, ts: float) -> bool:
-        """Collect and spool one sample (in a worker thread: both block). Returns whether a sample was added."""
+        """Collect and spool one sample, and the snapshots when due (in a worker thread: all of it blocks).
+        Returns whether there is something new to send."""
         try:
             metrics = self.collector.collect()
         except Exception as exc:
             log.error("collecting metrics failed: %s", _describe(exc))
+            added = False
+        else:
+            figures, items = self.checks.report()  # the latest results of the checks, on every sample
+            if figures:
+                metrics = {**metrics, "checks": figures}
+            report = self._containers  # the latest poll's series, while it is recent
+            if report is not None and report.series and ts - report.taken <= 2 * self._containers_period + 5:
+                metrics = {**metrics, "containers": report.series}
+            added = self._store_sample(ts, metrics)
+            if items is not None:  # sent when it differs from what this connection sent
+                added = self._put_snapshot("checks", 1, items, ts) or added
+        return self._collect_snapshots(ts) or added
+
+    def _collect_snapshots(self, ts: float) -> bool:
+        """At most one collection per max(interval, SNAPSHOT_MIN_INTERVAL): the server's budget for each kind.
+        Sending never outpaces collecting, so however the connection comes and goes, the budget holds."""
+        collect = getattr(self.collector, "snapshots", None)  # a collector without lists (tests' stubs) sends none
+        now = time.monotonic()
+        if collect is None or now - self._snapshot_at < 0.9 * SNAPSHOT_MIN_INTERVAL:  # 0.9: a tick's jitter
             return False
-        report = self._containers
-        if report is not None and report.series and ts - report.taken <= 2 * self._containers_period + 5:
-            metrics["containers"] = report.series
-        return self._store_sample(ts, metrics)
+        self._snapshot_at = now
+        try:
+            lists = collect()
+        except Exception as exc:  # a bug or a library surprise: the samples go on
+            log.error("collecting snapshots failed: %s", _describe(exc))
+            return False
+        return any([self._put_snapshot(kind, version, items, ts) for kind, (version, items) in lists.items()])
 
     def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
         """Give the sample the next seq and put it in the spool (any thread; one at a time)."""
@@ -2164,7 +3445,7 @@ class Agent:
                         log.info("containers: the engine answers again (%d containers)", len(report.items))
                     failing = False
                     self._containers = report
-                    self.queue_snapshot("containers", report.items, report.taken)
+                    self.queue_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
                 await trio.sleep_until(started + self._containers_period)
         finally:
             with trio.CancelScope(shield=True):
@@ -2174,36 +3455,84 @@ class Agent:
     def _containers_period(self) -> float:
         # One snapshot per poll: never more often than the server takes them (over its budget it closes the
         # connection, and the samples in flight would take the blame).
-        return max(self.config.interval, self.config.containers_every, SNAPSHOT_MIN_GAP)
-
-    def queue_snapshot(self, kind: str, items: List[Dict[str, Any]], ts: float) -> None:
-        """Make `items` the latest snapshot of `kind`, sent before the next samples. Cut (from the end) to what
-        the server takes: MAX_SNAPSHOT_ITEMS members, MAX_SNAPSHOT_BYTES of items."""
-        items = items[:MAX_SNAPSHOT_ITEMS]
-        while True:
-            body = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
-            if len(body.encode()) <= MAX_SNAPSHOT_BYTES or not items:
-                break
-            items = items[:len(items) * 3 // 4]
-        frame = json.dumps({"type": "snapshot", "kind": kind, "v": 1, "ts": ts}, separators=(",", ":"))
-        frame = frame[:-1] + ',"items":' + body + "}"
-        self._snapshots[kind] = self._snapshots_due[kind] = frame
-        self._wake_sender()
+        return max(self.config.interval, self.config.containers_every, SNAPSHOT_MIN_INTERVAL)
 
     def _wake_sender(self) -> None:
         self._new_sample.set()
         self._new_sample = trio.Event()
 
+    # snapshots and the inventory -------------------------------------------------------------------------------
+
+    def queue_snapshot(self, kind: str, version: int, items: List[Dict[str, Any]], ts: float) -> None:
+        """Make this the latest snapshot of `kind` (on the event loop); the sender sends it unless this connection
+        already sent the same items (so an unchanged list costs nothing on the wire)."""
+        if self._put_snapshot(kind, version, items, ts):
+            self._wake_sender()
+
+    def _put_snapshot(self, kind: str, version: int, items: List[Dict[str, Any]], ts: float) -> bool:
+        """Make this the latest snapshot of `kind` (any thread); False when it is too big to send."""
+        items_json = json.dumps(items, separators=(",", ":"), sort_keys=True)
+        frame = json.dumps({"type": "snapshot", "kind": kind, "v": version, "ts": round(ts, 3), "items": items},
+                           separators=(",", ":"))
+        if len(frame) > SNAPSHOT_MAX_BYTES:
+            log.error("a %s snapshot of %d bytes is too big to send; left out", kind, len(frame))
+            return False
+        self._snapshots[kind] = (items_json, frame)
+        return True
+
+    def _unsent_snapshots(self, conn: _Connection) -> List[Tuple[str, str, str]]:
+        return [(kind, items_json, frame) for kind, (items_json, frame) in self._snapshots.items()
+                if conn.snapshots_sent.get(kind) != items_json]
+
+    async def _host_state_loop(self) -> None:
+        """What the host is and runs, checked less often than samples (each check in a worker thread): systemd's
+        services every services_every seconds, the inventory every INVENTORY_EVERY seconds (each sent as a snapshot
+        when it changed)."""
+        now = trio.current_time()
+        next_services = now + min(self.config.interval, 1.0)
+        next_inventory = now + INVENTORY_EVERY
+        while True:
+            await trio.sleep_until(min(next_services, next_inventory))
+            now = trio.current_time()
+            if now >= next_services:
+                # Never more often than samples: the server allows one snapshot of a kind per interval.
+                next_services = now + max(self.config.services_every, self.config.interval)
+                if self.services.available:
+                    await self.check_services()
+            if now >= next_inventory:
+                next_inventory = now + INVENTORY_EVERY
+                await self.check_inventory()
+
+    async def check_services(self) -> None:
+        try:
+            items = await self._to_thread(self.services.collect)
+        except Exception as exc:
+            log.warning("reading service states failed: %s", _describe(exc))
+            return
+        if items is not None:
+            self.queue_snapshot("services", 1, items, time.time())
+
+    async def check_inventory(self) -> None:
+        try:
+            inventory = await self._to_thread(self.collector.inventory)
+        except Exception as exc:
+            log.warning("reading the inventory failed: %s", _describe(exc))
+            return
+        if inventory_differs(self._facts.get("inventory"), inventory):
+            self._facts["inventory"] = inventory  # the next hello carries it too
+            self.queue_snapshot("inventory", 1, [inventory], time.time())
+
     # connections -----------------------------------------------------------------------------------------------
 
     async def _connection_loop(self) -> int:
         cfg = self.config
-        attempt = 0
         while True:
-            up_for: Optional[float] = None
+            ended: Optional[Ended] = None
+            gone = False
             level = logging.WARNING
             try:
-                up_for, what, level = await self._connect_and_serve()
+                ended = await self._connect_and_serve()
+                what, level = ended.what, ended.level
             except AgentStop as exc:
                 log.error("%s", _one_line(str(exc)))
                 return 1
@@ -2219,26 +3548,31 @@ class Agent:
                     reason = f"no answer within {cfg.connect_timeout:g} s"
                 else:
                     reason = _describe(exc)
+                    gone = server_gone(exc)
                 what = f"cannot connect to {self.server}: {reason}"
             except Exception as exc:  # a bug or a library surprise: keep the host monitored, say what happened
                 log.debug("connection failure", exc_info=True)
                 what = f"connection to {self.server} failed unexpectedly: {_describe(exc)}"
                 level = logging.ERROR
-            if up_for is not None and up_for >= cfg.stable_after:
-                attempt = 0
-                self._failures.reset()  # a new run of failures starts: this one is logged in full
-            delay = backoff_delay(attempt, low=cfg.backoff_min, high=cfg.backoff_max)
-            attempt += 1
+            now = trio.current_time()
+            if ended is None:
+                retry = self.reconnect.failed(gone, now)
+            else:
+                if ended.up_for is not None and ended.up_for >= cfg.stable_after:
+                    self._failures.reset()  # a new run of failures starts: this one is logged in full
+                retry = self.reconnect.closed(ended.code, ended.up_for, now)
+            if retry.expected and level == logging.WARNING:
+                level = logging.INFO  # the server said it was restarting: refusals meanwhile are no surprise
             # One line per retry would be a line a second at first, and a server could provoke them at will:
             # thinned out (Repeats), each logged line saying how many were left out. _one_line: the text may hold
             # what the server sent (close reasons, HTTP responses in exception messages).
-            line = _one_line(f"{what}; retrying in {delay:.1f} s ({len(self.buffer)} samples waiting)")
-            left_out = self._failures.admit(trio.current_time())
+            line = _one_line(f"{what}; retrying in {retry.delay:.1f} s ({len(self.buffer)} samples waiting)")
+            left_out = self._failures.admit(now)
             if left_out is None:
                 log.debug("%s", line)
             else:
                 log.log(level, "%s%s", line, _left_out(left_out))
-            await trio.sleep(delay)
+            await trio.sleep(retry.delay)
 
     def _check_pin(self, der: Optional[bytes]) -> Optional[str]:
         """Raise AgentStop when the certificate is not the pinned one. Returns a fingerprint to save (TOFU)."""
@@ -2286,15 +3620,14 @@ class Agent:
             raise
         return stream, to_save
 
-    async def _connect_and_serve(self) -> Tuple[Optional[float], str, int]:
+    async def _connect_and_serve(self) -> Ended:
         """One connection, from TCP connect to close: see _after_close for what it returns. Raises on a failure to
         connect, AgentStop when the server refuses this agent for good."""
         cfg = self.config
         deadline = trio.current_time() + cfg.connect_timeout
         with trio.fail_at(deadline):
             stream, to_save = await self._open_stream()
-        host_header = self.server if cfg.port not in (80, 443) else cfg.server
-        headers = [(b"Authorization", b"Bearer " + cfg.secret.encode("ascii"))]
+        host_header, headers = self._upgrade_request()
         conn = None
         close_wait = 1.0
         try:
@@ -2330,6 +3663,46 @@ class Agent:
             raise trio.BrokenResourceError("the connection ended during the WebSocket upgrade")
         return self._after_close(conn)
 
+    def _upgrade_request(self) -> Tuple[str, List[Tuple[bytes, bytes]]]:
+        """(Host header, extra headers) of the WebSocket upgrade."""
+        cfg = self.config
+        host_header = self.server if cfg.port not in (80, 443) else cfg.server
+        return host_header, [(b"Authorization", b"Bearer " + cfg.secret.encode("ascii"))]
+
+    async def check_connection(self) -> None:
+        """Connect once, send the hello, wait for the server's first ack, close (1000): `--check-connection`, which
+        the installer runs to say at once whether these settings work. Raises what a connection attempt raises
+        (AgentStop, ConnectionRejected, OSError, TooSlowError...; explain_failure() words it); a trusted-on-first-use
+        fingerprint is not saved."""
+        cfg = self.config
+        with trio.fail_after(cfg.connect_timeout + cfg.ack_timeout):
+            stream, _ = await self._open_stream()
+            try:
+                async with trio.open_nursery() as nursery:
+                    host_header, headers = self._upgrade_request()
+                    ws = await trio_websocket.wrap_client_stream(nursery, stream, host_header, "/agent",
+                                                                 extra_headers=headers)
+                    self.link.connected()
+                    await ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
+                    last_error = ""
+                    while True:
+                        try:
+                            event = self.link.receive(await ws.get_message())
+                        except trio_websocket.ConnectionClosed as exc:
+                            reason = exc.reason
+                            raise AgentStop(f"{self.server} closed the connection before acknowledging the hello: "
+                                            f"code {reason.code}" + (f" ({_quote(reason.reason, 120)})" if reason.reason
+                                                                     else "")
+                                            + (f"; server said: {last_error}" if last_error else "")) from None
+                        if isinstance(event, Acked) and event.first:
+                            break
+                        if isinstance(event, ServerError):
+                            last_error = event.text
+                    await ws.aclose()
+                    nursery.cancel_scope.cancel()
+            finally:
+                await trio.aclose_forcefully(stream)
+
     def _save_fingerprint(self, fp: str) -> None:
         """Keep a pin trusted on first use: in the first of pin_files that can be written, and in memory. It is
         never dropped silently: when no file takes it, this run still holds it and the log says so."""
@@ -2350,8 +3723,8 @@ class Agent:
                   "(%s). After a restart the agent would trust whatever certificate it sees first: set "
                   "AGENT_FINGERPRINT=%s in .env", self.server, fp, "; ".join(failed), fp)
 
-    def _after_close(self, conn: _Connection) -> Tuple[Optional[float], str, int]:
-        """After a connection: (seconds it was up after the hello's ack or None, what happened, log level)."""
+    def _after_close(self, conn: _Connection) -> Ended:
+        """After a connection: how long it was up, its close code, what happened and at which log level."""
         closed = conn.ws.closed
         code = closed.code if closed is not None else None
         reason = (closed.reason or "") if closed is not None else ""
@@ -2360,23 +3733,28 @@ class Agent:
         if code == CLOSE_REVOKED:
             raise AgentStop(f"{self.server} revoked this agent's key ({detail}); get a new secret with /newkey, "
                             "set AGENT_SECRET and restart; stopping")
-        level = logging.INFO if code in (1000, 1001, 4001) else logging.WARNING
+        level = logging.INFO if code in (1000, 1001, 1012, 4001) else logging.WARNING
         if conn.dropped_because:
-            detail, level = conn.dropped_because, logging.WARNING
+            # The agent closed it (its own close says 1000): to Reconnect, a connection gone without a close frame.
+            detail, level, code = conn.dropped_because, logging.WARNING, None
         discarded = self.link.closed(code)
         if discarded is not None:
             log.error("the server refused samples %s..%d %d times in a row; dropped those %d samples (the server "
                       "will be told how many)", discarded.first, discarded.last, discarded.strikes, discarded.count)
         up_for = None if conn.up_since is None else trio.current_time() - conn.up_since
-        return up_for, f"disconnected from {self.server}: {detail}", level
+        return Ended(up_for, code, f"disconnected from {self.server}: {detail}", level)
 
     async def _serve(self, conn: _Connection) -> None:
         self.link.connected()
-        self._snapshots_due = dict(self._snapshots)  # the server keeps the latest; a new connection gets it again
         await self.refresh_facts()  # disks come and go
+        if "inventory" in self._facts:  # the hello carries it: no snapshot of it needed on this connection
+            self._snapshots.pop("inventory", None)
+            conn.snapshots_sent["inventory"] = json.dumps([self._facts["inventory"]], separators=(",", ":"),
+                                                          sort_keys=True)
         await conn.ws.send_message(json.dumps(self.hello(), separators=(",", ":")))
         async with trio.open_nursery() as nursery:
             # Either task ending (connection closed, timeout) ends the connection.
+            conn.tasks = nursery
             nursery.start_soon(self._receiver, conn, nursery.cancel_scope)
             nursery.start_soon(self._sender, conn, nursery.cancel_scope)
             nursery.start_soon(self._keepalive, conn, nursery.cancel_scope)
@@ -2413,13 +3791,13 @@ class Agent:
                     await self._to_thread(link.report_loss)
                 # All of these are sent, in order (even if the spool evicts some meanwhile), or the connection ends.
                 sent_any = False
-                while self._snapshots_due:
-                    kind = next(iter(self._snapshots_due))
-                    await ws.send_message(self._snapshots_due.pop(kind))
-                    sent_any = True
                 for frame, last_seq in link.frames():
                     await ws.send_message(frame)
                     link.sent(last_seq)
+                    sent_any = True
+                for kind, items_json, frame in self._unsent_snapshots(conn):
+                    await ws.send_message(frame)
+                    conn.snapshots_sent[kind] = items_json
                     sent_any = True
                 if not sent_any:
                     await new_sample.wait()
@@ -2437,6 +3815,15 @@ class Agent:
                         conn.hello_acked.set()
                 elif isinstance(event, CommandRequest):
                     await self._on_command(conn, event)
+                elif isinstance(event, (SpeedTestRequest, SpeedTestEnd, Binary)):
+                    await self._on_speedtest(conn, event)
+                elif isinstance(event, CheckList):
+                    for why in event.skipped:
+                        self._note_server_noise("not running a check the server sent: %s", why)
+                    if {s.name: s for s in event.checks} != self.checks.specs:
+                        log.info("checks from the server: %d (%s)", len(event.checks),
+                                 ", ".join(s.name for s in event.checks[:5]) or "none")
+                    self.checks.set_checks(event.checks)
                 elif isinstance(event, ServerError):
                     conn.last_error = event.text
                     self._note_server_noise("server error %s", event.text)
@@ -2461,6 +3848,40 @@ class Agent:
                 return
         except trio_websocket.ConnectionClosed:
             done.cancel()
+
+    async def _on_speedtest(self, conn: _Connection, event: "SpeedTestRequest | SpeedTestEnd | Binary") -> None:
+        """The speed test (docs/protocol.md): count a download's bytes and say how many; send an upload."""
+        if isinstance(event, Binary):
+            if conn.download is not None:
+                conn.download[1] += event.size
+            else:
+                self._note_server_noise("ignoring a binary frame of %d bytes from the server", event.size)
+        elif isinstance(event, SpeedTestEnd):
+            if conn.download is not None and conn.download[0] == event.test_id:
+                test_id, received = conn.download
+                conn.download = None
+                await conn.ws.send_message(json.dumps({"type": "speedtest", "id": test_id, "bytes": received}))
+        elif event.direction == "down":
+            conn.download = [event.test_id, 0]
+        elif trio.current_time() - self._last_upload < SPEEDTEST_UPLOAD_EVERY or conn.tasks is None:
+            self._note_server_noise("the server asked for a speed test upload within %g s of the last; refused",
+                                    SPEEDTEST_UPLOAD_EVERY)
+            await conn.ws.send_message(json.dumps({"type": "speedtest", "id": event.test_id, "bytes": 0}))
+        else:
+            self._last_upload = trio.current_time()
+            conn.tasks.start_soon(self._upload, conn, event)
+
+    async def _upload(self, conn: _Connection, request: "SpeedTestRequest") -> None:
+        chunk = os.urandom(SPEEDTEST_CHUNK)  # random: nothing on the way can compress it
+        sent, deadline = 0, trio.current_time() + request.seconds
+        try:
+            while sent + len(chunk) <= request.max_bytes and trio.current_time() < deadline:
+                await conn.ws.send_message(chunk)  # samples interleave: the socket's lock is fair
+                sent += len(chunk)
+            await conn.ws.send_message(json.dumps({"type": "speedtest", "id": request.test_id, "bytes": sent}))
+        except trio_websocket.ConnectionClosed:
+            pass
+        log.info("speed test: sent %d bytes to the server (for up to %g s)", sent, request.seconds)
 
     def _note_server_noise(self, message: str, *args: Any) -> None:
         """Log something the server sent that the agent did not act on, thinned out (Repeats): a server that sends
@@ -2536,7 +3957,8 @@ async def run_agent(config: AgentConfig, collector: Optional[Collector] = None) 
                 log.info("spool %s: new, epoch %d", spool.path, spool.epoch)
         own = collector is None
         if collector is None:
-            collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+            collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every,
+                                                                        processes=config.processes))
         try:
             agent = Agent(config, collector, spool)
             await agent.refresh_facts()
@@ -2575,7 +3997,8 @@ def _check() -> int:
     try:
         time.sleep(1.0)
         report: Dict[str, Any] = {"agent": __version__, "host": collector.host_facts(),
-                                  "metrics": collector.collect()}
+                                  "metrics": collector.collect(),
+                                  "snapshots": {kind: items for kind, (_, items) in collector.snapshots().items()}}
     finally:
         collector.close()
     path, line = find_container_socket(os.environ.get("AGENT_CONTAINER_SOCKET", "").strip() or None, os.environ)
@@ -2591,6 +4014,44 @@ def _check() -> int:
         finally:
             watcher.close()
     print(json.dumps(report, indent=2, sort_keys=True))
+    return 0
+
+
+def _check_failure(server: str, exc: BaseException, timeout: float) -> Optional[str]:
+    """One line saying why --check-connection failed; None for what is not a connection failure (a bug)."""
+    errors = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    exc = errors[0] if errors else exc
+    if isinstance(exc, AgentStop):
+        return _one_line(str(exc))
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        if exc.status_code == 401:
+            return (f"secret rejected by {server} (HTTP 401): check AGENT_SECRET (a new one comes from the bot's "
+                    "/newkey command)")
+        return f"{server} refused the connection: HTTP {exc.status_code}"
+    if isinstance(exc, trio.TooSlowError):
+        return f"cannot connect to {server}: no answer within {timeout:g} s"
+    if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.HandshakeError,
+                        trio_websocket.ConnectionClosed, ssl.SSLError)):
+        return _one_line(f"cannot connect to {server}: {_describe(exc)}")
+    return None
+
+
+async def _check_connection(config: AgentConfig) -> int:
+    collector = await trio.to_thread.run_sync(lambda: Collector(temps_every=config.temps_every))
+    try:
+        agent = Agent(config, collector)
+        await agent.refresh_facts()
+        try:
+            await agent.check_connection()
+        except BaseException as exc:
+            problem = _check_failure(agent.server, exc, config.connect_timeout + config.ack_timeout)
+            if problem is None:
+                raise
+            print(f"mbot agent: {problem}", file=sys.stderr)
+            return 1
+    finally:
+        collector.close()
+    print(f"mbot agent: connected to {agent.server}; the server accepted this agent's secret and hello")
     return 0
 
 
@@ -2714,6 +4175,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--version", action="version", version=f"mbot agent {__version__}")
     parser.add_argument("--check", action="store_true",
                         help="collect one sample, print it (what would be sent) and exit; sends nothing")
+    parser.add_argument("--check-connection", action="store_true",
+                        help="connect to the server once with these settings, send the hello, wait for its answer "
+                             "and exit: 0 when it accepted the agent, 1 (with the reason) when not; sends no "
+                             "samples")
     parser.add_argument("--install-systemd", action="store_true",
                         help="write a systemd unit for this file and its settings (as root), or print what to run")
     parser.add_argument("--systemd-dir", default="/etc/systemd/system", help=argparse.SUPPRESS)
@@ -2765,6 +4230,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     host_proc = os.environ.get("AGENT_HOST_PROC", "").strip()
     if host_proc and hasattr(psutil, "PROCFS_PATH"):
         psutil.PROCFS_PATH = host_proc
+    if args.check_connection:
+        try:
+            return trio.run(_check_connection, config)
+        except KeyboardInterrupt:
+            return 1
     try:
         return trio.run(_run_until_signal, config)
     except KeyboardInterrupt:

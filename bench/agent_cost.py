@@ -2,7 +2,13 @@
 
     .venv/bin/python bench/agent_cost.py                  # 2 minutes at the default 5 s interval
     .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
+    .venv/bin/python bench/agent_cost.py --no-processes      # AGENT_PROCESSES=0: without the process list
+    .venv/bin/python bench/agent_cost.py --services 150   # systemd services from the test fake of systemctl
     .venv/bin/python bench/agent_cost.py --containers /tmp/podman.sock   # with container collection on
+
+--services N puts tests/fakes/systemctl first on PATH with N running units (3 of them failed), so that the agent
+sends `services` snapshots; the CPU of the systemctl processes it starts is shown apart (the fake is a Python
+script, dearer than the real systemctl). The inventory's size (what each hello carries) is measured in this process.
 
 Runs the real server and the real agent (agent/mbot_agent.py) as separate processes over real TLS. CPU is measured
 from the agent's own counters between the first committed sample and the end (so start-up is not counted), and
@@ -75,7 +81,10 @@ def main() -> None:
                              "containers, first polls inspect every one: ~130 s for 50)")
     parser.add_argument("--containers", default="off", metavar="SOCKET",
                         help="AGENT_CONTAINER_SOCKET: a Docker/Podman socket to watch (default: off)")
+    parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
+    parser.add_argument("--services", type=int, default=0, help="fake systemd units (0: the host's own systemctl)")
     args = parser.parse_args()
+    print(f"inventory in each hello: {inventory_bytes()} bytes (JSON)")
 
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
     db = data / "mbot.sqlite3"
@@ -96,7 +105,14 @@ def main() -> None:
     work.mkdir()
     agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
                  "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
-                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"), "AGENT_CONTAINER_SOCKET": args.containers}
+                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"),
+                 "AGENT_PROCESSES": "0" if args.no_processes else "1", "AGENT_CONTAINER_SOCKET": args.containers}
+    if args.services:
+        units = [{"unit": f"unit{i}.service", "active": "failed" if i < 3 else "active",
+                  "sub": "failed" if i < 3 else "running", "since_mono": 1_000_000} for i in range(args.services)]
+        (work / "units.json").write_text(json.dumps(units))
+        agent_env.update(PATH=f"{ROOT / 'tests' / 'fakes'}{os.pathsep}{os.environ.get('PATH', '')}",
+                         FAKE_SYSTEMCTL_STATE=str(work / "units.json"))
     agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
@@ -120,8 +136,10 @@ def main() -> None:
         server.wait(10)
     floor = floor_rss()
     cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    children = (cpu1.children_user + cpu1.children_system) - (cpu0.children_user + cpu0.children_system)
     samples = count1 - count0
-    print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples}")
+    print(f"interval={args.interval:g}s window={elapsed:.0f}s samples={samples} "
+          f"process list {'off' if args.no_processes else 'on'} ({len(psutil.pids())} processes on this host)")
     print(f"agent RSS {rss / 2**20:.1f} MiB; floor (import psutil, trio, trio_websocket) {floor / 2**20:.1f} MiB; "
           f"ratio {rss / floor:.2f}x (target <= 1.2x)")
     print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "
@@ -130,6 +148,35 @@ def main() -> None:
     print(f"server: {series} series per sample ({args.containers != 'off' and 'containers on' or 'containers off'});"
           f" raw rows grow {per_sample:.0f} B per sample = {per_sample * 86400 / args.interval / 2**20:.1f} MiB per "
           "host per day before rollup")
+    print(f"processes the agent ran (systemctl): {children * 1000 / max(samples, 1):.2f} ms per sample = "
+          f"{children / elapsed * 100:.3f} % of one core")
+    services = snapshot_size(db, "services")
+    if services is not None:
+        print(f"latest services snapshot: {services} bytes stored")
+
+
+def inventory_bytes() -> int:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mbot_agent", ROOT / "agent" / "mbot_agent.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mbot_agent"] = module
+    spec.loader.exec_module(module)
+    collector = module.Collector()
+    try:
+        return len(json.dumps(collector.inventory(), separators=(",", ":")))
+    finally:
+        collector.close()
+
+
+def snapshot_size(db: Path, kind: str) -> int | None:
+    conn = store.connect(db, readonly=True)
+    try:
+        row = conn.execute("SELECT length(items) FROM snapshots WHERE kind = ?", (kind,)).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else row[0]
 
 
 if __name__ == "__main__":

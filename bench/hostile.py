@@ -51,7 +51,7 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mbot import service, store  # noqa: E402
+from mbot import service, store, tls  # noqa: E402
 
 SERVER = "127.0.0.1"
 ATTACK_ADDRESSES = [f"127.0.0.{i}" for i in range(2, 251)]  # never the good clients' 127.0.0.1
@@ -761,6 +761,7 @@ async def run(args: argparse.Namespace) -> None:
         args.idle = max(0, hard - 500)
         print(f"open-files limit {hard}: --idle lowered to {args.idle}")
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-hostile-"))
+    tls.ensure_certificate(data, ["127.0.0.1"])  # before the hosts, as newkey does: the server refuses to replace it
     conn = store.connect(data / "mbot.sqlite3")
     with conn:
         conn.execute("BEGIN IMMEDIATE")

@@ -28,7 +28,7 @@ import trio_websocket
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mbot import service, store  # noqa: E402
+from mbot import service, store, tls  # noqa: E402
 
 
 def metrics(rng: random.Random) -> dict:
@@ -123,6 +123,7 @@ def percentile(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace) -> None:
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-"))
+    tls.ensure_certificate(data, ["127.0.0.1"])  # before the hosts, as newkey does: the server refuses to replace it
     conn = store.connect(data / "mbot.sqlite3")
     with conn:
         conn.execute("BEGIN IMMEDIATE")

@@ -179,6 +179,12 @@ FINGERPRINT=$(sed -n 's/^AGENT_FINGERPRINT=//p' "$WORK/newkey.out")
 SERVER=$(sed -n 's/^AGENT_SERVER_IP=//p' "$WORK/newkey.out")
 [ -n "$SECRET" ] && [ -n "$FINGERPRINT" ] || fail "newkey printed no AGENT_SECRET / AGENT_FINGERPRINT"
 [ "$SERVER" = 127.0.0.1 ] || fail "newkey says AGENT_SERVER_IP=$SERVER, not MBOT_PUBLIC_HOST (127.0.0.1)"
+# The one-liner's curl part fetches the install script from the image (it names port 8000, the container's own:
+# --connect-to sends it to the published port).
+LINE=$(grep '^curl .* | sudo sh -s -- ' "$WORK/newkey.out") || fail "newkey printed no one-line install"
+sh -c "${LINE%% | *} --connect-to ::127.0.0.1:$PORT" >"$WORK/install.sh" 2>"$WORK/curl.err" \
+    || { cat "$WORK/curl.err" >&2; fail "the one-liner's curl cannot fetch /install from the image"; }
+grep -qx "FINGERPRINT='$FINGERPRINT'" "$WORK/install.sh" || fail "/install from the image is not the install script"
 
 samples() {  # the number of samples the server has stored for box1
     podman exec "$NAME" python -m mbot hosts --json 2>"$WORK/hosts.err" | "$PY" -c '

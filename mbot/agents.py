@@ -9,6 +9,9 @@ evicted first), so idle or silent sockets cannot take the file descriptors real 
 SampleBudget bounds what it may send, and the writer bounds the new series names it may introduce; a host over a
 limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
 flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
+
+The port also answers two plain HTTPS GETs, /install and /agent.py (the one-line install, mbot/install.py): the first
+request's head is read here (bounded like the handshake) and either answered or replayed to trio-websocket.
 """
 from __future__ import annotations
 
@@ -23,12 +26,17 @@ from typing import Any, Callable
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from . import limits, protocol, store
+from . import install, limits, protocol, store
 from .listening import serve_tcp
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
-from .protocol import Hello, Result, Snapshot
-from .session import Action, AgentSession, Close, Ignore, StoreSamples
+from .linkquality import LinkPolicy
+from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
+from .protocol import Hello, Result, Snapshot, SpeedReport
+from .session import Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
+from .speedtest import Throughput
+from . import checks, speedtest
+from .checks import CheckSpec
 from .store import Database
 from .writer import LimitExceeded, Writer
 
@@ -77,6 +85,13 @@ class _Awaited:
     result: Result | None = None
 
 
+@dataclass
+class _AwaitedSpeed:
+    done: trio.Event = field(default_factory=trio.Event)
+    report: SpeedReport | None = None
+    at: float = 0.0  # when it came (trio clock)
+
+
 class AgentConnection:
     """One authenticated agent: the driver of its AgentSession (mbot/session.py), which decides; this class reads
     frames, performs what the session says (writer, socket, logs) and sends the coalesced acks after commits."""
@@ -89,8 +104,14 @@ class AgentConnection:
         self._hub = hub
         self.session = AgentSession(now=trio.current_time(),
                                     sample_budget=lambda interval: hub.budget(host, interval),
-                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval))
+                                    snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
+                                    link=hub.link_policy)
         self._ack_wanted = trio.Event()
+        self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
+        self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
+        self._speed_awaiting: dict[str, _AwaitedSpeed] = {}
+        self._uploaded = 0  # bytes of the speed test's upload under way, counted here
+        self._uploaded_at = 0.0  # when its last frame came
         self._awaiting: dict[str, _Awaited] = {}
         self._closing = False
         self._closed = trio.Event()
@@ -104,6 +125,7 @@ class AgentConnection:
     async def serve(self) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_acks)
+            nursery.start_soon(self._probe_link, nursery)
             with self._receiving:
                 await self._receive()
             if self._store_failure is not None:
@@ -140,11 +162,20 @@ class AgentConnection:
             self._hub.log(self.host.id, logging.INFO, "agent %s connected from %s (agent %r, %r)", self.host.name,
                           self.peer, action.agent_version, action.facts.get("os") or "unknown OS")
             await self.ws.send_message(self.session.hello_stored(committed))
+            await self.send_checks()
         elif isinstance(action, Result):
             awaited = self._awaiting.get(action.command_id)
             if awaited is not None:
                 awaited.result = action
                 awaited.done.set()
+        elif isinstance(action, UploadBytes):
+            self._uploaded += action.count
+            self._uploaded_at = trio.current_time()
+        elif isinstance(action, SpeedReport):
+            awaited_speed = self._speed_awaiting.get(action.test_id)
+            if awaited_speed is not None:
+                awaited_speed.report, awaited_speed.at = action, trio.current_time()
+                awaited_speed.done.set()
         elif isinstance(action, Ignore):
             self._hub.log((action.what, self.host.id), logging.WARNING, "agent %s sent %s", self.host.name,
                           action.why)
@@ -190,6 +221,16 @@ class AgentConnection:
                 return
             await self.ws.aclose(close.code, close.reason[:120])
 
+    async def send_checks(self) -> None:
+        """The host's checks (mbot/checks.py), to an agent that runs them: after the hello's ack, and whenever they
+        change (an empty list stops them). An agent without the capability gets nothing (/check says to update)."""
+        if self.hello is None or checks.CAPABILITY not in self.hello.capabilities:
+            return
+        try:
+            await self.ws.send_message(checks.frame(self._hub.check_specs.get(self.host.id, [])))
+        except ConnectionClosed:
+            pass
+
     async def run_command(self, action: str, timeout: float) -> Result | None:
         """Send a command and wait for its result; None when the agent did not answer in time."""
         command_id = secrets.token_hex(8)
@@ -205,6 +246,137 @@ class AgentConnection:
             self.session.command_ended(command_id)
             self._awaiting.pop(command_id, None)
         return awaited.result
+
+    async def _probe_link(self, nursery: trio.Nursery) -> None:
+        """Measure the round trip now and then; the session's LinkProbe decides when and what it means. One ping in
+        flight at most: an unanswered one is awaited (and counted lost each period) rather than joined by more."""
+        link = self.session.link
+        while True:
+            await trio.sleep_until(link.next_at)
+            if self._speed_awaiting:
+                link.skip(trio.current_time())
+                continue
+            times: list[float] = []
+            nursery.start_soon(self._ping, times)
+            deadline = link.sent(trio.current_time())
+            while len(times) < 2:
+                with trio.move_on_at(deadline):
+                    while len(times) < 2:
+                        await self._pong.wait()
+                if len(times) < 2:
+                    deadline = link.overdue(trio.current_time())
+            link.answered(times[0], times[1])
+
+    async def _ping(self, times: list[float]) -> None:
+        # The payload is unpredictable, so no pong can come before the agent has read this ping.
+        times.append(trio.current_time())
+        try:
+            await self.ws.ping(secrets.token_bytes(8))
+        except ConnectionClosed:
+            return  # the receive loop ends the connection
+        times.append(trio.current_time())
+        self._pong.set()
+        self._pong = trio.Event()
+
+    async def stability(self, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """The stability test (mbot/stability.py): a ping every interval, each in its own task, `run` keeping the
+        score; progress(run, now) every progress_every seconds. Ends early if the connection goes."""
+        async with trio.open_nursery() as probes:
+            next_progress = run.start + progress_every
+            for i in range(run.spec.count):
+                await trio.sleep_until(run.due(i))
+                if self.ws.closed is not None:
+                    break
+                if run.slot(i):
+                    probes.start_soon(self._stability_ping, run, i)
+                now = trio.current_time()
+                if now >= next_progress:
+                    progress(run, now)
+                    next_progress = now + progress_every
+            run.end(trio.current_time())
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                while run.in_flight:
+                    await self._stability_settled.wait()
+            probes.cancel_scope.cancel()
+
+    async def _stability_ping(self, run: StabilityRun, i: int) -> None:
+        payload = secrets.token_bytes(8)
+        sent = trio.current_time()
+        answered = False
+        try:
+            with trio.move_on_after(STABILITY_TIMEOUT):
+                await self.ws.ping(payload)
+                answered = True
+        except (ConnectionClosed, ValueError):  # ValueError: the same 8 random bytes twice in flight
+            pass
+        finally:
+            if answered:
+                run.answered(i, sent, trio.current_time())
+            else:
+                run.given_up(i)
+                # trio-websocket keeps a ping's payload until a pong comes (0.12: WebSocketConnection._pings):
+                # one the agent never answers would stay for the life of the connection.
+                pings = getattr(self.ws, "_pings", None)
+                if isinstance(pings, dict):
+                    pings.pop(payload, None)
+            self._stability_settled.set()
+            self._stability_settled = trio.Event()
+
+    async def speedtest(self, seconds: float, max_bytes: int) -> tuple[Throughput | None, Throughput | None]:
+        """Download, then upload (mbot/speedtest.py); None for a direction the agent did not answer."""
+        down = await self._speed_down(seconds, max_bytes)
+        up = await self._speed_up(seconds, max_bytes)
+        values = speedtest.metrics(down, up)
+        if values:
+            self.session.fold_once("speed", values)
+        return down, up
+
+    async def _speed_down(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self.session.speed_started(test_id)
+        chunk = secrets.token_bytes(speedtest.CHUNK)  # random: nothing on the way can compress it
+        sent = 0
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "down", seconds, max_bytes))
+            started = trio.current_time()
+            # Each send waits for TCP to take the frame: the pace is the path's. Other connections run between.
+            while sent + len(chunk) <= max_bytes and trio.current_time() - started < seconds:
+                await self.ws.send_message(chunk)
+                sent += len(chunk)
+            await self.ws.send_message(speedtest.end(test_id))
+            with trio.move_on_after(speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None:
+            return None
+        # What it says it got, never more than was sent; over the server's own time up to its answer.
+        return Throughput("down", min(awaited.report.bytes, sent), awaited.at - started)
+
+    async def _speed_up(self, seconds: float, max_bytes: int) -> Throughput | None:
+        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
+        self._speed_awaiting[test_id] = awaited
+        self._uploaded = 0
+        self.session.speed_started(test_id, upload_bytes=max_bytes)
+        try:
+            await self.ws.send_message(speedtest.start(test_id, "up", seconds, max_bytes))
+            started = trio.current_time()
+            with trio.move_on_after(seconds + speedtest.ANSWER_TIMEOUT):
+                await awaited.done.wait()
+        except ConnectionClosed:
+            return None
+        finally:
+            self.session.speed_ended(test_id)
+            self._speed_awaiting.pop(test_id, None)
+        if awaited.report is None or not self._uploaded:
+            return None
+        # The bytes counted here, over the server's own time from its request to the last of them.
+        return Throughput("up", self._uploaded, self._uploaded_at - started)
 
     def _on_commit(self, seq: int) -> None:
         if self.session.committed(seq):
@@ -244,7 +416,17 @@ class AgentHub:
         self._limit_told: dict[tuple[int, str], float] = {}
         self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
         self.connections: dict[int, AgentConnection] = {}
+        self.downloads: install.Downloads | None = None  # what GET /install and /agent.py serve (set by the app)
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
+        self._closing = False  # close_all() has begun: the server is stopping
+        self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
+        self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
+        self.speed_busy = False  # one speed test at a time per server (set and cleared by the bot)
+        self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)
+        # Checks from the host (mbot/checks.py, mbot/checksync.py keeps these): each host's checks, and who to
+        # wake when the bot changed them.
+        self.check_specs: dict[int, list[CheckSpec]] = {}
+        self.on_checks_changed: Callable[[], None] | None = None
 
     # --- limits ----------------------------------------------------------------------------------------------
 
@@ -330,17 +512,48 @@ class AgentHub:
             raise LookupError(host_id)
         return await connection.run_command(action, timeout)
 
+    async def stability(self, host_id: int, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None:
+        """Run a stability test on a connected agent (the caller took its place in stability_budget). Raises
+        LookupError when the host is not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        await connection.stability(run, progress, progress_every)
+
+    async def speedtest(self, host_id: int) -> tuple[Throughput | None, Throughput | None]:
+        """Run a speed test on a connected agent (the caller set speed_busy). LookupError: not connected."""
+        connection = self.connections.get(host_id)
+        if connection is None:
+            raise LookupError(host_id)
+        return await connection.speedtest(self.speed_seconds, speedtest.MAX_BYTES)
+
+    async def send_checks(self, host_id: int) -> None:
+        connection = self.connections.get(host_id)
+        if connection is not None:
+            await connection.send_checks()
+
+    def checks_changed(self) -> None:
+        if self.on_checks_changed is not None:
+            self.on_checks_changed()
+
     async def disconnect(self, host_id: int, code: int, reason: str) -> None:
         connection = self.connections.get(host_id)
         if connection is not None:
             await connection.close(code, reason)
 
     async def close_all(self, code: int, reason: str) -> None:
+        """Close every agent (shutdown); from now on new connections are dropped at once, so that an agent that
+        reconnects within a second finds the door shut rather than a server about to vanish under it."""
+        self._closing = True
         async with trio.open_nursery() as nursery:
             for connection in list(self.connections.values()):
                 nursery.start_soon(connection.close, code, reason)
 
     async def _handle(self, tcp: trio.SocketStream) -> None:
+        if self._closing:
+            await trio.aclose_forcefully(tcp)
+            return
         address, peer = _peer(tcp)
         token = object()
         evict = self.gate.admit(token, address)
@@ -389,8 +602,13 @@ class AgentHub:
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True, https_compatible=True)
             tls.append(stream)
             await stream.do_handshake()
+            stage = "HTTP request"
+            head, decision = await _read_head(stream)
+            if isinstance(decision, (install.Download, install.TooLarge)):
+                await self._answer(stream, decision, address, peer)
+                return
             stage = "WebSocket handshake"
-            request = await wrap_server_stream(nursery, stream, max_message_size=limits.MAX_FRAME_BYTES)
+            request = await wrap_server_stream(nursery, _Replay(stream, head), max_message_size=limits.MAX_FRAME_BYTES)
             host = await self._authenticate(request, address, peer)
         if preauth.cancelled_caught:
             self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
@@ -419,6 +637,19 @@ class AgentHub:
                 del self.connections[host.id]
                 self._notify_change()
 
+    async def _answer(self, stream: trio.abc.Stream, decision: install.Download | install.TooLarge, address: str,
+                      peer: str) -> None:
+        """A GET of the installer or the agent file (or a head too large to be anything): answer it and close.
+        Still inside the connection's handshake deadline and its place in the pre-auth gate."""
+        status, response = install.answer(decision, self.downloads)
+        if isinstance(decision, install.TooLarge):
+            self.log(("head", address), logging.INFO, "connection from %s: request head over %d bytes; answered 431",
+                     peer, install.MAX_HEAD)
+        else:
+            self.log(("get", address), logging.INFO, "%s %s from %s: %d", "HEAD" if decision.head_only else "GET",
+                     decision.path, peer, status)
+        await stream.send_all(response)
+
     async def _authenticate(self, request: WebSocketRequest, address: str, peer: str) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:
             self.log(("path", address), logging.INFO, "rejected connection from %s: unknown path %r", peer,
@@ -439,6 +670,62 @@ class AgentHub:
             return None
         self._throttle.succeeded(address)
         return host
+
+
+async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, install.Decision]:
+    """The first request's head (what was read of it, and what it is), bounded by install.MAX_HEAD; the caller's
+    deadline bounds the time. A peer that closes first is a failed connection like any other."""
+    sniffer = install.RequestSniffer()
+    head = b""
+    while True:
+        data = bytes(await stream.receive_some(install.MAX_HEAD))
+        if not data:
+            raise trio.BrokenResourceError("the peer closed the connection before sending a request")
+        head += data
+        decision = sniffer.receive(data)
+        if not isinstance(decision, install.NeedMore):
+            return head, decision
+
+
+class _Replay(trio.abc.Stream):
+    """A stream that first gives back bytes already read from it: trio-websocket reads the request head again."""
+
+    def __init__(self, stream: trio.abc.Stream, pending: bytes) -> None:
+        self._stream = stream
+        self._pending = pending
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def load_downloads(endpoint: install.Endpoint) -> install.Downloads:
+    """Read what /install and /agent.py serve (blocking: call it in a thread). A file that is missing is served as
+    404, with one warning here."""
+    try:
+        template: str | None = install.SCRIPT_FILE.read_text(encoding="utf-8")
+    except OSError as exc:
+        log.warning("cannot read the install script %s (/install answers 404): %s", install.SCRIPT_FILE, exc)
+        template = None
+    try:
+        agent: bytes | None = install.AGENT_FILE.read_bytes()
+    except OSError as exc:
+        log.warning("cannot read the agent file %s (/agent.py answers 404): %s", install.AGENT_FILE, exc)
+        agent = None
+    return install.Downloads(endpoint, template, agent)
 
 
 async def _close_quietly(stream: trio.abc.AsyncResource) -> None:

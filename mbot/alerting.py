@@ -15,14 +15,15 @@ import logging
 import math
 import sqlite3
 import time
-from typing import Any, Callable
+from datetime import timezone, tzinfo
+from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
-from . import alerts, store
-from .alerts import AlertEngine, AlertRule, Event, OfflineRule
+from . import alerts, members, store
+from .alerts import AlertEngine, AlertRule, Event, HostEvent, OfflineRule, ServerDown
 from .telegram import alert_text
-from .protocol import Hello, Sample
+from .protocol import Hello, Sample, Snapshot
 from .store import Database
 from .writer import Writer
 
@@ -36,9 +37,18 @@ SAVE_EVERY = 5.0  # seconds between snapshot writes at most: a large one costs m
 # per container per sample.
 STATE_BURST = 3
 STATE_EVERY = 60.0
+# The server's last sign of life, for the next start to know how long it was down (ServerDown): written at start,
+# every HEARTBEAT_EVERY seconds, and at a clean shutdown. A crash is thus placed within a minute.
+HEARTBEAT_KEY = "server.heartbeat"
+HEARTBEAT_EVERY = 60.0
 
-# Where a message goes: (owner's chat id, HTML text, the event).
-Notify = Callable[[int, str, Event], None]
+
+
+class Notify(Protocol):
+    """Where a message goes: (owner's chat id, HTML text, the event); `group`: the events a grouped message
+    (alert_text.grouped) says, `event` being its first."""
+
+    def __call__(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = ..., /) -> None: ...
 
 
 # --- rules in sqlite (the writer's and the readers' connections) ------------------------------------------------
@@ -62,9 +72,30 @@ def delete_rule(conn: sqlite3.Connection, host_id: int, metric: str) -> bool:
 
 
 def _load_state(conn: sqlite3.Connection) -> tuple[list[AlertRule | OfflineRule], dict[str, Any] | None,
-                                                    list[store.Host]]:
+                                                    list[store.Host], float | None]:
     snapshot = store.get_kv(conn, SNAPSHOT_KEY)
-    return load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn)
+    heartbeat = store.get_kv(conn, HEARTBEAT_KEY)
+    return (load_rules(conn), json.loads(snapshot) if snapshot else None, store.list_hosts(conn),
+            _number(heartbeat))
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _member_snapshots(conn: sqlite3.Connection, host_ids: set[int]) -> dict[tuple[int, str], list[dict[str, Any]]]:
+    """The latest snapshot of each member kind (services ...) of these hosts, for member rules (mbot.members)."""
+    found = {}
+    for host_id in host_ids:
+        for kind in members.SNAPSHOT_KINDS:
+            latest = store.latest_snapshot(conn, host_id, kind)
+            if latest is not None:
+                found[host_id, kind] = latest.items
+    return found
 
 
 def _hosts_by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, store.Host | None]:
@@ -75,18 +106,26 @@ class Alerting:
     """Owns the engine. `run()` lives in the app's nursery; everything else is called from the trio thread."""
 
     def __init__(self, db: Database, writer: Writer, *, repeat: float = 3600.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, reboot_grace: float = 600.0,
+                 tz: tzinfo = timezone.utc) -> None:
         self._db = db
         self._writer = writer
         self._repeat = repeat
         self._clock = clock
+        self._reboot_grace = reboot_grace
+        self._tz = tz
+        self._reports: list[ServerDown] = []  # said per owner, not per host
         self.engine = AlertEngine(repeat=repeat, now=clock())
-        self._outgoing: list[Event] = []  # events waiting for their host's name and owner (read from the store)
+        self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
         self._wake = trio.Event()
         self._dirty = False
-        self._held: dict[int, list[Event]] = {}  # host -> its state alert events waiting for their turn
+        self._held: dict[int, list[HostEvent]] = {}  # host -> its state alert events waiting for their turn
         self._state_credit: dict[int, tuple[float, float]] = {}  # host -> (deliveries it may make, as of when)
+        # Member alerts (mbot.members): the latest snapshot of each member kind per host, and the state codes of
+        # the members a host's rules watch, added to each of its samples (only hosts with such rules have codes).
+        self._member_items: dict[tuple[int, str], Sequence[dict[str, Any]]] = {}
+        self._member_codes: dict[int, dict[str, float]] = {}
 
     def set_notify(self, notify: Notify) -> None:
         self._notify = notify
@@ -96,7 +135,7 @@ class Alerting:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        rules, snapshot, hosts = await self._db.read(_load_state)
+        rules, snapshot, hosts, heartbeat = await self._db.read(_load_state)
         now = self._clock()
         ids = [h.id for h in hosts if h.revoked is None]
         if snapshot is not None:
@@ -107,17 +146,23 @@ class Alerting:
             # A host that never connected is not "offline": its agent is simply not installed yet.
             if host.revoked is None and host.last_seen is not None:
                 self.engine.add_host(host.id, last_seen=host.last_seen, interval=host.interval)
+        if heartbeat is not None:
+            self.engine.server_was_down(heartbeat, now)
+        await self._heartbeat()
+        next_heartbeat = self._clock() + HEARTBEAT_EVERY
         self._writer.listeners.append(self)
+        self._writer.snapshot_state_listeners.append(self)
+        await self._load_members({r.host_id for r in rules if isinstance(r, AlertRule) and members.member_of(r.metric)})
         task_status.started()
         last_save = -math.inf
         failures = 0
         try:
             while True:
                 deadline = self.engine.next_deadline()
+                deadline = next_heartbeat if deadline is None else min(deadline, next_heartbeat)
                 if self._held:
-                    release = min(self._state_release(host) for host in self._held)
-                    deadline = release if deadline is None else min(deadline, release)
-                wait = math.inf if deadline is None else max(0.0, deadline - self._clock())
+                    deadline = min(deadline, min(self._state_release(host) for host in self._held))
+                wait = max(0.0, deadline - self._clock())
                 if failures:
                     # A tick that raised will likely raise again at the same deadline: back off, stay alive.
                     wait = max(wait, min(2.0 ** failures, 300.0))
@@ -132,18 +177,33 @@ class Alerting:
                     failures += 1
                 try:
                     await self._deliver()
+                    await self._deliver_reports()
                 except Exception as exc:  # the events wait for the next wake-up; the task goes on
                     self._writer.faults.isolated("alerting", "delivering alert messages", exc)
                     failures += 1
+                if self._clock() >= next_heartbeat:
+                    next_heartbeat = self._clock() + HEARTBEAT_EVERY
+                    try:
+                        await self._heartbeat()
+                    except Exception as exc:  # a missed beat only makes the next outage look a minute longer
+                        self._writer.faults.isolated("alerting", "the heartbeat", exc)
                 if self._dirty and self._clock() - last_save >= SAVE_EVERY:
                     await self._save()
                     last_save = self._clock()
         finally:
             self._writer.listeners.remove(self)
-            if self._dirty:
-                # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
-                with trio.move_on_after(5, shield=True):
+            self._writer.snapshot_state_listeners.remove(self)
+            # Bounded: if the writer is gone too, losing the last seconds of state beats hanging shutdown.
+            with trio.move_on_after(5, shield=True):
+                if self._dirty:
                     await self._save()
+                await self._heartbeat()
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._writer.call(store.set_kv, HEARTBEAT_KEY, repr(self._clock()))
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # closed, or cancelled with everything else
+            log.warning("heartbeat not saved: the writer is already closed")
 
     async def _save(self) -> None:
         self._dirty = False
@@ -156,15 +216,45 @@ class Alerting:
     # --- fed by the writer (CommitListener) -------------------------------------------------------------------
 
     def on_hello(self, host_id: int, hello: Hello) -> None:
-        self._emit(self.engine.host_seen(host_id, self._clock(), hello.interval))
+        self._emit(self.engine.host_seen(host_id, self._clock(), hello.interval, hello.facts.get("boot_time")))
 
     def on_samples(self, host_id: int, samples: list[Sample]) -> None:
         now = self._clock()
+        codes = self._member_codes.get(host_id)
         for sample in samples:
             try:
-                self._emit(self.engine.observe(host_id, sample.ts, sample.series, now))
+                series = {**sample.series, **codes} if codes else sample.series
+                self._emit(self.engine.observe(host_id, sample.ts, series, now))
             except Exception as exc:  # one sample the engine chokes on must not cost the others their alerts
                 self._writer.faults.isolated("alerting", f"sample {sample.seq} of host {host_id}", exc)
+
+    # --- member alerts (mbot.members) --------------------------------------------------------------------------
+
+    def on_snapshot_stored(self, host_id: int, snapshot: Snapshot) -> None:
+        if snapshot.kind in members.SNAPSHOT_KINDS:
+            self._member_items[host_id, snapshot.kind] = snapshot.items
+            self._update_codes(host_id)
+
+    def _update_codes(self, host_id: int) -> None:
+        watched = [r.metric for r in self.engine.rules(host_id)
+                   if isinstance(r, AlertRule) and members.member_of(r.metric)]
+        items = {kind: found for kind in members.SNAPSHOT_KINDS
+                 if (found := self._member_items.get((host_id, kind))) is not None}
+        codes = members.codes(watched, items)
+        if codes:
+            self._member_codes[host_id] = codes
+        else:
+            self._member_codes.pop(host_id, None)
+
+    async def _load_members(self, host_ids: set[int]) -> None:
+        """The latest member snapshots from the store, for hosts whose rules watch members and whose snapshots
+        have not arrived since this server started (agents send one only when the list changes)."""
+        missing = {h for h in host_ids if not any((h, kind) in self._member_items for kind in members.SNAPSHOT_KINDS)}
+        if missing:
+            for key, items in (await self._db.read(_member_snapshots, missing)).items():
+                self._member_items.setdefault(key, items)
+        for host_id in host_ids:
+            self._update_codes(host_id)
 
     # --- changes from users -----------------------------------------------------------------------------------
 
@@ -175,6 +265,8 @@ class Alerting:
     async def set_rule(self, rule: AlertRule | OfflineRule) -> None:
         await self._writer.call(save_rule, rule)
         self.engine.set_rule(rule)
+        if isinstance(rule, AlertRule) and members.member_of(rule.metric):
+            await self._load_members({rule.host_id})
         self._changed()
 
     async def delete_rule(self, host_id: int, metric: str) -> bool:
@@ -184,6 +276,7 @@ class Alerting:
             return True
         existed = await self._writer.call(delete_rule, host_id, metric)
         self.engine.delete_rule(host_id, metric)
+        self._update_codes(host_id)
         self._changed()
         return existed
 
@@ -191,9 +284,31 @@ class Alerting:
         self.engine.mute(host_id, until)
         self._changed()
 
+    def ack(self, host_id: int, metric: str, series: str) -> bool:
+        """The Ack button: no reminders for this firing alert until it resolves. False: it is not firing."""
+        done = self.engine.ack(host_id, metric, series)
+        if done:
+            self._changed()
+        return done
+
     def unmute(self, host_id: int) -> None:
         self._emit(self.engine.unmute(host_id, self._clock()))
         self._changed()
+
+    # --- power actions from the chat (a maintenance window, mbot.alerts.AlertEngine.expect_power) ----------------
+
+    def expect_power(self, host_id: int, action: str, boot_time: float | None) -> None:
+        """The user confirmed a reboot or shutdown: its silence is expected for MBOT_REBOOT_GRACE."""
+        self.engine.expect_power(host_id, action, self._clock(), self._reboot_grace, boot_time)
+        self._changed()
+
+    def cancel_power(self, host_id: int) -> None:
+        self.engine.cancel_power(host_id)
+        self._changed()
+
+    def power_states(self) -> dict[int, str]:
+        """Hosts with a power action under way or done (shut down): what the card and /hosts show when offline."""
+        return self.engine.power_states()
 
     # --- out -------------------------------------------------------------------------------------------------
 
@@ -204,7 +319,11 @@ class Alerting:
     def _emit(self, events: list[Event]) -> None:
         if not events:
             return
-        self._outgoing.extend(events)
+        for event in events:
+            if isinstance(event, ServerDown):
+                self._reports.append(event)
+            else:
+                self._outgoing.append(event)
         self._changed()  # wakes run(), which delivers them
 
     def _credit(self, host_id: int, now: float) -> float:
@@ -216,11 +335,11 @@ class Alerting:
         credit, at = self._state_credit[host_id]
         return at + max(0.0, 1.0 - credit) * STATE_EVERY
 
-    def _due(self, now: float) -> tuple[list[Event], set[int]]:
+    def _due(self, now: float) -> tuple[list[HostEvent], set[int]]:
         """What goes out now: every event but state alerts of a host out of credit (those wait in _held); and the
         hosts whose state alerts go."""
         outgoing, self._outgoing = self._outgoing, []
-        due = []
+        due: list[HostEvent] = []
         for event in outgoing:
             if alert_text.is_state_event(event):
                 self._held.setdefault(event.host_id, []).append(event)
@@ -250,7 +369,32 @@ class Alerting:
             event = group[0]
             host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
-            text = alert_text.describe_group(group, name)
+            text = alert_text.describe_group(group, name, self._tz)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
-                self._notify(owner, html.escape(text), event)
+                if len(group) > 1:
+                    self._notify(owner, html.escape(text), event, group)
+                else:
+                    self._notify(owner, html.escape(text), event)
+
+    async def _deliver_reports(self) -> None:
+        """A server outage (ServerDown): one message per owner, about their own hosts."""
+        reports, self._reports = self._reports, []
+        for report in reports:
+            try:
+                hosts = await self._db.read(_hosts_by_id, {*report.back, *report.missing})
+            except BaseException:
+                self._reports[:0] = [report]
+                raise
+            owners: dict[int, tuple[list[str], list[str]]] = {}
+            for ids, column in ((report.back, 0), (report.missing, 1)):
+                for host_id in ids:
+                    host = hosts.get(host_id)
+                    if host is not None and host.owner:
+                        owners.setdefault(host.owner, ([], []))[column].append(host.name)
+            log.info("mbot was down for %.0f s: %d host(s) came back, %d did not", report.until - report.since,
+                     len(report.back), len(report.missing))
+            for owner, (back, missing) in owners.items():
+                text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
+                if self._notify is not None:
+                    self._notify(owner, html.escape(text), report)

@@ -20,8 +20,8 @@ Per (rule, series) a state machine: ok -> pending -> firing -> ok. "Over" means 
   the threshold fires once and stays firing until it has clearly and durably gone back.
 - Series come and go (a disk unmounted, a GPU gone): a pending alert whose series is missing from a sample is
   cancelled; a firing one resolves (value None) once the series has been missing longer than the offline delay.
-- State rules (`container:web down`, `containers down`): the same machine on a code series whose 0 means fine
-  (catalogue unit `state`): threshold DOWN (0.5), so any trouble code is "over" and it resolves after
+- Container rules (`container:web down`, `containers down`): the same machine on a code series whose 0 means fine
+  (catalogue unit `state`, kind CODE): threshold DOWN (0.5), so any trouble code is "over" and it resolves after
   `clear_samples` samples at 0. A rule on one member reads its missing series as MISSING (down, "not reported"):
   a watched container that was removed is down, not quietly forgotten.
 
@@ -36,7 +36,12 @@ Notifications (what comes out as events):
   one MuteEnded lists what is still firing (and whether the host is offline); those count as announced from then on.
 - Offline: a timer, `max(last_seen, start) + delay`, delay = the host's /setalert offline delay or
   max(3 intervals, 30 s), never under 2 intervals. The engine's start time (`now` given to the constructor or to
-  restore) counts as "seen" for every host, so a server restart does not report every host offline at once.
+  restore) counts as "seen" for every host, and no host is reported offline before START_GRACE after it, so a
+  server restart does not report every host offline at once, even agents that were in their backoff.
+- The server's own outage (server_was_down, from its heartbeat): longer than LONG_DOWN, one ServerDown lists the
+  hosts that were up and came back, and those that did not (their offline alert: they are offline from then on).
+- Power actions from the chat (expect_power): a maintenance window in which the host's silence is expected; a hello
+  from a new boot is one PowerBack, no new boot within the grace one RebootOverdue, a shutdown is held silently.
   While a host is offline its reminders are held (one that fell due meanwhile comes `repeat` after it is back);
   samples cannot arrive without bringing it back, so nothing else can fire or resolve meanwhile: one Offline, no
   storm of stale alerts. BackOnline carries how long the host was silent (server time since its last sample).
@@ -64,22 +69,26 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from . import series as catalogue
+from . import members, series as catalogue
 from .alert_state import (COUNT, FIRE, FIRE_NOW, FIRING, FORGET, HOLD, NAMES, NOTHING, OK, PENDING, RESOLVE,
                           RESOLVE_GONE, START, TRANSITIONS, reading)
 
 __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
-    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "Event", "metric_of", "metric_words",
-    "PCT", "TEMP", "LOAD", "RATE", "STATE", "DOWN", "MISSING", "MIN_DELAY",
+    "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "ServerDown", "PowerBack",
+    "RebootOverdue", "Event", "HostEvent", "metric_of", "metric_words",
+    "PCT", "TEMP", "LOAD", "RATE", "STATE", "CODE", "DOWN", "MISSING", "MIN_DELAY", "START_GRACE", "LONG_DOWN",
+    "REBOOT", "SHUTDOWN",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
-PCT, TEMP, LOAD, RATE, STATE = "pct", "temp", "load", "rate", "state"
+PCT, TEMP, LOAD, RATE = "pct", "temp", "load", "rate"
+STATE = "state"  # a member's state code from a snapshot (mbot.members): a service, a check; UP (1) is fine
+CODE = "code"  # a trouble code series from the samples (catalogue unit `state`: a container's `down`); 0 is fine
 _PCT, _TEMP, _LOAD, _RATE = PCT, TEMP, LOAD, RATE
-# A state rule (`container:web down`) is a threshold rule on a code series whose 0 means fine: "over" is any
-# code above DOWN, and it resolves on `clear_samples` samples back at 0 like any other rule.
+# A code rule (`container:web down`, `containers down`) is a threshold rule on a code series whose 0 means fine:
+# "over" is any code above DOWN, and it resolves on `clear_samples` samples back at 0 like any other rule.
 DOWN = 0.5
 MISSING = 4.0  # what a state rule on one member reads when the member is not in the sample (removed, unseen)
 
@@ -101,19 +110,24 @@ class _Metric:
 # How the catalogue's units are checked and shown here; any other unit (seconds, counts, bytes) is shown and
 # resolved like load: plain numbers, a margin of 10 % of the threshold.
 _KINDS = {catalogue.PERCENT: _PCT, catalogue.CELSIUS: _TEMP, catalogue.LOAD: _LOAD, catalogue.BYTE_RATE: _RATE,
-          catalogue.STATE: STATE}
+          catalogue.STATE: CODE}
 _RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _RATE: (0.0, 1e13),
-           STATE: (DOWN, DOWN)}
+           CODE: (DOWN, DOWN)}
 
 
 def metric_words() -> tuple[str, ...]:
-    """The /setalert METRIC words (from the catalogue's selectors), and the forms for one disk and container."""
-    return (*catalogue.selectors(), "disk:/mount", "container:NAME")
+    """The /setalert METRIC words (from the catalogue's selectors), and the forms for one disk, container and
+    snapshot member."""
+    return (*catalogue.selectors(), "disk:/mount", "container:NAME",
+            *(f"{word}:NAME" for word in members.MEMBER_KINDS))
 
 
 def metric_of(metric: str) -> _Metric | None:
     """The selector for a rule's metric (already normalised), or None when there is no such metric: a catalogue
-    selector (cpu, disk: every disk) or one member of a family (disk:/home, temp:nvme)."""
+    selector (cpu, disk: every disk), one member of a family (disk:/home, temp:nvme), or a member of a snapshot
+    (service:nginx.service: its state code, mbot.members)."""
+    if members.member_of(metric) is not None:
+        return _Metric(STATE, metric, None, (members.FAILED, members.UP))
     selectors = catalogue.selectors()
     row, exact = selectors.get(metric), None
     if row is None:
@@ -214,6 +228,7 @@ class Resolved:
     value: float | None  # None: the series is no longer reported
     since: float
     duration: float  # from the first sample over to the first one back on the good side
+    worst: float | None = None  # the value furthest on the bad side while it fired
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +263,41 @@ class MuteEnded:
     offline_since: float | None = None  # the host is offline (and its offline alert enabled)
 
 
-Event = Firing | Resolved | Reminder | Offline | BackOnline | MuteEnded
+@dataclass(frozen=True, slots=True)
+class ServerDown:
+    """The server itself was down for longer than LONG_DOWN: said once, after the start grace (or as soon as every
+    host that was up has come back). Not a host's event: the edge splits it per owner."""
+
+    since: float  # the server's last heartbeat before it went down
+    until: float  # its start
+    back: tuple[int, ...]  # hosts up before the outage that came back
+    missing: tuple[int, ...]  # ... that did not: now offline, and this was their offline alert
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PowerBack:
+    """A host rebooted (or shut down) from the chat is back: a hello from a new boot."""
+
+    host_id: int
+    action: str  # REBOOT or SHUTDOWN
+    requested: float  # server time the user confirmed it
+    at: float
+    boot_time: float | None  # the host's clock, from its hello
+
+
+@dataclass(frozen=True, slots=True)
+class RebootOverdue:
+    """A host rebooted from the chat did not come back within the reboot grace: its offline alert."""
+
+    host_id: int
+    requested: float
+    since: float  # server time of its last sample or hello
+    at: float
+
+
+HostEvent = Firing | Resolved | Reminder | Offline | BackOnline | MuteEnded | PowerBack | RebootOverdue
+Event = HostEvent | ServerDown
 
 
 @dataclass(frozen=True)
@@ -270,21 +319,30 @@ class HostStatus:
     last_seen: float | None
     offline_since: float | None
     muted_until: float | None
+    power: str | None = None  # REBOOT or SHUTDOWN: a power action from the chat is under way (or, shutdown: done)
 
 
 # --- the engine --------------------------------------------------------------------------------------------------
 
 _OK, _PENDING, _FIRING = OK, PENDING, FIRING
 _PHASE_NAMES = NAMES
-_LIVENESS, _REMINDER, _MUTE = 0, 1, 2
+# At equal deadlines the lower kind goes first: the outage report before the liveness timers it speaks for.
+_OUTAGE, _LIVENESS, _REMINDER, _MUTE, _POWER = -1, 0, 1, 2, 3
 MIN_DELAY = 30.0  # the shortest offline delay (the default is max(3 intervals, this))
+# No host is reported offline before the engine has run this long: after a long outage its agents are in their
+# backoff, whose longest wait is 60 s (agent Reconnect), and need a few seconds more to connect and say hello.
+START_GRACE = 90.0
+# A server outage longer than this is reported (ServerDown): the default offline delay, the shortest silence of a
+# host mbot would have reported had it been watching.
+LONG_DOWN = MIN_DELAY
+REBOOT, SHUTDOWN = "reboot", "shutdown"
 _MIN_DELAY = MIN_DELAY
 _LAG_RISE = 0.5  # how fast the usual-lag floor may rise, in seconds per second of live samples
 
 
 class _State:
     __slots__ = ("slot", "series", "phase", "since", "value", "last_ts", "clear_n", "clear_since", "notified",
-                 "next_reminder", "alive")
+                 "next_reminder", "alive", "worst", "acked")
 
     def __init__(self, slot: _Slot, series: str) -> None:
         self.slot = slot
@@ -298,6 +356,8 @@ class _State:
         self.notified = False  # the user was told it fires (Firing or MuteEnded)
         self.next_reminder: float | None = None
         self.alive = True  # False once its rule or host is gone: heap entries pointing here are then void
+        self.worst: float | None = None  # while firing: the value furthest on the bad side (Resolved says it)
+        self.acked = False  # the user acknowledged it (the Ack button): no reminders until it resolves
 
 
 class _Slot:
@@ -311,7 +371,7 @@ class _Slot:
         self.host = host
         self.metric = metric
         # A watched container that is gone from the sample (compose down, rm) is down, not "no longer reported".
-        self.missing = MISSING if metric.kind == STATE and metric.exact is not None else None
+        self.missing = MISSING if metric.kind == CODE and metric.exact is not None else None
         self.states: list[_State] = []  # the ones the next sample is checked against
         self.by_series: dict[str, _State] = {}
         self.configure(rule)
@@ -331,7 +391,8 @@ class _Slot:
 
 class _Host:
     __slots__ = ("id", "interval", "delay", "offline_rule", "last_seen", "offline_since", "offline_notified",
-                 "muted_until", "timer_at", "lag_floor", "lag_at", "slots", "slot_list", "wild", "layout")
+                 "muted_until", "timer_at", "lag_floor", "lag_at", "slots", "slot_list", "wild", "layout",
+                 "power", "power_since", "power_until", "power_boot")
 
     def __init__(self, host_id: int) -> None:
         self.id = host_id
@@ -349,6 +410,12 @@ class _Host:
         self.slot_list: list[_Slot] = []
         self.wild = False  # some rule watches a family of series: the sample's layout must be checked
         self.layout: tuple[str, ...] | None = None  # series names of the last sample, when `wild`
+        # A reboot or shutdown from the chat (expect_power): which, when confirmed, the end of its window (None: a
+        # shutdown that happened, held until the host is back), and the boot it started from (hello boot_time).
+        self.power: str | None = None
+        self.power_since = 0.0
+        self.power_until: float | None = None
+        self.power_boot: float | None = None
 
     def update_delay(self) -> None:
         interval = self.interval or 0.0
@@ -359,6 +426,15 @@ class _Host:
     @property
     def offline_enabled(self) -> bool:
         return self.offline_rule is None or self.offline_rule.enabled
+
+
+class _Outage:
+    __slots__ = ("since", "until", "hosts", "waiting")
+
+    def __init__(self, since: float, until: float, hosts: list[int]) -> None:
+        self.since, self.until = since, until
+        self.hosts = hosts  # up when the server went down
+        self.waiting = set(hosts)  # ... and not back yet
 
 
 class AlertEngine:
@@ -375,6 +451,7 @@ class AlertEngine:
         # so a mute ending at that instant reports the host offline in its one MuteEnded.
         self._heap: list[tuple[float, int, int, Any]] = []
         self._seq = itertools.count()
+        self._outage: _Outage | None = None  # a server outage whose report is still to come
         for rule in rules:
             self.set_rule(rule)
 
@@ -457,6 +534,18 @@ class AlertEngine:
         host.muted_until = until
         self._push(until, _MUTE, host)
 
+    def ack(self, host_id: int, metric: str, series: str) -> bool:
+        """The user acknowledged a firing alert (the Ack button): no reminders for it until it resolves. Its
+        Resolved still comes. False when that alert is not firing (it resolved meanwhile, or its rule is gone)."""
+        host = self._hosts.get(host_id)
+        slot = None if host is None else host.slots.get(metric)
+        state = None if slot is None else slot.by_series.get(series)
+        if state is None or state.phase != _FIRING:
+            return False
+        state.acked = True
+        state.next_reminder = None  # voids its heap entry
+        return True
+
     def unmute(self, host_id: int, now: float) -> list[Event]:
         host = self._hosts.get(host_id)
         if host is None or host.muted_until is None:
@@ -467,15 +556,51 @@ class AlertEngine:
 
     # --- input ---
 
-    def host_seen(self, host_id: int, now: float, interval: float | None = None) -> list[Event]:
-        """A sign of life without a sample (an agent's hello); `interval` is its sampling interval."""
+    def host_seen(self, host_id: int, now: float, interval: float | None = None,
+                  boot_time: float | None = None) -> list[Event]:
+        """A sign of life without a sample (an agent's hello); `interval` is its sampling interval, `boot_time`
+        when its machine booted (its own clock)."""
         host = self._host(host_id)
         if interval:
             host.interval = interval
             host.update_delay()
         events: list[Event] = []
+        if host.power is not None:
+            self._power_hello(host, now, boot_time, events)
         self._alive(host, now, events)
         return events
+
+    # --- the server's own outages, and power actions from the chat ---
+
+    def server_was_down(self, since: float, now: float) -> None:
+        """The server, starting at `now` (the engine's start), was last alive at `since` (its heartbeat). After an
+        outage longer than LONG_DOWN, one ServerDown says which of the hosts that were up came back: as soon as all
+        of them did, or START_GRACE after the start. Those that did not are offline from then on, the ServerDown
+        being their offline alert (hosts whose own offline delay is longer follow their own timer)."""
+        if now - since <= LONG_DOWN:
+            return
+        hosts = [h.id for h in self._hosts.values()
+                 if h.last_seen is not None and h.offline_since is None and h.power is None]
+        if hosts:
+            self._outage = _Outage(since, now, hosts)
+            self._push(max(self._start, now) + START_GRACE, _OUTAGE, self._outage)
+
+    def expect_power(self, host_id: int, action: str, now: float, grace: float,
+                     boot_time: float | None = None) -> None:
+        """The user confirmed a reboot or shutdown (REBOOT, SHUTDOWN) of a host that booted at `boot_time`. For
+        `grace` seconds its silence is expected: no offline alert. A reboot's hello from a new boot gives one
+        PowerBack; no new boot within the grace gives one RebootOverdue (its offline alert). A shutdown that happened
+        holds the host as shut down (silently offline) until it is back (PowerBack). A host still up when the
+        grace ends did not do it: the window closes silently."""
+        host = self._host(host_id)
+        host.power, host.power_since, host.power_until, host.power_boot = action, now, now + grace, boot_time
+        self._push(now + grace, _POWER, host)
+
+    def cancel_power(self, host_id: int) -> None:
+        """The power action did not start (the agent refused it, or was gone): the host is watched as usual."""
+        host = self._hosts.get(host_id)
+        if host is not None and host.power is not None:
+            self._clear_power(host)
 
     def observe(self, host_id: int, ts: float, series: dict[str, float], now: float) -> list[Event]:
         """One committed sample: `ts` by the agent's clock, `now` by the server's."""
@@ -523,6 +648,8 @@ class AlertEngine:
                 if value is not None:
                     state.value = value
                     state.last_ts = ts
+                    if phase == FIRING and (state.worst is None or value * sign > state.worst * sign):
+                        state.worst = value
         return events
 
     def _act(self, state: _State, action: str, value: float | None, ts: float, now: float, announce: bool,
@@ -535,6 +662,8 @@ class AlertEngine:
                 state.since = ts
             state.clear_n = 0
             state.notified = False
+            state.worst = None
+            state.acked = False
             if announce:
                 assert value is not None
                 self._announce(state, value, ts, now, events)
@@ -568,10 +697,15 @@ class AlertEngine:
                 host: _Host = obj
                 host.timer_at = None
                 host.offline_since = host.last_seen
-                host.offline_notified = host.offline_enabled and host.muted_until is None
+                # Silent while a reboot or shutdown from the chat is under way: the user expects it.
+                host.offline_notified = host.offline_enabled and host.muted_until is None and host.power is None
                 if host.offline_notified:
                     assert host.last_seen is not None
                     events.append(Offline(host.id, host.last_seen, now))
+            elif kind == _OUTAGE:
+                self._report_outage(now, events)
+            elif kind == _POWER:
+                self._power_window_ended(obj, now, events)
             elif kind == _REMINDER:
                 state: _State = obj
                 assert state.value is not None  # reminders are only scheduled for firing alerts, which have one
@@ -603,10 +737,14 @@ class AlertEngine:
                                            None if s.phase == _OK else s.since, s.value))
         return rows
 
+    def power_states(self) -> dict[int, str]:
+        """The hosts with a power action from the chat under way (REBOOT, SHUTDOWN) or done (SHUTDOWN)."""
+        return {host.id: host.power for host in self._hosts.values() if host.power is not None}
+
     def host_status(self, host_id: int) -> HostStatus:
         host = self._hosts.get(host_id) or _Host(host_id)
         return HostStatus(host_id, host.offline_enabled, host.delay, host.last_seen, host.offline_since,
-                          host.muted_until)
+                          host.muted_until, host.power)
 
     # --- restart ---
 
@@ -617,7 +755,9 @@ class AlertEngine:
         for host in self._hosts.values():
             hosts.append({"id": host.id, "interval": host.interval, "last_seen": host.last_seen,
                           "offline_since": host.offline_since, "offline_notified": host.offline_notified,
-                          "muted_until": host.muted_until, "lag_floor": host.lag_floor, "lag_at": host.lag_at})
+                          "muted_until": host.muted_until, "lag_floor": host.lag_floor, "lag_at": host.lag_at,
+                          "power": host.power, "power_since": host.power_since, "power_until": host.power_until,
+                          "power_boot": host.power_boot})
             for slot in host.slot_list:
                 for s in slot.by_series.values():
                     if s.phase != _OK:
@@ -625,7 +765,7 @@ class AlertEngine:
                             "host": host.id, "metric": slot.rule.metric, "series": s.series,
                             "phase": _PHASE_NAMES[s.phase], "since": s.since, "value": s.value, "last_ts": s.last_ts,
                             "clear_n": s.clear_n, "clear_since": s.clear_since, "notified": s.notified,
-                            "next_reminder": s.next_reminder})
+                            "next_reminder": s.next_reminder, "worst": s.worst, "acked": s.acked})
         return {"v": 1, "hosts": hosts, "states": states}
 
     @classmethod
@@ -654,6 +794,11 @@ class AlertEngine:
             host.lag_at = data["lag_at"]
             if data["muted_until"] is not None:
                 engine.mute(host.id, data["muted_until"])
+            if data.get("power") in (REBOOT, SHUTDOWN):  # absent from older snapshots
+                host.power, host.power_since = data["power"], data["power_since"]
+                host.power_until, host.power_boot = data["power_until"], data["power_boot"]
+                if host.power_until is not None:
+                    engine._push(host.power_until, _POWER, host)
             engine._arm(host)
         for data in snapshot["states"]:
             owner = engine._hosts.get(int(data["host"]))
@@ -672,7 +817,9 @@ class AlertEngine:
             state.clear_n = data["clear_n"]
             state.clear_since = data["clear_since"]
             state.notified = bool(data["notified"]) and state.phase == _FIRING
-            if state.notified and data["next_reminder"] is not None:
+            state.worst = data.get("worst")  # absent from snapshots made before it was kept
+            state.acked = bool(data.get("acked")) and state.phase == _FIRING
+            if state.notified and not state.acked and data["next_reminder"] is not None:
                 engine._schedule_reminder(state, data["next_reminder"])
         return engine
 
@@ -684,7 +831,7 @@ class AlertEngine:
     def _deadline(self, host: _Host) -> float | None:
         if host.last_seen is None or host.offline_since is not None:
             return None
-        return max(host.last_seen, self._start) + host.delay
+        return max(max(host.last_seen, self._start) + host.delay, self._start + START_GRACE)
 
     def _arm(self, host: _Host) -> None:
         # The liveness entry may lag behind (last_seen only moves forward; _top re-arms it lazily), but it must
@@ -716,6 +863,14 @@ class AlertEngine:
                     if held.muted_until is None and held.offline_since is None:
                         return deadline
                     # Held: the entry goes, the schedule stays; the end of the mute or the host's return re-arms it.
+            elif kind == _OUTAGE:
+                if obj is self._outage:
+                    return deadline
+            elif kind == _POWER:
+                powered: _Host = obj
+                if (self._hosts.get(powered.id) is powered and powered.power is not None
+                        and powered.power_until == deadline):
+                    return deadline
             else:
                 muted: _Host = obj
                 if self._hosts.get(muted.id) is muted and muted.muted_until == deadline:
@@ -738,13 +893,69 @@ class AlertEngine:
             host.offline_notified = False
             for slot in host.slot_list:
                 for state in slot.states:
-                    if state.notified:
+                    if state.notified and not state.acked:
                         due = state.next_reminder
                         self._schedule_reminder(state, now + self.repeat if due is None or due <= now else due)
         host.last_seen = now
         if muted_until is not None and muted_until <= now:
             self._end_mute(host, now, events)
         self._arm(host)
+        outage = self._outage
+        if outage is not None and host.id in outage.waiting:
+            outage.waiting.discard(host.id)
+            if not outage.waiting:  # every host is back: no need to wait for the grace to say so
+                self._report_outage(now, events)
+
+    def _report_outage(self, now: float, events: list[Event]) -> None:
+        outage, self._outage = self._outage, None
+        assert outage is not None
+        back, missing = [], []
+        for host_id in outage.hosts:
+            host = self._hosts.get(host_id)
+            if host is None:
+                continue  # deleted meanwhile
+            if host_id not in outage.waiting:
+                back.append(host_id)
+                continue
+            deadline = self._deadline(host)
+            if deadline is None or deadline > now or host.power is not None:
+                continue  # offline already, a longer offline delay of its own, or a power action meanwhile
+            host.timer_at = None
+            host.offline_since = host.last_seen
+            host.offline_notified = host.offline_enabled and host.muted_until is None
+            if host.offline_notified:
+                missing.append(host_id)
+        if back or missing:
+            events.append(ServerDown(outage.since, outage.until, tuple(back), tuple(missing), now))
+
+    def _power_hello(self, host: _Host, now: float, boot_time: float | None, events: list[Event]) -> None:
+        """A hello while a power action is under way: a new boot (or, from an agent that does not say when its
+        machine booted, any hello) means the host is back; the same boot is the agent reconnecting before the
+        machine went down, unless the window is over (then it never went down)."""
+        same_boot = boot_time is not None and host.power_boot is not None and abs(boot_time - host.power_boot) < 2.0
+        if not same_boot:
+            assert host.power is not None
+            events.append(PowerBack(host.id, host.power, host.power_since, now, boot_time))
+            self._clear_power(host)
+        elif host.power_until is None or host.power_until <= now:
+            self._clear_power(host)
+
+    def _power_window_ended(self, host: _Host, now: float, events: list[Event]) -> None:
+        if host.offline_since is None:  # still up: it never went down
+            self._clear_power(host)
+            self._arm(host)
+        elif host.power == SHUTDOWN:
+            host.power_until = None  # shut down, as asked: held so until it is back
+        else:
+            requested = host.power_since
+            self._clear_power(host)
+            host.offline_notified = host.offline_enabled and host.muted_until is None
+            if host.offline_notified:
+                assert host.offline_since is not None
+                events.append(RebootOverdue(host.id, requested, host.offline_since, now))
+
+    def _clear_power(self, host: _Host) -> None:
+        host.power, host.power_until, host.power_boot = None, None, None
 
     def _end_mute(self, host: _Host, now: float, events: list[Event]) -> None:
         host.muted_until = None
@@ -755,7 +966,7 @@ class AlertEngine:
                     assert state.value is not None
                     firing.append(Firing(slot.rule, host.id, state.series, state.value, state.since, state.last_ts))
                     state.notified = True
-                    if host.offline_since is None:
+                    if host.offline_since is None and not state.acked:
                         self._schedule_reminder(state, now + self.repeat)
                     else:
                         state.next_reminder = None
@@ -773,9 +984,12 @@ class AlertEngine:
     def _resolve(self, state: _State, value: float | None, end: float, events: list[Event]) -> None:
         host = state.slot.host
         if state.notified and host.muted_until is None:
-            events.append(Resolved(state.slot.rule, host.id, state.series, value, state.since, end - state.since))
+            events.append(Resolved(state.slot.rule, host.id, state.series, value, state.since, end - state.since,
+                                   state.worst))
         state.phase = _OK
         state.notified = False
+        state.worst = None
+        state.acked = False
         state.next_reminder = None
         state.clear_n = 0
 

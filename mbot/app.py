@@ -6,6 +6,7 @@
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
           alerting                  the alert engine's timers; fed by the writer's commits
+          check sync                checks from the host: the agents' lists and their alert rules (checksync.py)
           history.maintain          rollups (by arrival, bounded steps) and retention
           telegram (with BOT_TOKEN) outbox sender (rate-limited)  +  bot: update poller -> handlers,
                                     and the bot's own nursery for work that outlives an update
@@ -13,7 +14,7 @@
           own agent                 (unless MBOT_WATCH_SELF=0) the real agent as a child process, watching this
                                     machine over loopback TLS (mbot/selfwatch.py)
           signal watcher            SIGINT/SIGTERM -> stop()
-      stop(): agents closed with 1001 -> services cancelled -> writer drains and commits -> return
+      stop(): agents closed with 1012 -> services cancelled -> writer drains and commits -> return
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import history, metrics, plotting, protocol, selfwatch, store, tls
-from .agents import AgentHub
+from . import history, install, metrics, plotting, protocol, selfwatch, store, tls
+from .agents import AgentHub, load_downloads
 from .alerting import Alerting
-from .config import Settings
+from .checksync import CheckSync
+from .config import Settings, mbot_command
 from .faults import Faults
 from .limits import PreAuthGate, preauth_total
 from .metrics_http import serve_metrics
@@ -77,12 +79,14 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     `outbox` lets tests pass one with a faster rate limit than Telegram's (the default); `clock` (wall time for
     alerts and the bot) lets them move time forward instead of waiting for it."""
     ssl_context = tls.server_context(cert)
+    log.info("data directory: %s", settings.data_dir)
     plotting.use_cache_dir(settings.data_dir)
     nofile = raise_nofile_limit()
     faults = Faults()
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(partial(Writer, settings.db_path, faults=faults))
     hub = AgentHub(db, writer, gate=PreAuthGate(total=preauth_total(nofile)))
+    pin = install.pin_of_pem(await trio.to_thread.run_sync(cert.cert_path.read_text))
     if not settings.bot_enabled:
         log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")
     quiet_httpx_logging()
@@ -92,16 +96,20 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
             async with trio.open_nursery() as services:
                 port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
-                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock)
+                endpoint = install.Endpoint(settings.public_host, settings.port or port, cert.fingerprint, pin,
+                                            settings.public_host_guessed)
+                hub.downloads = await trio.to_thread.run_sync(load_downloads, endpoint)
+                alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
+                                                      reboot_grace=settings.reboot_grace, tz=settings.tz)
                 await services.start(alerting.run)
+                await services.start(CheckSync(db, hub, alerting).run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))
                 api: BotApi | None = None
                 if settings.bot_token is not None:  # bot_enabled, spelled so that the type checker sees a str
                     api = await stack.enter_async_context(BotApi(settings.telegram_api_url, settings.bot_token))
                     outbox = outbox or Outbox()
                     services.start_soon(outbox.run)
-                    bot = Bot(settings, api, outbox, db, writer, hub, alerting, fingerprint=cert.fingerprint,
-                              agent_port=settings.port or port, clock=clock)
+                    bot = Bot(settings, api, outbox, db, writer, hub, alerting, endpoint=endpoint, clock=clock)
                     hub.on_limit = partial(_tell_limit, bot)
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
@@ -117,12 +125,16 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                                                            clock=clock)
                     services.start_soon(server.selfwatch.run, own)
                 log.info("mbot is up: agents on port %d, certificate fingerprint %s", port, cert.fingerprint)
+                if settings.public_host_guessed:
+                    log.info("MBOT_PUBLIC_HOST is not set: new keys tell agents to reach this server at %s (the "
+                             "address of this machine's default route); if other machines reach it by another name "
+                             "or address, set MBOT_PUBLIC_HOST to that", settings.public_host)
                 for line in next_steps(settings, remote_hosts=await db.read(selfwatch.remote_hosts)):
                     log.info("next: %s", line)
                 task_status.started(server)
                 await server._stop.wait()
                 log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
-                await hub.close_all(protocol.CLOSE_GOING_AWAY, "server shutting down")
+                await hub.close_all(protocol.CLOSE_RESTART, "server restarting or stopping; reconnect in a few seconds")
                 services.cancel_scope.cancel()
         finally:
             # Whatever ended the services (stop, a crash, cancellation), what was queued still gets committed.
@@ -137,8 +149,8 @@ def next_steps(settings: Settings, *, remote_hosts: int) -> list[str]:
     if not settings.bot_enabled:
         steps.append("the Telegram bot is off: make a bot with @BotFather and start mbot with BOT_TOKEN=<its token>")
     if not remote_hosts:
-        steps.append("add a host: run `python -m mbot newkey NAME` (or send /newkey NAME to the bot) and paste the "
-                     "line it prints on that machine")
+        steps.append(f"add a host: run `{mbot_command()} newkey NAME` (or send /newkey NAME to the bot) and paste "
+                     "the line it prints on that machine")
     return steps
 
 

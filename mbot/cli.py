@@ -2,18 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
+import secrets
 import sqlite3
+import stat
 import sys
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import trio
 
-from . import containers, plotspec, service, store, tls, users
+from . import checks, containers, install, plotspec, selfwatch, service, store, tls, users
+from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
 from .model import Host
@@ -21,6 +27,9 @@ from .plotspec import PlotUsageError
 from .service import ServiceError
 
 log = logging.getLogger("mbot")
+
+FINGERPRINT_KEY = "tls.fingerprint"  # kv: the fingerprint hosts were given, still known when the files are gone
+SERVER_LOCK = ".server.lock"  # held (shared) by a running server, so that new-cert can tell it is running
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,21 +45,55 @@ def _parser() -> argparse.ArgumentParser:
                                        "(expires in 24 h; on a server without users, that user becomes the admin)")
     hosts = commands.add_parser("hosts", help="list hosts: online, last seen, samples, CPU/RAM now")
     hosts.add_argument("--json", action="store_true", help="machine-readable output")
+    info = commands.add_parser("info", help="what a host is: CPU, memory, disks, network, GPUs, OS (as /info)")
+    info.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    info.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
     listing = commands.add_parser("containers", help="a host's containers: state, health, restarts, CPU, memory")
     listing.add_argument("name", help="host name (or the first 8+ characters of its key id)")
     listing.add_argument("--json", action="store_true", help="machine-readable output")
     listing.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
+    commands.add_parser("new-cert", help="replace the server certificate (when its files are lost) and print what "
+                                         "every agent then needs; the server must be stopped")
     commands.add_parser("health", help="exit 0 when the database opens and the agent port answers TLS with our "
                                        "certificate (for container HEALTHCHECKs)")
-    plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat")
-    plot.add_argument("name", help="host name (or the first 8+ characters of its key id)")
-    plot.add_argument("metrics", help="e.g. cpu, 'cpu;gpu', ram, net, disk:/home")
-    plot.add_argument("span", nargs="+", help="e.g. 1h, or 2d 3h")
-    plot.add_argument("--limit", type=float, help="top of the Y axis")
+    rename = commands.add_parser("rename", help="rename a host (as /rename does in the chat)")
+    rename.add_argument("old", metavar="OLD", help="its name (or the first 8+ characters of its key id)")
+    rename.add_argument("new", metavar="NEW", help=service.NAME_RULE)
+    rename.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    plot = commands.add_parser("plot", help="draw a chart to a PNG file, as /plot does in the chat",
+                               usage=plotspec.CLI.usage.removeprefix("usage: "), epilog=plotspec.CLI.examples,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    plot.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    plot.add_argument("metrics", metavar="METRICS", help="e.g. cpu, cpu,gpu, ram, net, temps, disk:/home")
+    plot.add_argument("span", metavar="SPAN", nargs="+",
+                      help="e.g. 1h, 2d 3h, 1y (at most the longest MBOT_RETAIN_*); then LIMIT and UNIT may follow")
+    plot.add_argument("--limit", type=float, help="top of the Y axis (the same as LIMIT)")
     plot.add_argument("--unit", help="b, kb, mb, gb, kib ... for ram/vram; bit, kbit, mbit, gbit for net; %%")
     plot.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
-    plot.add_argument("-o", "--output", required=True, help="PNG file to write")
+    plot.add_argument("-o", "--output", required=True, metavar="FILE.png",
+                      help="the PNG file to write (replaced once the chart is drawn)")
+    top = commands.add_parser("top", help="a host's top processes by CPU, memory and VRAM, as /top does in the chat")
+    top.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    top.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
+    top.add_argument("--json", action="store_true", help="machine-readable output")
+    check = commands.add_parser("check", help="checks from a host: a URL or tcp://HOST:PORT its agent probes "
+                                "(as /check and /checks in the chat)")
+    check_commands = check.add_subparsers(dest="check_command", metavar="add|list|del", required=True)
+    check_add = check_commands.add_parser("add", help="probe TARGET from host NAME every EVERY (default 1m, 10s..1d);"
+                                          " alerts when it is down and when its certificate nears its end")
+    check_add.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_add.add_argument("target", metavar="URL|tcp://HOST:PORT")
+    check_add.add_argument("every", metavar="EVERY", nargs="?", help="e.g. 30s, 5m, 1h")
+    check_list = check_commands.add_parser("list", help="a host's checks and their latest results")
+    check_list.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_list.add_argument("--json", action="store_true", help="machine-readable output")
+    check_del = check_commands.add_parser("del", help="remove a check and its alerts")
+    check_del.add_argument("name", metavar="NAME", help="host name (or the first 8+ characters of its key id)")
+    check_del.add_argument("check", metavar="CHECK", help="the check's name (as `check list` shows it) or target")
+    for sub in (check_add, check_list, check_del):
+        sub.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     return parser
 
 
@@ -60,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        if settings.data_dir_warning:
+            log.warning("%s", settings.data_dir_warning)
         prepare_data_dir(settings)
         command = args.command or "serve"
         if command == "serve":
@@ -70,29 +115,66 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invite(settings)
         if command == "hosts":
             return _hosts(settings, as_json=args.json)
+        if command == "rename":
+            return _rename(settings, args.old, args.new, args.owner)
         if command == "fingerprint":
             print(_certificate(settings).fingerprint)
             return 0
+        if command == "new-cert":
+            return _new_cert(settings)
         if command == "plot":
             return _plot(settings, args)
+        if command == "top":
+            return _top(settings, args)
+        if command == "info":
+            return _info(settings, args)
         if command == "containers":
             return _containers(settings, args)
         if command == "health":
             return _health(settings)
-    except ConfigError as exc:
+        if command == "check":
+            return _check(settings, args)
+    except (ConfigError, tls.CertificateRefused) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 2
     except (tls.TlsError, store.SchemaTooNew) as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
-    except (ServiceError, PlotUsageError) as exc:
+    except (PlotUsageError, OutputError) as exc:  # a usage error, like argparse's: exit 2
+        print(f"mbot: {exc.render(plotspec.CLI) if isinstance(exc, PlotUsageError) else exc}", file=sys.stderr)
+        return 2
+    except ServiceError as exc:
         print(f"mbot: {exc}", file=sys.stderr)
         return 1
+    except CheckError as exc:  # a usage error: exit 2
+        print(f"mbot: {exc}", file=sys.stderr)
+        return 2
     raise AssertionError(args.command)
 
 
 def _certificate(settings: Settings) -> tls.Certificate:
-    return tls.ensure_certificate(settings.data_dir, [settings.public_host, _hostname(), "localhost", "127.0.0.1"])
+    """The server's certificate, made on first use; refused, not replaced, when its files are gone although hosts
+    have been given its fingerprint (which is kept in the database for that moment)."""
+    conn = store.connect(settings.db_path)
+    try:
+        known = store.get_kv(conn, FINGERPRINT_KEY)
+        pinned = selfwatch.remote_hosts(conn)  # the own agent gets the new fingerprint by itself
+        cert = tls.ensure_certificate(settings.data_dir, _certificate_names(settings), pinned_hosts=pinned,
+                                      known_fingerprint=known)
+        if cert.fingerprint != known:
+            if known and pinned:  # not made here (that is refused), so put in place by hand
+                log.warning("the certificate in %s is not the one hosts were given (%s, now %s): agents pinned to "
+                            "the old one refuse this server until they get the new fingerprint",
+                            settings.data_dir, known, cert.fingerprint)
+            with store.transaction(conn):
+                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+    finally:
+        conn.close()
+    return cert
+
+
+def _certificate_names(settings: Settings) -> list[str]:
+    return [settings.public_host, _hostname(), "localhost", "127.0.0.1"]
 
 
 def _hostname() -> str:
@@ -102,16 +184,55 @@ def _hostname() -> str:
 
 
 def _serve(settings: Settings) -> int:
-    from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+    with _server_lock(settings.data_dir, exclusive=False):  # shared: waits for a new-cert at work, never fails
+        cert = _certificate(settings)  # first: a refusal comes at once, not after the imports below
+        from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+        try:
+            trio.run(app.serve, settings, cert)
+        except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable
+            first: BaseException = group
+            while isinstance(first, BaseExceptionGroup):  # nurseries nest their groups
+                first = first.exceptions[0]
+            raise first from None
+    return 0
 
-    cert = _certificate(settings)
-    try:
-        trio.run(app.serve, settings, cert)
-    except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable
-        first: BaseException = group
-        while isinstance(first, BaseExceptionGroup):  # nurseries nest their groups
-            first = first.exceptions[0]
-        raise first from None
+
+@contextlib.contextmanager
+def _server_lock(data_dir: Path, *, exclusive: bool) -> Iterator[bool]:
+    """A running server holds this shared from before it loads its certificate until it exits; new-cert takes it
+    exclusively or gives up (False), so it never replaces the files under a server that would go on serving the old
+    pair while `fingerprint` and `newkey` named the new one."""
+    with open(data_dir / SERVER_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, (fcntl.LOCK_EX | fcntl.LOCK_NB) if exclusive else fcntl.LOCK_SH)
+        except BlockingIOError:
+            yield False
+        else:
+            yield True
+
+
+def _new_cert(settings: Settings) -> int:
+    with _server_lock(settings.data_dir, exclusive=True) as free:
+        if not free:
+            print(f"mbot: a server is running on {settings.data_dir}: stop it, run new-cert, then start it again "
+                  "(a running server keeps the certificate it loaded)", file=sys.stderr)
+            return 1
+        conn = store.connect(settings.db_path)
+        try:
+            old = store.get_kv(conn, FINGERPRINT_KEY)
+            cert = tls.replace_certificate(settings.data_dir, _certificate_names(settings))
+            with store.transaction(conn):
+                store.set_kv(conn, FINGERPRINT_KEY, cert.fingerprint)
+        finally:
+            conn.close()
+    was = f"the old one ({old})" if old else "the old one"
+    print(f"# a new certificate replaces {was}: start the server again. Agents pinned to the old one refuse it "
+          "until they get the new fingerprint; on each host, one of:\n"
+          "#  - set AGENT_FINGERPRINT to the value below in the agent's .env, then restart the agent;\n"
+          "#  - an agent without AGENT_FINGERPRINT trusted the server on first use: delete the fingerprint file its "
+          "log names (~/.bot_fingerprint.json, or .env.fingerprint.json beside its .env), then restart it;\n"
+          "#  - re-run the install line from /newkey.\n"
+          f"AGENT_FINGERPRINT={cert.fingerprint}")
     return 0
 
 
@@ -124,8 +245,16 @@ def _newkey(settings: Settings, name: str, owner: int) -> int:
             key = service.new_key(conn, name, owner, max_hosts=settings.max_hosts_per_user if owner else None)
     finally:
         conn.close()
+    endpoint = install.Endpoint(settings.public_host, settings.port, cert.fingerprint,
+                                install.pin_of_pem(cert.cert_path.read_text()), settings.public_host_guessed)
     port = f"AGENT_PORT={settings.port}\n" if settings.port != 8000 else ""
-    print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once\n"
+    guess = install.guessed_note(endpoint)
+    print(f"# host {key.name} (key {key.key_id}); the secret is shown only this once.\n"
+          "# On the host, paste this (it installs the agent in /opt/mbot-agent as a systemd service and says when "
+          "it is connected):\n"
+          f"{install.one_liner(endpoint, key.secret)}\n"
+          + (f"# {guess}\n" if guess else "")
+          + "# Or run agent/mbot_agent.py by hand with these settings (in its .env or the environment):\n"
           f"AGENT_SERVER_IP={settings.public_host}\n{port}"
           f"AGENT_SECRET={key.secret}\nAGENT_FINGERPRINT={cert.fingerprint}")
     return 0
@@ -163,6 +292,10 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
         return 0
     if not summaries:
         print("no hosts yet: python -m mbot newkey NAME")
+    # Names that differ only in case are refused now; ones made before keep working (the exact spelling picks).
+    alike: dict[tuple[int, str], list[str]] = {}
+    for s in summaries:
+        alike.setdefault((s.owner, s.name.lower()), []).append(s.name)
     for s in summaries:
         state = "online" if s.online else "offline"
         seen = f"last seen {format_duration(now - s.last_seen)} ago" if s.last_seen else "never seen"
@@ -171,11 +304,69 @@ def _hosts(settings: Settings, *, as_json: bool) -> int:
             f"ram {s.ram:.0f}%" if s.ram is not None else "") if part)
         owner = f" (owner {s.owner})" if s.owner else ""
         dropped = f", {s.dropped} dropped during an outage" if s.dropped else ""
-        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else ""))
+        others = [name for name in alike[(s.owner, s.name.lower())] if name != s.name]
+        clash = f", same name as {' and '.join(others)} but for case" if others else ""
+        print(f"{s.name}{owner} {state}, {seen}, {s.samples} samples{dropped}" + (f", {now_part}" if now_part else "")
+              + clash)
+    for (owner_id, _), names in alike.items():
+        if len(names) > 1:
+            flag = f" --owner {owner_id}" if owner_id else ""
+            print(f"note: {' and '.join(names)} differ only in case; type the exact name to pick one, and rename all "
+                  f"but one: python -m mbot rename {names[-1]} NEWNAME{flag}" + (" (or /rename in the chat)"
+                                                                                 if owner_id else ""))
     return 0
 
 
+def _rename(settings: Settings, old: str, new: str, owner: int | None) -> int:
+    conn = store.connect(settings.db_path)
+    try:
+        with store.transaction(conn):
+            host = _cli_host(conn, old, owner)
+            service.rename(conn, host.owner, host.name, new)  # the exact name: it picks this host alone
+    finally:
+        conn.close()
+    print(f"{host.name} is now {new} (its agent needs no change)")
+    return 0
+
+
+class OutputError(Exception):
+    """`plot -o` names something the chart cannot be written to; said before any drawing."""
+
+
+def _output_part(name: str) -> Path:
+    """Check -o before anything is drawn and return a new empty file beside it: the chart is written there and
+    moved over the target only once it is whole, so a failure (no data, a full disk) leaves an existing file as
+    it was. Refused: a name not ending in .png, a directory, a missing directory, a target that is not a regular
+    file or not writable, a place where no file can be made. A symbolic link at that name is replaced, not followed:
+    a link planted in /tmp cannot send a root's chart over another file."""
+    target = Path(name)
+    try:
+        if name.endswith(("/", os.sep)) or target.is_dir():
+            raise OutputError(f"-o {name}: is a directory; name the file, like {target / 'chart.png'}")
+        if target.suffix.lower() != ".png":
+            raise OutputError(f"-o {name}: the chart is a PNG; give a file name ending in .png")
+        if not target.parent.is_dir():
+            raise OutputError(f"-o {name}: there is no directory {target.parent}")
+        try:
+            found = target.lstat()
+        except FileNotFoundError:
+            pass  # a new file; os.lstat still says when the name itself cannot be (too long ...)
+        else:
+            if stat.S_ISREG(found.st_mode) and not os.access(target, os.W_OK):
+                raise OutputError(f"-o {name}: the file is not writable")
+            if not (stat.S_ISREG(found.st_mode) or stat.S_ISLNK(found.st_mode)):
+                raise OutputError(f"-o {name}: exists and is not a regular file")
+        part = target.parent / f".{secrets.token_hex(6)}.png.part"
+        os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as exc:
+        raise OutputError(f"-o {name}: cannot write there ({exc.strerror or exc})") from None
+    except ValueError as exc:  # a NUL in the name
+        raise OutputError(f"-o {name!r}: {exc}") from None
+    return part
+
+
 def _plot(settings: Settings, args: argparse.Namespace) -> int:
+    part = _output_part(args.output)  # first: a wrong -o is said at once, not after a chart was drawn for nothing
     from . import charts, plotting
 
     words = [args.name, args.metrics, *args.span]
@@ -184,22 +375,29 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     if args.unit:
         words.append(args.unit)
     longest = max(tier.retention for tier in settings.tiers)
-    plotting.use_cache_dir(settings.data_dir)
-    conn = store.connect(settings.db_path, readonly=True)
     try:
-        request = plotspec.parse_plot(words, max_span=longest)
-        host = _cli_host(conn, request.host, args.owner)
-        spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
-                                   settings.tiers, settings.tz, time.time())
+        plotting.use_cache_dir(settings.data_dir)
+        conn = store.connect(settings.db_path, readonly=True)
+        try:
+            request = plotspec.parse_plot(words, max_span=longest)
+            host = _cli_host(conn, request.host, args.owner)
+            spec = plotting.build_spec(conn, host, request.metrics, request.span, request.limit, request.unit,
+                                       settings.tiers, settings.tz, time.time())
+        finally:
+            conn.close()
+        try:
+            png = charts.render(spec)
+        except charts.NoData:
+            print(f"mbot: no data from {host.name} for {spec.title.split(' · ')[-1]}", file=sys.stderr)
+            return 1
+        try:
+            part.write_bytes(png)
+            os.replace(part, args.output)
+        except OSError as exc:
+            print(f"mbot: -o {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     finally:
-        conn.close()
-    try:
-        png = charts.render(spec)
-    except charts.NoData:
-        print(f"mbot: no data from {host.name} for {spec.title.split(' · ')[-1]}", file=sys.stderr)
-        return 1
-    with open(args.output, "wb") as out:
-        out.write(png)
+        part.unlink(missing_ok=True)
     print(f"{args.output}: {spec.title}")
     return 0
 
@@ -230,17 +428,104 @@ def _containers(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(settings: Settings, args: argparse.Namespace) -> int:
+    from . import processes
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        snapshot = store.latest_snapshot(conn, host.id, processes.KIND)
+    finally:
+        conn.close()
+    now = time.time()
+    if args.json:
+        print(json.dumps(processes.as_json(host, snapshot, now), indent=2, ensure_ascii=False))
+    else:
+        print(processes.as_text(host, snapshot, now))
+    return 0
+
+
+def _info(settings: Settings, args: argparse.Namespace) -> int:
+    from . import inventory
+
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = _cli_host(conn, args.name, args.owner)
+        services = store.services_items(conn, host.id)
+    finally:
+        conn.close()
+    found = host.facts.get("inventory")
+    found = found if isinstance(found, dict) else None
+    if args.json:
+        print(json.dumps({"name": host.name, "inventory": found, "services": services}, indent=2, sort_keys=True))
+        return 0
+    now = time.time()
+    print(host.name)
+    print("\n".join(inventory.lines(found, now, services) if found else
+                    inventory.service_lines(services, now) + [inventory.NO_INVENTORY]))
+    return 0
+
+
+def _check(settings: Settings, args: argparse.Namespace) -> int:
+    """`check add|list|del`: the running server notices within seconds (mbot/checksync.py) and tells the agent."""
+    if args.check_command == "list":
+        conn = store.connect(settings.db_path, readonly=True)
+        try:
+            host = _cli_host(conn, args.name, args.owner)
+            specs = store.checks_of_host(conn, host.id)
+            snapshot = store.latest_snapshot(conn, host.id, checks.FRAME)
+        finally:
+            conn.close()
+        by_name = {item.get("name"): item for item in snapshot.items} if snapshot is not None else {}
+        if args.json:
+            print(json.dumps([{**spec.wire(), "result": by_name.get(spec.name)} for spec in specs], indent=2))
+        elif not specs:
+            print(f"{host.name} has no checks")
+        else:
+            print("\n".join(checks.result_line(spec, by_name.get(spec.name)) for spec in specs))
+        return 0
+    if args.check_command == "add":
+        target, every = checks.validate_target(args.target), checks.parse_every(args.every)
+    conn = store.connect(settings.db_path)
+    try:
+        with store.transaction(conn):
+            host = _cli_host(conn, args.name, args.owner)
+            if args.check_command == "add":
+                spec = service.add_check(conn, host, target, every)
+            else:
+                spec = service.delete_check(conn, host, args.check)
+    finally:
+        conn.close()
+    if args.check_command == "add":
+        print(f"{host.name} checks {spec.target} every {format_duration(spec.every)} as {spec.name} (alerts: "
+              f"check:{spec.name} down, cert:{spec.name} below {checks.DEFAULT_CERT_DAYS:.0f} days); the check runs "
+              "with the agent's network access")
+    else:
+        print(f"removed check {spec.name} ({spec.target}) of {host.name} and its alerts")
+    return 0
+
+
 def _cli_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Host:
-    """The CLI sees every owner's hosts: a name two users share needs --owner."""
+    """The CLI sees every owner's hosts: a name two users share needs --owner. Names match as in the chat
+    (service.resolve_host): any case when one name fits, the exact spelling first."""
     if owner is not None:
-        return service.resolve_host(conn, owner, ref)
-    matches = [h for h in store.list_hosts(conn) if h.name == ref or (len(ref) >= 8 and h.key_id.startswith(ref))]
+        try:
+            return service.resolve_host(conn, owner, ref)
+        except service.NoSuchHost:
+            raise ServiceError(f"user {owner} has no host named {ref!r}; `python -m mbot hosts` lists them") from None
+    matches = service.by_name(store.hosts_named(conn, ref), ref)
+    if not matches and len(ref) >= 8:
+        matches = [h for h in store.list_hosts(conn) if h.key_id.startswith(ref.lower())]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise ServiceError(f"no host named {ref!r}; `python -m mbot hosts` lists them")
-    owners = ", ".join(str(h.owner) for h in matches)
-    raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+    if len({h.owner for h in matches}) == len(matches):
+        owners = ", ".join(str(h.owner) for h in matches)
+        raise ServiceError(f"several users have a host named {ref!r} (owners {owners}): add --owner")
+    names = ", ".join(f"{h.name} (owner {h.owner})" if h.owner else h.name for h in matches)
+    raise ServiceError(f"{ref!r} could be {names}: type the name exactly as `python -m mbot hosts` lists it"
+                       " (and --owner)")
 
 
 def _health(settings: Settings) -> int:

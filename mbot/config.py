@@ -5,8 +5,12 @@ names the variable, so start-up can end with one clear line instead of a traceba
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import pwd
+import shutil
 import socket
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
@@ -15,9 +19,13 @@ from typing import Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .durations import parse_duration
+from .install import is_host
 from .rollup import DEFAULT_TIERS, Tier, make_tiers
 
 DEFAULT_TELEGRAM_API_URL = "https://api.telegram.org"
+DB_FILE = "mbot.sqlite3"
+ROOT_DATA_DIR = Path("/var/lib/mbot")
+LEGACY_DATA_DIR = "mbot-data"  # the old default, relative to the working directory
 
 
 def _local_zone() -> tzinfo:
@@ -44,14 +52,17 @@ class Settings:
     metrics_port: int | None = None  # MBOT_METRICS_PORT: /metrics for Prometheus; off when unset
     metrics_host: str = "127.0.0.1"
     alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
+    reboot_grace: float = 600.0  # MBOT_REBOOT_GRACE: how long a host rebooted from the chat may take to come back
     tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
     watch_self: bool | None = None  # MBOT_WATCH_SELF: 1 on, 0 off, unset: on except inside a container
+    data_dir_warning: str | None = None  # when an older version's ./mbot-data is here: what to do about it
+    public_host_guessed: bool = False  # MBOT_PUBLIC_HOST was unset: public_host is guess_public_host()'s answer
 
     @property
     def db_path(self) -> Path:
-        return self.data_dir / "mbot.sqlite3"
+        return self.data_dir / DB_FILE
 
     @property
     def bot_enabled(self) -> bool:
@@ -142,9 +153,117 @@ def _url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw.rstrip("/")
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Read Settings from `env` (os.environ by default). Pure apart from the hostname default."""
+def mbot_command() -> str:
+    """How to run mbot's CLI on this machine, for messages that tell a user what to type: plain `python -m mbot`
+    where `python` is this interpreter (the image, an activated venv), else this interpreter's path (relative when
+    it is below the working directory, as `.venv/bin/python` is after `make run`)."""
+    python = Path(sys.executable)
+    found = shutil.which("python")
+    if found and Path(found).resolve() == python.resolve():
+        return "python -m mbot"
+    here = Path.cwd()
+    if here != Path(here.anchor) and python.is_relative_to(here):
+        return f"{python.relative_to(here)} -m mbot"
+    return f"{python} -m mbot"
+
+
+def default_data_dir(env: Mapping[str, str], euid: int) -> Path:
+    """Where the data lives when MBOT_DATA_DIR is unset: /var/lib/mbot for root, the XDG data directory
+    ($XDG_DATA_HOME/mbot, else ~/.local/share/mbot) for anyone else. Never the working directory, so the server and
+    every CLI command find the same certificate and database wherever they are started."""
+    if euid == 0:
+        return ROOT_DATA_DIR
+    xdg = env.get("XDG_DATA_HOME", "").strip()
+    if os.path.isabs(xdg):  # the XDG spec: a relative value is invalid and ignored
+        return Path(xdg) / "mbot"
+    home = env.get("HOME", "").strip()
+    if not home:
+        try:
+            home = pwd.getpwuid(euid).pw_dir
+        except KeyError:  # a uid without an entry in /etc/passwd (common in containers)
+            pass
+    if not os.path.isabs(home):
+        raise ConfigError("MBOT_DATA_DIR", "is not set, and this user has no home directory for the default "
+                                           "(~/.local/share/mbot): set it to a directory")
+    return Path(home) / ".local" / "share" / "mbot"
+
+
+def _data_dir(env: Mapping[str, str], cwd: Path | None, euid: int) -> tuple[Path, str | None]:
+    """The absolute data directory, and a warning when an older version's ./mbot-data is in the way.
+
+    MBOT_DATA_DIR wins (a relative value is taken relative to the working directory, once, here). Without it, the
+    default applies, except in one case: the default holds no database yet and ./mbot-data (the old default,
+    relative to the working directory) holds one. That database is used rather than silently abandoned, with a
+    warning telling how to make the choice permanent. When both hold one, the default is used and the warning says
+    that ./mbot-data is not."""
+    raw = env.get("MBOT_DATA_DIR", "").strip()
+    if raw:
+        if os.path.isabs(raw):
+            return Path(os.path.normpath(raw)), None
+        if cwd is None:
+            raise ConfigError("MBOT_DATA_DIR", f"{raw!r} is relative, and the working directory is gone")
+        return Path(os.path.normpath(cwd / raw)), None
+    default = default_data_dir(env, euid)
+    if cwd is None:
+        return default, None
+    legacy = Path(os.path.normpath(cwd / LEGACY_DATA_DIR))
+    # os.path.exists, not Path.exists: a directory this user may not look into counts as absent, not as an error.
+    if not os.path.exists(legacy / DB_FILE):
+        return default, None
+    if not os.path.exists(default / DB_FILE):
+        return legacy, (f"using {legacy}, the data of an older mbot (its default was ./mbot-data in the working "
+                        f"directory); mbot now keeps its data in {default}: to keep using this data from anywhere, "
+                        f"stop mbot and move the directory there, or set MBOT_DATA_DIR={legacy}")
+    return default, (f"not using {legacy}, the data of an older mbot (its default was ./mbot-data in the working "
+                     f"directory): mbot now keeps its data in {default}, which has its own database; to use the "
+                     f"older data, set MBOT_DATA_DIR={legacy}, else move it out of the way")
+
+
+def _working_directory() -> Path | None:
+    try:
+        return Path.cwd()
+    except OSError:  # deleted under us: only a relative MBOT_DATA_DIR needs it
+        return None
+
+
+def guess_public_host() -> str:
+    """The address of the interface that holds the default route: the one other machines most likely reach.
+
+    connect() on a UDP socket only asks the routing table for a source address: no packet is sent, and it works
+    offline as long as a default route exists. Without one (or only a loopback or link-local answer), the host
+    name, else 127.0.0.1."""
+    for family, probe in ((socket.AF_INET, "192.0.2.1"), (socket.AF_INET6, "2001:db8::1")):
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as udp:
+                udp.connect((probe, 9))
+                address = ipaddress.ip_address(udp.getsockname()[0])
+        except (OSError, ValueError):
+            continue
+        if not (address.is_unspecified or address.is_loopback or address.is_link_local):
+            return str(address)
+    return socket.gethostname() or "127.0.0.1"
+
+
+def _public_host(env: Mapping[str, str]) -> tuple[str, bool]:
+    """(MBOT_PUBLIC_HOST or the guess, whether it was guessed). It goes into the one-line installer that users
+    paste into a shell, so only a plain host name or IP address is taken."""
+    raw = env.get("MBOT_PUBLIC_HOST", "").strip()
+    if not raw:
+        return guess_public_host(), True
+    if not is_host(raw):
+        raise ConfigError("MBOT_PUBLIC_HOST", "must be a host name or IP address that agents can reach, without "
+                          f"scheme or port (e.g. monitor.example.org or 192.0.2.10), got {raw!r}")
+    return raw, False
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = None,
+                  euid: int | None = None) -> Settings:
+    """Read Settings from `env` (os.environ by default). Pure apart from the public address's guess and the look at
+    where the data directory's database is (`cwd` and `euid` default to this process's)."""
     env = os.environ if env is None else env
+    data_dir, data_dir_warning = _data_dir(env, _working_directory() if cwd is None else cwd,
+                                           os.geteuid() if euid is None else euid)
+    public_host, public_host_guessed = _public_host(env)
     token = env.get("BOT_TOKEN", "").strip() or None
     if token is not None and (":" not in token or any(c.isspace() for c in token)):
         raise ConfigError("BOT_TOKEN", "does not look like a bot token from @BotFather (123456:ABC...)")
@@ -153,18 +272,21 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         telegram_api_url=_url(env, "TELEGRAM_API_URL", DEFAULT_TELEGRAM_API_URL),
         port=_port(env, "PORT", 8000),
         host=env.get("MBOT_HOST", "").strip() or "0.0.0.0",
-        data_dir=Path(env.get("MBOT_DATA_DIR", "").strip() or "./mbot-data"),
-        public_host=env.get("MBOT_PUBLIC_HOST", "").strip() or socket.gethostname(),
+        data_dir=data_dir,
+        public_host=public_host,
+        public_host_guessed=public_host_guessed,
         allowed_users=_user_ids(env, "ALLOWED_USERS"),
         metrics_port=_port(env, "MBOT_METRICS_PORT", -1) if env.get("MBOT_METRICS_PORT", "").strip() else None,
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
         alert_repeat=_duration(env, "MBOT_ALERT_REPEAT", 3600.0),
+        reboot_grace=_duration(env, "MBOT_REBOOT_GRACE", 600.0),
         tiers=make_tiers(**{key: _duration(env, f"MBOT_RETAIN_{suffix}", default) for key, suffix, default in (
             ("raw", "RAW", 2 * 86400.0), ("m1", "1M", 7 * 86400.0), ("m10", "10M", 90 * 86400.0),
             ("h1", "1H", 730 * 86400.0))}),
         tz=_zone(env, "MBOT_TZ"),
         max_hosts_per_user=_positive_int(env, "MBOT_MAX_HOSTS_PER_USER", 100),
         watch_self=_flag(env, "MBOT_WATCH_SELF"),
+        data_dir_warning=data_dir_warning,
     )
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 import math
 import re
 
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-SYNTAX = "a number and s, m, h, d or w, like 30m, 48h, 7d"  # for usage lines and error messages
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+# A year is 365 days: `2y` is the default retention of the 1-hour tier (730d), so a chart of "the last 2 years"
+# reaches exactly as far back as the history does.
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+SYNTAX = "a number and s, m, h, d, w or y, like 30m, 48h, 7d, 1y"  # for usage lines and error messages
+_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdwy])")
 
 # Days, not weeks, as the largest unit shown: "730d" reads better than "104w 2d".
 _SENTENCE_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
@@ -19,7 +21,7 @@ _COMPACT_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
 def parse_duration(text: str, *, allow_zero: bool = False) -> float:
-    """'48h', '7d', '90d', '30m', '2w', '45s' (also '1.5h', glued '2d3h', any case, spaces around) -> seconds.
+    """'48h', '7d', '90d', '30m', '2w', '1y', '45s' (also '1.5h', glued '2d3h', any case, spaces around) -> seconds.
 
     A duration must be longer than 0 unless `allow_zero` (an alert's FOR may be 0s). Raises ValueError with a
     message that can be shown to a user as is.

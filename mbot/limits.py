@@ -91,6 +91,8 @@ LOAD = (0.0, 1e6)
 SECONDS = (0.0, 1e10)  # uptime: three centuries
 COUNT = (0.0, 1e9)  # processes, dropped samples
 WATTS = (0.0, 1e5)
+MILLISECONDS = (0.0, 60_000.0)  # link round trips (measured by the server, bounded by its probe timeout)
+DAYS = (-36_500.0, 36_500.0)  # a TLS certificate's days left (negative: expired), a century either way
 INTERVAL = (0.05, 86400.0)  # seconds between samples (hello.interval); see MIN_BUDGET_INTERVAL
 
 # Volume per host.
@@ -309,3 +311,18 @@ class SnapshotBudget:
             bucket = self._buckets[kind] = TokenBucket(rate=BUDGET_SLACK / self.interval, capacity=SNAPSHOT_BURST,
                                                        now=now)
         return bucket.take(1.0, now)
+
+# The inventory (hello's `inventory`, the `inventory` snapshot; docs/protocol.md, "Inventory").
+MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs
+MAX_NIC_ADDRS = 16  # addresses of one interface
+MAX_INVENTORY_BYTES = 64 * 1024  # the whole object as stored (UTF-8 JSON); a real one is 1 to 10 KiB
+MAX_LINK_SPEED = 10.0**7  # Mbit/s: 10 Tbit/s
+
+# systemd services (the `services` snapshot; docs/protocol.md, "Services").
+MAX_UNIT_NAME = 256  # systemd's own limit on a unit name
+MAX_UNIT_STATE = 32
+
+# Checks from the host (the samples' `checks` and the `checks` snapshot; docs/protocol.md, "Checks").
+MAX_CHECKS = 20  # checks of one host (mbot.checks.MAX_PER_HOST): entries in a sample's `checks`, snapshot members
+MAX_CHECK_NAME = 40
+MAX_CHECK_ERROR = 200  # characters of a check's error text

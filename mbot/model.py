@@ -53,3 +53,31 @@ class NewKey:
     name: str
     key_id: str
     secret: str
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """The latest snapshot of one kind from one host (mbot.store reads it; docs/protocol.md "Snapshots")."""
+
+    host_id: int
+    kind: str
+    v: int
+    ts: float  # the agent's clock
+    received: float  # the server's clock
+    items: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class AlertMessage:
+    """One row of `alert_messages`: an alert's life in the chat (mbot/telegram/alert_delivery.py)."""
+
+    id: int
+    host_id: int
+    metric: str  # the rule's metric, or "offline"
+    series: str
+    fired: float
+    procs: list[dict[str, Any]] | None  # the top processes when it fired, if captured
+    chat_id: int | None  # where its message went, once sent
+    message_id: int | None
+    photo: bool  # the message is a photo: edits change its caption
+    resolved: float | None

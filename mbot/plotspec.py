@@ -4,13 +4,16 @@
 
 METRICS: words separated by `;` or `,` (cpu, ram, swap, gpu, vram, net, net_up, net_down, load, temp, gputemp,
 power, io, disk, and the specific forms disk:/MOUNT, temp:LABEL, net:IFACE, cpu:N, gpuN, vramN, gputempN, powerN,
-load1/load5/load15, container:NAME [cpu|mem|down]). SPAN: one or more `<n>s|m|h|d|w` tokens that add up (`2d 3h`). LIMIT: a number, the top of
-the Y axis, in the unit shown. UNIT (any case): `%`; b, kb, kib, mb, mib, gb, gib, tb, tib for sizes (ram, swap,
-vram, disk: the used amount instead of the percentage) and for rates (net, io); bit, kbit, mbit, gbit for net.
+load1/load5/load15, container:NAME [cpu|mem|down]; aliases such as temps, gpus, disks, network:
+series.ALIASES). SPAN: one or more `<n>s|m|h|d|w|y` tokens that add up (`2d 3h`), at most the longest history kept.
+LIMIT: a number, the top of the Y axis, in the unit shown. UNIT (any case): `%`; b, kb, kib, mb, mib, gb, gib, tb,
+tib for sizes (ram, swap, vram, disk: the used amount instead of the percentage) and for rates (net, io); bit, kbit,
+mbit, gbit for net.
 kb/mb/gb are powers of 1000 and kib/mib/gib powers of 1024, and the axis says which.
 
-Any mistake is a PlotUsageError whose message starts with the usage line, says what was wrong and, when the caller
-passed the host's series, lists the host's metrics in the words /plot accepts: never silence.
+Any mistake is a PlotUsageError that says what was wrong and, when the caller passed the host's series, lists the
+host's metrics in the words /plot accepts: never silence. The grammar is this module's, whoever asks; each front end
+(the chat's /plot, the CLI's `python -m mbot plot`) renders the error with its own usage line and examples (Syntax).
 """
 from __future__ import annotations
 
@@ -22,10 +25,28 @@ from typing import Iterable, Sequence
 from mbot import series as catalogue
 from mbot.durations import format_duration, parse_duration
 
-USAGE = "Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]"
-EXAMPLES = "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit"
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """How one front end spells the grammar: its usage line and examples, and where the usage line goes."""
+
+    usage: str
+    examples: str
+    usage_first: bool  # the chat leads with the usage line, as its other commands do; a terminal with the problem
+
+
+CHAT = Syntax("Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]",
+              "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit",
+              usage_first=True)
+# `;` separates shell commands, so the CLI's examples use the other separator, `,`.
+CLI = Syntax("usage: python -m mbot plot NAME METRICS SPAN... [LIMIT] [UNIT] -o FILE.png",
+             "examples:\n  python -m mbot plot box1 cpu 24h -o cpu.png\n  python -m mbot plot box1 cpu,gpu 2d 3h 80 -o "
+             "gpu.png\n  python -m mbot plot box1 ram 1y GiB -o ram.png",
+             usage_first=False)
 DEFAULT_MAX_SPAN = 730 * 86400.0
 MAX_LISTED = 60  # metrics named in an error message at most (a host with 50 containers stays readable)
+_SHOWN = 32  # characters of a user's token quoted back: a reply stays short whatever was typed
 MAX_AXES = 2
 
 PERCENT = "%"
@@ -43,7 +64,8 @@ _GLUED = re.compile(r"(\d+(?:\.\d+)?)([a-z%]+)")
 
 
 class PlotUsageError(ValueError):
-    """A /plot the bot cannot draw; `message` is the whole reply (usage line, the problem, the host's metrics)."""
+    """A chart that cannot be drawn as asked: the problem and, when known, the host's metrics. str() and `message`
+    are the chat's reply; render(CLI) is the terminal's."""
 
     def __init__(self, problem: str, metrics: Iterable[str] = ()) -> None:
         self.problem = problem
@@ -52,11 +74,14 @@ class PlotUsageError(ValueError):
 
     @property
     def message(self) -> str:
-        lines = [USAGE, self.problem]
+        return self.render(CHAT)
+
+    def render(self, syntax: Syntax) -> str:
+        lines = [self.problem]
         if self.metrics:
             lines.append("Metrics of this host: " + ", ".join(self.metrics))
-        lines.append(EXAMPLES)
-        return "\n".join(lines)
+        return "\n".join([syntax.usage, *lines, syntax.examples] if syntax.usage_first
+                         else [*lines, syntax.usage, syntax.examples])
 
     def with_metrics(self, available: Iterable[str]) -> PlotUsageError:
         """The same error listing the metrics of a host whose series are `available`."""
@@ -83,12 +108,28 @@ class SeriesChoice:
 # --- grammar ---------------------------------------------------------------------------------------------------
 
 
+def _cut(text: str) -> str:
+    return text[:_SHOWN] + "…" if len(text) > _SHOWN else text
+
+
+def _quote(text: str) -> str:
+    return repr(_cut(text))
+
+
+def known_words() -> str:
+    """Every metric word /plot knows, for the reply to an unknown one: the family words, then the member forms."""
+    hints = {"disk:": "/MOUNT", "net:": "IFACE"}
+    forms = [f"{form}{hints.get(form, 'N' if '{i}' in rows[0].name else 'LABEL')}"
+             for form, rows in catalogue.one_forms().items()]
+    return f"{', '.join(catalogue.plot_words())}; one of several: {', '.join(forms)}"
+
+
 def _normalise_word(word: str) -> str | None:
     """A metric word in canonical form, or None if /plot does not know it: a family word of the catalogue (cpu,
     disk, net_up ...), an alias of one (temps), or one member (disk:/home, net:eth0, cpu:3, gpu0)."""
     word = word.strip()
     head, colon, arg = word.partition(":")
-    head = head.lower()
+    head = catalogue.canonical(head)
     if colon:
         rows = catalogue.one_forms().get(head + ":")
         if not rows or not arg or ("{i}" in rows[0].name and not arg.isdigit()):
@@ -100,7 +141,6 @@ def _normalise_word(word: str) -> str | None:
                 return None
             return f"{head}:{member} {field}"
         return f"{head}:{arg}"
-    head = catalogue.ALIASES.get(head, head)
     if head in catalogue.plot_words():
         return head
     indexed = _INDEXED.fullmatch(head)
@@ -179,8 +219,9 @@ def _is_span(token: str) -> bool:
 
 def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
                available: Iterable[str] | None = None) -> PlotRequest:
-    """The words after /plot -> a PlotRequest. `max_span`: the longest retention (no chart reaches further back).
-    `available`: the host's series names, when the caller has them, so an error can list the host's metrics."""
+    """The words after /plot -> a PlotRequest. `max_span`: the longest retention (no chart reaches further back;
+    the caller passes the longest of its Settings.tiers). `available`: the host's series names, when the caller
+    has them, so an error can list the host's metrics."""
     known = host_metrics(available) if available is not None else ()
 
     def fail(problem: str) -> PlotUsageError:
@@ -201,22 +242,24 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
     for word in words:
         canonical = _normalise_word(word)
         if canonical is None:
-            raise fail(f"Unknown metric {word.strip()!r}.")
+            raise fail(f"Unknown metric {_quote(word.strip())}." + ("" if known else f" Metrics: {known_words()}."))
         if canonical not in metrics:
             metrics.append(canonical)
 
-    span = 0.0
+    span, typed = 0.0, []
     while rest:
         try:
             span += parse_duration(rest[0])
         except ValueError:
             break
+        typed.append(rest[0])
         rest = rest[1:]
     if span == 0:
-        problem = f"{rest[0]!r} is not a SPAN" if rest else "Missing SPAN"
-        raise fail(f"{problem}: use one or more of <n>s, m, h, d, w, like 30m or 2d 3h.")
-    if span > max_span:
-        raise fail(f"SPAN {format_duration(span, compact=True)} is longer than the history kept ({format_duration(max_span, compact=True)}).")
+        problem = f"{_quote(rest[0])} is not a SPAN" if rest else "Missing SPAN"
+        raise fail(f"{problem}: use one or more of <n>s, m, h, d, w, y, like 30m, 2d 3h or 1y.")
+    if span > max_span:  # also a sum too large for a float (inf)
+        raise fail(f"SPAN {_quote(' '.join(typed))} reaches back further than the history this server keeps "
+                   f"({format_duration(max_span, compact=True)}): ask for at most that.")
 
     limit: float | None = None
     unit: str | None = None
@@ -227,11 +270,11 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
             if _NUMBER.fullmatch(part) and limit is None:
                 limit = float(part)
                 if not (math.isfinite(limit) and limit > 0):
-                    raise fail(f"LIMIT {part} must be a number above 0.")
+                    raise fail(f"LIMIT {_cut(part)} must be a number above 0.")
             elif _unit_key(part) is not None and unit is None:
                 unit = _unit_key(part)
             else:
-                raise fail(f"Unexpected {token!r}: after SPAN come an optional LIMIT (a number) and UNIT "
+                raise fail(f"Unexpected {_quote(token)}: after SPAN come an optional LIMIT (a number) and UNIT "
                            "(%, b, kib, mb, gib, bit, mbit ...).")
     if unit is not None and not any(_accepts(m, unit) for m in metrics):
         raise fail(f"Unit {unit!r} does not fit {', '.join(metrics)}: sizes (gib ...) go with ram, swap, vram and "
@@ -252,11 +295,12 @@ def _rate_unit(unit: str | None) -> tuple[float, str]:
 
 
 _AXES = {catalogue.PERCENT: PERCENT, catalogue.CELSIUS: "°C", catalogue.WATTS: "W", catalogue.LOAD: "",
-          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B", catalogue.STATE: ""}
+          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B", catalogue.MILLISECONDS: "ms",
+          catalogue.STATE: ""}
 DEFAULT_SIZE = "mib"  # a bytes series drawn without a UNIT (container memory): MiB
 
 
-def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesChoice]:
+def _choices(word: str, available: set[str], unit: str | None, gpus: Sequence[str] = ()) -> list[SeriesChoice]:
     """The series a canonical word stands for on this host (empty when it has none); `unit` already fits."""
     rows, member = _rows(word)
     size = BYTE_UNITS.get(unit or "")
@@ -268,7 +312,7 @@ def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesCho
         found = catalogue.members(rows, available)
     out: list[SeriesChoice] = []
     for row, name in found:
-        legend = row.text(name, legend=True)
+        legend = row.text(name, legend=True, gpus=gpus)
         if row.unit == catalogue.PERCENT and size and row.name in sizes:
             used = sizes[row.name].series(row.labels_of(name) or {})
             if used in available:
@@ -284,7 +328,8 @@ def _choices(word: str, available: set[str], unit: str | None) -> list[SeriesCho
     return out
 
 
-def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str | None = None) -> list[SeriesChoice]:
+def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str | None = None,
+                    gpus: Sequence[str] = ()) -> list[SeriesChoice]:
     """The user's metric words -> this host's series to draw, in order, each once.
 
     `unit` applies to every metric it fits (`cpu;ram 1h gib`: RAM in GiB, CPU in %). Raises PlotUsageError, listing
@@ -295,18 +340,18 @@ def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str 
     known = host_metrics(names)
     key = _unit_key(unit) if unit is not None else None
     if unit is not None and key is None:
-        raise PlotUsageError(f"Unknown unit {unit!r}.", known)
+        raise PlotUsageError(f"Unknown unit {_quote(unit)}.", known)
     words = []
     for metric in metrics:
         word = _normalise_word(metric)
         if word is None:
-            raise PlotUsageError(f"Unknown metric {metric!r}.", known)
+            raise PlotUsageError(f"Unknown metric {_quote(metric)}.", known)
         words.append(word)
     if key is not None and not any(_accepts(w, key) for w in words):
         raise PlotUsageError(f"Unit {unit!r} does not fit {', '.join(words)}.", known)
     chosen: list[SeriesChoice] = []
     for word in words:
-        found = _choices(word, names, key if _accepts(word, key) else None)
+        found = _choices(word, names, key if _accepts(word, key) else None, gpus)
         if not found:
             raise PlotUsageError(f"This host has no {word}.", known)
         chosen.extend(c for c in found if c.series not in {d.series for d in chosen})
@@ -314,7 +359,7 @@ def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str 
     if len(units) > MAX_AXES:
         shown = ", ".join(u or "load" for u in units)
         raise PlotUsageError(f"These metrics need {len(units)} different units ({shown}); one chart has at most "
-                             f"{MAX_AXES} axes: split them over two /plot.", known)
+                             f"{MAX_AXES} axes: split them over two charts.", known)
     return chosen
 
 

@@ -35,7 +35,8 @@ def available_series(host: Host) -> list[str]:
 def build_spec(conn: sqlite3.Connection, host: Host, words: Sequence[str], span: float, limit: float | None,
                unit: str | None, tiers: Sequence[Tier], tz: tzinfo, now: float) -> charts.ChartSpec:
     """Raises PlotUsageError (the message lists the host's metrics) for metrics the host does not have."""
-    choices = plotspec.resolve_metrics(words, available_series(host), unit)
+    gpus = [name if isinstance(name, str) else "" for name in host.facts.get("gpus") or ()]
+    choices = plotspec.resolve_metrics(words, available_series(host), unit, gpus)
     start, end = now - span, now
     tier = rollup.choose_tier(start, end, tiers, now, interval=host.interval)
     step = tier.step(host.interval)

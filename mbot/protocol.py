@@ -23,6 +23,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_INVALID = 1007
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_RESTART = 1012  # the server stops or restarts: agents come back within seconds (docs/protocol.md)
 CLOSE_REPLACED = 4001
 CLOSE_REVOKED = 4003
 
@@ -89,7 +90,15 @@ class UnknownSnapshot:
     v: int | None
 
 
-AgentFrame = Hello | Samples | Result | Snapshot | UnknownSnapshot
+@dataclass(frozen=True)
+class SpeedReport:
+    """The agent's side of a speed test (mbot/speedtest.py): bytes it received (download) or sent (upload)."""
+
+    test_id: str
+    bytes: int
+
+
+AgentFrame = Hello | Samples | Result | Snapshot | UnknownSnapshot | SpeedReport
 
 
 def _reject_constant(name: str) -> None:
@@ -132,6 +141,9 @@ def parse_agent_frame(message: str | bytes, *, cores: int | None = None) -> Agen
         return Samples(parsed)
     if kind == "result":
         return _result(obj)
+    if kind == "speedtest":
+        return SpeedReport(_text(obj.get("id"), "speedtest.id", limit=64),
+                           _integer(obj.get("bytes"), "speedtest.bytes"))
     if kind == "snapshot":
         return _snapshot(obj, cores)
     raise ProtocolError(f"unknown frame type {str(kind)[:40]!r}", CLOSE_POLICY)
@@ -216,6 +228,8 @@ def _hello(obj: dict[str, Any]) -> Hello:
         facts["mem_total"] = _integer(obj["mem_total"], "hello.mem_total")
     if "boot_time" in obj:
         facts["boot_time"] = _number(obj["boot_time"], "hello.boot_time", (0.0, limits.TS_CEILING))
+    if "inventory" in obj:
+        facts["inventory"] = inventory(obj["inventory"], "hello.inventory")
     interval = _number(obj.get("interval", 5), "hello.interval", INTERVAL)
     facts["interval"] = interval
     return Hello(
@@ -299,6 +313,21 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
         out["containers"] = _containers(raw["containers"], f"{where}.containers")
     if "gpus" in raw:
         out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
+    if "checks" in raw:
+        out["checks"] = _check_results(raw["checks"], f"{where}.checks")
+    return out
+
+
+def _check_results(value: Any, where: str) -> dict[str, dict[str, float]]:
+    """A sample's `checks`: the latest result of each check by name (up 0 or 100, ms, cert days)."""
+    if isinstance(value, dict) and len(value) > limits.MAX_CHECKS:
+        raise ProtocolError(f"{where}: more than {limits.MAX_CHECKS} checks", CLOSE_POLICY)
+    out: dict[str, dict[str, float]] = {}
+    for name, result in _mapping(value, where).items():
+        result = _mapping(result, f"{where}[{name!r}]")
+        out[name[:limits.MAX_CHECK_NAME]] = {
+            key: _number(result[key], f"{where}[{name!r}].{key}", bounds)
+            for key, bounds in (("up", PERCENT), ("ms", limits.MILLISECONDS), ("cert", limits.DAYS)) if key in result}
     return out
 
 
@@ -335,6 +364,74 @@ def _gpu(value: Any, where: str) -> dict[str, Any]:
     if "power" in raw:
         gpu["power"] = _number(raw["power"], f"{where}.power", WATTS)
     return gpu
+
+
+# --- the inventory (docs/protocol.md, "Inventory") ---------------------------------------------------------------
+
+
+def _size(value: Any, where: str) -> int:
+    return int(_number(value, where, BYTES))
+
+
+def _records(value: Any, where: str, fields: Callable[[dict[str, Any], str], dict[str, Any]]) -> list[dict[str, Any]]:
+    items = _sequence(value, where, limit=limits.MAX_INVENTORY_ITEMS)
+    return [fields(_mapping(item, f"{where}[{i}]"), f"{where}[{i}]") for i, item in enumerate(items)]
+
+
+def _texts(raw: dict[str, Any], where: str, limits_by_key: dict[str, int]) -> dict[str, Any]:
+    return {key: _text(raw[key], f"{where}.{key}", limit=limit) for key, limit in limits_by_key.items() if key in raw}
+
+
+def _inventory_disk(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    disk = _texts(raw, where, {"mount": MAX_LABEL, "device": MAX_LABEL, "fs": 32})
+    if "total" in raw:
+        disk["total"] = _size(raw["total"], f"{where}.total")
+    return disk
+
+
+def _inventory_nic(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    nic = _texts(raw, where, {"name": MAX_LABEL, "mac": 64})
+    if "addrs" in raw:
+        addrs = _sequence(raw["addrs"], f"{where}.addrs", limit=limits.MAX_NIC_ADDRS)
+        nic["addrs"] = [_text(a, f"{where}.addrs[{i}]", limit=64) for i, a in enumerate(addrs)]
+    if "speed" in raw:
+        nic["speed"] = _number(raw["speed"], f"{where}.speed", (0.0, limits.MAX_LINK_SPEED))
+    if "up" in raw:
+        if not isinstance(raw["up"], bool):
+            raise ProtocolError(f"{where}.up: must be true or false")
+        nic["up"] = raw["up"]
+    return nic
+
+
+def _inventory_gpu(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    gpu = _texts(raw, where, {"name": MAX_LABEL, "vendor": 32, "driver": 64})
+    if "vram" in raw:
+        gpu["vram"] = _size(raw["vram"], f"{where}.vram")
+    return gpu
+
+
+def inventory(value: Any, where: str = "inventory") -> dict[str, Any]:
+    """What a host is (the Diagnostics view): every field optional, unknown ones dropped, texts cleaned and cut,
+    lists and the whole bounded (limits: MAX_INVENTORY_ITEMS, MAX_NIC_ADDRS, MAX_INVENTORY_BYTES)."""
+    raw = _mapping(value, where)
+    out = _texts(raw, where, {"os": MAX_LABEL, "kernel": MAX_LABEL, "arch": 32, "virt": 32, "agent": 64})
+    if "cpu" in raw:
+        cpu = _mapping(raw["cpu"], f"{where}.cpu")
+        out["cpu"] = _texts(cpu, f"{where}.cpu", {"model": MAX_LABEL})
+        for key in ("cores", "threads"):
+            if key in cpu:
+                out["cpu"][key] = _integer(cpu[key], f"{where}.cpu.{key}")
+    for key in ("mem_total", "swap_total"):
+        if key in raw:
+            out[key] = _size(raw[key], f"{where}.{key}")
+    if "boot_time" in raw:
+        out["boot_time"] = _number(raw["boot_time"], f"{where}.boot_time", (0.0, limits.TS_CEILING))
+    for key, fields in (("disks", _inventory_disk), ("nics", _inventory_nic), ("gpus", _inventory_gpu)):
+        if key in raw:
+            out[key] = _records(raw[key], f"{where}.{key}", fields)
+    if len(json.dumps(out, ensure_ascii=False).encode()) > limits.MAX_INVENTORY_BYTES:
+        raise ProtocolError(f"{where}: more than {limits.MAX_INVENTORY_BYTES // 1024} KiB", CLOSE_POLICY)
+    return out
 
 
 # --- series ----------------------------------------------------------------------------------------------------
@@ -401,7 +498,7 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
     if pid > limits.MAX_PID:
         raise ProtocolError(f"{where}.pid: out of range (0 to 2^32)")
     cpu_bound = 100.0 * (cores or limits.MAX_CORES)  # percent of one core, summed over its threads
-    return {
+    item: dict[str, Any] = {
         "pid": pid,
         "name": _text(raw.get("name", ""), f"{where}.name", limit=limits.MAX_PROCESS_NAME),
         "user": _text(raw.get("user", ""), f"{where}.user", limit=limits.MAX_PROCESS_USER),
@@ -409,6 +506,9 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
         "cpu": _number(raw.get("cpu"), f"{where}.cpu", (0.0, cpu_bound)),
         "rss": _number(raw.get("rss"), f"{where}.rss", BYTES),
     }
+    if "vram" in raw:  # optional (added within v1: older servers leave it out, older agents do not send it)
+        item["vram"] = _number(raw["vram"], f"{where}.vram", BYTES)
+    return item
 
 
 def _container(value: Any, where: str, cores: int | None) -> dict[str, Any]:
@@ -438,6 +538,52 @@ SNAPSHOT_KINDS: dict[str, SnapshotKind] = {
     "processes": SnapshotKind("processes", 1, key=("pid", "name"), state=None, item=_process),
     "containers": SnapshotKind("containers", 1, key=("name",), state="state", item=_container),
 }
+
+def _service(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    unit = _text(raw.get("unit"), f"{where}.unit", limit=limits.MAX_UNIT_NAME)
+    if not unit:
+        raise ProtocolError(f"{where}.unit: must not be empty")
+    item: dict[str, Any] = {
+        "unit": unit,
+        "state": _text(raw.get("state", ""), f"{where}.state", limit=limits.MAX_UNIT_STATE),
+        "sub": _text(raw.get("sub", ""), f"{where}.sub", limit=limits.MAX_UNIT_STATE),
+    }
+    if "since" in raw:
+        item["since"] = _number(raw["since"], f"{where}.since", (0.0, limits.TS_CEILING))
+    return item
+
+
+# Loaded service units that are not inactive; a unit's state is systemd's ActiveState (active, failed ...).
+SNAPSHOT_KINDS["services"] = SnapshotKind("services", 1, key=("unit",), state="state", item=_service)
+
+
+def _check(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    raw = _mapping(value, where)
+    name = _text(raw.get("name"), f"{where}.name", limit=limits.MAX_CHECK_NAME)
+    if not name:
+        raise ProtocolError(f"{where}.name: must not be empty")
+    item: dict[str, Any] = {"name": name, "state": _text(raw.get("state", ""), f"{where}.state", limit=16)}
+    if "status" in raw:
+        item["status"] = _integer(raw["status"], f"{where}.status")
+        if item["status"] > 999:
+            raise ProtocolError(f"{where}.status: out of range (0 to 999)")
+    for key, bounds in (("ms", limits.MILLISECONDS), ("cert_days", limits.DAYS), ("ts", (0.0, limits.TS_CEILING))):
+        if key in raw:
+            item[key] = _number(raw[key], f"{where}.{key}", bounds)
+    if "fails" in raw:
+        item["fails"] = _integer(raw["fails"], f"{where}.fails")
+    if raw.get("error"):
+        item["error"] = _text(raw["error"], f"{where}.error", limit=limits.MAX_CHECK_ERROR)
+    return item
+
+
+# Checks from the host (mbot.checks): one member per check the agent runs, by name; the state field is `state`.
+SNAPSHOT_KINDS["checks"] = SnapshotKind("checks", 1, key=("name",), state="state", item=_check)
+
+# The inventory again, when it changed since the hello: one member (so no key; a second one is a duplicate).
+SNAPSHOT_KINDS["inventory"] = SnapshotKind("inventory", 1, key=(), state=None,
+                                           item=lambda value, where, cores: inventory(value, where))
 
 
 def snapshot_key(kind: SnapshotKind, item: dict[str, Any]) -> tuple[Any, ...]:

@@ -115,7 +115,7 @@ def prepare(conn: sqlite3.Connection, hostname: str, allowed_users: tuple[int, .
     if recorded is None:
         name = machine_name(hostname)
         for candidate in (name, f"{name[:25]}-server", f"{name[:22]}-{secrets.token_hex(4)}"):
-            if not store.host_name_taken(conn, owner, candidate):
+            if not store.hosts_named(conn, candidate, owner):
                 break
         key = service.new_key(conn, candidate, owner, now)
         store.set_kv(conn, HOST_KEY, str(key.host_id))
@@ -142,7 +142,7 @@ def adopt(conn: sqlite3.Connection, admin: int) -> None:
     host = store.host_by_id(conn, int(recorded))
     if host is None or host.owner != 0:
         return
-    name = host.name if not store.host_name_taken(conn, admin, host.name) else f"{host.name[:25]}-server"
+    name = host.name if not store.hosts_named(conn, host.name, admin) else f"{host.name[:25]}-server"
     store.set_owner(conn, host.id, admin, name)
 
 

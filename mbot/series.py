@@ -20,12 +20,13 @@ from . import limits
 # Kinds
 GAUGE, RATE, COUNTER = "gauge", "rate", "counter"
 # Units: decide the sane range at the edge, the formatting, the axis and which /plot UNITs fit.
-PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD = (
-    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load")
+PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD, MILLISECONDS, DAYS = (
+    "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load", "ms", "days")
 STATE = "state"  # a code, not a quantity: 0 is fine, anything above is a kind of trouble (a container's `down`)
 RANGES: Mapping[str, tuple[float, float]] = {
     PERCENT: limits.PERCENT, BYTES: limits.BYTES, BYTE_RATE: limits.BYTE_RATE, CELSIUS: limits.CELSIUS,
-    WATTS: limits.WATTS, SECONDS: limits.SECONDS, COUNT: limits.COUNT, LOAD: limits.LOAD, STATE: limits.STATE,
+    WATTS: limits.WATTS, SECONDS: limits.SECONDS, COUNT: limits.COUNT, LOAD: limits.LOAD,
+    MILLISECONDS: limits.MILLISECONDS, DAYS: limits.DAYS, STATE: limits.STATE,
 }
 
 Labels = dict[str, str]
@@ -101,13 +102,18 @@ def gpus(what: str) -> Extract:
     return extract
 
 
-def containers(what: str) -> Extract:
-    """One series per container in metrics["containers"] (name -> {cpu, mem, down}) that has `what`."""
+def measured(key: str, what: str) -> Extract:
+    """metrics[key][what]: a figure the server measured itself (the link: mbot/linkquality.py; a speed test:
+    mbot/speedtest.py) and added to the sample after validation. An agent cannot send one: validation keeps known
+    keys only, and these are none of them."""
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
-        for name, entry in m.get("containers", {}).items():
-            if what in entry:
-                yield {"label": name}, entry[what]
+        if what in m.get(key, {}):
+            yield {}, m[key][what]
     return extract
+
+
+def link(what: str) -> Extract:
+    return measured("link", what)
 
 
 def _part(value: Mapping[str, float], what: str) -> float:
@@ -148,6 +154,7 @@ class Metric:
     plot_field: str | None = None
     plot_bare: bool = True
     listed: bool = True  # in a host's metric list at all (load5 and load15 go with load)
+    named: str = ""  # label and legend when the GPU's model is known: {gpu} is "RTX 4090 #0" (gpu_label)
 
     @property
     def pattern(self) -> re.Pattern[str]:
@@ -160,10 +167,31 @@ class Metric:
         match = self.pattern.fullmatch(series)
         return match.groupdict() if match else None
 
-    def text(self, series: str, legend: bool = False) -> str:
+    def text(self, series: str, legend: bool = False, gpus: Sequence[str] = ()) -> str:
+        """The label (or legend); `gpus`: the host's GPU models by index (its hello), which name a GPU row."""
         labels = self.labels_of(series) or {}
+        index = labels.get("i", "")
+        if self.named and index.isdigit() and int(index) < len(gpus) and gpus[int(index)]:
+            return self.named.format(gpu=gpu_label(gpus[int(index)], int(index)))
         template = self.legend if legend and self.legend else self.label
         return template.format(**{"i": "", "label": "", **labels})
+
+
+_GPU_VENDOR_WORDS = frozenset({"NVIDIA", "AMD", "GeForce", "Radeon", "Intel(R)", "Intel"})
+
+
+def gpu_model(name: str) -> str:
+    """What people call a GPU: "NVIDIA GeForce RTX 4090" -> "RTX 4090", "AMD Instinct MI300X" -> "Instinct MI300X"
+    (the vendor's leading words go, unless nothing would be left)."""
+    words = name.split()
+    while len(words) > 1 and words[0] in _GPU_VENDOR_WORDS:
+        words.pop(0)
+    return " ".join(words) or "GPU"
+
+
+def gpu_label(name: str, index: int) -> str:
+    """"RTX 4090 #0": the model and the GPU's index, so two of the same model stay apart."""
+    return f"{gpu_model(name)} #{index}"
 
 
 _PATTERNS: dict[str, re.Pattern[str]] = {}
@@ -229,40 +257,89 @@ CATALOGUE: list[Metric] = [
     Metric("procs", scalar("procs"), COUNT, "processes", plot=("procs",), card=True,
            prom=Prom("mbot_host_processes", "Processes running.")),
     Metric("gpu{i}", gpus("util"), PERCENT, "GPU {i}", plot=("gpu",), plot_one="gpu", alert="gpu", card=True, button="GPU",
-           prom=Prom("mbot_gpu_utilization_ratio", "GPU busy, 0-1.", 100, labels={"i": "gpu", "name": "name"})),
-    Metric("vram{i}", gpus("vram"), PERCENT, "VRAM {i}", plot=("vram",), plot_one="vram", alert="vram", card=True, button="VRAM"),
+           prom=Prom("mbot_gpu_utilization_ratio", "GPU busy, 0-1.", 100, labels={"i": "gpu", "name": "name"}),
+           named="{gpu}"),
+    Metric("vram{i}", gpus("vram"), PERCENT, "VRAM {i}", plot=("vram",), plot_one="vram", alert="vram", card=True, button="VRAM",
+           named="{gpu} VRAM"),
     Metric("vram_used{i}", gpus("vram_used"), BYTES, "VRAM {i}", size_of="vram{i}", card=True,
-           prom=Prom("mbot_gpu_memory_used_bytes", "GPU memory in use.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_memory_used_bytes", "GPU memory in use.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} VRAM"),
     Metric("vram_total{i}", gpus("vram_total"), BYTES, "VRAM {i} size", card=True,
-           prom=Prom("mbot_gpu_memory_total_bytes", "GPU memory size.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_memory_total_bytes", "GPU memory size.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} VRAM size"),
     Metric("gputemp{i}", gpus("temp"), CELSIUS, "GPU {i} temperature", legend="GPU {i} temp", plot=("gputemp",),
            plot_one="gputemp", alert="gputemp", card=True,
-           prom=Prom("mbot_gpu_temperature_celsius", "GPU temperature.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_temperature_celsius", "GPU temperature.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} temp"),
     Metric("power{i}", gpus("power"), WATTS, "GPU {i} power", plot=("power",), plot_one="power", card=True,
-           prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"})),
+           prom=Prom("mbot_gpu_power_watts", "GPU power draw.", labels={"i": "gpu", "name": "name"}),
+           named="{gpu} power"),
+    # The link to the server, measured by the server (mbot/linkquality.py): the last ~minute of probes.
+    Metric("rtt", link("rtt"), MILLISECONDS, "round trip to the server", legend="RTT", plot=("link", "rtt"),
+           alert="rtt", card=True, button="Link",
+           prom=Prom("mbot_host_link_rtt_seconds", "Round trip from the server to the agent over its WebSocket "
+                     "(mean of the last probes).", 1000)),
+    Metric("jitter", link("jitter"), MILLISECONDS, "jitter of the round trip", legend="jitter",
+           plot=("link", "jitter"), alert="jitter", card=True,
+           prom=Prom("mbot_host_link_jitter_seconds", "Mean change of the round trip between consecutive probes.",
+                     1000)),
+    Metric("loss", link("loss"), PERCENT, "probe loss", legend="loss", plot=("link", "loss"), alert="loss",
+           card=True, prom=Prom("mbot_host_link_loss_ratio", "Share of the last probes not answered within the "
+                                "probe timeout, 0-1.", 100)),
+    # Speed tests' results (mbot/speedtest.py): one point per test, on the sample that followed it (so not on
+    # /metrics, which shows the latest sample's values).
+    Metric("speed_down", measured("speed", "down"), BYTE_RATE, "speed test download", legend="speed ↓",
+           plot=("speed",), kind=RATE),
+    Metric("speed_up", measured("speed", "up"), BYTE_RATE, "speed test upload", legend="speed ↑",
+           plot=("speed",), kind=RATE),
+    # Checks from the host (mbot/checks.py): the agent's latest result of each check, on every sample (an alert
+    # on a series that comes and goes would resolve while it is missing). The label is the check's name, from a
+    # set the server bounds (limits.MAX_CHECKS per host).
+    Metric("check_up:{label}", labelled("checks", "up"), PERCENT, "check {label} up", plot_one="up:",
+           prom=Prom("mbot_check_up", "1 when the check's last probe succeeded.", 100,
+                     labels={"label": "check"})),
+    Metric("check_ms:{label}", labelled("checks", "ms"), MILLISECONDS, "check {label} latency",
+           legend="{label}", plot=("checks",), plot_one="check:",
+           prom=Prom("mbot_check_latency_seconds", "Time the check's last probe took (to its answer, or to its "
+                     "failure).", 1000, labels={"label": "check"})),
+    Metric("check_cert:{label}", labelled("checks", "cert"), DAYS, "certificate of {label}",
+           legend="cert {label}", plot_one="cert:", alert="cert",
+           prom=Prom("mbot_check_cert_days", "Days until the check's TLS certificate expires.",
+                     labels={"label": "check"})),
     # Containers: a bounded set (the mbot agent sends CPU and memory for at most 50, `down` for 200); their full
     # list is the `containers` snapshot. `container:web` draws CPU and memory, `container:web cpu` one of them.
-    Metric("container_cpu:{label}", containers("cpu"), PERCENT, "container {label} CPU", legend="{label} CPU",
-           plot_one="container:", plot_field="cpu",
+    Metric("container_cpu:{label}", labelled("containers", "cpu"), PERCENT, "container {label} CPU",
+           legend="{label} CPU", plot_one="container:", plot_field="cpu",
            prom=Prom("mbot_container_cpu_usage_ratio", "Container CPU busy, share of the whole host, 0-1.", 100,
                      labels={"label": "container"})),
-    Metric("container_mem:{label}", containers("mem"), BYTES, "container {label} memory", legend="{label} mem",
-           plot_one="container:", plot_field="mem",
+    Metric("container_mem:{label}", labelled("containers", "mem"), BYTES, "container {label} memory",
+           legend="{label} mem", plot_one="container:", plot_field="mem",
            prom=Prom("mbot_container_memory_bytes", "Container memory in use, less inactive page cache.",
                      labels={"label": "container"})),
-    Metric("container_down:{label}", containers("down"), STATE, "container {label}", legend="{label} down",
-           plot_one="container:", plot_field="down", plot_bare=False, alert="containers", list_each=True,
+    Metric("container_down:{label}", labelled("containers", "down"), STATE, "container {label}",
+           legend="{label} down", plot_one="container:", plot_field="down", plot_bare=False, alert="containers",
+           list_each=True,
            prom=Prom("mbot_container_down", "0 up, 1 not running, 2 unhealthy, 3 restarting over and over.",
                      labels={"label": "container"})),
 ]
 
 
-# Other words for /plot's words.
+# Other words people type for the catalogue's words: plurals, long forms, the card's own names. /plot, the CLI's
+# plot and /setalert read them through canonical(); a word that is no selector stays unknown to /setalert (net:
+# it has net_up and net_down).
 ALIASES = {"temps": "temp", "temperature": "temp", "temperatures": "temp", "mem": "ram", "memory": "ram",
-           "disks": "disk", "gpus": "gpu", "processes": "procs"}
+           "disks": "disk", "gpus": "gpu", "vrams": "vram", "gputemps": "gputemp", "gpu_temp": "gputemp",
+           "cpus": "cpu", "network": "net", "nets": "net", "download": "net_down", "upload": "net_up",
+           "processes": "procs", "latency": "rtt", "ping": "rtt"}
 
 
 # --- what consumers ask ----------------------------------------------------------------------------------------
+
+
+def canonical(word: str) -> str:
+    """A metric word (any case) as the catalogue spells it: lower case, an alias replaced by its word."""
+    word = word.lower()
+    return ALIASES.get(word, word)
 
 
 def flatten(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -5,13 +5,15 @@ own connection, the server its single writer) and the rendering (terminal text, 
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
 
-from . import store
+from . import checks, members, store
+from .alerts import AlertRule
 # NewKey is also read as service.NewKey by modules written before mbot.model; new code imports it from there.
 from .model import Host, NewKey, secret_hash
 
@@ -52,8 +54,7 @@ def new_key(conn: sqlite3.Connection, name: str, owner: int = 0, now: float | No
     With `max_hosts`, an owner who has that many hosts (revoked ones with kept history count: they hold storage)
     gets HostLimit. The count and the insert share the caller's transaction, so two requests cannot both slip in."""
     check_name(name)
-    if store.host_name_taken(conn, owner, name):
-        raise ServiceError(f"you already have a host named {name!r}")
+    _refuse_taken(name, store.hosts_named(conn, name, owner))
     if max_hosts is not None:
         count = store.count_hosts(conn, owner)
         if count >= max_hosts:
@@ -101,11 +102,31 @@ def host_summaries(conn: sqlite3.Connection, owner: int | None = None, now: floa
     return [summarize(host, now) for host in store.list_hosts(conn, owner)]
 
 
+def _refuse_taken(name: str, taken: list[Host]) -> None:
+    """Names are unique per owner without regard to case: `BOX1` next to `box1` would make every command that
+    names one of them a guess."""
+    if not taken:
+        return
+    other = taken[0].name
+    if other == name:
+        raise ServiceError(f"you already have a host named {name!r}")
+    raise ServiceError(f"you already have a host named {other!r}; names that differ only in case are not allowed")
+
+
+def by_name(hosts: list[Host], ref: str) -> list[Host]:
+    """Of the hosts whose name is `ref` but for case (store.hosts_named), those `ref` means: the ones spelled
+    exactly so if any (names that differ only in case, from before they were refused, stay reachable), else all."""
+    return [h for h in hosts if h.name == ref] or hosts
+
+
 def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
-    """A host of `owner` by name or by the first 8+ characters of its key id (as the original's <key|name>)."""
-    host = store.host_by_name(conn, owner, ref)
-    if host is not None:
-        return host
+    """A host of `owner` by name (any case, when only one name fits) or by the first 8+ characters of its key id
+    (as the original's <key|name>)."""
+    named = by_name(store.hosts_named(conn, ref, owner), ref)
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise ServiceError(f"{ref!r} could be {' or '.join(h.name for h in named)}: type the name exactly as listed")
     if len(ref) >= 8:
         matches = store.hosts_by_key_prefix(conn, owner, ref.lower())
         if len(matches) == 1:
@@ -124,8 +145,7 @@ def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> Host:
 def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> Host:
     host = resolve_host(conn, owner, ref)
     check_name(new_name)
-    if new_name != host.name and store.host_name_taken(conn, owner, new_name):
-        raise ServiceError(f"you already have a host named {new_name!r}")
+    _refuse_taken(new_name, [h for h in store.hosts_named(conn, new_name, owner) if h.id != host.id])
     store.rename_host(conn, host.id, new_name)
     return host
 
@@ -147,3 +167,48 @@ def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, no
         # Not a SHA-256 hex digest, so no secret can ever match it.
         store.set_secret(conn, host.id, f"revoked-{secrets.token_hex(16)}", revoked=time.time() if now is None else now)
     return host
+
+
+# --- checks from the host (mbot.checks) ---------------------------------------------------------------------------
+
+
+def add_check(conn: sqlite3.Connection, host: Host, target: str, every: float, *, now: float | None = None,
+              down_after: int = checks.DEFAULT_DOWN_AFTER, max_per_host: int = checks.MAX_PER_HOST,
+              max_per_user: int = checks.MAX_PER_USER) -> checks.CheckSpec:
+    """A new check of `host` (target and every already validated, mbot.checks), with its two alert rules (down;
+    certificate under DEFAULT_CERT_DAYS days), in the caller's transaction. Bounds: per host and per owner."""
+    existing = store.checks_of_host(conn, host.id)
+    if len(existing) >= max_per_host:
+        raise ServiceError(f"{host.name} has {len(existing)} checks, the most a host may have: remove one first "
+                           f"(/check {host.name} del CHECK)")
+    if host.owner and store.count_checks_of_owner(conn, host.owner) >= max_per_user:
+        raise ServiceError(f"you have {max_per_user} checks, the most a user may have: remove one first")
+    same = [spec.name for spec in existing if spec.target == target]
+    if same:
+        raise ServiceError(f"{host.name} already checks {target} (as {same[0]})")
+    name = checks.default_name(target, [spec.name for spec in existing])
+    check_id = store.insert_check(conn, host.id, name, target, every, down_after,
+                                  time.time() if now is None else now)
+    down_metric, cert_metric = checks.rule_metrics(name)
+    for rule in (AlertRule(host.id, down_metric, members.THRESHOLD, below=True),
+                 AlertRule(host.id, cert_metric, checks.DEFAULT_CERT_DAYS, below=True)):
+        store.put_alert_rule(conn, host.id, rule.metric, json.dumps(rule.as_dict()))
+    return checks.CheckSpec(check_id, host.id, name, target, every, down_after)
+
+
+def find_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSpec:
+    """A check of `host` by name (any case), number or target."""
+    found = [spec for spec in store.checks_of_host(conn, host.id)
+             if ref.lower() in (spec.name, str(spec.id), spec.target.lower())]
+    if not found:
+        raise ServiceError(f"{host.name} has no check {ref[:60]!r}: /checks {host.name} lists them")
+    return found[0]
+
+
+def delete_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSpec:
+    """Remove a check and its alert rules (the ones /check added, or /setalert set since)."""
+    spec = find_check(conn, host, ref)
+    store.delete_check(conn, spec.id)
+    for metric in checks.rule_metrics(spec.name):
+        store.delete_alert_rule(conn, host.id, metric)
+    return spec

@@ -7,6 +7,8 @@ An AgentSession takes what arrived (a text frame and the time) and says what to 
                    queue the samples on the writer
     Snapshot       queue it on the writer (no ack: only the latest counts)
     Result         the answer to a command this connection sent and still waits for: wake the waiter
+    SpeedReport    the agent's answer in a speed test this connection runs (mbot/speedtest.py): wake the waiter
+    UploadBytes    a binary frame of a speed test's upload: count it (nothing else may be binary)
     Ignore         nothing to do but log `why`
     Close          send an `error` frame with the reason, then close with the code
 
@@ -19,20 +21,23 @@ What it holds:
 - the host's SampleBudget and SnapshotBudget (per host across its connections: the hub lends them, so that
   reconnecting earns nothing);
 - ack coalescing: the highest committed seq, and the highest acked; an ack goes out only when the first grew;
-- command/result matching: the ids of commands sent and not answered yet.
+- command/result matching: the ids of commands sent and not answered yet;
+- the link probe (mbot/linkquality.py): when to measure the round trip, and the figures it folds into live samples.
 
 Once it said Close, the session is closed: later frames are ignored (the driver is closing the socket anyway).
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from dataclasses import dataclass
 from typing import Callable
 
-from . import protocol
+from . import protocol, series as catalogue
 from .limits import FrameBucket, SampleBudget, SnapshotBudget
-from .protocol import Hello, ProtocolError, Result, Samples, Snapshot, UnknownSnapshot
+from .linkquality import LIVE_ITEMS, LinkPolicy, LinkProbe
+from .protocol import Hello, ProtocolError, Result, Samples, Snapshot, SpeedReport, UnknownSnapshot
 
 HELLO_TIMEOUT = 10.0
 MAX_PENDING_COMMANDS = 16  # the bot sends one at a time per host; more would be a bug, not a reason to grow
@@ -66,8 +71,13 @@ class Close:
     quiet: bool = False  # already logged elsewhere (the writer's isolated failure)
 
 
+@dataclass(frozen=True)
+class UploadBytes:
+    count: int
+
+
 # The frames themselves stand for "store this hello / snapshot" and "deliver this result": the session checked them.
-Action = Hello | StoreSamples | Snapshot | Result | Ignore | Close
+Action = Hello | StoreSamples | Snapshot | Result | SpeedReport | UploadBytes | Ignore | Close
 
 
 class State(enum.Enum):
@@ -82,7 +92,7 @@ class State(enum.Enum):
 class AgentSession:
     def __init__(self, *, now: float, sample_budget: Callable[[float], SampleBudget],
                  snapshot_budget: Callable[[float], SnapshotBudget], hello_timeout: float = HELLO_TIMEOUT,
-                 frames: FrameBucket | None = None) -> None:
+                 frames: FrameBucket | None = None, link: LinkPolicy | None = None) -> None:
         """`sample_budget(interval)` and `snapshot_budget(interval)` lend the host's budgets when the hello
         announces its interval (they belong to the host, not to this connection)."""
         self.state = State.AWAITING_HELLO
@@ -97,6 +107,10 @@ class AgentSession:
         self._committed = 0  # the highest seq committed for this connection's epoch
         self._acked = 0  # the highest seq acked
         self._pending: set[str] = set()  # command ids sent, not answered yet
+        self.link = LinkProbe(link or LinkPolicy(), now)
+        self._speed_pending: set[str] = set()  # speed tests awaiting the agent's report
+        self._upload: tuple[str, int] | None = None  # the upload under way: (test id, bytes it may still send)
+        self._fold: dict[str, dict[str, float]] = {}  # server-side values for the next live sample, once
 
     # --- frames in ---------------------------------------------------------------------------------------------
 
@@ -130,6 +144,14 @@ class AgentSession:
 
     def _next(self, message: str | bytes, now: float) -> Action | None:
         assert self.hello is not None and self._samples is not None and self._snapshots is not None
+        if isinstance(message, bytes) and self._upload is not None:
+            # A speed test's upload: bounded by its bytes, not by the frame rate (it is meant to be fast).
+            test_id, left = self._upload
+            if len(message) > left:
+                return self._over("speed test bytes", "it sent more during a speed test's upload than it was "
+                                  "asked to")
+            self._upload = (test_id, left - len(message))
+            return UploadBytes(len(message))
         if not self._frames.take(now):
             raise ProtocolError("too many frames: over the per-connection rate limit", protocol.CLOSE_POLICY)
         frame = protocol.parse_agent_frame(message, cores=self.hello.facts.get("cpu_count"))
@@ -138,7 +160,7 @@ class AgentSession:
             if wait is None:
                 return self._over("samples", f"more samples than one per {self._samples.interval:g} s (the "
                                   "interval its hello announced) plus what its time away accounts for")
-            return StoreSamples(frame, self.hello.epoch, wait)
+            return StoreSamples(self._fold_once(self.link.fold(frame)), self.hello.epoch, wait)
         if isinstance(frame, Snapshot):
             if not self._snapshots.take(frame.kind, now):
                 return self._over("snapshots", f"more {frame.kind} snapshots than one per "
@@ -151,6 +173,10 @@ class AgentSession:
                           "server does not know; ignored")
         if isinstance(frame, Hello):
             raise ProtocolError("hello sent twice", protocol.CLOSE_POLICY)
+        if isinstance(frame, SpeedReport):
+            if frame.test_id in self._speed_pending:
+                return frame
+            return Ignore("result", f"a speed test report {frame.test_id[:64]!r} nobody asked for; ignored")
         assert isinstance(frame, Result)
         if frame.command_id in self._pending:
             self._pending.discard(frame.command_id)
@@ -208,3 +234,30 @@ class AgentSession:
     @property
     def pending_commands(self) -> frozenset[str]:
         return frozenset(self._pending)
+
+    # --- speed tests (mbot/speedtest.py) --------------------------------------------------------------------------
+
+    def speed_started(self, test_id: str, upload_bytes: int = 0) -> None:
+        """A speed test direction starts: its report will be delivered; an upload may send `upload_bytes`."""
+        self._speed_pending.add(test_id)
+        if upload_bytes:
+            self._upload = (test_id, upload_bytes)
+
+    def speed_ended(self, test_id: str) -> None:
+        """Reported, timed out or abandoned: a late report is ignored, and binary frames are refused again."""
+        self._speed_pending.discard(test_id)
+        if self._upload is not None and self._upload[0] == test_id:
+            self._upload = None
+
+    def fold_once(self, key: str, values: dict[str, float]) -> None:
+        """Add `values` as metrics[key] to the next live sample (server-side values, like the link's)."""
+        self._fold[key] = values
+
+    def _fold_once(self, samples: Samples) -> Samples:
+        if not self._fold or len(samples.items) > LIVE_ITEMS:
+            return samples
+        newest = samples.items[-1]
+        extra, self._fold = self._fold, {}
+        folded = dataclasses.replace(newest, metrics={**newest.metrics, **extra},
+                                     series={**newest.series, **catalogue.flatten(extra)})
+        return Samples((*samples.items[:-1], folded))

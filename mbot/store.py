@@ -24,14 +24,14 @@ import sys
 import threading
 from array import array
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
-from .model import Host
+from .checks import CheckSpec
+from .model import AlertMessage, Host, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -153,6 +153,45 @@ MIGRATIONS: list[str] = [
         received REAL NOT NULL,
         items TEXT NOT NULL,
         PRIMARY KEY (host_id, kind)
+    );
+    """,
+    # Quiet hours per Telegram user (/quiet, mbot.quiet): a daily window of the wall clock in minutes after midnight.
+    """
+    CREATE TABLE quiet_hours (
+        user_id INTEGER PRIMARY KEY,
+        start_minute INTEGER NOT NULL,
+        end_minute INTEGER NOT NULL
+    );
+    """,
+    # Alert messages (mbot/telegram/alert_delivery.py): one row per alert that fired (metric "offline": a host that
+    # went offline) and the chat message of its life, which its reminders reply to and its end edits; and, for
+    # CPU/RAM/GPU alerts, the top processes when it fired (JSON items of the `processes` snapshot).
+    """
+    CREATE TABLE alert_messages (
+        id INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        metric TEXT NOT NULL,
+        series TEXT NOT NULL,
+        fired REAL NOT NULL,
+        procs TEXT,
+        chat_id INTEGER,
+        message_id INTEGER,
+        photo INTEGER NOT NULL DEFAULT 0,
+        resolved REAL
+    );
+    CREATE INDEX alert_messages_open ON alert_messages (host_id, metric, series) WHERE resolved IS NULL;
+    """,
+    # Checks from the host (mbot.checks): what each host's agent probes. The name labels its series and alerts.
+    """
+    CREATE TABLE checks (
+        id INTEGER PRIMARY KEY,
+        host_id INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        target TEXT NOT NULL,
+        every REAL NOT NULL,
+        down_after INTEGER NOT NULL,
+        created REAL NOT NULL,
+        UNIQUE (host_id, name)
     );
     """,
 ]
@@ -346,10 +385,6 @@ def insert_host(conn: sqlite3.Connection, *, name: str, owner: int, key_id: str,
     return _inserted_id(cur)
 
 
-def host_name_taken(conn: sqlite3.Connection, owner: int, name: str) -> bool:
-    return conn.execute("SELECT 1 FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone() is not None
-
-
 def count_hosts(conn: sqlite3.Connection, owner: int | None = None) -> int:
     """The owner's hosts, or every host (a read of `hosts` that the health check uses to see the database works)."""
     if owner is None:
@@ -363,9 +398,16 @@ def hosts_by_key_prefix(conn: sqlite3.Connection, owner: int, prefix: str) -> li
     return [_host(row) for row in rows]
 
 
-def host_by_name(conn: sqlite3.Connection, owner: int, name: str) -> Host | None:
-    row = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND name = ?", (owner, name)).fetchone()
-    return _host(row) if row else None
+def hosts_named(conn: sqlite3.Connection, name: str, owner: int | None = None) -> list[Host]:
+    """The hosts (of one owner, or of all) whose name is `name` but for case. NOCASE folds ASCII letters only, and
+    host names are ASCII (service.NAME_RULE): no Unicode look-alike (the Kelvin sign) ever matches a name."""
+    if owner is None:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE name = ? COLLATE NOCASE ORDER BY owner, name",
+                            (name,))
+    else:
+        rows = conn.execute(f"SELECT {_HOST_COLUMNS} FROM hosts WHERE owner = ? AND name = ? COLLATE NOCASE "
+                            "ORDER BY name", (owner, name))
+    return [_host(row) for row in rows]
 
 
 def rename_host(conn: sqlite3.Connection, host_id: int, name: str) -> None:
@@ -386,6 +428,8 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
         conn.execute(f"DELETE FROM {table} WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM samples WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM alert_messages WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM checks WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
@@ -522,16 +566,6 @@ def set_kv(conn: sqlite3.Connection, key: str, value: str) -> None:
 # --- snapshots -----------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredSnapshot:
-    host_id: int
-    kind: str
-    v: int
-    ts: float  # the agent's clock
-    received: float  # the server's clock
-    items: list[dict[str, Any]]
-
-
 def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: float, received: float,
                  items_json: str) -> None:
     """Replace the host's latest snapshot of this kind."""
@@ -539,6 +573,18 @@ def put_snapshot(conn: sqlite3.Connection, host_id: int, kind: str, v: int, ts: 
                  "ON CONFLICT (host_id, kind) DO UPDATE SET v = excluded.v, ts = excluded.ts, "
                  "received = excluded.received, items = excluded.items",
                  (host_id, kind, v, ts, received, items_json))
+
+
+def services_items(conn: sqlite3.Connection, host_id: int) -> list[dict[str, Any]] | None:
+    """The host's latest `services` snapshot's items (None: it sent none: no systemd, or an older agent)."""
+    latest = latest_snapshot(conn, host_id, "services")
+    return None if latest is None else latest.items
+
+
+def set_inventory(conn: sqlite3.Connection, host_id: int, inventory_json: str) -> None:
+    """Replace the inventory among the host's hello facts (an `inventory` snapshot: it changed since the hello)."""
+    conn.execute("UPDATE hosts SET facts = json_set(CASE WHEN json_valid(facts) THEN facts ELSE '{}' END, "
+                 "'$.inventory', json(?)) WHERE id = ?", (inventory_json, host_id))
 
 
 def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
@@ -567,3 +613,111 @@ def snapshots_of_host(conn: sqlite3.Connection, host_id: int) -> list[StoredSnap
                         (host_id,))
     return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], _snapshot_items(host_id, row[0], row[4]))
             for row in rows]
+
+
+# --- quiet hours (mbot.quiet) ---------------------------------------------------------------------------------
+
+
+def quiet_hours(conn: sqlite3.Connection) -> dict[int, tuple[int, int]]:
+    """Every user's quiet window: user id -> (start, end) in minutes after midnight."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute(
+        "SELECT user_id, start_minute, end_minute FROM quiet_hours")}
+
+
+def set_quiet_hours(conn: sqlite3.Connection, user_id: int, window: tuple[int, int] | None) -> None:
+    """Set a user's quiet window, or (None) remove it."""
+    if window is None:
+        conn.execute("DELETE FROM quiet_hours WHERE user_id = ?", (user_id,))
+    else:
+        conn.execute("INSERT INTO quiet_hours (user_id, start_minute, end_minute) VALUES (?, ?, ?) "
+                     "ON CONFLICT (user_id) DO UPDATE SET start_minute = excluded.start_minute, "
+                     "end_minute = excluded.end_minute", (user_id, *window))
+
+
+# --- alert messages (mbot/telegram/alert_delivery.py) ----------------------------------------------------------
+
+ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Processes button) is kept
+
+
+def _alert_message(row: sqlite3.Row) -> AlertMessage:
+    procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
+    return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
+                        row["message_id"], bool(row["photo"]), row["resolved"])
+
+
+def add_alert_message(conn: sqlite3.Connection, host_id: int, metric: str, series: str, fired: float,
+                      procs_json: str | None) -> int:
+    """A new alert life; an older open one of the same alert is closed (it can only be left from a crash), and
+    rows resolved more than ALERT_MESSAGE_KEEP ago go."""
+    conn.execute("UPDATE alert_messages SET resolved = ? WHERE host_id = ? AND metric = ? AND series = ? "
+                 "AND resolved IS NULL", (fired, host_id, metric, series))
+    conn.execute("DELETE FROM alert_messages WHERE resolved < ?", (fired - ALERT_MESSAGE_KEEP,))
+    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs) VALUES (?, ?, ?, ?, ?)",
+                       (host_id, metric, series, fired, procs_json))
+    return _inserted_id(cur)
+
+
+def set_alert_message_sent(conn: sqlite3.Connection, alert_id: int, chat_id: int, message_id: int,
+                           photo: bool) -> None:
+    conn.execute("UPDATE alert_messages SET chat_id = ?, message_id = ?, photo = ? WHERE id = ?",
+                 (chat_id, message_id, int(photo), alert_id))
+
+
+def resolve_alert_message(conn: sqlite3.Connection, alert_id: int, ts: float) -> None:
+    conn.execute("UPDATE alert_messages SET resolved = ? WHERE id = ? AND resolved IS NULL", (ts, alert_id))
+
+
+def alert_message(conn: sqlite3.Connection, alert_id: int) -> AlertMessage | None:
+    row = conn.execute("SELECT * FROM alert_messages WHERE id = ?", (alert_id,)).fetchone()
+    return None if row is None else _alert_message(row)
+
+
+def open_alert_messages(conn: sqlite3.Connection) -> list[AlertMessage]:
+    """Alerts that have not ended, oldest first (at start: the threads a restart must keep)."""
+    rows = conn.execute("SELECT * FROM alert_messages WHERE resolved IS NULL ORDER BY id")
+    return [_alert_message(row) for row in rows]
+
+
+# --- checks from the host (mbot.checks) -------------------------------------------------------------------------
+
+# Bumped with every change of `checks`, so a running server notices what the CLI (another process) changed.
+CHECKS_VERSION = "checks.version"
+
+
+def _check_spec(row: sqlite3.Row) -> CheckSpec:
+    return CheckSpec(row["id"], row["host_id"], row["name"], row["target"], row["every"], row["down_after"])
+
+
+def checks_of_host(conn: sqlite3.Connection, host_id: int) -> list[CheckSpec]:
+    return [_check_spec(row) for row in conn.execute("SELECT * FROM checks WHERE host_id = ? ORDER BY id",
+                                                      (host_id,))]
+
+
+def all_checks(conn: sqlite3.Connection) -> list[CheckSpec]:
+    return [_check_spec(row) for row in conn.execute("SELECT * FROM checks ORDER BY host_id, id")]
+
+
+def count_checks_of_owner(conn: sqlite3.Connection, owner: int) -> int:
+    return conn.execute("SELECT count(*) FROM checks JOIN hosts ON hosts.id = checks.host_id WHERE hosts.owner = ?",
+                        (owner,)).fetchone()[0]
+
+
+def insert_check(conn: sqlite3.Connection, host_id: int, name: str, target: str, every: float, down_after: int,
+                 created: float) -> int:
+    cur = conn.execute("INSERT INTO checks (host_id, name, target, every, down_after, created) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (host_id, name, target, every, down_after, created))
+    _bump_checks(conn)
+    return _inserted_id(cur)
+
+
+def delete_check(conn: sqlite3.Connection, check_id: int) -> None:
+    conn.execute("DELETE FROM checks WHERE id = ?", (check_id,))
+    _bump_checks(conn)
+
+
+def checks_version(conn: sqlite3.Connection) -> int:
+    return int(get_kv(conn, CHECKS_VERSION) or 0)
+
+
+def _bump_checks(conn: sqlite3.Connection) -> None:
+    set_kv(conn, CHECKS_VERSION, str(checks_version(conn) + 1))

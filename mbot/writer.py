@@ -106,6 +106,12 @@ class SnapshotListener(Protocol):
         """What changed from the host's previous snapshot of this kind (never called with no events)."""
 
 
+class SnapshotStateListener(Protocol):
+    def on_snapshot_stored(self, host_id: int, snapshot: Snapshot) -> None:
+        """The host's latest snapshot of a kind, after each commit of one, baseline included: for whoever needs
+        the whole list rather than what changed (member alerts: the state of a watched service)."""
+
+
 @dataclass
 class _HostMark:
     epoch: int
@@ -131,6 +137,7 @@ class Writer:
         self.listeners: list[CommitListener] = []
         # Told, in the trio thread, what each committed snapshot changed (alerting may subscribe later).
         self.snapshot_listeners: list[SnapshotListener] = []
+        self.snapshot_state_listeners: list[SnapshotStateListener] = []
         self.committed_snapshots = 0
         self._progress = trio.Event()
 
@@ -235,6 +242,7 @@ class Writer:
                     self.committed_snapshots += 1
                     if result:
                         self._tell_snapshot(item, result)
+                    self._tell_snapshot_state(item)
             item.done.set()
         self._progress.set()
         self._progress = trio.Event()
@@ -252,6 +260,14 @@ class Writer:
         for listener in self.snapshot_listeners:
             try:
                 listener.on_snapshot(item.host_id, item.snapshot.kind, events)
+            except Exception as exc:
+                self.faults.isolated("alerting", f"snapshot listener {type(listener).__name__}", exc)
+
+    def _tell_snapshot_state(self, item: SnapshotWrite) -> None:
+        assert item.snapshot is not None
+        for listener in self.snapshot_state_listeners:
+            try:
+                listener.on_snapshot_stored(item.host_id, item.snapshot)
             except Exception as exc:
                 self.faults.isolated("alerting", f"snapshot listener {type(listener).__name__}", exc)
 
@@ -414,6 +430,10 @@ class Writer:
         assert snapshot is not None
         if conn.execute("SELECT 1 FROM hosts WHERE id = ?", (item.host_id,)).fetchone() is None:
             return []  # host deleted meanwhile
+        if snapshot.kind == "inventory":  # a hello fact that changed: the hosts row keeps it, as after a hello
+            if snapshot.items:
+                store.set_inventory(conn, item.host_id, json.dumps(snapshot.items[0]))
+            return []
         previous = store.latest_snapshot(conn, item.host_id, snapshot.kind)
         store.put_snapshot(conn, item.host_id, snapshot.kind, snapshot.v, snapshot.ts, time.time(),
                            snapshot.items_json)

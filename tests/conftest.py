@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import pytest
 import trio
@@ -15,6 +15,15 @@ from mbot.config import Settings
 # Servers the tests start as processes (`python -m mbot`) inherit this: they watch the test machine only where a test
 # asks (tests/test_selfwatch.py), instead of each running an agent of its own.
 os.environ["MBOT_WATCH_SELF"] = "0"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test (or a process it starts) that forgets MBOT_DATA_DIR lands here, never in the real default
+    (~/.local/share/mbot, /var/lib/mbot for root). Tests of the default pass their own environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MBOT_DATA_DIR", str(tmp_path_factory.mktemp("forgotten-data-dir")))
+        yield
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ Use the real clock with it: under MockClock's autojump every socket wait looks i
 
 Behaves like Telegram where tests can tell: URLs are /bot<token>/<method> (wrong token: 401, unknown method:
 404), JSON, form and multipart bodies are accepted, getUpdates long-polls and forgets updates below `offset`,
-sends return Messages with increasing message_id, an edit that changes nothing is 400 "message is not
-modified", and a few limits are checked (text length, caption length, callback_data 1-64 bytes, HTML tags)
+sends return Messages with increasing message_id (a reply, by reply_parameters or the older
+reply_to_message_id, carries reply_to_message; a missing one is 400 unless allow_sending_without_reply), an edit
+that changes nothing is 400 "message is not modified", and a few limits are checked (text length, caption length, callback_data 1-64 bytes, HTML tags)
 so that view bugs surface in tests rather than in production.
 """
 
@@ -36,9 +37,10 @@ DEFAULT_TOKEN = "123456789:AAFake-Token_for_tests"
 BOT_USER = {"id": 123456789, "is_bot": True, "first_name": "mbot (fake)", "username": "mbot_fake_bot"}
 
 # Form and multipart values are strings; these fields carry JSON or numbers in real Telegram requests.
-_JSON_FIELDS = {"reply_markup", "media", "allowed_updates", "commands", "link_preview_options", "entities"}
-_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time"}
-_BOOL_FIELDS = {"show_alert", "disable_notification"}
+_JSON_FIELDS = {"reply_markup", "media", "allowed_updates", "commands", "link_preview_options", "entities",
+                "reply_parameters"}
+_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id"}
+_BOOL_FIELDS = {"show_alert", "disable_notification", "allow_sending_without_reply"}
 _HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code",
               "pre", "blockquote", "tg-emoji"}
 
@@ -58,6 +60,11 @@ class Call:
     params: dict[str, Any]
     files: dict[str, Upload] = field(default_factory=dict)
     result: Any = None
+
+    @property
+    def shown(self) -> str:
+        """What the chat shows of a sent message: its text, or its caption (a photo, a document)."""
+        return self.params.get("text") or self.params.get("caption") or ""
 
 
 class ApiError(Exception):
@@ -103,7 +110,8 @@ class FakeBot:
         # Telegram matches method names case-insensitively; calls are recorded under the documented name.
         self._methods: dict[str, tuple[str, Callable[..., Any]]] = {}
         for name in ("getMe", "getMyCommands", "setMyCommands", "getUpdates", "sendMessage", "sendPhoto",
-                     "sendDocument", "editMessageText", "editMessageReplyMarkup", "editMessageMedia",
+                     "sendDocument", "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
+                     "editMessageMedia",
                      "answerCallbackQuery", "deleteMessage", "sendChatAction"):
             handler = getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower())
             self._methods[name.lower()] = (name, handler)
@@ -315,12 +323,30 @@ class FakeBot:
 
     def _new_message(self, params: dict, **content: Any) -> dict[str, Any]:
         chat_id = params["chat_id"]
+        replied = self._replied(params)
         message = {"message_id": next(self._message_ids), "from": BOT_USER, "chat": _chat(chat_id),
                    "date": int(time.time()), **{k: v for k, v in content.items() if v is not None}}
+        if replied is not None:
+            message["reply_to_message"] = {k: v for k, v in replied.items() if k != "reply_to_message"}
         if params.get("reply_markup") is not None:
             message["reply_markup"] = _check_markup(params["reply_markup"])
         self.messages[(chat_id, message["message_id"])] = message
         return message
+
+    def _replied(self, params: dict) -> dict[str, Any] | None:
+        """The message a send replies to (ReplyParameters, or the older reply_to_message_id), if it exists."""
+        reply = params.get("reply_parameters")
+        if reply is None and params.get("reply_to_message_id") is not None:
+            reply = {"message_id": params["reply_to_message_id"],
+                     "allow_sending_without_reply": params.get("allow_sending_without_reply", False)}
+        if reply is None:
+            return None
+        if not isinstance(reply, dict) or not isinstance(reply.get("message_id"), int):
+            raise _bad("invalid reply parameters")
+        found = self.messages.get((reply.get("chat_id", params["chat_id"]), reply["message_id"]))
+        if found is None and not reply.get("allow_sending_without_reply"):
+            raise _bad("message to be replied not found")
+        return found
 
     def _send_message(self, params: dict, files: dict) -> dict[str, Any]:
         text = params["text"]
@@ -362,6 +388,21 @@ class FakeBot:
         if text == message["text"] and markup == message.get("reply_markup"):
             raise _not_modified()
         message["text"] = text
+        _set_markup(message, markup)
+        return message
+
+    def _edit_message_caption(self, params: dict, files: dict) -> dict[str, Any]:
+        message = self._message(params)
+        if not any(kind in message for kind in ("photo", "document", "video", "audio", "animation")):
+            raise _bad("there is no caption in the message to edit")
+        caption = _caption(params)
+        markup = _check_markup(params["reply_markup"]) if params.get("reply_markup") is not None else None
+        if caption == message.get("caption") and markup == message.get("reply_markup"):
+            raise _not_modified()
+        if caption:
+            message["caption"] = caption
+        else:
+            message.pop("caption", None)
         _set_markup(message, markup)
         return message
 

@@ -389,6 +389,7 @@ async def test_hosts_per_user_are_capped(fake: FakeBot, nursery, settings: Setti
 async def test_tell_owner_goes_through_the_outbox_without_repeats(fake: FakeBot, nursery, settings: Settings):
     from mbot.agents import AgentHub
     from mbot.alerting import Alerting
+    from mbot.install import Endpoint
     from mbot.store import Database
     from mbot.telegram.api import BotApi
     from mbot.telegram.bot import Bot
@@ -400,7 +401,7 @@ async def test_tell_owner_goes_through_the_outbox_without_repeats(fake: FakeBot,
     async with BotApi(fake.url, fake.token) as api, trio.open_nursery() as inner:
         inner.start_soon(outbox.run)
         bot = Bot(settings, api, outbox, db, writer, AgentHub(db, writer), Alerting(db, writer, repeat=3600.0),
-                  fingerprint="ab" * 32, agent_port=8000)
+                  endpoint=Endpoint("127.0.0.1", 8000, "ab" * 32, "A" * 43 + "="))
         bot.tell_owner(0, "nobody to tell")  # a CLI-only host
         bot.tell_owner(ALICE, "<b>box1</b> sends too fast: samples are being dropped")
         bot.tell_owner(ALICE, "<b>box1</b> sends too fast: samples are being dropped")  # a repeat: not sent

@@ -322,7 +322,7 @@ async def test_repeated_connection_failures_are_summarised(tmp_path, autojump_cl
         if calls <= 200:  # a long outage
             raise OSError(111, "Connection refused")
         if calls == 201:  # then a connection that stayed up an hour, and ended
-            return 3600.0, "disconnected from 10.0.0.5:8000: code 1001", logging.INFO
+            return agent.Ended(3600.0, 1001, "disconnected from 10.0.0.5:8000: code 1001", logging.INFO)
         if calls == 202:
             raise OSError(111, "Connection refused" + FORGED)
         raise trio_websocket.ConnectionRejected(401, (), None)

@@ -66,7 +66,7 @@ def test_config_defaults():
     assert (cfg.port, cfg.interval, cfg.verify_ssl, cfg.fingerprint, cfg.allow_power) == (8000, 5.0, True, None,
                                                                                            False)
     assert cfg.fingerprint_file == "~/.bot_fingerprint.json"
-    assert cfg.capabilities == []
+    assert cfg.capabilities == ["speedtest", "checks"]
 
 
 def test_config_environment_beats_env_file():
@@ -76,7 +76,7 @@ def test_config_environment_beats_env_file():
                                 env_file)
     assert cfg.server == "env.example" and cfg.port == 9443
     assert cfg.secret == "from-file" and cfg.interval == 2.5  # an empty variable counts as unset
-    assert cfg.allow_power and cfg.capabilities == ["power"]
+    assert cfg.allow_power and cfg.capabilities == ["power", "speedtest", "checks"]
 
 
 @pytest.mark.parametrize("name,value", [
@@ -544,10 +544,11 @@ async def test_connection_hello_replay_live_and_revoke(tmp_path, caplog):
         nursery.start_soon(a._serve, conn)
 
         hello = await ws.wait_sent(1)
-        assert hello["type"] == "hello" and hello["epoch"] == a.epoch and hello["capabilities"] == ["power"]
+        assert hello["type"] == "hello" and hello["epoch"] == a.epoch
+        assert hello["capabilities"] == ["power", "speedtest", "checks"]
         assert hello["interval"] == 2.0 and hello["hostname"] == "box1" and hello["v"] == 1
         parsed = protocol.parse_agent_frame(json.dumps(hello))
-        assert parsed.epoch == a.epoch and parsed.capabilities == {"power"}
+        assert parsed.epoch == a.epoch and parsed.capabilities == {"power", "speedtest", "checks"}
         assert len(ws.sent) == 1  # nothing before the hello's ack
 
         ws.push({"type": "ack", "seq": 3})  # the server already has 1..3
@@ -607,8 +608,9 @@ async def test_connection_without_hello_ack_gives_up(tmp_path, autojump_clock):
         conn = agent._Connection(ws, nursery.cancel_scope)
         await a._serve(conn)
     assert [f["type"] for f in ws.sent] == ["hello"]
-    up_for, what, level = a._after_close(conn)
-    assert up_for is None and ws.closed is None and "no answer to the hello" in what and level == logging.WARNING
+    ended = a._after_close(conn)
+    assert ended.up_for is None and ws.closed is None and "no answer to the hello" in ended.what
+    assert ended.level == logging.WARNING
 
 
 # --- the protocol without IO (agent.Link) ------------------------------------------------------------------------

@@ -26,12 +26,17 @@ FULL = {
     "temps": {"cpu": 54.0, "nvme": 40.9}, "uptime": 19410.0, "procs": 231,
     "gpus": [{"name": "H100", "util": 87.0, "vram_used": 1e9, "vram_total": 8e10, "temp": 61.0, "power": 312.5},
              {"name": "H100", "util": 5.0, "vram_used": 0, "vram_total": 8e10, "temp": 40.0, "power": 70.0}],
+    "checks": {"web": {"up": 100.0, "ms": 35.5, "cert": 41.2}, "db:5432": {"up": 0.0}},
     "containers": {"web": {"cpu": 1.5, "mem": 5e7, "down": 0}, "db": {"down": 1}},
 }
 
 
+# What the server adds to a live sample itself (mbot/linkquality.py, mbot/speedtest.py): never from an agent.
+MEASURED = {"link": {"rtt": 12.5, "jitter": 0.75, "loss": 0.0}, "speed": {"down": 1.2e8, "up": 3.4e7}}
+
+
 def test_every_row_reaches_every_consumer_it_declares():
-    metrics = protocol.validate_metrics(FULL)
+    metrics = {**protocol.validate_metrics(FULL), **MEASURED}
     flat = protocol.flatten(metrics)
     exported = render([Host(1, "box1", 0, "k", 0.0, {}, 1, 1, None, 0.0, metrics, 1)], ServerStats(0, 0, Histogram()),
                       1.0)
@@ -85,9 +90,10 @@ async def test_a_made_up_metric_needs_only_a_row_and_a_sample(monkeypatch, fake:
                                           "metrics": {"cpu": 5.0, "entropy": 42}}))
     await ack_reaching(ws, 2)
 
-    fired = await fake.wait_for(lambda c: c.method == "sendMessage" and "box1: entropy 42" in c.params["text"],
+    # An alert arrives as its chart with the text as caption, or as text when there is no chart.
+    fired = await fake.wait_for(lambda c: c.method in ("sendMessage", "sendPhoto") and "box1: entropy 42" in c.shown,
                                 timeout=10)
-    assert "below 100" in fired.params["text"]
+    assert "below 100" in fired.shown
     card = await say(fake, ALICE, "/status box1")
     assert "Entropy 42" in card["text"]
     assert "📈 Entropy" in {b["text"] for row in card["reply_markup"]["inline_keyboard"] for b in row}

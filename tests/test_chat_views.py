@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from mbot import store
+from mbot.install import Endpoint
 from mbot.service import NewKey
 from mbot.telegram import commands, views
 from mbot.telegram.commands import Command, UsageError
@@ -75,7 +76,7 @@ def test_card_shows_everything_and_escapes_names():
     assert "&lt;b&gt;" in text and "<b><b>" not in text
     for expected in ("🟢 online", "last seen 2 s ago", "CPU 12 %", "load 0.50 0.40 0.30", "(8 cores)",
                      "RAM 4.0 GiB / 16.0 GiB (25 %)", "Disk / 50.0 GiB / 100.0 GiB (50 %)", "Net ↓ 1.0 KiB/s",
-                     "Temp cpu 54 °C", "GPU0 H100 · 87 % · VRAM 1.0 GiB / 80.0 GiB (1 %) · 61 °C · 312 W",
+                     "Temp cpu 54 °C", "H100 #0 · 87 % · VRAM 1.0 GiB / 80.0 GiB (1 %) · 61 °C · 312 W",
                      "Uptime 3 d 4 h", "231 processes", "Agent 0.1.0 · Linux 6.1"):
         assert expected in text, expected
     offline = views.host_card(host(last_seen=NOW - 3600, last_metrics=metrics), NOW)
@@ -84,12 +85,12 @@ def test_card_shows_everything_and_escapes_names():
 
 def test_keyboards_carry_ids_not_secrets():
     key = NewKey(host_id=7, name="box1", key_id="0123456789abcdef", secret="S3CRET")
-    text, kb = views.new_key(key, "mon.example.org", 8000, "ab" * 32)
+    text, kb = views.new_key(key, Endpoint("mon.example.org", 8000, "ab" * 32, "A" * 43 + "="))
     assert "AGENT_SECRET=S3CRET" in text and "AGENT_SERVER_IP=mon.example.org" in text
     assert "S3CRET" not in str(kb)
     _, card_kb = views.host_card(host(), NOW), views.card_keyboard(host())
     datas = [b["callback_data"] for row in card_kb["inline_keyboard"] for b in row]
-    assert datas == ["refresh:7", "power:7:reboot", "power:7:shutdown"]
+    assert datas == ["refresh:7", "info:7", "stability:7", "speedtest:7", "power:7:reboot", "power:7:shutdown"]
 
 
 def test_card_says_when_samples_were_lost():

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from helpers import ROOT, ack_reaching, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade, make_settings
-from mbot import protocol
+from mbot import plotspec, protocol
 
 
 def mbot(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -93,7 +93,7 @@ async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
         assert code == 0, log.decode()
         with pytest.raises(Exception) as closed:
             await ws.get_message()
-        assert getattr(closed.value, "reason").code == protocol.CLOSE_GOING_AWAY
+        assert getattr(closed.value, "reason").code == protocol.CLOSE_RESTART
         await trio.aclose_forcefully(stream)
     finally:
         if process.returncode is None:
@@ -134,7 +134,12 @@ async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280
     bad = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "gpu", "1h", "-o", str(out)))
-    assert bad.returncode == 1 and "Metrics of this host: cpu" in bad.stderr
+    assert bad.returncode == 2 and "Metrics of this host: cpu" in bad.stderr
+    assert "usage: python -m mbot plot NAME METRICS SPAN" in bad.stderr and "/plot" not in bad.stderr
+    lost = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "cpu", "1h", "-o",
+                                                      str(tmp_path / "missing" / "x.png")))
+    assert (lost.returncode, lost.stderr) == (2, f"mbot: -o {tmp_path}/missing/x.png: there is no directory "
+                                                 f"{tmp_path}/missing\n")
 
 
 async def test_health(tmp_path, nursery):
@@ -231,3 +236,156 @@ def test_a_server_that_cannot_listen_says_so_in_one_line(tmp_path, env, variable
     assert last.startswith(f"mbot: {variable}: cannot listen on ") and reason in last, done.stderr
     assert "Traceback" not in done.stderr
 
+
+
+# --- in-process runs of main(): the CLI's parts that need no server --------------------------------------------------
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """main(argv) as `python -m mbot` runs it, in this process: (exit status, stdout, stderr)."""
+    from mbot import cli as cli_module
+
+    monkeypatch.setenv("MBOT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MBOT_PUBLIC_HOST", "127.0.0.1")
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    for variable in ("MBOT_RETAIN_1H", "MBOT_RETAIN_10M"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli_module.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def store_cpu(settings, host_id: int, points: list[tuple[float, float]]) -> None:
+    """Samples for a host through the server's own writer, as an agent's would arrive."""
+    from mbot.writer import Writer
+
+    async def write() -> None:
+        writer = Writer(settings.db_path)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            await writer.hello(host_id, protocol.parse_agent_frame(json.dumps(
+                {"type": "hello", "v": 1, "agent": "t", "epoch": 1, "interval": 5})))
+            for seq, (ts, cpu) in enumerate(points, start=1):
+                frame = {"type": "sample", "seq": seq, "ts": ts, "metrics": {"cpu": cpu}}
+                await writer.samples(host_id, 1, protocol.parse_agent_frame(json.dumps(frame)), lambda seq: None)
+            await writer.call(lambda conn: None)
+            writer.close()
+    trio.run(write)
+
+
+@pytest.fixture
+def box1(tmp_path, cli):
+    """Host box1 with CPU samples from 3 h ago (none in the last hour)."""
+    import time
+
+    from helpers import add_host
+
+    settings = make_settings(tmp_path / "data")
+    host = add_host(settings, "box1")
+    now = time.time()
+    store_cpu(settings, host.host_id, [(now - 3 * 3600 + i * 60, 10.0 + i) for i in range(10)])
+    return settings
+
+
+def test_plot_errors_speak_cli(cli, box1, monkeypatch, capsys):
+    code, _, err = cli("plot", "box1", "temperaturez", "1h", "-o", "x.png")
+    assert code == 2
+    first, *rest = err.splitlines()
+    assert first.startswith("mbot: Unknown metric 'temperaturez'. Metrics: cpu, load")
+    assert err.endswith(f"\n{plotspec.CLI.usage}\n{plotspec.CLI.examples}\n") and "/plot" not in err
+    assert "python -m mbot plot box1 cpu 24h -o cpu.png" in err
+    code, _, err = cli("plot", "box1", "cpu", "3y", "-o", "x.png")
+    assert code == 2 and "SPAN '3y' reaches back further than the history this server keeps (730d)" in err
+    # The longest history follows MBOT_RETAIN_*.
+    monkeypatch.setenv("MBOT_RETAIN_1H", "1y")
+    code, _, err = cli("plot", "box1", "cpu", "2y", "-o", "x.png")
+    assert code == 2 and "(365d)" in err
+    monkeypatch.setenv("MBOT_RETAIN_10M", "400d")  # a finer tier kept longer than the 1-hour one: it is the limit
+    assert "(400d)" in cli("plot", "box1", "cpu", "2y", "-o", "x.png")[2]
+    with pytest.raises(SystemExit) as helped:
+        cli("plot", "--help")
+    out = capsys.readouterr().out
+    assert helped.value.code == 0 and out.startswith(plotspec.CLI.usage + "\n") and plotspec.CLI.examples in out
+
+@pytest.mark.parametrize("output, problem", [
+    ("{tmp}/missing/x.png", "there is no directory {tmp}/missing"),
+    ("{tmp}", "is a directory; name the file, like {tmp}/chart.png"),
+    ("{tmp}/x.png/", "is a directory"),
+    ("{tmp}/chart.jpg", "the chart is a PNG; give a file name ending in .png"),
+    ("{tmp}/chart", "the chart is a PNG"),
+    ("", "is a directory"),
+    ("/proc/chart.png", "cannot write there"),  # no file can be made there, even by root
+    ("{tmp}/" + "a" * 300 + ".png", "cannot write there (File name too long)"),
+    ("{tmp}/fifo.png", "exists and is not a regular file"),
+    ("{tmp}/../../../../../../../../proc/self/x.png", "cannot write there"),
+])
+def test_plot_output_is_checked_before_any_drawing(cli, box1, tmp_path, monkeypatch, output, problem):
+    from mbot import charts
+
+    os.mkfifo(tmp_path / "fifo.png")
+    monkeypatch.setattr(charts, "render", lambda spec: pytest.fail("a chart was drawn"))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code, out, err = cli("plot", "box1", "cpu", "1y", "-o", output.format(tmp=tmp_path))
+    assert (code, out) == (2, "")
+    assert err == f"mbot: -o {output.format(tmp=tmp_path)}: {problem.format(tmp=tmp_path)}\n" or (
+        err.count("\n") == 1 and problem.format(tmp=tmp_path) in err), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing made, nothing left half-written
+
+
+def test_plot_replaces_a_file_only_with_a_whole_chart(cli, box1, tmp_path):
+    out = tmp_path / "cpu.png"
+    out.write_bytes(b"yesterday's chart")
+    code, _, err = cli("plot", "box1", "cpu", "1h", "-o", str(out))  # nothing in the last hour
+    assert code == 1 and err.startswith("mbot: no data from box1")
+    assert out.read_bytes() == b"yesterday's chart"
+    code, stdout, _ = cli("plot", "BOX1", "cpus", "2y", "-o", str(out))  # any case, an alias, two years
+    assert code == 0 and stdout == f"{out}: box1 · CPU · last 730d\n"
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # A link planted at the name is replaced, not followed: the file it points to stays as it was.
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "link.png").symlink_to(victim)
+    assert cli("plot", "box1", "cpu", "1y", "-o", str(tmp_path / "link.png"))[0] == 0
+    assert victim.read_text() == "precious" and not (tmp_path / "link.png").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_host_names_are_unique_whatever_the_case(cli, tmp_path):
+    from mbot import store
+
+    assert cli("newkey", "box1")[0] == 0
+    code, _, err = cli("newkey", "BOX1")
+    assert (code, err) == (1, "mbot: you already have a host named 'box1'; names that differ only in case are not "
+                              "allowed\n")
+    assert cli("newkey", "Box1", "--owner", "42")[0] == 0  # another owner's name space
+    # BOX1 next to box1, as an older mbot allowed: both keep working, and `hosts` says what to do.
+    conn = store.connect(tmp_path / "data" / "mbot.sqlite3")
+    with store.transaction(conn):
+        store.insert_host(conn, name="BOX1", owner=0, key_id="00ff00ff00ff00ff", secret_hash="x" * 64, created=1.0)
+    conn.close()
+    code, out, _ = cli("hosts")
+    assert code == 0 and out.splitlines() == [
+        "BOX1 offline, never seen, 0 samples, same name as box1 but for case",
+        "box1 offline, never seen, 0 samples, same name as BOX1 but for case",
+        "Box1 (owner 42) offline, never seen, 0 samples",
+        "note: BOX1 and box1 differ only in case; type the exact name to pick one, and rename all but one: "
+        "python -m mbot rename box1 NEWNAME",
+    ]
+    code, _, err = cli("plot", "bOX1", "cpu", "1h", "-o", str(tmp_path / "x.png"))
+    assert code == 1 and "'bOX1' could be BOX1, box1" in err
+    code, _, err = cli("plot", "box1", "cpu", "1h", "-o", str(tmp_path / "x.png"))  # the exact name: box1, no data
+    assert code == 2 and err.startswith("mbot: This host has no cpu.")
+    assert cli("rename", "box1", "box1", "--owner", "42")[1] == "Box1 is now box1 (its agent needs no change)\n"
+    code, out, err = cli("rename", "BOX1", "box1")
+    assert code == 1 and "you already have a host named 'box1'" in err
+    assert cli("rename", "BOX1", "box2") == (0, "BOX1 is now box2 (its agent needs no change)\n", "")
+    code, out, _ = cli("hosts")
+    assert "note:" not in out and "but for case" not in out
+    # Look-alikes are other names: refused as names, and never found as one of these.
+    assert "not a valid name" in cli("newkey", "bоx3")[2]  # a Cyrillic o
+    assert "no host named '\u212aox2'" in cli("rename", "\u212aox2", "box3")[2]  # the Kelvin sign lowers to k

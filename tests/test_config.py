@@ -12,7 +12,6 @@ def test_defaults():
     s = load_settings({})
     assert (s.port, s.host, s.telegram_api_url, s.bot_token, s.allowed_users) == (
         8000, "0.0.0.0", DEFAULT_TELEGRAM_API_URL, None, None)
-    assert s.data_dir == Path("./mbot-data")
     assert s.public_host  # the machine's hostname
     assert not s.bot_enabled
 
@@ -28,6 +27,11 @@ def test_values():
     assert s.db_path == Path("/x/mbot.sqlite3")
 
 
+def test_reboot_grace():
+    assert load_settings({}).reboot_grace == 600.0
+    assert load_settings({"MBOT_REBOOT_GRACE": "15m"}).reboot_grace == 900.0
+
+
 @pytest.mark.parametrize("env, variable", [
     ({"PORT": "abc"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
@@ -36,6 +40,8 @@ def test_values():
     ({"MBOT_MAX_HOSTS_PER_USER": "lots"}, "MBOT_MAX_HOSTS_PER_USER"),
     ({"TELEGRAM_API_URL": "ftp://x"}, "TELEGRAM_API_URL"),
     ({"BOT_TOKEN": "no token here"}, "BOT_TOKEN"),
+    ({"MBOT_REBOOT_GRACE": "soon"}, "MBOT_REBOOT_GRACE"),
+    ({"MBOT_REBOOT_GRACE": "0"}, "MBOT_REBOOT_GRACE"),
 ])
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as error:
@@ -56,3 +62,16 @@ def test_data_dir_is_created_private(tmp_path):
     settings = load_settings({"MBOT_DATA_DIR": str(tmp_path / "new")})
     prepare_data_dir(settings)
     assert os.stat(settings.data_dir).st_mode & 0o777 == 0o700
+
+
+def test_messages_name_the_cli_as_it_runs_here(monkeypatch, tmp_path):
+    from mbot import config
+
+    monkeypatch.setattr(config.sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
+    monkeypatch.setattr(config.shutil, "which", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    assert config.mbot_command() == ".venv/bin/python -m mbot"  # after `make run`, from the checkout
+    monkeypatch.chdir("/")
+    assert config.mbot_command() == f"{tmp_path}/.venv/bin/python -m mbot"
+    monkeypatch.setattr(config.shutil, "which", lambda name: config.sys.executable)
+    assert config.mbot_command() == "python -m mbot"  # the image, or an activated venv

@@ -20,6 +20,7 @@ from mbot.alerts import AlertEngine
 from mbot.model import Host
 from mbot.protocol import ProtocolError
 from mbot.telegram import alert_commands, alert_text, views
+from test_bot import fake  # noqa: F401 (a fixture)
 
 agent = load_agent()
 
@@ -181,13 +182,13 @@ def test_watcher_bounds_a_host_with_600_containers():
         watcher.close()
 
 
-def test_queue_snapshot_cuts_to_the_servers_bounds():
+def test_a_containers_snapshot_is_cut_to_the_servers_bounds():
     config = agent.AgentConfig(secret="s", server="127.0.0.1")
     a = agent.Agent(config, collector=object())  # type: ignore[arg-type]
     items = [{"name": f"c{i}", "image": "x" * 250, "state": "running", "health": "", "restarts": 0}
              for i in range(900)]
-    a.queue_snapshot("containers", items, time.time())
-    frame = a._snapshots_due["containers"]
+    assert a._put_snapshot("containers", 1, agent.fit_snapshot(items), time.time())  # the container loop's way
+    frame = a._snapshots["containers"][1]
     parsed = protocol.parse_agent_frame(frame, cores=4)
     assert 0 < len(parsed.items) <= 500 and len(parsed.items_json.encode()) <= 256 * 1024
 
@@ -471,7 +472,7 @@ def test_cli_lists_a_hosts_containers(tmp_path, monkeypatch, capsys):
     conn = store.connect(settings.db_path)
     try:
         with conn:
-            host_id = store.host_by_name(conn, 0, key.name).id
+            host_id = store.hosts_named(conn, key.name)[0].id
             store.put_snapshot(conn, host_id, "containers", 1, parsed.ts, time.time() - 7200, parsed.items_json)
     finally:
         conn.close()
@@ -549,7 +550,7 @@ async def test_hundreds_of_flapping_containers_cost_a_few_messages_a_minute(sett
     now = [time.time()]
     alerting = Alerting(db, writer, clock=lambda: now[0])
     sent: list[tuple[float, str]] = []
-    alerting.set_notify(lambda owner, text, event: sent.append((now[0], text)))
+    alerting.set_notify(lambda owner, text, event, *group: sent.append((now[0], text)))
     await nursery.start(alerting.run)
     await alerting.set_rule(alerts.AlertRule(key.host_id, "containers", alerts.DOWN))
     names = [f"c{i:03d}" for i in range(200)]
@@ -582,3 +583,46 @@ async def test_hundreds_of_flapping_containers_cost_a_few_messages_a_minute(sett
     assert all(len(text) < 1200 and text.startswith("box1: 200 containers ") for _, text in sent)
     assert any("times in all)" in text for _, text in sent)  # flapped within the minute: said once, counted
     writer.close()
+
+
+async def test_container_alerts_in_the_chat_one_alone_then_a_storm_together(fake, nursery, settings):
+    """Through the real server and the fake Bot API: a container alone is an alert thread with a Containers button
+    (no chart); several at once are one message; their end together is one message, and the lone alert's own
+    message is edited to say it ended."""
+    import re
+
+    from helpers import BASE_TS
+    from test_alert_delivery import start, to_alice
+    from test_bot import ALICE, Agent, WallClock, buttons, say
+
+    server = await start(nursery, settings, fake, WallClock())
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    assert "containers down" in (await say(fake, ALICE, "/setalert box1 containers down"))["text"]
+    agent = await Agent.connect(nursery, server.port, secret)
+
+    async def send(seq: int, **down: int) -> None:
+        metrics = {"cpu": 1.0, "containers": {name: {"down": code} for name, code in down.items()}}
+        await agent.ws.send_message(json.dumps({"type": "sample", "seq": seq, "ts": BASE_TS + seq,
+                                                "metrics": metrics}))
+
+    await send(1, web=0, a=0, b=0, c=0)
+    await send(2, web=1, a=0, b=0, c=0)
+    alone = await fake.wait_for(to_alice("sendMessage", "box1: container web is down: not running"), timeout=10)
+    assert list(buttons(alone.params)) == ["🐳 Containers", "🔕 Mute 1h", "✔️ Ack"]
+    assert not fake.calls("sendPhoto")
+    await send(3, web=1, a=2, b=1, c=3)
+    storm = await fake.wait_for(to_alice("sendMessage", "box1: 3 containers down: "), timeout=10)
+    assert "a (unhealthy), b (not running), c (restarting over and over)" in storm.params["text"]
+    assert list(buttons(storm.params)) == ["🐳 Containers"]
+    since = len(fake.sent)
+    await send(4, web=0, a=0, b=0, c=0)
+    await send(5, web=0, a=0, b=0, c=0)
+    back = await fake.wait_for(to_alice("sendMessage", "box1: 4 containers up again: "), since=since, timeout=10)
+    edited = await fake.wait_for(lambda c: c.method == "editMessageText"
+                                 and c.params["message_id"] == alone.result["message_id"], since=since, timeout=10)
+    assert edited.params["text"].startswith("✅ box1: container web is up again after 2 s; worst not running")
+    assert back.params["text"].count("web") == 1
+    # No message per container: the edit is quiet, the group's message is the one that notifies.
+    assert len([c for c in fake.sent[since:] if c.method == "sendMessage"]) == 1
+    await agent.close()
+    await server.aclose()

@@ -12,6 +12,7 @@ DAY = 86400.0
 @pytest.mark.parametrize("text, seconds", [
     ("48h", 48 * 3600), ("7d", 7 * DAY), ("90d", 90 * DAY), ("730d", 730 * DAY), ("30m", 1800), ("2w", 14 * DAY),
     ("45s", 45), ("1.5h", 5400), ("2d3h", 2 * DAY + 3 * 3600), (" 7D ", 7 * DAY), ("1h30m", 5400),
+    ("1y", 365 * DAY), ("2y", 730 * DAY), ("1y1d", 366 * DAY),
 ])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
@@ -30,7 +31,7 @@ def test_zero_only_where_allowed():
 
 
 def test_the_message_shows_the_syntax():
-    with pytest.raises(ValueError, match=r"'5x' is not a duration: use a number and s, m, h, d or w"):
+    with pytest.raises(ValueError, match=r"'5x' is not a duration: use a number and s, m, h, d, w or y"):
         parse_duration("5x")
 
 

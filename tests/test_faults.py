@@ -257,6 +257,7 @@ async def test_sigkill_under_20_agents_loses_nothing_acked(tmp_path, agent_logs)
     data = tmp_path / "data"
     port = free_port()
     settings = make_settings(data, port=port)
+    certificate(settings)  # before the hosts, as newkey does: the server refuses to replace a missing one
     keys = [add_host(settings, f"box{i}") for i in range(AGENTS)]
     db = settings.db_path
 

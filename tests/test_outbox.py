@@ -225,3 +225,29 @@ async def test_broken_send_callable_does_not_stop_the_outbox(autojump_clock: tri
     async with running(outbox):
         await sender.wait_count(1)
     assert [n for _, _, n in sender.sent] == [1]
+
+
+async def test_on_sent_runs_before_the_next_message_to_that_chat(autojump_clock: trio.testing.MockClock) -> None:
+    """What an alert's reminder and end rely on: they read the message_id of its first message when they are sent,
+    and an outage in between (retries) changes nothing about that."""
+    sender, outbox = FakeSender(), Outbox(max_in_flight=4)
+    seen: list[int] = []
+    sender.failures[1] = [TelegramUnavailable("down"), TelegramUnavailable("down")]
+    outbox.submit(7, partial(sender.send, 7, 1), on_sent=lambda message: seen.append(message["message_id"]))
+
+    async def reply() -> dict[str, Any]:
+        assert seen == [1]  # the first message's id is known
+        return await sender.send(7, 2)
+
+    outbox.submit(7, reply)
+    sender.failures[3] = [TelegramRejected(400, "Bad Request: chat not found")]
+    outbox.submit(8, partial(sender.send, 8, 3), on_sent=lambda message: seen.append(-1))  # refused: not called
+
+    def broken(message: Any) -> None:
+        raise ValueError("bug in a callback")
+
+    outbox.submit(8, partial(sender.send, 8, 4), on_sent=broken)
+    sender.submit(outbox, 8, 5)
+    async with running(outbox):
+        await sender.wait_count(4)
+    assert sorted(n for _, _, n in sender.sent) == [1, 2, 4, 5] and seen == [1]

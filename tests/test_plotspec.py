@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from mbot.plotspec import (USAGE, PlotRequest, PlotUsageError, SeriesChoice, chart_title, host_metrics, limit_unit,
+from mbot.plotspec import (CHAT, CLI, PlotRequest, PlotUsageError, SeriesChoice, chart_title, host_metrics, limit_unit,
                            parse_plot, resolve_metrics)
 
 H, D = 3600.0, 86400.0
@@ -74,9 +74,28 @@ def test_metric_lists(line, metrics):
     assert parse_plot(line.split()).metrics == metrics
 
 
+@pytest.mark.parametrize("typed, word", [
+    ("temperatures", "temp"), ("Temperatures", "temp"), ("TEMPS", "temp"), ("temperature", "temp"), ("gpus", "gpu"),
+    ("disks", "disk"), ("network", "net"), ("nets", "net"), ("download", "net_down"), ("upload", "net_up"),
+    ("memory", "ram"), ("mem", "ram"), ("cpus", "cpu"), ("processes", "procs"), ("gputemps", "gputemp"),
+    ("vrams", "vram"), ("temps:nvme", "temp:nvme"), ("disks:/home", "disk:/home"), ("network:eth0", "net:eth0"),
+])
+def test_what_people_type_for_the_catalogues_words(typed, word):
+    assert parse_plot(["box1", typed, "1h"]).metrics == (word,)
+    _, choices = plot(f"box1 {typed} 1h")
+    assert choices == resolve_metrics([word], SERIES)
+
+
+@pytest.mark.parametrize("typed", ["temperaturez", "gpuss", "ﬁle", "ｃｐｕ", "cpu\u200b", "temps:", "network:"])
+def test_near_misses_stay_unknown(typed):
+    with pytest.raises(PlotUsageError, match="Unknown metric"):
+        parse_plot(["box1", typed, "1h"])
+
+
 @pytest.mark.parametrize("spans, seconds", [
     ("45s", 45), ("30m", 1800), ("2d 3h", 2 * D + 3 * H), ("1w 1d", 8 * D), ("2d3h", 2 * D + 3 * H),
-    ("1h 1h 1h", 3 * H), ("730d", 730 * D), ("1.5h", 1.5 * H),
+    ("1h 1h 1h", 3 * H), ("730d", 730 * D), ("1.5h", 1.5 * H), ("1y", 365 * D), ("2y", 730 * D),
+    ("1Y", 365 * D), ("1y 6w", 407 * D), ("0.5y", 182.5 * D),
 ])
 def test_spans_add_up(spans, seconds):
     assert parse_plot(["box1", "cpu", *spans.split()]).span == seconds
@@ -157,8 +176,13 @@ def test_host_metrics_in_plot_words():
     ("box1 cpu 1x", "'1x' is not a SPAN"),
     ("box1 cpu 0h", "'0h' is not a SPAN"),
     ("box1 cpu -1h", "'-1h' is not a SPAN"),
-    ("box1 cpu 800d", "longer than the history kept (730d)"),
-    ("box1 cpu 700d 31d", "longer than the history kept"),
+    ("box1 cpu 800d", "SPAN '800d' reaches back further than the history this server keeps (730d)"),
+    ("box1 cpu 700d 31d", "SPAN '700d 31d' reaches back further"),
+    ("box1 cpu 2y 1s", "reaches back further"),
+    ("box1 cpu 99999999999999y", "SPAN '99999999999999y' reaches back further"),
+    ("box1 cpu " + "9" * 300 + "y " + "9" * 300 + "y", "reaches back further"),  # the sum is inf
+    ("box1 cpu " + "9" * 400 + "d", "'" + "9" * 32 + "…' is not a SPAN"),  # not even a float: quoted, cut short
+    ("box1 temperatures;" + "x" * 4000 + " 1h", "Unknown metric '" + "x" * 32 + "…'"),
     ("box1 bogus 1h", "Unknown metric 'bogus'"),
     ("box1 cpu;nope 1h", "Unknown metric 'nope'"),
     ("box1 disk: 1h", "Unknown metric 'disk:'"),
@@ -178,9 +202,14 @@ def test_host_metrics_in_plot_words():
 def test_errors(line, problem):
     caught = error(line)
     lines = caught.message.splitlines()
-    assert lines[0] == USAGE
+    assert lines[0] == CHAT.usage and lines[-1] == CHAT.examples
     assert problem in caught.message
     assert "Metrics of this host: cpu, load, ram, swap, disk:/, disk:/home, io, net, temp, uptime, procs, gpu" in caught.message
+    assert len(caught.message) < 1000  # whatever was typed: a reply Telegram takes (4096 at most)
+    # The same error in the terminal: the problem first, then the CLI's usage and examples; no chat syntax at all.
+    terminal = caught.render(CLI)
+    assert terminal.startswith(caught.problem + "\n") and terminal.endswith(f"\n{CLI.usage}\n{CLI.examples}")
+    assert "/plot" not in caught.render(CLI) and "python -m mbot plot" not in caught.message
 
 
 @pytest.mark.parametrize("line, problem", [
@@ -194,7 +223,7 @@ def test_errors(line, problem):
 ])
 def test_metric_this_host_does_not_have(line, problem):
     caught = error(line, SMALL)
-    assert caught.message.startswith(USAGE)
+    assert caught.message.startswith(CHAT.usage)
     assert problem in caught.message
     assert "Metrics of this host: cpu, load, ram, disk:/, net" in caught.message
 
@@ -202,8 +231,13 @@ def test_metric_this_host_does_not_have(line, problem):
 def test_errors_without_the_hosts_series_still_explain_and_can_be_completed_later():
     with pytest.raises(PlotUsageError) as caught:
         parse_plot(["box1", "nope", "1h"])
-    assert caught.value.message.startswith(USAGE) and "Unknown metric 'nope'" in caught.value.message
+    assert caught.value.message.startswith(CHAT.usage) and "Unknown metric 'nope'" in caught.value.message
     assert "Metrics of this host" not in caught.value.message
+    # Without the host's metrics, the reply lists every word /plot knows instead.
+    assert ("Metrics: cpu, load, load1, load5, load15, ram, swap, disk, io, net, net_down, net_up, temp, uptime, "
+            "procs, gpu, vram, gputemp, power, link, rtt, jitter, loss, speed, checks; one of several: cpu:N, disk:/MOUNT, "
+            "net:IFACE, temp:LABEL, gpuN"
+            in caught.value.message)
     assert "Metrics of this host: cpu, load, ram, disk:/, net" in caught.value.with_metrics(SMALL).message
     assert str(caught.value) == caught.value.message
 
@@ -219,5 +253,10 @@ def test_resolve_rejects_bad_input_directly():
 
 def test_max_span_is_the_callers():
     assert parse_plot("box1 cpu 2d".split(), max_span=2 * D).span == 2 * D
-    with pytest.raises(PlotUsageError, match=r"longer than the history kept \(2d\)"):
+    with pytest.raises(PlotUsageError, match=r"further than the history this server keeps \(2d\)"):
         parse_plot("box1 cpu 2d 1s".split(), max_span=2 * D)
+    # MBOT_RETAIN_1H=1y: a year is the limit, and the message names it.
+    assert parse_plot("box1 cpu 1y".split(), max_span=365 * D).span == 365 * D
+    with pytest.raises(PlotUsageError, match=r"SPAN '2y' reaches back further than the history this server keeps "
+                                             r"\(365d\)"):
+        parse_plot("box1 cpu 2y".split(), max_span=365 * D)

@@ -171,3 +171,16 @@ def test_next_steps_are_quiet_once_set_up(settings) -> None:
     ready = dataclasses.replace(settings, bot_token="1:x")
     assert app.next_steps(ready, remote_hosts=1) == []
     assert len(app.next_steps(settings, remote_hosts=0)) == 2
+
+
+def test_the_own_host_is_not_a_remote_one(settings) -> None:
+    """A newcomer still gets the `next:` hint, and a lost certificate is replaced rather than refused while the
+    server's own agent (which gets the new fingerprint by itself) is the only host."""
+    _prepare(settings)
+    conn = store.connect(settings.db_path)
+    assert selfwatch.remote_hosts(conn) == 0
+    conn.close()
+    add_host(settings, "far")
+    conn = store.connect(settings.db_path)
+    assert selfwatch.remote_hosts(conn) == 1
+    conn.close()

@@ -154,7 +154,7 @@ async def test_new_connection_replaces_old(server: app.Server, settings: Setting
     await ack_reaching(second, 1)
 
 
-async def test_stop_closes_agents_with_1001_and_commits(settings: Settings, nursery: trio.Nursery):
+async def test_stop_closes_agents_with_1012_and_commits(settings: Settings, nursery: trio.Nursery):
     key = add_host(settings, "box1")
     done = trio.Event()
 
@@ -174,7 +174,8 @@ async def test_stop_closes_agents_with_1001_and_commits(settings: Settings, nurs
         with trio.fail_after(10):
             while True:
                 await ws.get_message()
-    assert closed.value.reason.code == protocol.CLOSE_GOING_AWAY
+    assert closed.value.reason.code == protocol.CLOSE_RESTART == 1012  # service restart: agents come back soon
+    assert "reconnect in a few seconds" in closed.value.reason.reason
     await trio.aclose_forcefully(stream)
     with trio.fail_after(10):
         await done.wait()

@@ -10,9 +10,11 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ..alerts import (DOWN as _DOWN, LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE,
-                      STATE as _STATE, TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
+from .. import members, series as catalogue
+from ..alerts import (CODE as _CODE, DOWN as _DOWN, LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT,
+                      RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
+from ..series import canonical
 from .alert_text import format_value
 
 __all__ = [
@@ -33,6 +35,14 @@ _NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
 # Rates use binary multiples whatever the spelling (K, KB, KiB), as the status card shows them.
 _RATE_UNITS = {"": 1, "b": 1, **{f"{p}{s}": 1024 ** (i + 1) for i, p in enumerate("kmgt") for s in ("", "b", "ib")}}
 _UNITS = {_PCT: {"": 1, "%": 1}, _TEMP: {"": 1, "c": 1, "°c": 1, "°": 1}, _LOAD: {"": 1}, _RATE: _RATE_UNITS}
+
+
+_MS_UNITS = {"": 1, "ms": 1, "s": 1000}  # round trips (rtt, jitter) are in milliseconds
+
+
+def _in_ms(metric: str) -> bool:
+    row = catalogue.selectors().get(metric.partition(":")[0])
+    return row is not None and row.unit == catalogue.MILLISECONDS
 
 
 class AlertUsageError(ValueError):
@@ -91,12 +101,15 @@ def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> 
 
 
 def _metric_help() -> str:
-    return f"METRIC: {', '.join(metric_words())}, or offline (containers: THRESHOLD is the word down)"
+    return f"METRIC: {', '.join(metric_words())}, or offline (containers, services and checks: THRESHOLD is the word down)"
 
 
 def _metric_arg(usage: str, text: str) -> str:
+    member = members.normalise(text)  # service:nginx -> service:nginx.service
+    if member is not None:
+        return member
     selector, colon, mount = text.partition(":")
-    metric = selector.lower() + colon + mount  # mount points are case-sensitive
+    metric = canonical(selector) + colon + mount  # temps is temp; mount points are case-sensitive
     if metric == "offline" or metric_of(metric) is not None:
         return metric
     raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")
@@ -106,11 +119,20 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
     found = metric_of(metric)
     assert found is not None
     kind = found.kind
+    if kind == _STATE:  # a member is up or not: the one condition is "down"
+        if text.strip().lower() != members.DOWN_WORD:
+            raise _usage(USAGE_SETALERT, f"{metric} takes no threshold but `down`, e.g. /setalert box1 {metric} down.")
+        return members.THRESHOLD, True
     match = _NUMBER.fullmatch(text.strip())
     unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
     units = _UNITS[kind]
+    in_ms = _in_ms(metric)
+    if in_ms:
+        units = _MS_UNITS
     if match is None or unit not in units:
         examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
+        if in_ms:
+            examples[kind] = "200, 200ms or 1s"
         raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
     value = float(match[2]) * units[unit]
     low, high = found.bounds
@@ -133,8 +155,10 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
         return OfflineSpec(name, delay)
     found = metric_of(metric)
     assert found is not None
-    if found.kind == _STATE:
+    if found.kind == _CODE:
         return _state_alert(name, metric, args[2:])
+    if len(args) == 2 and members.member_of(metric) is not None:
+        args = [*args, members.DOWN_WORD]
     if len(args) == 2:
         raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
     if len(args) > 4:

@@ -280,7 +280,9 @@ class BotApi:
         *,
         disable_notification: bool = False,
         link_preview: bool = False,
+        reply_to: int | None = None,
     ) -> dict[str, Any]:
+        """`reply_to`: a message of this chat to answer; sent all the same if that message is gone."""
         params = {
             "chat_id": chat_id,
             "text": text,
@@ -288,6 +290,8 @@ class BotApi:
             "reply_markup": reply_markup,
             "disable_notification": disable_notification or None,
             "link_preview_options": None if link_preview else {"is_disabled": True},
+            "reply_parameters": None if reply_to is None else {"message_id": reply_to,
+                                                                "allow_sending_without_reply": True},
         }
         return await self.call("sendMessage", params)
 
@@ -311,6 +315,18 @@ class BotApi:
         }
         return await self.call("editMessageText", params)
 
+    async def edit_message_caption(
+        self,
+        chat_id: int | str,
+        message_id: int,
+        caption: str,
+        parse_mode: str | None = "HTML",
+        reply_markup: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | bool:
+        params = {"chat_id": chat_id, "message_id": message_id, "caption": caption, "parse_mode": parse_mode,
+                  "reply_markup": reply_markup}
+        return await self.call("editMessageCaption", params)
+
     async def edit_message_reply_markup(
         self, chat_id: int | str, message_id: int, reply_markup: dict[str, Any] | None = None
     ) -> dict[str, Any] | bool:
@@ -327,9 +343,11 @@ class BotApi:
         *,
         parse_mode: str | None = "HTML",
         filename: str = "chart.png",
+        disable_notification: bool = False,
     ) -> dict[str, Any]:
         return await self._upload("sendPhoto", chat_id, caption, reply_markup, parse_mode,
-                                  {"photo": (filename, png_bytes, "image/png")})
+                                  {"photo": (filename, png_bytes, "image/png")},
+                                  disable_notification=disable_notification)
 
     async def send_document(
         self,
@@ -347,9 +365,9 @@ class BotApi:
 
     async def _upload(self, method: str, chat_id: int | str, caption: str | None,
                       reply_markup: dict[str, Any] | None, parse_mode: str | None,
-                      files: Mapping[str, FileField]) -> dict[str, Any]:
+                      files: Mapping[str, FileField], *, disable_notification: bool = False) -> dict[str, Any]:
         params = {"chat_id": chat_id, "caption": caption, "parse_mode": parse_mode if caption else None,
-                  "reply_markup": reply_markup}
+                  "reply_markup": reply_markup, "disable_notification": disable_notification or None}
         return await self.call(method, params, files)
 
     async def edit_message_media(

@@ -14,36 +14,36 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import alerts, charts, containers, plotspec, plotting, protocol, selfwatch, service, store, users
+from .. import (charts, checks, containers, plotspec, plotting, processes, protocol, quiet, selfwatch, service,
+               speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub
+from ..checks import CheckError
 from ..alerting import Alerting
 from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
+from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
 from ..writer import Writer
-from . import alert_commands, commands, views
+from . import alert_commands, alert_text, commands, views
+from .alert_delivery import AlertDelivery
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
-from .outbox import Outbox
+from .outbox import Outbox, OutboxDropped
 from .views import Callback
 
 log = logging.getLogger(__name__)
 
 OFFSET_KEY = "telegram.offset"
-AGENT_FILE = Path(__file__).resolve().parents[2] / "agent" / "mbot_agent.py"
 CONFIRM_SECONDS = 60.0
 COMMAND_TIMEOUT = 30.0
-WATCH_OFFLINE = 600.0  # how long after a reboot to wait for the host to drop off
-WATCH_ONLINE = 1800.0  # ... and to come back
 # /newkey per user: a burst for setting up a rack at once, then one a minute; MBOT_MAX_HOSTS_PER_USER caps the total.
 NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
 # Invite codes a stranger may try: a few typos, then one per 10 minutes (codes are unguessable; this bounds the
@@ -84,7 +84,7 @@ class SqliteOffset:
 
 class Bot:
     def __init__(self, settings: Settings, api: BotApi, outbox: Outbox, db: Database, writer: Writer,
-                 hub: AgentHub, alerting: Alerting, *, fingerprint: str, agent_port: int,
+                 hub: AgentHub, alerting: Alerting, *, endpoint: Endpoint,
                  clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._api = api
@@ -93,9 +93,7 @@ class Bot:
         self._writer = writer
         self._hub = hub
         self._alerting = alerting
-        alerting.set_notify(self._notify)
-        self._fingerprint = fingerprint
-        self._agent_port = agent_port
+        self._endpoint = endpoint  # how agents reach this server: the /newkey reply
         self._clock = clock
         self._username: str | None = None
         self._pending: dict[str, PowerRequest] = {}
@@ -105,6 +103,10 @@ class Bot:
         self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
+        self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
+        self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
+                                             chart_limiter=self._charts, silent=self._silent)
+        alerting.set_notify(self._alert_delivery.notify)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,8 +114,11 @@ class Bot:
         # Who may use the bot is known before the first update is handled.
         self._users = await self._db.read(users.load_users)
         self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
+        self._quiet = {user: quiet.QuietHours(*window) for user, window in
+                       (await self._db.read(store.quiet_hours)).items()}
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._alert_delivery.run)
             nursery.start_soon(self._introduce)
             task_status.started()
             await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
@@ -159,7 +164,36 @@ class Bot:
             return
         if not self._tell_limit.take((owner, html_text), self._clock()).allowed:
             return
-        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, html_text,
+                                           disable_notification=self._silent(owner)))
+
+    # --- quiet hours (mbot.quiet) --------------------------------------------------------------------------------
+
+    def _silent(self, user_id: int) -> bool:
+        """Whether a notification to this user goes out without a sound now (their /quiet window, in MBOT_TZ).
+        For what the server sends on its own (alerts, reminders, notices), never for replies to commands."""
+        window = self._quiet.get(user_id)
+        return window is not None and window.quiet_at(self._clock(), self._settings.tz)
+
+    async def _quiet_command(self, ctx: Context, args: Sequence[str]) -> None:
+        wanted = quiet.parse_quiet(args)
+        zone = views.e(str(self._settings.tz))
+        if wanted == quiet.SHOW:
+            window = self._quiet.get(ctx.user_id)
+            self._send(ctx, f"Quiet hours: {window} ({zone}). /quiet off ends them." if window else
+                       f"No quiet hours: notifications make a sound at any time. /quiet 23:00-07:00 sets them "
+                       f"(in {zone}).")
+            return
+        if wanted == quiet.OFF:
+            await self._writer.call(store.set_quiet_hours, ctx.user_id, None)
+            self._quiet.pop(ctx.user_id, None)
+            self._send(ctx, "Quiet hours are off: notifications make a sound at any time.")
+            return
+        assert isinstance(wanted, quiet.QuietHours)
+        await self._writer.call(store.set_quiet_hours, ctx.user_id, (wanted.start, wanted.end))
+        self._quiet[ctx.user_id] = wanted
+        self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
+                        "nothing is held back. /quiet off ends them.")
 
     # --- routing ---------------------------------------------------------------------------------------------
 
@@ -190,7 +224,8 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (ServiceError, AlertUsageError, PlotUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
+                quiet.QuietUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -236,6 +271,8 @@ class Bot:
             self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
         elif name == "invite":
             await self._invite(ctx, now)
+        elif name == "quiet":
+            await self._quiet_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -243,6 +280,15 @@ class Bot:
             request = plotspec.parse_plot(args, max_span=longest)
             host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
             await self._chart(ctx, host, request.metrics, request.span, request.limit, request.unit, None)
+        elif name == "stability":
+            spec = stability.parse_stability(args)
+            host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
+            self._start_stability(ctx, host, spec)
+        elif name == "speedtest":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._start_speedtest(ctx, host)
+        elif name in ("check", "checks"):
+            await self._check_command(ctx, command)
         elif name == "newkey":
             decision = self._newkey_limit.take(ctx.user_id, now)
             if not decision.allowed:
@@ -258,12 +304,21 @@ class Bot:
         elif name == "agent":
             await self._send_agent_file(ctx)
         elif name == "hosts":
-            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                             self._alerting.power_states()))
         elif name == "status" and not args:
-            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now))
+            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now,
+                                           self._alerting.power_states()))
         elif name == "status":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
-            self._send(ctx, views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host)))
+            self._send(ctx, *await self._card(host, now))
+        elif name == "top":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+            self._send(ctx, *views.processes_view(host, procs, now))
+        elif name == "info":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif name == "containers":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             await self._containers(ctx, host, now, edit=False)
@@ -285,6 +340,46 @@ class Bot:
         text, keyboard = views.containers_view(host, None if snapshot is None else snapshot.items,
                                                None if snapshot is None else snapshot.received, now)
         (self._edit if edit else self._send)(ctx, text, keyboard)
+
+    # --- checks from the host (mbot/checks.py) -----------------------------------------------------------------
+
+    async def _check_command(self, ctx: Context, command: Command) -> None:
+        if command.name == "checks":
+            host = await self._db.read(service.resolve_host, ctx.user_id, command.args[0])
+            specs = await self._db.read(store.checks_of_host, host.id)
+            snapshot = await self._db.read(store.latest_snapshot, host.id, checks.FRAME)
+            self._send(ctx, views.checks_view(host, specs, snapshot))
+            return
+        request = checks.parse_command(command.args)
+        host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
+        if isinstance(request, checks.DelCheck):
+            spec = await self._writer.call(service.delete_check, host, request.check)
+            self._hub.checks_changed()
+            self._send(ctx, f"Removed check <b>{views.e(spec.name)}</b> ({views.e(spec.target)}) of "
+                            f"<b>{views.e(host.name)}</b> and its alerts.")
+            return
+        spec = await self._writer.call(partial(service.add_check, now=self._clock()), host, request.target,
+                                       request.every)
+        self._hub.checks_changed()
+        log.info("user %d added check %s of host %s", ctx.user_id, spec.name, host.name)
+        text = (f"<b>{views.e(host.name)}</b> checks {views.e(spec.target)} every {format_duration(spec.every)} as "
+                f"<b>{views.e(spec.name)}</b>. You get an alert when it fails {spec.down_after} times in a row "
+                f"and when its certificate has less than {checks.DEFAULT_CERT_DAYS:.0f} days left "
+                f"(/delalert {views.e(host.name)} check:{views.e(spec.name)} or cert:{views.e(spec.name)} stops one). "
+                f"/checks "
+                f"{views.e(host.name)} shows the results. The check runs with the agent's network access.")
+        connection = self._hub.connections.get(host.id)
+        hello = connection.hello if connection is not None else None
+        if hello is not None and checks.CAPABILITY not in hello.capabilities:
+            text += "\n⚠️ This host's agent is too old to run checks: update it (/agent)."
+        self._send(ctx, text)
+
+    async def _card(self, host: Host, now: float) -> tuple[str, views.Keyboard]:
+        """A host's status card and its buttons; with the host's process list, its top processes and the
+        Processes button."""
+        procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
+                views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
 
     async def _invite(self, ctx: Context, now: float) -> None:
         if self._role(ctx.user_id) != users.ADMIN:
@@ -349,18 +444,6 @@ class Bot:
                                                      caption, keyboard))
         else:
             self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard))
-
-    def _notify(self, owner: int, text: str, event: alerts.Event) -> None:
-        keyboard = None
-        rule = getattr(event, "rule", None)
-        metric = alerts.metric_of(rule.metric) if isinstance(rule, alerts.AlertRule) else None
-        if metric is not None and metric.kind == alerts.STATE:  # a container: its list says more than a chart
-            keyboard = views.keyboard([views.button("🐳 Containers", Callback("containers", (str(event.host_id),)))])
-        elif isinstance(rule, alerts.AlertRule):
-            callback = views.chart_callback("chart", event.host_id, "1h", None, (rule.metric,))
-            if callback is not None:
-                keyboard = views.keyboard([views.button("📈 Last hour", callback)])
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard))
 
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
@@ -429,11 +512,22 @@ class Bot:
             self._outbox.submit(ctx.chat_id, partial(self._api.delete_message, ctx.chat_id, ctx.message_id))
         elif action in ("card", "refresh"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
-            text, keyboard = views.host_card(host, now), views.card_keyboard(host, plotting.available_series(host))
+            text, keyboard = await self._card(host, now)
             if action == "card":
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
+        elif action == "procs":  # the card's Processes button (a new message), or that message's Refresh (edit)
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+            text, keyboard = views.processes_view(host, procs, now)
+            if args[1:] == ("r",):
+                self._edit(ctx, text, keyboard)
+            else:
+                self._send(ctx, text, keyboard)
+        elif action == "info":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif action == "containers":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             await self._containers(ctx, host, now, edit=len(args) == 2)
@@ -445,6 +539,14 @@ class Bot:
                                   replace=action == "range")
             except PlotUsageError as exc:
                 self._send(ctx, views.e(str(exc)))
+        elif action in ("amute", "ack", "aprocs"):
+            await self._alert_button(ctx, callback, now)
+        elif action == "stability":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            self._start_stability(ctx, host, stability.StabilitySpec(host.name, stability.DEFAULT_INTERVAL,
+                                                                     stability.DEFAULT_DURATION))
+        elif action == "speedtest":
+            self._start_speedtest(ctx, await self._db.read(service.owned_host, ctx.user_id, int(args[0])))
         elif action == "power":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             if not self._hub.is_connected(host.id):
@@ -474,6 +576,125 @@ class Bot:
             kept = "Its history is deleted." if args[1] == "wipe" else "Its history is kept; /rotate gives it a new key."
             self._edit(ctx, f"<b>{views.e(host.name)}</b> is revoked: its agent was disconnected. {kept}")
 
+    async def _alert_button(self, ctx: Context, callback: Callback, now: float) -> None:
+        """Under an alert (mbot/telegram/alert_delivery.py): Mute 1h, Ack, Processes."""
+        host = await self._db.read(service.owned_host, ctx.user_id, int(callback.args[0]))
+        name = views.e(host.name)
+        if callback.action == "amute":
+            self._alerting.mute(host.id, now + views.ALERT_MUTE)
+            self._send(ctx, f"<b>{name}</b> muted for 1 h; what is still firing then will be reported. "
+                            f"/unmute {name} ends it sooner.")
+            return
+        alert = await self._db.read(store.alert_message, int(callback.args[1]))
+        if alert is None or alert.host_id != host.id:  # pruned a week after it ended (or never this host's)
+            self._send(ctx, "This alert is too old: its details are no longer kept.")
+        elif callback.action == "aprocs":
+            self._send(ctx, views.captured_processes(host, alert, now))
+        elif alert.resolved is None and self._alerting.ack(host.id, alert.metric, alert.series):
+            label = views.e(alert_text.series_label(alert.series))
+            self._send(ctx, f"Acknowledged: no more reminders for {label} on <b>{name}</b> until it resolves.")
+        else:
+            self._send(ctx, f"This alert on <b>{name}</b> is no longer firing.")
+
+    # --- the stability test (mbot/stability.py) ------------------------------------------------------------------
+
+    def _start_stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        """Refused at once when the host is offline, already under test, or the server's probe budget is spent;
+        otherwise its place is taken now (a second request finds it taken) and the test runs in the bot's nursery,
+        so other updates are not held up for its minutes."""
+        name = views.e(host.name)
+        if not self._hub.is_connected(host.id):
+            self._send(ctx, f"<b>{name}</b> is offline: a stability test needs its agent connected.")
+            return
+        budget = self._hub.stability_budget
+        refusal = budget.refusal(host.id, spec.interval)
+        if refusal is not None:
+            self._send(ctx, f"<b>{name}</b>: not now: {views.e(refusal)}")
+            return
+        budget.take(host.id, spec.interval)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_stability, ctx, host, spec)
+
+    async def _run_stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        try:
+            await self._stability(ctx, host, spec)
+        except Exception:
+            # Isolated like any update: a test that breaks must not end the bot's nursery (and the bot).
+            log.exception("stability test of host %s failed", host.name)
+            self._send(ctx, f"The stability test of <b>{views.e(host.name)}</b> failed; the server's log says why.")
+        finally:
+            self._hub.stability_budget.release(host.id)
+
+    async def _stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
+        name = views.e(host.name)
+        head = (f"Stability test of <b>{name}</b>: {spec.count} probes every "
+                f"{stability.interval_text(spec.interval)} for {format_duration(spec.duration)}...")
+        try:
+            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head))
+        except (TelegramError, OutboxDropped):
+            sent = None  # no progress message to edit: the result still comes
+        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"))
+
+        def progress(run: stability.StabilityRun, now: float) -> None:
+            if progress_ctx.message_id is not None:
+                self._edit(progress_ctx, f"{head}\n{views.e(run.progress(now))}")
+
+        run = stability.StabilityRun(spec, start=trio.current_time())
+        try:
+            await self._hub.stability(host.id, run, progress, stability.progress_every(spec.duration))
+        except LookupError:
+            self._edit(progress_ctx, f"<b>{name}</b> went offline before the test started.")
+            return
+        figures = await trio.to_thread.run_sync(run.figures)  # a sort of up to 600,000 RTTs: not in the loop
+        log.info("user %d ran a stability test of host %s: %d probes, %.1f %% lost", ctx.user_id, host.name,
+                 figures.sent, figures.loss)
+        done = f"Stability test of <b>{name}</b>: done."
+        if figures.slots < spec.count:
+            done = f"Stability test of <b>{name}</b>: its agent disconnected after {figures.slots} probes."
+        self._edit(progress_ctx, done)
+        png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
+                                            limiter=self._charts)
+        self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
+                                                 views.e(stability.caption(host.name, spec, figures))))
+
+    # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
+
+    def _start_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        connection = self._hub.connections.get(host.id)
+        if connection is None:
+            self._send(ctx, f"<b>{name}</b> is offline: a speed test needs its agent connected.")
+            return
+        if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
+            self._send(ctx, f"<b>{name}</b>: its agent is too old for a speed test; update mbot_agent.py (/agent).")
+            return
+        if self._hub.speed_busy:
+            self._send(ctx, "Another speed test is running on this server; try again in half a minute.")
+            return
+        self._hub.speed_busy = True  # taken now: a second request finds it taken
+        assert self._nursery is not None
+        self._nursery.start_soon(self._run_speedtest, ctx, host)
+
+    async def _run_speedtest(self, ctx: Context, host: Host) -> None:
+        name = views.e(host.name)
+        try:
+            seconds = self._hub.speed_seconds
+            self._send(ctx, f"Speed test of <b>{name}</b>: about {format_duration(2 * seconds)}, download then "
+                            "upload...")
+            try:
+                down, up = await self._hub.speedtest(host.id)
+            except LookupError:
+                self._send(ctx, f"<b>{name}</b> went offline before the speed test started.")
+                return
+            log.info("user %d ran a speed test of host %s: down %s, up %s", ctx.user_id, host.name,
+                     down and speedtest.mbit(down.rate), up and speedtest.mbit(up.rate))
+            self._send(ctx, views.e(speedtest.reply(host.name, down, up)))
+        except Exception:
+            log.exception("speed test of host %s failed", host.name)
+            self._send(ctx, f"The speed test of <b>{name}</b> failed; the server's log says why.")
+        finally:
+            self._hub.speed_busy = False
+
     def _forget_expired(self, now: float) -> None:
         for nonce in [n for n, r in self._pending.items() if r.expires < now]:
             del self._pending[nonce]
@@ -500,24 +721,28 @@ class Bot:
 
     async def _run_power(self, ctx: Context, host: Host, action: str, audit_id: int) -> None:
         name = views.e(host.name)
+        # The maintenance window opens before the command goes out: the machine may go down before its answer
+        # arrives. From here the alert engine watches it go and come back (PowerBack, RebootOverdue).
+        self._alerting.expect_power(host.id, action, host.facts.get("boot_time"))
         try:
             result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
         except LookupError:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "offline", f"<b>{name}</b> is offline.")
             return
-        if result is None:
+        if result is None:  # it may be going down without a word: the window stays open
             await self._finish_power(ctx, host, action, audit_id, "no answer",
                                      f"<b>{name}</b> did not answer within {COMMAND_TIMEOUT:.0f} s.")
         elif not result.ok and result.message == "disabled":
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "disabled",
                                      f"<b>{name}</b> did not {action}. {views.POWER_DISABLED_HINT}")
         elif not result.ok:
+            self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, f"failed: {result.message}",
                                      f"<b>{name}</b> could not {action}: {views.e(result.message)}")
         else:
-            await self._finish_power(ctx, host, action, audit_id, "ok",
-                                     f"<b>{name}</b>: {action} started.")
-            await self._watch_restart(ctx, host)
+            await self._finish_power(ctx, host, action, audit_id, "ok", views.power_started(host.name, action))
 
     async def _finish_power(self, ctx: Context, host: Host, action: str, audit_id: int, outcome: str,
                             text: str) -> None:
@@ -525,25 +750,13 @@ class Bot:
         log.info("user %d asked host %s to %s: %s", ctx.user_id, host.name, action, outcome)
         self._edit(ctx, text)
 
-    async def _watch_restart(self, ctx: Context, host: Host) -> None:
-        """After a reboot or shutdown: say when the host drops off, and when (if) it comes back."""
-        name = views.e(host.name)
-        with trio.move_on_after(WATCH_OFFLINE):
-            await self._hub.wait_until(host.id, connected=False)
-            went = self._clock()
-            self._send(ctx, f"<b>{name}</b> is offline.")
-            with trio.move_on_after(WATCH_ONLINE):
-                await self._hub.wait_until(host.id, connected=True)
-                self._send(ctx, f"<b>{name}</b> is back online after {format_duration(self._clock() - went)}.")
-
     # --- sending ---------------------------------------------------------------------------------------------
 
     async def _send_key(self, ctx: Context, key: NewKey) -> None:
         """The key reply, then the agent and its ready .env as files: a working agent from the phone."""
-        public, port, fingerprint = self._settings.public_host, self._agent_port, self._fingerprint
-        self._send(ctx, *views.new_key(key, public, port, fingerprint, ctx.user_id))
+        self._send(ctx, *views.new_key(key, self._endpoint, ctx.user_id))
         await self._send_agent_file(ctx)
-        name, content, caption, keyboard = views.agent_env(key, public, port, fingerprint, ctx.user_id)
+        name, content, caption, keyboard = views.agent_env(key, self._endpoint, ctx.user_id)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
                                                  keyboard, content_type="text/plain"))
 

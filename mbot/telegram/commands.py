@@ -53,18 +53,31 @@ TABLE: tuple[Spec, ...] = (
     Spec("status", "[NAME]", "a summary of your hosts, or one host's card", 0, 1),
     Spec("hosts", "", "your hosts, online or not", 0, 0),
     Spec("plot", "NAME METRICS SPAN... [LIMIT] [UNIT]", "a chart", 0, 16, example="/plot box1 cpu;gpu 2d 3h 80"),
+    Spec("top", "NAME", "a host's top processes by CPU, memory and VRAM", 1, 1),
+    Spec("info", "NAME", "what a host is: CPU, memory, disks, network, GPUs, OS", 1, 1, example="/info box1"),
     Spec("containers", "NAME", "a host's containers: state, health, restarts, CPU, memory", 1, 1),
     Spec("newkey", "NAME", "register a host and get its agent settings", 1, 1),
     Spec("agent", "", "the agent file, to copy to a host", 0, 0),
     Spec("rename", "OLD NEW", "rename a host", 2, 2),
     Spec("rotate", "NAME", "issue a new secret; the old one stops working at once", 1, 1),
     Spec("revoke", "NAME", "delete a host's key and disconnect its agent", 1, 1),
+    # The stability test checks its own arguments (mbot.stability): bounds with more to say than a count.
+    Spec("stability", "NAME [INTERVAL] [DURATION]", "RTT and loss of the link to a host, probed every INTERVAL", 0, 8,
+         example="/stability box1 10ms 2m"),
+    Spec("speedtest", "NAME", "throughput between a host and this server, both ways (about 20 s)", 1, 1),
+    # /check checks its own arguments (mbot.checks): a URL, a duration and bounds have more to say than a count.
+    Spec("check", "NAME URL|tcp://HOST:PORT [EVERY]", "probe a target from a host (alerts when it is down)", 0, 8,
+         example="/check box1 https://example.com 5m"),
+    Spec("checks", "NAME", "a host's checks and their state", 1, 1),
     Spec("alerts", "", "your alert rules and their state", 0, 0),
     # The alert commands check their own arguments (mbot.alerts), with more to say than an argument count.
     Spec("setalert", "NAME METRIC THRESHOLD [FOR]", "alert when a metric crosses a threshold", 0, 8),
     Spec("delalert", "NAME METRIC", "remove an alert", 0, 8),
     Spec("mute", "NAME DURATION", "no notifications from a host for a while", 0, 8),
     Spec("unmute", "NAME", "notifications back on", 0, 8),
+    # mbot.quiet checks the window itself.
+    Spec("quiet", "[HH:MM-HH:MM | off]", "silent notifications in these hours (MBOT_TZ)", 0, 3,
+         example="/quiet 23:00-07:00"),
     Spec("invite", "", "a one-time link that lets one more person use this bot (admin only)", 0, 0, menu=False,
          admin=True),
     # /help is the list itself (so not in it), but in the menu: it is where a new user looks first.

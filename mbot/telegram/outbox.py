@@ -6,9 +6,12 @@ an alert storm sent directly would earn 429s and delays for everything else. Her
 A queued message is a zero-argument async callable, normally a functools.partial of a BotApi method:
 
     outbox.submit(chat_id, partial(api.send_message, chat_id, text))            # fire and forget
+    outbox.submit(chat_id, partial(api.send_message, chat_id, text), on_sent=remember)  # remember(Message)
     msg = await outbox.request(chat_id, partial(api.send_photo, chat_id, png))  # need the message_id
 
-Per chat, messages go out in order, one at a time. Across chats, due chats are served round-robin.
+Per chat, messages go out in order, one at a time, and a message's `on_sent` runs before the next one to its
+chat goes: a later send can use what an earlier one returned (an alert's edit, the message_id of its first message)
+without its caller waiting for either. Across chats, due chats are served round-robin.
 TelegramRejected drops the message (logged); TelegramUnavailable keeps it at the head of its chat's queue and
 pauses the whole outbox for a while: an outage delays messages, it does not lose them, up to `max_queued`,
 beyond which the oldest queued message is dropped.
@@ -75,6 +78,7 @@ class _Message:
     chat_id: ChatId
     send: Send
     waiter: _Waiter | None = None
+    on_sent: Callable[[Any], None] | None = None
 
     def describe(self) -> str:
         func = self.send.func if isinstance(self.send, functools.partial) else self.send
@@ -132,9 +136,10 @@ class Outbox:
         """Messages queued and not yet handed to Telegram."""
         return self._depth
 
-    def submit(self, chat_id: ChatId, send: Send) -> None:
-        """Queue a send; never blocks. Failures are logged, not reported."""
-        self._enqueue(chat_id, send, None)
+    def submit(self, chat_id: ChatId, send: Send, *, on_sent: Callable[[Any], None] | None = None) -> None:
+        """Queue a send; never blocks. Failures are logged, not reported; `on_sent` gets the result of a send
+        that went through (in the outbox's task: it must not block)."""
+        self._enqueue(chat_id, send, None).on_sent = on_sent
 
     async def request(self, chat_id: ChatId, send: Send) -> Any:
         """Queue a send and wait for its result (e.g. the Message, for its message_id).
@@ -272,6 +277,11 @@ class Outbox:
                 self._outage_since = None
             self._next_retry_delay = self._retry_delay
             _settle(message, result=result)
+            if message.on_sent is not None:
+                try:
+                    message.on_sent(result)
+                except Exception:
+                    log.exception("outbox: the callback of %s failed", message.describe())
         finally:
             self._in_flight.discard(chat)
             if chat in self._queues and chat not in self._ready:

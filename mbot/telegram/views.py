@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
-from .. import containers as container_rows, series as catalogue
-from ..alerts import STATE, AlertEngine, AlertRule, OfflineRule, metric_of
+from .. import checks, containers as container_rows, inventory as host_inventory, members, processes, \
+    series as catalogue
+from ..alerts import CODE, AlertEngine, AlertRule, OfflineRule, metric_of
 from .alert_text import format_value, series_label
 from ..durations import format_duration
-from ..model import Host, NewKey
+from ..install import Endpoint, guessed_note, one_liner
+from ..model import AlertMessage, Host, NewKey, StoredSnapshot
+from ..processes import human_bytes
 from . import commands
 
 CALLBACK_LIMIT = 64
@@ -28,7 +31,8 @@ class Callback:
     """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
     their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
 
-    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range
+    action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes),
+    # and under alerts: amute (mute the host 1 h), ack and aprocs (an alert_messages id: ack it, its processes)
     args: tuple[str, ...] = ()
 
     def encode(self) -> str:
@@ -61,8 +65,10 @@ def decode_callback(data: str) -> Callback | None:
     action, *args = data.split(":")
     # confirm, cancel and delete made before buttons named their user have one argument fewer: still accepted,
     # and then only in a private chat, whose one member is necessarily the user (see button_user).
-    expected = {"card": (1,), "refresh": (1,), "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
-                "delete": (0, 1), "containers": (1, 2)}
+    expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
+                "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
+                "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,),
+                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -75,12 +81,15 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action == "revoke" and args[1] not in ("keep", "wipe", "no"):
         return None
-    if action == "containers" and len(args) == 2 and args[1] != "r":
+    if action in ("procs", "containers") and args[1:] not in ([], ["r"]):
+        return None
+    if action in ("ack", "aprocs") and not args[1].isdigit():
         return None
     return Callback(action, tuple(args))
 
 
-HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "containers")
+HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
+                "speedtest", "amute", "ack", "aprocs", "containers")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -108,14 +117,6 @@ def keyboard(*rows: list[dict[str, str]]) -> Keyboard:
 # --- numbers for people ------------------------------------------------------------------------------------------
 
 
-def human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError  # unreachable: the loop returns at TiB
-
-
 def human_rate(value: float) -> str:
     return f"{human_bytes(value)}/s"
 
@@ -136,7 +137,14 @@ def value_text(unit: str, value: float) -> str:
         return format_duration(value)
     if unit == catalogue.LOAD:
         return f"{value:.2f}"
+    if unit == catalogue.MILLISECONDS:
+        return ms_text(value)
     return f"{value:g}"
+
+
+def ms_text(value: float) -> str:
+    """A round trip: 0.42 ms, 12.3 ms, 250 ms."""
+    return f"{value:.2f} ms" if value < 1 else f"{value:.1f} ms" if value < 100 else f"{value:.0f} ms"
 
 
 def ago(then: float | None, now: float) -> str:
@@ -151,8 +159,24 @@ def _used_total(part: dict[str, float]) -> str:
     return f"{human_bytes(part['used'])} / {human_bytes(part['total'])} ({_pct(part):.0f} %)"
 
 
-def _state(host: Host, now: float) -> str:
-    return "🟢 online" if host.is_online(now) else "🔴 offline"
+# A host offline because of a power action from the chat (mbot.alerts REBOOT, SHUTDOWN) says so, not "offline".
+_POWER_STATES = {"reboot": ("🔁", "rebooting"), "shutdown": ("⏻", "shut down")}
+
+
+def _state_parts(host: Host, now: float, power: str | None = None) -> tuple[str, str]:
+    if host.is_online(now):
+        return "🟢", "online"
+    return _POWER_STATES.get(power or "", ("🔴", "offline"))
+
+
+def _state(host: Host, now: float, power: str | None = None) -> str:
+    return " ".join(_state_parts(host, now, power))
+
+
+def power_started(name: str, action: str) -> str:
+    if action == "shutdown":
+        return f"<b>{e(name)}</b>: shutdown started. It shows as shut down until it is back; no offline alert."
+    return f"<b>{e(name)}</b>: reboot started. You will hear when it is back; no offline alert meanwhile."
 
 
 e = html.escape
@@ -208,12 +232,23 @@ NO_SUCH_HOST = "No such host. /hosts lists yours."
 
 # Keys of `metrics` the card has a line of its own for; other plain numbers of the catalogue share a generic line.
 _CARD_LINES = frozenset({"cpu", "cpu_cores", "load", "ram", "swap", "disks", "disk_io", "net", "temps", "gpus",
-                         "uptime", "procs"})
+                         "uptime", "procs", "link"})
 
 
-def host_card(host: Host, now: float) -> str:
+def _link_line(link: dict[str, float]) -> str:
+    """The server's own measurement of its link to the host (mbot/linkquality.py)."""
+    parts = []
+    if "rtt" in link:
+        parts += [f"RTT {ms_text(link['rtt'])}", f"jitter {ms_text(link.get('jitter', 0.0))}"]
+    parts.append(f"loss {link.get('loss', 0.0):.0f} %")
+    return "Link to server: " + " · ".join(parts)
+
+
+def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None) -> str:
+    """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too. `power`: a
+    reboot or shutdown from the chat under way (or done), shown instead of "offline"."""
     m, f = host.last_metrics, host.facts
-    lines = [f"<b>{e(host.name)}</b> {_state(host, now)} · last seen {ago(host.last_seen, now)}"]
+    lines = [f"<b>{e(host.name)}</b> {_state(host, now, power)} · last seen {ago(host.last_seen, now)}"]
     if not m:
         lines.append("No data yet: start the agent with this host's secret.")
         return "\n".join(lines)
@@ -238,7 +273,7 @@ def host_card(host: Host, now: float) -> str:
     if m.get("temps"):
         lines.append("Temp " + ", ".join(f"{e(label)} {value:.0f} °C" for label, value in m["temps"].items()))
     for i, gpu in enumerate(m.get("gpus", ())):
-        parts = [f"GPU{i} {e(gpu.get('name', ''))}".rstrip()]
+        parts = [e(catalogue.gpu_label(gpu["name"], i)) if gpu.get("name") else f"GPU {i}"]
         if "util" in gpu:
             parts.append(f"{gpu['util']:.0f} %")
         if "vram_total" in gpu:
@@ -248,6 +283,10 @@ def host_card(host: Host, now: float) -> str:
         if "power" in gpu:
             parts.append(f"{gpu['power']:.0f} W")
         lines.append(" · ".join(parts))
+    if m.get("link"):
+        lines.append(_link_line(m["link"]))
+    if m.get("checks"):
+        lines.append(checks_card_line(m["checks"]))
     tail = []
     if "uptime" in m:
         tail.append(f"Uptime {format_duration(m['uptime'])}")
@@ -266,7 +305,40 @@ def host_card(host: Host, now: float) -> str:
     if host.rejected:
         lines.append(f"⚠️ {host.rejected} samples not stored: dated more than a week back or minutes ahead "
                      "(is the host's clock right?)")
-    lines.append(f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}")
+    footer = f"Agent {e(str(f.get('agent', '?')))} · {e(str(f.get('os', '?')))}"
+    if procs is not None and processes.is_fresh(procs, host, now):
+        ranked = process_lines(procs.items, processes.CARD, cmd=0, note=processes.age_note(procs, host, now))
+        lines = _fit(lines, ranked, MESSAGE_LIMIT - len(footer) - 1)
+    lines.append(footer)
+    return "\n".join(lines)
+
+
+def checks_card_line(results: dict[str, dict[str, float]]) -> str:
+    """`Checks 2/3 up · ❌ web · cert of api 5 d`: the failing ones and certificates near their end by name
+    (mbot.checks; the full list is /checks NAME)."""
+    up = [name for name, r in results.items() if r.get("up")]
+    text = f"Checks {len(up)}/{len(results)} up"
+    failing = [name for name, r in results.items() if not r.get("up")]
+    if failing:
+        text += " · ❌ " + ", ".join(e(name) for name in failing[:5]) + (" …" if len(failing) > 5 else "")
+    expiring = [(name, r["cert"]) for name, r in results.items() if r.get("cert", checks.DEFAULT_CERT_DAYS)
+                < checks.DEFAULT_CERT_DAYS]
+    for name, days in expiring[:3]:
+        text += f" · cert of {e(name)} {days:.0f} d"
+    return text
+
+
+def checks_view(host: Host, specs: Sequence[checks.CheckSpec], snapshot: StoredSnapshot | None) -> str:
+    """/checks NAME: every check of the host with its latest result."""
+    if not specs:
+        return (f"<b>{e(host.name)}</b> has no checks. Add one: /check {e(host.name)} https://example.com "
+                "(or tcp://HOST:PORT) [EVERY]")
+    capable = checks.CAPABILITY in host.facts.get("capabilities", ())
+    by_name = {item.get("name"): item for item in snapshot.items} if snapshot is not None else {}
+    lines = [f"<b>{e(host.name)}</b>: {len(specs)} check(s)"]
+    lines += [e(checks.result_line(spec, by_name.get(spec.name))) for spec in specs]
+    if host.facts and not capable:
+        lines.append("⚠️ This host's agent does not run checks: update it (/agent).")
     return "\n".join(lines)
 
 
@@ -282,11 +354,14 @@ def chart_buttons(host: Host, series: Sequence[str]) -> list[dict[str, str]]:
     return buttons
 
 
+def containers_button(host_id: int) -> dict[str, str]:
+    """🐳 Containers: the host's list (its card, container alerts)."""
+    return button("🐳 Containers", Callback("containers", (str(host_id),)))
+
+
 def _containers_button(host: Host) -> list[dict[str, str]]:
     """The card's Containers button, for a host whose agent reports containers."""
-    if not host.last_metrics.get("containers"):
-        return []
-    return [button("🐳 Containers", Callback("containers", (str(host.id),)))]
+    return [containers_button(host.id)] if host.last_metrics.get("containers") else []
 
 
 CONTAINERS_TEXT_LIMIT = 3900  # Telegram takes 4096 characters: the rest of the list becomes "... and N more"
@@ -336,29 +411,58 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
     return keyboard(buttons) if buttons else None
 
 
-def card_keyboard(host: Host, series: Sequence[str] = ()) -> Keyboard:
+def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -> Keyboard:
+    """`procs`: the host has sent a process list (the Processes button)."""
     charts = chart_buttons(host, series)
+    top = [button("🔄 Refresh", Callback("refresh", (str(host.id),)))]
+    if procs:
+        top.append(button("⚙️ Processes", Callback("procs", (str(host.id),))))
     return keyboard(
-        [button("🔄 Refresh", Callback("refresh", (str(host.id),)))] + _containers_button(host),
+        top + _containers_button(host),
         charts[:3], charts[3:],
+        [diagnostics_button(host),
+         button("📶 Stability", Callback("stability", (str(host.id),))),
+         button("🚀 Speed test", Callback("speedtest", (str(host.id),)))],
         [button("Reboot", Callback("power", (str(host.id), "reboot"))),
          button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
     )
 
 
-def host_list(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
+def diagnostics_button(host: Host) -> dict[str, str]:
+    return button("🩺 Diagnostics", Callback("info", (str(host.id),)))
+
+
+def inventory_view(host: Host, now: float,
+                   services: Sequence[dict[str, Any]] | None = None) -> tuple[str, Keyboard]:
+    """/info NAME and the card's Diagnostics button: what the machine is (mbot.inventory says it in lines), and
+    its systemd services that are not running (`services`: its latest services snapshot, if any)."""
+    inventory = host.facts.get("inventory")
+    head = f"<b>{e(host.name)}</b> · diagnostics"
+    if not isinstance(inventory, dict) or not inventory:
+        found = host_inventory.service_lines(services, now) + [host_inventory.NO_INVENTORY]
+    else:
+        found = host_inventory.lines(inventory, now, services)
+    body = "\n".join(e(line) for line in found)
+    return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
+
+
+def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one.", None
-    lines = [f"{'🟢' if h.is_online(now) else '🔴'} <b>{e(h.name)}</b> - "
-             f"{'online' if h.is_online(now) else 'offline'}, last seen {ago(h.last_seen, now)}" for h in hosts]
+    power = power or {}
+    lines = []
+    for h in hosts:
+        mark, word = _state_parts(h, now, power.get(h.id))
+        lines.append(f"{mark} <b>{e(h.name)}</b> - {word}, last seen {ago(h.last_seen, now)}")
     buttons = [button(h.name, Callback("card", (str(h.id),))) for h in hosts]
     rows = [buttons[i:i + 3] for i in range(0, len(buttons), 3)]
     return "\n".join(lines), keyboard(*rows)
 
 
-def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
+def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return host_list(hosts, now)
+    power = power or {}
     lines = []
     for h in hosts:
         m = h.last_metrics
@@ -369,34 +473,39 @@ def summary(hosts: list[Host], now: float) -> tuple[str, Keyboard | None]:
             figures.append(f"RAM {_pct(m['ram']):.0f} %")
         if m.get("disks"):
             figures.append(f"Disk {max(_pct(p) for p in m['disks'].values()):.0f} %")
-        state = "🟢" if h.is_online(now) else "🔴"
-        detail = " · ".join(figures) if h.is_online(now) else f"offline, last seen {ago(h.last_seen, now)}"
+        state, word = _state_parts(h, now, power.get(h.id))
+        detail = " · ".join(figures) if h.is_online(now) else f"{word}, last seen {ago(h.last_seen, now)}"
         lines.append(f"{state} <b>{e(h.name)}</b> {detail}")
     _, buttons = host_list(hosts, now)
     return "\n".join(lines), buttons
 
 
-def new_key(key: NewKey, public_host: str, port: int, fingerprint: str,
-            user_id: int | None = None) -> tuple[str, Keyboard]:
-    command = (f"AGENT_SERVER_IP={public_host} AGENT_PORT={port} AGENT_SECRET={key.secret} "
-               f"AGENT_FINGERPRINT={fingerprint} python3 mbot_agent.py")
+def new_key(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tuple[str, Keyboard]:
+    manual = (f"AGENT_SERVER_IP={endpoint.host} AGENT_PORT={endpoint.port} AGENT_SECRET={key.secret} "
+              f"AGENT_FINGERPRINT={endpoint.fingerprint} python3 mbot_agent.py")
+    guess = guessed_note(endpoint)
     text = (f"Host <b>{e(key.name)}</b> registered (key <code>{key.key_id}</code>).\n\n"
-            f"Run the agent on it:\n<pre>{e(command)}</pre>\n"
-            f"Secret: <code>{e(key.secret)}</code>\nServer fingerprint: <code>{fingerprint}</code>\n\n"
+            "Install the agent: paste this on the host (it sets it up in /opt/mbot-agent as a systemd service and "
+            f"says when it is connected):\n<pre>{e(one_liner(endpoint, key.secret))}</pre>\n"
+            + (f"<i>{e(guess)}</i>\n" if guess else "")
+            + f"\nOr run the agent by hand (the file and its .env follow):\n<pre>{e(manual)}</pre>\n"
+            f"Secret: <code>{e(key.secret)}</code>\nServer fingerprint: <code>{endpoint.fingerprint}</code>\n\n"
             "This message holds the secret and is not shown again: delete it once you have copied it.")
     return text, keyboard([delete_button(user_id)])
 
 
-AGENT_CAPTION = ("The mbot agent. On the host: <code>pip install psutil trio trio-websocket</code> (and "
-                 "<code>nvidia-ml-py</code> with NVIDIA GPUs), then <code>python3 mbot_agent.py</code>. "
-                 "<code>--check</code> shows what it would send; <code>--install-systemd</code> keeps it running.")
+AGENT_CAPTION = ("The mbot agent, to run by hand. It needs psutil, trio and trio-websocket: in a venv "
+                 "(<code>python3 -m venv venv &amp;&amp; venv/bin/pip install psutil trio trio-websocket</code>) or, "
+                 "on Debian/Ubuntu, <code>apt install python3-psutil python3-trio python3-trio-websocket</code> "
+                 "(and <code>nvidia-ml-py</code> with NVIDIA GPUs). Then <code>python3 mbot_agent.py</code>; "
+                 "<code>--check-connection</code> tests the settings; <code>--install-systemd</code> keeps it "
+                 "running.")
 
 
-def agent_env(key: NewKey, public_host: str, port: int, fingerprint: str,
-              user_id: int | None = None) -> tuple[str, bytes, str, Keyboard]:
+def agent_env(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tuple[str, bytes, str, Keyboard]:
     """The host's ready settings file: (file name, content, caption, keyboard with the delete button)."""
-    content = (f"AGENT_SERVER_IP={public_host}\nAGENT_PORT={port}\nAGENT_SECRET={key.secret}\n"
-               f"AGENT_FINGERPRINT={fingerprint}\n")
+    content = (f"AGENT_SERVER_IP={endpoint.host}\nAGENT_PORT={endpoint.port}\nAGENT_SECRET={key.secret}\n"
+               f"AGENT_FINGERPRINT={endpoint.fingerprint}\n")
     caption = (f"Settings for <b>{e(key.name)}</b>: save as <code>.env</code> next to mbot_agent.py (or run "
                f"<code>python3 mbot_agent.py --env-file {e(key.name)}.env</code>). It holds the secret: delete "
                "this message once saved.")
@@ -428,8 +537,10 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
             return "offline alert off"
         return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
     found = metric_of(rule.metric)
-    if found is not None and found.kind == STATE:
+    if found is not None and found.kind == CODE:
         text = f"{rule.metric} down"
+    elif members.member_of(rule.metric) is not None:
+        text = f"{rule.metric} {members.DOWN_WORD}"
     else:
         text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
     return text + (f" for {format_duration(rule.for_s)}" if rule.for_s else "")
@@ -466,3 +577,117 @@ def alerts_overview(hosts: list[Host], engine: AlertEngine, now: float) -> str:
             lines.append(line)
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
+
+
+# --- processes (the `processes` snapshot; mbot/processes.py ranks it) ----------------------------------------------
+
+MESSAGE_LIMIT = 4096  # Telegram's limit on a message's text, in characters
+
+
+def process_line(item: dict[str, Any], cmd: int) -> str:
+    """name · user · CPU · RSS [· VRAM], and with `cmd` the pid and the command line shortened to that many
+    characters.
+    Texts are cut before escaping, so that an escaped `<` never gets cut in half."""
+    parts = [f"<b>{e(processes.shorten(processes.name(item), 32))}</b>"]
+    if processes.text(item, "user"):
+        parts.append(e(processes.shorten(processes.text(item, "user"), 16)))
+    parts += [processes.percent(processes.number(item, "cpu")), human_bytes(processes.number(item, "rss"))]
+    if processes.number(item, "vram"):
+        parts.append(f"VRAM {human_bytes(processes.number(item, 'vram'))}")
+    if cmd:
+        parts.append(f"pid {processes.number(item, 'pid'):.0f}")
+    line = " · ".join(parts)
+    command = processes.text(item, "cmd")
+    if cmd and command:
+        line += f"\n    <code>{e(processes.shorten(command, cmd))}</code>"
+    return line
+
+
+def process_lines(items: list[dict[str, Any]], n: int, cmd: int, note: str = "") -> list[str]:
+    """The rankings (CPU, memory, then VRAM when any process holds some), `n` each; `note` after each title."""
+    lines: list[str] = []
+    for field, title in processes.RANKINGS:
+        top = processes.ranked(items, field, n)
+        if top:
+            lines.append(f"<b>Top {title}</b>{e(note)}")
+            lines += [process_line(item, cmd) for item in top]
+    return lines
+
+
+def _fit(head: list[str], tail: list[str], limit: int) -> list[str]:
+    """head + as much of tail as fits in `limit` characters (joined by newlines), saying when some was left out.
+    A hostile agent's names and command lines are bounded, but escaped they can grow fivefold."""
+    out, size = list(head), len("\n".join(head))
+    note = "… (cut to fit one message)"
+    for i, line in enumerate(tail):
+        rest = 0 if i == len(tail) - 1 else len(note) + 1
+        if size + 1 + len(line) + rest > limit:
+            out.append(note)
+            break
+        out.append(line)
+        size += 1 + len(line)
+    return out
+
+
+def processes_view(host: Host, procs: StoredSnapshot | None, now: float) -> tuple[str, Keyboard]:
+    """/top NAME and the card's Processes button: the top 15 by CPU, memory and VRAM with command lines."""
+    refresh = keyboard([button("🔄 Refresh", Callback("procs", (str(host.id), "r")))])
+    if procs is None:
+        return (f"<b>{e(host.name)}</b> has sent no process list yet (agents send one every interval unless "
+                "AGENT_PROCESSES=0).", refresh)
+    head = [f"<b>{e(host.name)}</b> · {e(processes.header(host, procs, now))}"]
+    lines = _fit(head, process_lines(procs.items, processes.LIST, cmd=60), MESSAGE_LIMIT)
+    if len(lines) == 1:
+        lines.append("Nothing uses CPU or memory (an empty list).")
+    return "\n".join(lines), refresh
+
+
+# --- under alerts (mbot/telegram/alert_delivery.py) ----------------------------------------------------------------
+
+ALERT_MUTE = 3600.0  # the Mute 1h button
+# Alerts on these metrics capture the host's top processes when they fire: the likely culprit.
+PROCESS_METRICS = frozenset({"cpu", "load", "ram", "swap", "gpu", "vram"})
+
+
+def is_container_metric(metric: str) -> bool:
+    """A container rule (container:web, containers): its alerts show the list, not a chart."""
+    found = metric_of(metric) if metric != "offline" else None
+    return found is not None and found.kind == CODE
+
+
+def alert_charted(metric: str) -> bool:
+    """Whether an alert on `metric` comes with its chart: not offline, a member's state or a container's."""
+    return metric != "offline" and members.member_of(metric) is None and not is_container_metric(metric)
+
+
+def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
+                   live: bool) -> Keyboard | None:
+    """An alert's buttons: 📈 Chart (the metric's last hour; `chart`: when the message is not the chart itself),
+    ⚙️ Processes (the list captured when it fired), and while it lasts (`live`) 🔕 Mute 1h and ✔️ Ack (no more
+    reminders until it resolves; offline alerts have no reminders). `metric` "offline": a host that went offline."""
+    first = []
+    if is_container_metric(metric):
+        first.append(containers_button(host_id))
+    elif chart and alert_charted(metric):
+        callback = chart_callback("chart", host_id, "1h", None, (metric,))
+        if callback is not None:
+            first.append(button("📈 Chart", callback))
+    if procs and alert_id is not None:
+        first.append(button("⚙️ Processes", Callback("aprocs", (str(host_id), str(alert_id)))))
+    second = []
+    if live:
+        second.append(button("🔕 Mute 1h", Callback("amute", (str(host_id),))))
+        if metric != "offline" and alert_id is not None:
+            second.append(button("✔️ Ack", Callback("ack", (str(host_id), str(alert_id)))))
+    return keyboard(first, second) if first or second else None
+
+
+def captured_processes(host: Host, alert: AlertMessage, now: float) -> str:
+    """The Processes button of an alert: the top processes the server had when it fired (they may be gone)."""
+    when = format_duration(max(0.0, now - alert.fired))
+    head = [f"<b>{e(host.name)}</b> · top processes when the {e(series_label(alert.series))} alert fired, "
+            f"{when} ago"]
+    lines = _fit(head, process_lines(alert.procs or [], processes.LIST, cmd=60), MESSAGE_LIMIT)
+    if len(lines) == 1:
+        lines.append("No process list was captured (the host had sent none recently).")
+    return "\n".join(lines)

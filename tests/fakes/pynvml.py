@@ -2,7 +2,8 @@
 
 Configure it through the module globals (reset() restores the defaults):
   FAIL_INIT   nvmlInit raises NVMLError_LibraryNotFound, as on a host without the NVIDIA driver
-  DEVICES     one dict per GPU: name, util (%), used, total (bytes), temp (C), power_mw (milliwatts)
+  DEVICES     one dict per GPU: name, util (%), used, total (bytes), temp (C), power_mw (milliwatts), and
+              optionally compute / graphics: [(pid, used bytes or None)], the processes with a context on it
   FAILING     {(gpu index, function name)} calls that raise NVMLError
 """
 from types import SimpleNamespace
@@ -105,3 +106,25 @@ def nvmlDeviceGetTemperature(handle, sensor):
 
 def nvmlDeviceGetPowerUsage(handle):
     return _device(handle, "nvmlDeviceGetPowerUsage")["power_mw"]
+
+
+def _running(handle, call, which):
+    # The real ones return c_nvmlProcessInfo_t objects: pid, usedGpuMemory (None where the driver cannot say,
+    # e.g. Windows WDDM), gpuInstanceId, computeInstanceId.
+    return [SimpleNamespace(pid=pid, usedGpuMemory=used, gpuInstanceId=0xFFFFFFFF, computeInstanceId=0xFFFFFFFF)
+            for pid, used in _device(handle, call).get(which, ())]
+
+
+def nvmlDeviceGetComputeRunningProcesses(handle):
+    return _running(handle, "nvmlDeviceGetComputeRunningProcesses", "compute")
+
+
+def nvmlDeviceGetGraphicsRunningProcesses(handle):
+    return _running(handle, "nvmlDeviceGetGraphicsRunningProcesses", "graphics")
+
+
+DRIVER_VERSION = "550.54.15"
+
+
+def nvmlSystemGetDriverVersion():
+    return DRIVER_VERSION

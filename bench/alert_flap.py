@@ -1,0 +1,124 @@
+"""A flapping host for an hour: what reaches the chat (issue 16: messages per host-hour).
+
+    .venv/bin/python bench/alert_flap.py                   # this checkout's server, about 10 s
+    .venv/bin/python bench/alert_flap.py --repo /work/main # another checkout's (the behaviour before)
+
+The real server in this process (app.serve) with the fake Bot API server (tests/fakebot.py), and one host whose agent
+(a bare protocol client: what is measured is the server) comes back with a hello and a sample, then is gone again:
+offline every 2 minutes, 30 times in an hour. Time is the server's injected clock, moved forward
+instead of waited for. Printed: the Bot API calls to the owner's chat by method, and the messages that notify
+(new messages; edits do not) and that start a thread (new messages that are no reply), per host-hour.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+async def flap(cycles: int) -> Counter[str]:
+    import trio
+
+    from fakebot import FakeBot
+    from helpers import ack_reaching, certificate, hello_frame, make_settings, open_tls, receive_json, sample_frame, upgrade
+    from mbot import app
+    from mbot.telegram.outbox import Outbox, RateLimiter
+
+    user = 1001
+    clock = Clock()
+    with tempfile.TemporaryDirectory() as tmp:
+        async with trio.open_nursery() as nursery:
+            fake = FakeBot()
+            await nursery.start(fake.serve)
+            settings = dataclasses.replace(make_settings(Path(tmp) / "data"), bot_token=fake.token,
+                                           telegram_api_url=fake.url, allowed_users=(user,))
+            outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
+            server = await nursery.start(lambda task_status: app.serve(
+                settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+                task_status=task_status))
+            since = len(fake.sent)
+            fake.push_message(user, "/newkey box1")
+            key = await fake.wait_for(lambda c: "AGENT_SECRET=" in (c.params.get("text") or ""), since=since)
+            secret = re.search(r"AGENT_SECRET=(\S+)", key.params["text"]).group(1)
+            await fake.wait_for("sendDocument", since=since)
+            await fake.wait_for(lambda c: c.method == "sendDocument" and c.params.get("caption", "").startswith(
+                "Settings"), since=since)
+            start = len(fake.sent)
+            seq = 0
+            for _ in range(cycles):
+                stream = await open_tls(server.port)
+                ws = await upgrade(nursery, stream, secret)
+                await ws.send_message(hello_frame(epoch=1))
+                await receive_json(ws)
+                seq += 1  # back: a hello and a sample (the agent's clock is real time, as the server expects)
+                await ws.send_message(sample_frame(seq, ts=time.time()))
+                await ack_reaching(ws, seq)
+                await trio.aclose_forcefully(stream)
+                sent = len(fake.sent)
+                clock.offset += 120  # gone until the next cycle: the offline alert comes after 30 s
+                server.alerting.clock_moved()
+                await fake.wait_for(lambda c: "is offline (last seen" in (c.params.get("text") or ""), since=sent)
+            # The last return, and everything it says (before and after: a message that says "back online after").
+            sent = len(fake.sent)
+            stream = await open_tls(server.port)
+            ws = await upgrade(nursery, stream, secret)
+            await ws.send_message(hello_frame(epoch=1))
+            await receive_json(ws)
+            while sum(1 for c in fake.sent if c.method == "sendMessage" and "back online after" in c.params["text"]
+                      ) < cycles:
+                await fake.wait_for(lambda c: c.method == "sendMessage" and "back online after" in c.params["text"],
+                                    since=sent)
+                sent = len(fake.sent)
+            await trio.aclose_forcefully(stream)
+            counts: Counter[str] = Counter()
+            latest = None  # the latest offline message: a "back online" reply must answer that one
+            for call in fake.sent[start:]:
+                if call.params.get("chat_id") != user:
+                    continue
+                counts[call.method] += 1
+                if "is offline (last seen" in (call.params.get("text") or ""):
+                    latest = call.result["message_id"]
+                reply = (call.params.get("reply_parameters") or {}).get("message_id")
+                if reply is not None and reply != latest:
+                    counts["replies out of order"] += 1
+                if call.method in ("sendMessage", "sendPhoto"):
+                    counts["notifying"] += 1
+                    if not call.params.get("reply_parameters"):
+                        counts["new threads"] += 1
+            await server.aclose()
+            nursery.cancel_scope.cancel()
+    return counts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose mbot to run (default: this one)")
+    parser.add_argument("--cycles", type=int, default=30, help="offline/online cycles (30: an hour)")
+    args = parser.parse_args()
+    sys.path[:0] = [str(args.repo.resolve()), str(ROOT / "tests")]
+    import trio
+
+    counts = trio.run(flap, args.cycles)
+    hours = args.cycles / 30
+    print(f"{args.repo}: a host offline and back every 2 minutes, {args.cycles} times ({hours:g} host-hour)")
+    for name, count in sorted(counts.items()):
+        print(f"  {name:>20}: {count / hours:6.1f} per host-hour")
+
+
+if __name__ == "__main__":
+    main()

@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test typecheck bench clean image-test install-test
+.PHONY: run test typecheck bench clean image-test install-test container-test
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ typecheck: $(VENV)/.test-installed
 # The container image end to end with podman (installs podman when missing; see deploy/image-test.sh).
 image-test: $(VENV)/.run-installed
 	PYTHON=$(PY) deploy/image-test.sh
+
+# Containers end to end against a real Podman service on a temp socket (tests/test_containers_podman.py; podman and
+# the local base image set up as for image-test). Skipped in `make test`, which must not need podman.
+container-test: $(VENV)/.test-installed
+	bash -c '. deploy/podman-setup.sh && MBOT_TEST_PODMAN=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_containers_podman.py'
 
 # The one-line agent install end to end: the server here, the line in fresh Debian containers, with systemd and
 # PyPI, and without either (see deploy/install-test.sh).

@@ -37,6 +37,10 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
                        15 largest by each, every interval, less often on hosts with many processes so that it
                        costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
                        arguments: they reach the server and the chat
+    AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
+                       state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
+                       $XDG_RUNTIME_DIR/podman/podman.sock or /run/podman/podman.sock, the first that exists;
+                       off: none. The agent's user needs access to it (group docker, or its own podman socket)
     AGENT_SPOOL_FILE   keep the spool in this sqlite3 file too (e.g. /var/lib/mbot-agent/spool.sqlite3), so that
                        unsent samples and the seq counter survive a restart of the agent; unset: in memory only
 
@@ -65,6 +69,7 @@ from __future__ import annotations
 
 import calendar
 import dataclasses
+import functools
 import hashlib
 import http.client
 import inspect
@@ -159,6 +164,7 @@ class AgentConfig:
     spool_max: Optional[int] = None  # AGENT_SPOOL_MAX; None: 24 h of samples at `interval`
     spool_file: Optional[str] = None  # AGENT_SPOOL_FILE; None: the spool is in memory only
     processes: bool = True  # AGENT_PROCESSES: send the top processes (a `processes` snapshot)
+    container_socket: Optional[str] = None  # AGENT_CONTAINER_SOCKET: a path, "off"; None: the usual places
     # The settings file (main() sets it; --env-file). Beside it: the pin saved on first use when the
     # fingerprint file cannot be written, and the record of power actions that makes their limit survive a
     # reboot. None (library use, tests): neither; power actions are then limited in memory only.
@@ -177,6 +183,9 @@ class AgentConfig:
     temps_every: int = 6  # read temperature sensors on every Nth sample
     services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
     check_timeout: float = 10.0  # one probe of a check, redirects and body included (CHECK_TIMEOUT)
+    # Containers are polled every max(interval, this): the list alone costs about a millisecond of CPU with 50
+    # containers, and a state seen within 10 s is soon enough for an alert.
+    containers_every: float = 10.0
 
     @property
     def fingerprint_path(self) -> Path:
@@ -287,11 +296,12 @@ def config_from_env(environ: Mapping[str, str], env_file_values: Mapping[str, st
     spool_file = get("AGENT_SPOOL_FILE") or None
     raw = get("AGENT_PROCESSES")
     processes = _bool(raw, "AGENT_PROCESSES") if raw else True
+    container_socket = get("AGENT_CONTAINER_SOCKET") or None
 
     return AgentConfig(secret=secret, server=server, port=port, interval=interval, verify_ssl=verify_ssl,
                        fingerprint=fingerprint, allow_power=allow_power, fingerprint_file=fingerprint_file,
                        power_command=power_command, spool_max=spool_max, spool_file=spool_file,
-                       processes=processes)
+                       processes=processes, container_socket=container_socket)
 
 
 POWER_ACTIONS = ("reboot", "shutdown")
@@ -2356,6 +2366,347 @@ class Collector:
         return m
 
 
+# --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
+#
+# Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each poll (every
+# max(interval, 10 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
+# agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
+# count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
+# MAX_CONTAINERS, by name) and, in each sample, series for a bounded label set: `down` for MAX_CONTAINER_DOWN of
+# them, CPU and memory for MAX_CONTAINER_SERIES.
+
+CONTAINER_SOCKETS = ("/var/run/docker.sock", "{XDG_RUNTIME_DIR}/podman/podman.sock", "/run/podman/podman.sock")
+MAX_CONTAINERS = 500  # members in the snapshot (the server's bound)
+MAX_CONTAINER_SERIES = 50  # containers with CPU and memory series in samples (the first by name)
+MAX_CONTAINER_DOWN = 200  # containers with a `down` series (what alerts watch): one value each, so more of them
+MAX_CONTAINER_NAME = 128
+MAX_CONTAINER_IMAGE = 256
+MAX_CONTAINER_STATE = 32
+CONTAINER_TIMEOUT = 2.0  # seconds for one Engine API request, connect to last byte
+CONTAINER_LIST_BYTES = 8 << 20  # /containers/json with 500 containers and their labels: well under this
+CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally)
+# Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (4 per
+# poll: every container every poll up to 4 running, every 13th poll with 50) and so do inspects. A poll happens
+# every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
+CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
+CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
+CONTAINER_WORKERS = 4  # stats and inspects in flight at once
+CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
+RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down
+DOWN_UP, DOWN_STOPPED, DOWN_UNHEALTHY, DOWN_RESTARTING = 0, 1, 2, 3
+
+
+class EngineError(Exception):
+    """The container engine did not answer as expected (the message says how)."""
+
+
+def engine_get(socket_path: str, path: str, max_bytes: int, timeout: float = CONTAINER_TIMEOUT) -> Any:
+    """GET `path` from the Engine API at `socket_path`: the parsed JSON. The whole exchange is bounded in time
+    (`timeout`, also across a slow trickle) and size (`max_bytes`); anything else is an EngineError.
+
+    HTTP/1.0, one request per connection, read to the end: both engines then answer with a plain body (no chunks,
+    no keep-alive), and a unix socket costs nothing to open. Half the CPU of http.client per request, which counts
+    at 50 containers every few seconds."""
+    deadline = time.monotonic() + timeout
+    chunks: List[bytes] = []
+    size = 0
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(socket_path)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n".encode())
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise EngineError(f"GET {path}: no complete answer within {timeout:g} s")
+                sock.settimeout(left)
+                chunk = sock.recv(262144)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes + 8192:  # the body's bound, plus room for the headers
+                    raise EngineError(f"GET {path}: answer over {max_bytes} bytes")
+                chunks.append(chunk)
+    except OSError as exc:
+        raise EngineError(f"GET {path}: {_describe(exc)}") from None
+    head, gap, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if not gap or len(status) < 2 or not status[0].startswith(b"HTTP/"):
+        raise EngineError(f"GET {path}: not an HTTP answer")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _unchunk(body)
+    if len(body) > max_bytes:
+        raise EngineError(f"GET {path}: answer over {max_bytes} bytes")
+    if status[1] != b"200":
+        code = status[1].decode("latin-1") if status[1].isdigit() else "?"
+        raise EngineError(f"GET {path}: HTTP {code[:3]} {_quote(body[:200].decode('utf-8', 'replace'))}")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise EngineError(f"GET {path}: not JSON ({_quote(str(exc), 80)})") from None
+
+
+def _unchunk(body: bytes) -> bytes:
+    """A chunked body (an engine that answers HTTP/1.0 that way anyway)."""
+    out = []
+    while body:
+        line, _, rest = body.partition(b"\r\n")
+        try:
+            length = int(line.split(b";")[0], 16)
+        except ValueError:
+            raise EngineError("a malformed chunked answer") from None
+        if length == 0:
+            break
+        out.append(rest[:length])
+        body = rest[length + 2:]
+    return b"".join(out)
+
+
+def find_container_socket(setting: Optional[str], environ: Mapping[str, str]) -> Tuple[Optional[str], str]:
+    """(the socket to use or None, a line for the log). `setting` is AGENT_CONTAINER_SOCKET: a path, "off", or
+    None to look in the usual places."""
+    if setting is not None and setting.lower() in _FALSE:
+        return None, "containers: not watched (AGENT_CONTAINER_SOCKET=off)"
+    if setting:
+        candidates = [setting.removeprefix("unix://")]
+    else:
+        runtime = environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.getuid()}" if hasattr(os, "getuid") else ""
+        candidates = [c.format(XDG_RUNTIME_DIR=runtime) for c in CONTAINER_SOCKETS if runtime or "{" not in c]
+    denied = []
+    for path in candidates:
+        if not os.path.exists(path):
+            continue
+        if os.access(path, os.R_OK | os.W_OK):
+            return path, f"containers: watching the engine at {path}"
+        denied.append(path)
+    if denied:
+        return None, (f"containers: not watched: no permission on {', '.join(denied)}. To grant it: add this "
+                      "agent's user to the docker group (usermod -aG docker USER, then restart the agent), or use "
+                      "rootless Podman's socket (systemctl --user enable --now podman.socket) or set "
+                      "AGENT_CONTAINER_SOCKET to a socket the user can open")
+    if setting:
+        return None, f"containers: not watched: AGENT_CONTAINER_SOCKET={setting} does not exist"
+    return None, ("containers: no Docker or Podman socket found (" + ", ".join(candidates) + "); to watch "
+                  "containers, start the engine's socket (systemctl enable --now docker, or podman.socket) or set "
+                  "AGENT_CONTAINER_SOCKET")
+
+
+_HEALTH_IN_STATUS = (("(unhealthy)", "unhealthy"), ("(healthy)", "healthy"), ("(health: starting)", "starting"))
+
+
+def _cut(value: Any, limit: int) -> str:
+    text = value if isinstance(value, str) else ""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def container_summary(raw: Any) -> Optional[Dict[str, Any]]:
+    """One entry of GET /containers/json -> {id, name, image, state, health}, or None when it is not one."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("Id"), str):
+        return None
+    names = raw.get("Names")
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else raw["Id"][:12]
+    health = ""
+    if isinstance(raw.get("Health"), dict):  # newer Docker APIs say it in the list
+        health = raw["Health"].get("Status") or ""
+    else:  # older ones in the status text: "Up 2 hours (healthy)"
+        status = raw.get("Status") if isinstance(raw.get("Status"), str) else ""
+        health = next((h for marker, h in _HEALTH_IN_STATUS if marker in status), "")
+    return {"id": raw["Id"][:128], "name": _cut(name.lstrip("/"), MAX_CONTAINER_NAME) or raw["Id"][:12],
+            "image": _cut(raw.get("Image"), MAX_CONTAINER_IMAGE),
+            "state": _cut(raw.get("State"), MAX_CONTAINER_STATE).lower(),
+            "health": _cut(health if isinstance(health, str) else "", MAX_CONTAINER_STATE).lower()}
+
+
+def _int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def stats_reading(raw: Any) -> Tuple[Optional[Tuple[int, int]], Optional[int]]:
+    """GET /containers/{id}/stats?stream=false&one-shot=true -> ((container CPU ns, system CPU ns) or None,
+    memory in use or None). Memory is what `docker stats` shows: usage less the inactive page cache
+    (total_inactive_file on cgroup v1, inactive_file on v2, `cache` on old engines)."""
+    if not isinstance(raw, dict):
+        return None, None
+    cpu_stats = raw.get("cpu_stats") if isinstance(raw.get("cpu_stats"), dict) else {}
+    usage = cpu_stats.get("cpu_usage") if isinstance(cpu_stats.get("cpu_usage"), dict) else {}
+    total, system = _int(usage.get("total_usage")), _int(cpu_stats.get("system_cpu_usage"))
+    cpu = (total, system) if total is not None and system is not None else None
+    memory = raw.get("memory_stats") if isinstance(raw.get("memory_stats"), dict) else {}
+    used = _int(memory.get("usage"))
+    if used is not None:
+        details = memory.get("stats") if isinstance(memory.get("stats"), dict) else {}
+        for key in ("total_inactive_file", "inactive_file", "cache"):
+            cache = _int(details.get(key))
+            if cache is not None:
+                if cache < used:
+                    used -= cache
+                break
+    return cpu, used
+
+
+def cpu_percent(before: Tuple[int, int], after: Tuple[int, int]) -> Optional[float]:
+    """Percent of the whole host between two readings: container CPU time over system CPU time (all cores), like
+    the host's `cpu`. (`docker stats` multiplies this by the number of CPUs: percent of one core.)"""
+    spent, elapsed = after[0] - before[0], after[1] - before[1]
+    if elapsed <= 0 or spent < 0:
+        return None
+    return round(min(100.0, 100.0 * spent / elapsed), 2)
+
+
+def fit_snapshot(items: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The containers' items cut (from the end: the list is by name) to what one snapshot may carry: MAX_CONTAINERS
+    members, and its frame within SNAPSHOT_MAX_BYTES (_put_snapshot leaves out a bigger one whole)."""
+    items = items[:MAX_CONTAINERS]
+    while items and len(json.dumps(items, separators=(",", ":"))) > SNAPSHOT_MAX_BYTES - 200:
+        items = items[:len(items) * 3 // 4]
+    return items
+
+
+def down_code(state: str, health: str, restart_loop: bool) -> int:
+    """What the `down` series says of a container: 0 up, 1 not running, 2 unhealthy, 3 restarting over and over."""
+    if restart_loop:
+        return DOWN_RESTARTING
+    if state != "running":
+        return DOWN_STOPPED
+    return DOWN_UNHEALTHY if health == "unhealthy" else DOWN_UP
+
+
+@dataclass
+class ContainerReport:
+    items: List[Dict[str, Any]]  # the snapshot's members
+    series: Dict[str, Dict[str, float]]  # a sample's metrics["containers"]
+    taken: float  # time.time() of the list
+
+
+@dataclass
+class _Seen:
+    """What the watcher remembers of one container (by id)."""
+    state: str = ""
+    restarts: int = 0
+    health: str = ""
+    inspected: float = -math.inf  # monotonic
+    cpu_reading: Optional[Tuple[int, int]] = None
+    cpu: Optional[float] = None
+    mem: Optional[int] = None
+    stats_turn: int = -1
+
+
+class ContainerWatcher:
+    """One poll per interval of a Docker/Podman engine: `poll()` blocks (run it in a worker thread), never more
+    than a few CONTAINER_TIMEOUTs. `get(path, max_bytes)` is the HTTP call (engine_get on a socket; tests inject)."""
+
+    def __init__(self, get: Callable[[str, int], Any], *, clock: Callable[[], float] = time.monotonic,
+                 workers: int = CONTAINER_WORKERS) -> None:
+        self._get = get
+        self._clock = clock
+        self._seen: Dict[str, _Seen] = {}
+        self._restarts: Dict[str, deque] = {}  # name -> (time, restart count) within RESTART_LOOP's window
+        self._turn = 0
+        self._workers = max(1, workers)
+        self._pool: Any = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
+        if len(items) <= 1 or self._workers == 1:
+            return [fn(item) for item in items]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mbot-containers")
+        return list(self._pool.map(fn, items))
+
+    def _try(self, path: str) -> Any:
+        try:
+            return self._get(path, CONTAINER_ITEM_BYTES)
+        except EngineError as exc:
+            log.debug("containers: %s", exc)
+            return None
+
+    def poll(self) -> ContainerReport:
+        """Raises EngineError when the list itself fails; a failed stats or inspect only leaves that one out."""
+        taken = time.time()
+        listed = self._get("/containers/json?all=1", CONTAINER_LIST_BYTES)
+        if not isinstance(listed, list):
+            raise EngineError("GET /containers/json: not a list")
+        now = self._clock()
+        self._turn += 1
+        containers: Dict[str, Dict[str, Any]] = {}
+        for raw in listed:
+            summary = container_summary(raw)
+            if summary is not None and summary["name"] not in containers:
+                containers[summary["name"]] = summary
+        chosen = [containers[name] for name in sorted(containers)[:MAX_CONTAINERS]]
+        seen = {c["id"]: self._seen.get(c["id"]) or _Seen() for c in chosen}
+        self._seen = seen
+
+        # Inspect (restart count, health): new or changed containers first, then the stalest, bounded.
+        due = [c for c in chosen if seen[c["id"]].state != c["state"] or now - seen[c["id"]].inspected
+               >= CONTAINER_REFRESH]
+        due.sort(key=lambda c: (seen[c["id"]].state == c["state"], seen[c["id"]].inspected))
+        for c, answer in zip(due, self._map(lambda c: self._try(f"/containers/{c['id']}/json"),
+                                            due[:CONTAINER_INSPECTS_PER_POLL])):
+            known = seen[c["id"]]
+            known.inspected = now
+            known.state = c["state"]
+            if isinstance(answer, dict):
+                known.restarts = _int(answer.get("RestartCount")) or 0
+                state = answer.get("State") if isinstance(answer.get("State"), dict) else {}
+                health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
+                status = health.get("Status")
+                known.health = _cut(status, MAX_CONTAINER_STATE).lower() if isinstance(status, str) else ""
+
+        # Stats for the containers with series that run: round robin when there are more than a poll's worth.
+        with_series = chosen[:MAX_CONTAINER_SERIES]
+        running = [c for c in with_series if c["state"] == "running"]
+        running.sort(key=lambda c: seen[c["id"]].stats_turn)
+        wanted = running[:CONTAINER_STATS_PER_POLL]
+        for c, answer in zip(wanted, self._map(
+                lambda c: self._try(f"/containers/{c['id']}/stats?stream=false&one-shot=true"), wanted)):
+            known = seen[c["id"]]
+            known.stats_turn = self._turn
+            reading, mem = stats_reading(answer)
+            if reading is not None:
+                if known.cpu_reading is not None:
+                    known.cpu = cpu_percent(known.cpu_reading, reading)
+                known.cpu_reading = reading
+            known.mem = mem
+
+        items: List[Dict[str, Any]] = []
+        series: Dict[str, Dict[str, float]] = {}
+        windows: Dict[str, deque] = {}
+        for index, c in enumerate(chosen):
+            known = seen[c["id"]]
+            health = c["health"] or known.health
+            # The restart counts seen, one entry per change: the first one is the count as of the window's start.
+            window = self._restarts.get(c["name"]) or deque()
+            if window and known.restarts < window[-1][1]:
+                window.clear()  # a new container under the same name counts from 0
+            if not window or window[-1][1] != known.restarts:
+                window.append((now, known.restarts))
+            while len(window) > 1 and now - window[1][0] >= RESTART_LOOP[1]:
+                window.popleft()
+            windows[c["name"]] = window
+            looping = known.restarts - window[0][1] >= RESTART_LOOP[0]
+            item: Dict[str, Any] = {"name": c["name"], "image": c["image"], "state": c["state"], "health": health,
+                                    "restarts": known.restarts}
+            running_now = c["state"] == "running"
+            if running_now and known.cpu is not None:
+                item["cpu"] = known.cpu
+            if running_now and known.mem is not None:
+                item["mem"] = known.mem
+            items.append(item)
+            if index < MAX_CONTAINER_DOWN:
+                entry: Dict[str, float] = {"down": down_code(c["state"], health, looping)}
+                if index < MAX_CONTAINER_SERIES:
+                    entry.update({k: item[k] for k in ("cpu", "mem") if k in item})
+                series[c["name"]] = entry
+        self._restarts = windows
+        return ContainerReport(items, series, taken)
+
+
 def _reading(value: Any) -> Optional[float]:
     """A number from amdsmi, or None for its "N/A" (and anything else that is not a finite number)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -2968,6 +3319,8 @@ class Agent:
         self.reconnect = Reconnect(low=config.backoff_min, high=config.backoff_max, stable_after=config.stable_after,
                                    quick=config.quick_reconnect, fast=config.fast_retry,
                                    fast_for=config.fast_retry_for)
+        self.container_watcher: Optional[ContainerWatcher] = None  # set by _container_loop (tests: injected)
+        self._containers: Optional[ContainerReport] = None  # the latest poll, for the next samples' series
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -2986,6 +3339,7 @@ class Agent:
             nursery.start_soon(self._collect_loop)
             nursery.start_soon(self._host_state_loop)
             nursery.start_soon(self.checks.run)
+            nursery.start_soon(self._container_loop)
             status = await self._connection_loop()
             nursery.cancel_scope.cancel()
         return status
@@ -3018,6 +3372,9 @@ class Agent:
             figures, items = self.checks.report()  # the latest results of the checks, on every sample
             if figures:
                 metrics = {**metrics, "checks": figures}
+            report = self._containers  # the latest poll's series, while it is recent
+            if report is not None and report.series and ts - report.taken <= 2 * self._containers_period + 5:
+                metrics = {**metrics, "containers": report.series}
             added = self._store_sample(ts, metrics)
             if items is not None:  # sent when it differs from what this connection sent
                 added = self._put_snapshot("checks", 1, items, ts) or added
@@ -3058,6 +3415,47 @@ class Agent:
         """Spool a sample and wake the sender (on the event loop; the collect loop does the same off it)."""
         if self._store_sample(ts, metrics):
             self._wake_sender()
+
+    # containers ------------------------------------------------------------------------------------------------
+
+    async def _container_loop(self) -> None:
+        """Poll the container engine every _containers_period in a worker thread (never on the event loop), keep the
+        latest report for the samples and queue its snapshot. Without a usable socket: one line, then nothing."""
+        watcher = self.container_watcher
+        if watcher is None:
+            path, line = await trio.to_thread.run_sync(find_container_socket, self.config.container_socket,
+                                                       dict(os.environ))
+            log.info("%s", line)
+            if path is None:
+                return
+            watcher = self.container_watcher = ContainerWatcher(functools.partial(engine_get, path))
+        failing = False
+        try:
+            while True:
+                started = trio.current_time()
+                try:
+                    report = await trio.to_thread.run_sync(watcher.poll)
+                except EngineError as exc:
+                    self._containers = None
+                    if not failing:
+                        log.warning("containers: the engine does not answer, left out until it does: %s", exc)
+                    failing = True
+                else:
+                    if failing:
+                        log.info("containers: the engine answers again (%d containers)", len(report.items))
+                    failing = False
+                    self._containers = report
+                    self.queue_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
+                await trio.sleep_until(started + self._containers_period)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(watcher.close)
+
+    @property
+    def _containers_period(self) -> float:
+        # One snapshot per poll: never more often than the server takes them (over its budget it closes the
+        # connection, and the samples in flight would take the blame).
+        return max(self.config.interval, self.config.containers_every, SNAPSHOT_MIN_INTERVAL)
 
     def _wake_sender(self) -> None:
         self._new_sample.set()
@@ -3593,14 +3991,28 @@ def _pin_description(config: AgentConfig) -> str:
 
 
 def _check() -> int:
-    """What this host would send, without sending anything (the sample needs one second to measure CPU)."""
+    """What this host would send, without sending anything (the sample needs one second to measure CPU), and
+    whether the agent can see containers (AGENT_CONTAINER_SOCKET from the environment)."""
     collector = Collector()
     try:
         time.sleep(1.0)
-        report = {"agent": __version__, "host": collector.host_facts(), "metrics": collector.collect(),
-                  "snapshots": {kind: items for kind, (_, items) in collector.snapshots().items()}}
+        report: Dict[str, Any] = {"agent": __version__, "host": collector.host_facts(),
+                                  "metrics": collector.collect(),
+                                  "snapshots": {kind: items for kind, (_, items) in collector.snapshots().items()}}
     finally:
         collector.close()
+    path, line = find_container_socket(os.environ.get("AGENT_CONTAINER_SOCKET", "").strip() or None, os.environ)
+    report["containers"] = line
+    if path is not None:
+        watcher = ContainerWatcher(functools.partial(engine_get, path), workers=1)
+        try:
+            polled = watcher.poll()
+            report["containers"] = polled.items
+            report["metrics"]["containers"] = polled.series
+        except EngineError as exc:
+            report["containers"] = f"{line}, but it does not answer: {exc}"
+        finally:
+            watcher.close()
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 

@@ -4,6 +4,7 @@
     .venv/bin/python bench/agent_cost.py --duration 30 --interval 1
     .venv/bin/python bench/agent_cost.py --no-processes      # AGENT_PROCESSES=0: without the process list
     .venv/bin/python bench/agent_cost.py --services 150   # systemd services from the test fake of systemctl
+    .venv/bin/python bench/agent_cost.py --containers /tmp/podman.sock   # with container collection on
 
 --services N puts tests/fakes/systemctl first on PATH with N running units (3 of them failed), so that the agent
 sends `services` snapshots; the CPU of the systemctl processes it starts is shown apart (the fake is a Python
@@ -52,10 +53,34 @@ def committed(db: Path) -> int:
         conn.close()
 
 
+def stored_bytes(db: Path) -> int:
+    """Bytes the raw samples take (sqlite's dbstat: the table and its index)."""
+    conn = store.connect(db, readonly=True)
+    try:
+        return conn.execute("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name IN ('samples', "
+                            "'samples_host_ts')").fetchone()[0] or 0
+    finally:
+        conn.close()
+
+
+def series_per_sample(db: Path) -> int:
+    conn = store.connect(db, readonly=True)
+    try:
+        row = conn.execute("SELECT names FROM layouts ORDER BY id DESC LIMIT 1").fetchone()
+        return len(json.loads(row[0])) if row else 0
+    finally:
+        conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--duration", type=float, default=120.0)
     parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds after the first sample before measuring (default: 2 intervals; with many "
+                             "containers, first polls inspect every one: ~130 s for 50)")
+    parser.add_argument("--containers", default="off", metavar="SOCKET",
+                        help="AGENT_CONTAINER_SOCKET: a Docker/Podman socket to watch (default: off)")
     parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
     parser.add_argument("--services", type=int, default=0, help="fake systemd units (0: the host's own systemctl)")
     args = parser.parse_args()
@@ -80,7 +105,8 @@ def main() -> None:
     work.mkdir()
     agent_env = {**os.environ, "AGENT_SECRET": secret, "AGENT_SERVER_IP": "127.0.0.1", "AGENT_PORT": str(port),
                  "AGENT_FINGERPRINT": cert.fingerprint, "AGENT_INTERVAL": str(args.interval),
-                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"), "AGENT_PROCESSES": "0" if args.no_processes else "1"}
+                 "AGENT_FINGERPRINT_FILE": str(work / "fp.json"),
+                 "AGENT_PROCESSES": "0" if args.no_processes else "1", "AGENT_CONTAINER_SOCKET": args.containers}
     if args.services:
         units = [{"unit": f"unit{i}.service", "active": "failed" if i < 3 else "active",
                   "sub": "failed" if i < 3 else "running", "since_mono": 1_000_000} for i in range(args.services)]
@@ -96,9 +122,11 @@ def main() -> None:
             if time.time() > deadline:
                 raise SystemExit("the agent sent nothing within 60 s")
             time.sleep(0.2)
-        cpu0, count0, t0 = proc.cpu_times(), committed(db), time.time()
+        time.sleep(2 * args.interval if args.warmup is None else args.warmup)
+        cpu0, count0, t0, size0 = proc.cpu_times(), committed(db), time.time(), stored_bytes(db)
         time.sleep(args.duration)
-        cpu1, count1 = proc.cpu_times(), committed(db)
+        cpu1, count1, size1 = proc.cpu_times(), committed(db), stored_bytes(db)
+        series = series_per_sample(db)
         rss = proc.memory_info().rss
         elapsed = time.time() - t0
     finally:
@@ -116,6 +144,10 @@ def main() -> None:
           f"ratio {rss / floor:.2f}x (target <= 1.2x)")
     print(f"agent CPU {cpu * 1000 / max(samples, 1):.2f} ms per sample = "
           f"{cpu / elapsed * 100:.3f} % of one core at this interval (target < 0.1 %)")
+    per_sample = (size1 - size0) / max(samples, 1)
+    print(f"server: {series} series per sample ({args.containers != 'off' and 'containers on' or 'containers off'});"
+          f" raw rows grow {per_sample:.0f} B per sample = {per_sample * 86400 / args.interval / 2**20:.1f} MiB per "
+          "host per day before rollup")
     print(f"processes the agent ran (systemctl): {children * 1000 / max(samples, 1):.2f} ms per sample = "
           f"{children / elapsed * 100:.3f} % of one core")
     services = snapshot_size(db, "services")

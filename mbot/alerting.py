@@ -16,7 +16,7 @@ import math
 import sqlite3
 import time
 from datetime import timezone, tzinfo
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
@@ -31,13 +31,24 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_KEY = "alerts.snapshot"
 SAVE_EVERY = 5.0  # seconds between snapshot writes at most: a large one costs milliseconds
+# Container alerts of one host go out as they come for the first STATE_BURST deliveries, then at most once per
+# STATE_EVERY, what came meanwhile together (alert_text.grouped makes one message of each kind of news): a
+# container that stops and comes back is told at once, hundreds that flap cost a message or two a minute, not one
+# per container per sample.
+STATE_BURST = 3
+STATE_EVERY = 60.0
 # The server's last sign of life, for the next start to know how long it was down (ServerDown): written at start,
 # every HEARTBEAT_EVERY seconds, and at a clean shutdown. A crash is thus placed within a minute.
 HEARTBEAT_KEY = "server.heartbeat"
 HEARTBEAT_EVERY = 60.0
 
-# Where a message goes: (owner's chat id, HTML text, the event).
-Notify = Callable[[int, str, Event], None]
+
+
+class Notify(Protocol):
+    """Where a message goes: (owner's chat id, HTML text, the event); `group`: the events a grouped message
+    (alert_text.grouped) says, `event` being its first."""
+
+    def __call__(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = ..., /) -> None: ...
 
 
 # --- rules in sqlite (the writer's and the readers' connections) ------------------------------------------------
@@ -109,6 +120,8 @@ class Alerting:
         self._notify: Notify | None = None
         self._wake = trio.Event()
         self._dirty = False
+        self._held: dict[int, list[HostEvent]] = {}  # host -> its state alert events waiting for their turn
+        self._state_credit: dict[int, tuple[float, float]] = {}  # host -> (deliveries it may make, as of when)
         # Member alerts (mbot.members): the latest snapshot of each member kind per host, and the state codes of
         # the members a host's rules watch, added to each of its samples (only hosts with such rules have codes).
         self._member_items: dict[tuple[int, str], Sequence[dict[str, Any]]] = {}
@@ -147,6 +160,8 @@ class Alerting:
             while True:
                 deadline = self.engine.next_deadline()
                 deadline = next_heartbeat if deadline is None else min(deadline, next_heartbeat)
+                if self._held:
+                    deadline = min(deadline, min(self._state_release(host) for host in self._held))
                 wait = max(0.0, deadline - self._clock())
                 if failures:
                     # A tick that raised will likely raise again at the same deadline: back off, stay alive.
@@ -311,8 +326,34 @@ class Alerting:
                 self._outgoing.append(event)
         self._changed()  # wakes run(), which delivers them
 
-    async def _deliver(self) -> None:
+    def _credit(self, host_id: int, now: float) -> float:
+        credit, at = self._state_credit.get(host_id, (STATE_BURST, now))
+        return min(STATE_BURST, credit + (now - at) / STATE_EVERY)
+
+    def _state_release(self, host_id: int) -> float:
+        """When a host's held state alerts may go (a token bucket: STATE_BURST, one more per STATE_EVERY)."""
+        credit, at = self._state_credit[host_id]
+        return at + max(0.0, 1.0 - credit) * STATE_EVERY
+
+    def _due(self, now: float) -> tuple[list[HostEvent], set[int]]:
+        """What goes out now: every event but state alerts of a host out of credit (those wait in _held); and the
+        hosts whose state alerts go."""
         outgoing, self._outgoing = self._outgoing, []
+        due: list[HostEvent] = []
+        for event in outgoing:
+            if alert_text.is_state_event(event):
+                self._held.setdefault(event.host_id, []).append(event)
+            else:
+                due.append(event)
+        # (A release time computed by _state_release must release: a hair of float rounding would spin run().)
+        released = {host for host in self._held if self._credit(host, now) >= 1.0 - 1e-9}
+        for host in released:
+            due.extend(self._held.pop(host))
+        return due, released
+
+    async def _deliver(self) -> None:
+        now = self._clock()
+        outgoing, released = self._due(now)
         if not outgoing:
             return
         # One read for the whole batch: a storm of events must not queue hundreds of reads behind each other.
@@ -321,13 +362,20 @@ class Alerting:
         except BaseException:
             self._outgoing[:0] = outgoing  # not lost: delivered when the store answers again
             raise
-        for event in outgoing:
+        for host_id in released:
+            self._state_credit[host_id] = (max(0.0, self._credit(host_id, now) - 1.0), now)
+        # Many state alerts of one host at once (containers) make one message: alert_text.grouped.
+        for group in alert_text.grouped(outgoing):
+            event = group[0]
             host = hosts.get(event.host_id)
             name, owner = (host.name, host.owner) if host is not None else (f"host {event.host_id}", 0)
-            text = alert_text.describe(event, name, self._tz)
+            text = alert_text.describe_group(group, name, self._tz)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
-                self._notify(owner, html.escape(text), event)
+                if len(group) > 1:
+                    self._notify(owner, html.escape(text), event, group)
+                else:
+                    self._notify(owner, html.escape(text), event)
 
     async def _deliver_reports(self) -> None:
         """A server outage (ServerDown): one message per owner, about their own hosts."""

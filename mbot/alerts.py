@@ -20,6 +20,10 @@ Per (rule, series) a state machine: ok -> pending -> firing -> ok. "Over" means 
   the threshold fires once and stays firing until it has clearly and durably gone back.
 - Series come and go (a disk unmounted, a GPU gone): a pending alert whose series is missing from a sample is
   cancelled; a firing one resolves (value None) once the series has been missing longer than the offline delay.
+- Container rules (`container:web down`, `containers down`): the same machine on a code series whose 0 means fine
+  (catalogue unit `state`, kind CODE): threshold DOWN (0.5), so any trouble code is "over" and it resolves after
+  `clear_samples` samples at 0. A rule on one member reads its missing series as MISSING (down, "not reported"):
+  a watched container that was removed is down, not quietly forgotten.
 
 Two clocks: conditions (pending, FOR, durations in messages) use the agent's sample timestamps `ts`; timers
 (offline, reminders, mute expiry) use the server's `now`. Samples with a lower `ts` than the previous one are still
@@ -73,14 +77,20 @@ __all__ = [
     "AlertEngine", "AlertRule", "OfflineRule", "AlertState", "HostStatus",
     "Firing", "Resolved", "Reminder", "Offline", "BackOnline", "MuteEnded", "ServerDown", "PowerBack",
     "RebootOverdue", "Event", "HostEvent", "metric_of", "metric_words",
-    "PCT", "TEMP", "LOAD", "RATE", "STATE", "MIN_DELAY", "START_GRACE", "LONG_DOWN", "REBOOT", "SHUTDOWN",
+    "PCT", "TEMP", "LOAD", "RATE", "STATE", "CODE", "DOWN", "MISSING", "MIN_DELAY", "START_GRACE", "LONG_DOWN",
+    "REBOOT", "SHUTDOWN",
 ]
 
 # --- metrics -----------------------------------------------------------------------------------------------------
 
 PCT, TEMP, LOAD, RATE = "pct", "temp", "load", "rate"
-STATE = "state"  # a member's state code (mbot.members): a service, a container
+STATE = "state"  # a member's state code from a snapshot (mbot.members): a service, a check; UP (1) is fine
+CODE = "code"  # a trouble code series from the samples (catalogue unit `state`: a container's `down`); 0 is fine
 _PCT, _TEMP, _LOAD, _RATE = PCT, TEMP, LOAD, RATE
+# A code rule (`container:web down`, `containers down`) is a threshold rule on a code series whose 0 means fine:
+# "over" is any code above DOWN, and it resolves on `clear_samples` samples back at 0 like any other rule.
+DOWN = 0.5
+MISSING = 4.0  # what a state rule on one member reads when the member is not in the sample (removed, unseen)
 
 
 @dataclass(frozen=True)
@@ -99,13 +109,17 @@ class _Metric:
 
 # How the catalogue's units are checked and shown here; any other unit (seconds, counts, bytes) is shown and
 # resolved like load: plain numbers, a margin of 10 % of the threshold.
-_KINDS = {catalogue.PERCENT: _PCT, catalogue.CELSIUS: _TEMP, catalogue.LOAD: _LOAD, catalogue.BYTE_RATE: _RATE}
-_RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _RATE: (0.0, 1e13)}
+_KINDS = {catalogue.PERCENT: _PCT, catalogue.CELSIUS: _TEMP, catalogue.LOAD: _LOAD, catalogue.BYTE_RATE: _RATE,
+          catalogue.STATE: CODE}
+_RANGES = {_PCT: (0.0, 100.0), _TEMP: (-50.0, 150.0), _LOAD: (0.0, 10_000.0), _RATE: (0.0, 1e13),
+           CODE: (DOWN, DOWN)}
 
 
 def metric_words() -> tuple[str, ...]:
-    """The /setalert METRIC words (from the catalogue's selectors), and the form for one disk."""
-    return (*catalogue.selectors(), "disk:/mount", *(f"{word}:NAME" for word in members.MEMBER_KINDS))
+    """The /setalert METRIC words (from the catalogue's selectors), and the forms for one disk, container and
+    snapshot member."""
+    return (*catalogue.selectors(), "disk:/mount", "container:NAME",
+            *(f"{word}:NAME" for word in members.MEMBER_KINDS))
 
 
 def metric_of(metric: str) -> _Metric | None:
@@ -118,7 +132,8 @@ def metric_of(metric: str) -> _Metric | None:
     row, exact = selectors.get(metric), None
     if row is None:
         head, colon, arg = metric.partition(":")
-        row = selectors.get(head) if colon and arg else None
+        if colon and arg:  # one member: disk:/home (selector disk), container:web (selector containers)
+            row = selectors.get(head) or next((r for r in selectors.values() if r.plot_one == head + ":"), None)
         if row is None or row.plot_one != head + ":":
             return None
         exact = row.series({"label": arg, "i": arg})
@@ -348,13 +363,15 @@ class _State:
 class _Slot:
     """A rule bound to its host, with the constants the hot loop needs and one _State per matched series."""
 
-    __slots__ = ("host", "rule", "metric", "sign", "lim", "clr", "for_s", "states", "by_series")
+    __slots__ = ("host", "rule", "metric", "sign", "lim", "clr", "for_s", "states", "by_series", "missing")
 
     def __init__(self, host: _Host, rule: AlertRule) -> None:
         metric = metric_of(rule.metric)
         assert metric is not None  # AlertRule checked it
         self.host = host
         self.metric = metric
+        # A watched container that is gone from the sample (compose down, rm) is down, not "no longer reported".
+        self.missing = MISSING if metric.kind == CODE and metric.exact is not None else None
         self.states: list[_State] = []  # the ones the next sample is checked against
         self.by_series: dict[str, _State] = {}
         self.configure(rule)
@@ -613,9 +630,9 @@ class AlertEngine:
         get = series.get
         clear_samples = self.clear_samples
         for slot in slots:
-            sign, lim, clr, for_s = slot.sign, slot.lim, slot.clr, slot.for_s
+            sign, lim, clr, for_s, missing = slot.sign, slot.lim, slot.clr, slot.for_s, slot.missing
             for state in list(slot.states):
-                value = get(state.series)
+                value = get(state.series, missing)
                 x = None if value is None else value * sign
                 if state.phase == OK and x is not None and x <= lim:
                     # (ok, back) -> (ok, nothing): nearly every sample of every rule, so it skips the table.

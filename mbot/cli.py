@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import trio
 
-from . import backup, checks, control, install, plotspec, selfwatch, service, stability, store, tls, users
+from . import backup, checks, containers, control, install, plotspec, selfwatch, service, stability, store, tls, users
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
@@ -49,6 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("name", help="host name (or the first 8+ characters of its key id)")
     info.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     info.add_argument("--json", action="store_true", help="machine-readable output")
+    listing = commands.add_parser("containers", help="a host's containers: state, health, restarts, CPU, memory")
+    listing.add_argument("name", help="host name (or the first 8+ characters of its key id)")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
+    listing.add_argument("--owner", type=int, help="the owner's Telegram user id, when several users have that name")
     commands.add_parser("fingerprint", help="print the SHA-256 fingerprint of the server certificate")
     commands.add_parser("new-cert", help="replace the server certificate (when its files are lost) and print what "
                                          "every agent then needs; the server must be stopped")
@@ -148,6 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _top(settings, args)
         if command == "info":
             return _info(settings, args)
+        if command == "containers":
+            return _containers(settings, args)
         if command == "health":
             return _health(settings)
         if command == "check":
@@ -455,6 +461,32 @@ def _plot(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         part.unlink(missing_ok=True)
     print(f"{args.output}: {spec.title}")
+    return 0
+
+
+def _containers(settings: Settings, args: argparse.Namespace) -> int:
+    conn = store.connect(settings.db_path, readonly=True)
+    try:
+        host = service.any_owner_host(conn, args.name, args.owner)
+        snapshot = store.latest_snapshot(conn, host.id, containers.KIND)
+    finally:
+        conn.close()
+    listed = containers.rows(snapshot.items) if snapshot is not None else []
+    if args.json:
+        print(json.dumps({"host": host.name, "received": None if snapshot is None else snapshot.received,
+                          "containers": [c.as_dict() for c in listed]}, indent=2))
+        return 0
+    if snapshot is None:
+        print(f"{host.name}: no containers reported (the agent reports them when it can open a Docker or Podman "
+              "socket; its log says why not)")
+        return 0
+    print(f"{host.name}: {containers.tally(listed)}, {format_duration(time.time() - snapshot.received)} ago")
+    for c in listed:
+        figures = [f"cpu {c.cpu:.1f}%" if c.cpu is not None else "", f"mem {c.mem / 2**20:.0f} MiB"
+                   if c.mem is not None else "", f"{c.restarts} restarts" if c.restarts else ""]
+        state = c.state + (f" ({c.health})" if c.health else "")
+        # Names and images were cleaned at the edge (no control or format characters reach a terminal).
+        print(f"  {c.name:<24} {state:<22} {c.image}  " + " ".join(f for f in figures if f))
     return 0
 
 

@@ -283,6 +283,9 @@ MAX_PID = 2**32  # Linux pid_max is at most 2^22; Windows process ids are 32-bit
 MAX_PROCESS_NAME = MAX_LABEL
 MAX_PROCESS_USER = 64
 MAX_PROCESS_CMD = 512  # a command line is cut here (the agent sends less)
+MAX_CONTAINER_IMAGE = 256  # an image reference (registry/path:tag@digest) is cut here
+MAX_CONTAINER_STATE = 32  # Engine API states: running, exited, restarting ...; health: healthy, unhealthy, starting
+STATE = (0.0, 3.0)  # a container's `down`: 0 up, 1 not running, 2 unhealthy, 3 restarting over and over
 SNAPSHOT_MIN_INTERVAL = 1.0  # per kind at most one snapshot per max(interval, this) (x BUDGET_SLACK) ...
 SNAPSHOT_BURST = 10.0  # ... plus this many at once (a reconnect sends the current one again)
 

@@ -1,5 +1,6 @@
-"""Alerts on one member of a snapshot: a systemd service now (`/setalert box1 service:nginx down`), containers next.
-Pure: values in, values out.
+"""Alerts on one member of a snapshot: a systemd service (`/setalert box1 service:nginx down`), a check. Containers
+are not members: their alerts are rules on the `container_down:NAME` series of the samples (mbot.alerts, kind CODE),
+where the agent also says a restart loop. Pure: values in, values out.
 
 The shape every such kind shares is one row of MEMBER_KINDS: the word a rule starts with, the snapshot kind that
 lists the members and the field that names them, how a name as typed becomes that name (`nginx` ->

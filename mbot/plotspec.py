@@ -4,10 +4,11 @@
 
 METRICS: words separated by `;` or `,` (cpu, ram, swap, gpu, vram, net, net_up, net_down, load, temp, gputemp,
 power, io, disk, and the specific forms disk:/MOUNT, temp:LABEL, net:IFACE, cpu:N, gpuN, vramN, gputempN, powerN,
-load1/load5/load15; aliases such as temps, gpus, disks, network: series.ALIASES). SPAN: one or more
-`<n>s|m|h|d|w|y` tokens that add up (`2d 3h`), at most the longest history kept. LIMIT: a number, the top of
-the Y axis, in the unit shown. UNIT (any case): `%`; b, kb, kib, mb, mib, gb, gib, tb, tib for sizes (ram, swap,
-vram, disk: the used amount instead of the percentage) and for rates (net, io); bit, kbit, mbit, gbit for net.
+load1/load5/load15, container:NAME [cpu|mem|down]; aliases such as temps, gpus, disks, network:
+series.ALIASES). SPAN: one or more `<n>s|m|h|d|w|y` tokens that add up (`2d 3h`), at most the longest history kept.
+LIMIT: a number, the top of the Y axis, in the unit shown. UNIT (any case): `%`; b, kb, kib, mb, mib, gb, gib, tb,
+tib for sizes (ram, swap, vram, disk: the used amount instead of the percentage) and for rates (net, io); bit, kbit,
+mbit, gbit for net.
 kb/mb/gb are powers of 1000 and kib/mib/gib powers of 1024, and the axis says which.
 
 Any mistake is a PlotUsageError that says what was wrong and, when the caller passed the host's series, lists the
@@ -44,6 +45,7 @@ CLI = Syntax("usage: python -m mbot plot NAME METRICS SPAN... [LIMIT] [UNIT] -o 
              "gpu.png\n  python -m mbot plot box1 ram 1y GiB -o ram.png",
              usage_first=False)
 DEFAULT_MAX_SPAN = 730 * 86400.0
+MAX_LISTED = 60  # metrics named in an error message at most (a host with 50 containers stays readable)
 _SHOWN = 32  # characters of a user's token quoted back: a reply stays short whatever was typed
 MAX_AXES = 2
 
@@ -132,6 +134,12 @@ def _normalise_word(word: str) -> str | None:
         rows = catalogue.one_forms().get(head + ":")
         if not rows or not arg or ("{i}" in rows[0].name and not arg.isdigit()):
             return None
+        member, space, field = arg.rpartition(" ")  # `container:web cpu` (_split_metrics joined the field)
+        if space:
+            field = field.lower()
+            if not member or field not in catalogue.one_fields(head + ":"):
+                return None
+            return f"{head}:{member} {field}"
         return f"{head}:{arg}"
     if head in catalogue.plot_words():
         return head
@@ -146,7 +154,10 @@ def _rows(word: str) -> tuple[list[catalogue.Metric], dict[str, str] | None]:
     head, colon, arg = word.partition(":")
     if colon:
         rows = catalogue.one_forms()[head + ":"]
-        return rows, {"label": arg, "i": arg}
+        member, space, field = arg.rpartition(" ")
+        if space:
+            return catalogue.one_fields(head + ":")[field], {"label": member, "i": member}
+        return [row for row in rows if row.plot_bare], {"label": arg, "i": arg}
     families = catalogue.plot_words()
     if word in families:
         return families[word], None
@@ -178,12 +189,24 @@ def _split_metrics(tokens: list[str]) -> tuple[str, int]:
     """The METRICS text from the start of `tokens`, and how many tokens it used: `cpu; gpu` and `cpu ;gpu` (a
     space after or before a separator) still make one METRICS."""
     text, used = tokens[0], 1
-    while used < len(tokens) and (text[-1] in ";," or tokens[used][0] in ";,"):
-        if tokens[used][0] not in ";," and _is_span(tokens[used]):
-            break  # `cpu; 1h`: a trailing separator, then the SPAN (no metric word looks like a span)
-        text += tokens[used]
+    while used < len(tokens):
+        if _field_of(text, tokens[used]):
+            text += " " + tokens[used]  # `container:web cpu`: the field goes with its member
+        elif text[-1] in ";," or tokens[used][0] in ";,":
+            if tokens[used][0] not in ";," and _is_span(tokens[used]):
+                break  # `cpu; 1h`: a trailing separator, then the SPAN (no metric word looks like a span)
+            text += tokens[used]
+        else:
+            break
         used += 1
     return text, used
+
+
+def _field_of(text: str, token: str) -> bool:
+    """Whether `token` is a field word (cpu, mem ...) of the one-member form that ends `text` (container:web)."""
+    last = re.split(r"[;,]", text)[-1].strip()
+    head, colon, arg = last.partition(":")
+    return bool(colon and arg and " " not in arg and token.lower() in catalogue.one_fields(head.lower() + ":"))
 
 
 def _is_span(token: str) -> bool:
@@ -272,7 +295,9 @@ def _rate_unit(unit: str | None) -> tuple[float, str]:
 
 
 _AXES = {catalogue.PERCENT: PERCENT, catalogue.CELSIUS: "°C", catalogue.WATTS: "W", catalogue.LOAD: "",
-          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B", catalogue.MILLISECONDS: "ms"}
+          catalogue.SECONDS: "s", catalogue.COUNT: "", catalogue.BYTES: "B", catalogue.MILLISECONDS: "ms",
+          catalogue.STATE: ""}
+DEFAULT_SIZE = "mib"  # a bytes series drawn without a UNIT (container memory): MiB
 
 
 def _choices(word: str, available: set[str], unit: str | None, gpus: Sequence[str] = ()) -> list[SeriesChoice]:
@@ -295,8 +320,9 @@ def _choices(word: str, available: set[str], unit: str | None, gpus: Sequence[st
         elif row.unit == catalogue.BYTE_RATE:
             scale, label = _rate_unit(unit)
             out.append(SeriesChoice(name, legend, label, scale))
-        elif row.unit == catalogue.BYTES and size:
-            out.append(SeriesChoice(name, legend, size[1], 1.0 / size[0]))
+        elif row.unit == catalogue.BYTES:
+            per, axis = size or BYTE_UNITS[DEFAULT_SIZE]
+            out.append(SeriesChoice(name, legend, axis, 1.0 / per))
         else:
             out.append(SeriesChoice(name, legend, _AXES[row.unit], 1.0))
     return out
@@ -356,7 +382,7 @@ def host_metrics(available: Iterable[str]) -> list[str]:
     names = set(available)
     out: list[str] = []
     for row in catalogue.CATALOGUE:
-        if not row.plot or not row.listed:
+        if not row.listed or not (row.plot or (row.list_each and row.plot_one)):
             continue
         present = catalogue.members([row], names)
         if not present:
@@ -366,6 +392,7 @@ def host_metrics(available: Iterable[str]) -> list[str]:
         else:
             words = [row.plot[0]]
         out.extend(w for w in words if w not in out)
+    del out[MAX_LISTED:]
     return out
 
 

@@ -309,6 +309,8 @@ def validate_metrics(value: Any, where: str = "metrics") -> dict[str, Any]:
         out["temps"] = {label: _number(v, f"{where}.temps[{label!r}]", CELSIUS) for label, v in temps.items()}
     if "dropped" in raw:  # not a series: how many samples the agent lost (docs/protocol.md)
         out["dropped"] = _number(raw["dropped"], f"{where}.dropped", COUNT)
+    if "containers" in raw:
+        out["containers"] = _containers(raw["containers"], f"{where}.containers")
     if "gpus" in raw:
         out["gpus"] = [_gpu(g, f"{where}.gpus[{i}]") for i, g in enumerate(_sequence(raw["gpus"], f"{where}.gpus"))]
     if "checks" in raw:
@@ -326,6 +328,26 @@ def _check_results(value: Any, where: str) -> dict[str, dict[str, float]]:
         out[name[:limits.MAX_CHECK_NAME]] = {
             key: _number(result[key], f"{where}[{name!r}].{key}", bounds)
             for key, bounds in (("up", PERCENT), ("ms", limits.MILLISECONDS), ("cert", limits.DAYS)) if key in result}
+    return out
+
+
+def _containers(value: Any, where: str) -> dict[str, dict[str, float]]:
+    """metrics.containers: name -> {cpu, mem, down}, each optional (the series of a bounded set of
+    containers; their full list travels as the `containers` snapshot)."""
+    out: dict[str, dict[str, float]] = {}
+    for name, fields in _mapping(value, where).items():
+        part = _mapping(fields, f"{where}[{name!r}]")
+        entry: dict[str, float] = {}
+        for key, bounds in (("cpu", PERCENT), ("mem", BYTES)):
+            if key in part:
+                entry[key] = _number(part[key], f"{where}[{name!r}].{key}", bounds)
+        if "down" in part:
+            down = _number(part["down"], f"{where}[{name!r}].down", limits.STATE)
+            if not down.is_integer():
+                raise ProtocolError(f"{where}[{name!r}].down: must be 0 (up), 1 (not running), 2 (unhealthy) or "
+                                    "3 (restarting over and over)")
+            entry["down"] = down
+        out[name] = entry
     return out
 
 
@@ -489,9 +511,32 @@ def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
     return item
 
 
-# pid alone is reused by the OS; a pid that comes back under another name is another process.
+def _container(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    """A `containers` member: what the Engine API's /containers/json (and, running, its stats) said of it."""
+    raw = _mapping(value, where)
+    name = _text(raw.get("name"), f"{where}.name")
+    if not name:
+        raise ProtocolError(f"{where}.name: must not be empty")
+    item: dict[str, Any] = {
+        "name": name,
+        "image": _text(raw.get("image", ""), f"{where}.image", limit=limits.MAX_CONTAINER_IMAGE),
+        "state": _text(raw.get("state", ""), f"{where}.state", limit=limits.MAX_CONTAINER_STATE),
+        "health": _text(raw.get("health", ""), f"{where}.health", limit=limits.MAX_CONTAINER_STATE),
+        "restarts": _integer(raw.get("restarts", 0), f"{where}.restarts"),
+    }
+    # Only a running container has stats: cpu and mem are absent for the others, not zero.
+    if raw.get("cpu") is not None:
+        item["cpu"] = _number(raw["cpu"], f"{where}.cpu", PERCENT)  # percent of the whole host, like `cpu`
+    if raw.get("mem") is not None:
+        item["mem"] = _number(raw["mem"], f"{where}.mem", BYTES)
+    return item
+
+
+# pid alone is reused by the OS; a pid that comes back under another name is another process. A container's name
+# is unique on its engine and survives a re-creation (compose up), its id does not.
 SNAPSHOT_KINDS: dict[str, SnapshotKind] = {
     "processes": SnapshotKind("processes", 1, key=("pid", "name"), state=None, item=_process),
+    "containers": SnapshotKind("containers", 1, key=("name",), state="state", item=_container),
 }
 
 def _service(value: Any, where: str, cores: int | None) -> dict[str, Any]:

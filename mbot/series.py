@@ -22,10 +22,11 @@ GAUGE, RATE, COUNTER = "gauge", "rate", "counter"
 # Units: decide the sane range at the edge, the formatting, the axis and which /plot UNITs fit.
 PERCENT, BYTES, BYTE_RATE, CELSIUS, WATTS, SECONDS, COUNT, LOAD, MILLISECONDS, DAYS = (
     "percent", "bytes", "bytes/s", "celsius", "watts", "seconds", "count", "load", "ms", "days")
+STATE = "state"  # a code, not a quantity: 0 is fine, anything above is a kind of trouble (a container's `down`)
 RANGES: Mapping[str, tuple[float, float]] = {
     PERCENT: limits.PERCENT, BYTES: limits.BYTES, BYTE_RATE: limits.BYTE_RATE, CELSIUS: limits.CELSIUS,
     WATTS: limits.WATTS, SECONDS: limits.SECONDS, COUNT: limits.COUNT, LOAD: limits.LOAD,
-    MILLISECONDS: limits.MILLISECONDS, DAYS: limits.DAYS,
+    MILLISECONDS: limits.MILLISECONDS, DAYS: limits.DAYS, STATE: limits.STATE,
 }
 
 Labels = dict[str, str]
@@ -148,6 +149,10 @@ class Metric:
     card: bool = False  # shown on the status card (rows without a line of their own go in a generic line)
     button: str | None = None  # the card's chart button for this row's /plot word ("📈 CPU")
     list_each: bool = False  # a host's metric list names each member (disk:/, disk:/home), not the family word
+    # /plot one-member forms with fields (`container:web cpu`): the field word that picks this row, and whether
+    # the bare form (`container:web`) draws it too.
+    plot_field: str | None = None
+    plot_bare: bool = True
     listed: bool = True  # in a host's metric list at all (load5 and load15 go with load)
     named: str = ""  # label and legend when the GPU's model is known: {gpu} is "RTX 4090 #0" (gpu_label)
 
@@ -301,6 +306,21 @@ CATALOGUE: list[Metric] = [
            legend="cert {label}", plot_one="cert:", alert="cert",
            prom=Prom("mbot_check_cert_days", "Days until the check's TLS certificate expires.",
                      labels={"label": "check"})),
+    # Containers: a bounded set (the mbot agent sends CPU and memory for at most 50, `down` for 200); their full
+    # list is the `containers` snapshot. `container:web` draws CPU and memory, `container:web cpu` one of them.
+    Metric("container_cpu:{label}", labelled("containers", "cpu"), PERCENT, "container {label} CPU",
+           legend="{label} CPU", plot_one="container:", plot_field="cpu",
+           prom=Prom("mbot_container_cpu_usage_ratio", "Container CPU busy, share of the whole host, 0-1.", 100,
+                     labels={"label": "container"})),
+    Metric("container_mem:{label}", labelled("containers", "mem"), BYTES, "container {label} memory",
+           legend="{label} mem", plot_one="container:", plot_field="mem",
+           prom=Prom("mbot_container_memory_bytes", "Container memory in use, less inactive page cache.",
+                     labels={"label": "container"})),
+    Metric("container_down:{label}", labelled("containers", "down"), STATE, "container {label}",
+           legend="{label} down", plot_one="container:", plot_field="down", plot_bare=False, alert="containers",
+           list_each=True,
+           prom=Prom("mbot_container_down", "0 up, 1 not running, 2 unhealthy, 3 restarting over and over.",
+                     labels={"label": "container"})),
 ]
 
 
@@ -381,6 +401,15 @@ def one_forms() -> dict[str, list[Metric]]:
         if row.plot_one is not None:
             forms.setdefault(row.plot_one, []).append(row)
     return forms
+
+
+def one_fields(form: str) -> dict[str, list[Metric]]:
+    """For a one-member form with fields ("container:"): field word -> the rows it picks; empty for the others."""
+    fields: dict[str, list[Metric]] = {}
+    for row in one_forms().get(form, ()):
+        if row.plot_field is not None:
+            fields.setdefault(row.plot_field, []).append(row)
+    return fields
 
 
 def size_rows() -> dict[str, Metric]:

@@ -105,6 +105,8 @@ def test_check_prints_one_sample_and_sends_nothing(tmp_path):
     report = json.loads(done.stdout)
     assert report["agent"] == agent.__version__ and 0 <= report["metrics"]["cpu"] <= 100
     assert report["host"]["cpu_count"] >= 1
+    containers = report["containers"]  # the containers it sees, or why it sees none
+    assert isinstance(containers, list) or containers.startswith("containers: ")
     assert not (tmp_path / ".env").exists()  # no settings needed, none written
 
 

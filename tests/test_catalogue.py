@@ -27,6 +27,7 @@ FULL = {
     "gpus": [{"name": "H100", "util": 87.0, "vram_used": 1e9, "vram_total": 8e10, "temp": 61.0, "power": 312.5},
              {"name": "H100", "util": 5.0, "vram_used": 0, "vram_total": 8e10, "temp": 40.0, "power": 70.0}],
     "checks": {"web": {"up": 100.0, "ms": 35.5, "cert": 41.2}, "db:5432": {"up": 0.0}},
+    "containers": {"web": {"cpu": 1.5, "mem": 5e7, "down": 0}, "db": {"down": 1}},
 }
 
 
@@ -50,7 +51,8 @@ def test_every_row_reaches_every_consumer_it_declares():
             assert row.size_of or row.plot_one or row.name.endswith("_total") or "_total" in row.name, \
                 f"{row.name} cannot be plotted at all"
         if row.alert:
-            spec = alert_commands.parse_setalert(["box1", row.alert, "1"])
+            state = row.unit == series.STATE  # a state rule takes the word down, not a threshold
+            spec = alert_commands.parse_setalert(["box1", row.alert, "down" if state else "1"])
             rule = spec.rule(1)
             engine = alerts.AlertEngine([rule], now=0.0)
             engine.observe(1, 1.0, flat, 1.0)

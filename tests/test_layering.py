@@ -22,6 +22,7 @@ CORES = [
     "mbot.alert_state",
     "mbot.alerts",
     "mbot.checks",
+    "mbot.containers",
     "mbot.control",
     "mbot.durations",
     "mbot.inventory",

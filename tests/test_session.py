@@ -197,7 +197,7 @@ def test_a_snapshot_is_stored():
     assert action.kind == "processes" and [i["pid"] for i in action.items] == [1, 42]
 
 
-@pytest.mark.parametrize("kind, v", [("containers", 1), ("processes", 2), ("processes", None)])
+@pytest.mark.parametrize("kind, v", [("cronjobs", 1), ("containers", 2), ("processes", None)])
 def test_a_snapshot_of_an_unknown_kind_or_version_is_ignored(kind, v):
     s = opened()
     frame = {"type": "snapshot", "kind": kind, "ts": BASE_TS, "items": [{"anything": 1}]}

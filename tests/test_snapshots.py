@@ -102,8 +102,8 @@ def test_structure_bounds():
 
 
 def test_unknown_kinds_and_versions_are_not_parsed():
-    frame = protocol.parse_agent_frame(snapshot_frame({"image": "nginx"}, kind="containers"))
-    assert frame == protocol.UnknownSnapshot("containers", 1)
+    frame = protocol.parse_agent_frame(snapshot_frame({"schedule": "@daily"}, kind="cronjobs"))
+    assert frame == protocol.UnknownSnapshot("cronjobs", 1)
     frame = protocol.parse_agent_frame(snapshot_frame("anything", v=2))
     assert frame == protocol.UnknownSnapshot("processes", 2)
     frame = protocol.parse_agent_frame(snapshot_frame(kind="x\n" * 100, v=True))

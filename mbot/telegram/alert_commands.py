@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .. import members, series as catalogue
-from ..alerts import (LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT, RATE as _RATE, STATE as _STATE,
-                      TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
+from ..alerts import (CODE as _CODE, DOWN as _DOWN, LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT,
+                      RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
 from ..series import canonical
 from .alert_text import format_value
@@ -101,7 +101,7 @@ def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> 
 
 
 def _metric_help() -> str:
-    return f"METRIC: {', '.join(metric_words())}, or offline"
+    return f"METRIC: {', '.join(metric_words())}, or offline (containers, services and checks: THRESHOLD is the word down)"
 
 
 def _metric_arg(usage: str, text: str) -> str:
@@ -153,6 +153,10 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
             raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
         delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
         return OfflineSpec(name, delay)
+    found = metric_of(metric)
+    assert found is not None
+    if found.kind == _CODE:
+        return _state_alert(name, metric, args[2:])
     if len(args) == 2 and members.member_of(metric) is not None:
         args = [*args, members.DOWN_WORD]
     if len(args) == 2:
@@ -162,6 +166,18 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
     threshold, below = _threshold_arg(metric, args[2])
     for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
     return AlertSpec(name, metric, threshold, below, for_s)
+
+
+def _state_alert(name: str, metric: str, rest: Sequence[str]) -> AlertSpec:
+    """`container:web down [FOR]`, `containers down [FOR]`: fires when the container is not running, unhealthy,
+    restarting over and over (3 times in 10 min, counted by the agent) or, for one named container, gone."""
+    example = f"e.g. /setalert {name[:32]} {metric[:40]} down, or down 2m to let a restart pass."
+    if not rest or rest[0].lower() != "down":
+        raise _usage(USAGE_SETALERT, f"{metric[:40]} takes the word down (and an optional FOR): {example}")
+    if len(rest) > 2:
+        raise _usage(USAGE_SETALERT, f"too many arguments: {example}")
+    for_s = 0.0 if len(rest) == 1 else _duration_arg(USAGE_SETALERT, "FOR", rest[1], 0.0, _MAX_FOR)
+    return AlertSpec(name, metric, _DOWN, False, for_s)
 
 
 def parse_delalert(args: Sequence[str]) -> DeleteSpec:

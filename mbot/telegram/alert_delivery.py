@@ -12,6 +12,9 @@ mbot.alerting hands events over with `notify()` (never blocks); `run()` (in the 
 - Resolved / BackOnline: that message is edited to say it ended (✅, how long, the worst value) and a short reply
   notifies (an edit does not). An edit Telegram refuses (the message was deleted, or is too old) becomes a new
   message instead; "message is not modified" counts as done (BotApi).
+- A group (alert_text.grouped: many container alerts of one host at once, a storm): one plain message with a
+  Containers button, no thread of its own; a grouped Resolved or BackOnline also ends the threads of the alerts it
+  names, quietly (their messages are edited, the group message is what notifies).
 - MuteEnded: its own message; the messages of alerts that ended during the mute (the engine sent no Resolved) are
   edited to say so, quietly (no reply, no new message if the edit fails).
 
@@ -27,12 +30,12 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import charts, members, plotting, processes, store
-from ..alerts import BackOnline, Event, Firing, MuteEnded, Offline, Reminder, Resolved
+from .. import charts, plotting, processes, store
+from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
 from ..model import Host, StoredSnapshot
 from ..store import Database
@@ -94,16 +97,17 @@ class AlertDelivery:
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
         self._threads: dict[Key, _Thread] = {}
-        self._queue: deque[tuple[int, str, Event]] = deque()
+        self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._wake = trio.Event()
 
-    def notify(self, owner: int, text: str, event: Event) -> None:
-        """mbot.alerting's Notify: `text` is the event's escaped HTML (alert_text.describe)."""
+    def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
+        """mbot.alerting's Notify: `text` is the event's escaped HTML (alert_text.describe, or describe_group for
+        a `group`)."""
         if len(self._queue) >= MAX_QUEUED:
             log.warning("alert delivery is %d events behind: dropped the oldest", MAX_QUEUED)
             self._queue.popleft()
-        self._queue.append((owner, text, event))
+        self._queue.append((owner, text, event, group))
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -125,9 +129,12 @@ class AlertDelivery:
                 except Exception:  # the thread lives on in memory; only a restart would lose it
                     log.exception("could not store the message id of alert %d", thread.alert_id)
             if self._queue:
-                owner, text, event = self._queue.popleft()
+                owner, text, event, group = self._queue.popleft()
                 try:
-                    await self._deliver(owner, text, event)
+                    if group:
+                        await self._deliver_group(owner, text, group)
+                    else:
+                        await self._deliver(owner, text, event)
                 except Exception:  # one event that cannot go out must not hold up the others
                     log.exception("could not deliver an alert to chat %d", owner)
 
@@ -151,6 +158,26 @@ class AlertDelivery:
             assert isinstance(event, (Resolved, BackOnline))
             await self._end(owner, text, event, key)
 
+    async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
+        host_id = group[0].host_id
+        ends = [(end, key) for end in group if isinstance(end, (Resolved, BackOnline))
+                and (key := _key(end)) is not None and key in self._threads]
+        if ends:
+            host = await self._db.read(store.host_by_id, host_id)
+            name = host.name if host is not None else f"host {host_id}"
+        for end, key in ends:
+            thread = self._threads.pop(key, None)
+            if thread is None:  # named twice in the group (it flapped)
+                continue
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            keyboard = views.alert_keyboard(end.host_id, thread.alert_id, key[1], chart=not thread.photo,
+                                            procs=thread.procs, live=False)
+            self._outbox.submit(owner, partial(self._edit, owner, html.escape(alert_text.ended(end, name)), keyboard,
+                                               thread, trio.Event(), fallback=False))
+        self._outbox.submit(owner, partial(self._api.send_message, owner, text,
+                                           reply_markup=views.keyboard([views.containers_button(host_id)]),
+                                           disable_notification=self._silent(owner)))
+
     async def _start(self, owner: int, text: str, event: Firing | Offline, key: Key) -> None:
         now = self._clock()
         host = await self._db.read(store.host_by_id, event.host_id)
@@ -162,7 +189,7 @@ class AlertDelivery:
         thread = self._threads[key] = _Thread(alert_id, owner, procs=procs is not None)
         png = None
         if isinstance(event, Firing) and host is not None and len(text) <= CAPTION_LIMIT \
-                and members.member_of(metric) is None:
+                and views.alert_charted(metric):
             png = await self._chart(host, metric)
         keyboard = views.alert_keyboard(event.host_id, alert_id, metric, chart=png is None, procs=thread.procs,
                                         live=True)

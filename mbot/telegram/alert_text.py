@@ -7,14 +7,14 @@ from __future__ import annotations
 from datetime import datetime, timezone, tzinfo
 from typing import Sequence
 
-from ..alerts import (LOAD as _LOAD, PCT as _PCT, RATE as _RATE, REBOOT, STATE as _STATE, TEMP as _TEMP, AlertRule,
-                      BackOnline, Event, Firing, MuteEnded, Offline, PowerBack, RebootOverdue, Reminder, Resolved,
-                      ServerDown, metric_of)
+from ..alerts import (CODE as _CODE, LOAD as _LOAD, PCT as _PCT, RATE as _RATE, REBOOT, STATE as _STATE,
+                      TEMP as _TEMP, AlertRule, BackOnline, Event, Firing, MuteEnded, Offline, PowerBack,
+                      HostEvent, RebootOverdue, Reminder, Resolved, ServerDown, metric_of)
 from .. import members, series as catalogue
 from ..durations import format_duration
 
-__all__ = ["describe", "ended", "ended_while_muted", "format_value", "series_label", "duration_text",
-           "outage_text"]
+__all__ = ["describe", "describe_group", "grouped", "is_state_event", "ended", "ended_while_muted", "format_value",
+           "series_label", "duration_text", "outage_text"]
 
 
 def series_label(series: str) -> str:
@@ -38,10 +38,16 @@ def _rate(value: float) -> str:
     return f"{_num(value)} TiB/s"
 
 
+# A code series' codes (a container's `down`; 4: the engine found the member missing from the sample).
+STATES = {0: "up", 1: "not running", 2: "unhealthy", 3: "restarting over and over", 4: "not reported (removed?)"}
+
+
 def format_value(metric: str, value: float) -> str:
-    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s"."""
+    """A value of a rule's metric for people: "97 %", "61 °C", "4.25", "12.5 MiB/s", "not running"."""
     found = metric_of(metric)
     kind = found.kind if found is not None else _LOAD
+    if kind == _CODE:
+        return STATES.get(int(value), "down") if value != 0.5 else "down"
     if kind == _PCT:
         return f"{_num(value)} %"
     if kind == _TEMP:
@@ -63,7 +69,15 @@ def _threshold_text(rule: AlertRule) -> str:
     return f"threshold below {text}" if rule.below else f"threshold {text}"
 
 
+def _is_state(rule: AlertRule) -> bool:
+    found = metric_of(rule.metric)
+    return found is not None and found.kind == _CODE
+
+
 def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
+    if _is_state(rule):
+        text = f"{series_label(series)} is down: {format_value(rule.metric, value)}"
+        return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
     if members.member_of(rule.metric) is not None:  # "service nginx.service is failed for 2 min"
         text = f"{series_label(series)} is {format_value(rule.metric, value)}"
         return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
@@ -107,9 +121,14 @@ def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
         if event.value is None:
             return f"{host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}"
         value = format_value(event.rule.metric, event.value)
+        if _is_state(event.rule):
+            return f"{host_name}: {label} is {value} again after {format_duration(event.duration)}"
         return f"{host_name}: {label} back to normal ({value}) after {format_duration(event.duration)}"
     if isinstance(event, Reminder):
         value = format_value(event.rule.metric, event.value)
+        if _is_state(event.rule):
+            return (f"{host_name}: {series_label(event.series)} still down ({value}) after "
+                    f"{format_duration(event.at - event.since)}")
         if members.member_of(event.rule.metric) is not None:
             return (f"{host_name}: {series_label(event.series)} still {value} after "
                     f"{format_duration(event.at - event.since)}")
@@ -158,6 +177,72 @@ def ended(event: Resolved | BackOnline, host_name: str) -> str:
     worst = "" if event.worst is None else f"; worst {format_value(event.rule.metric, event.worst)}"
     if event.value is None:
         return f"✅ {host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}{worst}"
+    if _is_state(event.rule):  # "container web is up again after 5 min; worst not running"
+        return (f"✅ {host_name}: {label} is {format_value(event.rule.metric, event.value)} again after "
+                f"{format_duration(event.duration)}{worst}")
     threshold = "" if members.member_of(event.rule.metric) is not None else f" ({_threshold_text(event.rule)})"
     return (f"✅ {host_name}: {label} back to normal ({format_value(event.rule.metric, event.value)}) after "
             f"{format_duration(event.duration)}{worst}{threshold}")
+
+
+# State alerts (containers) of one host and one kind of news, this many or more in one delivery, go out as one
+# message: a host whose hundreds of containers stop at once (a daemon restart, a flapping deploy) sends one message
+# per delivery, not hundreds.
+GROUP_FROM = 3
+GROUP_NAMES = 20  # names listed in a grouped message; the rest are counted
+
+
+def is_state_event(event: Event) -> bool:
+    """Whether an event is about a state rule (a container down, back, still down)."""
+    return isinstance(event, (Firing, Resolved, Reminder)) and _is_state(event.rule)
+
+
+def _group_key(event: HostEvent) -> tuple[int, str] | None:
+    return (event.host_id, type(event).__name__) if is_state_event(event) else None
+
+
+def grouped(events: Sequence[HostEvent]) -> list[list[HostEvent]]:
+    """Events -> messages (lists of events), in order: state alerts of one host and kind of news together when
+    they are GROUP_FROM or more (the group takes the place of its first event), every other event alone."""
+    counts: dict[tuple[int, str], int] = {}
+    for event in events:
+        key = _group_key(event)
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    out: list[list[HostEvent]] = []
+    groups: dict[tuple[int, str], list[HostEvent]] = {}
+    for event in events:
+        key = _group_key(event)
+        if key is None or counts[key] < GROUP_FROM:
+            out.append([event])
+        elif key in groups:
+            groups[key].append(event)
+        else:
+            groups[key] = [event]
+            out.append(groups[key])
+    return out
+
+
+def describe_group(events: Sequence[HostEvent], host_name: str, tz: tzinfo = timezone.utc) -> str:
+    """One message for a group from grouped(): "box1: 120 containers down: web (not running), db (unhealthy), ...
+    and 100 more"."""
+    if len(events) == 1:
+        return describe(events[0], host_name, tz)
+    first = events[0]
+    assert isinstance(first, (Firing, Resolved, Reminder))
+    latest: dict[str, Firing | Resolved | Reminder] = {}  # a member that flapped within the batch: once, as last
+    for event in events:
+        assert isinstance(event, (Firing, Resolved, Reminder))
+        latest.pop(event.series, None)
+        latest[event.series] = event
+    names = []
+    for event in list(latest.values())[:GROUP_NAMES]:
+        name = series_label(event.series)
+        if not isinstance(event, Resolved) and event.value is not None:
+            name += f" ({format_value(event.rule.metric, event.value)})"
+        names.append(name.removeprefix("container "))
+    more = f" … and {len(latest) - GROUP_NAMES} more" if len(latest) > GROUP_NAMES else ""
+    what = {"Firing": "down", "Resolved": "up again", "Reminder": "still down"}[type(first).__name__]
+    noun = "containers" if series_label(first.series).startswith("container ") else "members"
+    times = f" ({len(events)} times in all)" if len(events) > len(latest) else ""
+    return f"{host_name}: {len(latest)} {noun} {what}{times}: {', '.join(names)}{more}"

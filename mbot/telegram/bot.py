@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (charts, checks, install, plotspec, plotting, processes, protocol, quiet, selfwatch, service, speedtest,
-               stability, stabilitychart, store, users)
+from .. import (charts, checks, containers, install, plotspec, plotting, processes, protocol, quiet, selfwatch,
+               service, speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
@@ -322,6 +322,9 @@ class Bot:
         elif name == "info":
             host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
             self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
+        elif name == "containers":
+            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            await self._containers(ctx, host, now, edit=False)
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
@@ -334,6 +337,12 @@ class Bot:
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
             await self._send_key(ctx, key)
+
+    async def _containers(self, ctx: Context, host: Host, now: float, *, edit: bool) -> None:
+        snapshot = await self._db.read(store.latest_snapshot, host.id, containers.KIND)
+        text, keyboard = views.containers_view(host, None if snapshot is None else snapshot.items,
+                                               None if snapshot is None else snapshot.received, now)
+        (self._edit if edit else self._send)(ctx, text, keyboard)
 
     # --- checks from the host (mbot/checks.py) -----------------------------------------------------------------
 
@@ -522,6 +531,9 @@ class Bot:
         elif action == "info":
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
+        elif action == "containers":
+            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            await self._containers(ctx, host, now, edit=len(args) == 2)
         elif action in ("chart", "range"):
             host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))

@@ -55,6 +55,7 @@ TABLE: tuple[Spec, ...] = (
     Spec("plot", "NAME METRICS SPAN... [LIMIT] [UNIT]", "a chart", 0, 16, example="/plot box1 cpu;gpu 2d 3h 80"),
     Spec("top", "NAME", "a host's top processes by CPU, memory and VRAM", 1, 1),
     Spec("info", "NAME", "what a host is: CPU, memory, disks, network, GPUs, OS", 1, 1, example="/info box1"),
+    Spec("containers", "NAME", "a host's containers: state, health, restarts, CPU, memory", 1, 1),
     Spec("newkey", "NAME", "register a host and get its agent settings", 1, 1),
     Spec("agent", "", "the agent file, to copy to a host", 0, 0),
     Spec("rename", "OLD NEW", "rename a host", 2, 2),

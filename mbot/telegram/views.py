@@ -9,8 +9,9 @@ import html
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .. import checks, inventory as host_inventory, members, processes, series as catalogue
-from ..alerts import AlertEngine, AlertRule, OfflineRule
+from .. import checks, containers as container_rows, inventory as host_inventory, members, processes, \
+    series as catalogue
+from ..alerts import CODE, AlertEngine, AlertRule, OfflineRule, metric_of
 from .alert_text import format_value, series_label
 from ..durations import format_duration
 from ..install import Endpoint, guessed_note, older, one_liner
@@ -67,7 +68,7 @@ def decode_callback(data: str) -> Callback | None:
     expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
                 "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,),
-                "amute": (1,), "ack": (2,), "aprocs": (2,)}
+                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -80,7 +81,7 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action == "revoke" and args[1] not in ("keep", "wipe", "no"):
         return None
-    if action == "procs" and args[1:] not in ([], ["r"]):
+    if action in ("procs", "containers") and args[1:] not in ([], ["r"]):
         return None
     if action in ("ack", "aprocs") and not args[1].isdigit():
         return None
@@ -88,7 +89,7 @@ def decode_callback(data: str) -> Callback | None:
 
 
 HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
-                "speedtest", "amute", "ack", "aprocs")
+                "speedtest", "amute", "ack", "aprocs", "containers")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -297,6 +298,8 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, po
             tail.append(f"{e(row.label[:1].upper() + row.label[1:])} {value_text(row.unit, m[key])}")
     if tail:
         lines.append(" · ".join(tail))
+    if m.get("containers"):
+        lines.append(f"Containers {container_rows.series_tally(m['containers'])}")
     if host.dropped:
         lines.append(f"⚠️ {host.dropped} samples dropped during an outage")
     if host.rejected:
@@ -351,6 +354,54 @@ def chart_buttons(host: Host, series: Sequence[str]) -> list[dict[str, str]]:
     return buttons
 
 
+def containers_button(host_id: int) -> dict[str, str]:
+    """🐳 Containers: the host's list (its card, container alerts)."""
+    return button("🐳 Containers", Callback("containers", (str(host_id),)))
+
+
+def _containers_button(host: Host) -> list[dict[str, str]]:
+    """The card's Containers button, for a host whose agent reports containers."""
+    return [containers_button(host.id)] if host.last_metrics.get("containers") else []
+
+
+CONTAINERS_TEXT_LIMIT = 3900  # Telegram takes 4096 characters: the rest of the list becomes "... and N more"
+_TROUBLE_MARK = {"unhealthy": "🟠", "restarting": "🟠", "paused": "⏸", "created": "⚪"}
+
+
+def containers_view(host: Host, items: Sequence[dict[str, Any]] | None, received: float | None,
+                    now: float) -> tuple[str, Keyboard]:
+    """/containers NAME and the card's Containers button: the latest `containers` snapshot, trouble first."""
+    hid = str(host.id)
+    buttons = keyboard([button("🔄 Refresh", Callback("containers", (hid, "r"))),
+                        button("Card", Callback("card", (hid,)))])
+    head = f"<b>{e(host.name)}</b> · containers"
+    if items is None or received is None:
+        return (f"{head}\nNo containers reported. The agent reports them when it can open a Docker or Podman "
+                "socket (its user in the docker group, or AGENT_CONTAINER_SOCKET); its log says which."), buttons
+    listed = container_rows.rows(items)
+    lines = [f"{head} · {ago(received, now)}", e(container_rows.tally(listed))]
+    size = sum(len(line) + 1 for line in lines)
+    for shown, c in enumerate(listed):
+        trouble = c.trouble
+        mark = "🟢" if trouble is None else _TROUBLE_MARK.get(trouble, "🔴")
+        parts = [f"{mark} <b>{e(c.name)}</b>" + (f" {e(trouble)}" if trouble else "")]
+        if c.image:
+            parts.append(e(c.image))
+        if c.cpu is not None:
+            parts.append(f"CPU {c.cpu:.1f} %")
+        if c.mem is not None:
+            parts.append(human_bytes(c.mem))
+        if c.restarts:
+            parts.append(f"{c.restarts} restart{'s' if c.restarts != 1 else ''}")
+        line = " · ".join(parts)
+        if size + len(line) + 1 > CONTAINERS_TEXT_LIMIT:
+            lines.append(f"… and {len(listed) - shown} more (python -m mbot containers {e(host.name)} lists all)")
+            break
+        lines.append(line)
+        size += len(line) + 1
+    return "\n".join(lines), buttons
+
+
 def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, current: str | None) -> Keyboard | None:
     buttons = []
     for span in CHART_SPANS:
@@ -367,7 +418,7 @@ def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -
     if procs:
         top.append(button("⚙️ Processes", Callback("procs", (str(host.id),))))
     return keyboard(
-        top,
+        top + _containers_button(host),
         charts[:3], charts[3:],
         [diagnostics_button(host),
          button("📶 Stability", Callback("stability", (str(host.id),))),
@@ -492,7 +543,10 @@ def rule_text(rule: AlertRule | OfflineRule) -> str:
         if not rule.enabled:
             return "offline alert off"
         return f"offline after {format_duration(rule.delay)}" if rule.delay else "offline (default delay)"
-    if members.member_of(rule.metric) is not None:
+    found = metric_of(rule.metric)
+    if found is not None and found.kind == CODE:
+        text = f"{rule.metric} down"
+    elif members.member_of(rule.metric) is not None:
         text = f"{rule.metric} {members.DOWN_WORD}"
     else:
         text = f"{rule.metric} {'<' if rule.below else '>'} {format_value(rule.metric, rule.threshold)}"
@@ -602,13 +656,26 @@ ALERT_MUTE = 3600.0  # the Mute 1h button
 PROCESS_METRICS = frozenset({"cpu", "load", "ram", "swap", "gpu", "vram"})
 
 
+def is_container_metric(metric: str) -> bool:
+    """A container rule (container:web, containers): its alerts show the list, not a chart."""
+    found = metric_of(metric) if metric != "offline" else None
+    return found is not None and found.kind == CODE
+
+
+def alert_charted(metric: str) -> bool:
+    """Whether an alert on `metric` comes with its chart: not offline, a member's state or a container's."""
+    return metric != "offline" and members.member_of(metric) is None and not is_container_metric(metric)
+
+
 def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
                    live: bool) -> Keyboard | None:
     """An alert's buttons: 📈 Chart (the metric's last hour; `chart`: when the message is not the chart itself),
     ⚙️ Processes (the list captured when it fired), and while it lasts (`live`) 🔕 Mute 1h and ✔️ Ack (no more
     reminders until it resolves; offline alerts have no reminders). `metric` "offline": a host that went offline."""
     first = []
-    if chart and metric != "offline" and members.member_of(metric) is None:
+    if is_container_metric(metric):
+        first.append(containers_button(host_id))
+    elif chart and alert_charted(metric):
         callback = chart_callback("chart", host_id, "1h", None, (metric,))
         if callback is not None:
             first.append(button("📈 Chart", callback))

@@ -240,7 +240,7 @@ def next_due(last: float | None, now: float, every: float) -> float:
 
 
 async def keep_backups(data_dir: Path, directory: Path, every: float, keep: int, stats: BackupStats, *,
-                       clock: Callable[[], float] = time.time) -> None:
+                       clock: Callable[[], float] = time.time, attempted: Callable[[], None] = lambda: None) -> None:
     """The server's own backups, until cancelled: one every `every` (the first at once when the newest in
     `directory` is older than that), the newest `keep` kept. A failure is one warning and a count in /metrics,
     and the next attempt comes after `every` again: never a crash, never a retry storm."""
@@ -262,3 +262,4 @@ async def keep_backups(data_dir: Path, directory: Path, every: float, keep: int,
             stats.last_success = now
             log.info("backup written: %s", made.describe())
         last = now
+        attempted()  # (tests move their clock on from here: never while a backup is being written)

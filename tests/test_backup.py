@@ -162,38 +162,44 @@ def test_the_schedule_and_what_is_kept():
     assert backup.to_delete(names, 7) == names[:2] and backup.to_delete(names[:3], 7) == []
 
 
-async def test_the_server_keeps_its_own_backups_and_a_failure_is_counted_not_fatal(tmp_path, nursery, autojump_clock):
+async def test_the_server_keeps_its_own_backups_and_a_failure_is_counted_not_fatal(tmp_path, mock_clock):
     settings = make_settings(tmp_path / "data")
     certificate(settings)
     add_host(settings, "box1")
     target = tmp_path / "backups"
     stats = metrics.BackupStats()
-    now = [1.8e9]
+    attempts = trio.Semaphore(0)  # released after each attempt; the clock moves only between them
 
     def clock() -> float:
-        return now[0] + trio.current_time()
+        return 1.8e9 + trio.current_time()
 
-    scope = trio.CancelScope()
+    async def run(directory: Path) -> None:
+        await backup.keep_backups(settings.data_dir, directory, 3600.0, 2, stats, clock=clock,
+                                  attempted=attempts.release)
 
-    async def run():
-        with scope:
-            await backup.keep_backups(settings.data_dir, target, 3600.0, 2, stats, clock=clock)
-
-    nursery.start_soon(run)
-    while stats.made < 3:
-        await trio.sleep(600)  # mock time: three backups an hour apart
+    async with trio.open_nursery() as task:
+        task.start_soon(run, target)
+        for hour in range(3):  # the first at once, then one an hour
+            await attempts.acquire()
+            mock_clock.jump(3600)
+        await attempts.acquire()
+        task.cancel_scope.cancel()  # it sleeps until the next hour: cancelled there
     kept = backup.kept(target)
-    assert len(kept) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in kept)
-    # The place becomes unusable (a file where the directory was; root ignores permissions): each attempt is a
-    # warning and a count, an hour apart, and the task goes on.
-    shutil.rmtree(target)
-    target.write_text("not a directory")
-    while stats.failures < 2:
-        await trio.sleep(600)
-    scope.cancel()
-    assert stats.made == 3
+    assert stats.made == 4 and len(kept) == 2 and all(p.stat().st_mode & 0o777 == 0o600 for p in kept)
+
+    # A place that cannot be written (under a file; root ignores permissions): each attempt one warning and a count,
+    # an hour apart, and the task goes on.
+    (tmp_path / "a file").write_text("x")
+    async with trio.open_nursery() as task:
+        task.start_soon(run, tmp_path / "a file" / "backups")
+        for hour in range(2):
+            await attempts.acquire()
+            mock_clock.jump(3600)
+        await attempts.acquire()
+        task.cancel_scope.cancel()
+    assert stats.failures == 3 and stats.made == 4
     text = metrics.render([], metrics.ServerStats(0, 0, metrics.Histogram(), backups=stats), 0.0)
-    assert "mbot_backup_failures_total 2" in text and "mbot_backups_total 3" in text
+    assert "mbot_backup_failures_total 3" in text and "mbot_backups_total 4" in text
 
 
 def test_version(capsys):

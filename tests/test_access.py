@@ -46,9 +46,10 @@ async def start(nursery: trio.Nursery, settings: Settings, fake: FakeBot, *, clo
                 **overrides) -> app.Server:
     settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url, **overrides)
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
+    since = len(fake.sent)  # counted before the start: the bot may set its commands before start() returns
     server = await nursery.start(lambda task_status: app.serve(
         settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
-    await fake.wait_for("setMyCommands", since=len(fake.sent))  # the claim (if any) is logged before this call
+    await fake.wait_for("setMyCommands", since=since)  # the claim (if any) is logged before this call
     return server
 
 

@@ -15,13 +15,14 @@ request's head is read here (bounded like the handshake) and either answered or 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
@@ -332,47 +333,49 @@ class AgentConnection:
             self.session.fold_once("speed", values)
         return down, up
 
-    async def _speed_down(self, seconds: float, max_bytes: int) -> Throughput | None:
+    @contextlib.contextmanager
+    def _speed_direction(self, upload_bytes: int = 0) -> Iterator[tuple[str, _AwaitedSpeed]]:
+        """One direction of a speed test: its id, awaited by the session and by us for its report, until it ends."""
         test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
         self._speed_awaiting[test_id] = awaited
-        self.session.speed_started(test_id)
-        chunk = secrets.token_bytes(speedtest.CHUNK)  # random: nothing on the way can compress it
-        sent = 0
+        self.session.speed_started(test_id, upload_bytes=upload_bytes)
         try:
-            await self.ws.send_message(speedtest.start(test_id, "down", seconds, max_bytes))
-            started = trio.current_time()
-            # Each send waits for TCP to take the frame: the pace is the path's. Other connections run between.
-            while sent + len(chunk) <= max_bytes and trio.current_time() - started < seconds:
-                await self.ws.send_message(chunk)
-                sent += len(chunk)
-            await self.ws.send_message(speedtest.end(test_id))
-            with trio.move_on_after(speedtest.ANSWER_TIMEOUT):
-                await awaited.done.wait()
-        except ConnectionClosed:
-            return None
+            yield test_id, awaited
         finally:
             self.session.speed_ended(test_id)
             self._speed_awaiting.pop(test_id, None)
+
+    async def _speed_down(self, seconds: float, max_bytes: int) -> Throughput | None:
+        chunk = secrets.token_bytes(speedtest.CHUNK)  # random: nothing on the way can compress it
+        sent = 0
+        with self._speed_direction() as (test_id, awaited):
+            try:
+                await self.ws.send_message(speedtest.start(test_id, "down", seconds, max_bytes))
+                started = trio.current_time()
+                # Each send waits for TCP to take the frame: the pace is the path's. Other connections run between.
+                while sent + len(chunk) <= max_bytes and trio.current_time() - started < seconds:
+                    await self.ws.send_message(chunk)
+                    sent += len(chunk)
+                await self.ws.send_message(speedtest.end(test_id))
+                with trio.move_on_after(speedtest.ANSWER_TIMEOUT):
+                    await awaited.done.wait()
+            except ConnectionClosed:
+                return None
         if awaited.report is None:
             return None
         # What it says it got, never more than was sent; over the server's own time up to its answer.
         return Throughput("down", min(awaited.report.bytes, sent), awaited.at - started)
 
     async def _speed_up(self, seconds: float, max_bytes: int) -> Throughput | None:
-        test_id, awaited = secrets.token_hex(8), _AwaitedSpeed()
-        self._speed_awaiting[test_id] = awaited
         self._uploaded = 0
-        self.session.speed_started(test_id, upload_bytes=max_bytes)
-        try:
-            await self.ws.send_message(speedtest.start(test_id, "up", seconds, max_bytes))
-            started = trio.current_time()
-            with trio.move_on_after(seconds + speedtest.ANSWER_TIMEOUT):
-                await awaited.done.wait()
-        except ConnectionClosed:
-            return None
-        finally:
-            self.session.speed_ended(test_id)
-            self._speed_awaiting.pop(test_id, None)
+        with self._speed_direction(upload_bytes=max_bytes) as (test_id, awaited):
+            try:
+                await self.ws.send_message(speedtest.start(test_id, "up", seconds, max_bytes))
+                started = trio.current_time()
+                with trio.move_on_after(seconds + speedtest.ANSWER_TIMEOUT):
+                    await awaited.done.wait()
+            except ConnectionClosed:
+                return None
         if awaited.report is None or not self._uploaded:
             return None
         # The bytes counted here, over the server's own time from its request to the last of them.

@@ -9,11 +9,12 @@ import html
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .. import checks, containers as container_rows, inventory as host_inventory, members, processes, \
+from .. import access, checks, containers as container_rows, inventory as host_inventory, members, processes, \
     series as catalogue
 from ..alerts import CODE, AlertEngine, AlertRule, OfflineRule, metric_of
 from .alert_text import format_value, series_label
 from ..durations import format_duration
+from ..i18n import _
 from ..install import Endpoint, guessed_note, older, one_liner
 from ..model import AlertMessage, Host, NewKey, StoredSnapshot
 from ..processes import human_bytes
@@ -29,7 +30,8 @@ Keyboard = dict[str, Any]
 @dataclass(frozen=True)
 class Callback:
     """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
-    their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
+    their user; the host buttons (card, refresh, power, revoke, chart, range, unshare) are for whoever's role on
+    the host allows them (mbot.access), checked at each press."""
 
     action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes),
     # and under alerts: amute (mute the host 1 h), ack and aprocs (an alert_messages id: ack it, its processes)
@@ -68,7 +70,7 @@ def decode_callback(data: str) -> Callback | None:
     expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
                 "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,),
-                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2)}
+                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2), "unshare": (2,)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -83,13 +85,13 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action in ("procs", "containers") and args[1:] not in ([], ["r"]):
         return None
-    if action in ("ack", "aprocs") and not args[1].isdigit():
+    if action in ("ack", "aprocs", "unshare") and not args[1].isdigit():
         return None
     return Callback(action, tuple(args))
 
 
 HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
-                "speedtest", "amute", "ack", "aprocs", "containers")
+                "speedtest", "amute", "ack", "aprocs", "containers", "unshare")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -411,20 +413,24 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
     return keyboard(buttons) if buttons else None
 
 
-def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -> Keyboard:
-    """`procs`: the host has sent a process list (the Processes button)."""
+def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False,
+                  role: str = access.OWNER) -> Keyboard:
+    """`procs`: the host has sent a process list (the Processes button). `role`: the reader's (mbot.access): only
+    the buttons it allows (the press is checked again anyway)."""
     charts = chart_buttons(host, series)
-    top = [button("🔄 Refresh", Callback("refresh", (str(host.id),)))]
+    operate = access.allows(role, "power")
+    top = [button("🔄 Refresh", Callback("refresh", (str(host.id),)))] if operate else []
     if procs:
         top.append(button("⚙️ Processes", Callback("procs", (str(host.id),))))
+    tests = [button("📶 Stability", Callback("stability", (str(host.id),))),
+             button("🚀 Speed test", Callback("speedtest", (str(host.id),)))] if operate else []
+    power = [button("Reboot", Callback("power", (str(host.id), "reboot"))),
+             button("Shutdown", Callback("power", (str(host.id), "shutdown")))] if operate else []
     return keyboard(
         top + _containers_button(host),
         charts[:3], charts[3:],
-        [diagnostics_button(host),
-         button("📶 Stability", Callback("stability", (str(host.id),))),
-         button("🚀 Speed test", Callback("speedtest", (str(host.id),)))],
-        [button("Reboot", Callback("power", (str(host.id), "reboot"))),
-         button("Shutdown", Callback("power", (str(host.id), "shutdown")))],
+        [diagnostics_button(host)] + tests,
+        power,
     )
 
 
@@ -446,10 +452,21 @@ def inventory_view(host: Host, now: float,
     return f"{head}\n{body}", keyboard([button("Status card", Callback("card", (str(host.id),)))])
 
 
+def shared_mark(role: str | None) -> str:
+    """After a host's name in /hosts and /status when it is someone else's, shared with the reader."""
+    if role == access.OPERATOR:
+        return " · " + _("👥 shared, operator")
+    if role == access.VIEWER:
+        return " · " + _("👥 shared, viewer")
+    return ""
+
+
 def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None, *,
-              recommended: str | None = None, update_line: str | None = None) -> tuple[str, Keyboard | None]:
+              recommended: str | None = None, update_line: str | None = None,
+              roles: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     """`recommended`: the agent version this server ships; hosts whose agent is older are marked, and
-    `update_line` (the install line with --update) says how to bring them up to date."""
+    `update_line` (the install line with --update) says how to bring them up to date. `roles`: host id -> the
+    reader's role, for the hosts shared with them (marked)."""
     if not hosts:
         return "You have no hosts yet. /newkey NAME registers one.", None
     power = power or {}
@@ -457,7 +474,8 @@ def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = N
     for h in hosts:
         mark, word = _state_parts(h, now, power.get(h.id))
         old = f" · ⬆️ agent {e(str(h.facts.get('agent')))}" if older(h.facts.get("agent"), recommended) else ""
-        lines.append(f"{mark} <b>{e(h.name)}</b> - {word}, last seen {ago(h.last_seen, now)}{old}")
+        shared = shared_mark((roles or {}).get(h.id))
+        lines.append(f"{mark} <b>{e(h.name)}</b>{shared} - {word}, last seen {ago(h.last_seen, now)}{old}")
     if recommended and any(older(h.facts.get("agent"), recommended) for h in hosts):
         how = f": on that machine, <code>{e(update_line)}</code>" if update_line else ""
         lines.append(f"\n⬆️ an agent older than this server's {e(recommended)}; it updates in place{how}")
@@ -466,7 +484,8 @@ def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = N
     return "\n".join(lines), keyboard(*rows)
 
 
-def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
+def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None,
+            roles: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return host_list(hosts, now)
     power = power or {}
@@ -482,7 +501,7 @@ def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = Non
             figures.append(f"Disk {max(_pct(p) for p in m['disks'].values()):.0f} %")
         state, word = _state_parts(h, now, power.get(h.id))
         detail = " · ".join(figures) if h.is_online(now) else f"{word}, last seen {ago(h.last_seen, now)}"
-        lines.append(f"{state} <b>{e(h.name)}</b> {detail}")
+        lines.append(f"{state} <b>{e(h.name)}</b>{shared_mark((roles or {}).get(h.id))} {detail}")
     _, buttons = host_list(hosts, now)
     return "\n".join(lines), buttons
 
@@ -519,9 +538,9 @@ def agent_env(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tu
     return f"{key.name}.env", content.encode(), caption, keyboard([delete_button(user_id)])
 
 
-def power_question(host: Host, action: str, nonce: str) -> tuple[str, Keyboard]:
-    # The buttons name the host's owner (the only one who can ask): in a group, nobody else may answer.
-    args = (nonce, str(host.owner))
+def power_question(host: Host, action: str, nonce: str, user_id: int) -> tuple[str, Keyboard]:
+    # The buttons name the user who asked: in a group, nobody else may answer.
+    args = (nonce, str(user_id))
     return (f"{action.capitalize()} <b>{e(host.name)}</b>? (expires in 60 s)",
             keyboard([button("Yes", Callback("confirm", args)), button("Cancel", Callback("cancel", args))]))
 
@@ -668,10 +687,11 @@ def alert_charted(metric: str) -> bool:
 
 
 def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
-                   live: bool) -> Keyboard | None:
+                   live: bool, role: str = access.OWNER, acked: bool = False) -> Keyboard | None:
     """An alert's buttons: 📈 Chart (the metric's last hour; `chart`: when the message is not the chart itself),
     ⚙️ Processes (the list captured when it fired), and while it lasts (`live`) 🔕 Mute 1h and ✔️ Ack (no more
-    reminders until it resolves; offline alerts have no reminders). `metric` "offline": a host that went offline."""
+    reminders until it resolves; offline alerts have no reminders; not once `acked`) for a `role` that may use
+    them. `metric` "offline": a host that went offline."""
     first = []
     if is_container_metric(metric):
         first.append(containers_button(host_id))
@@ -682,9 +702,9 @@ def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bo
     if procs and alert_id is not None:
         first.append(button("⚙️ Processes", Callback("aprocs", (str(host_id), str(alert_id)))))
     second = []
-    if live:
+    if live and access.allows(role, "mute"):
         second.append(button("🔕 Mute 1h", Callback("amute", (str(host_id),))))
-        if metric != "offline" and alert_id is not None:
+        if metric != "offline" and alert_id is not None and not acked:
             second.append(button("✔️ Ack", Callback("ack", (str(host_id), str(alert_id)))))
     return keyboard(first, second) if first or second else None
 
@@ -698,3 +718,59 @@ def captured_processes(host: Host, alert: AlertMessage, now: float) -> str:
     if len(lines) == 1:
         lines.append("No process list was captured (the host had sent none recently).")
     return "\n".join(lines)
+
+
+# --- sharing (mbot.access) ---------------------------------------------------------------------------------------
+
+
+def role_word(role: str) -> str:
+    return {access.OPERATOR: _("operator"), access.VIEWER: _("viewer")}.get(role, role)
+
+
+def share_link(host: Host, role: str, link: str | None, code: str, user_id: int, hours: float) -> tuple[str, Keyboard]:
+    """The one chat message that shows a share link."""
+    what = (_("see it (card, charts, alerts) and act on it (refresh, reboot, mute, ack, alert rules)")
+            if role == access.OPERATOR else _("see it: card, charts, processes and its alerts"))
+    lines = [_("A one-time link to share <b>{name}</b> as {role}: whoever opens it first may {what}. It expires "
+               "in {hours} h.", name=e(host.name), role=role_word(role), what=what, hours=f"{hours:.0f}"), ""]
+    if link:
+        lines += [e(link), "", _("or, in a chat with the bot, they send <code>/start {code}</code>", code=e(code))]
+    else:
+        lines.append(_("In a chat with the bot, they send <code>/start {code}</code>", code=e(code)))
+    lines += ["", _("/shares {name} lists who has access; delete this message once you have passed it on.",
+                    name=e(host.name))]
+    return "\n".join(lines), keyboard([delete_button(user_id)])
+
+
+def person(user_id: int, username: str | None, first_name: str | None) -> str:
+    """Someone with a role, as the owner knows them (escaped)."""
+    if username:
+        return e(f"@{username}")
+    return e(first_name) if first_name else str(user_id)
+
+
+def shares_view(host: Host, roles: Sequence[tuple[int, str, str | None, str | None]]) -> tuple[str, Keyboard | None]:
+    """/shares NAME: who has what role on the host, each with a button that removes it."""
+    if not roles:
+        return _("<b>{name}</b> is shared with nobody. /share {name} [viewer|operator] makes a link.",
+                 name=e(host.name)), None
+    lines = [_("<b>{name}</b> is shared with:", name=e(host.name))]
+    rows = []
+    for user_id, role, username, first_name in roles:
+        who = person(user_id, username, first_name)
+        lines.append(f"• {who} ({user_id}) - {role_word(role)}")
+        rows.append([button(_("Remove {who}", who=(username and "@" + username) or first_name or str(user_id))[:40],
+                            Callback("unshare", (str(host.id), str(user_id))))])
+    return "\n".join(lines), keyboard(*rows)
+
+
+def shared_with_you(host: Host, role: str) -> str:
+    return _("<b>{name}</b> is now shared with you as {role}. /status {name} shows it; its alerts come here.",
+             name=e(host.name), role=role_word(role))
+
+
+def linkkey() -> str:
+    """The original's /linkkey made whoever held a secret a full co-owner; it now says what replaced it."""
+    return _("/linkkey is gone: a secret no longer makes anyone a co-owner. The owner of a host sends "
+             "/share NAME [viewer|operator] and forwards the one-time link it gives (viewer: card, charts, alerts; "
+             "operator: also refresh, reboot, mute, ack, alert rules).")

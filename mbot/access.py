@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from .i18n import _
+
 OWNER: Final = "owner"
 OPERATOR: Final = "operator"
 VIEWER: Final = "viewer"
@@ -46,3 +48,9 @@ def parse_role(word: str) -> str | None:
     """A role /share may grant, from what the owner typed (any case), or None."""
     word = word.lower()
     return word if word in GRANTABLE else None
+
+
+def role_name(role: str | None) -> str:
+    """A role as the user reads it."""
+    names = {OWNER: _("owner"), OPERATOR: _("operator"), VIEWER: _("viewer")}
+    return names.get(role or "", _("nobody"))

@@ -158,18 +158,13 @@ def any_owner_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Hos
                        " (and --owner)")
 
 
-def role_name(role: str | None) -> str:
-    """A role as the user reads it."""
-    return {access.OWNER: _("owner"), access.OPERATOR: _("operator"), access.VIEWER: _("viewer")}.get(role or "",
-                                                                                                   _("nobody"))
-
-
 class NotAllowed(ServiceError):
     """A user with a role on the host asked for what their role does not allow."""
 
     def __init__(self, host: Host, role: str, action: str) -> None:
         super().__init__(_("You are a {role} of {name}: that takes its {needed}. Ask its owner.",
-                           role=role_name(role), name=host.name, needed=role_name(access.ACTIONS.get(action))))
+                           role=access.role_name(role), name=host.name,
+                           needed=access.role_name(access.ACTIONS.get(action))))
 
 
 def allowed(conn: sqlite3.Connection, host: Host, user_id: int, action: str) -> str:

@@ -723,20 +723,17 @@ def captured_processes(host: Host, alert: AlertMessage, now: float) -> str:
 # --- sharing (mbot.access) ---------------------------------------------------------------------------------------
 
 
-def role_word(role: str) -> str:
-    return {access.OPERATOR: _("operator"), access.VIEWER: _("viewer")}.get(role, role)
-
-
 def share_link(host: Host, role: str, link: str | None, code: str, user_id: int, hours: float) -> tuple[str, Keyboard]:
     """The one chat message that shows a share link."""
     what = (_("see it (card, charts, alerts) and act on it (refresh, reboot, mute, ack, alert rules)")
             if role == access.OPERATOR else _("see it: card, charts, processes and its alerts"))
     lines = [_("A one-time link to share <b>{name}</b> as {role}: whoever opens it first may {what}. It expires "
-               "in {hours} h.", name=e(host.name), role=role_word(role), what=what, hours=f"{hours:.0f}"), ""]
+               "in {hours} h.", name=e(host.name), role=access.role_name(role), what=what,
+               hours=f"{hours:.0f}"), ""]
     if link:
-        lines += [e(link), "", _("or, in a chat with the bot, they send <code>/start {code}</code>", code=e(code))]
+        lines += [e(link), "", _("Or they send the bot <code>/start {code}</code>", code=e(code))]
     else:
-        lines.append(_("In a chat with the bot, they send <code>/start {code}</code>", code=e(code)))
+        lines.append(_("They send the bot <code>/start {code}</code>", code=e(code)))
     lines += ["", _("/shares {name} lists who has access; delete this message once you have passed it on.",
                     name=e(host.name))]
     return "\n".join(lines), keyboard([delete_button(user_id)])
@@ -758,7 +755,7 @@ def shares_view(host: Host, roles: Sequence[tuple[int, str, str | None, str | No
     rows = []
     for user_id, role, username, first_name in roles:
         who = person(user_id, username, first_name)
-        lines.append(f"• {who} ({user_id}) - {role_word(role)}")
+        lines.append(f"• {who} ({user_id}) - {access.role_name(role)}")
         rows.append([button(_("Remove {who}", who=(username and "@" + username) or first_name or str(user_id))[:40],
                             Callback("unshare", (str(host.id), str(user_id))))])
     return "\n".join(lines), keyboard(*rows)
@@ -766,7 +763,7 @@ def shares_view(host: Host, roles: Sequence[tuple[int, str, str | None, str | No
 
 def shared_with_you(host: Host, role: str) -> str:
     return _("<b>{name}</b> is now shared with you as {role}. /status {name} shows it; its alerts come here.",
-             name=e(host.name), role=role_word(role))
+             name=e(host.name), role=access.role_name(role))
 
 
 def linkkey() -> str:

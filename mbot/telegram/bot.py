@@ -316,6 +316,7 @@ class Bot:
         name, args = command.name, command.args
         if commands.COMMANDS[name].default_host:
             args = await self._default_host(ctx, name, args)
+            command = Command(name, args)
         if name == "start" and args and users.looks_like_code(args[0]) \
                 and self._code_limit.take(ctx.user_id, now).allowed:
             # A user opening a share link gets its role; an invite or claim code is left unspent for whoever it was

@@ -32,8 +32,9 @@ ACTIONS: Final[dict[str, str]] = {
 
 
 def role_of(owner: int, user_id: int, granted: str | None) -> str | None:
-    """The user's role on a host owned by `owner`, given the role granted to them there (None: none)."""
-    if user_id == owner and owner > 0:
+    """The user's role on a host owned by `owner`, given the role granted to them there (None: none). Owner 0 is
+    the CLI's own hosts, whose user 0 is the CLI (Telegram ids are never 0)."""
+    if user_id == owner:
         return OWNER
     return granted if granted in _RANK else None
 

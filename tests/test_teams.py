@@ -25,7 +25,7 @@ NOT_A_VIEWERS = "You are a viewer of box1: that takes its"
 def test_the_table_ranks_roles():
     assert access.role_of(ALICE, ALICE, None) == access.OWNER
     assert access.role_of(ALICE, BOB, access.VIEWER) == access.VIEWER
-    assert access.role_of(ALICE, BOB, "admin") is None and access.role_of(0, 0, None) is None  # CLI-only hosts
+    assert access.role_of(ALICE, BOB, "admin") is None and access.role_of(0, BOB, None) is None  # CLI-only hosts
     assert access.role_of(ALICE, BOB, None) is None
     for action in ("card", "chart", "plot", "top", "containers", "info", "alerts"):
         assert access.allows(access.VIEWER, action), action
@@ -127,6 +127,9 @@ async def test_a_viewer_sees_and_cannot_act_an_operator_acts_and_removal_ends_it
     assert "box1</b> · 👥 shared, viewer" in listing and "box2" not in listing
     summary = await say(fake, BOB, "/status")
     assert "box1" in summary["text"] and "box2" not in summary["text"]
+    await say(fake, ALICE, "/setalert box2 cpu 95")
+    alerts = (await say(fake, BOB, "/alerts"))["text"]
+    assert "box1" in alerts and "box2" not in alerts
     assert "No such host" in (await say(fake, BOB, "/status box2"))["text"]
     card = await say(fake, BOB, "/status box1")
     card_id = last_message_id(fake, BOB)

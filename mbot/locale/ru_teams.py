@@ -48,6 +48,8 @@ RU: dict[str, Translation] = {
         "[viewer|operator] и пересылает одноразовую ссылку (наблюдатель: карточка, графики, оповещения; оператор: "
         "также обновление, перезагрузка, тишина, подтверждение, правила оповещений).",
     # /set
+    "After /set NAME, commands work without NAME in that chat. The original's /list, /renamekey and /delkey work too.":
+        "После /set ИМЯ команды работают в этом чате без ИМЕНИ. Прежние /list, /renamekey и /delkey тоже работают.",
     "This chat's default host is <b>{name}</b>. /set off forgets it.":
         "Хост по умолчанию в этом чате: <b>{name}</b>. /set off отменит это.",
     "No default host in this chat. /set NAME makes one: then /status, /plot, /setalert and the others work without "

@@ -195,7 +195,9 @@ HELP_EXAMPLES = (
 def help_text(admin: bool = False) -> str:
     """/help, made from the commands' own table (commands.TABLE), so a new command cannot be left out."""
     lines = [html.escape(usage, quote=False) for usage in commands.help_lines(admin)]
-    return "<b>mbot</b> watches your machines and reports here.\n\n" + "\n".join(lines) + "\n\n" + HELP_EXAMPLES
+    return ("<b>mbot</b> watches your machines and reports here.\n\n" + "\n".join(lines) + "\n\n" + HELP_EXAMPLES
+            + "\n" + _("After /set NAME, commands work without NAME in that chat. The original's /list, /renamekey "
+                       "and /delkey work too."))
 
 
 HELP = help_text()

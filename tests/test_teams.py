@@ -7,6 +7,7 @@ import json
 import re
 import time
 
+import httpx
 import pytest
 import trio
 import trio_websocket
@@ -86,8 +87,8 @@ async def join(fake: FakeBot, user: int, token: str) -> None:
     await fake.wait_for(lambda c: c.params.get("chat_id") == user and "now shared with you" in c.shown, since=since)
 
 
-async def setup(nursery, settings: Settings, fake: FakeBot, clock: WallClock):
-    server = await start(nursery, settings, fake, clock=clock, allowed_users=(ALICE,))
+async def setup(nursery, settings: Settings, fake: FakeBot, clock: WallClock, **overrides):
+    server = await start(nursery, settings, fake, clock=clock, allowed_users=(ALICE,), **overrides)
     secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"])[1]
     await say(fake, ALICE, "/newkey box2")
     agent = PowerAgent()
@@ -99,7 +100,7 @@ async def setup(nursery, settings: Settings, fake: FakeBot, clock: WallClock):
 async def test_a_viewer_sees_and_cannot_act_an_operator_acts_and_removal_ends_it(fake: FakeBot, nursery,
                                                                                 settings: Settings):
     clock = WallClock()
-    server, agent, host_id = await setup(nursery, settings, fake, clock)
+    server, agent, host_id = await setup(nursery, settings, fake, clock, metrics_port=0)
 
     # A share link: one use, for a stranger too (who becomes a user), and only its hash is stored.
     token = await share(fake, ALICE, "/share box1")
@@ -135,6 +136,11 @@ async def test_a_viewer_sees_and_cannot_act_an_operator_acts_and_removal_ends_it
     card_id = last_message_id(fake, BOB)
     assert "Reboot" not in buttons(card) and "🔄 Refresh" not in buttons(card) and "🩺 Diagnostics" in buttons(card)
     assert "operator" in (await say(fake, CAROL, "/hosts"))["text"]
+
+    # /metrics is the server operator's: sharing adds nothing to it that names a person or a role.
+    async with httpx.AsyncClient() as client:
+        scraped = (await client.get(f"http://127.0.0.1:{server.metrics_port}/metrics")).text
+    assert 'host="box1"' in scraped and not re.search(rf"\b({BOB}|{CAROL}|{ALICE})\b|viewer|operator", scraped)
 
     # What a viewer must never reach: commands ...
     for text in ("/setalert box1 cpu 90", "/delalert box1 cpu", "/mute box1 1h", "/unmute box1",

@@ -219,7 +219,9 @@ def redeem(conn: sqlite3.Connection, hashed: str, user_id: int, now: float, *, f
         host = store.host_by_id(conn, host_id)
         if host is None or host.owner != created_by:  # the host is gone, or its maker no longer owns it
             return None
-        if user_id != created_by:
+        if user_id == created_by:  # the owner opened their own link: spent, nothing to give
+            kind = INVITE
+        else:
             store.grant_role(conn, host_id, user_id, host_role, created_by, now)
     existing = conn.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
     if existing is not None or shares_only:

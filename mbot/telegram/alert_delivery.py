@@ -33,6 +33,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import sqlite3
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -42,8 +43,8 @@ import trio
 
 from .. import access, charts, plotting, processes, store
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
-from ..i18n import _
 from ..config import Settings
+from ..i18n import _
 from ..model import Host, StoredSnapshot
 from ..store import Database
 from ..writer import Writer
@@ -72,6 +73,7 @@ class _Thread:
     procs: bool = False  # processes were captured: it has a Processes button
     text: str | None = None  # what it says (None after a restart): a mute or an ack elsewhere is added to it
     notes: list[str] = field(default_factory=list)
+    acked: bool = False  # someone acknowledged it: no Ack button any more
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class Recipient:
     role: str  # mbot.access: what buttons they get
 
 
-def recipients(conn: Any, host_id: int) -> list[Recipient]:
+def recipients(conn: sqlite3.Connection, host_id: int) -> list[Recipient]:
     """THE fan-out: who gets the host's alerts. Its owner and everyone with a role on it, read at each event, so a
     share or a removal counts from the next event on."""
     host = store.host_by_id(conn, host_id)
@@ -295,15 +297,17 @@ class AlertDelivery:
     async def acknowledged(self, host_id: int, metric: str, series: str, by: str) -> None:
         """Someone acknowledged this alert: every recipient's message says who, and loses its Ack button."""
         key = (host_id, metric, series)
-        await self._annotate(host_id, [key], _("✔️ Acknowledged by {who}", who=html.escape(by)), acked=True)
+        for thread in self._threads.get(key, {}).values():
+            thread.acked = True
+        await self._annotate(host_id, [key], _("✔️ Acknowledged by {who}", who=html.escape(by)))
 
     async def muted(self, host_id: int, until: float, by: str) -> None:
         """Someone muted the host: every live alert message of it says who, and for how long."""
         minutes = max(1, round((until - self._clock()) / 60))
         note = _("🔕 Muted by {who} for {minutes} min", who=html.escape(by), minutes=minutes)
-        await self._annotate(host_id, [key for key in self._threads if key[0] == host_id], note, acked=False)
+        await self._annotate(host_id, [key for key in self._threads if key[0] == host_id], note)
 
-    async def _annotate(self, host_id: int, keys: Sequence[Key], note: str, *, acked: bool) -> None:
+    async def _annotate(self, host_id: int, keys: Sequence[Key], note: str) -> None:
         roles = {person.chat_id: person.role for person in await self._db.read(recipients, host_id)}
         for key in keys:
             for chat, thread in self._threads.get(key, {}).items():
@@ -311,7 +315,7 @@ class AlertDelivery:
                     continue
                 thread.notes.append(note)
                 keyboard = views.alert_keyboard(host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                                procs=thread.procs, live=True, role=roles[chat], acked=acked)
+                                                procs=thread.procs, live=True, role=roles[chat], acked=thread.acked)
                 self._outbox.submit(chat, partial(self._show_notes, chat, thread, keyboard))
 
     async def _show_notes(self, chat_id: int, thread: _Thread, keyboard: views.Keyboard | None) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -80,7 +81,7 @@ def _person(who: str) -> tuple[str | None, str | None]:
     return (who[1:], None) if who.startswith("@") else (None, who)
 
 
-def _names_a_host(conn: Any, user_id: int, word: str) -> bool:
+def _names_a_host(conn: sqlite3.Connection, user_id: int, word: str) -> bool:
     """Whether `word` is the name of a host the user may see (then it is NAME, not a default host's argument)."""
     return any(host.name.lower() == word.lower() for host, _role in store.hosts_of_user(conn, user_id))
 
@@ -289,7 +290,7 @@ class Bot:
         await self._shared_with(ctx, redeemed)
 
     @staticmethod
-    def _redeem_code(conn: Any, hashed: str, user_id: int, now: float, *, first_is_admin: bool, who: str,
+    def _redeem_code(conn: sqlite3.Connection, hashed: str, user_id: int, now: float, *, first_is_admin: bool, who: str,
                      shares_only: bool = False) -> users.Redeemed | None:
         """users.redeem, and for a share link the name its user goes by (for the owner's /shares and /unshare),
         in one transaction."""
@@ -323,7 +324,7 @@ class Bot:
             # meant for (and they get /help).
             redeemed = await self._writer.call(partial(self._redeem_code, first_is_admin=False, who=ctx.who,
                                                        shares_only=True), users.code_hash(args[0]), ctx.user_id, now)
-            if redeemed is not None:
+            if redeemed is not None and redeemed.host_id is not None:
                 await self._shared_with(ctx, redeemed)
                 return
             self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))

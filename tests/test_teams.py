@@ -186,6 +186,13 @@ async def test_a_viewer_sees_and_cannot_act_an_operator_acts_and_removal_ends_it
     assert "that takes its owner" in (await say(fake, CAROL, "/rename box1 mine"))["text"]
     assert "that takes its owner" in (await say(fake, CAROL, "/share box1"))["text"]
 
+    # A confirmation asked for while an operator, answered after the role is gone: nothing is sent.
+    since = len(fake.sent)
+    fake.push_callback(CAROL, buttons(card)["Shutdown"], carol_card)
+    pending = (await fake.wait_for(lambda c: c.params.get("chat_id") == CAROL and c.shown.startswith("Shutdown"),
+                                   since=since)).params
+    pending_id = last_message_id(fake, CAROL)
+
     # /shares: who has what, a button to remove each; removal by button and by name.
     shares = await say(fake, ALICE, "/shares box1")
     assert "user1002 (1002) - viewer" in shares["text"] and "user1003 (1003) - operator" in shares["text"]
@@ -212,7 +219,11 @@ async def test_a_viewer_sees_and_cannot_act_an_operator_acts_and_removal_ends_it
     fake.push_callback(CAROL, buttons(card)["Reboot"], carol_card)
     await fake.wait_for(lambda c: c.params.get("chat_id") == CAROL and c.method == "editMessageText"
                         and "No such host" in c.params["text"], since=since)
+    fake.push_callback(CAROL, buttons(pending)["Yes"], pending_id)
+    await fake.wait_for(lambda c: c.params.get("chat_id") == CAROL and c.method == "editMessageText"
+                        and c.params["message_id"] == pending_id and "No such host" in c.params["text"], since=since)
     assert [c["action"] for c in agent.commands] == ["reboot"]
+    assert read_db(settings, "SELECT count(*) FROM audit WHERE action = 'shutdown'") == [(0,)]
     await agent.close()
     await server.aclose()
 

@@ -281,6 +281,14 @@ async def test_alerts_reach_everyone_with_a_role_with_their_buttons(fake: FakeBo
     assert not [c for c in fake.sent[since:] if c.params.get("chat_id") == BOB]
     rows = read_db(settings, "SELECT DISTINCT chat_id FROM alert_messages WHERE resolved IS NULL")
     assert sorted(r[0] for r in rows) == [ALICE, CAROL]
+
+    # The operator mutes by command: the owner's live alert message says who, and for how long.
+    since = len(fake.sent)
+    await say(fake, CAROL, "/mute box1 2h")
+    edit = await fake.wait_for(lambda c: c.method == "editMessageText" and c.params["chat_id"] == ALICE
+                               and "Muted by user1003 for 120 min" in c.params["text"], since=since)
+    assert "✔️ Ack" in buttons(edit.params)  # this alert was not acknowledged
+    assert not [c for c in fake.sent[since:] if c.params.get("chat_id") == BOB]
     await agent.close()
     await server.aclose()
 

@@ -39,7 +39,8 @@ BOT_USER = {"id": 123456789, "is_bot": True, "first_name": "mbot (fake)", "usern
 # Form and multipart values are strings; these fields carry JSON or numbers in real Telegram requests.
 _JSON_FIELDS = {"reply_markup", "media", "allowed_updates", "commands", "link_preview_options", "entities",
                 "reply_parameters"}
-_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id"}
+_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id",
+               "message_thread_id"}
 _BOOL_FIELDS = {"show_alert", "disable_notification", "allow_sending_without_reply"}
 _HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code",
               "pre", "blockquote", "tg-emoji"}
@@ -102,6 +103,7 @@ class FakeBot:
         self.messages: dict[tuple[int | str, int], dict[str, Any]] = {}  # current state of sent messages
         self.commands: list[dict[str, str]] = []
         self.allowed_updates: list[str] | None = None
+        self.kicked: set[int | str] = set()  # chats the bot was removed from: sends there get 403, as Telegram's
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
@@ -230,8 +232,10 @@ class FakeBot:
                 return ApiError(failure.status, description, parameters)
         return None
 
-    def push_message(self, user_id: int, text: str, chat_id: int | None = None) -> dict[str, Any]:
-        """Queue an Update with a text message from user_id (in their private chat unless chat_id is given)."""
+    def push_message(self, user_id: int, text: str, chat_id: int | None = None,
+                     thread_id: int | None = None) -> dict[str, Any]:
+        """Queue an Update with a text message from user_id (in their private chat unless chat_id is given; in a
+        forum topic of that group with thread_id)."""
         message: dict[str, Any] = {
             "message_id": next(self._message_ids),
             "from": _user(user_id),
@@ -239,6 +243,9 @@ class FakeBot:
             "date": int(time.time()),
             "text": text,
         }
+        if thread_id is not None:
+            message.update(message_thread_id=thread_id, is_topic_message=True)
+            message["chat"]["is_forum"] = True
         if text.startswith("/"):
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         return self._push_update({"message": message})
@@ -252,6 +259,14 @@ class FakeBot:
         query = {"id": f"cbq-{update_id}", "from": _user(user_id), "message": message,
                  "chat_instance": f"ci-{chat}", "data": data}
         return self._push_update({"callback_query": query}, update_id)
+
+    def push_my_chat_member(self, user_id: int, chat_id: int, status: str) -> dict[str, Any]:
+        """Queue a my_chat_member Update: user_id changed the bot's membership of a group to `status` (member,
+        left, kicked ...)."""
+        change = {"chat": _chat(chat_id), "from": _user(user_id), "date": int(time.time()),
+                  "old_chat_member": {"user": BOT_USER, "status": "member"},
+                  "new_chat_member": {"user": BOT_USER, "status": status}}
+        return self._push_update({"my_chat_member": change})
 
     def _push_update(self, body: dict[str, Any], update_id: int | None = None) -> dict[str, Any]:
         update = {"update_id": next(self._update_ids) if update_id is None else update_id, **body}
@@ -323,9 +338,13 @@ class FakeBot:
 
     def _new_message(self, params: dict, **content: Any) -> dict[str, Any]:
         chat_id = params["chat_id"]
+        if chat_id in self.kicked:
+            raise ApiError(403, "Forbidden: bot was kicked from the group chat")
         replied = self._replied(params)
         message = {"message_id": next(self._message_ids), "from": BOT_USER, "chat": _chat(chat_id),
                    "date": int(time.time()), **{k: v for k, v in content.items() if v is not None}}
+        if params.get("message_thread_id") is not None:
+            message.update(message_thread_id=params["message_thread_id"], is_topic_message=True)
         if replied is not None:
             message["reply_to_message"] = {k: v for k, v in replied.items() if k != "reply_to_message"}
         if params.get("reply_markup") is not None:

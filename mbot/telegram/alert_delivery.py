@@ -18,6 +18,13 @@ mbot.alerting hands events over with `notify()` (never blocks); `run()` (in the 
 - MuteEnded: its own message; the messages of alerts that ended during the mute (the engine sent no Resolved) are
   edited to say so, quietly (no reply, no new message if the edit fails).
 
+Each event goes to its host's owner and to every group the owner bound the host to (/bind, mbot/telegram/groups.py),
+to the topic it was bound in: each chat gets its own copy, thread and `alert_messages` row, so a reminder replies to
+and an end edits the copy in that chat. The owner's quiet hours silence their private chat only: a group's members
+mute it their own way. A group that refuses a send because the bot is no longer in it (403) is reported to
+`chat_gone` (the bindings go there, once), and never retried. A ServerDown report names several of an owner's hosts:
+it goes to the owner alone.
+
 The message_id of an alert's message comes back through the outbox's `on_sent`, which runs before the next message
 to that chat goes out; reminders and ends read it when they are sent, so none of this waits for Telegram, and per
 chat order keeps a quick end behind its start. The ids are stored (`alert_messages`), so a restart keeps the threads.
@@ -42,6 +49,7 @@ from ..store import Database
 from ..writer import Writer
 from . import alert_text, views
 from .api import BotApi, TelegramRejected
+from .groups import Dest, chat_is_gone, receivers
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ MAX_QUEUED = 1000  # events waiting here at most (the outbox bounds what follows
 OFFLINE = "offline"  # the metric of a host's offline alert in alert_messages
 
 Key = tuple[int, str, str]  # (host id, metric, series)
+ThreadKey = tuple[int, str, str, int]  # (host id, metric, series, chat id): an alert's copy in one chat
 
 
 @dataclass(eq=False)
@@ -63,6 +72,7 @@ class _Thread:
     message_id: int | None = None  # None until Telegram took the message (or if it never did)
     photo: bool = False
     procs: bool = False  # processes were captured: it has a Processes button
+    thread_id: int | None = None  # the forum topic of a group
 
 
 def _key(event: Event) -> Key | None:
@@ -87,7 +97,8 @@ def _captured(snapshot: StoredSnapshot | None, host: Host, now: float) -> str | 
 class AlertDelivery:
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings, *,
                  clock: Callable[[], float], chart_limiter: trio.CapacityLimiter,
-                 silent: Callable[[int], bool] = lambda chat_id: False) -> None:
+                 silent: Callable[[int], bool] = lambda chat_id: False,
+                 chat_gone: Callable[[int, str], None] = lambda chat_id, why: None) -> None:
         self._api = api
         self._outbox = outbox
         self._db = db
@@ -96,7 +107,8 @@ class AlertDelivery:
         self._clock = clock
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
-        self._threads: dict[Key, _Thread] = {}
+        self._chat_gone = chat_gone  # a group the bot was removed from (mbot/telegram/groups.py drops it)
+        self._threads: dict[ThreadKey, _Thread] = {}
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._wake = trio.Event()
@@ -113,8 +125,8 @@ class AlertDelivery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for row in await self._db.read(store.open_alert_messages):
             if row.chat_id is not None:
-                self._threads[row.host_id, row.metric, row.series] = _Thread(
-                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None)
+                self._threads[row.host_id, row.metric, row.series, row.chat_id] = _Thread(
+                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None, row.thread_id)
         task_status.started()
         while True:
             if not self._queue and not self._sent:
@@ -130,63 +142,91 @@ class AlertDelivery:
                     log.exception("could not store the message id of alert %d", thread.alert_id)
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
-                try:
-                    if group:
-                        await self._deliver_group(owner, text, group)
-                    else:
-                        await self._deliver(owner, text, event)
-                except Exception:  # one event that cannot go out must not hold up the others
-                    log.exception("could not deliver an alert to chat %d", owner)
+                for dest in await self._receivers(owner, event):
+                    try:
+                        if group:
+                            await self._deliver_group(dest, text, group)
+                        else:
+                            await self._deliver(dest, text, event)
+                    except Exception:  # one event that cannot go out must not hold up the others
+                        log.exception("could not deliver an alert to chat %d", dest.chat_id)
 
-    # --- per event ---------------------------------------------------------------------------------------------
+    async def _receivers(self, owner: int, event: Event) -> list[Dest]:
+        """The owner's chat, and the groups the host is bound to (not for a ServerDown: it names other hosts)."""
+        bindings = []
+        host_id = getattr(event, "host_id", None)
+        if isinstance(host_id, int):
+            try:
+                bindings = await self._db.read(store.bindings_of_host, host_id)
+            except Exception:  # the owner still hears of it
+                log.exception("could not read the groups host %d is bound to", host_id)
+        return receivers(owner, self._silent(owner), bindings)
 
-    async def _deliver(self, owner: int, text: str, event: Event) -> None:
+    def _send(self, dest: Dest, send: Callable[..., Any], *args: Any, on_sent: Callable[[Any], None] | None = None,
+              **kwargs: Any) -> None:
+        """Queue a send to `dest` (its topic; a group that is gone is reported, not retried)."""
+        if dest.thread_id is not None:
+            kwargs["thread_id"] = dest.thread_id
+        self._outbox.submit(dest.chat_id, partial(self._guarded, dest.chat_id, partial(send, *args, **kwargs)),
+                            on_sent=on_sent)
+
+    async def _guarded(self, chat_id: int, send: Callable[[], Any]) -> Any:
+        try:
+            return await send()
+        except TelegramRejected as exc:
+            if chat_id < 0 and chat_is_gone(exc.error_code, exc.description):
+                self._chat_gone(chat_id, exc.description)
+            raise
+
+    # --- per event (each once per receiving chat) ----------------------------------------------------------------
+
+    async def _deliver(self, dest: Dest, text: str, event: Event) -> None:
         key = _key(event)
         if key is None:  # MuteEnded: a message of its own
-            self._outbox.submit(owner, partial(self._api.send_message, owner, text,
-                                               disable_notification=self._silent(owner)))
+            self._send(dest, self._api.send_message, dest.chat_id, text, disable_notification=dest.silent)
             if isinstance(event, MuteEnded):
-                await self._ended_while_muted(owner, event)
+                await self._ended_while_muted(dest, event)
         elif isinstance(event, (Firing, Offline)):
-            await self._start(owner, text, event, key)
+            await self._start(dest, text, event, key)
         elif isinstance(event, Reminder):
-            thread = self._threads.get(key)
+            thread = self._threads.get((*key, dest.chat_id))
             keyboard = views.alert_keyboard(event.host_id, None if thread is None else thread.alert_id,
                                             event.rule.metric, chart=False, procs=False, live=True)
-            self._outbox.submit(owner, partial(self._reply, owner, text, keyboard, thread))
+            self._send(dest, self._reply, dest, text, keyboard, thread)
         else:
             assert isinstance(event, (Resolved, BackOnline))
-            await self._end(owner, text, event, key)
+            await self._end(dest, text, event, key)
 
-    async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
+    async def _deliver_group(self, dest: Dest, text: str, group: Sequence[HostEvent]) -> None:
         host_id = group[0].host_id
         ends = [(end, key) for end in group if isinstance(end, (Resolved, BackOnline))
-                and (key := _key(end)) is not None and key in self._threads]
+                and (key := _key(end)) is not None and (*key, dest.chat_id) in self._threads]
         if ends:
             host = await self._db.read(store.host_by_id, host_id)
             name = host.name if host is not None else f"host {host_id}"
         for end, key in ends:
-            thread = self._threads.pop(key, None)
+            thread = self._threads.pop((*key, dest.chat_id), None)
             if thread is None:  # named twice in the group (it flapped)
                 continue
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
             keyboard = views.alert_keyboard(end.host_id, thread.alert_id, key[1], chart=not thread.photo,
                                             procs=thread.procs, live=False)
-            self._outbox.submit(owner, partial(self._edit, owner, html.escape(alert_text.ended(end, name)), keyboard,
-                                               thread, trio.Event(), fallback=False))
-        self._outbox.submit(owner, partial(self._api.send_message, owner, text,
-                                           reply_markup=views.keyboard([views.containers_button(host_id)]),
-                                           disable_notification=self._silent(owner)))
+            self._send(dest, self._edit, dest, html.escape(alert_text.ended(end, name)), keyboard, thread,
+                       trio.Event(), fallback=False)
+        self._send(dest, self._api.send_message, dest.chat_id, text,
+                   reply_markup=views.keyboard([views.containers_button(host_id)]), disable_notification=dest.silent)
 
-    async def _start(self, owner: int, text: str, event: Firing | Offline, key: Key) -> None:
+    async def _start(self, dest: Dest, text: str, event: Firing | Offline, key: Key) -> None:
         now = self._clock()
         host = await self._db.read(store.host_by_id, event.host_id)
         metric = key[1]
         procs = None
         if host is not None and metric in views.PROCESS_METRICS:
             procs = _captured(await self._db.read(store.latest_snapshot, host.id, processes.KIND), host, now)
-        alert_id = await self._writer.call(store.add_alert_message, event.host_id, metric, key[2], now, procs)
-        thread = self._threads[key] = _Thread(alert_id, owner, procs=procs is not None)
+        alert_id = await self._writer.call(store.add_alert_message, event.host_id, metric, key[2], now, procs,
+                                           dest.chat_id, dest.thread_id)
+        thread = self._threads[(*key, dest.chat_id)] = _Thread(alert_id, dest.chat_id, procs=procs is not None,
+                                                               thread_id=dest.thread_id)
         png = None
         if isinstance(event, Firing) and host is not None and len(text) <= CAPTION_LIMIT \
                 and views.alert_charted(metric):
@@ -196,14 +236,14 @@ class AlertDelivery:
         on_sent = partial(self._on_sent, thread)
         if png is not None:
             thread.photo = True
-            self._outbox.submit(owner, partial(self._api.send_photo, owner, png, text, keyboard,
-                                               disable_notification=self._silent(owner)), on_sent=on_sent)
+            self._send(dest, self._api.send_photo, dest.chat_id, png, text, keyboard,
+                       disable_notification=dest.silent, on_sent=on_sent)
         else:
-            self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard,
-                                               disable_notification=self._silent(owner)), on_sent=on_sent)
+            self._send(dest, self._api.send_message, dest.chat_id, text, reply_markup=keyboard,
+                       disable_notification=dest.silent, on_sent=on_sent)
 
-    async def _end(self, owner: int, text: str, event: Resolved | BackOnline, key: Key) -> None:
-        thread = self._threads.pop(key, None)
+    async def _end(self, dest: Dest, text: str, event: Resolved | BackOnline, key: Key) -> None:
+        thread = self._threads.pop((*key, dest.chat_id), None)
         if thread is not None:
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
         host = await self._db.read(store.host_by_id, event.host_id)
@@ -214,28 +254,28 @@ class AlertDelivery:
             keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
                                             procs=thread.procs, live=False)
         edited = trio.Event()  # set when the alert's own message now says it ended: then a reply notifies
-        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, edited))
+        self._send(dest, self._edit, dest, summary, keyboard, thread, edited)
         # Queued now, not once the edit went through: behind the edit and ahead of whatever comes next (the next
         # offline of a flapping host must not overtake its "back online").
-        self._outbox.submit(owner, partial(self._reply_if, edited, owner, text, thread))
+        self._send(dest, self._reply_if, edited, dest, text, thread)
 
-    async def _ended_while_muted(self, owner: int, event: MuteEnded) -> None:
+    async def _ended_while_muted(self, dest: Dest, event: MuteEnded) -> None:
         live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
         if event.offline_since is not None:
             live.add((event.host_id, OFFLINE, ""))
-        ended = [key for key in self._threads if key[0] == event.host_id and key not in live]
+        ended = [tkey for tkey in self._threads if tkey[0] == event.host_id and tkey[3] == dest.chat_id
+                 and tkey[:3] not in live]
         if not ended:
             return
         host = await self._db.read(store.host_by_id, event.host_id)
         name = host.name if host is not None else f"host {event.host_id}"
-        for key in ended:
-            thread = self._threads.pop(key)
+        for tkey in ended:
+            thread = self._threads.pop(tkey)
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
-            summary = html.escape(alert_text.ended_while_muted(name, None if key[1] == OFFLINE else key[2]))
-            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
+            summary = html.escape(alert_text.ended_while_muted(name, None if tkey[1] == OFFLINE else tkey[2]))
+            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, tkey[1], chart=not thread.photo,
                                             procs=thread.procs, live=False)
-            self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, trio.Event(),
-                                               fallback=False))
+            self._send(dest, self._edit, dest, summary, keyboard, thread, trio.Event(), fallback=False)
 
     # --- sends (run by the outbox, in order per chat: an earlier message's id is known by then) -----------------
 
@@ -249,15 +289,17 @@ class AlertDelivery:
     def _reply_to(thread: _Thread | None, chat_id: int) -> int | None:
         return thread.message_id if thread is not None and thread.chat_id == chat_id else None
 
-    async def _reply(self, chat_id: int, text: str, keyboard: views.Keyboard | None, thread: _Thread | None) -> Any:
-        return await self._api.send_message(chat_id, text, reply_markup=keyboard,
-                                            reply_to=self._reply_to(thread, chat_id),
-                                            disable_notification=self._silent(chat_id))
+    async def _reply(self, dest: Dest, text: str, keyboard: views.Keyboard | None, thread: _Thread | None,
+                     **topic: Any) -> Any:
+        return await self._api.send_message(dest.chat_id, text, reply_markup=keyboard,
+                                            reply_to=self._reply_to(thread, dest.chat_id),
+                                            disable_notification=dest.silent, **topic)
 
-    async def _edit(self, chat_id: int, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
-                    edited: trio.Event, *, fallback: bool = True) -> Any:
+    async def _edit(self, dest: Dest, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
+                    edited: trio.Event, *, fallback: bool = True, **topic: Any) -> Any:
         """Edit the alert's message to `summary` (setting `edited`); if Telegram refuses, a new message (which
-        notifies by itself, so no reply follows) unless not `fallback`."""
+        notifies by itself, so no reply follows) unless not `fallback`. `topic`: the thread_id of a new message."""
+        chat_id = dest.chat_id
         message_id = self._reply_to(thread, chat_id)
         if thread is not None and message_id is not None:
             try:
@@ -267,16 +309,19 @@ class AlertDelivery:
                 else:
                     result = await self._api.edit_message_text(chat_id, message_id, summary, reply_markup=keyboard)
             except TelegramRejected as exc:
+                if chat_id < 0 and chat_is_gone(exc.error_code, exc.description):
+                    raise
                 log.info("alert message %d in chat %d cannot be edited (%s): its end goes as a new message",
                          message_id, chat_id, exc.description)
             else:
                 edited.set()
                 return result
-        return await self._api.send_message(chat_id, summary, reply_markup=keyboard) if fallback else None
+        return await self._api.send_message(chat_id, summary, reply_markup=keyboard, **topic) if fallback else None
 
-    async def _reply_if(self, edited: trio.Event, chat_id: int, text: str, thread: _Thread | None) -> Any:
+    async def _reply_if(self, edited: trio.Event, dest: Dest, text: str, thread: _Thread | None,
+                        **topic: Any) -> Any:
         # Not edited: a new message said it ended, and that one notified already.
-        return await self._reply(chat_id, text, None, thread) if edited.is_set() else None
+        return await self._reply(dest, text, None, thread, **topic) if edited.is_set() else None
 
     # --- the chart ---------------------------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ from .. import (charts, checks, containers, install, plotspec, plotting, process
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
+from ..alerts import Event, HostEvent
+from ..i18n import _, n_
 from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
@@ -32,8 +34,9 @@ from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
 from ..store import Database
 from ..writer import Writer
-from . import alert_commands, alert_text, commands, views
+from . import alert_commands, alert_text, commands, groups, views
 from .alert_delivery import AlertDelivery
+from .statuspages import StatusPages
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox, OutboxDropped
@@ -51,6 +54,8 @@ NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
 CODE_BURST, CODE_EVERY = 5, 600.0
 # tell_owner: the same text to the same owner at most once per this long.
 TELL_REPEAT = 600.0
+# Refusals to strangers in one group: at most one per this long (each stranger is refused once anyway).
+GROUP_REFUSAL_EVERY = 600.0
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,11 @@ class Context:
     user_id: int
     chat_id: int
     message_id: int | None = None  # the message a button sits on
+    thread_id: int | None = None  # the forum topic the command or button came from: answers go there too
+
+    @property
+    def private(self) -> bool:
+        return self.chat_id > 0
 
 
 class SqliteOffset:
@@ -102,11 +112,14 @@ class Bot:
         self._newkey_limit = users.RateLimit(NEWKEY_BURST, NEWKEY_EVERY)
         self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
+        self._group_refusals = users.RateLimit(1, GROUP_REFUSAL_EVERY)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
+        self._pages = StatusPages(api, outbox, db, writer, settings, clock=clock)
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
-                                             chart_limiter=self._charts, silent=self._silent)
-        alerting.set_notify(self._alert_delivery.notify)
+                                             chart_limiter=self._charts, silent=self._silent,
+                                             chat_gone=self._pages.chat_gone)
+        alerting.set_notify(self._notify)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -119,6 +132,7 @@ class Bot:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)
+            await nursery.start(self._pages.run)
             nursery.start_soon(self._introduce)
             task_status.started()
             await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
@@ -195,6 +209,89 @@ class Bot:
         self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
                         "nothing is held back. /quiet off ends them.")
 
+    # --- groups: /bind, /unbind, /statuspage (mbot/telegram/groups.py, statuspages.py) ---------------------------
+
+    def _notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
+        """Alerting's Notify: the alert goes out, and the status pages showing that host look again."""
+        self._alert_delivery.notify(owner, text, event, group)
+        host_id = getattr(event, "host_id", None)
+        if isinstance(host_id, int):
+            self._pages.changed(host_id)
+
+    @property
+    def pages(self) -> StatusPages:
+        return self._pages
+
+    async def _bind_command(self, ctx: Context, command: Command) -> None:
+        if ctx.private:
+            self._send(ctx, _("Use /{command} in the group that should get a host's alerts (add me to it first).",
+                              command=command.name))
+            return
+        if not command.args:  # what is bound here: the sender's hosts only, the others' counted, never named
+            bound = await self._db.read(store.bindings_of_chat, ctx.chat_id)
+            mine = {h.id: h for h in await self._db.read(store.list_hosts, ctx.user_id)}
+            names = sorted(mine[b.host_id].name for b in bound if b.host_id in mine
+                           and groups.may_act(ctx.user_id, mine[b.host_id]))
+            others = sum(1 for b in bound if b.host_id not in mine)
+            text = (_("Your hosts whose alerts come here: {names}.", names=", ".join(
+                        f"<b>{views.e(n)}</b>" for n in names)) if names else
+                    _("None of your hosts sends its alerts here. /bind NAME does that."))
+            if others:
+                text += "\n" + n_("{n} host of other members sends its alerts here too.",
+                                   "{n} hosts of other members send their alerts here too.", others)
+            self._send(ctx, text)
+            return
+        host = await self._db.read(service.resolve_host, ctx.user_id, command.args[0])
+        if not groups.may_act(ctx.user_id, host):
+            raise NoSuchHost()
+        name = views.e(host.name)
+        if command.name == "unbind":
+            if await self._writer.call(store.unbind_host, host.id, ctx.chat_id):
+                log.info("user %d unbound host %s from chat %d", ctx.user_id, host.name, ctx.chat_id)
+                self._send(ctx, _("<b>{name}</b>'s alerts no longer come here.", name=name))
+            else:
+                self._send(ctx, _("<b>{name}</b> is not bound here.", name=name))
+            return
+        here = await self._db.read(store.bindings_of_chat, ctx.chat_id)
+        chats = await self._db.read(store.bindings_of_host, host.id)
+        if all(b.host_id != host.id for b in here):
+            if len(here) >= groups.MAX_BINDINGS_PER_CHAT:
+                self._send(ctx, _("This group already gets the alerts of {n} hosts, the most it can.",
+                                  n=groups.MAX_BINDINGS_PER_CHAT))
+                return
+            if len(chats) >= groups.MAX_CHATS_PER_HOST:
+                self._send(ctx, _("<b>{name}</b> already sends its alerts to {n} groups, the most it can; /unbind "
+                                  "it in one of them first.", name=name, n=groups.MAX_CHATS_PER_HOST))
+                return
+        await self._writer.call(store.bind_host, host.id, ctx.chat_id, ctx.thread_id, ctx.user_id, self._clock())
+        log.info("user %d bound host %s to chat %d (topic %s)", ctx.user_id, host.name, ctx.chat_id, ctx.thread_id)
+        where = _("this topic") if ctx.thread_id is not None else _("this group")
+        self._send(ctx, _("<b>{name}</b>'s alerts now come to {where} as well as to your private chat; their buttons "
+                          "work for you alone. /unbind {name} stops it.", name=name, where=where))
+
+    async def _statuspage_command(self, ctx: Context, args: Sequence[str]) -> None:
+        if ctx.private:
+            self._send(ctx, _("Use /statuspage in the group where the status message should be: it lists your "
+                              "hosts there and keeps itself current."))
+            return
+        if list(args) == ["off"]:
+            if await self._pages.stop(ctx.chat_id, ctx.user_id):
+                self._send(ctx, _("Your status page here is stopped: the message stays as it was."))
+            else:
+                self._send(ctx, _("You have no status page here."))
+            return
+        hosts: tuple[int, ...] | None = None
+        if args:
+            chosen = []
+            for word in args:
+                host = await self._db.read(service.resolve_host, ctx.user_id, word)
+                if not groups.may_act(ctx.user_id, host):
+                    raise NoSuchHost()
+                if host.id not in chosen:
+                    chosen.append(host.id)
+            hosts = tuple(chosen)
+        await self._pages.start(ctx.chat_id, ctx.user_id, ctx.thread_id, hosts)
+
     # --- routing ---------------------------------------------------------------------------------------------
 
     async def handle(self, update: dict[str, Any]) -> None:
@@ -202,6 +299,10 @@ class Bot:
             await self._on_message(update["message"])
         elif "callback_query" in update:
             await self._on_callback(update["callback_query"])
+        elif "my_chat_member" in update:
+            chat_id = groups.left(update["my_chat_member"])
+            if chat_id is not None:
+                self._pages.chat_gone(chat_id, "the bot was removed from it")
 
     def _role(self, user_id: int) -> str | None:
         return users.role_of(user_id, self._settings.allowed_users, self._users)
@@ -211,7 +312,7 @@ class Bot:
         sender = message.get("from") or {}
         if not text or "id" not in sender:
             return
-        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"])
+        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"], thread_id=groups.topic_of(message))
         if self._role(ctx.user_id) is None:
             await self._stranger(ctx, text, private=message["chat"].get("type") == "private")
             return
@@ -246,7 +347,9 @@ class Bot:
             return  # group chatter, or a command for another bot: none of our business
         if self._refused.add(ctx.user_id):  # one polite refusal, not one per message
             log.warning("refused Telegram user %d (not a user of this mbot)", ctx.user_id)
-            self._send(ctx, views.NOT_ALLOWED)
+            # In a group, also one per group a while: many members (or many forged ids) make one answer.
+            if private or self._group_refusals.take(ctx.chat_id, self._clock()).allowed:
+                self._send(ctx, views.NOT_ALLOWED)
 
     async def _redeem(self, ctx: Context, code: str) -> None:
         role = None
@@ -273,6 +376,10 @@ class Bot:
             await self._invite(ctx, now)
         elif name == "quiet":
             await self._quiet_command(ctx, args)
+        elif name in ("bind", "unbind"):
+            await self._bind_command(ctx, command)
+        elif name == "statuspage":
+            await self._statuspage_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -432,7 +539,8 @@ class Bot:
         """Render off the event loop and send (or, for a range button, replace the picture in place)."""
         if not replace:
             # A hint that something is coming; it costs nothing if it fails.
-            self._outbox.submit(ctx.chat_id, partial(self._api.send_chat_action, ctx.chat_id, "upload_photo"))
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_chat_action, ctx.chat_id, "upload_photo",
+                                                     thread_id=ctx.thread_id))
         spec = await self._db.read(plotting.build_spec, host, words, span, limit, unit, self._settings.tiers,
                                    self._settings.tz, self._clock())
         try:
@@ -446,7 +554,8 @@ class Bot:
             self._outbox.submit(ctx.chat_id, partial(self._api.edit_message_media, ctx.chat_id, ctx.message_id, png,
                                                      caption, keyboard))
         else:
-            self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard))
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard,
+                                                     thread_id=ctx.thread_id))
 
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
@@ -461,7 +570,8 @@ class Bot:
         if "chat" not in message:
             await self._answer(query)
             return
-        ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"])
+        ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"],
+                      thread_id=groups.topic_of(message))
         private = message["chat"].get("type") == "private"
         if self._role(ctx.user_id) is None:
             await self._answer(query)
@@ -503,7 +613,7 @@ class Bot:
                 return False
         if callback.action in views.HOST_ACTIONS and not private:
             host = await self._db.read(store.host_by_id, int(callback.args[0]))
-            if host is None or host.owner != ctx.user_id:
+            if host is None or not groups.may_act(ctx.user_id, host):
                 return False
         return True
 
@@ -628,10 +738,11 @@ class Bot:
         head = (f"Stability test of <b>{name}</b>: {spec.count} probes every "
                 f"{stability.interval_text(spec.interval)} for {format_duration(spec.duration)}...")
         try:
-            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head))
+            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head,
+                                                                   thread_id=ctx.thread_id))
         except (TelegramError, OutboxDropped):
             sent = None  # no progress message to edit: the result still comes
-        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"))
+        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"), ctx.thread_id)
 
         def progress(run: stability.StabilityRun, now: float) -> None:
             if progress_ctx.message_id is not None:
@@ -653,7 +764,8 @@ class Bot:
         png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
                                             limiter=self._charts)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
-                                                 views.e(stability.caption(host.name, spec, figures))))
+                                                 views.e(stability.caption(host.name, spec, figures)),
+                                                 thread_id=ctx.thread_id))
 
     # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
 
@@ -749,7 +861,7 @@ class Bot:
         await self._send_agent_file(ctx)
         name, content, caption, keyboard = views.agent_env(key, self._endpoint, ctx.user_id)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
-                                                 keyboard, content_type="text/plain"))
+                                                 keyboard, content_type="text/plain", thread_id=ctx.thread_id))
 
     async def _send_agent_file(self, ctx: Context) -> None:
         try:
@@ -759,10 +871,12 @@ class Bot:
             self._send(ctx, "The agent file is not on this server; get agent/mbot_agent.py from mbot's repository.")
             return
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, "mbot_agent.py", data,
-                                                 views.AGENT_CAPTION, content_type="text/x-python"))
+                                                 views.AGENT_CAPTION, content_type="text/x-python",
+                                                 thread_id=ctx.thread_id))
 
     def _send(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
-        self._outbox.submit(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, text, reply_markup=keyboard))
+        self._outbox.submit(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, text, reply_markup=keyboard,
+                                                 thread_id=ctx.thread_id))
 
     def _edit(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
         if ctx.message_id is None:

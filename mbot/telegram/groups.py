@@ -1,0 +1,69 @@
+"""The bot in groups: who may act on a host there, where a host's alerts go, when a group is gone. Pure.
+
+A command or button in a group is always checked against the member who sent or pressed it (message.from,
+callback_query.from), never against the chat: being in a group where a host is bound gives nothing. `may_act` is
+the one rule for that (today: the host's owner), used for /bind, /unbind, /statuspage and the buttons of alerts
+delivered to a group, so that per-host roles can replace it in one place.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..model import Binding, Host
+
+# Telegram answers a send to a group the bot is no longer in with 403 ("bot was kicked from the group chat", "bot
+# is not a member of the supergroup chat"), or 400 "chat not found" for a group that was deleted.
+GONE_400 = ("chat not found", "group chat was deactivated")
+# Bounds a user's reach into groups: hosts bound to one chat, and chats one host goes to.
+MAX_BINDINGS_PER_CHAT = 50
+MAX_CHATS_PER_HOST = 10
+
+
+@dataclass(frozen=True)
+class Dest:
+    """One chat an alert goes to: the owner's private chat, or a group (in a forum topic: thread_id)."""
+
+    chat_id: int
+    thread_id: int | None = None
+    silent: bool = False  # without a sound (the owner's quiet hours, in their own chat)
+
+
+def may_act(user_id: int, host: Host) -> bool:
+    """Whether `user_id` may act on `host` from a group (bind it, stop its page, press its alert buttons)."""
+    return host.owner == user_id
+
+
+def receivers(owner: int, silent: bool, bindings: Sequence[Binding]) -> list[Dest]:
+    """Where a host's alert goes: its owner's chat first, then each group it is bound to (its topic). A binding
+    counts only while the user who made it still owns the host: a host given to someone else (the server's own
+    host adopted by the admin) does not keep reporting to the groups of its former owner."""
+    dests = [Dest(owner, None, silent)]
+    dests += [Dest(b.chat_id, b.thread_id) for b in bindings if b.bound_by == owner and b.chat_id != owner]
+    return dests
+
+
+def chat_is_gone(error_code: int, description: str) -> bool:
+    """Whether Telegram's refusal means the bot is not in that group any more (sending again cannot work)."""
+    text = description.lower()
+    return error_code == 403 or (error_code == 400 and any(phrase in text for phrase in GONE_400))
+
+
+def topic_of(message: dict[str, Any]) -> int | None:
+    """The forum topic a message was posted in (hostile JSON): replies go there too. Plain groups and a forum's
+    General topic: None."""
+    thread = message.get("message_thread_id")
+    if message.get("is_topic_message") is True and isinstance(thread, int) and not isinstance(thread, bool) \
+            and 0 < thread < 2 ** 31:
+        return thread
+    return None
+
+
+def left(update: dict[str, Any]) -> int | None:
+    """The chat of a my_chat_member update that says the bot left it or was removed from it; else None."""
+    chat = update.get("chat") or {}
+    status = (update.get("new_chat_member") or {}).get("status")
+    chat_id = chat.get("id")
+    if status in ("left", "kicked") and isinstance(chat_id, int) and not isinstance(chat_id, bool) and chat_id < 0:
+        return chat_id
+    return None

@@ -97,13 +97,14 @@ def host_line(figures: HostFigures, tz: tzinfo, escape: Escape) -> str:
     alone while the host is up, so an unchanged page is never edited."""
     host = figures.host
     mark = "🟢" if figures.online else "🔴"
+    if host.last_seen is None:  # its agent is not installed yet: no figures to give
+        return f"{mark} <b>{escape(host.name)}</b> · {_('never connected')}"
     up = _("up {day} % (24 h), {month} % (30 d)", day=percent(figures.day.fraction),
            month=percent(figures.month.fraction))
     # The finer window places an incident better; the month's finds older ones.
     incident = figures.day.incident or figures.month.incident
     if not figures.online:
-        last = (_("offline since {when}", when=_clock(host.last_seen, tz)) if host.last_seen is not None else
-                _("never connected"))
+        last = _("offline since {when}", when=_clock(host.last_seen, tz))
     elif incident is not None:
         minutes = max(1, round((incident[1] - incident[0]) / 60))
         last = _("last incident {when}, {minutes} min", when=_clock(incident[0], tz), minutes=minutes)

@@ -115,7 +115,8 @@ class Bot:
         self._group_refusals = users.RateLimit(1, GROUP_REFUSAL_EVERY)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
-        self._pages = StatusPages(api, outbox, db, writer, settings, clock=clock)
+        self._pages = StatusPages(api, outbox, db, writer, settings, clock=clock,
+                                  status=lambda host_id: alerting.engine.host_status(host_id))
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
                                              chart_limiter=self._charts, silent=self._silent,
                                              chat_gone=self._pages.chat_gone)

@@ -22,7 +22,8 @@ import trio
 
 from .. import i18n, statuspage, store
 from ..config import Settings
-from ..model import StatusPage
+from ..alerts import HostStatus
+from ..model import Host, StatusPage
 from ..store import Database
 from ..writer import Writer
 from . import views
@@ -35,8 +36,11 @@ log = logging.getLogger(__name__)
 PageKey = tuple[int, int]  # (chat id, owner)
 
 
-def _figures(conn: Any, page: StatusPage, now: float) -> list[statuspage.HostFigures]:
-    """The page's hosts and their figures (in a worker thread: a few small index scans per host). Only hosts the
+Measured = tuple[Host, statuspage.Uptime, statuspage.Uptime]  # a host, its uptime over 24 h and over 30 d
+
+
+def _measure(conn: Any, page: StatusPage, now: float) -> list[Measured]:
+    """The page's hosts and their uptime (in a worker thread: a few small index scans per host). Only hosts the
     page's owner may act on: a host given away or deleted drops off the page."""
     if page.hosts is None:
         hosts = [h for h in store.list_hosts(conn, page.owner) if h.revoked is None]
@@ -53,19 +57,15 @@ def _figures(conn: Any, page: StatusPage, now: float) -> list[statuspage.HostFig
             buckets = store.covered_buckets(conn, table, host.id, start - width)
             windows.append(statuspage.uptime(buckets, width, start, now, host.last_seen,
                                              statuspage.offline_delay(host)))
-        rows.append(statuspage.HostFigures(host, host.is_online(now), windows[0], windows[1]))
+        rows.append((host, windows[0], windows[1]))
     return rows
-
-
-def render(conn: Any, page: StatusPage, now: float, settings: Settings) -> str:
-    with i18n.speaking(page.lang):  # a worker thread: the context variable is set here, not inherited
-        return statuspage.page_text(_figures(conn, page, now), settings.tz, views.e)
 
 
 class StatusPages:
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings, *,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], status: Callable[[int], HostStatus]) -> None:
         self._api = api
+        self._status = status  # the alert engine's view of a host: the page turns red when its offline alert fires
         self._outbox = outbox
         self._db = db
         self._writer = writer
@@ -105,7 +105,7 @@ class StatusPages:
     async def start(self, chat_id: int, owner: int, thread_id: int | None, hosts: tuple[int, ...] | None) -> None:
         """Post a new page (replacing the owner's page in this chat, whose message stays as it was)."""
         probe = StatusPage(chat_id, owner, thread_id, 0, hosts, "", 0.0, i18n.current())
-        text = await self._db.read(render, probe, self._clock(), self._settings)
+        text = await self._render(probe, self._clock())
         try:
             sent = await self._outbox.request(chat_id, partial(self._api.send_message, chat_id, text,
                                                                thread_id=thread_id))
@@ -115,9 +115,9 @@ class StatusPages:
         if not isinstance(sent, dict) or not isinstance(sent.get("message_id"), int):
             return
         page = StatusPage(chat_id, owner, thread_id, sent["message_id"], hosts, text, self._clock(), probe.lang)
-        await self._writer.call(store.put_status_page, page)
-        self._pages[chat_id, owner] = page
+        self._pages[chat_id, owner] = page  # before the write: a change meanwhile already finds it
         self._next[chat_id, owner] = page.edited + statuspage.CHECK_EVERY
+        await self._writer.call(store.put_status_page, page)
         log.info("user %d started a status page in chat %d (%s)", owner, chat_id,
                  "all hosts" if hosts is None else f"{len(hosts)} host(s)")
         self._wake.set()
@@ -175,7 +175,7 @@ class StatusPages:
             now = self._clock()
             if self._next.get(key, now) > now:
                 continue
-            text = await self._db.read(render, page, now, self._settings)
+            text = await self._render(page, now)
             if self._pages.get(key) is not page:  # stopped or replaced meanwhile
                 continue
             due = statuspage.edit_due(page.text, text, page.edited, now)
@@ -187,6 +187,15 @@ class StatusPages:
             self._next[key] = now + statuspage.CHECK_EVERY
             await self._writer.call(store.page_edited, page.chat_id, page.owner, page.message_id, text, now)
             self._outbox.submit(page.chat_id, partial(self._edit, edited))
+
+    async def _render(self, page: StatusPage, now: float) -> str:
+        rows = []
+        for host, day, month in await self._db.read(_measure, page, now):
+            status = self._status(host.id)
+            online = status.last_seen is not None and status.offline_since is None
+            rows.append(statuspage.HostFigures(host, online, day, month))
+        with i18n.speaking(page.lang):
+            return statuspage.page_text(rows, self._settings.tz, views.e)
 
     async def _edit(self, page: StatusPage) -> Any:
         try:

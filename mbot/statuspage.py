@@ -22,7 +22,6 @@ DAY = 86400.0
 WINDOWS = ((DAY, "agg_1m", 60.0), (30 * DAY, "agg_10m", 600.0))  # (span, history table, its bucket width)
 MIN_EDIT = 60.0  # a page's message is edited at most once a minute
 CHECK_EVERY = 60.0  # and looked at again at least this often (figures move while a host is down)
-MAX_HOSTS = 30  # per page: one message holds them (4,096 characters)
 MESSAGE_LIMIT = 4096
 # The rollup folds new samples every 10 s: a latest sample at most this far past the folded buckets vouches for the
 # stretch between them; further, it is a host that just came back after a silence.

@@ -111,6 +111,7 @@ class AlertDelivery:
         self._threads: dict[ThreadKey, _Thread] = {}
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
+        self._dropped: list[_Thread] = []  # copies in chats that no longer get the host's alerts: rows to close
         self._wake = trio.Event()
 
     def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
@@ -129,7 +130,7 @@ class AlertDelivery:
                     row.id, row.chat_id, row.message_id, row.photo, row.procs is not None, row.thread_id)
         task_status.started()
         while True:
-            if not self._queue and not self._sent:
+            if not self._queue and not self._sent and not self._dropped:
                 await self._wake.wait()
                 self._wake = trio.Event()
             while self._sent:
@@ -140,6 +141,12 @@ class AlertDelivery:
                                             thread.message_id, thread.photo)
                 except Exception:  # the thread lives on in memory; only a restart would lose it
                     log.exception("could not store the message id of alert %d", thread.alert_id)
+            while self._dropped:
+                thread = self._dropped.pop()
+                try:
+                    await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+                except Exception:  # left open: the next alert of the kind in that chat closes it
+                    log.exception("could not close alert %d", thread.alert_id)
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
                 for dest in await self._receivers(owner, event):
@@ -150,6 +157,13 @@ class AlertDelivery:
                             await self._deliver(dest, text, event)
                     except Exception:  # one event that cannot go out must not hold up the others
                         log.exception("could not deliver an alert to chat %d", dest.chat_id)
+
+    def drop_chat(self, chat_id: int, host_id: int | None = None) -> None:
+        """A group no longer gets these alerts (the host unbound there, or the bot left it): its copies of the
+        alerts still open are left as they are and no longer followed."""
+        for key in [k for k in self._threads if k[3] == chat_id and host_id in (None, k[0])]:
+            self._dropped.append(self._threads.pop(key))
+        self._wake.set()
 
     async def _receivers(self, owner: int, event: Event) -> list[Dest]:
         """The owner's chat, and the groups the host is bound to (not for a ServerDown: it names other hosts)."""

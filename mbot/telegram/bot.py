@@ -119,7 +119,7 @@ class Bot:
                                   status=lambda host_id: alerting.engine.host_status(host_id))
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
                                              chart_limiter=self._charts, silent=self._silent,
-                                             chat_gone=self._pages.chat_gone)
+                                             chat_gone=self._chat_gone)
         alerting.set_notify(self._notify)
         self._nursery: trio.Nursery | None = None
 
@@ -219,6 +219,11 @@ class Bot:
         if isinstance(host_id, int):
             self._pages.changed(host_id)
 
+    def _chat_gone(self, chat_id: int, why: str) -> None:
+        """The bot is not in this group any more: its bindings, pages and alert threads go."""
+        self._pages.chat_gone(chat_id, why)
+        self._alert_delivery.drop_chat(chat_id)
+
     @property
     def pages(self) -> StatusPages:
         return self._pages
@@ -248,6 +253,7 @@ class Bot:
         name = views.e(host.name)
         if command.name == "unbind":
             if await self._writer.call(store.unbind_host, host.id, ctx.chat_id):
+                self._alert_delivery.drop_chat(ctx.chat_id, host.id)
                 log.info("user %d unbound host %s from chat %d", ctx.user_id, host.name, ctx.chat_id)
                 self._send(ctx, _("<b>{name}</b>'s alerts no longer come here.", name=name))
             else:
@@ -303,7 +309,7 @@ class Bot:
         elif "my_chat_member" in update:
             chat_id = groups.left(update["my_chat_member"])
             if chat_id is not None:
-                self._pages.chat_gone(chat_id, "the bot was removed from it")
+                self._chat_gone(chat_id, "the bot was removed from it")
 
     def _role(self, user_id: int) -> str | None:
         return users.role_of(user_id, self._settings.allowed_users, self._users)

@@ -128,6 +128,8 @@ def test_hostile_update_fields_and_who_gets_alerts():
     assert groups.left({"chat": {"id": GROUP}, "new_chat_member": {"status": "administrator"}}) is None
     assert groups.left({"chat": {"id": ALICE}, "new_chat_member": {"status": "kicked"}}) is None  # blocked in private
     assert groups.left({"chat": {"id": "x"}, "new_chat_member": {"status": "left"}}) is None
+    assert groups.ours("/status box1", "mbot_bot") and groups.ours("/x@MBOT_bot", "mbot_bot")
+    assert not groups.ours("/weather", "mbot_bot") and not groups.ours("/status@other", "mbot_bot")
     assert groups.chat_is_gone(403, "Forbidden: bot was kicked from the group chat")
     assert groups.chat_is_gone(400, "Bad Request: chat not found")
     assert not groups.chat_is_gone(400, "Bad Request: message to edit not found")
@@ -157,6 +159,14 @@ async def test_groups_act_for_the_member_who_sent_and_alerts_reach_the_bound_top
     refusals = [c for c in fake.sent[since:] if to(GROUP, views.NOT_ALLOWED[:20])(c)]
     assert len(refusals) == 1
 
+    # Another bot's command is none of ours; one addressed to us that we do not know gets its answer.
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/weather", chat_id=GROUP)
+    fake.push_message(ALICE, "/weather@otherbot", chat_id=GROUP)
+    fake.push_message(ALICE, f"/weather@{BOT_USER['username']}", chat_id=GROUP)
+    unknown = await fake.wait_for(to(GROUP, "Unknown command"), since=since)
+    await say(fake, ALICE, "/hosts", chat=GROUP)
+    assert [c for c in fake.sent[since:] if to(GROUP, "Unknown command")(c)] == [unknown]
     # A user who does not own the host cannot bind it: the answer a missing host gets.
     assert (await say(fake, BOB, "/bind box1", chat=GROUP))["text"].startswith("No such host")
     # The owner binds it from a forum topic, addressing the bot by name: the reply and the alerts go to that topic.

@@ -326,8 +326,9 @@ class Bot:
         try:
             command = commands.parse(text, self._username)
         except UsageError as exc:
-            self._send(ctx, views.e(str(exc)))
-            return
+            if ctx.private or groups.ours(text, self._username):
+                self._send(ctx, views.e(str(exc)))
+            return  # in a group, a command we do not know is another bot's
         if command is None:
             return
         try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..model import Binding, Host
+from .commands import COMMANDS
 
 # Telegram answers a send to a group the bot is no longer in with 403 ("bot was kicked from the group chat", "bot
 # is not a member of the supergroup chat"), or 400 "chat not found" for a group that was deleted.
@@ -57,6 +58,16 @@ def topic_of(message: dict[str, Any]) -> int | None:
             and 0 < thread < 2 ** 31:
         return thread
     return None
+
+
+def ours(text: str, bot_username: str | None) -> bool:
+    """Whether a command in a group is for this bot: addressed to it (/cmd@bot), or one it knows. Several bots may
+    share a group, and each gets every /command: an unknown one is someone else's, not a mistake to answer."""
+    head = text.split(maxsplit=1)[0] if text.split() else ""
+    name, _, addressed = head[1:].partition("@")
+    if addressed:
+        return bot_username is not None and addressed.lower() == bot_username.lower()
+    return name.lower() in COMMANDS
 
 
 def left(update: dict[str, Any]) -> int | None:

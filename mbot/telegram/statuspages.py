@@ -34,6 +34,7 @@ from .outbox import Outbox, OutboxDropped
 log = logging.getLogger(__name__)
 
 PageKey = tuple[int, int]  # (chat id, owner)
+LOOK_AGAIN = 5.0  # seconds between two renders of a page woken by changes
 
 
 Measured = tuple[Host, statuspage.Uptime, statuspage.Uptime]  # a host, its uptime over 24 h and over 30 d
@@ -73,6 +74,7 @@ class StatusPages:
         self._clock = clock
         self._pages: dict[PageKey, StatusPage] = {}
         self._next: dict[PageKey, float] = {}  # when each page is looked at next (wall clock)
+        self._looked: dict[PageKey, float] = {}  # when each page was last rendered
         self._gone: dict[int, str] = {}  # chats to forget, and why
         self._stopped: list[tuple[StatusPage, str]] = []  # pages whose message is gone
         self._wake = trio.Event()
@@ -86,7 +88,9 @@ class StatusPages:
         now = self._clock()
         for key, page in self._pages.items():
             if page.hosts is None or host_id in page.hosts:
-                self._next[key] = min(self._next.get(key, now), now)
+                # An alert storm re-renders a page at most every LOOK_AGAIN, not once per event.
+                soon = max(now, self._looked.get(key, now) + LOOK_AGAIN)
+                self._next[key] = min(self._next.get(key, soon), soon)
         self._wake.set()
 
     def clock_moved(self) -> None:
@@ -123,8 +127,7 @@ class StatusPages:
         self._wake.set()
 
     async def stop(self, chat_id: int, owner: int) -> bool:
-        self._pages.pop((chat_id, owner), None)
-        self._next.pop((chat_id, owner), None)
+        self._drop((chat_id, owner))
         return bool(await self._writer.call(store.delete_status_page, chat_id, owner))
 
     # --- the task -----------------------------------------------------------------------------------------------
@@ -150,12 +153,16 @@ class StatusPages:
             self._passed.set()
             self._passed = trio.Event()
 
+    def _drop(self, key: PageKey) -> None:
+        self._pages.pop(key, None)
+        self._next.pop(key, None)
+        self._looked.pop(key, None)
+
     async def _forget_gone(self) -> None:
         while self._gone:
             chat_id, why = self._gone.popitem()
             for key in [k for k in self._pages if k[0] == chat_id]:
-                del self._pages[key]
-                self._next.pop(key, None)
+                self._drop(key)
             bindings, pages = await self._writer.call(store.forget_chat, chat_id)
             if bindings or pages:
                 log.warning("chat %d is gone (%s): dropped %d binding(s) and %d status page(s) there", chat_id,
@@ -164,8 +171,7 @@ class StatusPages:
             page, why = self._stopped.pop()
             key = (page.chat_id, page.owner)
             if key in self._pages and self._pages[key].message_id == page.message_id:
-                del self._pages[key]
-                self._next.pop(key, None)
+                self._drop(key)
             await self._writer.call(store.delete_status_page, page.chat_id, page.owner, page.message_id)
             log.warning("status page of user %d in chat %d stopped: its message cannot be edited (%s)", page.owner,
                         page.chat_id, why)
@@ -176,6 +182,7 @@ class StatusPages:
             if self._next.get(key, now) > now:
                 continue
             text = await self._render(page, now)
+            self._looked[key] = now
             if self._pages.get(key) is not page:  # stopped or replaced meanwhile
                 continue
             due = statuspage.edit_due(page.text, text, page.edited, now)

@@ -836,8 +836,21 @@ def delete_status_page(conn: sqlite3.Connection, chat_id: int, owner: int, messa
     return cur.rowcount > 0
 
 
-def covered_buckets(conn: sqlite3.Connection, table: str, host_id: int, start: float) -> list[float]:
-    """Start times of the buckets of `table` (agg_1m ...) from `start` on in which the host sent samples."""
-    return [row[0] for row in conn.execute(
-        f"SELECT DISTINCT bucket FROM {_agg_table(table)} WHERE host_id = ? AND bucket >= ? ORDER BY bucket",
-        (host_id, int(start)))]
+def covered_runs(conn: sqlite3.Connection, table: str, host_id: int, start: float) -> list[tuple[float, float]]:
+    """The stretches [from, to) from `start` on that the buckets of `table` (agg_1m ...) with the host's samples
+    cover without a hole, in order. SQLite finds the edges (buckets whose neighbour is missing, one primary-key
+    probe each): only they come back, not a row per bucket."""
+    width = AGG_TABLES[_agg_table(table)]
+    before = f"NOT EXISTS (SELECT 1 FROM {table} p WHERE p.host_id = a.host_id AND p.bucket = a.bucket - {width})"
+    after = f"NOT EXISTS (SELECT 1 FROM {table} n WHERE n.host_id = a.host_id AND n.bucket = a.bucket + {width})"
+    rows = conn.execute(f"SELECT DISTINCT bucket, {before} OR bucket < ?2 + {width}, {after} FROM {table} a "
+                        f"WHERE host_id = ?1 AND bucket >= ?2 AND ({before} OR bucket < ?2 + {width} OR {after}) "
+                        "ORDER BY bucket", (host_id, int(start)))
+    runs = []
+    first = 0.0
+    for bucket, starts, ends in rows:
+        if starts:
+            first = bucket
+        if ends:
+            runs.append((float(first), float(bucket + width)))
+    return runs

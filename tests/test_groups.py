@@ -74,31 +74,60 @@ async def settle(server) -> None:
 # --- pure parts --------------------------------------------------------------------------------------------------
 
 
+def uptime(buckets: list[float], width: float, *args) -> statuspage.Uptime:
+    """statuspage.uptime over the buckets with samples (as store.covered_runs would cover them)."""
+    runs: list[tuple[float, float]] = []
+    for bucket in buckets:
+        if runs and runs[-1][1] == bucket:
+            runs[-1] = (runs[-1][0], bucket + width)
+        else:
+            runs.append((bucket, bucket + width))
+    return statuspage.uptime(runs, width, *args)
+
+
 def test_uptime_counts_silences_longer_than_the_offline_delay():
     now, day = 100 * 86400.0, 86400.0
     start = now - day
     every_minute = [start + 60 * i for i in range(1440)]
-    assert statuspage.uptime(every_minute, 60, start, now, now - 5, 30) == statuspage.Uptime(1.0, None)
+    assert uptime(every_minute, 60, start, now, now - 5, 30) == statuspage.Uptime(1.0, None)
     # Ten minutes without a sample: down for ten minutes, the latest incident.
     gap = [b for b in every_minute if not start + 600 <= b < start + 1200]
-    up = statuspage.uptime(gap, 60, start, now, now - 5, 30)
+    up = uptime(gap, 60, start, now, now - 5, 30)
     assert up.fraction == pytest.approx(1 - 600 / day) and up.incident == (start + 600, start + 1200)
     assert statuspage.percent(up.fraction) == "99.30"
     # A host that sends every 2 minutes leaves every other minute empty: that is not an outage (delay 6 min).
     sparse = every_minute[::2]
-    assert statuspage.uptime(sparse, 60, start, now, now - 5, 360).fraction == 1.0
+    assert uptime(sparse, 60, start, now, now - 5, 360).fraction == 1.0
     # Silent since its last sample: down until now, and that is the latest incident.
-    silent = statuspage.uptime(every_minute[:-30], 60, start, now, now - 1800, 30)
+    silent = uptime(every_minute[:-30], 60, start, now, now - 1800, 30)
     assert silent.incident == (now - 1800, now) and silent.fraction == pytest.approx(1 - 1800 / day)
     # The tiers lag the latest sample by seconds: the stretch is vouched for; a host that came back after a long
     # silence is not.
-    assert statuspage.uptime(every_minute[:-2], 60, start, now, now - 5, 30).fraction == 1.0
-    back = statuspage.uptime(every_minute[:-120], 60, start, now, now - 5, 30)
+    assert uptime(every_minute[:-2], 60, start, now, now - 5, 30).fraction == 1.0
+    back = uptime(every_minute[:-120], 60, start, now, now - 5, 30)
     assert back.fraction == pytest.approx(1 - (7200 - 5) / day)
     # Registered a minute ago, nothing sent yet: down since registration; an empty window has no figure.
-    assert statuspage.uptime([], 60, now - 60, now, None, 30).fraction == 0.0
-    assert statuspage.uptime([], 60, now, now, None, 30).fraction is None
+    assert uptime([], 60, now - 60, now, None, 30).fraction == 0.0
+    assert uptime([], 60, now, now, None, 30).fraction is None
     assert statuspage.percent(0.999999) == "99.99" and statuspage.percent(1.0) == "100"
+
+
+def test_the_store_finds_the_covered_stretches(tmp_path):
+    from mbot import store
+
+    conn = store.connect(tmp_path / "db.sqlite3")
+    store.migrate(conn)
+    blob = b"\0\0\0\0"
+    # Minutes 0-4 and 7 of host 1 (two layouts in minute 2), minute 3 of host 2.
+    for host_id, minute, layout in ((1, 0, 1), (1, 1, 1), (1, 2, 1), (1, 2, 2), (1, 3, 1), (1, 4, 1), (1, 7, 1),
+                                    (2, 3, 1)):
+        store.put_agg_row(conn, "agg_1m", host_id, 6000 + 60 * minute, layout, 1, blob, blob, blob)
+    assert store.covered_runs(conn, "agg_1m", 1, 6000) == [(6000.0, 6300.0), (6420.0, 6480.0)]
+    assert store.covered_runs(conn, "agg_1m", 1, 6100) == [(6120.0, 6300.0), (6420.0, 6480.0)]
+    assert store.covered_runs(conn, "agg_1m", 2, 0) == [(6180.0, 6240.0)]
+    assert store.covered_runs(conn, "agg_1m", 3, 0) == []
+    with pytest.raises(ValueError):
+        store.covered_runs(conn, "hosts; DROP TABLE hosts", 1, 0)
 
 
 def test_a_page_is_edited_only_when_its_text_changed_and_at_most_once_a_minute():

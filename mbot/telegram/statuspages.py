@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from functools import partial
 from typing import Any, Callable
 
@@ -37,12 +38,15 @@ PageKey = tuple[int, int]  # (chat id, owner)
 LOOK_AGAIN = 5.0  # seconds between two renders of a page woken by changes
 
 
+RunsCache = dict[tuple[int, str], tuple[float, list[tuple[float, float]]]]  # (host, table) -> (read at, runs)
 Measured = tuple[Host, statuspage.Uptime, statuspage.Uptime]  # a host, its uptime over 24 h and over 30 d
 
 
-def _measure(conn: Any, page: StatusPage, now: float) -> list[Measured]:
+def _measure(conn: Any, page: StatusPage, now: float, cache: RunsCache) -> list[Measured]:
     """The page's hosts and their uptime (in a worker thread: a few small index scans per host). Only hosts the
-    page's owner may act on: a host given away or deleted drops off the page."""
+    page's owner may act on: a host given away or deleted drops off the page. A host's stretches of history are
+    read again once a bucket of their tier has passed (`cache`, shared by the pages): 30 days of 10-minute buckets
+    are the dearest read, and the newest minutes are vouched for by the host's last sample meanwhile."""
     if page.hosts is None:
         hosts = [h for h in store.list_hosts(conn, page.owner) if h.revoked is None]
     else:
@@ -55,9 +59,12 @@ def _measure(conn: Any, page: StatusPage, now: float) -> list[Measured]:
         windows = []
         for span, table, width in statuspage.WINDOWS:
             start = max(now - span, host.created)
-            buckets = store.covered_buckets(conn, table, host.id, start - width)
-            windows.append(statuspage.uptime(buckets, width, start, now, host.last_seen,
-                                             statuspage.offline_delay(host)))
+            read_at, runs = cache.get((host.id, table), (-math.inf, []))
+            if not read_at <= now < read_at + width:
+                read_at, runs = now, store.covered_runs(conn, table, host.id, now - span - width)
+                cache[host.id, table] = (read_at, runs)
+            windows.append(statuspage.uptime(runs, width, start, now, host.last_seen, statuspage.offline_delay(host),
+                                             lag=statuspage.ROLLUP_LAG + now - read_at))
         rows.append((host, windows[0], windows[1]))
     return rows
 
@@ -75,6 +82,7 @@ class StatusPages:
         self._pages: dict[PageKey, StatusPage] = {}
         self._next: dict[PageKey, float] = {}  # when each page is looked at next (wall clock)
         self._looked: dict[PageKey, float] = {}  # when each page was last rendered
+        self._runs: RunsCache = {}
         self._gone: dict[int, str] = {}  # chats to forget, and why
         self._stopped: list[tuple[StatusPage, str]] = []  # pages whose message is gone
         self._wake = trio.Event()
@@ -197,7 +205,9 @@ class StatusPages:
 
     async def _render(self, page: StatusPage, now: float) -> str:
         rows = []
-        for host, day, month in await self._db.read(_measure, page, now):
+        if len(self._runs) > 4 * 10_000:  # hosts deleted long ago: start afresh now and then
+            self._runs.clear()
+        for host, day, month in await self._db.read(_measure, page, now, self._runs):
             status = self._status(host.id)
             online = status.last_seen is not None and status.offline_since is None
             rows.append(statuspage.HostFigures(host, online, day, month))

@@ -796,6 +796,16 @@ def forget_chat(conn: sqlite3.Connection, chat_id: int) -> tuple[int, int]:
     return bindings, pages
 
 
+def move_chat(conn: sqlite3.Connection, old: int, new: int) -> tuple[int, int]:
+    """A group became a supergroup with a new id: its bindings move there (without their topic: the new chat's
+    topics are new); its status pages go (their messages are the old chat's). Returns how many of each."""
+    moved = conn.execute("UPDATE OR IGNORE chat_bindings SET chat_id = ?, thread_id = NULL WHERE chat_id = ?",
+                         (new, old)).rowcount
+    conn.execute("DELETE FROM chat_bindings WHERE chat_id = ?", (old,))
+    pages = conn.execute("DELETE FROM status_pages WHERE chat_id = ?", (old,)).rowcount
+    return moved, pages
+
+
 def _status_page(row: sqlite3.Row) -> StatusPage:
     hosts = None
     if row["hosts"] is not None:

@@ -268,6 +268,12 @@ class FakeBot:
                   "new_chat_member": {"user": BOT_USER, "status": status}}
         return self._push_update({"my_chat_member": change})
 
+    def push_migration(self, user_id: int, old: int, new: int) -> dict[str, Any]:
+        """Queue the service message a group gets when it becomes a supergroup (a new chat id)."""
+        message = {"message_id": next(self._message_ids), "from": _user(user_id), "chat": _chat(old),
+                   "date": int(time.time()), "migrate_to_chat_id": new}
+        return self._push_update({"message": message})
+
     def _push_update(self, body: dict[str, Any], update_id: int | None = None) -> dict[str, Any]:
         update = {"update_id": next(self._update_ids) if update_id is None else update_id, **body}
         self.updates.append(update)

@@ -153,6 +153,10 @@ def test_hostile_update_fields_and_who_gets_alerts():
                     {"message_thread_id": True, "is_topic_message": True},
                     {"message_thread_id": 2 ** 40, "is_topic_message": True}, {}):
         assert groups.topic_of(hostile) is None, hostile
+    assert groups.migrated({"chat": {"id": GROUP}, "migrate_to_chat_id": OTHER_GROUP}) == (GROUP, OTHER_GROUP)
+    for hostile in ({"chat": {"id": GROUP}, "migrate_to_chat_id": "x"}, {"chat": {"id": GROUP}},
+                    {"chat": {"id": ALICE}, "migrate_to_chat_id": GROUP}, {"migrate_to_chat_id": GROUP}):
+        assert groups.migrated(hostile) is None, hostile
     assert groups.left({"chat": {"id": GROUP}, "new_chat_member": {"status": "kicked"}}) == GROUP
     assert groups.left({"chat": {"id": GROUP}, "new_chat_member": {"status": "administrator"}}) is None
     assert groups.left({"chat": {"id": ALICE}, "new_chat_member": {"status": "kicked"}}) is None  # blocked in private
@@ -257,11 +261,20 @@ async def test_groups_act_for_the_member_who_sent_and_alerts_reach_the_bound_top
     await server.aclose()
 
 
-async def test_the_bot_removed_from_a_group_forgets_it(fake: FakeBot, nursery, settings, caplog):
+async def test_the_bot_removed_from_a_group_forgets_it_and_follows_one_that_moved(fake: FakeBot, nursery, settings,
+                                                                                  caplog):
     caplog.set_level(logging.INFO)
     server = await start(nursery, settings, fake, allowed_users=(ALICE,))
     await new_key(fake, ALICE, "box1")
-    await say(fake, ALICE, "/bind box1", chat=GROUP)
+    # A group that becomes a supergroup (topics turned on) gets a new id: the binding follows, the page stops.
+    await say(fake, ALICE, "/bind box1", chat=OTHER_GROUP)
+    await say(fake, ALICE, "/statuspage", chat=OTHER_GROUP)
+    fake.push_migration(ALICE, OTHER_GROUP, GROUP)
+    await until(server, lambda: "now supergroup" in caplog.text)
+    assert "box1" in (await say(fake, ALICE, "/bind", chat=GROUP))["text"]
+    assert "None of your hosts" in (await say(fake, ALICE, "/bind", chat=OTHER_GROUP))["text"]
+    assert "no status page" in (await say(fake, ALICE, "/statuspage off", chat=OTHER_GROUP))["text"]
+
     await say(fake, ALICE, "/statuspage", chat=GROUP)
     fake.push_my_chat_member(ALICE, GROUP, "kicked")
     fake.push_my_chat_member(ALICE, GROUP, "kicked")  # said twice: still once in the log

@@ -315,6 +315,11 @@ class Bot:
         return users.role_of(user_id, self._settings.allowed_users, self._users)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
+        moved = groups.migrated(message)
+        if moved is not None:
+            self._pages.chat_moved(*moved)
+            self._alert_delivery.drop_chat(moved[0])
+            return
         text = message.get("text")
         sender = message.get("from") or {}
         if not text or "id" not in sender:

@@ -8,14 +8,14 @@ delivered to a group, so that per-host roles can replace it in one place.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeGuard
 
 from ..model import Binding, Host
 from .commands import COMMANDS
 
 # Telegram answers a send to a group the bot is no longer in with 403 ("bot was kicked from the group chat", "bot
 # is not a member of the supergroup chat"), or 400 "chat not found" for a group that was deleted.
-GONE_400 = ("chat not found", "group chat was deactivated")
+GONE_400 = ("chat not found", "group chat was deactivated", "upgraded to a supergroup")
 # Bounds a user's reach into groups: hosts bound to one chat, and chats one host goes to.
 MAX_BINDINGS_PER_CHAT = 50
 MAX_CHATS_PER_HOST = 10
@@ -68,6 +68,19 @@ def ours(text: str, bot_username: str | None) -> bool:
     if addressed:
         return bot_username is not None and addressed.lower() == bot_username.lower()
     return name.lower() in COMMANDS
+
+
+def migrated(message: dict[str, Any]) -> tuple[int, int] | None:
+    """(old, new) chat id when this service message says a group became a supergroup (as it does when its forum
+    topics are turned on): Telegram gives it a new id, and the old one refuses every send from then on."""
+    old, new = (message.get("chat") or {}).get("id"), message.get("migrate_to_chat_id")
+    if _group_id(old) and _group_id(new) and old != new:
+        return old, new
+    return None
+
+
+def _group_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value < 0
 
 
 def left(update: dict[str, Any]) -> int | None:

@@ -84,6 +84,7 @@ class StatusPages:
         self._looked: dict[PageKey, float] = {}  # when each page was last rendered
         self._runs: RunsCache = {}
         self._gone: dict[int, str] = {}  # chats to forget, and why
+        self._moved: dict[int, int] = {}  # groups that became supergroups: old id -> new id
         self._stopped: list[tuple[StatusPage, str]] = []  # pages whose message is gone
         self._wake = trio.Event()
         self.passes = 0  # completed passes (tests wait for one instead of sleeping)
@@ -108,6 +109,11 @@ class StatusPages:
         """The bot is no longer in this group: forget its bindings and pages (said once: the sends still queued
         there refuse too, and find nothing left to forget)."""
         self._gone.setdefault(chat_id, why)
+        self._wake.set()
+
+    def chat_moved(self, old: int, new: int) -> None:
+        """A group became a supergroup (a new id): its bindings follow it; its pages stop."""
+        self._moved[old] = new
         self._wake.set()
 
     async def next_pass(self) -> None:
@@ -148,7 +154,7 @@ class StatusPages:
         while True:
             now = self._clock()
             wait = min([t - now for t in self._next.values()] + [statuspage.CHECK_EVERY])
-            if not self._gone and not self._stopped and wait > 0:
+            if not self._gone and not self._stopped and not self._moved and wait > 0:
                 with trio.move_on_after(wait):
                     await self._wake.wait()
             self._wake = trio.Event()
@@ -175,6 +181,13 @@ class StatusPages:
             if bindings or pages:
                 log.warning("chat %d is gone (%s): dropped %d binding(s) and %d status page(s) there", chat_id,
                             why, bindings, pages)
+        while self._moved:
+            old, new = self._moved.popitem()
+            for key in [k for k in self._pages if k[0] == old]:
+                self._drop(key)
+            bindings, pages = await self._writer.call(store.move_chat, old, new)
+            log.info("group %d is now supergroup %d: %d binding(s) moved there, %d status page(s) stopped", old, new,
+                     bindings, pages)
         while self._stopped:
             page, why = self._stopped.pop()
             key = (page.chat_id, page.owner)

@@ -40,14 +40,14 @@ class Uptime:
 def uptime(runs: Sequence[tuple[float, float]], width: float, start: float, end: float, last_seen: float | None,
            delay: float, lag: float = ROLLUP_LAG) -> Uptime:
     """Up share of [start, end] for a host whose history covers the stretches `runs` ([from, to), in order, made of
-    buckets of `width` seconds with samples), last seen at `last_seen` (its latest sample, which the tiers may not
-    have folded yet, or that `runs`, read `lag` - ROLLUP_LAG ago, do not have). A silence counts as down when it lasts `delay` (the host's offline delay) or more; between
+    buckets of `width` seconds with samples), last seen at `last_seen`: its latest sample vouches for the stretch
+    since `runs` end when that is at most `lag` long (what the tiers have not folded yet, and what happened since
+    `runs` were read). A silence counts as down when it lasts `delay` (the host's offline delay) or more; between
     buckets a silence is a whole number of buckets, so one empty bucket is down when `delay` <= `width`."""
     if end <= start:
         return Uptime(None, None)
     covered = [(first, last) for first, last in runs if last > start and first < end]
     if last_seen is not None and start <= last_seen <= end:
-        # What the tiers have not folded yet (seconds): the latest sample vouches for the stretch up to it.
         tail = covered[-1][1] if covered else last_seen
         covered.append((tail if 0 <= last_seen - tail <= lag else last_seen, last_seen))
     down = 0.0

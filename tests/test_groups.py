@@ -106,6 +106,10 @@ def test_uptime_counts_silences_longer_than_the_offline_delay():
     assert uptime(every_minute[:-2], 60, start, now, now - 5, 30).fraction == 1.0
     back = uptime(every_minute[:-120], 60, start, now, now - 5, 30)
     assert back.fraction == pytest.approx(1 - (7200 - 5) / day)
+    # Stretches read from the cache 8 minutes ago: the last sample vouches for what came since (`lag`), not more.
+    cached = every_minute[:-8]
+    assert uptime(cached, 60, start, now, now - 5, 30, statuspage.ROLLUP_LAG + 480).fraction == 1.0
+    assert uptime(cached, 60, start, now, now - 5, 30).fraction == pytest.approx(1 - (480 - 5) / day)
     # Registered a minute ago, nothing sent yet: down since registration; an empty window has no figure.
     assert uptime([], 60, now - 60, now, None, 30).fraction == 0.0
     assert uptime([], 60, now, now, None, 30).fraction is None
@@ -355,9 +359,16 @@ async def test_a_status_page_keeps_itself_current_within_the_edit_limits(fake: F
     await settle(server)
     assert stopped(caplog) == 1
     assert "no status page" in (await say(fake, ALICE, "/statuspage off", chat=GROUP))["text"]
-    # A new one, then off.
-    await say(fake, ALICE, "/statuspage box2", chat=GROUP)
+    # A new one, then off: its message says so once its minute is up.
+    since = len(fake.sent)
+    fake.push_message(ALICE, "/statuspage box2", chat_id=GROUP)
+    second = (await fake.wait_for(to(GROUP, "<b>Status</b>"), since=since)).result["message_id"]
     assert "stopped" in (await say(fake, ALICE, "/statuspage off", chat=GROUP))["text"]
+    clock.offset += 61
+    server.bot.pages.clock_moved()
+    retired = await fake.wait_for(lambda c: c.method == "editMessageText" and c.params["message_id"] == second,
+                                  since=since)
+    assert retired.params["text"].endswith("No longer kept current.") and "box2" in retired.params["text"]
     # Whatever went to the group names one user's hosts: Bob's page his, everything else Alice's.
     for call in fake.sent:
         if call.params.get("chat_id") == GROUP:

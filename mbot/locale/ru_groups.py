@@ -31,8 +31,9 @@ RU: dict[str, Translation] = {
     "current.":
         "Отправьте /statuspage в группе, где должно быть сообщение о состоянии: оно перечислит ваши хосты и будет "
         "обновляться само.",
-    "Your status page here is stopped: the message stays as it was.":
-        "Ваша страница состояния здесь остановлена: сообщение останется как есть.",
+    "Your status page here is stopped: its message says so within a minute.":
+        "Ваша страница состояния здесь остановлена: в течение минуты это будет сказано в её сообщении.",
+    "⏸ No longer kept current.": "⏸ Больше не обновляется.",
     "You have no status page here.": "У вас здесь нет страницы состояния.",
     "up {day} % (24 h), {month} % (30 d)": "доступен {day} % (24 ч), {month} % (30 дн.)",
     "<b>Status</b> · kept current by mbot": "<b>Состояние</b> · обновляет mbot",

@@ -283,7 +283,7 @@ class Bot:
             return
         if list(args) == ["off"]:
             if await self._pages.stop(ctx.chat_id, ctx.user_id):
-                self._send(ctx, _("Your status page here is stopped: the message stays as it was."))
+                self._send(ctx, _("Your status page here is stopped: its message says so within a minute."))
             else:
                 self._send(ctx, _("You have no status page here."))
             return

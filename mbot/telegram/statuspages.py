@@ -22,6 +22,7 @@ from typing import Any, Callable
 import trio
 
 from .. import i18n, statuspage, store
+from ..i18n import _
 from ..config import Settings
 from ..alerts import HostStatus
 from ..model import Host, StatusPage
@@ -85,6 +86,7 @@ class StatusPages:
         self._runs: RunsCache = {}
         self._gone: dict[int, str] = {}  # chats to forget, and why
         self._moved: dict[int, int] = {}  # groups that became supergroups: old id -> new id
+        self._retiring: list[StatusPage] = []  # stopped or replaced: their last edit says so, when the minute allows
         self._stopped: list[tuple[StatusPage, str]] = []  # pages whose message is gone
         self._wake = trio.Event()
         self.passes = 0  # completed passes (tests wait for one instead of sleeping)
@@ -121,7 +123,8 @@ class StatusPages:
         await self._passed.wait()
 
     async def start(self, chat_id: int, owner: int, thread_id: int | None, hosts: tuple[int, ...] | None) -> None:
-        """Post a new page (replacing the owner's page in this chat, whose message stays as it was)."""
+        """Post a new page (replacing the owner's page in this chat, whose message then says it is no longer kept
+        current)."""
         probe = StatusPage(chat_id, owner, thread_id, 0, hosts, "", 0.0, i18n.current())
         text = await self._render(probe, self._clock())
         try:
@@ -133,6 +136,9 @@ class StatusPages:
         if not isinstance(sent, dict) or not isinstance(sent.get("message_id"), int):
             return
         page = StatusPage(chat_id, owner, thread_id, sent["message_id"], hosts, text, self._clock(), probe.lang)
+        old = self._pages.get((chat_id, owner))
+        if old is not None:
+            self._retiring.append(old)
         self._pages[chat_id, owner] = page  # before the write: a change meanwhile already finds it
         self._next[chat_id, owner] = page.edited + statuspage.CHECK_EVERY
         await self._writer.call(store.put_status_page, page)
@@ -141,7 +147,13 @@ class StatusPages:
         self._wake.set()
 
     async def stop(self, chat_id: int, owner: int) -> bool:
+        """Stop the owner's page here; its message says it is no longer kept current (an edit, once its minute is
+        up)."""
+        page = self._pages.get((chat_id, owner))
         self._drop((chat_id, owner))
+        if page is not None:
+            self._retiring.append(page)
+            self._wake.set()
         return bool(await self._writer.call(store.delete_status_page, chat_id, owner))
 
     # --- the task -----------------------------------------------------------------------------------------------
@@ -153,7 +165,8 @@ class StatusPages:
         task_status.started()
         while True:
             now = self._clock()
-            wait = min([t - now for t in self._next.values()] + [statuspage.CHECK_EVERY])
+            wait = min([t - now for t in self._next.values()] + [statuspage.CHECK_EVERY] +
+                       [p.edited + statuspage.MIN_EDIT - now for p in self._retiring])
             if not self._gone and not self._stopped and not self._moved and wait > 0:
                 with trio.move_on_after(wait):
                     await self._wake.wait()
@@ -175,6 +188,7 @@ class StatusPages:
     async def _forget_gone(self) -> None:
         while self._gone:
             chat_id, why = self._gone.popitem()
+            self._retiring = [p for p in self._retiring if p.chat_id != chat_id]
             for key in [k for k in self._pages if k[0] == chat_id]:
                 self._drop(key)
             bindings, pages = await self._writer.call(store.forget_chat, chat_id)
@@ -183,6 +197,7 @@ class StatusPages:
                             why, bindings, pages)
         while self._moved:
             old, new = self._moved.popitem()
+            self._retiring = [p for p in self._retiring if p.chat_id != old]
             for key in [k for k in self._pages if k[0] == old]:
                 self._drop(key)
             bindings, pages = await self._writer.call(store.move_chat, old, new)
@@ -198,6 +213,12 @@ class StatusPages:
                         page.chat_id, why)
 
     async def _look(self) -> None:
+        now = self._clock()
+        for page in [p for p in self._retiring if p.edited + statuspage.MIN_EDIT <= now]:
+            self._retiring.remove(page)
+            with i18n.speaking(page.lang):
+                last = dataclasses.replace(page, text=page.text + "\n" + _("⏸ No longer kept current."))
+            self._outbox.submit(page.chat_id, partial(self._edit, last, retired=True))
         for key, page in list(self._pages.items()):
             now = self._clock()
             if self._next.get(key, now) > now:
@@ -227,13 +248,13 @@ class StatusPages:
         with i18n.speaking(page.lang):
             return statuspage.page_text(rows, self._settings.tz, views.e)
 
-    async def _edit(self, page: StatusPage) -> Any:
+    async def _edit(self, page: StatusPage, *, retired: bool = False) -> Any:
         try:
             return await self._api.edit_message_text(page.chat_id, page.message_id, page.text)
         except TelegramRejected as exc:
             if chat_is_gone(exc.error_code, exc.description):
                 self.chat_gone(page.chat_id, exc.description)
-            elif exc.error_code == 400:  # "message to edit not found": someone deleted it
+            elif exc.error_code == 400 and not retired:  # "message to edit not found": someone deleted it
                 self._stopped.append((page, exc.description))
                 self._wake.set()
             raise

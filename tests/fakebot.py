@@ -40,7 +40,7 @@ BOT_USER = {"id": 123456789, "is_bot": True, "first_name": "mbot (fake)", "usern
 _JSON_FIELDS = {"reply_markup", "media", "allowed_updates", "commands", "link_preview_options", "entities",
                 "reply_parameters"}
 _INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id",
-               "message_thread_id"}
+               "message_thread_id", "user_id"}
 _BOOL_FIELDS = {"show_alert", "disable_notification", "allow_sending_without_reply"}
 _HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code",
               "pre", "blockquote", "tg-emoji"}
@@ -104,6 +104,8 @@ class FakeBot:
         self.commands: list[dict[str, str]] = []
         self.allowed_updates: list[str] | None = None
         self.kicked: set[int | str] = set()  # chats the bot was removed from: sends there get 403, as Telegram's
+        self.admins: dict[int, set[int]] = {}  # chat -> its administrators (getChatMember); other chats: not found
+        self.usernames: dict[str, int] = {}  # "@channel" -> its chat id (getChat)
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
@@ -114,7 +116,7 @@ class FakeBot:
         for name in ("getMe", "getMyCommands", "setMyCommands", "getUpdates", "sendMessage", "sendPhoto",
                      "sendDocument", "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
                      "editMessageMedia",
-                     "answerCallbackQuery", "deleteMessage", "sendChatAction"):
+                     "answerCallbackQuery", "deleteMessage", "sendChatAction", "getChatMember", "getChat"):
             handler = getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower())
             self._methods[name.lower()] = (name, handler)
 
@@ -463,6 +465,19 @@ class FakeBot:
         self._message(params, verb="delete")
         del self.messages[(params["chat_id"], params["message_id"])]
         return True
+
+    def _get_chat(self, params: dict, files: dict) -> dict[str, Any]:
+        chat_id = self.usernames.get(params.get("chat_id"), params.get("chat_id"))
+        if chat_id not in self.admins or chat_id in self.kicked:
+            raise _bad("chat not found")
+        return {**_chat(chat_id), "type": "channel"}
+
+    def _get_chat_member(self, params: dict, files: dict) -> dict[str, Any]:
+        chat_id, user_id = params.get("chat_id"), params.get("user_id")
+        if chat_id not in self.admins or chat_id in self.kicked:
+            raise _bad("chat not found")
+        status = "administrator" if user_id in self.admins[chat_id] else "member"
+        return {"user": _user(int(user_id)), "status": status}
 
     def _send_chat_action(self, params: dict, files: dict) -> bool:
         if not params["chat_id"] or not params.get("action"):

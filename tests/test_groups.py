@@ -290,6 +290,29 @@ async def test_the_bot_removed_from_a_group_forgets_it_and_follows_one_that_move
     await server.aclose()
 
 
+async def test_a_status_page_in_a_channel_is_asked_for_privately_by_its_administrator(fake: FakeBot, nursery,
+                                                                                     settings):
+    channel = -100777
+    fake.admins[channel] = {ALICE}
+    fake.usernames["@news"] = channel
+    server = await start(nursery, settings, fake, allowed_users=(ALICE, BOB))
+    await new_key(fake, ALICE, "box1")
+    await new_key(fake, BOB, "bobsecret")
+    # A channel post has no sender: whatever it says, nobody could be checked, so it does nothing.
+    since = len(fake.sent)
+    fake._push_update({"channel_post": {"message_id": 1, "chat": {"id": channel, "type": "channel"}, "date": 0,
+                                        "text": "/statuspage", "sender_chat": {"id": channel, "type": "channel"}}})
+    assert "Only an administrator of @news" in (await say(fake, BOB, "/statuspage @news"))["text"]
+    assert "I cannot see @elsewhere" in (await say(fake, ALICE, "/statuspage @elsewhere box1"))["text"]
+    assert "posted in @news" in (await say(fake, ALICE, "/statuspage @news box1"))["text"]
+    posted = [c for c in fake.sent[since:] if c.method == "sendMessage" and c.params["chat_id"] == channel]
+    assert len(posted) == 1 and "🔴 <b>box1</b>" in posted[0].params["text"]
+    assert "bobsecret" not in posted[0].params["text"]
+    assert "stopped" in (await say(fake, ALICE, f"/statuspage {channel} off"))["text"]
+    assert "no status page" in (await say(fake, ALICE, "/statuspage @news off"))["text"]
+    await server.aclose()
+
+
 async def test_a_status_page_keeps_itself_current_within_the_edit_limits(fake: FakeBot, nursery, settings, caplog):
     caplog.set_level(logging.INFO)
     clock = WallClock()
@@ -303,7 +326,7 @@ async def test_a_status_page_keeps_itself_current_within_the_edit_limits(fake: F
     bobs = await in_topic(fake, BOB, "/statuspage", GROUP, TOPIC)
     bobs_page = bobs.result["message_id"]
     assert "bobsecret" in bobs.params["text"] and "box1" not in bobs.params["text"]
-    assert "in the group" in (await say(fake, ALICE, "/statuspage"))["text"]  # not in a private chat
+    assert "in the group" in (await say(fake, ALICE, "/statuspage"))["text"]  # a private chat needs a channel
     since = len(fake.sent)
     posted = await in_topic(fake, ALICE, "/statuspage", GROUP, TOPIC)
     page_id, text = posted.result["message_id"], posted.params["text"]

@@ -27,14 +27,23 @@ RU: dict[str, Translation] = {
     "<b>{name}</b> already sends its alerts to {n} groups, the most it can; /unbind it in one of them first.":
         "<b>{name}</b> уже присылает оповещения в {n} групп — это максимум; сначала выполните /unbind в одной из них.",
     # /statuspage (mbot/telegram/bot.py, mbot/statuspage.py)
-    "Use /statuspage in the group where the status message should be: it lists your hosts there and keeps itself "
-    "current.":
-        "Отправьте /statuspage в группе, где должно быть сообщение о состоянии: оно перечислит ваши хосты и будет "
-        "обновляться само.",
-    "Your status page here is stopped: its message says so within a minute.":
-        "Ваша страница состояния здесь остановлена: в течение минуты это будет сказано в её сообщении.",
+    "Your status page is stopped: its message says so within a minute.":
+        "Ваша страница состояния остановлена: в течение минуты это будет сказано в её сообщении.",
     "⏸ No longer kept current.": "⏸ Больше не обновляется.",
-    "You have no status page here.": "У вас здесь нет страницы состояния.",
+    "You have no status page in that chat.": "У вас нет страницы состояния в этом чате.",
+    "Use /statuspage in the group where the status message should be, or here as /statuspage @channel for a "
+    "channel you administer: it lists your hosts and keeps itself current.":
+        "Отправьте /statuspage в группе, где должно быть сообщение о состоянии, или здесь /statuspage @канал для "
+        "канала, которым вы управляете: оно перечислит ваши хосты и будет обновляться само.",
+    "Your status page is posted in {chat}; /statuspage {chat} off stops it.":
+        "Ваша страница состояния опубликована в {chat}; /statuspage {chat} off её остановит.",
+    "I could not post in {chat}: may I post messages there?":
+        "Не удалось опубликовать в {chat}: у меня есть право отправлять туда сообщения?",
+    "I cannot see {chat}: add me to it as an administrator first.":
+        "Я не вижу {chat}: сначала добавьте меня туда администратором.",
+    "Telegram did not answer; try again in a minute.": "Telegram не ответил; попробуйте через минуту.",
+    "Only an administrator of {chat} may put a status page there.":
+        "Разместить там страницу состояния может только администратор {chat}.",
     "up {day} % (24 h), {month} % (30 d)": "доступен {day} % (24 ч), {month} % (30 дн.)",
     "<b>Status</b> · kept current by mbot": "<b>Состояние</b> · обновляет mbot",
     "<i>An incident: the host sent nothing for longer than its offline delay.</i>":

@@ -407,6 +407,12 @@ class BotApi:
     async def delete_message(self, chat_id: int | str, message_id: int) -> bool:
         return await self.call("deleteMessage", {"chat_id": chat_id, "message_id": message_id})
 
+    async def get_chat(self, chat_id: int | str) -> dict[str, Any]:
+        return await self.call("getChat", {"chat_id": chat_id})
+
+    async def get_chat_member(self, chat_id: int | str, user_id: int) -> dict[str, Any]:
+        return await self.call("getChatMember", {"chat_id": chat_id, "user_id": user_id})
+
     async def send_chat_action(self, chat_id: int | str, action: str, *, thread_id: int | None = None) -> bool:
         """action: typing, upload_photo, upload_document, ..."""
         return await self.call("sendChatAction", {"chat_id": chat_id, "message_thread_id": thread_id,

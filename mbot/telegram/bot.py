@@ -37,7 +37,7 @@ from ..writer import Writer
 from . import alert_commands, alert_text, commands, groups, views
 from .alert_delivery import AlertDelivery
 from .statuspages import StatusPages
-from .api import BotApi, TelegramError, poll_updates
+from .api import BotApi, TelegramError, TelegramRejected, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox, OutboxDropped
 from .views import Callback
@@ -277,15 +277,25 @@ class Bot:
                           "work for you alone. /unbind {name} stops it.", name=name, where=where))
 
     async def _statuspage_command(self, ctx: Context, args: Sequence[str]) -> None:
+        """In a group: a page there. In a private chat, `/statuspage @channel ...`: a page in a channel (or group)
+        the sender administers (a channel post has no sender the bot could check, so it is asked for here)."""
+        chat_id, thread_id, label = ctx.chat_id, ctx.thread_id, ""
         if ctx.private:
-            self._send(ctx, _("Use /statuspage in the group where the status message should be: it lists your "
-                              "hosts there and keeps itself current."))
-            return
+            ref = groups.channel_ref(args[0]) if args else None
+            if ref is None:
+                self._send(ctx, _("Use /statuspage in the group where the status message should be, or here as "
+                                  "/statuspage @channel for a channel you administer: it lists your hosts and keeps "
+                                  "itself current."))
+                return
+            found = await self._administered(ctx, ref)
+            if found is None:
+                return
+            chat_id, thread_id, label, args = found, None, views.e(str(ref)), args[1:]
         if list(args) == ["off"]:
-            if await self._pages.stop(ctx.chat_id, ctx.user_id):
-                self._send(ctx, _("Your status page here is stopped: its message says so within a minute."))
+            if await self._pages.stop(chat_id, ctx.user_id):
+                self._send(ctx, _("Your status page is stopped: its message says so within a minute."))
             else:
-                self._send(ctx, _("You have no status page here."))
+                self._send(ctx, _("You have no status page in that chat."))
             return
         hosts: tuple[int, ...] | None = None
         if args:
@@ -297,7 +307,31 @@ class Bot:
                 if host.id not in chosen:
                     chosen.append(host.id)
             hosts = tuple(chosen)
-        await self._pages.start(ctx.chat_id, ctx.user_id, ctx.thread_id, hosts)
+        posted = await self._pages.start(chat_id, ctx.user_id, thread_id, hosts)
+        if ctx.private:
+            self._send(ctx, _("Your status page is posted in {chat}; /statuspage {chat} off stops it.", chat=label)
+                       if posted else _("I could not post in {chat}: may I post messages there?", chat=label))
+
+    async def _administered(self, ctx: Context, ref: int | str) -> int | None:
+        """The id of the channel or group `ref` if the sender administers it (getChatMember), else None, said."""
+        try:
+            chat = await self._api.get_chat(ref)
+            chat_id = chat.get("id") if isinstance(chat, dict) else None
+            if not isinstance(chat_id, int) or isinstance(chat_id, bool) or chat_id >= 0:
+                raise TelegramRejected(400, "not a group or channel")
+            member = await self._api.get_chat_member(chat_id, ctx.user_id)
+        except TelegramRejected:
+            self._send(ctx, _("I cannot see {chat}: add me to it as an administrator first.", chat=views.e(str(ref))))
+            return None
+        except TelegramError:
+            self._send(ctx, _("Telegram did not answer; try again in a minute."))
+            return None
+        if not groups.is_admin(member):
+            log.warning("user %d asked for a status page in chat %d, which they do not administer", ctx.user_id,
+                        chat_id)
+            self._send(ctx, _("Only an administrator of {chat} may put a status page there.", chat=views.e(str(ref))))
+            return None
+        return chat_id
 
     # --- routing ---------------------------------------------------------------------------------------------
 

@@ -60,6 +60,21 @@ def topic_of(message: dict[str, Any]) -> int | None:
     return None
 
 
+def channel_ref(word: str) -> int | str | None:
+    """A channel (or group) named in a private chat: @username or its numeric id (-100...); None if `word` is
+    neither (a host name, say)."""
+    if len(word) > 1 and word.startswith("@") and word[1:].replace("_", "").isalnum() and len(word) <= 33:
+        return word
+    if word.startswith("-") and word[1:].isdigit() and len(word) <= 20:
+        return int(word)
+    return None
+
+
+def is_admin(member: object) -> bool:
+    """Whether getChatMember's answer (hostile JSON) says the user administers that chat."""
+    return isinstance(member, dict) and member.get("status") in ("creator", "administrator")
+
+
 def ours(text: str, bot_username: str | None) -> bool:
     """Whether a command in a group is for this bot: addressed to it (/cmd@bot), or one it knows. Several bots may
     share a group, and each gets every /command: an unknown one is someone else's, not a mistake to answer."""

@@ -122,7 +122,7 @@ class StatusPages:
         """Wait until the task has looked at its pages once more (tests)."""
         await self._passed.wait()
 
-    async def start(self, chat_id: int, owner: int, thread_id: int | None, hosts: tuple[int, ...] | None) -> None:
+    async def start(self, chat_id: int, owner: int, thread_id: int | None, hosts: tuple[int, ...] | None) -> bool:
         """Post a new page (replacing the owner's page in this chat, whose message then says it is no longer kept
         current)."""
         probe = StatusPage(chat_id, owner, thread_id, 0, hosts, "", 0.0, i18n.current())
@@ -132,9 +132,9 @@ class StatusPages:
                                                                thread_id=thread_id))
         except (TelegramError, OutboxDropped) as exc:
             log.warning("could not post the status page of user %d in chat %d: %s", owner, chat_id, exc)
-            return
+            return False
         if not isinstance(sent, dict) or not isinstance(sent.get("message_id"), int):
-            return
+            return False
         page = StatusPage(chat_id, owner, thread_id, sent["message_id"], hosts, text, self._clock(), probe.lang)
         old = self._pages.get((chat_id, owner))
         if old is not None:
@@ -145,6 +145,7 @@ class StatusPages:
         log.info("user %d started a status page in chat %d (%s)", owner, chat_id,
                  "all hosts" if hosts is None else f"{len(hosts)} host(s)")
         self._wake.set()
+        return True
 
     async def stop(self, chat_id: int, owner: int) -> bool:
         """Stop the owner's page here; its message says it is no longer kept current (an edit, once its minute is

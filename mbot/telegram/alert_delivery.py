@@ -112,6 +112,7 @@ class AlertDelivery:
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._dropped: list[_Thread] = []  # copies in chats that no longer get the host's alerts: rows to close
+        self._png: tuple[bytes | None] | None = None  # the chart of the event being delivered, once drawn
         self._wake = trio.Event()
 
     def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
@@ -149,6 +150,7 @@ class AlertDelivery:
                     log.exception("could not close alert %d", thread.alert_id)
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
+                self._png = None  # an event's chart is drawn once, for all its chats
                 for dest in await self._receivers(owner, event):
                     try:
                         if group:
@@ -244,7 +246,9 @@ class AlertDelivery:
         png = None
         if isinstance(event, Firing) and host is not None and len(text) <= CAPTION_LIMIT \
                 and views.alert_charted(metric):
-            png = await self._chart(host, metric)
+            if self._png is None:
+                self._png = (await self._chart(host, metric),)
+            png = self._png[0]
         keyboard = views.alert_keyboard(event.host_id, alert_id, metric, chart=png is None, procs=thread.procs,
                                         live=True)
         on_sent = partial(self._on_sent, thread)

@@ -243,12 +243,16 @@ async def test_groups_act_for_the_member_who_sent_and_alerts_reach_the_bound_top
     assert server.alerting.engine.host_status(host_id).muted_until is not None
     await say(fake, ALICE, "/unmute box1")
 
-    # Back online: the group's own copy is edited; then unbound, the next alert reaches Alice alone.
+    # Across a restart, back online: the group's own copy is edited, and the reply stays in the topic; then
+    # unbound, the next alert reaches Alice alone.
+    await server.aclose()
+    server = await start(nursery, settings, fake, clock=clock, allowed_users=(ALICE, BOB))
     since = len(fake.sent)
     agent = await online(nursery, server, secret, clock, 2)
     await fake.wait_for(lambda c: c.method == "editMessageText" and c.params["chat_id"] == GROUP
                         and c.params["message_id"] == group_alert, since=since)
-    await fake.wait_for(to(GROUP, "box1 is back online"), since=since)
+    back = await fake.wait_for(to(GROUP, "box1 is back online"), since=since)
+    assert back.params["message_thread_id"] == TOPIC and back.params["reply_parameters"]["message_id"] == group_alert
     since = len(fake.sent)
     fake.push_message(ALICE, "/unbind box1", chat_id=GROUP)
     await fake.wait_for(to(GROUP, "<b>box1</b>'s alerts no longer come here."), since=since)

@@ -164,7 +164,10 @@ def test_hostile_update_fields_and_who_gets_alerts():
     assert groups.left({"chat": {"id": GROUP}, "new_chat_member": {"status": "kicked"}}) == GROUP
     assert groups.left({"chat": {"id": GROUP}, "new_chat_member": {"status": "administrator"}}) is None
     assert groups.left({"chat": {"id": ALICE}, "new_chat_member": {"status": "kicked"}}) is None  # blocked in private
-    assert groups.left({"chat": {"id": "x"}, "new_chat_member": {"status": "left"}}) is None
+    for hostile in ({"chat": {"id": "x"}, "new_chat_member": {"status": "left"}}, [], {"chat": [], "new_chat_member": 1},
+                    {"chat": {"id": True}, "new_chat_member": {"status": "left"}}):
+        assert groups.left(hostile) is None, hostile
+    assert groups.migrated({"chat": [GROUP], "migrate_to_chat_id": OTHER_GROUP}) is None
     assert groups.ours("/status box1", "mbot_bot") and groups.ours("/x@MBOT_bot", "mbot_bot")
     assert not groups.ours("/weather", "mbot_bot") and not groups.ours("/status@other", "mbot_bot")
     assert groups.chat_is_gone(403, "Forbidden: bot was kicked from the group chat")

@@ -88,7 +88,8 @@ def ours(text: str, bot_username: str | None) -> bool:
 def migrated(message: dict[str, Any]) -> tuple[int, int] | None:
     """(old, new) chat id when this service message says a group became a supergroup (as it does when its forum
     topics are turned on): Telegram gives it a new id, and the old one refuses every send from then on."""
-    old, new = (message.get("chat") or {}).get("id"), message.get("migrate_to_chat_id")
+    chat = message.get("chat")
+    old, new = chat.get("id") if isinstance(chat, dict) else None, message.get("migrate_to_chat_id")
     if _group_id(old) and _group_id(new) and old != new:
         return old, new
     return None
@@ -98,11 +99,11 @@ def _group_id(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value < 0
 
 
-def left(update: dict[str, Any]) -> int | None:
-    """The chat of a my_chat_member update that says the bot left it or was removed from it; else None."""
-    chat = update.get("chat") or {}
-    status = (update.get("new_chat_member") or {}).get("status")
-    chat_id = chat.get("id")
-    if status in ("left", "kicked") and isinstance(chat_id, int) and not isinstance(chat_id, bool) and chat_id < 0:
-        return chat_id
-    return None
+def left(update: object) -> int | None:
+    """The chat of a my_chat_member update (hostile JSON) that says the bot left it or was removed from it."""
+    if not isinstance(update, dict):
+        return None
+    chat, member = update.get("chat"), update.get("new_chat_member")
+    chat_id = chat.get("id") if isinstance(chat, dict) else None
+    status = member.get("status") if isinstance(member, dict) else None
+    return chat_id if status in ("left", "kicked") and _group_id(chat_id) else None

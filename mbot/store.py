@@ -853,9 +853,9 @@ def covered_runs(conn: sqlite3.Connection, table: str, host_id: int, start: floa
     width = AGG_TABLES[_agg_table(table)]
     before = f"NOT EXISTS (SELECT 1 FROM {table} p WHERE p.host_id = a.host_id AND p.bucket = a.bucket - {width})"
     after = f"NOT EXISTS (SELECT 1 FROM {table} n WHERE n.host_id = a.host_id AND n.bucket = a.bucket + {width})"
-    rows = conn.execute(f"SELECT DISTINCT bucket, {before} OR bucket < ?2 + {width}, {after} FROM {table} a "
-                        f"WHERE host_id = ?1 AND bucket >= ?2 AND ({before} OR bucket < ?2 + {width} OR {after}) "
-                        "ORDER BY bucket", (host_id, int(start)))
+    rows = conn.execute(f"SELECT bucket, starts, ends FROM (SELECT DISTINCT bucket, {before} OR bucket < ?2 + {width} "
+                        f"AS starts, {after} AS ends FROM {table} a WHERE host_id = ?1 AND bucket >= ?2) "
+                        "WHERE starts OR ends ORDER BY bucket", (host_id, int(start)))
     runs = []
     first = 0.0
     for bucket, starts, ends in rows:

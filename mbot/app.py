@@ -67,6 +67,7 @@ class Server:
     selfwatch: selfwatch.SelfWatch | None = None
     backups: BackupStats | None = None  # with MBOT_BACKUP_DIR
     control_path: Path | None = None  # the control socket (None: it could not be made)
+    bot: Bot | None = None  # with BOT_TOKEN
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -121,6 +122,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     services.start_soon(outbox.run)
                     bot = Bot(settings, api, outbox, db, writer, hub, alerting, endpoint=endpoint, clock=clock)
                     hub.on_limit = partial(_tell_limit, bot)
+                    server.bot = bot
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
                     render = partial(_render_metrics, server, api, outbox if api else None)

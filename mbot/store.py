@@ -31,7 +31,7 @@ import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
 from .checks import CheckSpec
-from .model import AlertMessage, Host, StoredSnapshot
+from .model import AlertMessage, Binding, Host, StatusPage, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -221,6 +221,33 @@ MIGRATIONS: list[str] = [
         user_id INTEGER NOT NULL,
         host_id INTEGER NOT NULL,
         PRIMARY KEY (chat_id, user_id)
+    );
+    """,
+    # Groups (mbot/telegram/groups.py): a host's alerts also go to the groups its owner bound it to (/bind; the
+    # forum topic, if bound in one), an alert's copy in each chat is its own alert_messages row (its topic kept),
+    # and status pages (/statuspage): one message per (chat, user) that the bot keeps current, with what it last
+    # said and when, so a restart goes on editing the same message and never edits it more than once a minute.
+    """
+    CREATE TABLE chat_bindings (
+        host_id INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER,
+        bound_by INTEGER NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (host_id, chat_id)
+    );
+    CREATE INDEX chat_bindings_chat ON chat_bindings (chat_id);
+    ALTER TABLE alert_messages ADD COLUMN thread_id INTEGER;
+    CREATE TABLE status_pages (
+        chat_id INTEGER NOT NULL,
+        owner INTEGER NOT NULL,
+        thread_id INTEGER,
+        message_id INTEGER NOT NULL,
+        hosts TEXT,
+        text TEXT NOT NULL,
+        edited REAL NOT NULL,
+        lang TEXT NOT NULL DEFAULT 'en',
+        PRIMARY KEY (chat_id, owner)
     );
     """,
 ]
@@ -462,6 +489,7 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM host_roles WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM chat_defaults WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM invites WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM chat_bindings WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
@@ -686,18 +714,21 @@ ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Process
 def _alert_message(row: sqlite3.Row) -> AlertMessage:
     procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
     return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
-                        row["message_id"], bool(row["photo"]), row["resolved"])
+                        row["message_id"], bool(row["photo"]), row["resolved"], row["thread_id"])
 
 
 def add_alert_message(conn: sqlite3.Connection, host_id: int, metric: str, series: str, fired: float,
-                      procs_json: str | None, chat_id: int | None = None) -> int:
-    """A new alert life in one recipient's chat (one row per recipient); an older open one of the same alert in
-    that chat is closed (it can only be left from a crash), and rows resolved more than ALERT_MESSAGE_KEEP ago go."""
+                      procs_json: str | None, chat_id: int | None = None, thread_id: int | None = None) -> int:
+    """A new alert life in `chat_id` (each chat an alert goes to has its own row); an older open one of the same
+    alert in that chat is closed (it can only be left from a crash), and rows resolved more than
+    ALERT_MESSAGE_KEEP ago go."""
     conn.execute("UPDATE alert_messages SET resolved = ? WHERE host_id = ? AND metric = ? AND series = ? "
-                 "AND resolved IS NULL AND (chat_id IS NULL OR chat_id = ?)", (fired, host_id, metric, series, chat_id))
+                 "AND resolved IS NULL AND (chat_id IS NULL OR chat_id IS ?)", (fired, host_id, metric, series,
+                                                                                  chat_id))
     conn.execute("DELETE FROM alert_messages WHERE resolved < ?", (fired - ALERT_MESSAGE_KEEP,))
-    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs, chat_id) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (host_id, metric, series, fired, procs_json, chat_id))
+    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs, chat_id, thread_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (host_id, metric, series, fired, procs_json, chat_id,
+                                                        thread_id))
     return _inserted_id(cur)
 
 
@@ -830,3 +861,104 @@ def set_chat_default(conn: sqlite3.Connection, chat_id: int, user_id: int, host_
     else:
         conn.execute("INSERT INTO chat_defaults (chat_id, user_id, host_id) VALUES (?, ?, ?) ON CONFLICT "
                      "(chat_id, user_id) DO UPDATE SET host_id = excluded.host_id", (chat_id, user_id, host_id))
+# --- groups: bindings and status pages (mbot/telegram/groups.py) -----------------------------------------------
+
+
+def bind_host(conn: sqlite3.Connection, host_id: int, chat_id: int, thread_id: int | None, user_id: int,
+              now: float) -> None:
+    """The host's alerts also go to chat_id (in topic thread_id); binding again moves it to that topic."""
+    conn.execute("INSERT INTO chat_bindings (host_id, chat_id, thread_id, bound_by, created) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (host_id, chat_id) DO UPDATE SET thread_id = excluded.thread_id, "
+                 "bound_by = excluded.bound_by", (host_id, chat_id, thread_id, user_id, now))
+
+
+def unbind_host(conn: sqlite3.Connection, host_id: int, chat_id: int) -> bool:
+    return conn.execute("DELETE FROM chat_bindings WHERE host_id = ? AND chat_id = ?",
+                        (host_id, chat_id)).rowcount > 0
+
+
+def bindings_of_host(conn: sqlite3.Connection, host_id: int) -> list[Binding]:
+    rows = conn.execute("SELECT * FROM chat_bindings WHERE host_id = ? ORDER BY chat_id", (host_id,))
+    return [Binding(r["host_id"], r["chat_id"], r["thread_id"], r["bound_by"]) for r in rows]
+
+
+def bindings_of_chat(conn: sqlite3.Connection, chat_id: int) -> list[Binding]:
+    rows = conn.execute("SELECT * FROM chat_bindings WHERE chat_id = ? ORDER BY host_id", (chat_id,))
+    return [Binding(r["host_id"], r["chat_id"], r["thread_id"], r["bound_by"]) for r in rows]
+
+
+def forget_chat(conn: sqlite3.Connection, chat_id: int) -> tuple[int, int]:
+    """The bot left chat_id: its bindings and status pages go. Returns how many of each."""
+    bindings = conn.execute("DELETE FROM chat_bindings WHERE chat_id = ?", (chat_id,)).rowcount
+    pages = conn.execute("DELETE FROM status_pages WHERE chat_id = ?", (chat_id,)).rowcount
+    return bindings, pages
+
+
+def move_chat(conn: sqlite3.Connection, old: int, new: int) -> tuple[int, int]:
+    """A group became a supergroup with a new id: its bindings move there (without their topic: the new chat's
+    topics are new); its status pages go (their messages are the old chat's). Returns how many of each."""
+    moved = conn.execute("UPDATE OR IGNORE chat_bindings SET chat_id = ?, thread_id = NULL WHERE chat_id = ?",
+                         (new, old)).rowcount
+    conn.execute("DELETE FROM chat_bindings WHERE chat_id = ?", (old,))
+    pages = conn.execute("DELETE FROM status_pages WHERE chat_id = ?", (old,)).rowcount
+    return moved, pages
+
+
+def _status_page(row: sqlite3.Row) -> StatusPage:
+    hosts = None
+    if row["hosts"] is not None:
+        try:
+            hosts = tuple(int(h) for h in json.loads(row["hosts"]))
+        except (ValueError, TypeError):
+            log.warning("status page of user %d in chat %d: damaged host list; it shows all their hosts",
+                        row["owner"], row["chat_id"])
+    return StatusPage(row["chat_id"], row["owner"], row["thread_id"], row["message_id"], hosts, row["text"],
+                      row["edited"], row["lang"])
+
+
+def status_pages(conn: sqlite3.Connection) -> list[StatusPage]:
+    return [_status_page(row) for row in conn.execute("SELECT * FROM status_pages ORDER BY chat_id, owner")]
+
+
+def put_status_page(conn: sqlite3.Connection, page: StatusPage) -> None:
+    """Insert or replace the (chat, owner) page."""
+    hosts = None if page.hosts is None else json.dumps(list(page.hosts))
+    conn.execute("INSERT OR REPLACE INTO status_pages (chat_id, owner, thread_id, message_id, hosts, text, edited, "
+                 "lang) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (page.chat_id, page.owner, page.thread_id, page.message_id,
+                                                           hosts, page.text, page.edited, page.lang))
+
+
+def page_edited(conn: sqlite3.Connection, chat_id: int, owner: int, message_id: int, text: str,
+                edited: float) -> None:
+    conn.execute("UPDATE status_pages SET text = ?, edited = ? WHERE chat_id = ? AND owner = ? AND message_id = ?",
+                 (text, edited, chat_id, owner, message_id))
+
+
+def delete_status_page(conn: sqlite3.Connection, chat_id: int, owner: int, message_id: int | None = None) -> bool:
+    """Stop a page (`message_id`: only if it is still that message, not a newer page of the same user)."""
+    if message_id is None:
+        cur = conn.execute("DELETE FROM status_pages WHERE chat_id = ? AND owner = ?", (chat_id, owner))
+    else:
+        cur = conn.execute("DELETE FROM status_pages WHERE chat_id = ? AND owner = ? AND message_id = ?",
+                           (chat_id, owner, message_id))
+    return cur.rowcount > 0
+
+
+def covered_runs(conn: sqlite3.Connection, table: str, host_id: int, start: float) -> list[tuple[float, float]]:
+    """The stretches [from, to) from `start` on that the buckets of `table` (agg_1m ...) with the host's samples
+    cover without a hole, in order. SQLite finds the edges (buckets whose neighbour is missing, one primary-key
+    probe each): only they come back, not a row per bucket."""
+    width = AGG_TABLES[_agg_table(table)]
+    before = f"NOT EXISTS (SELECT 1 FROM {table} p WHERE p.host_id = a.host_id AND p.bucket = a.bucket - {width})"
+    after = f"NOT EXISTS (SELECT 1 FROM {table} n WHERE n.host_id = a.host_id AND n.bucket = a.bucket + {width})"
+    rows = conn.execute(f"SELECT bucket, starts, ends FROM (SELECT DISTINCT bucket, {before} OR bucket < ?2 + {width} "
+                        f"AS starts, {after} AS ends FROM {table} a WHERE host_id = ?1 AND bucket >= ?2) "
+                        "WHERE starts OR ends ORDER BY bucket", (host_id, int(start)))
+    runs = []
+    first = 0.0
+    for bucket, starts, ends in rows:
+        if starts:
+            first = bucket
+        if ends:
+            runs.append((float(first), float(bucket + width)))
+    return runs

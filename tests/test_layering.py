@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The pure cores. Add a new core here when it is written.
 CORES = [
     "mbot.access",
+    "mbot.statuspage",
+    "mbot.telegram.groups",
     "mbot.alert_state",
     "mbot.alerts",
     "mbot.checks",

@@ -18,11 +18,15 @@ mbot.alerting hands events over with `notify()` (never blocks); `run()` (in the 
 - MuteEnded: its own message; the messages of alerts that ended during the mute (the engine sent no Resolved) are
   edited to say so, quietly (no reply, no new message if the edit fails).
 
-Everyone who should know gets it (`recipients`: the host's owner and every user with a role on it, mbot.access), each
-in their own chat with the buttons their role allows (a viewer: Chart and Processes; an operator and the owner: also
-Mute and Ack), and each alert life is one message per recipient (one alert_messages row each). A mute or an ack
-from one chat is written into the others' messages (`muted`, `acknowledged`). Someone whose role was removed gets
-nothing more of the host, not even the end of an alert they saw start.
+Each event goes to everyone who should know (`_receivers`): the host's owner and every user with a role on it
+(mbot.access; `recipients`), each with the buttons their role allows (a viewer: Chart and Processes; an operator and
+the owner: also Mute and Ack), and every group the owner bound the host to (/bind, mbot/telegram/groups.py), to the
+topic it was bound in. Each chat gets its own copy, thread and `alert_messages` row, so a reminder replies to and an
+end edits the copy in that chat. Quiet hours silence each user's private chat only: a group's members mute it their
+own way. A mute or an ack from one chat is written into the others' messages (`muted`, `acknowledged`). Someone whose
+role was removed gets nothing more of the host, not even the end of an alert they saw start. A group that refuses a send because the bot is no longer in it (403) is reported to
+`chat_gone` (the bindings go there, once), and never retried. A ServerDown report names several of an owner's hosts:
+it goes to the owner alone.
 
 The message_id of an alert's message comes back through the outbox's `on_sent`, which runs before the next message
 to that chat goes out; reminders and ends read it when they are sent, so none of this waits for Telegram, and per
@@ -50,6 +54,7 @@ from ..store import Database
 from ..writer import Writer
 from . import alert_text, views
 from .api import BotApi, TelegramRejected
+from .groups import Dest, chat_is_gone, receivers
 from .outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,7 @@ MAX_QUEUED = 1000  # events waiting here at most (the outbox bounds what follows
 OFFLINE = "offline"  # the metric of a host's offline alert in alert_messages
 
 Key = tuple[int, str, str]  # (host id, metric, series)
+ThreadKey = tuple[int, str, str, int]  # (host id, metric, series, chat id): an alert's copy in one chat
 
 
 @dataclass(eq=False)
@@ -71,6 +77,7 @@ class _Thread:
     message_id: int | None = None  # None until Telegram took the message (or if it never did)
     photo: bool = False
     procs: bool = False  # processes were captured: it has a Processes button
+    thread_id: int | None = None  # the forum topic of a group
     text: str | None = None  # what it says (None after a restart): a mute or an ack elsewhere is added to it
     notes: list[str] = field(default_factory=list)
     acked: bool = False  # someone acknowledged it: no Ack button any more
@@ -83,8 +90,8 @@ class Recipient:
 
 
 def recipients(conn: sqlite3.Connection, host_id: int) -> list[Recipient]:
-    """THE fan-out: who gets the host's alerts. Its owner and everyone with a role on it, read at each event, so a
-    share or a removal counts from the next event on."""
+    """The people who get the host's alerts in their private chats: its owner and everyone with a role on it, read
+    at each event, so a share or a removal counts from the next event on."""
     host = store.host_by_id(conn, host_id)
     if host is None:
         return []
@@ -115,7 +122,8 @@ def _captured(snapshot: StoredSnapshot | None, host: Host, now: float) -> str | 
 class AlertDelivery:
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings, *,
                  clock: Callable[[], float], chart_limiter: trio.CapacityLimiter,
-                 silent: Callable[[int], bool] = lambda chat_id: False) -> None:
+                 silent: Callable[[int], bool] = lambda chat_id: False,
+                 chat_gone: Callable[[int, str], None] = lambda chat_id, why: None) -> None:
         self._api = api
         self._outbox = outbox
         self._db = db
@@ -124,9 +132,12 @@ class AlertDelivery:
         self._clock = clock
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
-        self._threads: dict[Key, dict[int, _Thread]] = {}  # an alert's message in each recipient's chat
+        self._chat_gone = chat_gone  # a group the bot was removed from (mbot/telegram/groups.py drops it)
+        self._threads: dict[ThreadKey, _Thread] = {}
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
+        self._dropped: list[_Thread] = []  # copies in chats that no longer get the host's alerts: rows to close
+        self._png: tuple[bytes | None] | None = None  # the chart of the event being delivered, once drawn
         self._wake = trio.Event()
 
     def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
@@ -141,11 +152,11 @@ class AlertDelivery:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         for row in await self._db.read(store.open_alert_messages):
             if row.chat_id is not None:
-                self._threads.setdefault((row.host_id, row.metric, row.series), {})[row.chat_id] = _Thread(
-                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None)
+                self._threads[row.host_id, row.metric, row.series, row.chat_id] = _Thread(
+                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None, row.thread_id)
         task_status.started()
         while True:
-            if not self._queue and not self._sent:
+            if not self._queue and not self._sent and not self._dropped:
                 await self._wake.wait()
                 self._wake = trio.Event()
             while self._sent:
@@ -156,169 +167,207 @@ class AlertDelivery:
                                             thread.message_id, thread.photo)
                 except Exception:  # the thread lives on in memory; only a restart would lose it
                     log.exception("could not store the message id of alert %d", thread.alert_id)
+            while self._dropped:
+                thread = self._dropped.pop()
+                try:
+                    await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+                except Exception:  # left open: the next alert of the kind in that chat closes it
+                    log.exception("could not close alert %d", thread.alert_id)
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
-                try:
-                    if group:
-                        await self._deliver_group(owner, text, group)
-                    else:
-                        await self._deliver(owner, text, event)
-                except Exception:  # one event that cannot go out must not hold up the others
-                    log.exception("could not deliver an alert to chat %d", owner)
+                self._png = None  # an event's chart is drawn once, for all its chats
+                dests = await self._receivers(owner, event)
+                for dest in dests:
+                    try:
+                        if group:
+                            await self._deliver_group(dest, text, group)
+                        else:
+                            await self._deliver(dest, text, event)
+                    except Exception:  # one event that cannot go out must not hold up the others
+                        log.exception("could not deliver an alert to chat %d", dest.chat_id)
+                for end in group or (event,):
+                    if isinstance(end, (Resolved, BackOnline)) and (key := _key(end)) is not None:
+                        self._forget(key, dests)
 
-    # --- per event ---------------------------------------------------------------------------------------------
+    def drop_chat(self, chat_id: int, host_id: int | None = None) -> None:
+        """A group no longer gets these alerts (the host unbound there, or the bot left it): its copies of the
+        alerts still open are left as they are and no longer followed."""
+        for key in [k for k in self._threads if k[3] == chat_id and host_id in (None, k[0])]:
+            self._dropped.append(self._threads.pop(key))
+        self._wake.set()
 
-    async def _deliver(self, owner: int, text: str, event: Event) -> None:
-        key = _key(event)
+    async def _receivers(self, owner: int, event: Event) -> list[Dest]:
+        """The people with a role on the host (the owner first), then the groups it is bound to; a ServerDown (it
+        names several hosts) goes to the owner alone."""
         host_id = getattr(event, "host_id", None)
-        to = await self._db.read(recipients, host_id) if host_id is not None else [Recipient(owner, access.OWNER)]
-        if key is None:  # MuteEnded, a power window, the server's outage: a message of its own
-            for person in to:
-                self._outbox.submit(person.chat_id, partial(self._api.send_message, person.chat_id, text,
-                                                            disable_notification=self._silent(person.chat_id)))
+        if not isinstance(host_id, int):
+            return [Dest(owner, None, self._silent(owner))]
+        return await self._host_receivers(owner, host_id)
+
+    async def _host_receivers(self, owner: int, host_id: int) -> list[Dest]:
+        people = await self._db.read(recipients, host_id)
+        dests = [Dest(person.chat_id, None, self._silent(person.chat_id), person.role) for person in people]
+        try:
+            bindings = await self._db.read(store.bindings_of_host, host_id)
+        except Exception:  # the people still hear of it
+            log.exception("could not read the groups host %d is bound to", host_id)
+            bindings = []
+        return dests + receivers(owner, False, bindings)[1:]
+
+    def _forget(self, key: Key, told: Sequence[Dest]) -> None:
+        """An alert ended: its copies in chats that were not told (a role removed, a group unbound) are closed."""
+        chats = {dest.chat_id for dest in told}
+        for tkey in [k for k in self._threads if k[:3] == key and k[3] not in chats]:
+            self._dropped.append(self._threads.pop(tkey))
+
+    def _send(self, dest: Dest, send: Callable[..., Any], *args: Any, on_sent: Callable[[Any], None] | None = None,
+              **kwargs: Any) -> None:
+        """Queue a send to `dest` (its topic; a group that is gone is reported, not retried)."""
+        if dest.thread_id is not None:
+            kwargs["thread_id"] = dest.thread_id
+        self._outbox.submit(dest.chat_id, partial(self._guarded, dest.chat_id, partial(send, *args, **kwargs)),
+                            on_sent=on_sent)
+
+    async def _guarded(self, chat_id: int, send: Callable[[], Any]) -> Any:
+        try:
+            return await send()
+        except TelegramRejected as exc:
+            if chat_id < 0 and chat_is_gone(exc.error_code, exc.description):
+                self._chat_gone(chat_id, exc.description)
+            raise
+
+    # --- per event (each once per receiving chat) ----------------------------------------------------------------
+
+    async def _deliver(self, dest: Dest, text: str, event: Event) -> None:
+        key = _key(event)
+        if key is None:  # MuteEnded: a message of its own
+            self._send(dest, self._api.send_message, dest.chat_id, text, disable_notification=dest.silent)
             if isinstance(event, MuteEnded):
-                await self._ended_while_muted(event)
+                await self._ended_while_muted(dest, event)
         elif isinstance(event, (Firing, Offline)):
-            await self._start(to, text, event, key)
+            await self._start(dest, text, event, key)
         elif isinstance(event, Reminder):
-            threads = self._threads.get(key, {})
-            for person in to:
-                thread = threads.get(person.chat_id)
-                keyboard = views.alert_keyboard(event.host_id, None if thread is None else thread.alert_id,
-                                                event.rule.metric, chart=False, procs=False, live=True,
-                                                role=person.role)
-                self._outbox.submit(person.chat_id, partial(self._reply, person.chat_id, text, keyboard, thread))
+            thread = self._threads.get((*key, dest.chat_id))
+            keyboard = views.alert_keyboard(event.host_id, None if thread is None else thread.alert_id,
+                                            event.rule.metric, chart=False, procs=False, live=True, role=dest.role)
+            self._send(dest, self._reply, dest, text, keyboard, thread)
         else:
             assert isinstance(event, (Resolved, BackOnline))
-            await self._end(to, text, event, key)
+            await self._end(dest, text, event, key)
 
-    async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
+    async def _deliver_group(self, dest: Dest, text: str, group: Sequence[HostEvent]) -> None:
         host_id = group[0].host_id
-        to = await self._db.read(recipients, host_id)
         ends = [(end, key) for end in group if isinstance(end, (Resolved, BackOnline))
-                and (key := _key(end)) is not None and key in self._threads]
+                and (key := _key(end)) is not None and (*key, dest.chat_id) in self._threads]
         if ends:
             host = await self._db.read(store.host_by_id, host_id)
             name = host.name if host is not None else f"host {host_id}"
         for end, key in ends:
-            threads = self._threads.pop(key, None)
-            if threads is None:  # named twice in the group (it flapped)
+            thread = self._threads.pop((*key, dest.chat_id), None)
+            if thread is None:  # named twice in the group (it flapped)
                 continue
-            await self._resolve(threads)
-            for person in to:
-                thread = threads.get(person.chat_id)
-                if thread is None:
-                    continue
-                keyboard = views.alert_keyboard(end.host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                                procs=thread.procs, live=False, role=person.role)
-                self._outbox.submit(person.chat_id, partial(self._edit, person.chat_id,
-                                                            html.escape(alert_text.ended(end, name)), keyboard,
-                                                            thread, trio.Event(), fallback=False))
-        for person in to:
-            self._outbox.submit(person.chat_id, partial(self._api.send_message, person.chat_id, text,
-                                                        reply_markup=views.keyboard([views.containers_button(host_id)]),
-                                                        disable_notification=self._silent(person.chat_id)))
-
-    async def _resolve(self, threads: dict[int, _Thread]) -> None:
-        for thread in threads.values():
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            keyboard = views.alert_keyboard(end.host_id, thread.alert_id, key[1], chart=not thread.photo,
+                                            procs=thread.procs, live=False, role=dest.role)
+            self._send(dest, self._edit, dest, html.escape(alert_text.ended(end, name)), keyboard, thread,
+                       trio.Event(), fallback=False)
+        self._send(dest, self._api.send_message, dest.chat_id, text,
+                   reply_markup=views.keyboard([views.containers_button(host_id)]), disable_notification=dest.silent)
 
-    async def _start(self, to: Sequence[Recipient], text: str, event: Firing | Offline, key: Key) -> None:
+    async def _start(self, dest: Dest, text: str, event: Firing | Offline, key: Key) -> None:
         now = self._clock()
         host = await self._db.read(store.host_by_id, event.host_id)
         metric = key[1]
         procs = None
         if host is not None and metric in views.PROCESS_METRICS:
             procs = _captured(await self._db.read(store.latest_snapshot, host.id, processes.KIND), host, now)
+        alert_id = await self._writer.call(store.add_alert_message, event.host_id, metric, key[2], now, procs,
+                                           dest.chat_id, dest.thread_id)
+        thread = self._threads[(*key, dest.chat_id)] = _Thread(alert_id, dest.chat_id, procs=procs is not None,
+                                                               thread_id=dest.thread_id, text=text)
         png = None
-        if to and isinstance(event, Firing) and host is not None and len(text) <= CAPTION_LIMIT \
+        if isinstance(event, Firing) and host is not None and len(text) <= CAPTION_LIMIT \
                 and views.alert_charted(metric):
-            png = await self._chart(host, metric)
-        threads = self._threads[key] = {}
-        for person in to:
-            chat = person.chat_id
-            alert_id = await self._writer.call(store.add_alert_message, event.host_id, metric, key[2], now, procs,
-                                               chat)
-            thread = threads[chat] = _Thread(alert_id, chat, procs=procs is not None, photo=png is not None,
-                                             text=text)
-            keyboard = views.alert_keyboard(event.host_id, alert_id, metric, chart=png is None, procs=thread.procs,
-                                            live=True, role=person.role)
-            on_sent = partial(self._on_sent, thread)
-            if png is not None:
-                self._outbox.submit(chat, partial(self._api.send_photo, chat, png, text, keyboard,
-                                                  disable_notification=self._silent(chat)), on_sent=on_sent)
-            else:
-                self._outbox.submit(chat, partial(self._api.send_message, chat, text, reply_markup=keyboard,
-                                                  disable_notification=self._silent(chat)), on_sent=on_sent)
+            if self._png is None:
+                self._png = (await self._chart(host, metric),)
+            png = self._png[0]
+        keyboard = views.alert_keyboard(event.host_id, alert_id, metric, chart=png is None, procs=thread.procs,
+                                        live=True, role=dest.role)
+        on_sent = partial(self._on_sent, thread)
+        if png is not None:
+            thread.photo = True
+            self._send(dest, self._api.send_photo, dest.chat_id, png, text, keyboard,
+                       disable_notification=dest.silent, on_sent=on_sent)
+        else:
+            self._send(dest, self._api.send_message, dest.chat_id, text, reply_markup=keyboard,
+                       disable_notification=dest.silent, on_sent=on_sent)
 
-    async def _end(self, to: Sequence[Recipient], text: str, event: Resolved | BackOnline, key: Key) -> None:
-        threads = self._threads.pop(key, {})
-        await self._resolve(threads)
+    async def _end(self, dest: Dest, text: str, event: Resolved | BackOnline, key: Key) -> None:
+        thread = self._threads.pop((*key, dest.chat_id), None)
+        if thread is not None:
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
         host = await self._db.read(store.host_by_id, event.host_id)
         name = host.name if host is not None else f"host {event.host_id}"
         summary = html.escape(alert_text.ended(event, name))
-        for person in to:
-            chat = person.chat_id
-            thread = threads.get(chat)
-            keyboard = None
-            if thread is not None:
-                keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                                procs=thread.procs, live=False, role=person.role)
-            edited = trio.Event()  # set when the alert's own message now says it ended: then a reply notifies
-            self._outbox.submit(chat, partial(self._edit, chat, summary, keyboard, thread, edited))
-            # Queued now, not once the edit went through: behind the edit and ahead of whatever comes next (the
-            # next offline of a flapping host must not overtake its "back online").
-            self._outbox.submit(chat, partial(self._reply_if, edited, chat, text, thread))
+        keyboard = None
+        if thread is not None:
+            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
+                                            procs=thread.procs, live=False, role=dest.role)
+        edited = trio.Event()  # set when the alert's own message now says it ended: then a reply notifies
+        self._send(dest, self._edit, dest, summary, keyboard, thread, edited)
+        # Queued now, not once the edit went through: behind the edit and ahead of whatever comes next (the next
+        # offline of a flapping host must not overtake its "back online").
+        self._send(dest, self._reply_if, edited, dest, text, thread)
 
-    async def _ended_while_muted(self, event: MuteEnded) -> None:
+    async def _ended_while_muted(self, dest: Dest, event: MuteEnded) -> None:
         live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
         if event.offline_since is not None:
             live.add((event.host_id, OFFLINE, ""))
-        ended = [key for key in self._threads if key[0] == event.host_id and key not in live]
+        ended = [tkey for tkey in self._threads if tkey[0] == event.host_id and tkey[3] == dest.chat_id
+                 and tkey[:3] not in live]
         if not ended:
             return
         host = await self._db.read(store.host_by_id, event.host_id)
         name = host.name if host is not None else f"host {event.host_id}"
-        roles = {person.chat_id: person.role for person in await self._db.read(recipients, event.host_id)}
-        for key in ended:
-            threads = self._threads.pop(key)
-            await self._resolve(threads)
-            summary = html.escape(alert_text.ended_while_muted(name, None if key[1] == OFFLINE else key[2]))
-            for chat, thread in threads.items():
-                if chat not in roles:
-                    continue
-                keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                                procs=thread.procs, live=False, role=roles[chat])
-                self._outbox.submit(chat, partial(self._edit, chat, summary, keyboard, thread, trio.Event(),
-                                                  fallback=False))
+        for tkey in ended:
+            thread = self._threads.pop(tkey)
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            summary = html.escape(alert_text.ended_while_muted(name, None if tkey[1] == OFFLINE else tkey[2]))
+            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, tkey[1], chart=not thread.photo,
+                                            procs=thread.procs, live=False, role=dest.role)
+            self._send(dest, self._edit, dest, summary, keyboard, thread, trio.Event(), fallback=False)
 
     # --- a mute or an ack from one chat, shown in the others -------------------------------------------------------
 
     async def acknowledged(self, host_id: int, metric: str, series: str, by: str) -> None:
-        """Someone acknowledged this alert: every recipient's message says who, and loses its Ack button."""
-        key = (host_id, metric, series)
-        for thread in self._threads.get(key, {}).values():
-            thread.acked = True
-        await self._annotate(host_id, [key], _("✔️ Acknowledged by {who}", who=html.escape(by)))
+        """Someone acknowledged this alert: every receiver's message says who, and loses its Ack button."""
+        keys = [tkey for tkey in self._threads if tkey[:3] == (host_id, metric, series)]
+        for tkey in keys:
+            self._threads[tkey].acked = True
+        await self._annotate(host_id, keys, _("✔️ Acknowledged by {who}", who=html.escape(by)))
 
     async def muted(self, host_id: int, until: float, by: str) -> None:
         """Someone muted the host: every live alert message of it says who, and for how long."""
         minutes = max(1, round((until - self._clock()) / 60))
         note = _("🔕 Muted by {who} for {minutes} min", who=html.escape(by), minutes=minutes)
-        await self._annotate(host_id, [key for key in self._threads if key[0] == host_id], note)
+        await self._annotate(host_id, [tkey for tkey in self._threads if tkey[0] == host_id], note)
 
-    async def _annotate(self, host_id: int, keys: Sequence[Key], note: str) -> None:
-        roles = {person.chat_id: person.role for person in await self._db.read(recipients, host_id)}
-        for key in keys:
-            for chat, thread in self._threads.get(key, {}).items():
-                if chat not in roles:
-                    continue
-                thread.notes.append(note)
-                keyboard = views.alert_keyboard(host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                                procs=thread.procs, live=True, role=roles[chat], acked=thread.acked)
-                self._outbox.submit(chat, partial(self._show_notes, chat, thread, keyboard))
+    async def _annotate(self, host_id: int, keys: Sequence[ThreadKey], note: str) -> None:
+        host = await self._db.read(store.host_by_id, host_id)
+        if host is None:
+            return
+        dests = {dest.chat_id: dest for dest in await self._host_receivers(host.owner, host_id)}
+        for tkey in keys:
+            thread = self._threads.get(tkey)
+            dest = dests.get(tkey[3])
+            if thread is None or dest is None:
+                continue
+            thread.notes.append(note)
+            keyboard = views.alert_keyboard(host_id, thread.alert_id, tkey[1], chart=not thread.photo,
+                                            procs=thread.procs, live=True, role=dest.role, acked=thread.acked)
+            self._send(dest, self._show_notes, dest.chat_id, thread, keyboard)
 
-    async def _show_notes(self, chat_id: int, thread: _Thread, keyboard: views.Keyboard | None) -> Any:
+    async def _show_notes(self, chat_id: int, thread: _Thread, keyboard: views.Keyboard | None, **topic: Any) -> Any:
         message_id = self._reply_to(thread, chat_id)
         if message_id is None:
             return None
@@ -331,6 +380,8 @@ class AlertDelivery:
                                                             reply_markup=keyboard)
             return await self._api.edit_message_text(chat_id, message_id, text, reply_markup=keyboard)
         except TelegramRejected as exc:
+            if chat_id < 0 and chat_is_gone(exc.error_code, exc.description):
+                raise
             log.info("alert message %d in chat %d cannot be edited (%s)", message_id, chat_id, exc.description)
             return None
 
@@ -346,15 +397,17 @@ class AlertDelivery:
     def _reply_to(thread: _Thread | None, chat_id: int) -> int | None:
         return thread.message_id if thread is not None and thread.chat_id == chat_id else None
 
-    async def _reply(self, chat_id: int, text: str, keyboard: views.Keyboard | None, thread: _Thread | None) -> Any:
-        return await self._api.send_message(chat_id, text, reply_markup=keyboard,
-                                            reply_to=self._reply_to(thread, chat_id),
-                                            disable_notification=self._silent(chat_id))
+    async def _reply(self, dest: Dest, text: str, keyboard: views.Keyboard | None, thread: _Thread | None,
+                     **topic: Any) -> Any:
+        return await self._api.send_message(dest.chat_id, text, reply_markup=keyboard,
+                                            reply_to=self._reply_to(thread, dest.chat_id),
+                                            disable_notification=dest.silent, **topic)
 
-    async def _edit(self, chat_id: int, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
-                    edited: trio.Event, *, fallback: bool = True) -> Any:
+    async def _edit(self, dest: Dest, summary: str, keyboard: views.Keyboard | None, thread: _Thread | None,
+                    edited: trio.Event, *, fallback: bool = True, **topic: Any) -> Any:
         """Edit the alert's message to `summary` (setting `edited`); if Telegram refuses, a new message (which
-        notifies by itself, so no reply follows) unless not `fallback`."""
+        notifies by itself, so no reply follows) unless not `fallback`. `topic`: the thread_id of a new message."""
+        chat_id = dest.chat_id
         message_id = self._reply_to(thread, chat_id)
         if thread is not None and message_id is not None:
             try:
@@ -364,16 +417,19 @@ class AlertDelivery:
                 else:
                     result = await self._api.edit_message_text(chat_id, message_id, summary, reply_markup=keyboard)
             except TelegramRejected as exc:
+                if chat_id < 0 and chat_is_gone(exc.error_code, exc.description):
+                    raise
                 log.info("alert message %d in chat %d cannot be edited (%s): its end goes as a new message",
                          message_id, chat_id, exc.description)
             else:
                 edited.set()
                 return result
-        return await self._api.send_message(chat_id, summary, reply_markup=keyboard) if fallback else None
+        return await self._api.send_message(chat_id, summary, reply_markup=keyboard, **topic) if fallback else None
 
-    async def _reply_if(self, edited: trio.Event, chat_id: int, text: str, thread: _Thread | None) -> Any:
+    async def _reply_if(self, edited: trio.Event, dest: Dest, text: str, thread: _Thread | None,
+                        **topic: Any) -> Any:
         # Not edited: a new message said it ended, and that one notified already.
-        return await self._reply(chat_id, text, None, thread) if edited.is_set() else None
+        return await self._reply(dest, text, None, thread, **topic) if edited.is_set() else None
 
     # --- the chart ---------------------------------------------------------------------------------------------
 

@@ -25,6 +25,8 @@ from .. import (access, charts, checks, containers, install, plotspec, plotting,
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
+from ..alerts import Event, HostEvent
+from ..i18n import _, n_
 from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
@@ -35,9 +37,10 @@ from ..model import Host, NewKey
 from ..service import NoSuchHost, NotAllowed, ServiceError
 from ..store import Database
 from ..writer import Writer
-from . import alert_commands, alert_text, commands, views
+from . import alert_commands, alert_text, commands, groups, views
 from .alert_delivery import AlertDelivery
-from .api import BotApi, TelegramError, poll_updates
+from .statuspages import StatusPages
+from .api import BotApi, TelegramError, TelegramRejected, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox, OutboxDropped
 from .views import Callback
@@ -56,6 +59,8 @@ CODE_BURST, CODE_EVERY = 5, 600.0
 TELL_REPEAT = 600.0
 # Buttons whose action (mbot.access) has another name than the callback's.
 _ACCESS = {"amute": "mute", "range": "chart"}
+# Refusals to strangers in one group: at most one per this long (each stranger is refused once anyway).
+GROUP_REFUSAL_EVERY = 600.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,11 @@ class Context:
     chat_id: int
     message_id: int | None = None  # the message a button sits on
     who: str = ""  # the sender as others read it (@username or first name): "acknowledged by ..."
+    thread_id: int | None = None  # the forum topic the command or button came from: answers go there too
+
+    @property
+    def private(self) -> bool:
+        return self.chat_id > 0
 
 
 def _person(who: str) -> tuple[str | None, str | None]:
@@ -125,11 +135,15 @@ class Bot:
         self._newkey_limit = users.RateLimit(NEWKEY_BURST, NEWKEY_EVERY)
         self._code_limit = users.RateLimit(CODE_BURST, CODE_EVERY)
         self._tell_limit = users.RateLimit(1, TELL_REPEAT)
+        self._group_refusals = users.RateLimit(1, GROUP_REFUSAL_EVERY)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
+        self._pages = StatusPages(api, outbox, db, writer, settings, clock=clock,
+                                  status=lambda host_id: alerting.engine.host_status(host_id))
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
-                                             chart_limiter=self._charts, silent=self._silent)
-        alerting.set_notify(self._alert_delivery.notify)
+                                             chart_limiter=self._charts, silent=self._silent,
+                                             chat_gone=self._chat_gone)
+        alerting.set_notify(self._notify)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -142,6 +156,7 @@ class Bot:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)
+            await nursery.start(self._pages.run)
             nursery.start_soon(self._introduce)
             task_status.started()
             await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
@@ -218,6 +233,129 @@ class Bot:
         self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
                         "nothing is held back. /quiet off ends them.")
 
+    # --- groups: /bind, /unbind, /statuspage (mbot/telegram/groups.py, statuspages.py) ---------------------------
+
+    def _notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
+        """Alerting's Notify: the alert goes out, and the status pages showing that host look again."""
+        self._alert_delivery.notify(owner, text, event, group)
+        host_id = getattr(event, "host_id", None)
+        if isinstance(host_id, int):
+            self._pages.changed(host_id)
+
+    def _chat_gone(self, chat_id: int, why: str) -> None:
+        """The bot is not in this group any more: its bindings, pages and alert threads go."""
+        self._pages.chat_gone(chat_id, why)
+        self._alert_delivery.drop_chat(chat_id)
+
+    @property
+    def pages(self) -> StatusPages:
+        return self._pages
+
+    async def _bind_command(self, ctx: Context, command: Command) -> None:
+        if ctx.private:
+            self._send(ctx, _("Use /{command} in the group that should get a host's alerts (add me to it first).",
+                              command=command.name))
+            return
+        if not command.args:  # what is bound here: the sender's hosts only, the others' counted, never named
+            bound = await self._db.read(store.bindings_of_chat, ctx.chat_id)
+            mine = {h.id: h for h in await self._db.read(store.list_hosts, ctx.user_id)}
+            names = sorted(mine[b.host_id].name for b in bound if b.host_id in mine
+                           and groups.may_act(ctx.user_id, mine[b.host_id]))
+            others = sum(1 for b in bound if b.host_id not in mine)
+            text = (_("Your hosts whose alerts come here: {names}.", names=", ".join(
+                        f"<b>{views.e(n)}</b>" for n in names)) if names else
+                    _("None of your hosts sends its alerts here. /bind NAME does that."))
+            if others:
+                text += "\n" + n_("{n} host of other members sends its alerts here too.",
+                                   "{n} hosts of other members send their alerts here too.", others)
+            self._send(ctx, text)
+            return
+        host = await self._db.read(service.resolve_host, ctx.user_id, command.args[0])
+        if not groups.may_act(ctx.user_id, host):
+            raise NoSuchHost()
+        name = views.e(host.name)
+        if command.name == "unbind":
+            if await self._writer.call(store.unbind_host, host.id, ctx.chat_id):
+                self._alert_delivery.drop_chat(ctx.chat_id, host.id)
+                log.info("user %d unbound host %s from chat %d", ctx.user_id, host.name, ctx.chat_id)
+                self._send(ctx, _("<b>{name}</b>'s alerts no longer come here.", name=name))
+            else:
+                self._send(ctx, _("<b>{name}</b> is not bound here.", name=name))
+            return
+        here = await self._db.read(store.bindings_of_chat, ctx.chat_id)
+        chats = await self._db.read(store.bindings_of_host, host.id)
+        if all(b.host_id != host.id for b in here):
+            if len(here) >= groups.MAX_BINDINGS_PER_CHAT:
+                self._send(ctx, _("This group already gets the alerts of {n} hosts, the most it can.",
+                                  n=groups.MAX_BINDINGS_PER_CHAT))
+                return
+            if len(chats) >= groups.MAX_CHATS_PER_HOST:
+                self._send(ctx, _("<b>{name}</b> already sends its alerts to {n} groups, the most it can; /unbind "
+                                  "it in one of them first.", name=name, n=groups.MAX_CHATS_PER_HOST))
+                return
+        await self._writer.call(store.bind_host, host.id, ctx.chat_id, ctx.thread_id, ctx.user_id, self._clock())
+        log.info("user %d bound host %s to chat %d (topic %s)", ctx.user_id, host.name, ctx.chat_id, ctx.thread_id)
+        where = _("this topic") if ctx.thread_id is not None else _("this group")
+        self._send(ctx, _("<b>{name}</b>'s alerts now come to {where} as well as to your private chat; their buttons "
+                          "work for you alone. /unbind {name} stops it.", name=name, where=where))
+
+    async def _statuspage_command(self, ctx: Context, args: Sequence[str]) -> None:
+        """In a group: a page there. In a private chat, `/statuspage @channel ...`: a page in a channel (or group)
+        the sender administers (a channel post has no sender the bot could check, so it is asked for here)."""
+        chat_id, thread_id, label = ctx.chat_id, ctx.thread_id, ""
+        if ctx.private:
+            ref = groups.channel_ref(args[0]) if args else None
+            if ref is None:
+                self._send(ctx, _("Use /statuspage in the group where the status message should be, or here as "
+                                  "/statuspage @channel for a channel you administer: it lists your hosts and keeps "
+                                  "itself current."))
+                return
+            found = await self._administered(ctx, ref)
+            if found is None:
+                return
+            chat_id, thread_id, label, args = found, None, views.e(str(ref)), args[1:]
+        if list(args) == ["off"]:
+            if await self._pages.stop(chat_id, ctx.user_id):
+                self._send(ctx, _("Your status page is stopped: its message says so within a minute."))
+            else:
+                self._send(ctx, _("You have no status page in that chat."))
+            return
+        hosts: tuple[int, ...] | None = None
+        if args:
+            chosen = []
+            for word in args:
+                host = await self._db.read(service.resolve_host, ctx.user_id, word)
+                if not groups.may_act(ctx.user_id, host):
+                    raise NoSuchHost()
+                if host.id not in chosen:
+                    chosen.append(host.id)
+            hosts = tuple(chosen)
+        posted = await self._pages.start(chat_id, ctx.user_id, thread_id, hosts)
+        if ctx.private:
+            self._send(ctx, _("Your status page is posted in {chat}; /statuspage {chat} off stops it.", chat=label)
+                       if posted else _("I could not post in {chat}: may I post messages there?", chat=label))
+
+    async def _administered(self, ctx: Context, ref: int | str) -> int | None:
+        """The id of the channel or group `ref` if the sender administers it (getChatMember), else None, said."""
+        try:
+            chat = await self._api.get_chat(ref)
+            chat_id = chat.get("id") if isinstance(chat, dict) else None
+            if not isinstance(chat_id, int) or isinstance(chat_id, bool) or chat_id >= 0:
+                raise TelegramRejected(400, "not a group or channel")
+            member = await self._api.get_chat_member(chat_id, ctx.user_id)
+        except TelegramRejected:
+            self._send(ctx, _("I cannot see {chat}: add me to it as an administrator first.", chat=views.e(str(ref))))
+            return None
+        except TelegramError:
+            self._send(ctx, _("Telegram did not answer; try again in a minute."))
+            return None
+        if not groups.is_admin(member):
+            log.warning("user %d asked for a status page in chat %d, which they do not administer", ctx.user_id,
+                        chat_id)
+            self._send(ctx, _("Only an administrator of {chat} may put a status page there.", chat=views.e(str(ref))))
+            return None
+        return chat_id
+
     # --- routing ---------------------------------------------------------------------------------------------
 
     async def handle(self, update: dict[str, Any]) -> None:
@@ -225,24 +363,35 @@ class Bot:
             await self._on_message(update["message"])
         elif "callback_query" in update:
             await self._on_callback(update["callback_query"])
+        elif "my_chat_member" in update:
+            chat_id = groups.left(update["my_chat_member"])
+            if chat_id is not None:
+                self._chat_gone(chat_id, "the bot was removed from it")
 
     def _role(self, user_id: int) -> str | None:
         return users.role_of(user_id, self._settings.allowed_users, self._users)
 
     async def _on_message(self, message: dict[str, Any]) -> None:
+        moved = groups.migrated(message)
+        if moved is not None:
+            self._pages.chat_moved(*moved)
+            self._alert_delivery.drop_chat(moved[0])
+            return
         text = message.get("text")
         sender = message.get("from") or {}
         if not text or "id" not in sender:
             return
-        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"], who=_who(sender))
+        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"], who=_who(sender),
+                      thread_id=groups.topic_of(message))
         if self._role(ctx.user_id) is None:
             await self._stranger(ctx, text, private=message["chat"].get("type") == "private")
             return
         try:
             command = commands.parse(text, self._username)
         except UsageError as exc:
-            self._send(ctx, views.e(str(exc)))
-            return
+            if ctx.private or groups.ours(text, self._username):
+                self._send(ctx, views.e(str(exc)))
+            return  # in a group, a command we do not know is another bot's
         if command is None:
             return
         try:
@@ -269,7 +418,9 @@ class Bot:
             return  # group chatter, or a command for another bot: none of our business
         if self._refused.add(ctx.user_id):  # one polite refusal, not one per message
             log.warning("refused Telegram user %d (not a user of this mbot)", ctx.user_id)
-            self._send(ctx, views.NOT_ALLOWED)
+            # In a group, also one per group a while: many members (or many forged ids) make one answer.
+            if private or self._group_refusals.take(ctx.chat_id, self._clock()).allowed:
+                self._send(ctx, views.NOT_ALLOWED)
 
     async def _redeem(self, ctx: Context, code: str) -> None:
         redeemed = None
@@ -338,6 +489,10 @@ class Bot:
             await self._invite(ctx, now)
         elif name == "quiet":
             await self._quiet_command(ctx, args)
+        elif name in ("bind", "unbind"):
+            await self._bind_command(ctx, command)
+        elif name == "statuspage":
+            await self._statuspage_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -570,7 +725,8 @@ class Bot:
         """Render off the event loop and send (or, for a range button, replace the picture in place)."""
         if not replace:
             # A hint that something is coming; it costs nothing if it fails.
-            self._outbox.submit(ctx.chat_id, partial(self._api.send_chat_action, ctx.chat_id, "upload_photo"))
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_chat_action, ctx.chat_id, "upload_photo",
+                                                     thread_id=ctx.thread_id))
         spec = await self._db.read(plotting.build_spec, host, words, span, limit, unit, self._settings.tiers,
                                    self._settings.tz, self._clock())
         try:
@@ -584,7 +740,8 @@ class Bot:
             self._outbox.submit(ctx.chat_id, partial(self._api.edit_message_media, ctx.chat_id, ctx.message_id, png,
                                                      caption, keyboard))
         else:
-            self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard))
+            self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png, caption, keyboard,
+                                                     thread_id=ctx.thread_id))
 
     async def _answer(self, query: dict[str, Any], text: str | None = None) -> None:
         try:
@@ -600,7 +757,7 @@ class Bot:
             await self._answer(query)
             return
         ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"],
-                      who=_who(query["from"]))
+                      who=_who(query["from"]), thread_id=groups.topic_of(message))
         private = message["chat"].get("type") == "private"
         if self._role(ctx.user_id) is None:
             await self._answer(query)
@@ -788,10 +945,11 @@ class Bot:
         head = (f"Stability test of <b>{name}</b>: {spec.count} probes every "
                 f"{stability.interval_text(spec.interval)} for {format_duration(spec.duration)}...")
         try:
-            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head))
+            sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head,
+                                                                   thread_id=ctx.thread_id))
         except (TelegramError, OutboxDropped):
             sent = None  # no progress message to edit: the result still comes
-        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"))
+        progress_ctx = Context(ctx.user_id, ctx.chat_id, (sent or {}).get("message_id"), ctx.who, ctx.thread_id)
 
         def progress(run: stability.StabilityRun, now: float) -> None:
             if progress_ctx.message_id is not None:
@@ -813,7 +971,8 @@ class Bot:
         png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
                                             limiter=self._charts)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
-                                                 views.e(stability.caption(host.name, spec, figures))))
+                                                 views.e(stability.caption(host.name, spec, figures)),
+                                                 thread_id=ctx.thread_id))
 
     # --- the speed test (mbot/speedtest.py) ---------------------------------------------------------------------
 
@@ -909,7 +1068,7 @@ class Bot:
         await self._send_agent_file(ctx)
         name, content, caption, keyboard = views.agent_env(key, self._endpoint, ctx.user_id)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, name, content, caption,
-                                                 keyboard, content_type="text/plain"))
+                                                 keyboard, content_type="text/plain", thread_id=ctx.thread_id))
 
     async def _send_agent_file(self, ctx: Context) -> None:
         try:
@@ -919,10 +1078,12 @@ class Bot:
             self._send(ctx, "The agent file is not on this server; get agent/mbot_agent.py from mbot's repository.")
             return
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, "mbot_agent.py", data,
-                                                 views.AGENT_CAPTION, content_type="text/x-python"))
+                                                 views.AGENT_CAPTION, content_type="text/x-python",
+                                                 thread_id=ctx.thread_id))
 
     def _send(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
-        self._outbox.submit(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, text, reply_markup=keyboard))
+        self._outbox.submit(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, text, reply_markup=keyboard,
+                                                 thread_id=ctx.thread_id))
 
     def _edit(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:
         if ctx.message_id is None:

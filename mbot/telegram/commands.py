@@ -90,6 +90,13 @@ TABLE: tuple[Spec, ...] = (
     # mbot.quiet checks the window itself.
     Spec("quiet", "[HH:MM-HH:MM | off]", "silent notifications in these hours (MBOT_TZ)", 0, 3,
          example="/quiet 23:00-07:00"),
+    # Groups (mbot/telegram/groups.py): used in the group itself; each checks the member who sent it.
+    Spec("bind", "[NAME]", "in a group: send a host's alerts there too (no NAME: what is bound here)", 0, 1,
+         example="/bind box1"),
+    Spec("unbind", "NAME", "in a group: stop sending a host's alerts there", 1, 1),
+    Spec("statuspage", "[@CHANNEL] [NAME ...] | off",
+         "one message that keeps your hosts' state current, in this group or a channel you administer", 0, 31,
+         example="/statuspage box1 box2"),
     Spec("invite", "", "a one-time link that lets one more person use this bot (admin only)", 0, 0, menu=False,
          admin=True),
     # /help is the list itself (so not in it), but in the menu: it is where a new user looks first.

@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import charts, plotting, processes, store
+from .. import charts, i18n, plotting, processes, store
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
 from ..model import Host, StoredSnapshot
@@ -87,7 +87,8 @@ def _captured(snapshot: StoredSnapshot | None, host: Host, now: float) -> str | 
 class AlertDelivery:
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings, *,
                  clock: Callable[[], float], chart_limiter: trio.CapacityLimiter,
-                 silent: Callable[[int], bool] = lambda chat_id: False) -> None:
+                 silent: Callable[[int], bool] = lambda chat_id: False,
+                 language: Callable[[int], str] = lambda chat_id: i18n.DEFAULT) -> None:
         self._api = api
         self._outbox = outbox
         self._db = db
@@ -96,6 +97,7 @@ class AlertDelivery:
         self._clock = clock
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
+        self._language = language  # the language the user reads (mbot.telegram.languages)
         self._threads: dict[Key, _Thread] = {}
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
@@ -131,10 +133,11 @@ class AlertDelivery:
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
                 try:
-                    if group:
-                        await self._deliver_group(owner, text, group)
-                    else:
-                        await self._deliver(owner, text, event)
+                    with i18n.speaking(self._language(owner)):
+                        if group:
+                            await self._deliver_group(owner, text, group)
+                        else:
+                            await self._deliver(owner, text, event)
                 except Exception:  # one event that cannot go out must not hold up the others
                     log.exception("could not deliver an alert to chat %d", owner)
 

@@ -7,22 +7,25 @@ from pathlib import Path
 
 import pytest
 
-from mbot import i18n
+from mbot import i18n, series
 from mbot.i18n import _, n_
 
 SOURCE = Path(i18n.__file__).parent
 
 
 def used_ids() -> list[tuple[str, str]]:
-    """(file, msgid) for every _("...") and n_("...", "...", n) with a literal id in mbot/ (an n_'s plural is
-    not an id: its translations are stored under the singular)."""
+    """(file, msgid) for every _("..."), n_("...", "...", n) and N_("...") with a literal id in mbot/ (an n_'s
+    plural is not an id: its translations are stored under the singular), and every text of the metric
+    catalogue's rows (said through _() by series.Metric.text and the card's buttons)."""
     found = []
     for path in sorted(SOURCE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "n_")
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "n_", "N_")
                     and node.args and isinstance(node.args[0], ast.Constant)
                     and isinstance(node.args[0].value, str)):
                 found.append((path.name, node.args[0].value))
+    for row in series.CATALOGUE:
+        found += [("series.py", text) for text in (row.label, row.legend, row.button, row.named) if text]
     return found
 
 

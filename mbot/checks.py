@@ -36,7 +36,7 @@ FRAME = "checks"  # server -> agent: the whole list (a snapshot kind of the same
 NAME_RULE = "a check name is 1-40 characters of lower-case letters, digits, '.', '_', ':' and '-'"
 NAME = re.compile(r"[a-z0-9][a-z0-9._:-]{0,39}")
 
-USAGE = ("/check NAME URL|tcp://HOST:PORT [EVERY] - probe a target from the host every EVERY (default 1m, "
+USAGE = N_("/check NAME URL|tcp://HOST:PORT [EVERY] - probe a target from the host every EVERY (default 1m, "
          "10s to 1d), e.g. /check box1 https://example.com 5m; /check NAME del CHECK removes one")
 
 
@@ -135,7 +135,7 @@ def parse_command(args: Sequence[str]) -> AddCheck | DelCheck:
     if len(args) == 3 and args[1].lower() in ("del", "delete", "rm"):
         return DelCheck(args[0], args[2])
     if len(args) not in (2, 3):
-        raise CheckError(_("Usage: {usage}", usage=USAGE))
+        raise CheckError(_("Usage: {usage}", usage=_(USAGE)))
     return AddCheck(args[0], validate_target(args[1]), parse_every(args[2] if len(args) == 3 else None))
 
 

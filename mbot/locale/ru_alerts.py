@@ -11,7 +11,7 @@ RU: dict[str, Translation] = {
     "{days} days": "{days} дня",
     "threshold below {value}": "порог: ниже {value}",
     "threshold {value}": "порог {value}",
-    "{label} is down: {value}": "{label} не работает: {value}",
+    "{label} is down: {value}": "{label}: сбой ({value})",
     "{label} is {value}": "{label}: {value}",
     "your host came back": "ваш хост вернулся",
     "all {n} hosts came back": ("вернулся {n} хост", "вернулись все {n} хоста", "вернулись все {n} хостов"),
@@ -31,7 +31,7 @@ RU: dict[str, Translation] = {
     "{host}: {label} still down ({value}) after {duration}":
         "{host}: {label} всё ещё не работает ({value}), уже {duration}",
     "{host}: {label} still {value} after {duration}": "{host}: {label} всё ещё {value}, уже {duration}",
-    "{host} is offline (last seen {duration} ago)": "{host} недоступен (последний раз на связи {duration} назад)",
+    "{host} is offline (last seen {duration} ago)": "{host} пропал со связи (последний раз на связи {duration} назад)",
     "{host} is back online after {duration}": "{host} снова на связи (не было {duration})",
     "{host} is back after {duration}": "{host} вернулся через {duration}",
     "{host} is back, {duration} after its shutdown from the chat":
@@ -40,12 +40,12 @@ RU: dict[str, Translation] = {
     "{host} is not back {duration} after its reboot (last seen {ago} ago)":
         "{host} не вернулся за {duration} после перезагрузки (последний раз на связи {ago} назад)",
     "{host}: notifications are back on.": "{host}: уведомления снова включены.",
-    "It is offline (last seen {duration} ago).": "Хост недоступен (последний раз на связи {duration} назад).",
+    "It is offline (last seen {duration} ago).": "Хост не на связи (последний раз на связи {duration} назад).",
     "Still firing:": "Всё ещё горят:",
     "Nothing is firing.": "Ничего не горит.",
     "{host} came back online while muted": "{host} вернулся на связь, пока уведомления были выключены",
     "{host}: {label} back to normal while muted": "{host}: {label} в норме (пока уведомления были выключены)",
-    "{host} was offline for {duration}; back online": "{host} был недоступен {duration}; снова на связи",
+    "{host} was offline for {duration}; back online": "{host} был не на связи {duration}; снова на связи",
     "worst {value}": "худшее {value}",
     "{n} container down": ("{n} контейнер не работает", "{n} контейнера не работают", "{n} контейнеров не работают"),
     "{n} member down": ("{n} объект не работает", "{n} объекта не работают", "{n} объектов не работают"),

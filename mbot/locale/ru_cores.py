@@ -105,6 +105,10 @@ RU: dict[str, Translation] = {
         "EVERY {text!r} — не длительность: например 30s, 5m или 1h",
     "EVERY is {low} to {high}": "EVERY — от {low} до {high}",
     "Usage: {usage}": "Использование: {usage}",
+    "/check NAME URL|tcp://HOST:PORT [EVERY] - probe a target from the host every EVERY (default 1m, 10s to 1d), e.g. "
+    "/check box1 https://example.com 5m; /check NAME del CHECK removes one":
+        "/check NAME URL|tcp://HOST:PORT [EVERY] - проверять цель с хоста каждые EVERY (по умолчанию 1m, от 10s до "
+        "1d), например /check box1 https://example.com 5m; /check NAME del CHECK удаляет проверку",
     # plotspec.py
     "Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]": "Использование: /plot NAME METRICS SPAN... [LIMIT] [UNIT]",
     "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit":

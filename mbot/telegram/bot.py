@@ -120,7 +120,7 @@ class Bot:
         self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
         self._quiet = {user: quiet.QuietHours(*window) for user, window in
                        (await self._db.read(store.quiet_hours)).items()}
-        self._languages = Languages(await self._db.read(store.user_languages))
+        self._languages.load(await self._db.read(store.user_languages))  # the same object alerting asks
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)

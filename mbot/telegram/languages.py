@@ -11,7 +11,13 @@ from .. import i18n
 
 class Languages:
     def __init__(self, rows: dict[int, tuple[str | None, str | None]] | None = None) -> None:
-        self._rows = dict(rows or {})  # user id -> (chosen, seen), each a language of i18n.LANGUAGES or None
+        self._rows: dict[int, tuple[str | None, str | None]] = {}
+        self.load(rows or {})
+
+    def load(self, rows: dict[int, tuple[str | None, str | None]]) -> None:
+        """The stored rows (`user_languages`); a value no longer in i18n.LANGUAGES reads as unknown."""
+        self._rows = {user: (chosen if chosen in i18n.LANGUAGES else None, seen if seen in i18n.LANGUAGES else None)
+                      for user, (chosen, seen) in rows.items()}
 
     def of(self, user_id: int) -> str:
         """The language to speak to `user_id` in."""

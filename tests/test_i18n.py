@@ -77,3 +77,18 @@ def test_every_russian_entry_is_a_message_the_code_sends() -> None:
     used = {msgid for _, msgid in used_ids()} | {msgid for _, msgid in literal_ids(Path(__file__))}
     dead = sorted(set(i18n.catalogue("ru")) - used)
     assert not dead, "translated but never used:\n" + "\n".join(map(repr, dead))
+
+
+def test_a_users_language_is_their_choice_else_telegrams_else_english_and_costs_a_write_only_when_it_changes():
+    from mbot.telegram.languages import Languages
+
+    languages = Languages({1: ("ru", "en"), 2: ("xx", "ru"), 3: (None, "klingon")})  # stored rows, one stale
+    assert [languages.of(user) for user in (1, 2, 3, 4)] == ["ru", "ru", "en", "en"]
+    assert languages.seen(4, "ru-RU") == (None, "ru") and languages.of(4) == "ru"
+    assert languages.seen(4, "ru") is None  # the same again: nothing to store
+    assert languages.seen(4, None) is None and languages.of(4) == "ru"  # Telegram left it out: no news
+    assert languages.seen(4, {"x": 1}) == (None, "en") and languages.of(4) == "en"  # hostile: English
+    assert languages.seen(4, "ru") == (None, "ru")
+    assert languages.choose(4, "en") == ("en", "ru") and languages.of(4) == "en"  # /lang en wins over Telegram's
+    assert languages.seen(4, "ru") is None and languages.of(4) == "en"
+    assert languages.choose(4, None) == (None, "ru") and languages.of(4) == "ru"  # /lang auto

@@ -118,7 +118,10 @@ def codes(metrics: Iterable[str], items_by_kind: dict[str, Sequence[Item]]) -> d
 def label(series: str) -> str | None:
     """"service nginx.service" for a member series, None for other series."""
     found = member_of(series)
-    return None if found is None else _(found[0].label, name=found[1])
+    if found is None:
+        return None
+    label = _(found[0].label, name=found[1])
+    return label if "{name}" in found[0].label else f"{label} {found[1]}"  # a kind whose label names no {name}
 
 
 def state_word(value: float, metric: str | None = None) -> str:

@@ -194,6 +194,35 @@ MIGRATIONS: list[str] = [
         UNIQUE (host_id, name)
     );
     """,
+    # Teams (mbot.access): roles of other users on a host (the owner stays hosts.owner), share links (an `invites`
+    # row of kind "share" naming its host and role), what the audit says a share or removal concerned, the names
+    # people go by (for /shares and /unshare), each chat's default host (/set), and one alert message per
+    # recipient: alert_messages rows now carry their chat from the start (see add_alert_message).
+    """
+    CREATE TABLE host_roles (
+        host_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        granted_by INTEGER NOT NULL,
+        granted_at REAL NOT NULL,
+        PRIMARY KEY (host_id, user_id)
+    );
+    CREATE INDEX host_roles_user ON host_roles (user_id);
+    ALTER TABLE invites ADD COLUMN host_id INTEGER;
+    ALTER TABLE invites ADD COLUMN role TEXT;
+    ALTER TABLE audit ADD COLUMN target INTEGER;
+    CREATE TABLE people (
+        user_id INTEGER PRIMARY KEY,
+        username TEXT,
+        first_name TEXT
+    );
+    CREATE TABLE chat_defaults (
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        host_id INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    );
+    """,
     # The chat's language per user (mbot.i18n): what /lang chose (NULL: follow Telegram) and the language_code
     # Telegram last sent, for messages that answer no update (alerts, notices).
     """
@@ -439,13 +468,18 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM alert_messages WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM checks WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM host_roles WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM chat_defaults WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM invites WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
 def add_audit(conn: sqlite3.Connection, *, ts: float, user_id: int, host_id: int | None, host_name: str,
-              action: str, outcome: str) -> int:
-    cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome) VALUES (?, ?, ?, ?, ?, ?)",
-                       (ts, user_id, host_id, host_name, action, outcome))
+              action: str, outcome: str, target: int | None = None) -> int:
+    """`user_id` did `action` (reboot, shutdown, share, unshare) on the host; `target`: the user a share or a
+    removal concerned."""
+    cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome, target) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, user_id, host_id, host_name, action, outcome, target))
     return _inserted_id(cur)
 
 
@@ -675,14 +709,14 @@ def _alert_message(row: sqlite3.Row) -> AlertMessage:
 
 
 def add_alert_message(conn: sqlite3.Connection, host_id: int, metric: str, series: str, fired: float,
-                      procs_json: str | None) -> int:
-    """A new alert life; an older open one of the same alert is closed (it can only be left from a crash), and
-    rows resolved more than ALERT_MESSAGE_KEEP ago go."""
+                      procs_json: str | None, chat_id: int | None = None) -> int:
+    """A new alert life in one recipient's chat (one row per recipient); an older open one of the same alert in
+    that chat is closed (it can only be left from a crash), and rows resolved more than ALERT_MESSAGE_KEEP ago go."""
     conn.execute("UPDATE alert_messages SET resolved = ? WHERE host_id = ? AND metric = ? AND series = ? "
-                 "AND resolved IS NULL", (fired, host_id, metric, series))
+                 "AND resolved IS NULL AND (chat_id IS NULL OR chat_id = ?)", (fired, host_id, metric, series, chat_id))
     conn.execute("DELETE FROM alert_messages WHERE resolved < ?", (fired - ALERT_MESSAGE_KEEP,))
-    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs) VALUES (?, ?, ?, ?, ?)",
-                       (host_id, metric, series, fired, procs_json))
+    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs, chat_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (host_id, metric, series, fired, procs_json, chat_id))
     return _inserted_id(cur)
 
 
@@ -750,3 +784,68 @@ def checks_version(conn: sqlite3.Connection) -> int:
 
 def _bump_checks(conn: sqlite3.Connection) -> None:
     set_kv(conn, CHECKS_VERSION, str(checks_version(conn) + 1))
+
+
+# --- teams: roles on hosts, names, default hosts (mbot.access) ---------------------------------------------------
+
+
+def role_on(conn: sqlite3.Connection, host_id: int, user_id: int) -> str | None:
+    """The role `user_id` was granted on the host (not ownership: that is hosts.owner)."""
+    row = conn.execute("SELECT role FROM host_roles WHERE host_id = ? AND user_id = ?", (host_id, user_id)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def grant_role(conn: sqlite3.Connection, host_id: int, user_id: int, role: str, granted_by: int, now: float) -> None:
+    conn.execute("INSERT INTO host_roles (host_id, user_id, role, granted_by, granted_at) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (host_id, user_id) DO UPDATE SET role = excluded.role, "
+                 "granted_by = excluded.granted_by, granted_at = excluded.granted_at",
+                 (host_id, user_id, role, granted_by, now))
+
+
+def remove_role(conn: sqlite3.Connection, host_id: int, user_id: int) -> bool:
+    """The role goes, and with it whatever default (/set) the user had made of the host in any chat."""
+    gone = conn.execute("DELETE FROM host_roles WHERE host_id = ? AND user_id = ?", (host_id, user_id)).rowcount
+    conn.execute("DELETE FROM chat_defaults WHERE host_id = ? AND user_id = ?", (host_id, user_id))
+    return gone > 0
+
+
+def roles_of_host(conn: sqlite3.Connection, host_id: int) -> list[tuple[int, str, str | None, str | None]]:
+    """(user id, role, username, first name) of everyone granted a role on the host, oldest grant first."""
+    rows = conn.execute("SELECT r.user_id, r.role, p.username, p.first_name FROM host_roles r "
+                        "LEFT JOIN people p ON p.user_id = r.user_id WHERE r.host_id = ? ORDER BY r.granted_at, "
+                        "r.user_id", (host_id,))
+    return [(int(row[0]), str(row[1]), row[2], row[3]) for row in rows]
+
+
+def hosts_of_user(conn: sqlite3.Connection, user_id: int) -> list[tuple[Host, str]]:
+    """Every host `user_id` may see with their role on it: their own ("owner") by name, then those shared with
+    them by name. Two queries on indexed columns, whatever the number of hosts elsewhere."""
+    own = [(host, "owner") for host in list_hosts(conn, user_id)]
+    rows = conn.execute(f"SELECT {_HOST_COLUMNS.replace('id,', 'hosts.id,', 1)}, r.role AS granted FROM hosts "
+                        "JOIN host_roles r ON r.host_id = hosts.id WHERE r.user_id = ? AND hosts.owner != ? "
+                        "ORDER BY hosts.name", (user_id, user_id))
+    return own + [(_host(row), str(row["granted"])) for row in rows]
+
+
+def set_person(conn: sqlite3.Connection, user_id: int, username: str | None, first_name: str | None) -> None:
+    conn.execute("INSERT INTO people (user_id, username, first_name) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                 "DO UPDATE SET username = excluded.username, first_name = excluded.first_name",
+                 (user_id, username, first_name))
+
+
+def people(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str | None]]:
+    return {int(row[0]): (row[1], row[2]) for row in conn.execute("SELECT user_id, username, first_name FROM people")}
+
+
+def chat_default(conn: sqlite3.Connection, chat_id: int, user_id: int) -> int | None:
+    row = conn.execute("SELECT host_id FROM chat_defaults WHERE chat_id = ? AND user_id = ?",
+                       (chat_id, user_id)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_chat_default(conn: sqlite3.Connection, chat_id: int, user_id: int, host_id: int | None) -> None:
+    if host_id is None:
+        conn.execute("DELETE FROM chat_defaults WHERE chat_id = ? AND user_id = ?", (chat_id, user_id))
+    else:
+        conn.execute("INSERT INTO chat_defaults (chat_id, user_id, host_id) VALUES (?, ?, ?) ON CONFLICT "
+                     "(chat_id, user_id) DO UPDATE SET host_id = excluded.host_id", (chat_id, user_id, host_id))

@@ -46,13 +46,24 @@ async def test_russian_user_gets_russian_lang_switches_and_alerts_follow(fake: F
     assert (await say(fake, ALICE, "/lang"))["text"].startswith("Язык: Русский (как в вашем Telegram)")
     assert read_db(settings, "SELECT chosen, seen FROM user_languages WHERE user_id = ?", ALICE) == [(None, "ru")]
 
-    # An alert with no update to answer: said in the language of ALICE's last updates.
+    # ALICE shares box1 with BOB, whose Telegram speaks English.
+    token = re.search(r"\?start=([\w-]+)", (await say(fake, ALICE, "/share box1 viewer"))["text"])[1]
+    assert CYRILLIC.search((await say(fake, BOB, f"/start {token}"))["text"]) is None
+
+    # An alert with no update to answer: said in the language of each recipient's last updates.
     secret = re.search(r"AGENT_SECRET=(\S+)", reply).group(1)
     agent = await Agent.connect(nursery, server.port, secret)
     await agent.ws.send_message(sample_frame(1, cpu=42.0))
     await ack_reaching(agent.ws, 1)
+    since = len(fake.sent)
     assert await offline_alert(fake, server, clock, agent, "box1") == \
         "box1 пропал со связи (последний раз на связи 1 ч назад)"
+    to_bob = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params.get("chat_id") == BOB
+                                 and c.params["text"].startswith("box1"), since=since)
+    assert to_bob.params["text"] == "box1 is offline (last seen 1 h ago)"
+    to_alice = await fake.wait_for(lambda c: c.method == "sendMessage" and c.params.get("chat_id") == ALICE
+                                   and c.params["text"].startswith("box1"), since=since)
+    assert "🔕 Тишина 1 ч" in str(to_alice.params["reply_markup"])  # the owner's buttons, in the owner's language
 
     # /lang en: English from now on, whatever Telegram says, and the next alert too.
     assert (await say(fake, ALICE, "/lang en"))["text"].startswith("Language: English (chosen with /lang")

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The pure cores. Add a new core here when it is written.
 CORES = [
+    "mbot.access",
     "mbot.alert_state",
     "mbot.alerts",
     "mbot.checks",

@@ -32,6 +32,11 @@ RU: dict[str, Translation] = {
     "a one-time link that lets one more person use this bot (admin only)":
         "одноразовая ссылка, по которой ещё один человек сможет пользоваться ботом (только админ)",
     "what mbot can do": "что умеет mbot",
+    "this chat's default host: commands then work without NAME": "хост по умолчанию для этого чата: команды будут "
+                                                                 "работать без NAME",
+    "a one-time link that shares a host with one person": "одноразовая ссылка, чтобы открыть хост одному человеку",
+    "who a host is shared with, and a button to remove each": "кому открыт хост, с кнопкой, чтобы убрать каждого",
+    "take a person's access to a host away": "закрыть человеку доступ к хосту",
     "{text}, e.g. {example}": "{text}, например {example}",
     "Unknown command /{name}. /help lists what I understand.": "Неизвестная команда /{name}. /help — что я понимаю.",
     # views.py
@@ -134,7 +139,8 @@ RU: dict[str, Translation] = {
     "🩺 Diagnostics": "🩺 Диагностика",
     "<b>{name}</b> · diagnostics": "<b>{name}</b> · диагностика",
     "Status card": "Карточка",
-    "{mark} <b>{name}</b> - {state}, last seen {ago}": "{mark} <b>{name}</b> — {state}, последний раз на связи {ago}",
+    "{mark} <b>{name}</b>{shared} - {state}, last seen {ago}":
+        "{mark} <b>{name}</b>{shared} — {state}, последний раз на связи {ago}",
     "{state}, last seen {ago}": "{state}, последний раз на связи {ago}",
     "agent {version}": "агент {version}",
     ": on that machine, <code>{line}</code>": ": на той машине — <code>{line}</code>",

@@ -1,16 +1,18 @@
 """Routes Telegram updates to service calls and views. Holds no business logic of its own.
 
 Who may talk to it is mbot.users: ALLOWED_USERS plus the `users` table (claim and invite codes); everyone else gets
-one polite refusal. Every command and every button re-checks, on the server, that the sender owns the host
-(service.owned_host); a forged callback naming someone else's host gets exactly the answer a missing host gets.
-A button acts only for the user it was made for (the host's owner, or the user its data names): in a group, another
-member's press gets a "not for you" alert and the message stays as it is. Replies go through the outbox
+one polite refusal. Every command and every button re-checks, on the server and at the moment it is made, that the
+sender's role on the host (its owner, or someone it was shared with: mbot.access) allows it (service.resolve,
+service.host_for); a forged callback naming a host the presser has no role on gets exactly the answer a missing host
+gets. A button acts only for a user it may be for (one with a role on its host, or the user its data names): in a
+group, another member's press gets a "not for you" alert and the message stays as it is. Replies go through the outbox
 (rate-limited); only answerCallbackQuery goes direct, because the client spins until it is answered.
 """
 from __future__ import annotations
 
 import logging
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -18,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (charts, checks, containers, i18n, install, plotspec, plotting, processes, protocol, quiet, selfwatch,
-               service, speedtest, stability, stabilitychart, store, users)
+from .. import (access, charts, checks, containers, i18n, install, plotspec, plotting, processes, protocol, quiet,
+               selfwatch, service, speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
@@ -30,7 +32,7 @@ from ..durations import format_duration
 from ..i18n import _, n_
 from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
-from ..service import NoSuchHost, ServiceError
+from ..service import NoSuchHost, NotAllowed, ServiceError
 from ..store import Database
 from ..writer import Writer
 from . import alert_commands, alert_text, commands, views
@@ -53,6 +55,8 @@ NEWKEY_BURST, NEWKEY_EVERY = 10, 60.0
 CODE_BURST, CODE_EVERY = 5, 600.0
 # tell_owner: the same text to the same owner at most once per this long.
 TELL_REPEAT = 600.0
+# Buttons whose action (mbot.access) has another name than the callback's.
+_ACCESS = {"amute": "mute", "range": "chart"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,24 @@ class Context:
     user_id: int
     chat_id: int
     message_id: int | None = None  # the message a button sits on
+    who: str = ""  # the sender as others read it (@username or first name): "acknowledged by ..."
+
+
+def _person(who: str) -> tuple[str | None, str | None]:
+    """(username, first name) from what _who made."""
+    return (who[1:], None) if who.startswith("@") else (None, who)
+
+
+def _names_a_host(conn: sqlite3.Connection, user_id: int, word: str) -> bool:
+    """Whether `word` is the name of a host the user may see (then it is NAME, not a default host's argument)."""
+    return any(host.name.lower() == word.lower() for host, _role in store.hosts_of_user(conn, user_id))
+
+
+def _who(sender: dict[str, Any]) -> str:
+    username, first = sender.get("username"), sender.get("first_name")
+    if isinstance(username, str) and username:
+        return "@" + username[:64]
+    return first[:64] if isinstance(first, str) and first else str(sender.get("id", "?"))
 
 
 class SqliteOffset:
@@ -252,7 +274,7 @@ class Bot:
         sender = message.get("from") or {}
         if not text or "id" not in sender:
             return
-        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"])
+        ctx = Context(user_id=sender["id"], chat_id=message["chat"]["id"], who=_who(sender))
         if self._role(ctx.user_id) is None:
             await self._stranger(ctx, text, private=message["chat"].get("type") == "private")
             return
@@ -265,8 +287,8 @@ class Bot:
             return
         try:
             await self._command(ctx, command)
-        except (UsageError, ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
-                quiet.QuietUsageError) as exc:
+        except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
+                quiet.QuietUsageError, UsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -290,26 +312,68 @@ class Bot:
             self._send(ctx, _(views.NOT_ALLOWED))
 
     async def _redeem(self, ctx: Context, code: str) -> None:
-        role = None
+        redeemed = None
         if users.looks_like_code(code):
-            role = await self._writer.call(partial(users.redeem, first_is_admin=self._settings.allowed_users is None),
-                                           users.code_hash(code), ctx.user_id, self._clock())
-        if role is None:
+            redeemed = await self._writer.call(partial(self._redeem_code, first_is_admin=self._settings.allowed_users
+                                                       is None, who=ctx.who), users.code_hash(code), ctx.user_id,
+                                               self._clock())
+        if redeemed is None:
             log.warning("Telegram user %d sent an unknown, used or expired invite code", ctx.user_id)
             self._send(ctx, _(views.BAD_INVITE))
             return
+        role = redeemed.role
         self._users[ctx.user_id] = role
         log.info("Telegram user %d joined with a code, as %s", ctx.user_id, role)
         if role == users.ADMIN:
             await self._writer.call(selfwatch.adopt, ctx.user_id)  # the server's own host is the admin's
         self._send(ctx, views.welcome(role))
+        await self._shared_with(ctx, redeemed)
+
+    @staticmethod
+    def _redeem_code(conn: sqlite3.Connection, hashed: str, user_id: int, now: float, *, first_is_admin: bool, who: str,
+                     shares_only: bool = False) -> users.Redeemed | None:
+        """users.redeem, and for a share link the name its user goes by (for the owner's /shares and /unshare),
+        in one transaction."""
+        redeemed = users.redeem(conn, hashed, user_id, now, first_is_admin=first_is_admin, shares_only=shares_only)
+        if redeemed is not None and redeemed.host_id is not None:
+            store.set_person(conn, user_id, *_person(who))
+            host = store.host_by_id(conn, redeemed.host_id)
+            store.add_audit(conn, ts=now, user_id=user_id, host_id=redeemed.host_id,
+                            host_name=host.name if host else "", action="share",
+                            outcome=f"joined as {redeemed.host_role}", target=user_id)
+        return redeemed
+
+    async def _shared_with(self, ctx: Context, redeemed: users.Redeemed) -> None:
+        if redeemed.host_id is None or redeemed.host_role is None:
+            return
+        host = await self._db.read(store.host_by_id, redeemed.host_id)
+        if host is not None:
+            log.info("Telegram user %d now has the %s role on host %s (share link)", ctx.user_id,
+                     redeemed.host_role, host.name)
+            self._send(ctx, views.shared_with_you(host, redeemed.host_role))
 
     async def _command(self, ctx: Context, command: Command) -> None:
         now = self._clock()
         name, args = command.name, command.args
-        if name in ("start", "help"):
-            # /start CODE from someone who already is a user: the code is left unspent for whoever it was meant for.
+        if commands.COMMANDS[name].default_host:
+            args = await self._default_host(ctx, name, args)
+            command = Command(name, args)
+        if name == "start" and args and users.looks_like_code(args[0]) \
+                and self._code_limit.take(ctx.user_id, now).allowed:
+            # A user opening a share link gets its role; an invite or claim code is left unspent for whoever it was
+            # meant for (and they get /help).
+            redeemed = await self._writer.call(partial(self._redeem_code, first_is_admin=False, who=ctx.who,
+                                                       shares_only=True), users.code_hash(args[0]), ctx.user_id, now)
+            if redeemed is not None and redeemed.host_id is not None:
+                await self._shared_with(ctx, redeemed)
+                return
             self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
+        elif name in ("start", "help"):
+            self._send(ctx, views.help_text(admin=self._role(ctx.user_id) == users.ADMIN))
+        elif name == "linkkey":
+            self._send(ctx, views.e(views.linkkey()))
+        elif name in ("share", "shares", "unshare", "set"):
+            await self._team_command(ctx, name, args, now)
         elif name == "invite":
             await self._invite(ctx, now)
         elif name == "quiet":
@@ -321,14 +385,14 @@ class Bot:
         elif name == "plot":
             longest = max(tier.retention for tier in self._settings.tiers)
             request = plotspec.parse_plot(args, max_span=longest)
-            host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
+            host = await self._db.read(service.resolve, ctx.user_id, request.host, "plot")
             await self._chart(ctx, host, request.metrics, request.span, request.limit, request.unit, None)
         elif name == "stability":
             spec = stability.parse_stability(args)
-            host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
+            host = await self._db.read(service.resolve, ctx.user_id, spec.name, "stability")
             self._start_stability(ctx, host, spec)
         elif name == "speedtest":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "speedtest")
             self._start_speedtest(ctx, host)
         elif name in ("check", "checks"):
             await self._check_command(ctx, command)
@@ -348,34 +412,34 @@ class Bot:
             await self._send_agent_file(ctx)
         elif name == "hosts":
             downloads = self._hub.downloads
-            self._send(ctx, *views.host_list(await self._db.read(store.list_hosts, ctx.user_id), now,
-                                             self._alerting.power_states(),
+            hosts, roles = await self._visible_hosts(ctx.user_id)
+            self._send(ctx, *views.host_list(hosts, now, self._alerting.power_states(),
                                              recommended=install.agent_version(downloads.agent if downloads else None),
-                                             update_line=install.one_liner(self._endpoint, "--update")))
+                                             update_line=install.one_liner(self._endpoint, "--update"), roles=roles))
         elif name == "status" and not args:
-            self._send(ctx, *views.summary(await self._db.read(store.list_hosts, ctx.user_id), now,
-                                           self._alerting.power_states()))
+            hosts, roles = await self._visible_hosts(ctx.user_id)
+            self._send(ctx, *views.summary(hosts, now, self._alerting.power_states(), roles))
         elif name == "status":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
-            self._send(ctx, *await self._card(host, now))
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "card")
+            self._send(ctx, *await self._card(host, now, ctx.user_id))
         elif name == "top":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "top")
             procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
             self._send(ctx, *views.processes_view(host, procs, now))
         elif name == "info":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "info")
             self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif name == "containers":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "containers")
             await self._containers(ctx, host, now, edit=False)
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
             self._send(ctx, _("<b>{old}</b> is now <b>{new}</b>.", old=views.e(host.name), new=views.e(args[1])))
         elif name == "revoke":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "revoke")
             self._send(ctx, *views.revoke_question(host))
         elif name == "rotate":
-            host = await self._db.read(service.resolve_host, ctx.user_id, args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "rotate")
             key = await self._writer.call(service.rotate, ctx.user_id, host.id)
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key rotated")
             log.info("user %d rotated the key of host %s", ctx.user_id, host.name)
@@ -391,13 +455,13 @@ class Bot:
 
     async def _check_command(self, ctx: Context, command: Command) -> None:
         if command.name == "checks":
-            host = await self._db.read(service.resolve_host, ctx.user_id, command.args[0])
+            host = await self._db.read(service.resolve, ctx.user_id, command.args[0], "checks")
             specs = await self._db.read(store.checks_of_host, host.id)
             snapshot = await self._db.read(store.latest_snapshot, host.id, checks.FRAME)
             self._send(ctx, views.checks_view(host, specs, snapshot))
             return
         request = checks.parse_command(command.args)
-        host = await self._db.read(service.resolve_host, ctx.user_id, request.host)
+        host = await self._db.read(service.resolve, ctx.user_id, request.host, "check")
         if isinstance(request, checks.DelCheck):
             spec = await self._writer.call(service.delete_check, host, request.check)
             self._hub.checks_changed()
@@ -424,12 +488,84 @@ class Bot:
             text += "\n" + _("⚠️ This host's agent is too old to run checks: update it (/agent).")
         self._send(ctx, text)
 
-    async def _card(self, host: Host, now: float) -> tuple[str, views.Keyboard]:
-        """A host's status card and its buttons; with the host's process list, its top processes and the
-        Processes button."""
+    async def _card(self, host: Host, now: float, user_id: int) -> tuple[str, views.Keyboard]:
+        """A host's status card and the buttons the reader's role allows; with the host's process list, its top
+        processes and the Processes button."""
         procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
+        role = await self._db.read(service.allowed, host, user_id, "card")
         return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
-                views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
+                views.card_keyboard(host, plotting.available_series(host), procs=procs is not None, role=role))
+
+    async def _visible_hosts(self, user_id: int) -> tuple[list[Host], dict[int, str]]:
+        """The hosts the user may see (their own, then those shared with them) and their role on the shared ones."""
+        found = await self._db.read(store.hosts_of_user, user_id)
+        return [host for host, _role in found], {host.id: role for host, role in found if role != access.OWNER}
+
+    # --- teams: /share, /shares, /unshare, /set (mbot.access) ----------------------------------------------------
+
+    async def _team_command(self, ctx: Context, name: str, args: Sequence[str], now: float) -> None:
+        if name == "share":
+            role = access.parse_role(args[1]) if len(args) > 1 else access.VIEWER
+            if role is None:
+                raise ServiceError(_("A host is shared as viewer or operator: /share NAME [viewer|operator]"))
+            code = users.new_code()
+            host = await self._writer.call(service.share, ctx.user_id, args[0], role, users.code_hash(code), now)
+            log.info("user %d made a one-time link sharing host %s as %s", ctx.user_id, host.name, role)
+            self._send(ctx, *views.share_link(host, role, users.invite_link(self._username, code), code, ctx.user_id,
+                                              users.INVITE_TTL / 3600))
+        elif name == "shares":
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "shares")
+            self._send(ctx, *views.shares_view(host, await self._db.read(store.roles_of_host, host.id)))
+        elif name == "unshare":
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "unshare")
+            user_id = await self._db.read(service.person_named, host.id, args[1])
+            if user_id is None:
+                raise ServiceError(_("Nobody called {who} has a role on {name}: /shares {name} lists them.",
+                                     who=args[1][:64], name=host.name))
+            await self._unshare(ctx, host, user_id, now)
+        elif not args:
+            default = await self._chat_default(ctx)
+            self._send(ctx, _("This chat's default host is <b>{name}</b>. /set off forgets it.",
+                              name=views.e(default.name)) if default is not None else _("No default host in this chat. /set NAME makes one: then /status, "
+                                                  "/plot, /setalert and the others work without NAME."))
+        elif args[0].lower() == "off":
+            await self._writer.call(store.set_chat_default, ctx.chat_id, ctx.user_id, None)
+            self._send(ctx, _("No default host in this chat any more: commands need NAME again."))
+        else:
+            host = await self._db.read(service.resolve, ctx.user_id, args[0], "set")
+            await self._writer.call(store.set_chat_default, ctx.chat_id, ctx.user_id, host.id)
+            self._send(ctx, _("<b>{name}</b> is this chat's default host: /status, /plot, /setalert and the others "
+                              "work without NAME. /set off forgets it.", name=views.e(host.name)))
+
+    async def _unshare(self, ctx: Context, host: Host, user_id: int, now: float) -> None:
+        await self._writer.call(service.unshare, ctx.user_id, host.id, user_id, now)
+        log.info("user %d took user %d's access to host %s away", ctx.user_id, user_id, host.name)
+        self._send(ctx, _("{who} no longer has access to <b>{name}</b>.", who=str(user_id), name=views.e(host.name)))
+
+    async def _default_host(self, ctx: Context, name: str, args: tuple[str, ...]) -> tuple[str, ...]:
+        """`args` with this chat's default host (/set) put in front when NAME is missing: a command of fixed
+        arguments given one too few, /status alone, or a first word that names none of the user's hosts."""
+        spec = commands.COMMANDS[name]
+        if len(args) >= spec.low and args and (name == "status" or spec.low == spec.high
+                                               or await self._db.read(_names_a_host, ctx.user_id, args[0])):
+            return args
+        host = await self._chat_default(ctx)
+        if host is not None:
+            return (host.name, *args)
+        if len(args) < spec.low:
+            raise UsageError(commands.usage(name))
+        return args
+
+    async def _chat_default(self, ctx: Context) -> Host | None:
+        """The user's default host in this chat (/set) while they still may see it; one they lost is forgotten."""
+        host_id = await self._db.read(store.chat_default, ctx.chat_id, ctx.user_id)
+        if host_id is None:
+            return None
+        try:
+            return await self._db.read(service.host_for, ctx.user_id, host_id, "set")
+        except NoSuchHost:  # gone, or no longer shared with them
+            await self._writer.call(store.set_chat_default, ctx.chat_id, ctx.user_id, None)
+            return None
 
     async def _invite(self, ctx: Context, now: float) -> None:
         if self._role(ctx.user_id) != users.ADMIN:
@@ -444,19 +580,19 @@ class Bot:
     async def _alert_command(self, ctx: Context, command: Command, now: float) -> None:
         name, args = command.name, list(command.args)
         if name == "alerts":
-            hosts = await self._db.read(store.list_hosts, ctx.user_id)
+            hosts, _roles = await self._visible_hosts(ctx.user_id)
             self._send(ctx, views.alerts_overview([h for h in hosts if h.revoked is None], self._alerting.engine, now))
             return
         if name == "setalert":
             spec = alert_commands.parse_setalert(args)
-            host = await self._db.read(service.resolve_host, ctx.user_id, spec.name)
+            host = await self._db.read(service.resolve, ctx.user_id, spec.name, "setalert")
             rule = spec.rule(host.id)
             await self._alerting.set_rule(rule)
             self._send(ctx, _("Alert set on <b>{name}</b>: {rule}.", name=views.e(host.name),
                               rule=views.e(views.rule_text(rule))))
         elif name == "delalert":
             delete = alert_commands.parse_delalert(args)
-            host = await self._db.read(service.resolve_host, ctx.user_id, delete.name)
+            host = await self._db.read(service.resolve, ctx.user_id, delete.name, "delalert")
             if await self._alerting.delete_rule(host.id, delete.metric):
                 self._send(ctx, _("Alert {metric} removed from <b>{name}</b>.", metric=views.e(delete.metric),
                                   name=views.e(host.name)))
@@ -465,13 +601,14 @@ class Bot:
                                   metric=views.e(delete.metric)))
         elif name == "mute":
             mute = alert_commands.parse_mute(args)
-            host = await self._db.read(service.resolve_host, ctx.user_id, mute.name)
+            host = await self._db.read(service.resolve, ctx.user_id, mute.name, "mute")
             self._alerting.mute(host.id, now + mute.duration)
+            await self._alert_delivery.muted(host.id, now + mute.duration, ctx.who)
             self._send(ctx, _("<b>{name}</b> muted for {duration}; what is still firing then will be reported. "
                               "/unmute ends it sooner.", name=views.e(host.name),
                               duration=format_duration(mute.duration)))
         elif name == "unmute":
-            host = await self._db.read(service.resolve_host, ctx.user_id, alert_commands.parse_unmute(args))
+            host = await self._db.read(service.resolve, ctx.user_id, alert_commands.parse_unmute(args), "unmute")
             muted_until = self._alerting.engine.host_status(host.id).muted_until
             if muted_until is None or muted_until <= now:
                 self._send(ctx, _("<b>{name}</b> is not muted.", name=views.e(host.name)))
@@ -513,7 +650,8 @@ class Bot:
         if "chat" not in message:
             await self._answer(query)
             return
-        ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"])
+        ctx = Context(user_id=query["from"]["id"], chat_id=message["chat"]["id"], message_id=message["message_id"],
+                      who=_who(query["from"]))
         private = message["chat"].get("type") == "private"
         if self._role(ctx.user_id) is None:
             await self._answer(query)
@@ -531,17 +669,29 @@ class Bot:
                      ctx.chat_id)
             await self._answer(query, _(views.NOT_YOUR_BUTTON))
             return
+        if callback.action in views.HOST_ACTIONS:
+            try:  # the presser's role, now: what it does not allow is said to the presser alone
+                await self._db.read(service.host_for, ctx.user_id, int(callback.args[0]),
+                                    _ACCESS.get(callback.action, callback.action))
+            except NotAllowed as exc:
+                log.info("user %d pressed a %s button their role does not allow", ctx.user_id, callback.action)
+                await self._answer(query, str(exc)[:200])
+                return
+            except NoSuchHost:
+                pass  # answered below, as for a missing host
         await self._answer(query)
         try:
             await self._button(ctx, callback)
         except NoSuchHost as exc:
             self._edit(ctx, views.e(str(exc)))
+        except ServiceError as exc:
+            self._send(ctx, views.e(str(exc)))
 
     async def _pressed_by_its_user(self, ctx: Context, callback: Callback, private: bool) -> bool:
         """Whether the presser is the user this button was made for, before anything is done or edited.
 
         confirm, cancel and delete name their user in their data (and a power nonce knows its user here); host
-        buttons belong to the host's owner. In a private chat the presser is the only member, so a host button
+        buttons belong to whoever has a role on the host (what the role allows is checked next). In a private chat the presser is the only member, so a host button
         naming a missing or foreign host is theirs to press and gets the "No such host" a missing host gets (no hint
         whether the host exists); in a group, it gets the alert and the message is left alone."""
         intended = views.button_user(callback)
@@ -555,7 +705,10 @@ class Bot:
                 return False
         if callback.action in views.HOST_ACTIONS and not private:
             host = await self._db.read(store.host_by_id, int(callback.args[0]))
-            if host is None or host.owner != ctx.user_id:
+            if host is None:
+                return False
+            granted = await self._db.read(store.role_on, host.id, ctx.user_id)
+            if access.role_of(host.owner, ctx.user_id, granted) is None:
                 return False
         return True
 
@@ -566,14 +719,14 @@ class Bot:
             assert ctx.message_id is not None
             self._outbox.submit(ctx.chat_id, partial(self._api.delete_message, ctx.chat_id, ctx.message_id))
         elif action in ("card", "refresh"):
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
-            text, keyboard = await self._card(host, now)
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), action)
+            text, keyboard = await self._card(host, now, ctx.user_id)
             if action == "card":
                 self._send(ctx, text, keyboard)
             else:
                 self._edit(ctx, text, keyboard)
         elif action == "procs":  # the card's Processes button (a new message), or that message's Refresh (edit)
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "procs")
             procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
             text, keyboard = views.processes_view(host, procs, now)
             if args[1:] == ("r",):
@@ -581,13 +734,13 @@ class Bot:
             else:
                 self._send(ctx, text, keyboard)
         elif action == "info":
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "info")
             self._send(ctx, *views.inventory_view(host, now, await self._db.read(store.services_items, host.id)))
         elif action == "containers":
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "containers")
             await self._containers(ctx, host, now, edit=len(args) == 2)
         elif action in ("chart", "range"):
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "chart")
             span, unit, words = args[1], None if args[2] == "-" else args[2], tuple(args[3].split(";"))
             try:
                 await self._chart(ctx, host, words, views.CHART_SPANS[span], None, unit, span,
@@ -597,20 +750,20 @@ class Bot:
         elif action in ("amute", "ack", "aprocs"):
             await self._alert_button(ctx, callback, now)
         elif action == "stability":
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "stability")
             self._start_stability(ctx, host, stability.StabilitySpec(host.name, stability.DEFAULT_INTERVAL,
                                                                      stability.DEFAULT_DURATION))
         elif action == "speedtest":
-            self._start_speedtest(ctx, await self._db.read(service.owned_host, ctx.user_id, int(args[0])))
+            self._start_speedtest(ctx, await self._db.read(service.host_for, ctx.user_id, int(args[0]), "speedtest"))
         elif action == "power":
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "power")
             if not self._hub.is_connected(host.id):
                 self._send(ctx, _("<b>{name}</b> is offline.", name=views.e(host.name)))
                 return
             nonce = secrets.token_urlsafe(9)
             self._forget_expired(now)
             self._pending[nonce] = PowerRequest(ctx.user_id, host.id, args[1], now + CONFIRM_SECONDS)
-            self._send(ctx, *views.power_question(host, args[1], nonce))
+            self._send(ctx, *views.power_question(host, args[1], nonce, ctx.user_id))
         elif action == "cancel":
             request = self._pending.get(args[0])
             if request is not None and request.user_id == ctx.user_id:  # checked before; kept next to the pop
@@ -618,8 +771,11 @@ class Bot:
             self._edit(ctx, _("Cancelled."))
         elif action == "confirm":
             await self._confirm(ctx, args[0], now)
+        elif action == "unshare":
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "unshare")
+            await self._unshare(ctx, host, int(args[1]), now)
         elif action == "revoke":
-            host = await self._db.read(service.owned_host, ctx.user_id, int(args[0]))
+            host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "revoke")
             if args[1] == "no":
                 self._edit(ctx, _("Cancelled."))
                 return
@@ -635,10 +791,12 @@ class Bot:
 
     async def _alert_button(self, ctx: Context, callback: Callback, now: float) -> None:
         """Under an alert (mbot/telegram/alert_delivery.py): Mute 1h, Ack, Processes."""
-        host = await self._db.read(service.owned_host, ctx.user_id, int(callback.args[0]))
+        host = await self._db.read(service.host_for, ctx.user_id, int(callback.args[0]),
+                                   _ACCESS.get(callback.action, callback.action))
         name = views.e(host.name)
         if callback.action == "amute":
             self._alerting.mute(host.id, now + views.ALERT_MUTE)
+            await self._alert_delivery.muted(host.id, now + views.ALERT_MUTE, ctx.who)
             self._send(ctx, _("<b>{name}</b> muted for 1 h; what is still firing then will be reported. "
                               "/unmute {name} ends it sooner.", name=name))
             return
@@ -649,6 +807,7 @@ class Bot:
             self._send(ctx, views.captured_processes(host, alert, now))
         elif alert.resolved is None and self._alerting.ack(host.id, alert.metric, alert.series):
             label = views.e(alert_text.series_label(alert.series))
+            await self._alert_delivery.acknowledged(host.id, alert.metric, alert.series, ctx.who)
             self._send(ctx, _("Acknowledged: no more reminders for {label} on <b>{name}</b> until it resolves.",
                               label=label, name=name))
         else:
@@ -756,7 +915,7 @@ class Bot:
         if request is None or request.user_id != ctx.user_id or request.expires < now:
             self._edit(ctx, _("This confirmation has expired; nothing was done."))
             return
-        host = await self._db.read(service.owned_host, ctx.user_id, request.host_id)
+        host = await self._db.read(service.host_for, ctx.user_id, request.host_id, "power")
         audit_id = await self._writer.call(partial(store.add_audit, ts=now, user_id=ctx.user_id, host_id=host.id,
                                                    host_name=host.name, action=request.action,
                                                    outcome="requested"))

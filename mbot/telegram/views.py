@@ -9,7 +9,7 @@ import html
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from .. import checks, containers as container_rows, i18n, inventory as host_inventory, members, processes, \
+from .. import access, checks, containers as container_rows, i18n, inventory as host_inventory, members, processes, \
     series as catalogue
 from ..alerts import CODE, AlertEngine, AlertRule, OfflineRule, metric_of
 from .alert_text import format_value, series_label
@@ -30,7 +30,8 @@ Keyboard = dict[str, Any]
 @dataclass(frozen=True)
 class Callback:
     """action:args. Who may press it is part of it: confirm:NONCE:USER, cancel:NONCE:USER and delete:USER name
-    their user; the host buttons (card, refresh, power, revoke, chart, range) belong to the host's owner."""
+    their user; the host buttons (card, refresh, power, revoke, chart, range, unshare) are for whoever's role on
+    the host allows them (mbot.access), checked at each press."""
 
     action: str  # card, refresh, power, confirm, cancel, revoke, delete, chart, range, procs (:r refreshes),
     # and under alerts: amute (mute the host 1 h), ack and aprocs (an alert_messages id: ack it, its processes)
@@ -69,7 +70,7 @@ def decode_callback(data: str) -> Callback | None:
     expected = {"card": (1,), "refresh": (1,), "info": (1,),  # info: the Diagnostics button
                 "power": (2,), "confirm": (1, 2), "cancel": (1, 2), "revoke": (2,),
                 "delete": (0, 1), "procs": (1, 2), "stability": (1,), "speedtest": (1,),
-                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2)}
+                "amute": (1,), "ack": (2,), "aprocs": (2,), "containers": (1, 2), "unshare": (2,)}
     if len(args) not in expected.get(action, ()):
         return None
     if action in HOST_ACTIONS and not args[0].isdigit():
@@ -84,13 +85,13 @@ def decode_callback(data: str) -> Callback | None:
         return None
     if action in ("procs", "containers") and args[1:] not in ([], ["r"]):
         return None
-    if action in ("ack", "aprocs") and not args[1].isdigit():
+    if action in ("ack", "aprocs", "unshare") and not args[1].isdigit():
         return None
     return Callback(action, tuple(args))
 
 
 HOST_ACTIONS = ("card", "refresh", "power", "revoke", "chart", "range", "procs", "info", "stability",
-                "speedtest", "amute", "ack", "aprocs", "containers")
+                "speedtest", "amute", "ack", "aprocs", "containers", "unshare")
 
 
 def button_user(callback: Callback) -> int | None:
@@ -198,7 +199,8 @@ def help_text(admin: bool = False) -> str:
     """/help, made from the commands' own table (commands.TABLE), so a new command cannot be left out."""
     lines = [html.escape(usage, quote=False) for usage in commands.help_lines(admin)]
     return (_("<b>mbot</b> watches your machines and reports here.") + "\n\n" + "\n".join(lines) + "\n\n"
-            + _(HELP_EXAMPLES))
+            + _(HELP_EXAMPLES) + "\n" + _("After /set NAME, commands work without NAME in that chat. The original's "
+                                          "/list, /renamekey and /delkey work too."))
 
 
 HELP = help_text()  # in English
@@ -442,20 +444,24 @@ def range_keyboard(host_id: int, metrics: Sequence[str], unit: str | None, curre
     return keyboard(buttons) if buttons else None
 
 
-def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False) -> Keyboard:
-    """`procs`: the host has sent a process list (the Processes button)."""
+def card_keyboard(host: Host, series: Sequence[str] = (), procs: bool = False,
+                  role: str = access.OWNER) -> Keyboard:
+    """`procs`: the host has sent a process list (the Processes button). `role`: the reader's (mbot.access): only
+    the buttons it allows (the press is checked again anyway)."""
     charts = chart_buttons(host, series)
-    top = [button(_("🔄 Refresh"), Callback("refresh", (str(host.id),)))]
+    operate = access.allows(role, "power")
+    top = [button(_("🔄 Refresh"), Callback("refresh", (str(host.id),)))] if operate else []
     if procs:
         top.append(button(_("⚙️ Processes"), Callback("procs", (str(host.id),))))
+    tests = [button(_("📶 Stability"), Callback("stability", (str(host.id),))),
+             button(_("🚀 Speed test"), Callback("speedtest", (str(host.id),)))] if operate else []
+    power = [button(_("Reboot"), Callback("power", (str(host.id), "reboot"))),
+             button(_("Shutdown"), Callback("power", (str(host.id), "shutdown")))] if operate else []
     return keyboard(
         top + _containers_button(host),
         charts[:3], charts[3:],
-        [diagnostics_button(host),
-         button(_("📶 Stability"), Callback("stability", (str(host.id),))),
-         button(_("🚀 Speed test"), Callback("speedtest", (str(host.id),)))],
-        [button(_("Reboot"), Callback("power", (str(host.id), "reboot"))),
-         button(_("Shutdown"), Callback("power", (str(host.id), "shutdown")))],
+        [diagnostics_button(host)] + tests,
+        power,
     )
 
 
@@ -477,10 +483,21 @@ def inventory_view(host: Host, now: float,
     return f"{head}\n{body}", keyboard([button(_("Status card"), Callback("card", (str(host.id),)))])
 
 
+def shared_mark(role: str | None) -> str:
+    """After a host's name in /hosts and /status when it is someone else's, shared with the reader."""
+    if role == access.OPERATOR:
+        return " · " + _("👥 shared, operator")
+    if role == access.VIEWER:
+        return " · " + _("👥 shared, viewer")
+    return ""
+
+
 def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = None, *,
-              recommended: str | None = None, update_line: str | None = None) -> tuple[str, Keyboard | None]:
+              recommended: str | None = None, update_line: str | None = None,
+              roles: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     """`recommended`: the agent version this server ships; hosts whose agent is older are marked, and
-    `update_line` (the install line with --update) says how to bring them up to date."""
+    `update_line` (the install line with --update) says how to bring them up to date. `roles`: host id -> the
+    reader's role, for the hosts shared with them (marked)."""
     if not hosts:
         return _(NO_HOSTS), None
     power = power or {}
@@ -489,8 +506,9 @@ def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = N
         mark, word = _state_parts(h, now, power.get(h.id))
         old = (" · ⬆️ " + _("agent {version}", version=e(str(h.facts.get('agent'))))
                if older(h.facts.get("agent"), recommended) else "")
-        lines.append(_("{mark} <b>{name}</b> - {state}, last seen {ago}", mark=mark, name=e(h.name), state=word,
-                       ago=ago(h.last_seen, now)) + old)
+        shared = shared_mark((roles or {}).get(h.id))
+        lines.append(_("{mark} <b>{name}</b>{shared} - {state}, last seen {ago}", mark=mark, name=e(h.name),
+                       shared=shared, state=word, ago=ago(h.last_seen, now)) + old)
     if recommended and any(older(h.facts.get("agent"), recommended) for h in hosts):
         how = (_(": on that machine, <code>{line}</code>", line=e(update_line)) if update_line else "")
         lines.append("\n⬆️ " + _("an agent older than this server's {version}; it updates in place{how}",
@@ -500,7 +518,8 @@ def host_list(hosts: list[Host], now: float, power: Mapping[int, str] | None = N
     return "\n".join(lines), keyboard(*rows)
 
 
-def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
+def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = None,
+            roles: Mapping[int, str] | None = None) -> tuple[str, Keyboard | None]:
     if not hosts:
         return host_list(hosts, now)
     power = power or {}
@@ -517,7 +536,7 @@ def summary(hosts: list[Host], now: float, power: Mapping[int, str] | None = Non
         state, word = _state_parts(h, now, power.get(h.id))
         detail = (" · ".join(figures) if h.is_online(now)
                   else _("{state}, last seen {ago}", state=word, ago=ago(h.last_seen, now)))
-        lines.append(f"{state} <b>{e(h.name)}</b> {detail}")
+        lines.append(f"{state} <b>{e(h.name)}</b>{shared_mark((roles or {}).get(h.id))} {detail}")
     buttons = host_list(hosts, now)[1]
     return "\n".join(lines), buttons
 
@@ -556,9 +575,9 @@ def agent_env(key: NewKey, endpoint: Endpoint, user_id: int | None = None) -> tu
     return f"{key.name}.env", content.encode(), caption, keyboard([delete_button(user_id)])
 
 
-def power_question(host: Host, action: str, nonce: str) -> tuple[str, Keyboard]:
-    # The buttons name the host's owner (the only one who can ask): in a group, nobody else may answer.
-    args = (nonce, str(host.owner))
+def power_question(host: Host, action: str, nonce: str, user_id: int) -> tuple[str, Keyboard]:
+    # The buttons name the user who asked: in a group, nobody else may answer.
+    args = (nonce, str(user_id))
     question = (_("Reboot <b>{name}</b>? (expires in 60 s)", name=e(host.name)) if action == "reboot"
                 else _("Shutdown <b>{name}</b>? (expires in 60 s)", name=e(host.name)))
     return (question,
@@ -706,10 +725,11 @@ def alert_charted(metric: str) -> bool:
 
 
 def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
-                   live: bool) -> Keyboard | None:
+                   live: bool, role: str = access.OWNER, acked: bool = False) -> Keyboard | None:
     """An alert's buttons: 📈 Chart (the metric's last hour; `chart`: when the message is not the chart itself),
     ⚙️ Processes (the list captured when it fired), and while it lasts (`live`) 🔕 Mute 1h and ✔️ Ack (no more
-    reminders until it resolves; offline alerts have no reminders). `metric` "offline": a host that went offline."""
+    reminders until it resolves; offline alerts have no reminders; not once `acked`) for a `role` that may use
+    them. `metric` "offline": a host that went offline."""
     first = []
     if is_container_metric(metric):
         first.append(containers_button(host_id))
@@ -720,9 +740,9 @@ def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bo
     if procs and alert_id is not None:
         first.append(button(_("⚙️ Processes"), Callback("aprocs", (str(host_id), str(alert_id)))))
     second = []
-    if live:
+    if live and access.allows(role, "mute"):
         second.append(button(_("🔕 Mute 1h"), Callback("amute", (str(host_id),))))
-        if metric != "offline" and alert_id is not None:
+        if metric != "offline" and alert_id is not None and not acked:
             second.append(button(_("✔️ Ack"), Callback("ack", (str(host_id), str(alert_id)))))
     return keyboard(first, second) if first or second else None
 
@@ -736,3 +756,56 @@ def captured_processes(host: Host, alert: AlertMessage, now: float) -> str:
     if len(lines) == 1:
         lines.append(_("No process list was captured (the host had sent none recently)."))
     return "\n".join(lines)
+
+
+# --- sharing (mbot.access) ---------------------------------------------------------------------------------------
+
+
+def share_link(host: Host, role: str, link: str | None, code: str, user_id: int, hours: float) -> tuple[str, Keyboard]:
+    """The one chat message that shows a share link."""
+    what = (_("see it (card, charts, alerts) and act on it (refresh, reboot, mute, ack, alert rules)")
+            if role == access.OPERATOR else _("see it: card, charts, processes and its alerts"))
+    lines = [_("A one-time link to share <b>{name}</b> as {role}: whoever opens it first may {what}. It expires "
+               "in {hours} h.", name=e(host.name), role=access.role_name(role), what=what,
+               hours=f"{hours:.0f}"), ""]
+    if link:
+        lines += [e(link), "", _("Or they send the bot <code>/start {code}</code>", code=e(code))]
+    else:
+        lines.append(_("They send the bot <code>/start {code}</code>", code=e(code)))
+    lines += ["", _("/shares {name} lists who has access; delete this message once you have passed it on.",
+                    name=e(host.name))]
+    return "\n".join(lines), keyboard([delete_button(user_id)])
+
+
+def person(user_id: int, username: str | None, first_name: str | None) -> str:
+    """Someone with a role, as the owner knows them (escaped)."""
+    if username:
+        return e(f"@{username}")
+    return e(first_name) if first_name else str(user_id)
+
+
+def shares_view(host: Host, roles: Sequence[tuple[int, str, str | None, str | None]]) -> tuple[str, Keyboard | None]:
+    """/shares NAME: who has what role on the host, each with a button that removes it."""
+    if not roles:
+        return _("<b>{name}</b> is shared with nobody. /share {name} [viewer|operator] makes a link.",
+                 name=e(host.name)), None
+    lines = [_("<b>{name}</b> is shared with:", name=e(host.name))]
+    rows = []
+    for user_id, role, username, first_name in roles:
+        who = person(user_id, username, first_name)
+        lines.append(f"• {who} ({user_id}) - {access.role_name(role)}")
+        rows.append([button(_("Remove {who}", who=(username and "@" + username) or first_name or str(user_id))[:40],
+                            Callback("unshare", (str(host.id), str(user_id))))])
+    return "\n".join(lines), keyboard(*rows)
+
+
+def shared_with_you(host: Host, role: str) -> str:
+    return _("<b>{name}</b> is now shared with you as {role}. /status {name} shows it; its alerts come here.",
+             name=e(host.name), role=access.role_name(role))
+
+
+def linkkey() -> str:
+    """The original's /linkkey made whoever held a secret a full co-owner; it now says what replaced it."""
+    return _("/linkkey is gone: a secret no longer makes anyone a co-owner. The owner of a host sends "
+             "/share NAME [viewer|operator] and forwards the one-time link it gives (viewer: card, charts, alerts; "
+             "operator: also refresh, reboot, mute, ack, alert rules).")

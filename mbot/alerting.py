@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
-from . import alerts, members, store
+from . import alerts, i18n, members, store
 from .alerts import AlertEngine, AlertRule, Event, HostEvent, OfflineRule, ServerDown
 from .telegram import alert_text
 from .protocol import Hello, Sample, Snapshot
@@ -118,6 +118,7 @@ class Alerting:
         self.engine = AlertEngine(repeat=repeat, now=clock())
         self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
+        self._language: Callable[[int], str] = lambda owner: i18n.DEFAULT
         self._wake = trio.Event()
         self._dirty = False
         self._held: dict[int, list[HostEvent]] = {}  # host -> its state alert events waiting for their turn
@@ -127,8 +128,11 @@ class Alerting:
         self._member_items: dict[tuple[int, str], Sequence[dict[str, Any]]] = {}
         self._member_codes: dict[int, dict[str, float]] = {}
 
-    def set_notify(self, notify: Notify) -> None:
+    def set_notify(self, notify: Notify, language: Callable[[int], str] = lambda owner: i18n.DEFAULT) -> None:
+        """`language`: the language a user reads (the bot's mbot.telegram.languages): each notice is said in
+        its owner's, while the log keeps English."""
         self._notify = notify
+        self._language = language
 
     def clock_moved(self) -> None:
         """Re-check the timers now: for a clock that jumps (tests move time forward instead of waiting)."""
@@ -372,10 +376,12 @@ class Alerting:
             text = alert_text.describe_group(group, name, self._tz)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
+                with i18n.speaking(self._language(owner)):
+                    said = html.escape(alert_text.describe_group(group, name, self._tz))
                 if len(group) > 1:
-                    self._notify(owner, html.escape(text), event, group)
+                    self._notify(owner, said, event, group)
                 else:
-                    self._notify(owner, html.escape(text), event)
+                    self._notify(owner, said, event)
 
     async def _deliver_reports(self) -> None:
         """A server outage (ServerDown): one message per owner, about their own hosts."""
@@ -395,6 +401,7 @@ class Alerting:
             log.info("mbot was down for %.0f s: %d host(s) came back, %d did not", report.until - report.since,
                      len(report.back), len(report.missing))
             for owner, (back, missing) in owners.items():
-                text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
                 if self._notify is not None:
+                    with i18n.speaking(self._language(owner)):
+                        text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
                     self._notify(owner, html.escape(text), report)

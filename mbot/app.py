@@ -40,6 +40,7 @@ from .checksync import CheckSync
 from .controlsock import ControlServer
 from .config import Settings, mbot_command
 from .faults import Faults
+from .i18n import _
 from .limits import PreAuthGate, preauth_total
 from .metrics import BackupStats
 from .metrics_http import serve_metrics
@@ -191,9 +192,11 @@ def raise_nofile_limit() -> int:
 
 
 def _tell_limit(bot: Bot, host: Host, limit: str, detail: str) -> None:
-    bot.tell_owner(host.owner, f"<b>{html.escape(host.name)}</b> went over its limit of {html.escape(limit)}: "
-                               f"{html.escape(detail)}. Its agent was disconnected and will retry; the server keeps "
-                               "everything it had stored.")
+    # Said in the owner's language (made by tell_owner inside it); `detail` comes from the limits in English.
+    bot.tell_owner(host.owner, lambda: _("<b>{name}</b> went over its limit of {limit}: {detail}. Its agent was "
+                                         "disconnected and will retry; the server keeps everything it had stored.",
+                                         name=html.escape(host.name), limit=html.escape(limit),
+                                         detail=html.escape(detail)))
 
 
 async def _render_metrics(server: Server, api: BotApi | None, outbox: Outbox | None) -> str:

@@ -16,9 +16,10 @@ from . import access, checks, members, store, users
 from .alerts import AlertRule
 from .i18n import _
 # NewKey is also read as service.NewKey by modules written before mbot.model; new code imports it from there.
+from .i18n import N_, _, n_
 from .model import Host, NewKey, secret_hash
 
-NAME_RULE = "a host name is 1-32 characters of letters, digits, '.', '_' and '-'"
+NAME_RULE = N_("a host name is 1-32 characters of letters, digits, '.', '_' and '-'")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
@@ -30,21 +31,24 @@ class NoSuchHost(ServiceError):
     """Also what a user gets for a host that exists but is someone else's: no hint either way."""
 
     def __init__(self) -> None:
-        super().__init__("No such host. /hosts lists yours.")
+        super().__init__(_("No such host. /hosts lists yours."))
 
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise ServiceError(f"{name!r} is not a valid name: {NAME_RULE}")
+        raise ServiceError(_("{name!r} is not a valid name: {rule}", name=name, rule=_(NAME_RULE)))
     return name
 
 
 class HostLimit(ServiceError):
-    """The owner has as many hosts as MBOT_MAX_HOSTS_PER_USER allows."""
+    """The owner has as many hosts as MBOT_MAX_HOSTS_PER_USER allows. (English says "hosts" for one too, as the
+    CLI always has; Russian has its three forms.)"""
 
     def __init__(self, count: int, limit: int) -> None:
-        super().__init__(f"{count} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
-                         f"{limit}): /revoke one and delete its history to make room")
+        super().__init__(n_("{n} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
+                            "{limit}): /revoke one and delete its history to make room",
+                            "{n} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
+                            "{limit}): /revoke one and delete its history to make room", count, limit=limit))
         self.count, self.limit = count, limit
 
 
@@ -110,8 +114,9 @@ def _refuse_taken(name: str, taken: list[Host]) -> None:
         return
     other = taken[0].name
     if other == name:
-        raise ServiceError(f"you already have a host named {name!r}")
-    raise ServiceError(f"you already have a host named {other!r}; names that differ only in case are not allowed")
+        raise ServiceError(_("you already have a host named {name!r}", name=name))
+    raise ServiceError(_("you already have a host named {name!r}; names that differ only in case are not allowed",
+                         name=other))
 
 
 def by_name(hosts: list[Host], ref: str) -> list[Host]:
@@ -127,7 +132,8 @@ def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
     if len(named) == 1:
         return named[0]
     if named:
-        raise ServiceError(f"{ref!r} could be {' or '.join(h.name for h in named)}: type the name exactly as listed")
+        raise ServiceError(_("{ref!r} could be {names}: type the name exactly as listed", ref=ref,
+                             names=_(" or ").join(h.name for h in named)))
     if len(ref) >= 8:
         matches = store.hosts_by_key_prefix(conn, owner, ref.lower())
         if len(matches) == 1:
@@ -249,13 +255,17 @@ def add_check(conn: sqlite3.Connection, host: Host, target: str, every: float, *
     certificate under DEFAULT_CERT_DAYS days), in the caller's transaction. Bounds: per host and per owner."""
     existing = store.checks_of_host(conn, host.id)
     if len(existing) >= max_per_host:
-        raise ServiceError(f"{host.name} has {len(existing)} checks, the most a host may have: remove one first "
-                           f"(/check {host.name} del CHECK)")
+        raise ServiceError(n_("{name} has {n} checks, the most a host may have: remove one first "
+                              "(/check {name} del CHECK)",
+                              "{name} has {n} checks, the most a host may have: remove one first "
+                              "(/check {name} del CHECK)", len(existing), name=host.name))
     if host.owner and store.count_checks_of_owner(conn, host.owner) >= max_per_user:
-        raise ServiceError(f"you have {max_per_user} checks, the most a user may have: remove one first")
+        raise ServiceError(n_("you have {n} checks, the most a user may have: remove one first",
+                              "you have {n} checks, the most a user may have: remove one first", max_per_user))
     same = [spec.name for spec in existing if spec.target == target]
     if same:
-        raise ServiceError(f"{host.name} already checks {target} (as {same[0]})")
+        raise ServiceError(_("{name} already checks {target} (as {check})", name=host.name, target=target,
+                             check=same[0]))
     name = checks.default_name(target, [spec.name for spec in existing])
     check_id = store.insert_check(conn, host.id, name, target, every, down_after,
                                   time.time() if now is None else now)
@@ -271,7 +281,7 @@ def find_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSp
     found = [spec for spec in store.checks_of_host(conn, host.id)
              if ref.lower() in (spec.name, str(spec.id), spec.target.lower())]
     if not found:
-        raise ServiceError(f"{host.name} has no check {ref[:60]!r}: /checks {host.name} lists them")
+        raise ServiceError(_("{name} has no check {ref!r}: /checks {name} lists them", name=host.name, ref=ref[:60]))
     return found[0]
 
 

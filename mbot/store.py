@@ -250,6 +250,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (chat_id, owner)
     );
     """,
+    # The chat's language per user (mbot.i18n): what /lang chose (NULL: follow Telegram) and the language_code
+    # Telegram last sent, for messages that answer no update (alerts, notices).
+    """
+    CREATE TABLE user_languages (
+        user_id INTEGER PRIMARY KEY,
+        chosen TEXT,
+        seen TEXT
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -704,6 +713,16 @@ def set_quiet_hours(conn: sqlite3.Connection, user_id: int, window: tuple[int, i
         conn.execute("INSERT INTO quiet_hours (user_id, start_minute, end_minute) VALUES (?, ?, ?) "
                      "ON CONFLICT (user_id) DO UPDATE SET start_minute = excluded.start_minute, "
                      "end_minute = excluded.end_minute", (user_id, *window))
+
+
+def user_languages(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str | None]]:
+    """Every user's language: user id -> (chosen with /lang or None, last seen language_code or None)."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT user_id, chosen, seen FROM user_languages")}
+
+
+def set_user_language(conn: sqlite3.Connection, user_id: int, chosen: str | None, seen: str | None) -> None:
+    conn.execute("INSERT INTO user_languages (user_id, chosen, seen) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                 "DO UPDATE SET chosen = excluded.chosen, seen = excluded.seen", (user_id, chosen, seen))
 
 
 # --- alert messages (mbot/telegram/alert_delivery.py) ----------------------------------------------------------

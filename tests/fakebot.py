@@ -101,7 +101,9 @@ class FakeBot:
         self.sent: list[Call] = []
         self.attempts: Counter[str] = Counter()  # every request per method, failed ones included
         self.messages: dict[tuple[int | str, int], dict[str, Any]] = {}  # current state of sent messages
-        self.commands: list[dict[str, str]] = []
+        self.commands: list[dict[str, str]] = []  # the menu for everyone (setMyCommands without language_code)
+        self.commands_by_language: dict[str, list[dict[str, str]]] = {}  # ... and for users of one language
+        self.languages: dict[int, str] = {}  # user id -> the language_code their updates carry (default "en")
         self.allowed_updates: list[str] | None = None
         self.kicked: set[int | str] = set()  # chats the bot was removed from: sends there get 403, as Telegram's
         self.admins: dict[int, set[int]] = {}  # chat -> its administrators (getChatMember); other chats: not found
@@ -240,7 +242,7 @@ class FakeBot:
         forum topic of that group with thread_id)."""
         message: dict[str, Any] = {
             "message_id": next(self._message_ids),
-            "from": _user(user_id),
+            "from": _user(user_id, self.languages.get(user_id, "en")),
             "chat": _chat(user_id if chat_id is None else chat_id),
             "date": int(time.time()),
             "text": text,
@@ -258,7 +260,7 @@ class FakeBot:
         message = self.messages.get((chat, message_id)) or {
             "message_id": message_id, "from": BOT_USER, "chat": _chat(chat), "date": int(time.time())}
         update_id = next(self._update_ids)
-        query = {"id": f"cbq-{update_id}", "from": _user(user_id), "message": message,
+        query = {"id": f"cbq-{update_id}", "from": _user(user_id, self.languages.get(user_id, "en")), "message": message,
                  "chat_instance": f"ci-{chat}", "data": data}
         return self._push_update({"callback_query": query}, update_id)
 
@@ -318,8 +320,14 @@ class FakeBot:
         return dict(BOT_USER, can_join_groups=True, can_read_all_group_messages=False, supports_inline_queries=False)
 
     def _set_my_commands(self, params: dict, files: dict) -> bool:
-        self.commands = list(params["commands"])
-        for command in self.commands:
+        commands = list(params["commands"])
+        if params.get("language_code") is None:
+            self.commands = commands
+        else:
+            if not re.fullmatch(r"[a-z]{2}", params["language_code"]):
+                raise _bad("invalid language_code")
+            self.commands_by_language[params["language_code"]] = commands
+        for command in commands:
             if not re.fullmatch(r"[a-z0-9_]{1,32}", command["command"]) or not 1 <= len(command["description"]) <= 256:
                 raise _bad(f"invalid bot command {command!r}")
         return True
@@ -553,8 +561,8 @@ def _normalize(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _user(user_id: int) -> dict[str, Any]:
-    return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}", "language_code": "en"}
+def _user(user_id: int, language_code: str = "en") -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}", "language_code": language_code}
 
 
 def _chat(chat_id: int | str) -> dict[str, Any]:

@@ -28,6 +28,7 @@ CORES = [
     "mbot.containers",
     "mbot.control",
     "mbot.durations",
+    "mbot.i18n",
     "mbot.inventory",
     "mbot.install",
     "mbot.limits",

@@ -54,4 +54,9 @@ RU: dict[str, Translation] = {
     "no incident in 30 d": "без инцидентов за 30 дн.",
     "No hosts to show.": "Нет хостов для показа.",
     "… and {n} more": "… и ещё {n}",
+    "in a group: send a host's alerts there too (no NAME: what is bound here)":
+        "в группе: слать туда и оповещения хоста (без NAME: что привязано здесь)",
+    "in a group: stop sending a host's alerts there": "в группе: больше не слать туда оповещения хоста",
+    "one message that keeps your hosts' state current, in this group or a channel you administer":
+        "одно сообщение с текущим состоянием ваших хостов в этой группе или в канале, которым вы управляете",
 }

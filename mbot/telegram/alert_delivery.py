@@ -45,7 +45,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import access, charts, plotting, processes, store
+from .. import access, charts, i18n, plotting, processes, store
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
 from ..i18n import _
@@ -123,7 +123,8 @@ class AlertDelivery:
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings, *,
                  clock: Callable[[], float], chart_limiter: trio.CapacityLimiter,
                  silent: Callable[[int], bool] = lambda chat_id: False,
-                 chat_gone: Callable[[int, str], None] = lambda chat_id, why: None) -> None:
+                 chat_gone: Callable[[int, str], None] = lambda chat_id, why: None,
+                 language: Callable[[int], str] = lambda chat_id: i18n.DEFAULT) -> None:
         self._api = api
         self._outbox = outbox
         self._db = db
@@ -132,6 +133,7 @@ class AlertDelivery:
         self._clock = clock
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
+        self._language = language  # the language each user reads (mbot.telegram.languages)
         self._chat_gone = chat_gone  # a group the bot was removed from (mbot/telegram/groups.py drops it)
         self._threads: dict[ThreadKey, _Thread] = {}
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
@@ -179,10 +181,12 @@ class AlertDelivery:
                 dests = await self._receivers(owner, event)
                 for dest in dests:
                     try:
-                        if group:
-                            await self._deliver_group(dest, text, group)
-                        else:
-                            await self._deliver(dest, text, event)
+                        with i18n.speaking(self._speaks(dest, owner)):
+                            said = await self._say(owner, text, event, group)
+                            if group:
+                                await self._deliver_group(dest, said, group)
+                            else:
+                                await self._deliver(dest, said, event)
                     except Exception:  # one event that cannot go out must not hold up the others
                         log.exception("could not deliver an alert to chat %d", dest.chat_id)
                 for end in group or (event,):
@@ -213,6 +217,21 @@ class AlertDelivery:
             log.exception("could not read the groups host %d is bound to", host_id)
             bindings = []
         return dests + receivers(owner, False, bindings)[1:]
+
+    def _speaks(self, dest: Dest, owner: int) -> str:
+        """A person's chat speaks their language; a group, the language of the owner who bound the host there."""
+        return self._language(dest.chat_id if dest.chat_id > 0 else owner)
+
+    async def _say(self, owner: int, text: str, event: Event, group: Sequence[HostEvent]) -> str:
+        """The event's text in the current language: `text` (mbot.alerting made it in the owner's language), or
+        said again for a receiver who reads another."""
+        host_id = getattr(event, "host_id", None)
+        if i18n.current() == self._language(owner) or not isinstance(host_id, int):
+            return text
+        host = await self._db.read(store.host_by_id, host_id)
+        name = host.name if host is not None else f"host {host_id}"
+        return html.escape(alert_text.describe_group(group or (event,), name,  # type: ignore[arg-type]
+                                                     self._settings.tz))  # a host's events, as host_id says
 
     def _forget(self, key: Key, told: Sequence[Dest]) -> None:
         """An alert ended: its copies in chats that were not told (a role removed, a group unbound) are closed."""
@@ -344,15 +363,16 @@ class AlertDelivery:
         keys = [tkey for tkey in self._threads if tkey[:3] == (host_id, metric, series)]
         for tkey in keys:
             self._threads[tkey].acked = True
-        await self._annotate(host_id, keys, _("✔️ Acknowledged by {who}", who=html.escape(by)))
+        await self._annotate(host_id, keys, lambda: _("✔️ Acknowledged by {who}", who=html.escape(by)))
 
     async def muted(self, host_id: int, until: float, by: str) -> None:
         """Someone muted the host: every live alert message of it says who, and for how long."""
         minutes = max(1, round((until - self._clock()) / 60))
-        note = _("🔕 Muted by {who} for {minutes} min", who=html.escape(by), minutes=minutes)
-        await self._annotate(host_id, [tkey for tkey in self._threads if tkey[0] == host_id], note)
+        await self._annotate(host_id, [tkey for tkey in self._threads if tkey[0] == host_id],
+                             lambda: _("🔕 Muted by {who} for {minutes} min", who=html.escape(by), minutes=minutes))
 
-    async def _annotate(self, host_id: int, keys: Sequence[ThreadKey], note: str) -> None:
+    async def _annotate(self, host_id: int, keys: Sequence[ThreadKey], note: Callable[[], str]) -> None:
+        """`note` makes the note: called in each receiver's language."""
         host = await self._db.read(store.host_by_id, host_id)
         if host is None:
             return
@@ -362,9 +382,10 @@ class AlertDelivery:
             dest = dests.get(tkey[3])
             if thread is None or dest is None:
                 continue
-            thread.notes.append(note)
-            keyboard = views.alert_keyboard(host_id, thread.alert_id, tkey[1], chart=not thread.photo,
-                                            procs=thread.procs, live=True, role=dest.role, acked=thread.acked)
+            with i18n.speaking(self._speaks(dest, host.owner)):
+                thread.notes.append(note())
+                keyboard = views.alert_keyboard(host_id, thread.alert_id, tkey[1], chart=not thread.photo,
+                                                procs=thread.procs, live=True, role=dest.role, acked=thread.acked)
             self._send(dest, self._show_notes, dest.chat_id, thread, keyboard)
 
     async def _show_notes(self, chat_id: int, thread: _Thread, keyboard: views.Keyboard | None, **topic: Any) -> Any:

@@ -260,9 +260,13 @@ class BotApi:
     async def get_me(self) -> dict[str, Any]:
         return await self.call("getMe")
 
-    async def set_my_commands(self, commands: Iterable[tuple[str, str]]) -> bool:
+    async def set_my_commands(self, commands: Iterable[tuple[str, str]], language_code: str | None = None) -> bool:
+        """`language_code`: the menu for users of that language (None: everyone else's)."""
         payload = [{"command": c, "description": d} for c, d in commands]
-        return await self.call("setMyCommands", {"commands": payload})
+        params: dict[str, Any] = {"commands": payload}
+        if language_code is not None:
+            params["language_code"] = language_code
+        return await self.call("setMyCommands", params)
 
     async def get_updates(
         self, offset: int | None = None, timeout: int = 50, *, limit: int = 100, retry: RetryPolicy | None = None

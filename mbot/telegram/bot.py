@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (access, charts, checks, containers, install, plotspec, plotting, processes, protocol, quiet,
+from .. import (access, charts, checks, containers, i18n, install, plotspec, plotting, processes, protocol, quiet,
                selfwatch, service, speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
@@ -31,7 +31,7 @@ from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
-from ..i18n import _
+from ..i18n import _, n_
 from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
 from ..service import NoSuchHost, NotAllowed, ServiceError
@@ -42,6 +42,7 @@ from .alert_delivery import AlertDelivery
 from .statuspages import StatusPages
 from .api import BotApi, TelegramError, TelegramRejected, poll_updates
 from .commands import Command, UsageError
+from .languages import Languages
 from .outbox import Outbox, OutboxDropped
 from .views import Callback
 
@@ -138,12 +139,13 @@ class Bot:
         self._group_refusals = users.RateLimit(1, GROUP_REFUSAL_EVERY)
         self._charts = trio.CapacityLimiter(2)  # renders at once: matplotlib is CPU-bound, keep a core for ingest
         self._quiet: dict[int, quiet.QuietHours] = {}  # the `quiet_hours` table (loaded in run; only /quiet writes it)
+        self._languages = Languages()  # the `user_languages` table (loaded in run)
         self._pages = StatusPages(api, outbox, db, writer, settings, clock=clock,
                                   status=lambda host_id: alerting.engine.host_status(host_id))
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
                                              chart_limiter=self._charts, silent=self._silent,
-                                             chat_gone=self._chat_gone)
-        alerting.set_notify(self._notify)
+                                             chat_gone=self._chat_gone, language=self._languages.of)
+        alerting.set_notify(self._notify, self._languages.of)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -153,6 +155,7 @@ class Bot:
         self._username = await self._db.read(store.get_kv, users.USERNAME_KEY)
         self._quiet = {user: quiet.QuietHours(*window) for user, window in
                        (await self._db.read(store.quiet_hours)).items()}
+        self._languages.load(await self._db.read(store.user_languages))  # the same object alerting asks
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)
@@ -174,7 +177,11 @@ class Bot:
         # After getMe, so that the one log line can carry the t.me link.
         await self._claim_if_closed()
         try:
-            await self._api.set_my_commands(commands.MENU)
+            # The menu in each language: Telegram shows a user the one of their app's language, English otherwise.
+            for language in i18n.LANGUAGES:
+                with i18n.speaking(language):
+                    await self._api.set_my_commands(commands.menu(),
+                                                    None if language == i18n.DEFAULT else language)
             log.info("telegram bot @%s is up", self._username)
         except TelegramError as exc:
             log.warning("could not set the bot's commands menu: %s", exc)
@@ -191,15 +198,19 @@ class Bot:
         log.warning("mbot has no users yet: the first person who %s becomes its admin; claim code %s works once, "
                     "until the next start", where, code)
 
-    def tell_owner(self, owner: int, html_text: str) -> None:
+    def tell_owner(self, owner: int, html_text: str | Callable[[], str]) -> None:
         """Tell a host's owner something the server did to their host (a limit it enforced), as a plain chat
         message through the outbox. Call it from the trio thread; it never blocks and never raises.
 
         The same text to the same owner goes out at most once per TELL_REPEAT (10 min), so a misbehaving agent
         cannot flood its owner's chat; the outbox bounds the rest. Hosts made by the CLI without --owner (owner 0)
-        have nobody to tell."""
+        have nobody to tell. `html_text` may be a function that makes the text: it is called in the owner's
+        language."""
         if owner <= 0:
             return
+        if callable(html_text):
+            with i18n.speaking(self._languages.of(owner)):
+                html_text = html_text()
         if not self._tell_limit.take((owner, html_text), self._clock()).allowed:
             return
         self._outbox.submit(owner, partial(self._api.send_message, owner, html_text,
@@ -218,20 +229,36 @@ class Bot:
         zone = views.e(str(self._settings.tz))
         if wanted == quiet.SHOW:
             window = self._quiet.get(ctx.user_id)
-            self._send(ctx, f"Quiet hours: {window} ({zone}). /quiet off ends them." if window else
-                       f"No quiet hours: notifications make a sound at any time. /quiet 23:00-07:00 sets them "
-                       f"(in {zone}).")
+            self._send(ctx, _("Quiet hours: {window} ({zone}). /quiet off ends them.", window=window, zone=zone)
+                       if window else
+                       _("No quiet hours: notifications make a sound at any time. /quiet 23:00-07:00 sets them "
+                         "(in {zone}).", zone=zone))
             return
         if wanted == quiet.OFF:
             await self._writer.call(store.set_quiet_hours, ctx.user_id, None)
             self._quiet.pop(ctx.user_id, None)
-            self._send(ctx, "Quiet hours are off: notifications make a sound at any time.")
+            self._send(ctx, _("Quiet hours are off: notifications make a sound at any time."))
             return
         assert isinstance(wanted, quiet.QuietHours)
         await self._writer.call(store.set_quiet_hours, ctx.user_id, (wanted.start, wanted.end))
         self._quiet[ctx.user_id] = wanted
-        self._send(ctx, f"Quiet hours: {wanted} ({zone}). Alerts and reminders then arrive without a sound; "
-                        "nothing is held back. /quiet off ends them.")
+        self._send(ctx, _("Quiet hours: {window} ({zone}). Alerts and reminders then arrive without a sound; "
+                          "nothing is held back. /quiet off ends them.", window=wanted, zone=zone))
+
+    # --- the chat's language (mbot.telegram.languages) -------------------------------------------------------------
+
+    async def _lang_command(self, ctx: Context, args: Sequence[str]) -> None:
+        if not args:
+            chosen = self._languages.chosen(ctx.user_id)
+            self._send(ctx, views.language_text(i18n.current(), chosen is not None))
+            return
+        wanted = args[0].lower()
+        if wanted not in (*i18n.LANGUAGES, "auto"):
+            raise commands.UsageError(commands.usage("lang"))
+        row = self._languages.choose(ctx.user_id, None if wanted == "auto" else wanted)
+        await self._writer.call(store.set_user_language, ctx.user_id, *row)
+        with i18n.speaking(self._languages.of(ctx.user_id)):
+            self._send(ctx, views.language_text(i18n.current(), row[0] is not None))
 
     # --- groups: /bind, /unbind, /statuspage (mbot/telegram/groups.py, statuspages.py) ---------------------------
 
@@ -359,14 +386,26 @@ class Bot:
     # --- routing ---------------------------------------------------------------------------------------------
 
     async def handle(self, update: dict[str, Any]) -> None:
-        if "message" in update:
-            await self._on_message(update["message"])
-        elif "callback_query" in update:
-            await self._on_callback(update["callback_query"])
-        elif "my_chat_member" in update:
-            chat_id = groups.left(update["my_chat_member"])
-            if chat_id is not None:
-                self._chat_gone(chat_id, "the bot was removed from it")
+        """One update, answered in its sender's language (mbot.telegram.languages)."""
+        body = update.get("message") if "message" in update else update.get("callback_query")
+        sender = body.get("from") if isinstance(body, dict) else None
+        code = sender.get("language_code") if isinstance(sender, dict) else None
+        language = i18n.language_of(code)
+        user = sender.get("id") if isinstance(sender, dict) else None
+        if isinstance(user, int) and self._role(user) is not None:  # strangers' languages are not stored
+            row = self._languages.seen(user, code)
+            if row is not None:
+                await self._writer.call(store.set_user_language, user, *row)
+            language = self._languages.of(user)
+        with i18n.speaking(language):
+            if "message" in update:
+                await self._on_message(update["message"])
+            elif "callback_query" in update:
+                await self._on_callback(update["callback_query"])
+            elif "my_chat_member" in update:
+                chat_id = groups.left(update["my_chat_member"])
+                if chat_id is not None:
+                    self._chat_gone(chat_id, "the bot was removed from it")
 
     def _role(self, user_id: int) -> str | None:
         return users.role_of(user_id, self._settings.allowed_users, self._users)
@@ -420,7 +459,7 @@ class Bot:
             log.warning("refused Telegram user %d (not a user of this mbot)", ctx.user_id)
             # In a group, also one per group a while: many members (or many forged ids) make one answer.
             if private or self._group_refusals.take(ctx.chat_id, self._clock()).allowed:
-                self._send(ctx, views.NOT_ALLOWED)
+                self._send(ctx, _(views.NOT_ALLOWED))
 
     async def _redeem(self, ctx: Context, code: str) -> None:
         redeemed = None
@@ -430,7 +469,7 @@ class Bot:
                                                self._clock())
         if redeemed is None:
             log.warning("Telegram user %d sent an unknown, used or expired invite code", ctx.user_id)
-            self._send(ctx, views.BAD_INVITE)
+            self._send(ctx, _(views.BAD_INVITE))
             return
         role = redeemed.role
         self._users[ctx.user_id] = role
@@ -493,6 +532,8 @@ class Bot:
             await self._bind_command(ctx, command)
         elif name == "statuspage":
             await self._statuspage_command(ctx, args)
+        elif name == "lang":
+            await self._lang_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":
@@ -514,7 +555,7 @@ class Bot:
             if not decision.allowed:
                 if decision.first_refusal:  # told once per stretch of refusals: a flood gets one answer
                     log.warning("user %d is registering hosts too fast; /newkey refused for now", ctx.user_id)
-                    self._send(ctx, views.slow_down("/newkey works", NEWKEY_BURST, NEWKEY_EVERY,
+                    self._send(ctx, views.slow_down("/newkey", NEWKEY_BURST, NEWKEY_EVERY,
                                                     decision.retry_after))
                 return
             key = await self._writer.call(partial(service.new_key, max_hosts=self._settings.max_hosts_per_user),
@@ -547,7 +588,7 @@ class Bot:
             await self._containers(ctx, host, now, edit=False)
         elif name == "rename":
             host = await self._writer.call(service.rename, ctx.user_id, args[0], args[1])
-            self._send(ctx, f"<b>{views.e(host.name)}</b> is now <b>{views.e(args[1])}</b>.")
+            self._send(ctx, _("<b>{old}</b> is now <b>{new}</b>.", old=views.e(host.name), new=views.e(args[1])))
         elif name == "revoke":
             host = await self._db.read(service.resolve, ctx.user_id, args[0], "revoke")
             self._send(ctx, *views.revoke_question(host))
@@ -578,23 +619,27 @@ class Bot:
         if isinstance(request, checks.DelCheck):
             spec = await self._writer.call(service.delete_check, host, request.check)
             self._hub.checks_changed()
-            self._send(ctx, f"Removed check <b>{views.e(spec.name)}</b> ({views.e(spec.target)}) of "
-                            f"<b>{views.e(host.name)}</b> and its alerts.")
+            self._send(ctx, _("Removed check <b>{check}</b> ({target}) of <b>{name}</b> and its alerts.",
+                              check=views.e(spec.name), target=views.e(spec.target), name=views.e(host.name)))
             return
         spec = await self._writer.call(partial(service.add_check, now=self._clock()), host, request.target,
                                        request.every)
         self._hub.checks_changed()
         log.info("user %d added check %s of host %s", ctx.user_id, spec.name, host.name)
-        text = (f"<b>{views.e(host.name)}</b> checks {views.e(spec.target)} every {format_duration(spec.every)} as "
-                f"<b>{views.e(spec.name)}</b>. You get an alert when it fails {spec.down_after} times in a row "
-                f"and when its certificate has less than {checks.DEFAULT_CERT_DAYS:.0f} days left "
-                f"(/delalert {views.e(host.name)} check:{views.e(spec.name)} or cert:{views.e(spec.name)} stops one). "
-                f"/checks "
-                f"{views.e(host.name)} shows the results. The check runs with the agent's network access.")
+        text = n_("<b>{name}</b> checks {target} every {every} as <b>{check}</b>. You get an alert when it fails "
+                  "{n} time in a row and when its certificate has less than {days} days left (/delalert {name} "
+                  "check:{check} or cert:{check} stops one). /checks {name} shows the results. The check runs with "
+                  "the agent's network access.",
+                  "<b>{name}</b> checks {target} every {every} as <b>{check}</b>. You get an alert when it fails "
+                  "{n} times in a row and when its certificate has less than {days} days left (/delalert {name} "
+                  "check:{check} or cert:{check} stops one). /checks {name} shows the results. The check runs with "
+                  "the agent's network access.", spec.down_after,
+                  name=views.e(host.name), target=views.e(spec.target), every=format_duration(spec.every),
+                  check=views.e(spec.name), days=f"{checks.DEFAULT_CERT_DAYS:.0f}")
         connection = self._hub.connections.get(host.id)
         hello = connection.hello if connection is not None else None
         if hello is not None and checks.CAPABILITY not in hello.capabilities:
-            text += "\n⚠️ This host's agent is too old to run checks: update it (/agent)."
+            text += "\n" + _("⚠️ This host's agent is too old to run checks: update it (/agent).")
         self._send(ctx, text)
 
     async def _card(self, host: Host, now: float, user_id: int) -> tuple[str, views.Keyboard]:
@@ -678,7 +723,7 @@ class Bot:
 
     async def _invite(self, ctx: Context, now: float) -> None:
         if self._role(ctx.user_id) != users.ADMIN:
-            self._send(ctx, views.NOT_ADMIN)
+            self._send(ctx, _(views.NOT_ADMIN))
             return
         code = users.new_code()
         await self._writer.call(users.add_invite, users.code_hash(code), now, ctx.user_id)
@@ -697,26 +742,30 @@ class Bot:
             host = await self._db.read(service.resolve, ctx.user_id, spec.name, "setalert")
             rule = spec.rule(host.id)
             await self._alerting.set_rule(rule)
-            self._send(ctx, f"Alert set on <b>{views.e(host.name)}</b>: {views.e(views.rule_text(rule))}.")
+            self._send(ctx, _("Alert set on <b>{name}</b>: {rule}.", name=views.e(host.name),
+                              rule=views.e(views.rule_text(rule))))
         elif name == "delalert":
             delete = alert_commands.parse_delalert(args)
             host = await self._db.read(service.resolve, ctx.user_id, delete.name, "delalert")
             if await self._alerting.delete_rule(host.id, delete.metric):
-                self._send(ctx, f"Alert {views.e(delete.metric)} removed from <b>{views.e(host.name)}</b>.")
+                self._send(ctx, _("Alert {metric} removed from <b>{name}</b>.", metric=views.e(delete.metric),
+                                  name=views.e(host.name)))
             else:
-                self._send(ctx, f"<b>{views.e(host.name)}</b> has no {views.e(delete.metric)} alert. /alerts lists them.")
+                self._send(ctx, _("<b>{name}</b> has no {metric} alert. /alerts lists them.", name=views.e(host.name),
+                                  metric=views.e(delete.metric)))
         elif name == "mute":
             mute = alert_commands.parse_mute(args)
             host = await self._db.read(service.resolve, ctx.user_id, mute.name, "mute")
             self._alerting.mute(host.id, now + mute.duration)
             await self._alert_delivery.muted(host.id, now + mute.duration, ctx.who)
-            self._send(ctx, f"<b>{views.e(host.name)}</b> muted for {format_duration(mute.duration)}; "
-                            "what is still firing then will be reported. /unmute ends it sooner.")
+            self._send(ctx, _("<b>{name}</b> muted for {duration}; what is still firing then will be reported. "
+                              "/unmute ends it sooner.", name=views.e(host.name),
+                              duration=format_duration(mute.duration)))
         elif name == "unmute":
             host = await self._db.read(service.resolve, ctx.user_id, alert_commands.parse_unmute(args), "unmute")
             muted_until = self._alerting.engine.host_status(host.id).muted_until
             if muted_until is None or muted_until <= now:
-                self._send(ctx, f"<b>{views.e(host.name)}</b> is not muted.")
+                self._send(ctx, _("<b>{name}</b> is not muted.", name=views.e(host.name)))
             else:
                 self._alerting.unmute(host.id)  # its MuteEnded message says what is still firing
 
@@ -732,7 +781,8 @@ class Bot:
         try:
             png = await trio.to_thread.run_sync(charts.render, spec, limiter=self._charts)
         except charts.NoData:
-            self._send(ctx, f"No data from <b>{views.e(host.name)}</b> for {views.e(spec.title.split(' · ')[-1])}.")
+            self._send(ctx, _("No data from <b>{name}</b> for {what}.", name=views.e(host.name),
+                              what=views.e(spec.title.split(' · ')[-1])))
             return
         keyboard = views.range_keyboard(host.id, words, unit, span_label)
         caption = views.e(spec.title)
@@ -766,14 +816,14 @@ class Bot:
         if callback is None:
             if private:
                 await self._answer(query)
-                self._edit(ctx, "This button is no longer valid.")
+                self._edit(ctx, _("This button is no longer valid."))
             else:  # in a group the message may be someone else's: say it to the presser alone
-                await self._answer(query, "This button is no longer valid.")
+                await self._answer(query, _("This button is no longer valid."))
             return
         if not await self._pressed_by_its_user(ctx, callback, private):
             log.info("user %d pressed a %s button meant for someone else in chat %d", ctx.user_id, callback.action,
                      ctx.chat_id)
-            await self._answer(query, views.NOT_YOUR_BUTTON)
+            await self._answer(query, _(views.NOT_YOUR_BUTTON))
             return
         if callback.action in views.HOST_ACTIONS:
             try:  # the presser's role, now: what it does not allow is said to the presser alone
@@ -864,7 +914,7 @@ class Bot:
         elif action == "power":
             host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "power")
             if not self._hub.is_connected(host.id):
-                self._send(ctx, f"<b>{views.e(host.name)}</b> is offline.")
+                self._send(ctx, _("<b>{name}</b> is offline.", name=views.e(host.name)))
                 return
             nonce = secrets.token_urlsafe(9)
             self._forget_expired(now)
@@ -874,7 +924,7 @@ class Bot:
             request = self._pending.get(args[0])
             if request is not None and request.user_id == ctx.user_id:  # checked before; kept next to the pop
                 del self._pending[args[0]]
-            self._edit(ctx, "Cancelled.")
+            self._edit(ctx, _("Cancelled."))
         elif action == "confirm":
             await self._confirm(ctx, args[0], now)
         elif action == "unshare":
@@ -883,15 +933,17 @@ class Bot:
         elif action == "revoke":
             host = await self._db.read(service.host_for, ctx.user_id, int(args[0]), "revoke")
             if args[1] == "no":
-                self._edit(ctx, "Cancelled.")
+                self._edit(ctx, _("Cancelled."))
                 return
             await self._writer.call(partial(service.revoke, wipe=args[1] == "wipe"), ctx.user_id, host.id)
             self._alerting.host_removed(host.id)
             await self._hub.disconnect(host.id, protocol.CLOSE_REVOKED, "key revoked")
             log.info("user %d revoked host %s (%s)", ctx.user_id, host.name,
                      "history deleted" if args[1] == "wipe" else "history kept")
-            kept = "Its history is deleted." if args[1] == "wipe" else "Its history is kept; /rotate gives it a new key."
-            self._edit(ctx, f"<b>{views.e(host.name)}</b> is revoked: its agent was disconnected. {kept}")
+            kept = (_("Its history is deleted.") if args[1] == "wipe"
+                    else _("Its history is kept; /rotate gives it a new key."))
+            self._edit(ctx, _("<b>{name}</b> is revoked: its agent was disconnected.", name=views.e(host.name))
+                       + " " + kept)
 
     async def _alert_button(self, ctx: Context, callback: Callback, now: float) -> None:
         """Under an alert (mbot/telegram/alert_delivery.py): Mute 1h, Ack, Processes."""
@@ -901,20 +953,21 @@ class Bot:
         if callback.action == "amute":
             self._alerting.mute(host.id, now + views.ALERT_MUTE)
             await self._alert_delivery.muted(host.id, now + views.ALERT_MUTE, ctx.who)
-            self._send(ctx, f"<b>{name}</b> muted for 1 h; what is still firing then will be reported. "
-                            f"/unmute {name} ends it sooner.")
+            self._send(ctx, _("<b>{name}</b> muted for 1 h; what is still firing then will be reported. "
+                              "/unmute {name} ends it sooner.", name=name))
             return
         alert = await self._db.read(store.alert_message, int(callback.args[1]))
         if alert is None or alert.host_id != host.id:  # pruned a week after it ended (or never this host's)
-            self._send(ctx, "This alert is too old: its details are no longer kept.")
+            self._send(ctx, _("This alert is too old: its details are no longer kept."))
         elif callback.action == "aprocs":
             self._send(ctx, views.captured_processes(host, alert, now))
         elif alert.resolved is None and self._alerting.ack(host.id, alert.metric, alert.series):
             label = views.e(alert_text.series_label(alert.series))
             await self._alert_delivery.acknowledged(host.id, alert.metric, alert.series, ctx.who)
-            self._send(ctx, f"Acknowledged: no more reminders for {label} on <b>{name}</b> until it resolves.")
+            self._send(ctx, _("Acknowledged: no more reminders for {label} on <b>{name}</b> until it resolves.",
+                              label=label, name=name))
         else:
-            self._send(ctx, f"This alert on <b>{name}</b> is no longer firing.")
+            self._send(ctx, _("This alert on <b>{name}</b> is no longer firing.", name=name))
 
     # --- the stability test (mbot/stability.py) ------------------------------------------------------------------
 
@@ -936,14 +989,16 @@ class Bot:
         except Exception:
             # Isolated like any update: a test that breaks must not end the bot's nursery (and the bot).
             log.exception("stability test of host %s failed", host.name)
-            self._send(ctx, f"The stability test of <b>{views.e(host.name)}</b> failed; the server's log says why.")
+            self._send(ctx, _("The stability test of <b>{name}</b> failed; the server's log says why.",
+                              name=views.e(host.name)))
         finally:
             self._hub.stability_budget.release(host.id)
 
     async def _stability(self, ctx: Context, host: Host, spec: stability.StabilitySpec) -> None:
         name = views.e(host.name)
-        head = (f"Stability test of <b>{name}</b>: {spec.count} probes every "
-                f"{stability.interval_text(spec.interval)} for {format_duration(spec.duration)}...")
+        head = n_("Stability test of <b>{name}</b>: {n} probes every {interval} for {duration}...",
+                  "Stability test of <b>{name}</b>: {n} probes every {interval} for {duration}...", spec.count,
+                  name=name, interval=stability.interval_text(spec.interval), duration=format_duration(spec.duration))
         try:
             sent = await self._outbox.request(ctx.chat_id, partial(self._api.send_message, ctx.chat_id, head,
                                                                    thread_id=ctx.thread_id))
@@ -959,16 +1014,18 @@ class Bot:
         try:
             await self._hub.stability(host.id, run, progress, stability.progress_every(spec.duration))
         except LookupError:
-            self._edit(progress_ctx, f"<b>{name}</b> went offline before the test started.")
+            self._edit(progress_ctx, _("<b>{name}</b> went offline before the test started.", name=name))
             return
         figures = await trio.to_thread.run_sync(run.figures)  # a sort of up to 600,000 RTTs: not in the loop
         log.info("user %d ran a stability test of host %s: %d probes, %.1f %% lost", ctx.user_id, host.name,
                  figures.sent, figures.loss)
-        done = f"Stability test of <b>{name}</b>: done."
+        done = _("Stability test of <b>{name}</b>: done.", name=name)
         if figures.slots < spec.count:
-            done = f"Stability test of <b>{name}</b>: its agent disconnected after {figures.slots} probes."
+            done = n_("Stability test of <b>{name}</b>: its agent disconnected after {n} probes.",
+                      "Stability test of <b>{name}</b>: its agent disconnected after {n} probes.", figures.slots,
+                      name=name)
         self._edit(progress_ctx, done)
-        png = await trio.to_thread.run_sync(stabilitychart.render, run, f"{host.name} · stability",
+        png = await trio.to_thread.run_sync(stabilitychart.render, run, _("{name} · stability", name=host.name),
                                             limiter=self._charts)
         self._outbox.submit(ctx.chat_id, partial(self._api.send_photo, ctx.chat_id, png,
                                                  views.e(stability.caption(host.name, spec, figures)),
@@ -989,19 +1046,19 @@ class Bot:
         name = views.e(host.name)
         try:
             seconds = self._hub.speed_seconds
-            self._send(ctx, f"Speed test of <b>{name}</b>: about {format_duration(2 * seconds)}, download then "
-                            "upload...")
+            self._send(ctx, _("Speed test of <b>{name}</b>: about {duration}, download then upload...", name=name,
+                              duration=format_duration(2 * seconds)))
             try:
                 down, up = await self._hub.speedtest(host.id)
             except LookupError:
-                self._send(ctx, f"<b>{name}</b> went offline before the speed test started.")
+                self._send(ctx, _("<b>{name}</b> went offline before the speed test started.", name=name))
                 return
             log.info("user %d ran a speed test of host %s: down %s, up %s", ctx.user_id, host.name,
                      down and speedtest.mbit(down.rate), up and speedtest.mbit(up.rate))
             self._send(ctx, views.e(speedtest.reply(host.name, down, up)))
         except Exception:
             log.exception("speed test of host %s failed", host.name)
-            self._send(ctx, f"The speed test of <b>{name}</b> failed; the server's log says why.")
+            self._send(ctx, _("The speed test of <b>{name}</b> failed; the server's log says why.", name=name))
         finally:
             self._hub.speed_busy = False
 
@@ -1014,7 +1071,7 @@ class Bot:
         if request is not None and request.user_id == ctx.user_id:
             del self._pending[nonce]  # one time: a second press finds nothing; someone else's press spends nothing
         if request is None or request.user_id != ctx.user_id or request.expires < now:
-            self._edit(ctx, "This confirmation has expired; nothing was done.")
+            self._edit(ctx, _("This confirmation has expired; nothing was done."))
             return
         host = await self._db.read(service.host_for, ctx.user_id, request.host_id, "power")
         audit_id = await self._writer.call(partial(store.add_audit, ts=now, user_id=ctx.user_id, host_id=host.id,
@@ -1022,9 +1079,10 @@ class Bot:
                                                    outcome="requested"))
         if not self._hub.is_connected(host.id):
             await self._finish_power(ctx, host, request.action, audit_id, "offline",
-                                     f"<b>{views.e(host.name)}</b> is offline; nothing was sent.")
+                                     _("<b>{name}</b> is offline; nothing was sent.", name=views.e(host.name)))
             return
-        self._edit(ctx, f"Asking <b>{views.e(host.name)}</b> to {request.action}...")
+        self._edit(ctx, _("Asking <b>{name}</b> to reboot...", name=views.e(host.name)) if request.action == "reboot"
+                   else _("Asking <b>{name}</b> to shutdown...", name=views.e(host.name)))
         assert self._nursery is not None
         # Waiting for the agent's answer may take seconds: not while other updates wait behind it.
         self._nursery.start_soon(self._run_power, ctx, host, request.action, audit_id)
@@ -1038,19 +1096,25 @@ class Bot:
             result = await self._hub.run_command(host.id, action, COMMAND_TIMEOUT)
         except LookupError:
             self._alerting.cancel_power(host.id)
-            await self._finish_power(ctx, host, action, audit_id, "offline", f"<b>{name}</b> is offline.")
+            await self._finish_power(ctx, host, action, audit_id, "offline", _("<b>{name}</b> is offline.", name=name))
             return
         if result is None:  # it may be going down without a word: the window stays open
             await self._finish_power(ctx, host, action, audit_id, "no answer",
-                                     f"<b>{name}</b> did not answer within {COMMAND_TIMEOUT:.0f} s.")
+                                     _("<b>{name}</b> did not answer within {seconds} s.", name=name,
+                                       seconds=f"{COMMAND_TIMEOUT:.0f}"))
         elif not result.ok and result.message == "disabled":
             self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, "disabled",
-                                     f"<b>{name}</b> did not {action}. {views.POWER_DISABLED_HINT}")
+                                     (_("<b>{name}</b> did not reboot.", name=name) if action == "reboot"
+                                      else _("<b>{name}</b> did not shutdown.", name=name))
+                                     + " " + _(views.POWER_DISABLED_HINT))
         elif not result.ok:
             self._alerting.cancel_power(host.id)
             await self._finish_power(ctx, host, action, audit_id, f"failed: {result.message}",
-                                     f"<b>{name}</b> could not {action}: {views.e(result.message)}")
+                                     _("<b>{name}</b> could not reboot: {error}", name=name,
+                                       error=views.e(result.message)) if action == "reboot" else
+                                     _("<b>{name}</b> could not shutdown: {error}", name=name,
+                                       error=views.e(result.message)))
         else:
             await self._finish_power(ctx, host, action, audit_id, "ok", views.power_started(host.name, action))
 
@@ -1075,10 +1139,10 @@ class Bot:
             data = await trio.to_thread.run_sync(AGENT_FILE.read_bytes)
         except OSError as exc:
             log.warning("cannot read the agent file %s: %s", AGENT_FILE, exc)
-            self._send(ctx, "The agent file is not on this server; get agent/mbot_agent.py from mbot's repository.")
+            self._send(ctx, _("The agent file is not on this server; get agent/mbot_agent.py from mbot's repository."))
             return
         self._outbox.submit(ctx.chat_id, partial(self._api.send_document, ctx.chat_id, "mbot_agent.py", data,
-                                                 views.AGENT_CAPTION, content_type="text/x-python",
+                                                 _(views.AGENT_CAPTION), content_type="text/x-python",
                                                  thread_id=ctx.thread_id))
 
     def _send(self, ctx: Context, text: str, keyboard: views.Keyboard | None = None) -> None:

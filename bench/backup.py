@@ -24,7 +24,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import ingest  # noqa: E402  (the simulated agents and their sample)
+import restart  # noqa: E402  (checkout of another revision)
 from mbot import protocol, service, store, tls  # noqa: E402
 from mbot.rollup import DEFAULT_TIERS  # noqa: E402
 
@@ -89,6 +89,7 @@ def make_fixture(target: Path, hosts: int, days: float) -> dict[str, Any]:
         secrets = [service.new_key(conn, f"sim{i}", now=start - 60).secret for i in range(hosts)]
         host_ids = [h.id for h in store.list_hosts(conn)]
         layout_id = conn.execute("INSERT INTO layouts (names) VALUES (?)", (json.dumps(names),)).lastrowid
+        assert layout_id is not None
     raw_parts: list[np.ndarray] = []
     for n, host_id in enumerate(host_ids):
         values = (low + (high - low) * np_rng.random((per_host, len(names)))).astype(F32)
@@ -231,13 +232,14 @@ async def phase(stats: ingest.Stats, metrics_port: int) -> tuple[list[float], li
     return stats.latencies, commit_buckets(await scrape(metrics_port))
 
 
-async def run_backup(data: Path, archive: Path, env: dict[str, str], nice: int) -> dict[str, Any]:
-    """`python -m mbot backup FILE` as a user runs it; its wall time, CPU time (rusage) and the WAL's peak."""
+async def run_backup(data: Path, archive: Path, env: dict[str, str], nice: int, code: Path) -> dict[str, Any]:
+    """`python -m mbot backup FILE` as a user runs it (mbot from `code`); its wall time, CPU time (rusage) and the
+    WAL's peak meanwhile."""
     cmd = [sys.executable, "-m", "mbot", "backup", str(archive)]
     if nice:
         cmd = ["nice", "-n", str(nice)] + cmd
     t0 = time.perf_counter()
-    child = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    child = subprocess.Popen(cmd, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     result: dict[str, Any] = {}
     wal_peak = 0
 
@@ -257,6 +259,7 @@ async def run_backup(data: Path, archive: Path, env: dict[str, str], nice: int) 
     result["rc"] = child.returncode
     result["cpu"] = result["usage"].ru_utime + result["usage"].ru_stime
     result["wal_peak"] = wal_peak
+    result["archive"] = archive.stat().st_size if archive.exists() else 0
     return result
 
 
@@ -273,6 +276,7 @@ async def bench(args: argparse.Namespace) -> None:
         shutil.copy2(source / name, data / name)
     print(f"copied the fixture to {data} in {time.perf_counter() - t0:.1f} s")
     archive = work / "backup.tar.gz"
+    variants = [(args.compare, restart.checkout(args.compare)), ("this", ROOT)] if args.compare else [("this", ROOT)]
 
     port, metrics_port = free_port(), free_port()
     env = server_env(data, port, metrics_port)
@@ -304,31 +308,38 @@ async def bench(args: argparse.Namespace) -> None:
             base_s = time.perf_counter() - t0
             cpu1 = proc.cpu_times()
             during, hist1 = await phase(stats, metrics_port)
+            hist_base, base_load = hist1, load()
             size_before = db_bytes(data)
             print(f"baseline {base_s:.0f} s: send->ack {latency(before)}; receive->commit "
                   f"{commit_quantiles(hist0, hist1)}; server CPU "
-                  f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / base_s * 100:.0f}%; {load()}")
+                  f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / base_s * 100:.0f}%; {base_load}")
 
-            made = await run_backup(data, archive, env, args.nice)
-            cpu2 = proc.cpu_times()
-            after, hist2 = await phase(stats, metrics_port)
-            print(f"backup: rc {made['rc']}, {made['output']}")
-            print(f"during the backup ({made['wall']:.1f} s): send->ack {latency(during)}; receive->commit "
-                  f"{commit_quantiles(hist1, hist2)}; server CPU "
-                  f"{(cpu2.user + cpu2.system - cpu1.user - cpu1.system) / made['wall'] * 100:.0f}%; {load()}")
-            await trio.sleep(args.after)
-            _, hist3 = await phase(stats, metrics_port)
-            print(f"after the backup ({args.after:g} s): send->ack {latency(after)}; receive->commit "
-                  f"{commit_quantiles(hist2, hist3)}")
+            for label, code in variants:
+                archive.unlink(missing_ok=True)
+                made = await run_backup(data, archive, env, args.nice, code)
+                cpu2 = proc.cpu_times()
+                after, hist2 = await phase(stats, metrics_port)
+                made["during"], made["commit"], made["load"] = during, commit_quantiles(hist1, hist2), load()
+                print(f"backup ({label}): rc {made['rc']}, {made['output']}")
+                print(f"during the backup ({label}, {made['wall']:.1f} s): send->ack {latency(during)}; "
+                      f"receive->commit {made['commit']}; server CPU "
+                      f"{(cpu2.user + cpu2.system - cpu1.user - cpu1.system) / made['wall'] * 100:.0f}%; {load()}")
+                await trio.sleep(args.after)
+                cpu1 = proc.cpu_times()
+                during, hist1 = await phase(stats, metrics_port)
+                print(f"after it ({args.after:g} s): send->ack {latency(after)}; receive->commit "
+                      f"{commit_quantiles(hist2, hist1)}")
+                figures[label] = made
+                if made["rc"] != 0:
+                    raise SystemExit(f"the backup ({label}) failed")
             stats.measuring = False
             stop.set()
             nursery.cancel_scope.cancel()
-        figures.update(base=before, during=during, made=made, size=size_before)
+        figures.update(base=before, base_commit=commit_quantiles(hist0, hist_base), size=size_before,
+                       base_load=base_load)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    if made["rc"] != 0:
-        raise SystemExit("the backup failed")
 
     # Restore into a fresh directory and start a server on it.
     env2 = server_env(restored, free_port(), free_port())
@@ -360,17 +371,20 @@ async def bench(args: argparse.Namespace) -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
 
-    made, (db, wal) = figures["made"], figures["size"]
+    db, wal = figures["size"]
     print()
-    print(f"| {info['hosts']} hosts x {info['days']:g} d at {INTERVAL:g} s | value |")
-    print("|---|---|")
-    print(f"| database (+ WAL) | {db / 2**20:,.0f} MiB (+ {wal / 2**20:.1f} MiB) |")
-    print(f"| archive | {archive.stat().st_size / 2**20:,.0f} MiB |")
-    print(f"| backup wall / CPU time | {made['wall']:.1f} s / {made['cpu']:.1f} s |")
-    print(f"| WAL peak during the backup | {made['wal_peak'] / 2**20:.1f} MiB |")
-    print(f"| send->ack before | {latency(figures['base'])} |")
-    print(f"| send->ack during | {latency(figures['during'])} |")
-    print(f"| restore | {restore_s:.1f} s; server up {up_s:.1f} s, {served} hosts |")
+    print(f"{info['hosts']} hosts x {info['days']:g} d at {INTERVAL:g} s: database {db / 2**20:,.0f} MiB "
+          f"(+ WAL {wal / 2**20:.1f} MiB); restore {restore_s:.1f} s, the restored server up in {up_s:.1f} s "
+          f"serving {served} hosts")
+    print()
+    print("| backup | archive | wall | CPU | WAL peak | send->ack | receive->commit | load |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| none (baseline {args.baseline:g} s) | | | | | {latency(figures['base'])} | {figures['base_commit']} | "
+          f"{figures['base_load']} |")
+    for label, _ in variants:
+        made = figures[label]
+        print(f"| {label} | {made['archive'] / 2**20:,.0f} MiB | {made['wall']:.1f} s | {made['cpu']:.1f} s | "
+              f"{made['wal_peak'] / 2**20:.1f} MiB | {latency(made['during'])} | {made['commit']} | {made['load']} |")
     print(load())
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
@@ -386,6 +400,7 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=15, help="seconds after the agents connect")
     parser.add_argument("--nice", type=int, default=0, help="run the backup under nice -n N")
     parser.add_argument("--fresh", action="store_true", help="make the fixture again")
+    parser.add_argument("--compare", metavar="REV", help="first back up with REV's mbot (git archive), then this one")
     parser.add_argument("--keep", action="store_true", help=f"keep {HOME}/run (the copy, archive, restore)")
     trio.run(bench, parser.parse_args())
 

@@ -263,6 +263,38 @@ async def run_backup(data: Path, archive: Path, env: dict[str, str], nice: int, 
     return result
 
 
+SERVER_EVERY = 3600.0
+
+
+def schedule_server_backup(directory: Path, after: float) -> None:
+    """The server (MBOT_BACKUP_DIR, MBOT_BACKUP_EVERY=1h) makes its first backup when the newest in the directory
+    is an hour old: an empty stand-in whose time says so `after` seconds from now."""
+    directory.mkdir(mode=0o700)
+    stand_in = directory / "mbot-backup-19700101-000000.tar.gz"
+    stand_in.write_bytes(b"")
+    made = time.time() - SERVER_EVERY + after
+    os.utime(stand_in, (made, made))
+
+
+async def server_backup_started(directory: Path, within: float) -> None:
+    """When the server's backup starts, its scratch folder appears in the directory."""
+    with trio.fail_after(within):
+        while not any(directory.glob(".mbot-backup-*")):
+            await trio.sleep(0.05)
+
+
+async def watch_server_backup(directory: Path, data: Path) -> dict[str, Any]:
+    """From its start until its archive is there."""
+    t0 = time.perf_counter()
+    wal_peak = 0
+    while any(directory.glob(".mbot-backup-*")):
+        wal_peak = max(wal_peak, db_bytes(data)[1])
+        await trio.sleep(0.1)
+    made = [p for p in directory.glob("mbot-backup-*.tar.gz") if p.stat().st_size]
+    return {"wall": time.perf_counter() - t0, "wal_peak": wal_peak, "rc": 0 if made else 1,
+            "archive": made[0].stat().st_size if made else 0, "output": ", ".join(str(p) for p in made)}
+
+
 async def bench(args: argparse.Namespace) -> None:
     print(load())
     source, info = fixture(args.hosts, args.days, args.fresh)
@@ -276,11 +308,19 @@ async def bench(args: argparse.Namespace) -> None:
         shutil.copy2(source / name, data / name)
     print(f"copied the fixture to {data} in {time.perf_counter() - t0:.1f} s")
     archive = work / "backup.tar.gz"
-    variants = [(args.compare, restart.checkout(args.compare)), ("this", ROOT)] if args.compare else [("this", ROOT)]
+    variants = [(args.compare, restart.checkout(args.compare), 0)] if args.compare else []
+    variants.append(("this", ROOT, 0))
+    if args.nice:
+        variants.append((f"this, nice -n {args.nice}", ROOT, args.nice))
 
     port, metrics_port = free_port(), free_port()
     env = server_env(data, port, metrics_port)
-    server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=ROOT, env=env)
+    server_env_ = dict(env)
+    if args.in_server:
+        # Due once the agents are connected and the baseline measured (the bench checks it came after).
+        schedule_server_backup(work / "backups", 20 + args.settle + args.baseline + 10)
+        server_env_.update(MBOT_BACKUP_DIR=str(work / "backups"), MBOT_BACKUP_EVERY=f"{SERVER_EVERY:g}s")
+    server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=ROOT, env=server_env_)
     proc = psutil.Process(server.pid)
     figures: dict[str, Any] = {}
     try:
@@ -314,9 +354,29 @@ async def bench(args: argparse.Namespace) -> None:
                   f"{commit_quantiles(hist0, hist1)}; server CPU "
                   f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / base_s * 100:.0f}%; {base_load}")
 
-            for label, code in variants:
+            if args.in_server:
+                if any((work / "backups").glob(".mbot-backup-*")):
+                    raise SystemExit("the server's backup started before the baseline ended: raise its delay")
+                await server_backup_started(work / "backups", 120)
+                cpu1 = proc.cpu_times()
+                during, hist1 = await phase(stats, metrics_port)
+                made = await watch_server_backup(work / "backups", data)
+                cpu2 = proc.cpu_times()
+                after, hist2 = await phase(stats, metrics_port)
+                made["during"], made["commit"], made["load"] = during, commit_quantiles(hist1, hist2), load()
+                # The server's CPU over the backup, its backup thread included.
+                made["cpu"] = cpu2.user + cpu2.system - cpu1.user - cpu1.system
+                print(f"the server's own backup ({made['wall']:.1f} s): {made['output']}; send->ack {latency(during)}; "
+                      f"receive->commit {made['commit']}; server CPU {made['cpu']:.1f} s; {made['load']}")
+                figures["in the server"] = made
+                await trio.sleep(args.after)
+                cpu1 = proc.cpu_times()
+                during, hist1 = await phase(stats, metrics_port)
+                print(f"after it ({args.after:g} s): send->ack {latency(after)}; receive->commit "
+                      f"{commit_quantiles(hist2, hist1)}")
+            for label, code, nice in variants:
                 archive.unlink(missing_ok=True)
-                made = await run_backup(data, archive, env, args.nice, code)
+                made = await run_backup(data, archive, env, nice, code)
                 cpu2 = proc.cpu_times()
                 after, hist2 = await phase(stats, metrics_port)
                 made["during"], made["commit"], made["load"] = during, commit_quantiles(hist1, hist2), load()
@@ -381,7 +441,7 @@ async def bench(args: argparse.Namespace) -> None:
     print("|---|---|---|---|---|---|---|---|")
     print(f"| none (baseline {args.baseline:g} s) | | | | | {latency(figures['base'])} | {figures['base_commit']} | "
           f"{figures['base_load']} |")
-    for label, _ in variants:
+    for label in ["in the server"] * args.in_server + [label for label, _, _ in variants]:
         made = figures[label]
         print(f"| {label} | {made['archive'] / 2**20:,.0f} MiB | {made['wall']:.1f} s | {made['cpu']:.1f} s | "
               f"{made['wal_peak'] / 2**20:.1f} MiB | {latency(made['during'])} | {made['commit']} | {made['load']} |")
@@ -398,8 +458,10 @@ def main() -> None:
     parser.add_argument("--baseline", type=float, default=60, help="seconds measured before the backup")
     parser.add_argument("--after", type=float, default=15, help="seconds measured after it")
     parser.add_argument("--settle", type=float, default=15, help="seconds after the agents connect")
-    parser.add_argument("--nice", type=int, default=0, help="run the backup under nice -n N")
+    parser.add_argument("--nice", type=int, default=0, help="then back up again under nice -n N")
     parser.add_argument("--fresh", action="store_true", help="make the fixture again")
+    parser.add_argument("--in-server", action="store_true",
+                        help="first the server's own backup (MBOT_BACKUP_DIR: in a worker thread of the server)")
     parser.add_argument("--compare", metavar="REV", help="first back up with REV's mbot (git archive), then this one")
     parser.add_argument("--keep", action="store_true", help=f"keep {HOME}/run (the copy, archive, restore)")
     trio.run(bench, parser.parse_args())

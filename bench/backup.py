@@ -276,16 +276,16 @@ def schedule_server_backup(directory: Path, after: float) -> None:
     os.utime(stand_in, (made, made))
 
 
-async def server_backup_started(directory: Path, within: float) -> None:
+async def server_backup_started(directory: Path, within: float) -> float:
     """When the server's backup starts, its scratch folder appears in the directory."""
     with trio.fail_after(within):
         while not any(directory.glob(".mbot-backup-*")):
             await trio.sleep(0.05)
+    return time.perf_counter()
 
 
-async def watch_server_backup(directory: Path, data: Path) -> dict[str, Any]:
-    """From its start until its archive is there."""
-    t0 = time.perf_counter()
+async def watch_server_backup(directory: Path, data: Path, t0: float) -> dict[str, Any]:
+    """From its start (t0) until its archive is there."""
     wal_peak = 0
     while any(directory.glob(".mbot-backup-*")):
         wal_peak = max(wal_peak, db_bytes(data)[1])
@@ -318,7 +318,7 @@ async def bench(args: argparse.Namespace) -> None:
     server_env_ = dict(env)
     if args.in_server:
         # Due once the agents are connected and the baseline measured (the bench checks it came after).
-        schedule_server_backup(work / "backups", 20 + args.settle + args.baseline + 10)
+        schedule_server_backup(work / "backups", 60 + args.settle + args.baseline)
         server_env_.update(MBOT_BACKUP_DIR=str(work / "backups"), MBOT_BACKUP_EVERY=f"{SERVER_EVERY:g}s")
     server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=ROOT, env=server_env_)
     proc = psutil.Process(server.pid)
@@ -344,7 +344,12 @@ async def bench(args: argparse.Namespace) -> None:
             before, hist0 = await phase(stats, metrics_port)
             cpu0 = proc.cpu_times()
             t0 = time.perf_counter()
-            await trio.sleep(args.baseline)
+            if args.in_server:  # the baseline lasts until the server's backup starts
+                if any((work / "backups").glob(".mbot-backup-*")):
+                    raise SystemExit("the server's backup started before the baseline: raise its delay")
+                started = await server_backup_started(work / "backups", args.baseline + 120)
+            else:
+                await trio.sleep(args.baseline)
             base_s = time.perf_counter() - t0
             cpu1 = proc.cpu_times()
             during, hist1 = await phase(stats, metrics_port)
@@ -355,12 +360,7 @@ async def bench(args: argparse.Namespace) -> None:
                   f"{(cpu1.user + cpu1.system - cpu0.user - cpu0.system) / base_s * 100:.0f}%; {base_load}")
 
             if args.in_server:
-                if any((work / "backups").glob(".mbot-backup-*")):
-                    raise SystemExit("the server's backup started before the baseline ended: raise its delay")
-                await server_backup_started(work / "backups", 120)
-                cpu1 = proc.cpu_times()
-                during, hist1 = await phase(stats, metrics_port)
-                made = await watch_server_backup(work / "backups", data)
+                made = await watch_server_backup(work / "backups", data, started)
                 cpu2 = proc.cpu_times()
                 after, hist2 = await phase(stats, metrics_port)
                 made["during"], made["commit"], made["load"] = during, commit_quantiles(hist1, hist2), load()
@@ -395,7 +395,7 @@ async def bench(args: argparse.Namespace) -> None:
             stats.measuring = False
             stop.set()
             nursery.cancel_scope.cancel()
-        figures.update(base=before, base_commit=commit_quantiles(hist0, hist_base), size=size_before,
+        figures.update(base_s=base_s, base=before, base_commit=commit_quantiles(hist0, hist_base), size=size_before,
                        base_load=base_load)
     finally:
         server.send_signal(signal.SIGTERM)
@@ -439,7 +439,7 @@ async def bench(args: argparse.Namespace) -> None:
     print()
     print("| backup | archive | wall | CPU | WAL peak | send->ack | receive->commit | load |")
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| none (baseline {args.baseline:g} s) | | | | | {latency(figures['base'])} | {figures['base_commit']} | "
+    print(f"| none (baseline {figures['base_s']:.0f} s) | | | | | {latency(figures['base'])} | {figures['base_commit']} | "
           f"{figures['base_load']} |")
     for label in ["in the server"] * args.in_server + [label for label, _, _ in variants]:
         made = figures[label]

@@ -20,6 +20,7 @@ it serves the same hosts (/metrics) and that an agent gets in with its old secre
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import random
@@ -296,6 +297,12 @@ async def watch_server_backup(directory: Path, data: Path, t0: float) -> dict[st
 
 
 async def bench(args: argparse.Namespace) -> None:
+    HOME.mkdir(parents=True, exist_ok=True)
+    lock = open(HOME / ".lock", "w")
+    try:  # two runs at once would delete each other's copies
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another bench/backup.py is running on {HOME}") from None
     print(load())
     source, info = fixture(args.hosts, args.days, args.fresh)
     secrets: list[str] = info["secrets"][: args.agents]

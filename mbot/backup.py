@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import tarfile
 import tempfile
+import threading
 import logging
 import time
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ COMPRESS_LEVEL = 1
 
 class BackupError(Exception):
     """A backup that could not be made or an archive that cannot be restored; the message is for the user."""
+
+
+class BackupStopped(BackupError):
+    """The backup was asked to stop (the server is stopping): nothing of it is left behind."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +78,9 @@ def default_name(now: float) -> str:
     return PREFIX + time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + SUFFIX
 
 
-def write_backup(data_dir: Path, out: Path, now: float) -> Backup:
-    """Write the archive to `out` (replacing it only once complete). Works while a server runs on data_dir."""
+def write_backup(data_dir: Path, out: Path, now: float, *, stop: Callable[[], bool] = lambda: False) -> Backup:
+    """Write the archive to `out` (replacing it only once complete). Works while a server runs on data_dir.
+    `stop` is asked between chunks of the archive: when it says so, BackupStopped, and nothing is left behind."""
     db_path = data_dir / DB_MEMBER
     if not db_path.exists():
         raise BackupError(f"{data_dir} holds no database ({DB_MEMBER}): nothing to back up")
@@ -84,6 +90,8 @@ def write_backup(data_dir: Path, out: Path, now: float) -> Backup:
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=".mbot-backup-") as tmp:
             copy = Path(tmp) / DB_MEMBER
             _copy_database(db_path, copy)
+            if stop():
+                raise BackupStopped("backup stopped")
             conn = sqlite3.connect(copy)
             try:
                 schema, hosts, samples = store.contents(conn)
@@ -102,7 +110,7 @@ def write_backup(data_dir: Path, out: Path, now: float) -> Backup:
                                    (KEY_MEMBER, data_dir / KEY_MEMBER)):
                     if not path.exists():
                         raise BackupError(f"{path} is missing: the backup would not restore a working server")
-                    _add_file(tar, name, path, now)
+                    _add_file(tar, name, path, now, stop)
                     members.append((name, path.stat().st_size))
             os.replace(part, out)
     except OSError as exc:
@@ -133,11 +141,24 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, now: float) -> None
     tar.addfile(info, io.BytesIO(data))
 
 
-def _add_file(tar: tarfile.TarFile, name: str, path: Path, now: float) -> None:
+def _add_file(tar: tarfile.TarFile, name: str, path: Path, now: float, stop: Callable[[], bool]) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = path.stat().st_size, 0o600, int(now)
     with open(path, "rb") as handle:
-        tar.addfile(info, handle)
+        tar.addfile(info, _Stoppable(handle, stop))
+
+
+class _Stoppable:
+    """A file that tarfile reads in chunks (16 KiB), asking `stop` before each: a gigabyte's compression takes a
+    minute, and a server that is told to stop must not wait for it."""
+
+    def __init__(self, handle: io.BufferedReader, stop: Callable[[], bool]) -> None:
+        self._handle, self._stop = handle, stop
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop():
+            raise BackupStopped("backup stopped")
+        return self._handle.read(size)
 
 
 def mbot_version() -> str:
@@ -246,6 +267,35 @@ def next_due(last: float | None, now: float, every: float) -> float:
     return max(now, last + every)
 
 
+async def _stoppable_backup(data_dir: Path, out: Path, now: float) -> Backup:
+    """write_backup in a worker thread that a cancellation stops within a chunk (or the database copy, seconds),
+    its scratch files removed, rather than the server's shutdown waiting for the whole archive, or a stop that
+    cannot wait (docker stop: SIGKILL after 10 s) leaving a gigabyte of them in the backup directory."""
+    stop = threading.Event()
+
+    def run() -> tuple[Backup | None, Exception | None]:
+        try:
+            return write_backup(data_dir, out, now, stop=stop.is_set), None
+        except Exception as exc:  # handed to the trio side as it is, not wrapped in the nursery's group
+            return None, exc
+
+    async def stop_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            stop.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stop_when_cancelled)
+        made, error = await trio.to_thread.run_sync(run)
+        nursery.cancel_scope.cancel()
+    # (Cancelled from outside: the nursery raised it above, once the thread had stopped and cleaned up.)
+    if error is not None:
+        raise error
+    assert made is not None
+    return made
+
+
 async def keep_backups(data_dir: Path, directory: Path, every: float, keep: int, stats: BackupStats, *,
                        clock: Callable[[], float] = time.time, attempted: Callable[[], None] = lambda: None) -> None:
     """The server's own backups, until cancelled: one every `every` (the first at once when the newest in
@@ -258,7 +308,7 @@ async def keep_backups(data_dir: Path, directory: Path, every: float, keep: int,
         await trio.sleep(max(0.0, due - clock()))
         now = clock()
         try:
-            made = await trio.to_thread.run_sync(write_backup, data_dir, directory / default_name(now), now)
+            made = await _stoppable_backup(data_dir, directory / default_name(now), now)
             for old in to_delete(await trio.to_thread.run_sync(kept, directory), keep):
                 await trio.to_thread.run_sync(old.unlink)
         except (BackupError, OSError) as exc:

@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/backup.py              # the fixture is made once (cached), then a few minutes
     .venv/bin/python bench/backup.py --fresh      # make the fixture again
+    .venv/bin/python bench/backup.py --in-server --compare 6c421bf --nice 10
+        # also the server's own backup (MBOT_BACKUP_DIR, a worker thread of the server), REV's CLI backup (before
+        # gzip level 1) and this one under nice, one after the other in the same run (the load of a shared machine
+        # moves too much between runs to compare them)
 
 The fixture is the database such a server holds with the default retentions: raw samples of the last 48 h, the
 1-minute tier for 7 days, the 10-minute and 1-hour tiers for the 7 days there are, every sample bench/ingest.py's

@@ -12,7 +12,7 @@ The fixture is the database such a server holds with the default retentions: raw
 40-series one (its generator sampled for each series' range; its values are uniform random, so they compress
 worse than real ones do). It is written directly with SQL in batches, as the writer and the rollup would have left
 it (rows interleaved by arrival, aggregates computed the way history.rollup_step computes them, the watermark past
-the last raw row), and cached in /tmp/mbot-bench-backup/fixture; each run works on a copy.
+the last raw row), and cached in /tmp/mbot-bench-backup/fixture-100x7d; each run works on a copy.
 
 Then: the real server (`python -m mbot`) on the copy, 100 simulated agents (bench/ingest.py's, real TLS WebSocket)
 sending a sample every 5 s; send->ack p50/p99/max and the server's receive->commit (its /metrics histogram) for a
@@ -149,7 +149,7 @@ def make_fixture(target: Path, hosts: int, days: float) -> dict[str, Any]:
 
 
 def fixture(hosts: int, days: float, fresh: bool) -> tuple[Path, dict[str, Any]]:
-    target = HOME / "fixture"
+    target = HOME / f"fixture-{hosts}x{days:g}d"
     info_file = target / "bench-secrets.json"
     if not fresh and info_file.exists():
         info = json.loads(info_file.read_text())

@@ -430,14 +430,16 @@ async def bench(args: argparse.Namespace) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(ingest.agent, secrets[0], int(env2["PORT"]), 1.0, stats, random.Random(2), stop,
                                trio.CapacityLimiter(1))
+            # Its hello answered is the check: its samples' seq start at 1 again, below the mark the restored
+            # database holds, so they are acked only once they pass it (a real agent has a new epoch then).
             with trio.move_on_after(30):
-                while not stats.acked and not stats.errors:
+                while not stats.connected and not stats.errors:
                     await trio.sleep(0.1)
             stop.set()
             nursery.cancel_scope.cancel()
         print(f"restored server: listening {up_s:.1f} s after start, /metrics serves {served} hosts "
               f"(the fixture has {info['hosts']}); an agent with its old secret: "
-              f"{'acked' if stats.acked else 'NOT acked'}")
+              f"{'hello answered' if stats.connected else 'REFUSED'}")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)

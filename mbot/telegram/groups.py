@@ -1,9 +1,9 @@
 """The bot in groups: who may act on a host there, where a host's alerts go, when a group is gone. Pure.
 
 A command or button in a group is always checked against the member who sent or pressed it (message.from,
-callback_query.from), never against the chat: being in a group where a host is bound gives nothing. `may_act` is
-the one rule for that (today: the host's owner), used for /bind, /unbind, /statuspage and the buttons of alerts
-delivered to a group, so that per-host roles can replace it in one place.
+callback_query.from), never against the chat: being in a group where a host is bound gives nothing. Buttons
+pressed in a group are checked like anywhere else (the presser's role on the host, mbot.access); `may_act` is the
+rule for what reaches into a group itself (/bind, /unbind, /statuspage): the host's owner only.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Dest:
 
 
 def may_act(user_id: int, host: Host) -> bool:
-    """Whether `user_id` may act on `host` from a group (bind it, stop its page, press its alert buttons)."""
+    """Whether `user_id` may send `host`'s alerts or state into a group (bind it, unbind it, put it on a page)."""
     return host.owner == user_id
 
 

@@ -31,7 +31,7 @@ class Clock:
         return time.time() + self.offset
 
 
-async def flap(cycles: int) -> Counter[str]:
+async def flap(cycles: int, group_wait: float) -> Counter[str]:
     import trio
 
     from fakebot import FakeBot
@@ -45,8 +45,13 @@ async def flap(cycles: int) -> Counter[str]:
         async with trio.open_nursery() as nursery:
             fake = FakeBot()
             await nursery.start(fake.serve)
-            settings = dataclasses.replace(make_settings(Path(tmp) / "data"), bot_token=fake.token,
-                                           telegram_api_url=fake.url, allowed_users=(user,))
+            settings = make_settings(Path(tmp) / "data")
+            # The tests' settings send each alert at once: the server's default wait here (an older checkout's
+            # Settings may not have it).
+            wait = {"alert_group_wait": group_wait} if "alert_group_wait" in {
+                f.name for f in dataclasses.fields(settings)} else {}
+            settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url,
+                                           allowed_users=(user,), **wait)
             outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
             server = await nursery.start(lambda task_status: app.serve(
                 settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
@@ -70,9 +75,20 @@ async def flap(cycles: int) -> Counter[str]:
                 await ack_reaching(ws, seq)
                 await trio.aclose_forcefully(stream)
                 sent = len(fake.sent)
-                clock.offset += 120  # gone until the next cycle: the offline alert comes after 30 s
-                server.alerting.clock_moved()
-                await fake.wait_for(lambda c: "is offline (last seen" in (c.params.get("text") or ""), since=sent)
+                # Gone until the next cycle: the offline alert comes after 30 s of silence (and, since storms are
+                # folded, MBOT_ALERT_GROUP_WAIT later). Time moves in steps, each followed by a short real wait for
+                # the alert, so that the step that makes it and the one that ends its group wait are apart.
+                moved = 0.0
+                while moved < 120:
+                    step = 35.0 if moved == 0 else 5.0  # the first past the offline delay
+                    clock.offset += step
+                    moved += step
+                    server.alerting.clock_moved()
+                    with trio.move_on_after(0.3):
+                        await fake.wait_for(lambda c: "is offline (last seen" in (c.params.get("text") or ""),
+                                            since=sent)
+                        break
+                clock.offset += 120 - moved
             # The last return, and everything it says (before and after: a message that says "back online after").
             sent = len(fake.sent)
             stream = await open_tls(server.port)
@@ -109,11 +125,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repo", type=Path, default=ROOT, help="the checkout whose mbot to run (default: this one)")
     parser.add_argument("--cycles", type=int, default=30, help="offline/online cycles (30: an hour)")
+    parser.add_argument("--group-wait", type=float, default=30.0,
+                        help="MBOT_ALERT_GROUP_WAIT in seconds (default: 30, the server's default)")
     args = parser.parse_args()
     sys.path[:0] = [str(args.repo.resolve()), str(ROOT / "tests")]
     import trio
 
-    counts = trio.run(flap, args.cycles)
+    counts = trio.run(flap, args.cycles, args.group_wait)
     hours = args.cycles / 30
     print(f"{args.repo}: a host offline and back every 2 minutes, {args.cycles} times ({hours:g} host-hour)")
     for name, count in sorted(counts.items()):

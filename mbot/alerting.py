@@ -118,6 +118,7 @@ class Alerting:
         self.engine = AlertEngine(repeat=repeat, now=clock())
         self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
+        self.clock_listeners: list[Callable[[], None]] = []  # told of clock_moved (the delivery's own waits)
         self._wake = trio.Event()
         self._dirty = False
         self._held: dict[int, list[HostEvent]] = {}  # host -> its state alert events waiting for their turn
@@ -133,6 +134,8 @@ class Alerting:
     def clock_moved(self) -> None:
         """Re-check the timers now: for a clock that jumps (tests move time forward instead of waiting)."""
         self._wake.set()
+        for listener in self.clock_listeners:
+            listener()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         rules, snapshot, hosts, heartbeat = await self._db.read(_load_state)

@@ -194,6 +194,15 @@ MIGRATIONS: list[str] = [
         UNIQUE (host_id, name)
     );
     """,
+    # Folded alert messages (mbot/telegram/alert_fold.py): one chat message for several alerts that started
+    # together; `body` is its head, a line per alert (alert_messages ids) and its host buttons, as JSON, kept while
+    # one of its alerts lasts so that their ends edit their lines after a restart too.
+    """
+    CREATE TABLE alert_folds (
+        id INTEGER PRIMARY KEY,
+        body TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -686,6 +695,22 @@ def open_alert_messages(conn: sqlite3.Connection) -> list[AlertMessage]:
     """Alerts that have not ended, oldest first (at start: the threads a restart must keep)."""
     rows = conn.execute("SELECT * FROM alert_messages WHERE resolved IS NULL ORDER BY id")
     return [_alert_message(row) for row in rows]
+
+
+def add_alert_fold(conn: sqlite3.Connection, body: str) -> int:
+    return _inserted_id(conn.execute("INSERT INTO alert_folds (body) VALUES (?)", (body,)))
+
+
+def set_alert_fold(conn: sqlite3.Connection, fold_id: int, body: str | None) -> None:
+    """A folded message's new body, or (None: none of its alerts lasts) no row any more."""
+    if body is None:
+        conn.execute("DELETE FROM alert_folds WHERE id = ?", (fold_id,))
+    else:
+        conn.execute("UPDATE alert_folds SET body = ? WHERE id = ?", (body, fold_id))
+
+
+def alert_folds(conn: sqlite3.Connection) -> dict[int, str]:
+    return {row[0]: row[1] for row in conn.execute("SELECT id, body FROM alert_folds")}
 
 
 # --- checks from the host (mbot.checks) -------------------------------------------------------------------------

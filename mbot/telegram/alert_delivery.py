@@ -18,6 +18,14 @@ mbot.alerting hands events over with `notify()` (never blocks); `run()` (in the 
 - MuteEnded: its own message; the messages of alerts that ended during the mute (the engine sent no Resolved) are
   edited to say so, quietly (no reply, no new message if the edit fails).
 
+Storms are folded (mbot/telegram/alert_fold.py, MBOT_ALERT_GROUP_WAIT): a Firing or Offline waits in its chat's
+batch until the wait after the batch's first start; then a batch of one goes out as above, and a batch of several as
+ONE message, a line per alert and a button per host. Each folded alert is a thread of that message: its reminders
+reply to it, and its end edits its line (✅). The ends of one folded message wait the same way and go out together:
+one edit and one reply listing them (when the server's network comes back, its hosts all come back within seconds).
+Ends of alerts told alone, reminders and mute ends never wait. An event about an alert still held (its end, a
+reminder) sends the held batch first, so nothing overtakes its start.
+
 The message_id of an alert's message comes back through the outbox's `on_sent`, which runs before the next message
 to that chat goes out; reminders and ends read it when they are sent, so none of this waits for Telegram, and per
 chat order keeps a quick end behind its start. The ids are stored (`alert_messages`), so a restart keeps the threads.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +50,7 @@ from ..model import Host, StoredSnapshot
 from ..store import Database
 from ..writer import Writer
 from . import alert_text, views
+from .alert_fold import Batches, Fold, ends_text, head
 from .api import BotApi, TelegramRejected
 from .outbox import Outbox
 
@@ -63,6 +73,17 @@ class _Thread:
     message_id: int | None = None  # None until Telegram took the message (or if it never did)
     photo: bool = False
     procs: bool = False  # processes were captured: it has a Processes button
+    fold: Fold | None = None  # told in a folded message (one for several alerts), as one of its lines
+
+
+@dataclass(frozen=True)
+class _Held:
+    """An event waiting in a batch (mbot/telegram/alert_fold.py)."""
+
+    text: str
+    event: Firing | Offline | Resolved | BackOnline
+    key: Key
+    thread: _Thread | None = None  # an end's: the folded alert it ends
 
 
 def _key(event: Event) -> Key | None:
@@ -71,6 +92,23 @@ def _key(event: Event) -> Key | None:
     if isinstance(event, (Offline, BackOnline)):
         return event.host_id, OFFLINE, ""
     return None
+
+
+def _fold_hosts(conn: Any, owner: int, ids: set[int]) -> tuple[dict[int, Host | None], int]:
+    """The hosts of a folded message, and how many hosts the chat watches (not revoked, ever connected)."""
+    watched = sum(1 for host in store.list_hosts(conn)
+                  if host.owner == owner and host.revoked is None and host.last_seen is not None)
+    return {host_id: store.host_by_id(conn, host_id) for host_id in ids}, watched
+
+
+def _set_sent(conn: Any, rows: list[tuple[int, int, int | None, bool]]) -> None:
+    for alert_id, chat_id, message_id, photo in rows:
+        assert message_id is not None
+        store.set_alert_message_sent(conn, alert_id, chat_id, message_id, photo)
+
+
+def _host_names(conn: Any, ids: set[int]) -> dict[int, str]:
+    return {host_id: host.name for host_id in ids if (host := store.host_by_id(conn, host_id)) is not None}
 
 
 def _captured(snapshot: StoredSnapshot | None, host: Host, now: float) -> str | None:
@@ -100,6 +138,13 @@ class AlertDelivery:
         self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._wake = trio.Event()
+        # Starts per chat, and ends per folded message, waiting for MBOT_ALERT_GROUP_WAIT (see the docstring).
+        self._starts: Batches[int, _Held] = Batches(settings.alert_group_wait)
+        self._ends: Batches[int, _Held] = Batches(settings.alert_group_wait)  # by fold id
+
+    def clock_moved(self) -> None:
+        """Re-check the batches' deadlines now: for a clock that jumps (tests move time instead of waiting)."""
+        self._wake.set()
 
     def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
         """mbot.alerting's Notify: `text` is the event's escaped HTML (alert_text.describe, or describe_group for
@@ -111,23 +156,51 @@ class AlertDelivery:
         self._wake.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        for row in await self._db.read(store.open_alert_messages):
+        rows = await self._db.read(store.open_alert_messages)
+        folds = {}
+        for fold_id, body in (await self._db.read(store.alert_folds)).items():
+            try:
+                fold = Fold.from_dict(json.loads(body), fold_id)
+            except (ValueError, TypeError, KeyError):
+                log.warning("folded alert message %d is unreadable: its alerts' ends get messages of their own",
+                            fold_id)
+                continue
+            folds.update({line[0]: fold for line in fold.lines})
+        for row in rows:
             if row.chat_id is not None:
                 self._threads[row.host_id, row.metric, row.series] = _Thread(
-                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None)
+                    row.id, row.chat_id, row.message_id, row.photo, row.procs is not None, folds.get(row.id))
         task_status.started()
+        try:
+            await self._loop()
+        finally:
+            # Message ids that came back just before a shutdown: kept, or the next start could not end their alerts
+            # in their own messages (the writer outlives this task).
+            with trio.move_on_after(5, shield=True):
+                if self._sent:
+                    await self._store_sent()
+
+    async def _store_sent(self) -> None:
+        sent, self._sent = self._sent, []
+        try:
+            await self._writer.call(_set_sent, [(t.alert_id, t.chat_id, t.message_id, t.photo) for t in sent])
+        except Exception:  # the threads live on in memory; only a restart would lose them
+            log.exception("could not store the message ids of alerts %s", [t.alert_id for t in sent])
+
+    async def _loop(self) -> None:
         while True:
             if not self._queue and not self._sent:
-                await self._wake.wait()
+                deadline = min((d for d in (self._starts.next_deadline(), self._ends.next_deadline())
+                                if d is not None), default=None)
+                with trio.move_on_after(math.inf if deadline is None else max(0.0, deadline - self._clock())):
+                    await self._wake.wait()
                 self._wake = trio.Event()
-            while self._sent:
-                thread = self._sent.pop(0)
-                assert thread.message_id is not None
                 try:
-                    await self._writer.call(store.set_alert_message_sent, thread.alert_id, thread.chat_id,
-                                            thread.message_id, thread.photo)
-                except Exception:  # the thread lives on in memory; only a restart would lose it
-                    log.exception("could not store the message id of alert %d", thread.alert_id)
+                    await self._due()
+                except Exception:  # held events that cannot go out must not stop the others
+                    log.exception("could not deliver held alerts")
+            if self._sent:
+                await self._store_sent()
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
                 try:
@@ -140,15 +213,39 @@ class AlertDelivery:
 
     # --- per event ---------------------------------------------------------------------------------------------
 
+    async def _due(self) -> None:
+        now = self._clock()
+        for _fold_id, ends in self._ends.due(now):
+            await self._end_fold(ends)
+        for owner, starts in self._starts.due(now):
+            await self._start_batch(owner, starts)
+
+    async def _before(self, owner: int, keys: Sequence[Key]) -> None:
+        """Send what is held that these keys' event must not overtake: the chat's starts, the ends of the folded
+        messages of the alerts these keys name."""
+        if any(held.key in keys for held in self._starts.items(owner)):
+            await self._start_batch(owner, self._starts.take(owner))
+        for fold_id in self._ends.groups():
+            if any(held.key in keys for held in self._ends.items(fold_id)):
+                await self._end_fold(self._ends.take(fold_id))
+
     async def _deliver(self, owner: int, text: str, event: Event) -> None:
         key = _key(event)
+        if key is not None:
+            await self._before(owner, [key])
+        elif isinstance(event, MuteEnded):
+            await self._before(owner, [k for k in (*self._threads, *(h.key for h in self._starts.items(owner)))
+                                       if k[0] == event.host_id])
         if key is None:  # MuteEnded: a message of its own
             self._outbox.submit(owner, partial(self._api.send_message, owner, text,
                                                disable_notification=self._silent(owner)))
             if isinstance(event, MuteEnded):
                 await self._ended_while_muted(owner, event)
         elif isinstance(event, (Firing, Offline)):
-            await self._start(owner, text, event, key)
+            if self._starts.wait > 0:
+                self._starts.add(owner, _Held(text, event, key), self._clock())
+            else:
+                await self._start(owner, text, event, key)
         elif isinstance(event, Reminder):
             thread = self._threads.get(key)
             keyboard = views.alert_keyboard(event.host_id, None if thread is None else thread.alert_id,
@@ -159,6 +256,7 @@ class AlertDelivery:
             await self._end(owner, text, event, key)
 
     async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
+        await self._before(owner, [key for event in group if (key := _key(event)) is not None])
         host_id = group[0].host_id
         ends = [(end, key) for end in group if isinstance(end, (Resolved, BackOnline))
                 and (key := _key(end)) is not None and key in self._threads]
@@ -170,10 +268,7 @@ class AlertDelivery:
             if thread is None:  # named twice in the group (it flapped)
                 continue
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
-            keyboard = views.alert_keyboard(end.host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                            procs=thread.procs, live=False)
-            self._outbox.submit(owner, partial(self._edit, owner, html.escape(alert_text.ended(end, name)), keyboard,
-                                               thread, trio.Event(), fallback=False))
+            await self._quiet_end(owner, thread, key, html.escape(alert_text.ended(end, name)))
         self._outbox.submit(owner, partial(self._api.send_message, owner, text,
                                            reply_markup=views.keyboard([views.containers_button(host_id)]),
                                            disable_notification=self._silent(owner)))
@@ -206,6 +301,13 @@ class AlertDelivery:
         thread = self._threads.pop(key, None)
         if thread is not None:
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            if thread.fold is not None and thread.fold.id is not None:
+                held = _Held(text, event, key, thread)
+                if self._ends.wait > 0:
+                    self._ends.add(thread.fold.id, held, self._clock())
+                else:
+                    await self._end_fold([held])
+                return
         host = await self._db.read(store.host_by_id, event.host_id)
         name = host.name if host is not None else f"host {event.host_id}"
         summary = html.escape(alert_text.ended(event, name))
@@ -232,10 +334,74 @@ class AlertDelivery:
             thread = self._threads.pop(key)
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
             summary = html.escape(alert_text.ended_while_muted(name, None if key[1] == OFFLINE else key[2]))
-            keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
-                                            procs=thread.procs, live=False)
-            self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, trio.Event(),
-                                               fallback=False))
+            await self._quiet_end(owner, thread, key, summary)
+
+    async def _quiet_end(self, owner: int, thread: _Thread, key: Key, summary: str) -> None:
+        """The alert's message (its line, if folded) says it ended; no reply, no new message if the edit fails."""
+        if thread.fold is not None:
+            await self._fold_ended(thread.fold, [(thread.alert_id, summary)])
+            self._outbox.submit(owner, partial(self._edit, owner, thread.fold.text(), thread.fold.keyboard(), thread,
+                                               trio.Event(), fallback=False))
+            return
+        keyboard = views.alert_keyboard(key[0], thread.alert_id, key[1], chart=not thread.photo,
+                                        procs=thread.procs, live=False)
+        self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, trio.Event(),
+                                           fallback=False))
+
+    # --- storms folded (mbot/telegram/alert_fold.py) -----------------------------------------------------------
+
+    async def _start_batch(self, owner: int, starts: list[_Held]) -> None:
+        if len(starts) == 1:
+            only = starts[0]
+            assert isinstance(only.event, (Firing, Offline))
+            await self._start(owner, only.text, only.event, only.key)
+            return
+        now = self._clock()
+        ids = {held.event.host_id for held in starts}
+        hosts, watched = await self._db.read(_fold_hosts, owner, ids)
+        names = {host_id: host.name if (host := hosts.get(host_id)) is not None else f"host {host_id}"
+                 for host_id in ids}
+        events = [held.event for held in starts if isinstance(held.event, (Firing, Offline))]
+        fold = Fold(head(events, watched, self._settings.tz), [], list(dict.fromkeys(
+            (held.event.host_id, names[held.event.host_id]) for held in starts)))
+        threads = []
+        for held in starts:
+            alert_id = await self._writer.call(store.add_alert_message, held.key[0], held.key[1], held.key[2], now,
+                                               None)
+            fold.lines.append([alert_id, held.text, None])
+            thread = self._threads[held.key] = _Thread(alert_id, owner, fold=fold)
+            threads.append(thread)
+        fold.id = await self._writer.call(store.add_alert_fold, json.dumps(fold.as_dict()))
+        log.info("%d alerts to chat %d folded into one message", len(starts), owner)
+        self._outbox.submit(owner, partial(self._api.send_message, owner, fold.text(), reply_markup=fold.keyboard(),
+                                           disable_notification=self._silent(owner)),
+                            on_sent=partial(self._on_fold_sent, threads))
+
+    async def _fold_ended(self, fold: Fold, lines: Sequence[tuple[int, str]]) -> None:
+        for alert_id, summary in lines:
+            fold.end(alert_id, summary)
+        if fold.id is not None:
+            await self._writer.call(store.set_alert_fold, fold.id, json.dumps(fold.as_dict()) if fold.open() else None)
+
+    async def _end_fold(self, ends: list[_Held]) -> None:
+        """Ends of the alerts of one folded message: its lines edited at once, one reply that lists them."""
+        first = ends[0].thread
+        assert first is not None and first.fold is not None
+        fold, owner = first.fold, first.chat_id
+        names = await self._db.read(_host_names, {held.key[0] for held in ends})
+        summaries = []
+        for held in ends:
+            assert isinstance(held.event, (Resolved, BackOnline)) and held.thread is not None
+            name = names.get(held.key[0]) or f"host {held.key[0]}"
+            summaries.append((held.thread.alert_id, html.escape(alert_text.ended(held.event, name))))
+        await self._fold_ended(fold, summaries)
+        edited = trio.Event()
+        self._outbox.submit(owner, partial(self._edit, owner, fold.text(), fold.keyboard(), first, edited))
+        self._outbox.submit(owner, partial(self._reply_if, edited, owner, ends_text([h.text for h in ends]), first))
+
+    def _on_fold_sent(self, threads: list[_Thread], message: Any) -> None:
+        for thread in threads:
+            self._on_sent(thread, message)
 
     # --- sends (run by the outbox, in order per chat: an earlier message's id is known by then) -----------------
 

@@ -107,6 +107,7 @@ class Bot:
         self._alert_delivery = AlertDelivery(api, outbox, db, writer, settings, clock=clock,
                                              chart_limiter=self._charts, silent=self._silent)
         alerting.set_notify(self._alert_delivery.notify)
+        alerting.clock_listeners.append(self._alert_delivery.clock_moved)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

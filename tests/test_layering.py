@@ -25,6 +25,7 @@ CORES = [
     "mbot.containers",
     "mbot.control",
     "mbot.durations",
+    "mbot.forecast",
     "mbot.inventory",
     "mbot.install",
     "mbot.limits",

@@ -43,9 +43,10 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import charts, plotting, processes, store
+from .. import charts, forecast, plotting, processes, store
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
+from ..forecast import METRIC as FORECAST, DiskFull, DiskFullOver, ForecastEvent
 from ..model import Host, StoredSnapshot
 from ..store import Database
 from ..writer import Writer
@@ -81,14 +82,16 @@ class _Held:
     """An event waiting in a batch (mbot/telegram/alert_fold.py)."""
 
     text: str
-    event: Firing | Offline | Resolved | BackOnline
+    event: Firing | Offline | DiskFull | Resolved | BackOnline | DiskFullOver
     key: Key
     thread: _Thread | None = None  # an end's: the folded alert it ends
 
 
-def _key(event: Event) -> Key | None:
+def _key(event: Event | ForecastEvent) -> Key | None:
     if isinstance(event, (Firing, Reminder, Resolved)):
         return event.host_id, event.rule.metric, event.series
+    if isinstance(event, (DiskFull, DiskFullOver)):
+        return event.host_id, FORECAST, event.series
     if isinstance(event, (Offline, BackOnline)):
         return event.host_id, OFFLINE, ""
     return None
@@ -109,6 +112,10 @@ def _set_sent(conn: Any, rows: list[tuple[int, int, int | None, bool]]) -> None:
 
 def _host_names(conn: Any, ids: set[int]) -> dict[int, str]:
     return {host_id: host.name for host_id in ids if (host := store.host_by_id(conn, host_id)) is not None}
+
+
+def _ended(event: Resolved | BackOnline | DiskFullOver, host_name: str) -> str:
+    return forecast.ended(event, host_name) if isinstance(event, DiskFullOver) else alert_text.ended(event, host_name)
 
 
 def _captured(snapshot: StoredSnapshot | None, host: Host, now: float) -> str | None:
@@ -135,7 +142,7 @@ class AlertDelivery:
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
         self._threads: dict[Key, _Thread] = {}
-        self._queue: deque[tuple[int, str, Event, Sequence[HostEvent]]] = deque()
+        self._queue: deque[tuple[int, str, Event | ForecastEvent, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._wake = trio.Event()
         # Starts per chat, and ends per folded message, waiting for MBOT_ALERT_GROUP_WAIT (see the docstring).
@@ -146,7 +153,8 @@ class AlertDelivery:
         """Re-check the batches' deadlines now: for a clock that jumps (tests move time instead of waiting)."""
         self._wake.set()
 
-    def notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
+    def notify(self, owner: int, text: str, event: Event | ForecastEvent, group: Sequence[HostEvent] = (),
+               /) -> None:
         """mbot.alerting's Notify: `text` is the event's escaped HTML (alert_text.describe, or describe_group for
         a `group`)."""
         if len(self._queue) >= MAX_QUEUED:
@@ -229,7 +237,7 @@ class AlertDelivery:
             if any(held.key in keys for held in self._ends.items(fold_id)):
                 await self._end_fold(self._ends.take(fold_id))
 
-    async def _deliver(self, owner: int, text: str, event: Event) -> None:
+    async def _deliver(self, owner: int, text: str, event: Event | ForecastEvent) -> None:
         key = _key(event)
         if key is not None:
             await self._before(owner, [key])
@@ -241,7 +249,7 @@ class AlertDelivery:
                                                disable_notification=self._silent(owner)))
             if isinstance(event, MuteEnded):
                 await self._ended_while_muted(owner, event)
-        elif isinstance(event, (Firing, Offline)):
+        elif isinstance(event, (Firing, Offline, DiskFull)):
             if self._starts.wait > 0:
                 self._starts.add(owner, _Held(text, event, key), self._clock())
             else:
@@ -252,7 +260,7 @@ class AlertDelivery:
                                             event.rule.metric, chart=False, procs=False, live=True)
             self._outbox.submit(owner, partial(self._reply, owner, text, keyboard, thread))
         else:
-            assert isinstance(event, (Resolved, BackOnline))
+            assert isinstance(event, (Resolved, BackOnline, DiskFullOver))
             await self._end(owner, text, event, key)
 
     async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
@@ -273,7 +281,7 @@ class AlertDelivery:
                                            reply_markup=views.keyboard([views.containers_button(host_id)]),
                                            disable_notification=self._silent(owner)))
 
-    async def _start(self, owner: int, text: str, event: Firing | Offline, key: Key) -> None:
+    async def _start(self, owner: int, text: str, event: Firing | Offline | DiskFull, key: Key) -> None:
         now = self._clock()
         host = await self._db.read(store.host_by_id, event.host_id)
         metric = key[1]
@@ -297,7 +305,7 @@ class AlertDelivery:
             self._outbox.submit(owner, partial(self._api.send_message, owner, text, reply_markup=keyboard,
                                                disable_notification=self._silent(owner)), on_sent=on_sent)
 
-    async def _end(self, owner: int, text: str, event: Resolved | BackOnline, key: Key) -> None:
+    async def _end(self, owner: int, text: str, event: Resolved | BackOnline | DiskFullOver, key: Key) -> None:
         thread = self._threads.pop(key, None)
         if thread is not None:
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
@@ -310,7 +318,7 @@ class AlertDelivery:
                 return
         host = await self._db.read(store.host_by_id, event.host_id)
         name = host.name if host is not None else f"host {event.host_id}"
-        summary = html.escape(alert_text.ended(event, name))
+        summary = html.escape(_ended(event, name))
         keyboard = None
         if thread is not None:
             keyboard = views.alert_keyboard(event.host_id, thread.alert_id, key[1], chart=not thread.photo,
@@ -325,7 +333,8 @@ class AlertDelivery:
         live = {(f.host_id, f.rule.metric, f.series) for f in event.still_firing}
         if event.offline_since is not None:
             live.add((event.host_id, OFFLINE, ""))
-        ended = [key for key in self._threads if key[0] == event.host_id and key not in live]
+        # (A disk forecast is not the engine's: it lives on through a mute, see Alerting._forecast.)
+        ended = [key for key in self._threads if key[0] == event.host_id and key not in live and key[1] != FORECAST]
         if not ended:
             return
         host = await self._db.read(store.host_by_id, event.host_id)
@@ -353,7 +362,7 @@ class AlertDelivery:
     async def _start_batch(self, owner: int, starts: list[_Held]) -> None:
         if len(starts) == 1:
             only = starts[0]
-            assert isinstance(only.event, (Firing, Offline))
+            assert isinstance(only.event, (Firing, Offline, DiskFull))
             await self._start(owner, only.text, only.event, only.key)
             return
         now = self._clock()
@@ -361,7 +370,7 @@ class AlertDelivery:
         hosts, watched = await self._db.read(_fold_hosts, owner, ids)
         names = {host_id: host.name if (host := hosts.get(host_id)) is not None else f"host {host_id}"
                  for host_id in ids}
-        events = [held.event for held in starts if isinstance(held.event, (Firing, Offline))]
+        events = [held.event for held in starts if isinstance(held.event, (Firing, Offline, DiskFull))]
         fold = Fold(head(events, watched, self._settings.tz), [], list(dict.fromkeys(
             (held.event.host_id, names[held.event.host_id]) for held in starts)))
         threads = []
@@ -391,9 +400,9 @@ class AlertDelivery:
         names = await self._db.read(_host_names, {held.key[0] for held in ends})
         summaries = []
         for held in ends:
-            assert isinstance(held.event, (Resolved, BackOnline)) and held.thread is not None
+            assert isinstance(held.event, (Resolved, BackOnline, DiskFullOver)) and held.thread is not None
             name = names.get(held.key[0]) or f"host {held.key[0]}"
-            summaries.append((held.thread.alert_id, html.escape(alert_text.ended(held.event, name))))
+            summaries.append((held.thread.alert_id, html.escape(_ended(held.event, name))))
         await self._fold_ended(fold, summaries)
         edited = trio.Event()
         self._outbox.submit(owner, partial(self._edit, owner, fold.text(), fold.keyboard(), first, edited))

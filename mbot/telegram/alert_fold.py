@@ -16,6 +16,7 @@ from datetime import datetime, tzinfo
 from typing import Any, Generic, Hashable, Sequence, TypeVar
 
 from ..alerts import Firing, Offline
+from ..forecast import DiskFull
 from ..i18n import _, n_
 from . import views
 
@@ -70,7 +71,7 @@ def _clock(ts: float, tz: tzinfo) -> str:
     return datetime.fromtimestamp(ts, tz).strftime("%H:%M")
 
 
-def head(events: Sequence[Firing | Offline], hosts: int, tz: tzinfo) -> str:
+def head(events: Sequence[Firing | Offline | DiskFull], hosts: int, tz: tzinfo) -> str:
     """What a folded message says first. `hosts`: how many hosts the chat watches (that ever connected)."""
     offline = [e for e in events if isinstance(e, Offline)]
     if lost_contact(len({e.host_id for e in offline}), hosts):

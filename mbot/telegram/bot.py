@@ -382,7 +382,8 @@ class Bot:
         """A host's status card and its buttons; with the host's process list, its top processes and the
         Processes button."""
         procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
-        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
+        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id),
+                                forecasts=self._alerting.forecast_lines(host.id)),
                 views.card_keyboard(host, plotting.available_series(host), procs=procs is not None))
 
     async def _invite(self, ctx: Context, now: float) -> None:

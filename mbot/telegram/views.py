@@ -244,9 +244,11 @@ def _link_line(link: dict[str, float]) -> str:
     return "Link to server: " + " · ".join(parts)
 
 
-def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None) -> str:
+def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None,
+              forecasts: Sequence[str] = ()) -> str:
     """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too. `power`: a
-    reboot or shutdown from the chat under way (or done), shown instead of "offline"."""
+    reboot or shutdown from the chat under way (or done), shown instead of "offline". `forecasts`: lines of disks
+    filling up (mbot.forecast), after the disks."""
     m, f = host.last_metrics, host.facts
     lines = [f"<b>{e(host.name)}</b> {_state(host, now, power)} · last seen {ago(host.last_seen, now)}"]
     if not m:
@@ -263,6 +265,7 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, po
             lines.append(f"{label} {_used_total(m[key])}")
     for mount, part in m.get("disks", {}).items():
         lines.append(f"Disk {e(mount)} {_used_total(part)}")
+    lines.extend(e(line) for line in forecasts)
     if "disk_io" in m:
         io = m["disk_io"]
         lines.append(f"Disk I/O read {human_rate(io.get('read', 0))} · write {human_rate(io.get('write', 0))}")
@@ -664,7 +667,8 @@ def is_container_metric(metric: str) -> bool:
 
 def alert_charted(metric: str) -> bool:
     """Whether an alert on `metric` comes with its chart: not offline, a member's state or a container's."""
-    return metric != "offline" and members.member_of(metric) is None and not is_container_metric(metric)
+    return metric not in ("offline", "forecast") and members.member_of(metric) is None \
+        and not is_container_metric(metric)
 
 
 def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
@@ -684,7 +688,7 @@ def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bo
     second = []
     if live:
         second.append(button("🔕 Mute 1h", Callback("amute", (str(host_id),))))
-        if metric != "offline" and alert_id is not None:
+        if metric not in ("offline", "forecast") and alert_id is not None:  # (a forecast has no reminders)
             second.append(button("✔️ Ack", Callback("ack", (str(host_id), str(alert_id)))))
     return keyboard(first, second) if first or second else None
 

@@ -203,6 +203,15 @@ MIGRATIONS: list[str] = [
         body TEXT NOT NULL
     );
     """,
+    # The daily digest per Telegram user (/digest, mbot.digest): when (minutes after midnight, MBOT_TZ) and when the
+    # last one went out (server time), so that a restart neither repeats nor skips one.
+    """
+    CREATE TABLE digests (
+        user_id INTEGER PRIMARY KEY,
+        minute INTEGER NOT NULL,
+        last_sent REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -711,6 +720,30 @@ def set_alert_fold(conn: sqlite3.Connection, fold_id: int, body: str | None) -> 
 
 def alert_folds(conn: sqlite3.Connection) -> dict[int, str]:
     return {row[0]: row[1] for row in conn.execute("SELECT id, body FROM alert_folds")}
+
+
+def alerts_fired_since(conn: sqlite3.Connection, since: float) -> dict[int, int]:
+    """Alerts that fired since then (rows of alert_messages), per host: the digest's count."""
+    return {row[0]: row[1] for row in conn.execute(
+        "SELECT host_id, count(*) FROM alert_messages WHERE fired >= ? GROUP BY host_id", (since,))}
+
+
+# --- the daily digest (mbot.digest) -------------------------------------------------------------------------------
+
+
+def digests(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
+    """Every user's digest: user id -> (minute of the day, when the last one went out)."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT user_id, minute, last_sent FROM digests")}
+
+
+def set_digest(conn: sqlite3.Connection, user_id: int, minute: int | None, last_sent: float) -> None:
+    """Set a user's digest time (None: off), or (same minute) record that one went out."""
+    if minute is None:
+        conn.execute("DELETE FROM digests WHERE user_id = ?", (user_id,))
+    else:
+        conn.execute("INSERT INTO digests (user_id, minute, last_sent) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                     "DO UPDATE SET minute = excluded.minute, last_sent = excluded.last_sent",
+                     (user_id, minute, last_sent))
 
 
 # --- checks from the host (mbot.checks) -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ CORES = [
     "mbot.checks",
     "mbot.containers",
     "mbot.control",
+    "mbot.digest",
     "mbot.durations",
     "mbot.forecast",
     "mbot.inventory",

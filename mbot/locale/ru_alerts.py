@@ -23,4 +23,27 @@ RU: dict[str, Translation] = {
     "{mount} on {host} is filling up more slowly: now full in {when}":
         "{mount} на {host} заполняется медленнее: теперь заполнится {when}",
     "⏳ {mount} full in {when} at the current rate": "⏳ {mount} заполнится {when} при текущем темпе",
+    # mbot/digest.py, mbot/digestchart.py, mbot/telegram/digests.py and /digest in mbot/telegram/bot.py
+    "Usage: /digest HH:MM (e.g. /digest 09:00), /digest off, or /digest to see the setting":
+        "Использование: /digest ЧЧ:ММ (например, /digest 09:00), /digest off или /digest, чтобы увидеть настройку",
+    "{text} is not a time of day.": "{text} — это не время суток.",
+    "up {share}": "на связи {share}",
+    "new": "новый",
+    "{n} alert": ("{n} оповещение", "{n} оповещения", "{n} оповещений"),
+    "Daily digest, last 24 h to {time}": "Ежедневная сводка, последние 24 ч до {time}",
+    "No hosts yet: /newkey NAME adds one.": "Хостов пока нет: /newkey ИМЯ добавляет хост.",
+    "No disk is filling up.": "Ни один диск не заполняется.",
+    "CPU, 24 h": "ЦП, 24 ч",
+    "RAM, 24 h": "ОЗУ, 24 ч",
+    "fullest disk, 24 h": "самый заполненный диск, 24 ч",
+    "mbot · last 24 h": "mbot · последние 24 ч",
+    "No daily digest. /digest 09:00 sends one every day at 09:00 ({zone}).":
+        "Ежедневной сводки нет. /digest 09:00 — сводка каждый день в 09:00 ({zone}).",
+    "Daily digest at {time} ({zone}). /digest off stops it.":
+        "Ежедневная сводка в {time} ({zone}). /digest off её отключает.",
+    "No more daily digests.": "Ежедневные сводки отключены.",
+    "A digest of your hosts every day at {time} ({zone}): a picture of their last 24 h, uptime, alerts and disk "
+    "forecasts. /digest off stops it.":
+        "Сводка по вашим хостам каждый день в {time} ({zone}): картинка за последние 24 ч, время на связи, "
+        "оповещения и прогнозы дисков. /digest off её отключает.",
 }

@@ -18,8 +18,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (charts, checks, containers, install, plotspec, plotting, processes, protocol, quiet, selfwatch,
-               service, speedtest, stability, stabilitychart, store, users)
+from .. import (charts, checks, containers, digest, install, plotspec, plotting, processes, protocol, quiet,
+               selfwatch, service, speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
@@ -27,6 +27,7 @@ from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
+from ..i18n import _
 from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
 from ..service import NoSuchHost, ServiceError
@@ -34,6 +35,7 @@ from ..store import Database
 from ..writer import Writer
 from . import alert_commands, alert_text, commands, views
 from .alert_delivery import AlertDelivery
+from .digests import Digests
 from .api import BotApi, TelegramError, poll_updates
 from .commands import Command, UsageError
 from .outbox import Outbox, OutboxDropped
@@ -108,6 +110,9 @@ class Bot:
                                              chart_limiter=self._charts, silent=self._silent)
         alerting.set_notify(self._alert_delivery.notify)
         alerting.clock_listeners.append(self._alert_delivery.clock_moved)
+        self._digests = Digests(api, outbox, db, writer, settings, alerting, clock=clock, chart_limiter=self._charts,
+                                silent=self._silent)
+        alerting.clock_listeners.append(self._digests.clock_moved)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -120,6 +125,7 @@ class Bot:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)
+            await nursery.start(self._digests.run)
             nursery.start_soon(self._introduce)
             task_status.started()
             await poll_updates(self._api, SqliteOffset(self._db, self._writer), self.handle)
@@ -176,6 +182,26 @@ class Bot:
         window = self._quiet.get(user_id)
         return window is not None and window.quiet_at(self._clock(), self._settings.tz)
 
+    async def _digest_command(self, ctx: Context, args: Sequence[str]) -> None:
+        """/digest HH:MM, off, or the setting (mbot.digest)."""
+        wanted = digest.parse_digest(args)
+        zone = str(self._settings.tz)
+        if wanted == digest.SHOW:
+            minute = self._digests.setting(ctx.user_id)
+            self._send(ctx, _("No daily digest. /digest 09:00 sends one every day at 09:00 ({zone}).", zone=zone)
+                       if minute is None else
+                       _("Daily digest at {time} ({zone}). /digest off stops it.", time=digest.hhmm(minute),
+                         zone=zone))
+        elif wanted == digest.OFF:
+            await self._digests.set(ctx.user_id, None)
+            self._send(ctx, _("No more daily digests."))
+        else:
+            assert isinstance(wanted, int)
+            await self._digests.set(ctx.user_id, wanted)
+            self._send(ctx, _("A digest of your hosts every day at {time} ({zone}): a picture of their last 24 h, "
+                              "uptime, alerts and disk forecasts. /digest off stops it.", time=digest.hhmm(wanted),
+                              zone=zone))
+
     async def _quiet_command(self, ctx: Context, args: Sequence[str]) -> None:
         wanted = quiet.parse_quiet(args)
         zone = views.e(str(self._settings.tz))
@@ -226,7 +252,7 @@ class Bot:
         try:
             await self._command(ctx, command)
         except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
-                quiet.QuietUsageError) as exc:
+                quiet.QuietUsageError, digest.DigestUsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -274,6 +300,8 @@ class Bot:
             await self._invite(ctx, now)
         elif name == "quiet":
             await self._quiet_command(ctx, args)
+        elif name == "digest":
+            await self._digest_command(ctx, args)
         elif name in ("setalert", "delalert", "alerts", "mute", "unmute"):
             await self._alert_command(ctx, command, now)
         elif name == "plot":

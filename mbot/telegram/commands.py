@@ -78,6 +78,9 @@ TABLE: tuple[Spec, ...] = (
     # mbot.quiet checks the window itself.
     Spec("quiet", "[HH:MM-HH:MM | off]", "silent notifications in these hours (MBOT_TZ)", 0, 3,
          example="/quiet 23:00-07:00"),
+    # mbot.digest checks the time itself.
+    Spec("digest", "[HH:MM | off]", "a daily picture of your hosts' last 24 h at this time (MBOT_TZ)", 0, 3,
+         example="/digest 09:00"),
     Spec("invite", "", "a one-time link that lets one more person use this bot (admin only)", 0, 0, menu=False,
          admin=True),
     # /help is the list itself (so not in it), but in the menu: it is where a new user looks first.

@@ -46,4 +46,6 @@ RU: dict[str, Translation] = {
     "forecasts. /digest off stops it.":
         "Сводка по вашим хостам каждый день в {time} ({zone}): картинка за последние 24 ч, время на связи, "
         "оповещения и прогнозы дисков. /digest off её отключает.",
+    # /delalert of a firing alert (mbot/telegram/alert_delivery.py)
+    "🗑 {host}: {what}: its alert was deleted (/delalert)": "🗑 {host}: {what}: оповещение удалено (/delalert)",
 }

@@ -44,6 +44,7 @@ from typing import Any, Callable, Sequence
 import trio
 
 from .. import charts, forecast, plotting, processes, store
+from ..i18n import _
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
 from ..forecast import METRIC as FORECAST, DiskFull, DiskFullOver, ForecastEvent
@@ -75,6 +76,15 @@ class _Thread:
     photo: bool = False
     procs: bool = False  # processes were captured: it has a Processes button
     fold: Fold | None = None  # told in a folded message (one for several alerts), as one of its lines
+
+
+@dataclass(frozen=True)
+class _RuleDeleted:
+    """/delalert removed a rule while it may be firing: its alerts' messages say so, without buttons."""
+
+    host_id: int
+    metric: str
+    host_name: str
 
 
 @dataclass(frozen=True)
@@ -142,12 +152,18 @@ class AlertDelivery:
         self._charts = chart_limiter
         self._silent = silent  # the user's quiet hours (mbot.quiet): what notifies goes without a sound then
         self._threads: dict[Key, _Thread] = {}
-        self._queue: deque[tuple[int, str, Event | ForecastEvent, Sequence[HostEvent]]] = deque()
+        self._queue: deque[tuple[int, str, Event | ForecastEvent | _RuleDeleted, Sequence[HostEvent]]] = deque()
         self._sent: list[_Thread] = []  # message ids to store
         self._wake = trio.Event()
         # Starts per chat, and ends per folded message, waiting for MBOT_ALERT_GROUP_WAIT (see the docstring).
         self._starts: Batches[int, _Held] = Batches(settings.alert_group_wait)
         self._ends: Batches[int, _Held] = Batches(settings.alert_group_wait)  # by fold id
+
+    def rule_deleted(self, owner: int, host_id: int, metric: str, host_name: str) -> None:
+        """/delalert: the rule's alerts that are still told as firing end in their messages (in order with the
+        events before it)."""
+        self._queue.append((owner, "", _RuleDeleted(host_id, metric, host_name), ()))
+        self._wake.set()
 
     def clock_moved(self) -> None:
         """Re-check the batches' deadlines now: for a clock that jumps (tests move time instead of waiting)."""
@@ -212,7 +228,9 @@ class AlertDelivery:
             if self._queue:
                 owner, text, event, group = self._queue.popleft()
                 try:
-                    if group:
+                    if isinstance(event, _RuleDeleted):
+                        await self._rule_deleted(event)
+                    elif group:
                         await self._deliver_group(owner, text, group)
                     else:
                         await self._deliver(owner, text, event)
@@ -344,6 +362,21 @@ class AlertDelivery:
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
             summary = html.escape(alert_text.ended_while_muted(name, None if key[1] == OFFLINE else key[2]))
             await self._quiet_end(owner, thread, key, summary)
+
+    async def _rule_deleted(self, deleted: _RuleDeleted) -> None:
+        keys = [key for key in self._threads if key[:2] == (deleted.host_id, deleted.metric)]
+        for owner in {self._threads[key].chat_id for key in keys}:
+            await self._before(owner, keys)
+        for key in [key for key in self._threads if key[:2] == (deleted.host_id, deleted.metric)]:
+            thread = self._threads.pop(key)
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            summary = html.escape(_("🗑 {host}: {what}: its alert was deleted (/delalert)", host=deleted.host_name,
+                                    what=alert_text.series_label(key[2])))
+            if thread.fold is not None:
+                await self._quiet_end(thread.chat_id, thread, key, summary)
+            else:  # no keyboard: the message's buttons go with the rule
+                self._outbox.submit(thread.chat_id, partial(self._edit, thread.chat_id, summary, None, thread,
+                                                            trio.Event(), fallback=False))
 
     async def _quiet_end(self, owner: int, thread: _Thread, key: Key, summary: str) -> None:
         """The alert's message (its line, if folded) says it ended; no reply, no new message if the edit fails."""

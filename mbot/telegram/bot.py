@@ -440,6 +440,8 @@ class Bot:
             delete = alert_commands.parse_delalert(args)
             host = await self._db.read(service.resolve_host, ctx.user_id, delete.name)
             if await self._alerting.delete_rule(host.id, delete.metric):
+                if delete.metric != "offline":  # (offline alerts are turned off, not deleted: their end still comes)
+                    self._alert_delivery.rule_deleted(ctx.chat_id, host.id, delete.metric, host.name)
                 self._send(ctx, f"Alert {views.e(delete.metric)} removed from <b>{views.e(host.name)}</b>.")
             else:
                 self._send(ctx, f"<b>{views.e(host.name)}</b> has no {views.e(delete.metric)} alert. /alerts lists them.")

@@ -123,3 +123,47 @@ async def test_a_lone_alert_waits_once_then_goes_as_before(fake: FakeBot, nurser
     assert edited.params["message_id"] == offline.result["message_id"]
     await agent.close()
     await server.aclose()
+
+
+async def test_a_flapping_host_is_told_once_as_flapping_then_once_steady(fake: FakeBot, nursery, settings: Settings):
+    """Offline and back: told twice as usual; the third time one "flapping" message; then silence until it has been
+    steady for 30 minutes, which its message and one reply say."""
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    since = len(fake.sent)
+    seq = 0
+
+    async def away(seconds: float) -> None:
+        nonlocal seq
+        agent = await Agent.connect(nursery, server.port, secret)
+        seq += 1
+        await agent.ws.send_message(sample_frame(seq, ts=clock()))
+        await ack_reaching(agent.ws, seq)
+        await agent.close()
+        clock.offset += seconds
+        server.alerting.clock_moved()
+
+    for n in range(2):
+        await away(91 if n == 0 else 40)  # (the first past the start grace)
+        await fake.wait_for(to_alice("sendMessage", "box1 is offline"), since=since)
+        since = len(fake.sent)
+    await away(40)
+    flapping = await fake.wait_for(to_alice("sendMessage", "🔁 box1 is flapping: 3 alerts in 30 min"), since=since)
+    quiet_from = len(fake.sent)
+    await away(40)
+    await away(40)
+    await say(fake, ALICE, "/setalert box1 offline 1h")  # it stays now (its silence in the next jump is no outage)
+    agent = await Agent.connect(nursery, server.port, secret)
+    await say(fake, ALICE, "/hosts")
+    clock.offset += 31 * 60
+    server.alerting.clock_moved()
+    edited = await fake.wait_for(to_alice("editMessageText", "✅ box1 was flapping"), since=quiet_from)
+    assert edited.params["message_id"] == flapping.result["message_id"]
+    notice = await fake.wait_for(to_alice("sendMessage", "box1 is steady again"), since=quiet_from)
+    assert reply_to(notice) == flapping.result["message_id"]
+    told = [c.params.get("text") for c in fake.sent[quiet_from:] if c.method == "sendMessage"
+            and any(word in (c.params.get("text") or "") for word in ("is offline", "back online"))]
+    assert told == []  # nothing about each flap in between
+    await agent.close()
+    await server.aclose()

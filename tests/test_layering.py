@@ -45,6 +45,7 @@ CORES = [
     "mbot.speedtest",
     "mbot.stability",
     "mbot.telegram.alert_commands",
+    "mbot.telegram.alert_flap",
     "mbot.telegram.alert_fold",
     "mbot.telegram.alert_text",
     "mbot.telegram.commands",

@@ -48,4 +48,12 @@ RU: dict[str, Translation] = {
         "оповещения и прогнозы дисков. /digest off её отключает.",
     # /delalert of a firing alert (mbot/telegram/alert_delivery.py)
     "🗑 {host}: {what}: its alert was deleted (/delalert)": "🗑 {host}: {what}: оповещение удалено (/delalert)",
+    # mbot/telegram/alert_flap.py's messages (sent by mbot/telegram/alert_delivery.py)
+    "🔁 {subject} is flapping: {n} alerts in {window}; quiet until it has been steady for {steady}":
+        "🔁 {subject} мигает: оповещений за {window}: {n}; тишина, пока не будет стабильно {steady}",
+    "✅ {subject} was flapping ({n} alerts); steady again for {steady}":
+        "✅ {subject} мигал (оповещений: {n}); снова стабильно уже {steady}",
+    "{subject} is steady again": "{subject} снова стабилен",
+    "🔁 {subject} was flapping ({n} alerts) and has now been in trouble for {steady}: see below":
+        "🔁 {subject} мигал (оповещений: {n}), а теперь в беде уже {steady}: см. ниже",
 }

@@ -47,11 +47,13 @@ from .. import charts, forecast, plotting, processes, store
 from ..i18n import _
 from ..alerts import BackOnline, Event, Firing, HostEvent, MuteEnded, Offline, Reminder, Resolved
 from ..config import Settings
+from ..durations import format_duration
 from ..forecast import METRIC as FORECAST, DiskFull, DiskFullOver, ForecastEvent
 from ..model import Host, StoredSnapshot
 from ..store import Database
 from ..writer import Writer
 from . import alert_text, views
+from .alert_flap import FLAPPING, STEADY_BAD, STEADY_OK, TELL, FlapDamper
 from .alert_fold import Batches, Fold, ends_text, head
 from .api import BotApi, TelegramRejected
 from .outbox import Outbox
@@ -158,6 +160,9 @@ class AlertDelivery:
         # Starts per chat, and ends per folded message, waiting for MBOT_ALERT_GROUP_WAIT (see the docstring).
         self._starts: Batches[int, _Held] = Batches(settings.alert_group_wait)
         self._ends: Batches[int, _Held] = Batches(settings.alert_group_wait)  # by fold id
+        # Flapping alerts (mbot/telegram/alert_flap.py), and the latest start of each while it is kept quiet.
+        self._flaps: FlapDamper[Key] = FlapDamper()
+        self._quieted: dict[Key, tuple[int, str, Firing | Offline | DiskFull]] = {}
 
     def rule_deleted(self, owner: int, host_id: int, metric: str, host_name: str) -> None:
         """/delalert: the rule's alerts that are still told as firing end in their messages (in order with the
@@ -214,15 +219,15 @@ class AlertDelivery:
     async def _loop(self) -> None:
         while True:
             if not self._queue and not self._sent:
-                deadline = min((d for d in (self._starts.next_deadline(), self._ends.next_deadline())
-                                if d is not None), default=None)
+                deadline = min((d for d in (self._starts.next_deadline(), self._ends.next_deadline(),
+                                            self._flaps.next_deadline()) if d is not None), default=None)
                 with trio.move_on_after(math.inf if deadline is None else max(0.0, deadline - self._clock())):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                try:
-                    await self._due()
-                except Exception:  # held events that cannot go out must not stop the others
-                    log.exception("could not deliver held alerts")
+            try:
+                await self._due()
+            except Exception:  # held events that cannot go out must not stop the others
+                log.exception("could not deliver held alerts")
             if self._sent:
                 await self._store_sent()
             if self._queue:
@@ -245,6 +250,8 @@ class AlertDelivery:
             await self._end_fold(ends)
         for owner, starts in self._starts.due(now):
             await self._start_batch(owner, starts)
+        for key, how, count in self._flaps.due(now):
+            await self._steady(key, how, count)
 
     async def _before(self, owner: int, keys: Sequence[Key]) -> None:
         """Send what is held that these keys' event must not overtake: the chat's starts, the ends of the folded
@@ -268,7 +275,12 @@ class AlertDelivery:
             if isinstance(event, MuteEnded):
                 await self._ended_while_muted(owner, event)
         elif isinstance(event, (Firing, Offline, DiskFull)):
-            if self._starts.wait > 0:
+            how = self._flaps.start(key, self._clock())
+            if how != TELL:
+                self._quieted[key] = (owner, text, event)
+                if how == FLAPPING:
+                    await self._start_flapping(owner, event, key)
+            elif self._starts.wait > 0:
                 self._starts.add(owner, _Held(text, event, key), self._clock())
             else:
                 await self._start(owner, text, event, key)
@@ -279,7 +291,9 @@ class AlertDelivery:
             self._outbox.submit(owner, partial(self._reply, owner, text, keyboard, thread))
         else:
             assert isinstance(event, (Resolved, BackOnline, DiskFullOver))
-            await self._end(owner, text, event, key)
+            if self._flaps.end(key, self._clock()) == TELL:
+                await self._end(owner, text, event, key)
+            # (flapping: quiet, its thread is the flapping message's)
 
     async def _deliver_group(self, owner: int, text: str, group: Sequence[HostEvent]) -> None:
         await self._before(owner, [key for event in group if (key := _key(event)) is not None])
@@ -368,6 +382,8 @@ class AlertDelivery:
         for owner in {self._threads[key].chat_id for key in keys}:
             await self._before(owner, keys)
         for key in [key for key in self._threads if key[:2] == (deleted.host_id, deleted.metric)]:
+            self._flaps.forget(key)
+            self._quieted.pop(key, None)
             thread = self._threads.pop(key)
             await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
             summary = html.escape(_("🗑 {host}: {what}: its alert was deleted (/delalert)", host=deleted.host_name,
@@ -389,6 +405,54 @@ class AlertDelivery:
                                         procs=thread.procs, live=False)
         self._outbox.submit(owner, partial(self._edit, owner, summary, keyboard, thread, trio.Event(),
                                            fallback=False))
+
+    # --- flapping (mbot/telegram/alert_flap.py) -----------------------------------------------------------------
+
+    async def _subject(self, key: Key) -> str:
+        """Who flaps, for the flapping messages: "box1", or "box1: CPU"."""
+        host = await self._db.read(store.host_by_id, key[0])
+        name = host.name if host is not None else f"host {key[0]}"
+        return name if key[1] == OFFLINE else f"{name}: {alert_text.series_label(key[2])}"
+
+    async def _start_flapping(self, owner: int, event: Firing | Offline | DiskFull, key: Key) -> None:
+        """Instead of its FLAP_STARTS-th start: one message that says it flaps, the thread of its quiet lives."""
+        await self._before(owner, [key])
+        alert_id = await self._writer.call(store.add_alert_message, key[0], key[1], key[2], self._clock(), None)
+        thread = self._threads[key] = _Thread(alert_id, owner)
+        text = _("🔁 {subject} is flapping: {n} alerts in {window}; quiet until it has been steady for {steady}",
+                 subject=await self._subject(key), n=self._flaps.count(key),
+                 window=format_duration(self._flaps.window), steady=format_duration(self._flaps.steady))
+        log.info("alert %s is flapping: quiet until steady", key)
+        keyboard = views.keyboard([views.button("🔕 Mute 1h", views.Callback("amute", (str(key[0]),)))])
+        self._outbox.submit(owner, partial(self._api.send_message, owner, html.escape(text), reply_markup=keyboard,
+                                           disable_notification=self._silent(owner)),
+                            on_sent=partial(self._on_sent, thread))
+
+    async def _steady(self, key: Key, how: str, count: int) -> None:
+        quieted = self._quieted.pop(key, None)
+        thread = self._threads.pop(key, None)
+        subject = await self._subject(key)
+        if thread is not None:
+            await self._writer.call(store.resolve_alert_message, thread.alert_id, self._clock())
+            steady = format_duration(self._flaps.steady)
+            if how == STEADY_OK:
+                edited = trio.Event()
+                self._outbox.submit(thread.chat_id, partial(
+                    self._edit, thread.chat_id, html.escape(_("✅ {subject} was flapping ({n} alerts); steady again "
+                                                              "for {steady}", subject=subject, n=count,
+                                                              steady=steady)), None, thread, edited))
+                self._outbox.submit(thread.chat_id, partial(
+                    self._reply_if, edited, thread.chat_id, html.escape(_("{subject} is steady again",
+                                                                          subject=subject)), thread))
+            else:
+                self._outbox.submit(thread.chat_id, partial(
+                    self._edit, thread.chat_id, html.escape(_("🔁 {subject} was flapping ({n} alerts) and has now "
+                                                              "been in trouble for {steady}: see below",
+                                                              subject=subject, n=count, steady=steady)),
+                    None, thread, trio.Event(), fallback=False))
+        if how == STEADY_BAD and quieted is not None:  # settled in trouble: told as the alert it is
+            owner, text, event = quieted
+            await self._start(owner, text, event, key)
 
     # --- storms folded (mbot/telegram/alert_fold.py) -----------------------------------------------------------
 

@@ -26,6 +26,10 @@ one edit and one reply listing them (when the server's network comes back, its h
 Ends of alerts told alone, reminders and mute ends never wait. An event about an alert still held (its end, a
 reminder) sends the held batch first, so nothing overtakes its start.
 
+Flapping is damped (mbot/telegram/alert_flap.py): the third start of one alert within 30 minutes becomes one
+"flapping" message, the thread of its lives from then on, which send nothing until it has been steady for 30
+minutes; then that message is edited and a reply says it is steady (or, still in trouble, the alert is told anew).
+
 The message_id of an alert's message comes back through the outbox's `on_sent`, which runs before the next message
 to that chat goes out; reminders and ends read it when they are sent, so none of this waits for Telegram, and per
 chat order keeps a quick end behind its start. The ids are stored (`alert_messages`), so a restart keeps the threads.

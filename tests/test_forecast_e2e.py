@@ -52,6 +52,7 @@ async def test_a_filling_disk_is_forecast_alerted_shown_on_the_card_and_ended_by
     since = len(fake.sent)
     for seq in (49, 50):
         await server.writer.samples(host_id, 1, disk_sample(seq, now + seq - 48, 40 * GIB), lambda seq: None)
+    await server.writer.call(history.rollup_step, 1000)  # (behind the samples in the writer's queue: they are in)
     clock.offset += 601
     server.alerting.clock_moved()
     edited = await fake.wait_for(to_alice("editMessageText", "✅ / on box1 is no longer filling up"), since=since)

@@ -420,7 +420,6 @@ class AlertDelivery:
 
     async def _start_flapping(self, owner: int, event: Firing | Offline | DiskFull, key: Key) -> None:
         """Instead of its FLAP_STARTS-th start: one message that says it flaps, the thread of its quiet lives."""
-        await self._before(owner, [key])
         alert_id = await self._writer.call(store.add_alert_message, key[0], key[1], key[2], self._clock(), None)
         thread = self._threads[key] = _Thread(alert_id, owner)
         text = _("🔁 {subject} is flapping: {n} alerts in {window}; quiet until it has been steady for {steady}",

@@ -98,6 +98,7 @@ async def test_one_digest_a_day_not_repeated_by_a_restart_and_none_when_off(fake
     now = clock()
     for seq in range(1, 145):  # a sample every 10 minutes of the last day
         await server.writer.samples(host_id, 1, disk_sample(seq, now - (144 - seq) * 600), lambda seq: None)
+    await server.writer.call(lambda conn: None)  # (behind the samples in the writer's queue: they are in)
 
     assert (await say(fake, ALICE, "/digest"))["text"].startswith("No daily digest.")
     assert "every day at 09:00 (UTC)" in (await say(fake, ALICE, "/digest 09:00"))["text"]

@@ -29,6 +29,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from . import install, limits, protocol, store
 from .listening import serve_tcp
+from .i18n import _
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .linkquality import LinkPolicy
@@ -74,7 +75,7 @@ def _address(peer: str) -> str:
 def _bearer(request: WebSocketRequest) -> str | None:
     for name, value in request.headers:
         if name.lower() == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
+            scheme, _sep, token = value.decode("latin-1").partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
@@ -532,21 +533,21 @@ class AgentHub:
         """Take the host's place in stability_budget for a test (release it when the test ends), or TestRefused.
         Taken at once, so a second request finds it taken even before the first test's task runs."""
         if not self.is_connected(host_id):
-            raise TestRefused(" is offline: a stability test needs its agent connected.")
+            raise TestRefused(_(" is offline: a stability test needs its agent connected."))
         refusal = self.stability_budget.refusal(host_id, interval)
         if refusal is not None:
-            raise TestRefused(f": not now: {refusal}")
+            raise TestRefused(_(": not now: {reason}", reason=refusal))
         self.stability_budget.take(host_id, interval)
 
     def claim_speed(self, host_id: int) -> None:
         """Take the server's one speed test (clear speed_busy when it ends), or TestRefused."""
         connection = self.connections.get(host_id)
         if connection is None:
-            raise TestRefused(" is offline: a speed test needs its agent connected.")
+            raise TestRefused(_(" is offline: a speed test needs its agent connected."))
         if connection.hello is not None and "speedtest" not in connection.hello.capabilities:
-            raise TestRefused(": its agent is too old for a speed test; update mbot_agent.py (/agent).")
+            raise TestRefused(_(": its agent is too old for a speed test; update mbot_agent.py (/agent)."))
         if self.speed_busy:
-            raise TestRefused("Another speed test is running on this server; try again in half a minute.",
+            raise TestRefused(_("Another speed test is running on this server; try again in half a minute."),
                               after_name=False)
         self.speed_busy = True
 

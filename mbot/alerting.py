@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
-from . import alerts, forecast, history, members, store
+from . import alerts, forecast, history, i18n, members, store
 from .alerts import AlertEngine, AlertRule, Event, HostEvent, OfflineRule, ServerDown
 from .forecast import ForecastAlerts, ForecastEvent
 from .rollup import DEFAULT_TIERS, Tier
@@ -157,6 +157,7 @@ class Alerting:
         self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
         self.clock_listeners: list[Callable[[], None]] = []  # told of clock_moved (the delivery's own waits)
+        self._language: Callable[[int], str] = lambda owner: i18n.DEFAULT
         self._wake = trio.Event()
         self._dirty = False
         self._held: dict[int, list[HostEvent]] = {}  # host -> its state alert events waiting for their turn
@@ -170,8 +171,11 @@ class Alerting:
         self._etas: dict[int, dict[str, float | None]] = {}  # the latest forecasts, for the card
         self._forecast_out: list[ForecastEvent] = []
 
-    def set_notify(self, notify: Notify) -> None:
+    def set_notify(self, notify: Notify, language: Callable[[int], str] = lambda owner: i18n.DEFAULT) -> None:
+        """`language`: the language a user reads (the bot's mbot.telegram.languages): each notice is said in
+        its owner's, while the log keeps English."""
         self._notify = notify
+        self._language = language
 
     def clock_moved(self) -> None:
         """Re-check the timers now: for a clock that jumps (tests move time forward instead of waiting)."""
@@ -305,10 +309,11 @@ class Alerting:
             host = hosts.get(event.host_id)
             if host is None or not host.owner:
                 continue
-            text = forecast.describe(event, host.name)
-            log.info("alert: %r", text)
+            log.info("alert: %r", forecast.describe(event, host.name))
             if self._notify is not None:
-                self._notify(host.owner, html.escape(text), event)
+                with i18n.speaking(self._language(host.owner)):
+                    said = html.escape(forecast.describe(event, host.name))
+                self._notify(host.owner, said, event)
 
     # --- fed by the writer (CommitListener) -------------------------------------------------------------------
 
@@ -469,10 +474,12 @@ class Alerting:
             text = alert_text.describe_group(group, name, self._tz)
             log.info("alert: %r", text)
             if owner and self._notify is not None:
+                with i18n.speaking(self._language(owner)):
+                    said = html.escape(alert_text.describe_group(group, name, self._tz))
                 if len(group) > 1:
-                    self._notify(owner, html.escape(text), event, group)
+                    self._notify(owner, said, event, group)
                 else:
-                    self._notify(owner, html.escape(text), event)
+                    self._notify(owner, said, event)
 
     async def _deliver_reports(self) -> None:
         """A server outage (ServerDown): one message per owner, about their own hosts."""
@@ -492,6 +499,7 @@ class Alerting:
             log.info("mbot was down for %.0f s: %d host(s) came back, %d did not", report.until - report.since,
                      len(report.back), len(report.missing))
             for owner, (back, missing) in owners.items():
-                text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
                 if self._notify is not None:
+                    with i18n.speaking(self._language(owner)):
+                        text = alert_text.outage_text(report, sorted(back), sorted(missing), self._tz)
                     self._notify(owner, html.escape(text), report)

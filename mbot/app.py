@@ -40,6 +40,7 @@ from .checksync import CheckSync
 from .controlsock import ControlServer
 from .config import Settings, mbot_command
 from .faults import Faults
+from .i18n import _
 from .limits import PreAuthGate, preauth_total
 from .metrics import BackupStats
 from .metrics_http import serve_metrics
@@ -67,6 +68,7 @@ class Server:
     selfwatch: selfwatch.SelfWatch | None = None
     backups: BackupStats | None = None  # with MBOT_BACKUP_DIR
     control_path: Path | None = None  # the control socket (None: it could not be made)
+    bot: Bot | None = None  # with BOT_TOKEN
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -122,6 +124,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                     services.start_soon(outbox.run)
                     bot = Bot(settings, api, outbox, db, writer, hub, alerting, endpoint=endpoint, clock=clock)
                     hub.on_limit = partial(_tell_limit, bot)
+                    server.bot = bot
                     await services.start(bot.run)
                 if settings.metrics_port is not None:
                     render = partial(_render_metrics, server, api, outbox if api else None)
@@ -190,9 +193,11 @@ def raise_nofile_limit() -> int:
 
 
 def _tell_limit(bot: Bot, host: Host, limit: str, detail: str) -> None:
-    bot.tell_owner(host.owner, f"<b>{html.escape(host.name)}</b> went over its limit of {html.escape(limit)}: "
-                               f"{html.escape(detail)}. Its agent was disconnected and will retry; the server keeps "
-                               "everything it had stored.")
+    # Said in the owner's language (made by tell_owner inside it); `detail` comes from the limits in English.
+    bot.tell_owner(host.owner, lambda: _("<b>{name}</b> went over its limit of {limit}: {detail}. Its agent was "
+                                         "disconnected and will retry; the server keeps everything it had stored.",
+                                         name=html.escape(host.name), limit=html.escape(limit),
+                                         detail=html.escape(detail)))
 
 
 async def _render_metrics(server: Server, api: BotApi | None, outbox: Outbox | None) -> str:

@@ -15,9 +15,11 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+from . import i18n
 
 if TYPE_CHECKING:
     from matplotlib.artist import Artist
@@ -156,6 +158,20 @@ def _isolated(y: np.ndarray) -> np.ndarray:
     return finite & ~before & ~after
 
 
+# The time axis in the chat's language (mbot.i18n; the render runs in a worker thread of the task that asked, so it
+# sees that task's language): matplotlib's month names are English, so Russian gets dates in numbers, 02.12.
+_DATE_FORMATS = {"ru": {"formats": ["%Y", "%d.%m", "%d", "%H:%M", "%H:%M", "%S.%f"],
+                        "zero_formats": ["", "%Y", "%d.%m", "%d.%m", "%H:%M", "%H:%M"],
+                        "offset_formats": ["", "%Y", "%m.%Y", "%d.%m.%Y", "%d.%m.%Y", "%d.%m.%Y %H:%M"]}}
+
+
+def date_formatter(locator: Any, tz: tzinfo) -> Any:
+    """The time axis's labels, in the current language."""
+    import matplotlib.dates as mdates
+
+    return mdates.ConciseDateFormatter(locator, tz=tz, **_DATE_FORMATS.get(i18n.current(), {}))
+
+
 def _range_text(spec: ChartSpec) -> str:
     start = datetime.fromtimestamp(spec.start, spec.tz)
     end = datetime.fromtimestamp(spec.end, spec.tz)
@@ -248,7 +264,7 @@ def render(spec: ChartSpec) -> bytes:
 
     locator = mdates.AutoDateLocator(tz=spec.tz, minticks=4, maxticks=10)
     left.xaxis.set_major_locator(locator)
-    left.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=spec.tz))
+    left.xaxis.set_major_formatter(date_formatter(locator, spec.tz))
     left.set_xlim(num(spec.start), num(spec.end))
     left.set_xlabel(_range_text(spec), fontsize=11, color="#666666")
     fig.suptitle(spec.title, fontsize=15, color=TEXT, y=0.975)

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from . import limits
 from .durations import format_duration, parse_duration
+from .i18n import N_, _
 
 DEFAULT_EVERY = 60.0
 MIN_EVERY, MAX_EVERY = 10.0, 86400.0  # what a user may ask for
@@ -35,7 +36,7 @@ FRAME = "checks"  # server -> agent: the whole list (a snapshot kind of the same
 NAME_RULE = "a check name is 1-40 characters of lower-case letters, digits, '.', '_', ':' and '-'"
 NAME = re.compile(r"[a-z0-9][a-z0-9._:-]{0,39}")
 
-USAGE = ("/check NAME URL|tcp://HOST:PORT [EVERY] - probe a target from the host every EVERY (default 1m, "
+USAGE = N_("/check NAME URL|tcp://HOST:PORT [EVERY] - probe a target from the host every EVERY (default 1m, "
          "10s to 1d), e.g. /check box1 https://example.com 5m; /check NAME del CHECK removes one")
 
 
@@ -62,26 +63,26 @@ def validate_target(text: str) -> str:
     """A URL or tcp://HOST:PORT as the owner typed it -> as stored, or CheckError saying why not."""
     text = text.strip()
     if not text or len(text) > MAX_TARGET:
-        raise CheckError(f"a target is 1 to {MAX_TARGET} characters")
+        raise CheckError(_("a target is 1 to {n} characters", n=MAX_TARGET))
     if any(ord(c) < 33 or ord(c) == 127 for c in text):
-        raise CheckError("a target has no spaces or control characters")
+        raise CheckError(_("a target has no spaces or control characters"))
     try:
         parts = urlsplit(text)
         port = parts.port
     except ValueError as exc:
-        raise CheckError(f"{text[:60]!r} is not a valid URL ({exc})") from None
+        raise CheckError(_("{target!r} is not a valid URL ({error})", target=text[:60], error=exc)) from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
-        raise CheckError(f"{text[:60]!r}: a check is http://, https:// or tcp://HOST:PORT")
+        raise CheckError(_("{target!r}: a check is http://, https:// or tcp://HOST:PORT", target=text[:60]))
     if not parts.hostname:
-        raise CheckError(f"{text[:60]!r} names no host")
+        raise CheckError(_("{target!r} names no host", target=text[:60]))
     if parts.username is not None or parts.password is not None:
-        raise CheckError("credentials in the URL are not supported: they would be stored and shown")
+        raise CheckError(_("credentials in the URL are not supported: they would be stored and shown"))
     if scheme == "tcp":
         if port is None or port == 0:
-            raise CheckError("a TCP check needs a port: tcp://HOST:PORT")
+            raise CheckError(_("a TCP check needs a port: tcp://HOST:PORT"))
         if parts.path not in ("", "/") or parts.query or parts.fragment:
-            raise CheckError("a TCP check is tcp://HOST:PORT, nothing after it")
+            raise CheckError(_("a TCP check is tcp://HOST:PORT, nothing after it"))
     return scheme + text[len(parts.scheme):]
 
 
@@ -110,9 +111,9 @@ def parse_every(text: str | None) -> float:
     try:
         every = parse_duration(text)
     except ValueError:
-        raise CheckError(f"EVERY {text[:20]!r} is not a duration: try 30s, 5m or 1h") from None
+        raise CheckError(_("EVERY {text!r} is not a duration: try 30s, 5m or 1h", text=text[:20])) from None
     if not low <= every <= MAX_EVERY:
-        raise CheckError(f"EVERY is {format_duration(low)} to {format_duration(MAX_EVERY)}")
+        raise CheckError(_("EVERY is {low} to {high}", low=format_duration(low), high=format_duration(MAX_EVERY)))
     return every
 
 
@@ -134,7 +135,7 @@ def parse_command(args: Sequence[str]) -> AddCheck | DelCheck:
     if len(args) == 3 and args[1].lower() in ("del", "delete", "rm"):
         return DelCheck(args[0], args[2])
     if len(args) not in (2, 3):
-        raise CheckError(f"Usage: {USAGE}")
+        raise CheckError(_("Usage: {usage}", usage=_(USAGE)))
     return AddCheck(args[0], validate_target(args[1]), parse_every(args[2] if len(args) == 3 else None))
 
 
@@ -157,15 +158,20 @@ def result_line(spec: CheckSpec, item: dict[str, Any] | None) -> str:
     """`web  up  200  35 ms  cert 41 d` (plain text: the caller escapes it)."""
     every = format_duration(spec.every)
     if item is None:
-        return f"{spec.name}: not run yet ({spec.target}, every {every})"
-    bits = [str(item.get("state", PENDING))]
+        return _("{name}: not run yet ({target}, every {every})", name=spec.name, target=spec.target, every=every)
+    state = str(item.get("state", PENDING))
+    bits = [_(_STATES[state]) if state in _STATES else state]
     if "status" in item:
         bits.append(f"HTTP {item['status']}")
     if "ms" in item and item.get("state") == "up":  # a failure's time is in the series, not worth a word here
-        bits.append(f"{item['ms']:.0f} ms")
+        bits.append(_("{ms} ms", ms=f"{item['ms']:.0f}"))
     if "cert_days" in item:
-        bits.append(f"cert {item['cert_days']:.0f} d")
+        bits.append(_("cert {days} d", days=f"{item['cert_days']:.0f}"))
     if item.get("error"):
         bits.append(str(item["error"]))
-    return f"{spec.name}: {', '.join(bits)} ({spec.target}, every {every})"
+    return _("{name}: {result} ({target}, every {every})", name=spec.name, result=", ".join(bits),
+             target=spec.target, every=every)
+
+
+_STATES = {"up": N_("up"), "failing": N_("failing"), "down": N_("down"), PENDING: N_("pending")}
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from .i18n import N_, _, n_
+
 KIND = "containers"
 
 
@@ -52,6 +54,21 @@ def rows(items: Iterable[dict[str, Any]]) -> list[Container]:
     return out
 
 
+# The engine's words for a state, in the chat's language: one container's (its row) and a count's (the tally).
+# A word not here (a newer engine's) is shown as the engine says it.
+_STATE_WORDS = {"exited": N_("exited"), "unhealthy": N_("unhealthy"), "restarting": N_("restarting"),
+                "paused": N_("paused"), "created": N_("created"), "dead": N_("dead"), "removing": N_("removing"),
+                "unknown": N_("unknown")}
+_COUNT_WORDS = {"running": N_("{n} running"), "exited": N_("{n} exited"), "unhealthy": N_("{n} unhealthy"),
+                "restarting": N_("{n} restarting"), "paused": N_("{n} paused"), "created": N_("{n} created"),
+                "dead": N_("{n} dead"), "removing": N_("{n} removing"), "unknown": N_("{n} unknown")}
+
+
+def trouble_word(trouble: str) -> str:
+    """A Container.trouble as the chat says it."""
+    return _(_STATE_WORDS[trouble]) if trouble in _STATE_WORDS else trouble
+
+
 def tally(containers: Iterable[Container]) -> str:
     """"12 containers: 10 running, 1 exited, 1 unhealthy"."""
     counts: dict[str, int] = {}
@@ -61,14 +78,14 @@ def tally(containers: Iterable[Container]) -> str:
         word = c.trouble or "running"
         counts[word] = counts.get(word, 0) + 1
     if not total:
-        return "no containers"
+        return _("no containers")
     parts = sorted(counts.items(), key=lambda kv: (kv[0] != "running", -kv[1], kv[0]))
-    noun = "container" if total == 1 else "containers"
-    return f"{total} {noun}: " + ", ".join(f"{n} {word}" for word, n in parts)
+    return (n_("{n} container", "{n} containers", total) + ": "
+            + ", ".join(_(_COUNT_WORDS[word], n=n) if word in _COUNT_WORDS else f"{n} {word}" for word, n in parts))
 
 
 def series_tally(containers: dict[str, dict[str, float]]) -> str:
     """The card's line from a sample's metrics["containers"] (down codes): "5 up, 1 down"."""
     down = sum(1 for entry in containers.values() if entry.get("down", 0) > 0)
     up = len(containers) - down
-    return f"{up} up" + (f", {down} down" if down else "")
+    return _("{n} up", n=up) + (", " + _("{n} down", n=down) if down else "")

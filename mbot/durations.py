@@ -9,14 +9,16 @@ from __future__ import annotations
 import math
 import re
 
+from .i18n import N_, _
+
 # A year is 365 days: `2y` is the default retention of the 1-hour tier (730d), so a chart of "the last 2 years"
 # reaches exactly as far back as the history does.
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-SYNTAX = "a number and s, m, h, d, w or y, like 30m, 48h, 7d, 1y"  # for usage lines and error messages
+SYNTAX = N_("a number and s, m, h, d, w or y, like 30m, 48h, 7d, 1y")  # for usage lines and error messages
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdwy])")
 
 # Days, not weeks, as the largest unit shown: "730d" reads better than "104w 2d".
-_SENTENCE_UNITS = (("d", 86400), ("h", 3600), ("min", 60), ("s", 1))
+_SENTENCE_UNITS = ((N_("{n} d"), 86400), (N_("{n} h"), 3600), (N_("{n} min"), 60), (N_("{n} s"), 1))
 _COMPACT_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
 
 
@@ -28,12 +30,12 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> float:
     """
     compact = text.strip().lower()
     if not compact or _PART.sub("", compact):
-        raise ValueError(f"{text!r} is not a duration: use {SYNTAX}")
+        raise ValueError(_("{text!r} is not a duration: use {syntax}", text=text, syntax=_(SYNTAX)))
     seconds = sum(float(n) * UNIT_SECONDS[unit] for n, unit in _PART.findall(compact))
     if not math.isfinite(seconds):
-        raise ValueError(f"{text!r}: that duration is too long")
+        raise ValueError(_("{text!r}: that duration is too long", text=text))
     if not (seconds > 0 or allow_zero):
-        raise ValueError(f"{text!r}: a duration must be longer than 0")
+        raise ValueError(_("{text!r}: a duration must be longer than 0", text=text))
     return seconds
 
 
@@ -56,7 +58,9 @@ def format_duration(seconds: float, *, compact: bool = False) -> str:
     if compact:
         shown = [(n, unit) for n, unit in counts if n]
     else:
-        first = next((i for i, (n, _) in enumerate(counts) if n), len(counts) - 1)
+        first = next((i for i, (n, _unit) in enumerate(counts) if n), len(counts) - 1)
         shown = [(n, unit) for n, unit in counts[first:first + 2] if n]
-    space = "" if compact else " "
-    return " ".join(f"{n}{space}{unit}" for n, unit in shown) or f"0{space}s"
+    if compact:
+        return " ".join(f"{n}{unit}" for n, unit in shown) or "0s"
+    # The units in the chat's language (mbot.i18n): "2 ч 5 мин"; the CLI's stay "2 h 5 min".
+    return " ".join(_(unit, n=n) for n, unit in shown) or _("{n} s", n=0)

@@ -67,6 +67,12 @@ def catalogue(language: str) -> dict[str, Translation]:
     return _catalogues[language]
 
 
+def N_(msgid: str, /) -> str:
+    """Marks an id that is looked up later (a table's texts, made at import time): returns it unchanged, and
+    tests/test_i18n.py checks its translation like any other."""
+    return msgid
+
+
 def _(msgid: str, /, **values: object) -> str:
     """`msgid` in the current language, with `values` formatted in."""
     language = _current.get()
@@ -102,5 +108,21 @@ def _russian_form(n: int) -> int:
 
 def number(value: float, digits: int = 1) -> str:
     """A number to read: '12.5' in English, '12,5' in Russian (thousands unseparated: values here are short)."""
-    text = f"{value:.{digits}f}"
+    return decimal(f"{value:.{digits}f}")
+
+
+def decimal(text: str) -> str:
+    """A number already formatted ('0.52', '1.5 GiB') with the language's decimal mark: a comma in Russian."""
     return text.replace(".", ",") if _current.get() == "ru" else text
+
+
+_MONTHS_EN = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# Genitive, as a date reads ("2 дек", "1 мая"); three letters, like the English.
+_MONTHS_RU = ("янв", "фев", "мар", "апр", "мая", "июн", "июл", "авг", "сен", "окт", "ноя", "дек")
+
+
+def day_month(month: int, day: int) -> str:
+    """A date without its year: 'Dec 2' in English, '2 дек' in Russian."""
+    if _current.get() == "ru":
+        return f"{day} {_MONTHS_RU[month - 1]}"
+    return f"{_MONTHS_EN[month - 1]} {day}"

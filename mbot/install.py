@@ -23,6 +23,8 @@ from pathlib import Path
 
 import h11
 
+from .i18n import _
+
 # The agent is one file kept beside the package: agent/mbot_agent.py in a checkout, /app/agent in the image
 # (Dockerfile). An installed wheel has no copy: then /agent.py answers 404 and the bot says where to get it.
 AGENT_FILE = Path(__file__).parent.parent / "agent" / "mbot_agent.py"
@@ -98,9 +100,9 @@ def guessed_note(endpoint: Endpoint) -> str:
     """What to say when the address was guessed (empty when it was configured)."""
     if not endpoint.host_guessed:
         return ""
-    return (f"{endpoint.host} is a guess (MBOT_PUBLIC_HOST is not set; it is the address of this machine's default "
-            "route). If the host reaches this server by another name or address, use that in the line above, and "
-            "set MBOT_PUBLIC_HOST to it so that new keys show it.")
+    return _("{host} is a guess (MBOT_PUBLIC_HOST is not set; it is the address of this machine's default route). If "
+             "the host reaches this server by another name or address, use that in the line above, and set "
+             "MBOT_PUBLIC_HOST to it so that new keys show it.", host=endpoint.host)
 
 
 # --- the certificate's public key ------------------------------------------------------------------------------

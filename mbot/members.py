@@ -18,9 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
+from .i18n import N_, _
+
 UP, CHANGING, STOPPED, FAILED = 1.0, 0.0, -0.5, -1.0
 THRESHOLD = 0.5  # a member rule fires below this: any code but UP
-STATE_WORDS = {UP: "running", CHANGING: "starting or stopping", STOPPED: "not running", FAILED: "failed"}
+# Message ids (mbot.i18n): said with _() where shown.
+STATE_WORDS = {UP: N_("running"), CHANGING: N_("starting or stopping"), STOPPED: N_("not running"),
+               FAILED: N_("failed")}
 DOWN_WORD = "down"  # /setalert NAME service:UNIT down
 
 Item = dict[str, Any]
@@ -31,7 +35,7 @@ class MemberKind:
     word: str  # the metric's prefix: service
     snapshot: str  # the snapshot kind whose items are the members: services
     key: str  # the item field that names a member: unit
-    label: str  # how messages call one: "service"
+    label: str  # how messages call one: "service {name}" (a message id)
     name: re.Pattern[str]  # what a member's name may look like (as typed, before normalise)
     normalise: Callable[[str], str]
     code: Callable[[Item | None], float]  # an item (None: absent from the latest snapshot) -> a state code
@@ -66,10 +70,11 @@ def _check_code(item: Item | None) -> float:
 
 
 MEMBER_KINDS: dict[str, MemberKind] = {
-    "service": MemberKind("service", "services", "unit", "service",
+    "service": MemberKind("service", "services", "unit", N_("service {name}"),
                           re.compile(r"[A-Za-z0-9:_.@\\-]{1,256}"), _unit_name, _service_code),
-    "check": MemberKind("check", "checks", "name", "check", re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}"),
-                        str.lower, _check_code, {UP: "up", FAILED: "down"}),
+    "check": MemberKind("check", "checks", "name", N_("check {name}"),
+                        re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,39}"), str.lower, _check_code,
+                        {UP: N_("up"), FAILED: N_("down")}),
 }
 SNAPSHOT_KINDS = frozenset(kind.snapshot for kind in MEMBER_KINDS.values())
 
@@ -113,11 +118,15 @@ def codes(metrics: Iterable[str], items_by_kind: dict[str, Sequence[Item]]) -> d
 def label(series: str) -> str | None:
     """"service nginx.service" for a member series, None for other series."""
     found = member_of(series)
-    return None if found is None else f"{found[0].label} {found[1]}"
+    if found is None:
+        return None
+    label = _(found[0].label, name=found[1])
+    return label if "{name}" in found[0].label else f"{label} {found[1]}"  # a kind whose label names no {name}
 
 
 def state_word(value: float, metric: str | None = None) -> str:
     """A state code in words; `metric` (service:nginx.service, check:web) picks its kind's own words."""
     found = member_of(metric) if metric is not None else None
     words = found[0].words if found is not None and found[0].words else STATE_WORDS
-    return words.get(value, STATE_WORDS.get(value, f"state {value:g}"))
+    word = words.get(value, STATE_WORDS.get(value))
+    return _(word) if word is not None else _("state {code}", code=f"{value:g}")

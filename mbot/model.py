@@ -81,3 +81,28 @@ class AlertMessage:
     message_id: int | None
     photo: bool  # the message is a photo: edits change its caption
     resolved: float | None
+    thread_id: int | None = None  # the forum topic it went to (a group bound in a topic)
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A host bound to a group (/bind): its alerts also go there, to topic thread_id if bound in one."""
+
+    host_id: int
+    chat_id: int
+    thread_id: int | None
+    bound_by: int  # the user who bound it (its owner then): the binding counts only while they still own it
+
+
+@dataclass(frozen=True)
+class StatusPage:
+    """A status message the bot keeps current (/statuspage): one per chat and user."""
+
+    chat_id: int
+    owner: int  # the user who asked for it: it lists only their hosts
+    thread_id: int | None
+    message_id: int
+    hosts: tuple[int, ...] | None  # the chosen hosts; None: all the owner's hosts, as they come and go
+    text: str  # what the message says now (an edit to the same text is not sent)
+    edited: float  # wall-clock time of the last send or edit
+    lang: str = "en"  # the language it was asked for in (mbot.i18n): its edits speak it too

@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 
 from mbot import series as catalogue
 from mbot.durations import format_duration, parse_duration
+from mbot.i18n import N_, _
 
 
 
@@ -36,8 +37,9 @@ class Syntax:
     usage_first: bool  # the chat leads with the usage line, as its other commands do; a terminal with the problem
 
 
-CHAT = Syntax("Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]",
-              "Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit",
+# The chat's lines are message ids (mbot.i18n), said in the user's language; the CLI's have no translation.
+CHAT = Syntax(N_("Usage: /plot NAME METRICS SPAN... [LIMIT] [UNIT]"),
+              N_("Examples: /plot box1 cpu;gpu 2d 3h 80 · /plot box1 ram 1h GiB · /plot box1 net 30m 100 mbit"),
               usage_first=True)
 # `;` separates shell commands, so the CLI's examples use the other separator, `,`.
 CLI = Syntax("usage: python -m mbot plot NAME METRICS SPAN... [LIMIT] [UNIT] -o FILE.png",
@@ -79,9 +81,9 @@ class PlotUsageError(ValueError):
     def render(self, syntax: Syntax) -> str:
         lines = [self.problem]
         if self.metrics:
-            lines.append("Metrics of this host: " + ", ".join(self.metrics))
-        return "\n".join([syntax.usage, *lines, syntax.examples] if syntax.usage_first
-                         else [*lines, syntax.usage, syntax.examples])
+            lines.append(_("Metrics of this host: {metrics}", metrics=", ".join(self.metrics)))
+        usage, examples = _(syntax.usage), _(syntax.examples)
+        return "\n".join([usage, *lines, examples] if syntax.usage_first else [*lines, usage, examples])
 
     def with_metrics(self, available: Iterable[str]) -> PlotUsageError:
         """The same error listing the metrics of a host whose series are `available`."""
@@ -121,7 +123,7 @@ def known_words() -> str:
     hints = {"disk:": "/MOUNT", "net:": "IFACE"}
     forms = [f"{form}{hints.get(form, 'N' if '{i}' in rows[0].name else 'LABEL')}"
              for form, rows in catalogue.one_forms().items()]
-    return f"{', '.join(catalogue.plot_words())}; one of several: {', '.join(forms)}"
+    return _("{words}; one of several: {forms}", words=", ".join(catalogue.plot_words()), forms=", ".join(forms))
 
 
 def _normalise_word(word: str) -> str | None:
@@ -229,20 +231,21 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
 
     tokens = [t for t in args if t.strip()]
     if not tokens:
-        raise fail("Missing NAME, METRICS and SPAN.")
+        raise fail(_("Missing NAME, METRICS and SPAN."))
     host, rest = tokens[0], tokens[1:]
     if not rest:
-        raise fail("Missing METRICS and SPAN.")
+        raise fail(_("Missing METRICS and SPAN."))
     text, used = _split_metrics(rest)
     rest = rest[used:]
     words = [w for w in re.split(r"[;,]", text) if w.strip()]
     if not words:
-        raise fail("Missing METRICS: name at least one, like cpu or ram;gpu.")
+        raise fail(_("Missing METRICS: name at least one, like cpu or ram;gpu."))
     metrics: list[str] = []
     for word in words:
         canonical = _normalise_word(word)
         if canonical is None:
-            raise fail(f"Unknown metric {_quote(word.strip())}." + ("" if known else f" Metrics: {known_words()}."))
+            raise fail(_("Unknown metric {word}.", word=_quote(word.strip()))
+                       + ("" if known else " " + _("Metrics: {words}.", words=known_words())))
         if canonical not in metrics:
             metrics.append(canonical)
 
@@ -255,11 +258,11 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
         typed.append(rest[0])
         rest = rest[1:]
     if span == 0:
-        problem = f"{_quote(rest[0])} is not a SPAN" if rest else "Missing SPAN"
-        raise fail(f"{problem}: use one or more of <n>s, m, h, d, w, y, like 30m, 2d 3h or 1y.")
+        problem = _("{word} is not a SPAN", word=_quote(rest[0])) if rest else _("Missing SPAN")
+        raise fail(_("{problem}: use one or more of <n>s, m, h, d, w, y, like 30m, 2d 3h or 1y.", problem=problem))
     if span > max_span:  # also a sum too large for a float (inf)
-        raise fail(f"SPAN {_quote(' '.join(typed))} reaches back further than the history this server keeps "
-                   f"({format_duration(max_span, compact=True)}): ask for at most that.")
+        raise fail(_("SPAN {span} reaches back further than the history this server keeps ({longest}): ask for at "
+                     "most that.", span=_quote(' '.join(typed)), longest=format_duration(max_span, compact=True)))
 
     limit: float | None = None
     unit: str | None = None
@@ -270,15 +273,16 @@ def parse_plot(args: Sequence[str], max_span: float = DEFAULT_MAX_SPAN,
             if _NUMBER.fullmatch(part) and limit is None:
                 limit = float(part)
                 if not (math.isfinite(limit) and limit > 0):
-                    raise fail(f"LIMIT {_cut(part)} must be a number above 0.")
+                    raise fail(_("LIMIT {limit} must be a number above 0.", limit=_cut(part)))
             elif _unit_key(part) is not None and unit is None:
                 unit = _unit_key(part)
             else:
-                raise fail(f"Unexpected {_quote(token)}: after SPAN come an optional LIMIT (a number) and UNIT "
-                           "(%, b, kib, mb, gib, bit, mbit ...).")
+                raise fail(_("Unexpected {token}: after SPAN come an optional LIMIT (a number) and UNIT "
+                             "(%, b, kib, mb, gib, bit, mbit ...).", token=_quote(token)))
     if unit is not None and not any(_accepts(m, unit) for m in metrics):
-        raise fail(f"Unit {unit!r} does not fit {', '.join(metrics)}: sizes (gib ...) go with ram, swap, vram and "
-                   "disk; bits (mbit ...) with net; % with cpu, gpu, ram, swap, vram and disk.")
+        raise fail(_("Unit {unit!r} does not fit {metrics}: sizes (gib ...) go with ram, swap, vram and disk; bits "
+                     "(mbit ...) with net; % with cpu, gpu, ram, swap, vram and disk.", unit=unit,
+                     metrics=", ".join(metrics)))
     return PlotRequest(host, tuple(metrics), span, limit, unit)
 
 
@@ -340,26 +344,26 @@ def resolve_metrics(metrics: Iterable[str], available: Iterable[str], unit: str 
     known = host_metrics(names)
     key = _unit_key(unit) if unit is not None else None
     if unit is not None and key is None:
-        raise PlotUsageError(f"Unknown unit {_quote(unit)}.", known)
+        raise PlotUsageError(_("Unknown unit {unit}.", unit=_quote(unit)), known)
     words = []
     for metric in metrics:
         word = _normalise_word(metric)
         if word is None:
-            raise PlotUsageError(f"Unknown metric {_quote(metric)}.", known)
+            raise PlotUsageError(_("Unknown metric {word}.", word=_quote(metric)), known)
         words.append(word)
     if key is not None and not any(_accepts(w, key) for w in words):
-        raise PlotUsageError(f"Unit {unit!r} does not fit {', '.join(words)}.", known)
+        raise PlotUsageError(_("Unit {unit!r} does not fit {metrics}.", unit=unit, metrics=", ".join(words)), known)
     chosen: list[SeriesChoice] = []
     for word in words:
         found = _choices(word, names, key if _accepts(word, key) else None, gpus)
         if not found:
-            raise PlotUsageError(f"This host has no {word}.", known)
+            raise PlotUsageError(_("This host has no {word}.", word=word), known)
         chosen.extend(c for c in found if c.series not in {d.series for d in chosen})
     units = list(dict.fromkeys(c.unit for c in chosen))
     if len(units) > MAX_AXES:
         shown = ", ".join(u or "load" for u in units)
-        raise PlotUsageError(f"These metrics need {len(units)} different units ({shown}); one chart has at most "
-                             f"{MAX_AXES} axes: split them over two charts.", known)
+        raise PlotUsageError(_("These metrics need {n} different units ({units}); one chart has at most {most} axes: "
+                               "split them over two charts.", n=len(units), units=shown, most=MAX_AXES), known)
     return chosen
 
 
@@ -399,4 +403,4 @@ def host_metrics(available: Iterable[str]) -> list[str]:
 def chart_title(host: str, choices: Sequence[SeriesChoice], span: float) -> str:
     """'box1 · CPU, GPU 0 · last 2d 3h'."""
     labels = ", ".join(dict.fromkeys(c.label for c in choices))
-    return f"{host} · {labels} · last {format_duration(span, compact=True)}"
+    return f"{host} · {labels} · " + _("last {span}", span=format_duration(span, compact=True))

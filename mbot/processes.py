@@ -9,12 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from .durations import format_duration
+from .i18n import N_, _, decimal, n_
 from .model import Host, StoredSnapshot
 
 KIND = "processes"
 CARD = 5  # per ranking on the status card
 LIST = 15  # per ranking in /top, the Processes button and `python -m mbot top`
 RANKINGS = (("cpu", "CPU"), ("rss", "memory"), ("vram", "VRAM"))
+RANKING_TITLES = {"cpu": N_("Top CPU"), "rss": N_("Top memory"), "vram": N_("Top VRAM")}  # the chat's headings
 
 
 def number(item: dict[str, Any], field: str) -> float:
@@ -45,7 +47,7 @@ def is_fresh(snapshot: StoredSnapshot, host: Host, now: float) -> bool:
 def age_note(snapshot: StoredSnapshot, host: Host, now: float) -> str:
     """" (2 min ago)" for a list older than the host's latest figures would be; "" for a current one."""
     age = now - snapshot.received
-    return f" ({format_duration(age)} ago)" if age > max(3 * host.interval, 30.0) else ""
+    return " " + _("({duration} ago)", duration=format_duration(age)) if age > max(3 * host.interval, 30.0) else ""
 
 
 def shorten(value: str, limit: int) -> str:
@@ -53,13 +55,15 @@ def shorten(value: str, limit: int) -> str:
 
 
 def percent(cpu: float) -> str:
-    return f"{cpu:.1f} %" if cpu < 10 else f"{cpu:.0f} %"
+    return decimal(f"{cpu:.1f} %") if cpu < 10 else f"{cpu:.0f} %"
 
 
 def human_bytes(value: float) -> str:
+    """Binary units, the same symbols in every language (as `free -h` and `df -h` print them), with the
+    language's decimal mark (mbot.i18n: '1,5 GiB' in Russian)."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(value) < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            return f"{value:.0f} {unit}" if unit == "B" else decimal(f"{value:.1f} {unit}")
         value /= 1024
     raise AssertionError  # unreachable: the loop returns at TiB
 
@@ -68,9 +72,12 @@ def header(host: Host, snapshot: StoredSnapshot, now: float) -> str:
     """What the list is: its age, and how much of the host it covers."""
     age = format_duration(max(0.0, now - snapshot.received))
     total = host.last_metrics.get("procs")
-    covers = f" of {total:.0f}" if isinstance(total, (int, float)) and not isinstance(total, bool) else ""
-    stale = "" if is_fresh(snapshot, host, now) else " (not current: the host sends no newer list)"
-    return f"{len(snapshot.items)}{covers} processes, {age} ago{stale}"
+    stale = "" if is_fresh(snapshot, host, now) else " " + _("(not current: the host sends no newer list)")
+    if isinstance(total, (int, float)) and not isinstance(total, bool):
+        return n_("{shown} of {n} processes, {duration} ago", "{shown} of {n} processes, {duration} ago",
+                  int(total), shown=len(snapshot.items), duration=age) + stale
+    return n_("{n} processes, {duration} ago", "{n} processes, {duration} ago", len(snapshot.items),
+              duration=age) + stale
 
 
 def printable(value: str) -> str:

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Sequence
 
-USAGE = "Usage: /quiet HH:MM-HH:MM (e.g. /quiet 23:00-07:00), /quiet off, or /quiet to see the setting"
+from .i18n import N_, _
+
+USAGE = N_("Usage: /quiet HH:MM-HH:MM (e.g. /quiet 23:00-07:00), /quiet off, or /quiet to see the setting")
 DAY = 24 * 60
 
 _TIME = r"([01]?\d|2[0-3])(?::([0-5]\d))?"
@@ -72,9 +74,10 @@ def parse_quiet(args: Sequence[str]) -> QuietHours | str:
         return OFF
     match = _WINDOW.fullmatch(text)
     if match is None:
-        raise QuietUsageError(f"{text[:40]!r} is not a window of the clock. {USAGE}")
+        raise QuietUsageError(_("{text!r} is not a window of the clock.", text=text[:40]) + " " + _(USAGE))
     start = int(match[1]) * 60 + int(match[2] or 0)
     end = int(match[3]) * 60 + int(match[4] or 0)
     if start == end:
-        raise QuietUsageError(f"{text} is an empty window; /quiet off turns quiet hours off. {USAGE}")
+        raise QuietUsageError(_("{text} is an empty window; /quiet off turns quiet hours off.", text=text) + " "
+                              + _(USAGE))
     return QuietHours(start, end)

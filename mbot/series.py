@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import limits
+from .i18n import _
 
 # Kinds
 GAUGE, RATE, COUNTER = "gauge", "rate", "counter"
@@ -172,8 +173,9 @@ class Metric:
         labels = self.labels_of(series) or {}
         index = labels.get("i", "")
         if self.named and index.isdigit() and int(index) < len(gpus) and gpus[int(index)]:
-            return self.named.format(gpu=gpu_label(gpus[int(index)], int(index)))
-        template = self.legend if legend and self.legend else self.label
+            return _(self.named).format(gpu=gpu_label(gpus[int(index)], int(index)))
+        # Labels and legends are message ids (mbot.i18n): the chat says them in the user's language.
+        template = _(self.legend if legend and self.legend else self.label)
         return template.format(**{"i": "", "label": "", **labels})
 
 

@@ -12,12 +12,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 
-from . import checks, members, store
+from . import access, checks, members, store, users
 from .alerts import AlertRule
+from .i18n import _
 # NewKey is also read as service.NewKey by modules written before mbot.model; new code imports it from there.
+from .i18n import N_, _, n_
 from .model import Host, NewKey, secret_hash
 
-NAME_RULE = "a host name is 1-32 characters of letters, digits, '.', '_' and '-'"
+NAME_RULE = N_("a host name is 1-32 characters of letters, digits, '.', '_' and '-'")
 _NAME = re.compile(r"[A-Za-z0-9._-]{1,32}")
 
 
@@ -29,21 +31,24 @@ class NoSuchHost(ServiceError):
     """Also what a user gets for a host that exists but is someone else's: no hint either way."""
 
     def __init__(self) -> None:
-        super().__init__("No such host. /hosts lists yours.")
+        super().__init__(_("No such host. /hosts lists yours."))
 
 
 def check_name(name: str) -> str:
     if not _NAME.fullmatch(name):
-        raise ServiceError(f"{name!r} is not a valid name: {NAME_RULE}")
+        raise ServiceError(_("{name!r} is not a valid name: {rule}", name=name, rule=_(NAME_RULE)))
     return name
 
 
 class HostLimit(ServiceError):
-    """The owner has as many hosts as MBOT_MAX_HOSTS_PER_USER allows."""
+    """The owner has as many hosts as MBOT_MAX_HOSTS_PER_USER allows. (English says "hosts" for one too, as the
+    CLI always has; Russian has its three forms.)"""
 
     def __init__(self, count: int, limit: int) -> None:
-        super().__init__(f"{count} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
-                         f"{limit}): /revoke one and delete its history to make room")
+        super().__init__(n_("{n} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
+                            "{limit}): /revoke one and delete its history to make room",
+                            "{n} hosts already, the most this server allows per user (MBOT_MAX_HOSTS_PER_USER="
+                            "{limit}): /revoke one and delete its history to make room", count, limit=limit))
         self.count, self.limit = count, limit
 
 
@@ -109,8 +114,9 @@ def _refuse_taken(name: str, taken: list[Host]) -> None:
         return
     other = taken[0].name
     if other == name:
-        raise ServiceError(f"you already have a host named {name!r}")
-    raise ServiceError(f"you already have a host named {other!r}; names that differ only in case are not allowed")
+        raise ServiceError(_("you already have a host named {name!r}", name=name))
+    raise ServiceError(_("you already have a host named {name!r}; names that differ only in case are not allowed",
+                         name=other))
 
 
 def by_name(hosts: list[Host], ref: str) -> list[Host]:
@@ -126,7 +132,8 @@ def resolve_host(conn: sqlite3.Connection, owner: int, ref: str) -> Host:
     if len(named) == 1:
         return named[0]
     if named:
-        raise ServiceError(f"{ref!r} could be {' or '.join(h.name for h in named)}: type the name exactly as listed")
+        raise ServiceError(_("{ref!r} could be {names}: type the name exactly as listed", ref=ref,
+                             names=_(" or ").join(h.name for h in named)))
     if len(ref) >= 8:
         matches = store.hosts_by_key_prefix(conn, owner, ref.lower())
         if len(matches) == 1:
@@ -157,16 +164,62 @@ def any_owner_host(conn: sqlite3.Connection, ref: str, owner: int | None) -> Hos
                        " (and --owner)")
 
 
-def owned_host(conn: sqlite3.Connection, owner: int, host_id: int) -> Host:
-    """Every callback re-checks ownership here: a forged host id gets the same answer as a missing host."""
-    host = store.host_by_id(conn, host_id)
-    if host is None or host.owner != owner:
+class NotAllowed(ServiceError):
+    """A user with a role on the host asked for what their role does not allow."""
+
+    def __init__(self, host: Host, role: str, action: str) -> None:
+        super().__init__(_("You are a {role} of {name}: that takes its {needed}. Ask its owner.",
+                           role=access.role_name(role), name=host.name,
+                           needed=access.role_name(access.ACTIONS.get(action))))
+
+
+def allowed(conn: sqlite3.Connection, host: Host, user_id: int, action: str) -> str:
+    """THE access check (mbot.access), for commands and every button press alike: the user's role on the host if
+    it allows `action`. No role at all reads as a missing host (no hint that it exists); too small a role says so."""
+    role = access.role_of(host.owner, user_id, store.role_on(conn, host.id, user_id))
+    if role is None:
         raise NoSuchHost()
+    if not access.allows(role, action):
+        raise NotAllowed(host, role, action)
+    return role
+
+
+def host_for(conn: sqlite3.Connection, user_id: int, host_id: int, action: str) -> Host:
+    """A host by id (a button's data, a confirmation) if `user_id` may do `action` on it now: a forged id, or a
+    role removed since the button was made, gets the answer a missing host gets."""
+    host = store.host_by_id(conn, host_id)
+    if host is None:
+        raise NoSuchHost()
+    allowed(conn, host, user_id, action)
     return host
 
 
+def resolve(conn: sqlite3.Connection, user_id: int, ref: str, action: str) -> Host:
+    """A host by name (or key id prefix) among those `user_id` may see, if they may do `action` on it. Their own
+    hosts come first: a host shared with them is found when none of theirs has that name."""
+    try:
+        host = resolve_host(conn, user_id, ref)
+    except NoSuchHost:
+        host = _shared(conn, user_id, ref)
+    allowed(conn, host, user_id, action)
+    return host
+
+
+def _shared(conn: sqlite3.Connection, user_id: int, ref: str) -> Host:
+    shared = [host for host, role in store.hosts_of_user(conn, user_id) if role != access.OWNER]
+    named = by_name([h for h in shared if h.name.lower() == ref.lower()], ref)
+    if not named and len(ref) >= 8:
+        named = [h for h in shared if h.key_id.startswith(ref.lower())]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise ServiceError(_("Several hosts shared with you are named {name}: use the first 8 characters of its "
+                             "key id (/hosts shows the hosts).", name=ref))
+    raise NoSuchHost()
+
+
 def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> Host:
-    host = resolve_host(conn, owner, ref)
+    host = resolve(conn, owner, ref, "rename")
     check_name(new_name)
     _refuse_taken(new_name, [h for h in store.hosts_named(conn, new_name, owner) if h.id != host.id])
     store.rename_host(conn, host.id, new_name)
@@ -175,7 +228,7 @@ def rename(conn: sqlite3.Connection, owner: int, ref: str, new_name: str) -> Hos
 
 def rotate(conn: sqlite3.Connection, owner: int, host_id: int) -> NewKey:
     """A new secret for the host; the old one stops working with this commit."""
-    host = owned_host(conn, owner, host_id)
+    host = host_for(conn, owner, host_id, "rotate")
     secret = secrets.token_urlsafe(32)
     store.set_secret(conn, host.id, secret_hash(secret), revoked=None)
     return NewKey(host_id=host.id, name=host.name, key_id=host.key_id, secret=secret)
@@ -183,7 +236,7 @@ def rotate(conn: sqlite3.Connection, owner: int, host_id: int) -> NewKey:
 
 def revoke(conn: sqlite3.Connection, owner: int, host_id: int, *, wipe: bool, now: float | None = None) -> Host:
     """Delete the host's key; with `wipe` its history and the host too. /rotate can give a kept host a new key."""
-    host = owned_host(conn, owner, host_id)
+    host = host_for(conn, owner, host_id, "revoke")
     if wipe:
         store.delete_host(conn, host.id)
     else:
@@ -202,13 +255,17 @@ def add_check(conn: sqlite3.Connection, host: Host, target: str, every: float, *
     certificate under DEFAULT_CERT_DAYS days), in the caller's transaction. Bounds: per host and per owner."""
     existing = store.checks_of_host(conn, host.id)
     if len(existing) >= max_per_host:
-        raise ServiceError(f"{host.name} has {len(existing)} checks, the most a host may have: remove one first "
-                           f"(/check {host.name} del CHECK)")
+        raise ServiceError(n_("{name} has {n} checks, the most a host may have: remove one first "
+                              "(/check {name} del CHECK)",
+                              "{name} has {n} checks, the most a host may have: remove one first "
+                              "(/check {name} del CHECK)", len(existing), name=host.name))
     if host.owner and store.count_checks_of_owner(conn, host.owner) >= max_per_user:
-        raise ServiceError(f"you have {max_per_user} checks, the most a user may have: remove one first")
+        raise ServiceError(n_("you have {n} checks, the most a user may have: remove one first",
+                              "you have {n} checks, the most a user may have: remove one first", max_per_user))
     same = [spec.name for spec in existing if spec.target == target]
     if same:
-        raise ServiceError(f"{host.name} already checks {target} (as {same[0]})")
+        raise ServiceError(_("{name} already checks {target} (as {check})", name=host.name, target=target,
+                             check=same[0]))
     name = checks.default_name(target, [spec.name for spec in existing])
     check_id = store.insert_check(conn, host.id, name, target, every, down_after,
                                   time.time() if now is None else now)
@@ -224,7 +281,7 @@ def find_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.CheckSp
     found = [spec for spec in store.checks_of_host(conn, host.id)
              if ref.lower() in (spec.name, str(spec.id), spec.target.lower())]
     if not found:
-        raise ServiceError(f"{host.name} has no check {ref[:60]!r}: /checks {host.name} lists them")
+        raise ServiceError(_("{name} has no check {ref!r}: /checks {name} lists them", name=host.name, ref=ref[:60]))
     return found[0]
 
 
@@ -235,3 +292,36 @@ def delete_check(conn: sqlite3.Connection, host: Host, ref: str) -> checks.Check
     for metric in checks.rule_metrics(spec.name):
         store.delete_alert_rule(conn, host.id, metric)
     return spec
+
+
+# --- sharing (mbot.access) ---------------------------------------------------------------------------------------
+
+
+def share(conn: sqlite3.Connection, owner: int, ref: str, role: str, code_hash: str, now: float) -> Host:
+    """A one-time link's code (its hash) that gives `role` on the host to whoever opens it (users.redeem), made by
+    its owner alone; audited."""
+    host = resolve(conn, owner, ref, "share")
+    users.add_invite(conn, code_hash, now, owner, kind=users.SHARE, host_id=host.id, role=role)
+    store.add_audit(conn, ts=now, user_id=owner, host_id=host.id, host_name=host.name, action="share",
+                    outcome=f"link for a {role}")
+    return host
+
+
+def person_named(conn: sqlite3.Connection, host_id: int, ref: str) -> int | None:
+    """The user with a role on the host whom `ref` names: their id, @username or first name (any case)."""
+    ref = ref.strip()
+    for user_id, _role, username, first_name in store.roles_of_host(conn, host_id):
+        if ref == str(user_id) or (username and ref.lstrip("@").lower() == username.lower()) \
+                or (first_name and ref.lower() == first_name.lower()):
+            return user_id
+    return None
+
+
+def unshare(conn: sqlite3.Connection, owner: int, host_id: int, user_id: int, now: float) -> Host:
+    """Take a user's role on the host away (the owner alone); audited. Their default (/set) of it goes too."""
+    host = host_for(conn, owner, host_id, "unshare")
+    if not store.remove_role(conn, host.id, user_id):
+        raise ServiceError(_("That person has no role on {name} (any more).", name=host.name))
+    store.add_audit(conn, ts=now, user_id=owner, host_id=host.id, host_name=host.name, action="unshare",
+                    outcome="removed", target=user_id)
+    return host

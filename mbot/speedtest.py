@@ -21,6 +21,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .i18n import N_, _, number
+
 SECONDS = 10.0  # each way
 MAX_BYTES = 1 << 30  # each way: 1 GiB (a gigabit link fills about 10 s)
 CHUNK = 64 * 1024
@@ -53,14 +55,16 @@ def mbit(rate: float) -> str:
 
 def reply(host_name: str, down: Throughput | None, up: Throughput | None) -> str:
     """What the chat says (plain text; the caller escapes it)."""
-    lines = [f"Speed test of {host_name}: the path between the host and this mbot server, over the agent's TLS "
-             "connection (not the internet)."]
-    for label, result in (("Download (server -> host)", down), ("Upload (host -> server)", up)):
+    lines = [_("Speed test of {name}: the path between the host and this mbot server, over the agent's TLS "
+               "connection (not the internet).", name=host_name)]
+    for label, result in ((N_("Download (server -> host)"), down), (N_("Upload (host -> server)"), up)):
         if result is None:
-            lines.append(f"{label}: no result (the agent did not answer, or refused: it takes one upload a "
-                         "minute).")
+            lines.append(_("{label}: no result (the agent did not answer, or refused: it takes one upload a "
+                           "minute).", label=_(label)))
         else:
-            lines.append(f"{label}: {mbit(result.rate)} ({result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s)")
+            lines.append(_("{label}: {rate} Mbit/s ({mb} MB in {seconds} s)", label=_(label),
+                           rate=number(result.rate * 8 / 1e6), mb=number(result.bytes / 1e6),
+                           seconds=number(result.seconds)))
     return "\n".join(lines)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from .durations import format_duration, parse_duration
+from .i18n import _, decimal, n_, number
 
 MIN_INTERVAL, MAX_INTERVAL, DEFAULT_INTERVAL = 0.001, 1.0, 0.1
 MIN_DURATION, MAX_DURATION, DEFAULT_DURATION = 1.0, 600.0, 60.0
@@ -29,7 +30,7 @@ PROBE_TIMEOUT = 2.0  # a pong later than this is a lost probe
 MAX_IN_FLIGHT = 256  # unanswered pings at once, per test
 MAX_RATE = 1000.0  # probes per second, all running tests of the server together (one at 1 ms)
 
-USAGE = "Usage: /stability NAME [INTERVAL] [DURATION]"
+USAGE = "Usage: /stability NAME [INTERVAL] [DURATION]"  # the syntax is the same in every language
 _INTERVAL = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s)?", re.IGNORECASE)
 
 
@@ -49,44 +50,45 @@ class StabilitySpec:
 
 
 def _usage(problem: str) -> StabilityUsageError:
-    return StabilityUsageError(f"{USAGE}\n{problem}")
+    return StabilityUsageError(_("Usage: {usage}", usage=USAGE.removeprefix("Usage: ")) + "\n" + problem)
 
 
 def parse_interval(text: str) -> float:
     """"100ms", "0.5s", "1s", or a plain number of milliseconds -> seconds, within 1 ms and 1 s."""
     match = _INTERVAL.fullmatch(text.strip())
     if match is None:
-        raise _usage(f"INTERVAL {text[:32]!r} is not valid: try 100ms, 1ms or 1s.")
+        raise _usage(_("INTERVAL {text!r} is not valid: try 100ms, 1ms or 1s.", text=text[:32]))
     seconds = float(match[1]) / (1 if (match[2] or "ms").lower() == "s" else 1000)
     if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
-        raise _usage(f"INTERVAL must be between 1 ms and 1 s, got {interval_text(seconds)}.")
+        raise _usage(_("INTERVAL must be between 1 ms and 1 s, got {interval}.", interval=interval_text(seconds)))
     return seconds
 
 
 def parse_stability(args: Sequence[str]) -> StabilitySpec:
     """/stability NAME [INTERVAL] [DURATION]."""
     if not 1 <= len(args) <= 3:
-        raise _usage("e.g. /stability box1, /stability box1 10ms 2m; INTERVAL 1ms to 1s (default 100ms), "
-                     "DURATION up to 10m (default 60s).")
+        raise _usage(_("e.g. /stability box1, /stability box1 10ms 2m; INTERVAL 1ms to 1s (default 100ms), "
+                       "DURATION up to 10m (default 60s)."))
     interval = parse_interval(args[1]) if len(args) > 1 else DEFAULT_INTERVAL
     duration = DEFAULT_DURATION
     if len(args) > 2:
         try:
             duration = parse_duration(args[2])
         except ValueError:
-            raise _usage(f"DURATION {args[2][:32]!r} is not a duration: e.g. 30s, 2m, 10m.") from None
+            raise _usage(_("DURATION {text!r} is not a duration: e.g. 30s, 2m, 10m.", text=args[2][:32])) from None
         if not MIN_DURATION <= duration <= MAX_DURATION:
-            raise _usage(f"DURATION must be between 1 s and 10 min, got {format_duration(duration)}.")
+            raise _usage(_("DURATION must be between 1 s and 10 min, got {duration}.",
+                           duration=format_duration(duration)))
     return StabilitySpec(args[0], interval, duration)
 
 
 def interval_text(seconds: float) -> str:
     """An interval as typed: 1 ms, 100 ms, 1000 ms."""
-    return f"{seconds * 1000:g} ms"
+    return _("{ms} ms", ms=decimal(f"{seconds * 1000:g}"))
 
 
 def ms_text(ms: float) -> str:
-    return f"{ms:.2f} ms" if ms < 1 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+    return _("{ms} ms", ms=decimal(f"{ms:.2f}" if ms < 1 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"))
 
 
 def progress_every(duration: float) -> float:
@@ -202,7 +204,8 @@ class StabilityRun:
         sent = len(self.rtts) - len(self.skipped)
         lost = sent - self.answers - self.in_flight
         done = min(100, int(100 * (now - self.start) / self.spec.duration))
-        line = f"{done} %: {sent} probes"
+        # English keeps "probes" for one too: the CLI's nettest shows these lines as they always were.
+        line = n_("{done} %: {n} probes", "{done} %: {n} probes", sent, done=done)
         if self.answers:
             recent: list[float] = []
             for r in reversed(self.rtts):
@@ -210,23 +213,28 @@ class StabilityRun:
                     recent.append(r)
                     if len(recent) == PROGRESS_WINDOW:
                         break
-            line += f", p50 {ms_text(_quantile(sorted(recent), 0.5))} lately, max {ms_text(self.worst)}"
-        line += f", {lost} lost so far"
-        return line + (f", {len(self.skipped)} skipped" if self.skipped else "")
+            line += ", " + _("p50 {p50} lately, max {max}", p50=ms_text(_quantile(sorted(recent), 0.5)),
+                             max=ms_text(self.worst))
+        line += ", " + _("{n} lost so far", n=lost)
+        return line + (", " + _("{n} skipped", n=len(self.skipped)) if self.skipped else "")
 
 
 def caption(host_name: str, spec: StabilitySpec, f: Figures) -> str:
     """The chart's caption: the figures people asked for, and what was measured."""
-    lines = [f"Stability of {host_name}: {f.sent} probes every {interval_text(spec.interval)} for "
-             f"{format_duration(round(f.elapsed))}"]
+    lines = [n_("Stability of {name}: {n} probes every {interval} for {duration}",
+                "Stability of {name}: {n} probes every {interval} for {duration}", f.sent, name=host_name,
+                interval=interval_text(spec.interval), duration=format_duration(round(f.elapsed)))]
     if f.answered:
-        lines.append(f"RTT p50 {ms_text(f.p50)} · p95 {ms_text(f.p95)} · max {ms_text(f.max)} · "
-                     f"jitter {ms_text(f.jitter)}")
-    lines.append(f"Loss {f.loss:.1f} % ({f.lost} of {f.sent} not answered within {PROBE_TIMEOUT:g} s)")
+        lines.append(_("RTT p50 {p50} · p95 {p95} · max {max} · jitter {jitter}", p50=ms_text(f.p50),
+                       p95=ms_text(f.p95), max=ms_text(f.max), jitter=ms_text(f.jitter)))
+    lines.append(_("Loss {loss} % ({lost} of {sent} not answered within {timeout} s)", loss=number(f.loss),
+                   lost=f.lost, sent=f.sent, timeout=f"{PROBE_TIMEOUT:g}"))
     if f.skipped:
-        lines.append(f"{f.skipped} probes not sent: {MAX_IN_FLIGHT} were unanswered when their time came (a "
-                     "stalled link, or a server too busy for this INTERVAL)")
-    lines.append("Measured: the server's WebSocket to the agent (its TLS connection), not the internet.")
+        lines.append(n_("{n} probes not sent: {limit} were unanswered when their time came (a stalled link, or a "
+                        "server too busy for this INTERVAL)",
+                        "{n} probes not sent: {limit} were unanswered when their time came (a stalled link, or a "
+                        "server too busy for this INTERVAL)", f.skipped, limit=MAX_IN_FLIGHT))
+    lines.append(_("Measured: the server's WebSocket to the agent (its TLS connection), not the internet."))
     return "\n".join(lines)
 
 
@@ -243,10 +251,10 @@ class StabilityBudget:
     def refusal(self, host_id: int, interval: float) -> str | None:
         """Why a test cannot start now (None: it may; call take())."""
         if host_id in self._running:
-            return "a stability test of this host is already running; wait until it ends."
+            return _("a stability test of this host is already running; wait until it ends.")
         if sum(self._running.values()) + 1.0 / interval > self.max_rate:
-            return ("the server is running other stability tests at its limit of "
-                    f"{self.max_rate:.0f} probes/s; try again when they end, or with a longer INTERVAL.")
+            return _("the server is running other stability tests at its limit of {rate} probes/s; try again when "
+                     "they end, or with a longer INTERVAL.", rate=f"{self.max_rate:.0f}")
         return None
 
     def take(self, host_id: int, interval: float) -> None:

@@ -14,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .charts import COLORS, DPI, GRID, HEIGHT_IN, TEXT, WIDTH_IN
+from .i18n import _
 from .stability import StabilityRun, ms_text
 
 LOST = "#d62728"
@@ -47,20 +48,20 @@ def render(run: StabilityRun, title: str) -> bytes:
             ax.plot(x, y, color=COLORS[0], linewidth=1.0, marker=".", markersize=3, label="RTT")
         else:
             mids, low, median, high = _buckets(x, y, span / BUCKETS)
-            ax.fill_between(mids, low, high, color=COLORS[0], alpha=0.25, linewidth=0, label="RTT min-max")
-            ax.plot(mids, median, color=COLORS[0], linewidth=0.8, label="RTT median")
+            ax.fill_between(mids, low, high, color=COLORS[0], alpha=0.25, linewidth=0, label=_("RTT min-max"))
+            ax.plot(mids, median, color=COLORS[0], linewidth=0.8, label=_("RTT median"))
     top = figures.max if answered and math.isfinite(figures.max) else 1.0
     if len(lost):
         marks = np.unique(np.floor(lost / (span / BUCKETS))) * (span / BUCKETS) if len(lost) > BUCKETS else lost
         ax.plot(marks, np.full(len(marks), top * 1.05), linestyle="none", marker="|", markersize=10, color=LOST,
-                label=f"lost ({len(lost)})")
+                label=_("lost ({n})", n=len(lost)))
     if answered:
         ax.axhline(figures.p50, color=COLORS[2], linewidth=0.8, linestyle="--", label=f"p50 {ms_text(figures.p50)}")
         ax.axhline(figures.p95, color=COLORS[3], linewidth=0.8, linestyle="--", label=f"p95 {ms_text(figures.p95)}")
     ax.set_ylim(0, top * 1.12)
     ax.set_xlim(0, span)
-    ax.set_xlabel("seconds since the start", color=TEXT)
-    ax.set_ylabel("RTT (ms)", color=TEXT)
+    ax.set_xlabel(_("seconds since the start"), color=TEXT)
+    ax.set_ylabel(_("RTT (ms)"), color=TEXT)
     fig.suptitle(title, color=TEXT, fontsize=12)
     ax.grid(True, color=GRID, linewidth=0.6)
     ax.tick_params(colors=TEXT)

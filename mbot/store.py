@@ -31,7 +31,7 @@ import trio
 
 # Host is also read as store.Host by modules written before mbot.model; new code imports it from there.
 from .checks import CheckSpec
-from .model import AlertMessage, Host, StoredSnapshot
+from .model import AlertMessage, Binding, Host, StatusPage, StoredSnapshot
 
 T = TypeVar("T")
 
@@ -192,6 +192,71 @@ MIGRATIONS: list[str] = [
         down_after INTEGER NOT NULL,
         created REAL NOT NULL,
         UNIQUE (host_id, name)
+    );
+    """,
+    # Teams (mbot.access): roles of other users on a host (the owner stays hosts.owner), share links (an `invites`
+    # row of kind "share" naming its host and role), what the audit says a share or removal concerned, the names
+    # people go by (for /shares and /unshare), each chat's default host (/set), and one alert message per
+    # recipient: alert_messages rows now carry their chat from the start (see add_alert_message).
+    """
+    CREATE TABLE host_roles (
+        host_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        granted_by INTEGER NOT NULL,
+        granted_at REAL NOT NULL,
+        PRIMARY KEY (host_id, user_id)
+    );
+    CREATE INDEX host_roles_user ON host_roles (user_id);
+    ALTER TABLE invites ADD COLUMN host_id INTEGER;
+    ALTER TABLE invites ADD COLUMN role TEXT;
+    ALTER TABLE audit ADD COLUMN target INTEGER;
+    CREATE TABLE people (
+        user_id INTEGER PRIMARY KEY,
+        username TEXT,
+        first_name TEXT
+    );
+    CREATE TABLE chat_defaults (
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        host_id INTEGER NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    );
+    """,
+    # Groups (mbot/telegram/groups.py): a host's alerts also go to the groups its owner bound it to (/bind; the
+    # forum topic, if bound in one), an alert's copy in each chat is its own alert_messages row (its topic kept),
+    # and status pages (/statuspage): one message per (chat, user) that the bot keeps current, with what it last
+    # said and when, so a restart goes on editing the same message and never edits it more than once a minute.
+    """
+    CREATE TABLE chat_bindings (
+        host_id INTEGER NOT NULL,
+        chat_id INTEGER NOT NULL,
+        thread_id INTEGER,
+        bound_by INTEGER NOT NULL,
+        created REAL NOT NULL,
+        PRIMARY KEY (host_id, chat_id)
+    );
+    CREATE INDEX chat_bindings_chat ON chat_bindings (chat_id);
+    ALTER TABLE alert_messages ADD COLUMN thread_id INTEGER;
+    CREATE TABLE status_pages (
+        chat_id INTEGER NOT NULL,
+        owner INTEGER NOT NULL,
+        thread_id INTEGER,
+        message_id INTEGER NOT NULL,
+        hosts TEXT,
+        text TEXT NOT NULL,
+        edited REAL NOT NULL,
+        lang TEXT NOT NULL DEFAULT 'en',
+        PRIMARY KEY (chat_id, owner)
+    );
+    """,
+    # The chat's language per user (mbot.i18n): what /lang chose (NULL: follow Telegram) and the language_code
+    # Telegram last sent, for messages that answer no update (alerts, notices).
+    """
+    CREATE TABLE user_languages (
+        user_id INTEGER PRIMARY KEY,
+        chosen TEXT,
+        seen TEXT
     );
     """,
     # Folded alert messages (mbot/telegram/alert_fold.py): one chat message for several alerts that started
@@ -448,13 +513,19 @@ def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM snapshots WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM alert_messages WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM checks WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM host_roles WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM chat_defaults WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM invites WHERE host_id = ?", (host_id,))
+    conn.execute("DELETE FROM chat_bindings WHERE host_id = ?", (host_id,))
     conn.execute("DELETE FROM hosts WHERE id = ?", (host_id,))
 
 
 def add_audit(conn: sqlite3.Connection, *, ts: float, user_id: int, host_id: int | None, host_name: str,
-              action: str, outcome: str) -> int:
-    cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome) VALUES (?, ?, ?, ?, ?, ?)",
-                       (ts, user_id, host_id, host_name, action, outcome))
+              action: str, outcome: str, target: int | None = None) -> int:
+    """`user_id` did `action` (reboot, shutdown, share, unshare) on the host; `target`: the user a share or a
+    removal concerned."""
+    cur = conn.execute("INSERT INTO audit (ts, user_id, host_id, host_name, action, outcome, target) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (ts, user_id, host_id, host_name, action, outcome, target))
     return _inserted_id(cur)
 
 
@@ -662,6 +733,16 @@ def set_quiet_hours(conn: sqlite3.Connection, user_id: int, window: tuple[int, i
                      "end_minute = excluded.end_minute", (user_id, *window))
 
 
+def user_languages(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str | None]]:
+    """Every user's language: user id -> (chosen with /lang or None, last seen language_code or None)."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT user_id, chosen, seen FROM user_languages")}
+
+
+def set_user_language(conn: sqlite3.Connection, user_id: int, chosen: str | None, seen: str | None) -> None:
+    conn.execute("INSERT INTO user_languages (user_id, chosen, seen) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                 "DO UPDATE SET chosen = excluded.chosen, seen = excluded.seen", (user_id, chosen, seen))
+
+
 # --- alert messages (mbot/telegram/alert_delivery.py) ----------------------------------------------------------
 
 ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Processes button) is kept
@@ -670,18 +751,21 @@ ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Process
 def _alert_message(row: sqlite3.Row) -> AlertMessage:
     procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
     return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
-                        row["message_id"], bool(row["photo"]), row["resolved"])
+                        row["message_id"], bool(row["photo"]), row["resolved"], row["thread_id"])
 
 
 def add_alert_message(conn: sqlite3.Connection, host_id: int, metric: str, series: str, fired: float,
-                      procs_json: str | None) -> int:
-    """A new alert life; an older open one of the same alert is closed (it can only be left from a crash), and
-    rows resolved more than ALERT_MESSAGE_KEEP ago go."""
+                      procs_json: str | None, chat_id: int | None = None, thread_id: int | None = None) -> int:
+    """A new alert life in `chat_id` (each chat an alert goes to has its own row); an older open one of the same
+    alert in that chat is closed (it can only be left from a crash), and rows resolved more than
+    ALERT_MESSAGE_KEEP ago go."""
     conn.execute("UPDATE alert_messages SET resolved = ? WHERE host_id = ? AND metric = ? AND series = ? "
-                 "AND resolved IS NULL", (fired, host_id, metric, series))
+                 "AND resolved IS NULL AND (chat_id IS NULL OR chat_id IS ?)", (fired, host_id, metric, series,
+                                                                                  chat_id))
     conn.execute("DELETE FROM alert_messages WHERE resolved < ?", (fired - ALERT_MESSAGE_KEEP,))
-    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs) VALUES (?, ?, ?, ?, ?)",
-                       (host_id, metric, series, fired, procs_json))
+    cur = conn.execute("INSERT INTO alert_messages (host_id, metric, series, fired, procs, chat_id, thread_id) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)", (host_id, metric, series, fired, procs_json, chat_id,
+                                                        thread_id))
     return _inserted_id(cur)
 
 
@@ -723,9 +807,11 @@ def alert_folds(conn: sqlite3.Connection) -> dict[int, str]:
 
 
 def alerts_fired_since(conn: sqlite3.Connection, since: float) -> dict[int, int]:
-    """Alerts that fired since then (rows of alert_messages), per host: the digest's count."""
+    """Alerts that fired since then, per host: the digest's count. Each chat told has its own alert_messages row:
+    the owner's copies are the ones counted."""
     return {row[0]: row[1] for row in conn.execute(
-        "SELECT host_id, count(*) FROM alert_messages WHERE fired >= ? GROUP BY host_id", (since,))}
+        "SELECT m.host_id, count(*) FROM alert_messages m JOIN hosts h ON h.id = m.host_id "
+        "WHERE m.fired >= ? AND m.chat_id IS h.owner GROUP BY m.host_id", (since,))}
 
 
 # --- the daily digest (mbot.digest) -------------------------------------------------------------------------------
@@ -789,3 +875,169 @@ def checks_version(conn: sqlite3.Connection) -> int:
 
 def _bump_checks(conn: sqlite3.Connection) -> None:
     set_kv(conn, CHECKS_VERSION, str(checks_version(conn) + 1))
+
+
+# --- teams: roles on hosts, names, default hosts (mbot.access) ---------------------------------------------------
+
+
+def role_on(conn: sqlite3.Connection, host_id: int, user_id: int) -> str | None:
+    """The role `user_id` was granted on the host (not ownership: that is hosts.owner)."""
+    row = conn.execute("SELECT role FROM host_roles WHERE host_id = ? AND user_id = ?", (host_id, user_id)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def grant_role(conn: sqlite3.Connection, host_id: int, user_id: int, role: str, granted_by: int, now: float) -> None:
+    conn.execute("INSERT INTO host_roles (host_id, user_id, role, granted_by, granted_at) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (host_id, user_id) DO UPDATE SET role = excluded.role, "
+                 "granted_by = excluded.granted_by, granted_at = excluded.granted_at",
+                 (host_id, user_id, role, granted_by, now))
+
+
+def remove_role(conn: sqlite3.Connection, host_id: int, user_id: int) -> bool:
+    """The role goes, and with it whatever default (/set) the user had made of the host in any chat."""
+    gone = conn.execute("DELETE FROM host_roles WHERE host_id = ? AND user_id = ?", (host_id, user_id)).rowcount
+    conn.execute("DELETE FROM chat_defaults WHERE host_id = ? AND user_id = ?", (host_id, user_id))
+    return gone > 0
+
+
+def roles_of_host(conn: sqlite3.Connection, host_id: int) -> list[tuple[int, str, str | None, str | None]]:
+    """(user id, role, username, first name) of everyone granted a role on the host, oldest grant first."""
+    rows = conn.execute("SELECT r.user_id, r.role, p.username, p.first_name FROM host_roles r "
+                        "LEFT JOIN people p ON p.user_id = r.user_id WHERE r.host_id = ? ORDER BY r.granted_at, "
+                        "r.user_id", (host_id,))
+    return [(int(row[0]), str(row[1]), row[2], row[3]) for row in rows]
+
+
+def hosts_of_user(conn: sqlite3.Connection, user_id: int) -> list[tuple[Host, str]]:
+    """Every host `user_id` may see with their role on it: their own ("owner") by name, then those shared with
+    them by name. Two queries on indexed columns, whatever the number of hosts elsewhere."""
+    own = [(host, "owner") for host in list_hosts(conn, user_id)]
+    rows = conn.execute(f"SELECT {_HOST_COLUMNS.replace('id,', 'hosts.id,', 1)}, r.role AS granted FROM hosts "
+                        "JOIN host_roles r ON r.host_id = hosts.id WHERE r.user_id = ? AND hosts.owner != ? "
+                        "ORDER BY hosts.name", (user_id, user_id))
+    return own + [(_host(row), str(row["granted"])) for row in rows]
+
+
+def set_person(conn: sqlite3.Connection, user_id: int, username: str | None, first_name: str | None) -> None:
+    conn.execute("INSERT INTO people (user_id, username, first_name) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                 "DO UPDATE SET username = excluded.username, first_name = excluded.first_name",
+                 (user_id, username, first_name))
+
+
+def people(conn: sqlite3.Connection) -> dict[int, tuple[str | None, str | None]]:
+    return {int(row[0]): (row[1], row[2]) for row in conn.execute("SELECT user_id, username, first_name FROM people")}
+
+
+def chat_default(conn: sqlite3.Connection, chat_id: int, user_id: int) -> int | None:
+    row = conn.execute("SELECT host_id FROM chat_defaults WHERE chat_id = ? AND user_id = ?",
+                       (chat_id, user_id)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def set_chat_default(conn: sqlite3.Connection, chat_id: int, user_id: int, host_id: int | None) -> None:
+    if host_id is None:
+        conn.execute("DELETE FROM chat_defaults WHERE chat_id = ? AND user_id = ?", (chat_id, user_id))
+    else:
+        conn.execute("INSERT INTO chat_defaults (chat_id, user_id, host_id) VALUES (?, ?, ?) ON CONFLICT "
+                     "(chat_id, user_id) DO UPDATE SET host_id = excluded.host_id", (chat_id, user_id, host_id))
+# --- groups: bindings and status pages (mbot/telegram/groups.py) -----------------------------------------------
+
+
+def bind_host(conn: sqlite3.Connection, host_id: int, chat_id: int, thread_id: int | None, user_id: int,
+              now: float) -> None:
+    """The host's alerts also go to chat_id (in topic thread_id); binding again moves it to that topic."""
+    conn.execute("INSERT INTO chat_bindings (host_id, chat_id, thread_id, bound_by, created) VALUES (?, ?, ?, ?, ?) "
+                 "ON CONFLICT (host_id, chat_id) DO UPDATE SET thread_id = excluded.thread_id, "
+                 "bound_by = excluded.bound_by", (host_id, chat_id, thread_id, user_id, now))
+
+
+def unbind_host(conn: sqlite3.Connection, host_id: int, chat_id: int) -> bool:
+    return conn.execute("DELETE FROM chat_bindings WHERE host_id = ? AND chat_id = ?",
+                        (host_id, chat_id)).rowcount > 0
+
+
+def bindings_of_host(conn: sqlite3.Connection, host_id: int) -> list[Binding]:
+    rows = conn.execute("SELECT * FROM chat_bindings WHERE host_id = ? ORDER BY chat_id", (host_id,))
+    return [Binding(r["host_id"], r["chat_id"], r["thread_id"], r["bound_by"]) for r in rows]
+
+
+def bindings_of_chat(conn: sqlite3.Connection, chat_id: int) -> list[Binding]:
+    rows = conn.execute("SELECT * FROM chat_bindings WHERE chat_id = ? ORDER BY host_id", (chat_id,))
+    return [Binding(r["host_id"], r["chat_id"], r["thread_id"], r["bound_by"]) for r in rows]
+
+
+def forget_chat(conn: sqlite3.Connection, chat_id: int) -> tuple[int, int]:
+    """The bot left chat_id: its bindings and status pages go. Returns how many of each."""
+    bindings = conn.execute("DELETE FROM chat_bindings WHERE chat_id = ?", (chat_id,)).rowcount
+    pages = conn.execute("DELETE FROM status_pages WHERE chat_id = ?", (chat_id,)).rowcount
+    return bindings, pages
+
+
+def move_chat(conn: sqlite3.Connection, old: int, new: int) -> tuple[int, int]:
+    """A group became a supergroup with a new id: its bindings move there (without their topic: the new chat's
+    topics are new); its status pages go (their messages are the old chat's). Returns how many of each."""
+    moved = conn.execute("UPDATE OR IGNORE chat_bindings SET chat_id = ?, thread_id = NULL WHERE chat_id = ?",
+                         (new, old)).rowcount
+    conn.execute("DELETE FROM chat_bindings WHERE chat_id = ?", (old,))
+    pages = conn.execute("DELETE FROM status_pages WHERE chat_id = ?", (old,)).rowcount
+    return moved, pages
+
+
+def _status_page(row: sqlite3.Row) -> StatusPage:
+    hosts = None
+    if row["hosts"] is not None:
+        try:
+            hosts = tuple(int(h) for h in json.loads(row["hosts"]))
+        except (ValueError, TypeError):
+            log.warning("status page of user %d in chat %d: damaged host list; it shows all their hosts",
+                        row["owner"], row["chat_id"])
+    return StatusPage(row["chat_id"], row["owner"], row["thread_id"], row["message_id"], hosts, row["text"],
+                      row["edited"], row["lang"])
+
+
+def status_pages(conn: sqlite3.Connection) -> list[StatusPage]:
+    return [_status_page(row) for row in conn.execute("SELECT * FROM status_pages ORDER BY chat_id, owner")]
+
+
+def put_status_page(conn: sqlite3.Connection, page: StatusPage) -> None:
+    """Insert or replace the (chat, owner) page."""
+    hosts = None if page.hosts is None else json.dumps(list(page.hosts))
+    conn.execute("INSERT OR REPLACE INTO status_pages (chat_id, owner, thread_id, message_id, hosts, text, edited, "
+                 "lang) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (page.chat_id, page.owner, page.thread_id, page.message_id,
+                                                           hosts, page.text, page.edited, page.lang))
+
+
+def page_edited(conn: sqlite3.Connection, chat_id: int, owner: int, message_id: int, text: str,
+                edited: float) -> None:
+    conn.execute("UPDATE status_pages SET text = ?, edited = ? WHERE chat_id = ? AND owner = ? AND message_id = ?",
+                 (text, edited, chat_id, owner, message_id))
+
+
+def delete_status_page(conn: sqlite3.Connection, chat_id: int, owner: int, message_id: int | None = None) -> bool:
+    """Stop a page (`message_id`: only if it is still that message, not a newer page of the same user)."""
+    if message_id is None:
+        cur = conn.execute("DELETE FROM status_pages WHERE chat_id = ? AND owner = ?", (chat_id, owner))
+    else:
+        cur = conn.execute("DELETE FROM status_pages WHERE chat_id = ? AND owner = ? AND message_id = ?",
+                           (chat_id, owner, message_id))
+    return cur.rowcount > 0
+
+
+def covered_runs(conn: sqlite3.Connection, table: str, host_id: int, start: float) -> list[tuple[float, float]]:
+    """The stretches [from, to) from `start` on that the buckets of `table` (agg_1m ...) with the host's samples
+    cover without a hole, in order. SQLite finds the edges (buckets whose neighbour is missing, one primary-key
+    probe each): only they come back, not a row per bucket."""
+    width = AGG_TABLES[_agg_table(table)]
+    before = f"NOT EXISTS (SELECT 1 FROM {table} p WHERE p.host_id = a.host_id AND p.bucket = a.bucket - {width})"
+    after = f"NOT EXISTS (SELECT 1 FROM {table} n WHERE n.host_id = a.host_id AND n.bucket = a.bucket + {width})"
+    rows = conn.execute(f"SELECT bucket, starts, ends FROM (SELECT DISTINCT bucket, {before} OR bucket < ?2 + {width} "
+                        f"AS starts, {after} AS ends FROM {table} a WHERE host_id = ?1 AND bucket >= ?2) "
+                        "WHERE starts OR ends ORDER BY bucket", (host_id, int(start)))
+    runs = []
+    first = 0.0
+    for bucket, starts, ends in rows:
+        if starts:
+            first = bucket
+        if ends:
+            runs.append((float(first), float(bucket + width)))
+    return runs

@@ -12,6 +12,8 @@ The bot is closed by default:
 - An invite (an admin's /invite, `python -m mbot invite`) adds one user, works once and expires after 24 h.
   Redeemed on a server that has no users yet (and no ALLOWED_USERS), it makes that person the admin.
 - Users added by a code are rows of `users` and keep their access across restarts.
+- A share link (a host's owner's /share, mbot.access) is an invite that also names a host and a role: whoever opens
+  it gets that role on that host, and becomes a user first if they were not one. Same rules: one use, 24 h, hashed.
 
 Only sha256(code) is stored; the code itself appears once: in the log line, the CLI output or the chat reply that
 issues it. Codes come from secrets.token_urlsafe (192 bits), so guessing is hopeless; wrong guesses are rate-limited
@@ -27,8 +29,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
 
+from . import store
+
 ADMIN, USER = "admin", "user"
-CLAIM, INVITE = "claim", "invite"
+CLAIM, INVITE, SHARE = "claim", "invite", "share"
 INVITE_TTL = 24 * 3600.0
 USERNAME_KEY = "telegram.username"  # kv: the bot's @username as getMe last said, so the CLI can make t.me links
 
@@ -176,33 +180,55 @@ def reset_claim(conn: sqlite3.Connection, new_hash: str | None, now: float) -> b
 
 
 def add_invite(conn: sqlite3.Connection, hashed: str, now: float, created_by: int,
-               ttl: float = INVITE_TTL) -> float:
-    """Store an invite (one use, expires after `ttl`); expired ones are swept here. Returns the expiry time."""
+               ttl: float = INVITE_TTL, *, kind: str = INVITE, host_id: int | None = None,
+               role: str | None = None) -> float:
+    """Store an invite, or with kind SHARE a share link giving `role` on `host_id` (one use, expires after
+    `ttl`); expired ones are swept here. Returns the expiry time."""
     conn.execute("DELETE FROM invites WHERE expires IS NOT NULL AND expires <= ?", (now,))
     expires = now + ttl
-    conn.execute("INSERT INTO invites (code_hash, kind, created, expires, created_by) VALUES (?, ?, ?, ?, ?)",
-                 (hashed, INVITE, now, expires, created_by))
+    conn.execute("INSERT INTO invites (code_hash, kind, created, expires, created_by, host_id, role) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (hashed, kind, now, expires, created_by, host_id, role))
     return expires
 
 
-def redeem(conn: sqlite3.Connection, hashed: str, user_id: int, now: float, *, first_is_admin: bool) -> str | None:
-    """Use a code for `user_id`: the role granted, or None for an unknown, used or expired code.
+@dataclass(frozen=True)
+class Redeemed:
+    role: str  # the user's role in the bot (ADMIN or USER)
+    host_id: int | None = None  # a share link: the host it gave a role on, and that role
+    host_role: str | None = None
+
+
+def redeem(conn: sqlite3.Connection, hashed: str, user_id: int, now: float, *, first_is_admin: bool,
+           shares_only: bool = False) -> Redeemed | None:
+    """Use a code for `user_id`: what it granted, or None for an unknown, used or expired code.
 
     The code is spent whatever happens next (one use, and an expired one is gone). A claim makes an admin; an invite
-    makes a user, or the admin when `first_is_admin` (no ALLOWED_USERS) and nobody is a user yet. Anyone becoming a
-    user ends the claim: it exists only while the server has no users."""
-    row = conn.execute("SELECT kind, expires, created_by FROM invites WHERE code_hash = ?", (hashed,)).fetchone()
-    if row is None:
+    makes a user, or the admin when `first_is_admin` (no ALLOWED_USERS) and nobody is a user yet; a share link gives
+    its role on its host (while its maker still owns it) and makes a user of a stranger. Anyone becoming a user ends
+    the claim: it exists only while the server has no users. `shares_only` (the code comes from a user): an invite
+    or a claim is left unspent for whoever it was meant for."""
+    row = conn.execute("SELECT kind, expires, created_by, host_id, role FROM invites WHERE code_hash = ?",
+                       (hashed,)).fetchone()
+    if row is None or (shares_only and row[0] != SHARE):
         return None
     conn.execute("DELETE FROM invites WHERE code_hash = ?", (hashed,))
-    kind, expires, created_by = row[0], row[1], row[2]
+    kind, expires, created_by, host_id, host_role = row
     if expires is not None and expires <= now:
         return None
+    if kind == SHARE:
+        host = store.host_by_id(conn, host_id)
+        if host is None or host.owner != created_by:  # the host is gone, or its maker no longer owns it
+            return None
+        if user_id == created_by:  # the owner opened their own link: spent, nothing to give
+            kind = INVITE
+        else:
+            store.grant_role(conn, host_id, user_id, host_role, created_by, now)
     existing = conn.execute("SELECT role FROM users WHERE id = ?", (user_id,)).fetchone()
-    if existing is not None:
-        return existing[0]
-    role = ADMIN if kind == CLAIM or (first_is_admin and not count_users(conn)) else USER
-    conn.execute("INSERT INTO users (id, role, added, invited_by) VALUES (?, ?, ?, ?)",
-                 (user_id, role, now, None if kind == CLAIM else created_by))
-    conn.execute("DELETE FROM invites WHERE kind = ?", (CLAIM,))
-    return role
+    if existing is not None or shares_only:
+        role = existing[0] if existing is not None else USER
+    else:
+        role = ADMIN if kind == CLAIM or (kind == INVITE and first_is_admin and not count_users(conn)) else USER
+        conn.execute("INSERT INTO users (id, role, added, invited_by) VALUES (?, ?, ?, ?)",
+                     (user_id, role, now, None if kind == CLAIM else created_by))
+        conn.execute("DELETE FROM invites WHERE kind = ?", (CLAIM,))
+    return Redeemed(role, host_id, host_role) if kind == SHARE else Redeemed(role)

@@ -39,7 +39,8 @@ BOT_USER = {"id": 123456789, "is_bot": True, "first_name": "mbot (fake)", "usern
 # Form and multipart values are strings; these fields carry JSON or numbers in real Telegram requests.
 _JSON_FIELDS = {"reply_markup", "media", "allowed_updates", "commands", "link_preview_options", "entities",
                 "reply_parameters"}
-_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id"}
+_INT_FIELDS = {"chat_id", "message_id", "offset", "limit", "timeout", "cache_time", "reply_to_message_id",
+               "message_thread_id", "user_id"}
 _BOOL_FIELDS = {"show_alert", "disable_notification", "allow_sending_without_reply"}
 _HTML_TAGS = {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code",
               "pre", "blockquote", "tg-emoji"}
@@ -100,8 +101,13 @@ class FakeBot:
         self.sent: list[Call] = []
         self.attempts: Counter[str] = Counter()  # every request per method, failed ones included
         self.messages: dict[tuple[int | str, int], dict[str, Any]] = {}  # current state of sent messages
-        self.commands: list[dict[str, str]] = []
+        self.commands: list[dict[str, str]] = []  # the menu for everyone (setMyCommands without language_code)
+        self.commands_by_language: dict[str, list[dict[str, str]]] = {}  # ... and for users of one language
+        self.languages: dict[int, str] = {}  # user id -> the language_code their updates carry (default "en")
         self.allowed_updates: list[str] | None = None
+        self.kicked: set[int | str] = set()  # chats the bot was removed from: sends there get 403, as Telegram's
+        self.admins: dict[int, set[int]] = {}  # chat -> its administrators (getChatMember); other chats: not found
+        self.usernames: dict[str, int] = {}  # "@channel" -> its chat id (getChat)
         self.updates: list[dict[str, Any]] = []  # not yet confirmed by an offset
         self._update_ids = itertools.count(1000)
         self._message_ids = itertools.count(1)
@@ -112,7 +118,7 @@ class FakeBot:
         for name in ("getMe", "getMyCommands", "setMyCommands", "getUpdates", "sendMessage", "sendPhoto",
                      "sendDocument", "editMessageText", "editMessageCaption", "editMessageReplyMarkup",
                      "editMessageMedia",
-                     "answerCallbackQuery", "deleteMessage", "sendChatAction"):
+                     "answerCallbackQuery", "deleteMessage", "sendChatAction", "getChatMember", "getChat"):
             handler = getattr(self, "_" + re.sub(r"([A-Z])", r"_\1", name).lower())
             self._methods[name.lower()] = (name, handler)
 
@@ -230,15 +236,20 @@ class FakeBot:
                 return ApiError(failure.status, description, parameters)
         return None
 
-    def push_message(self, user_id: int, text: str, chat_id: int | None = None) -> dict[str, Any]:
-        """Queue an Update with a text message from user_id (in their private chat unless chat_id is given)."""
+    def push_message(self, user_id: int, text: str, chat_id: int | None = None,
+                     thread_id: int | None = None) -> dict[str, Any]:
+        """Queue an Update with a text message from user_id (in their private chat unless chat_id is given; in a
+        forum topic of that group with thread_id)."""
         message: dict[str, Any] = {
             "message_id": next(self._message_ids),
-            "from": _user(user_id),
+            "from": _user(user_id, self.languages.get(user_id, "en")),
             "chat": _chat(user_id if chat_id is None else chat_id),
             "date": int(time.time()),
             "text": text,
         }
+        if thread_id is not None:
+            message.update(message_thread_id=thread_id, is_topic_message=True)
+            message["chat"]["is_forum"] = True
         if text.startswith("/"):
             message["entities"] = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
         return self._push_update({"message": message})
@@ -249,9 +260,23 @@ class FakeBot:
         message = self.messages.get((chat, message_id)) or {
             "message_id": message_id, "from": BOT_USER, "chat": _chat(chat), "date": int(time.time())}
         update_id = next(self._update_ids)
-        query = {"id": f"cbq-{update_id}", "from": _user(user_id), "message": message,
+        query = {"id": f"cbq-{update_id}", "from": _user(user_id, self.languages.get(user_id, "en")), "message": message,
                  "chat_instance": f"ci-{chat}", "data": data}
         return self._push_update({"callback_query": query}, update_id)
+
+    def push_my_chat_member(self, user_id: int, chat_id: int, status: str) -> dict[str, Any]:
+        """Queue a my_chat_member Update: user_id changed the bot's membership of a group to `status` (member,
+        left, kicked ...)."""
+        change = {"chat": _chat(chat_id), "from": _user(user_id), "date": int(time.time()),
+                  "old_chat_member": {"user": BOT_USER, "status": "member"},
+                  "new_chat_member": {"user": BOT_USER, "status": status}}
+        return self._push_update({"my_chat_member": change})
+
+    def push_migration(self, user_id: int, old: int, new: int) -> dict[str, Any]:
+        """Queue the service message a group gets when it becomes a supergroup (a new chat id)."""
+        message = {"message_id": next(self._message_ids), "from": _user(user_id), "chat": _chat(old),
+                   "date": int(time.time()), "migrate_to_chat_id": new}
+        return self._push_update({"message": message})
 
     def _push_update(self, body: dict[str, Any], update_id: int | None = None) -> dict[str, Any]:
         update = {"update_id": next(self._update_ids) if update_id is None else update_id, **body}
@@ -295,8 +320,14 @@ class FakeBot:
         return dict(BOT_USER, can_join_groups=True, can_read_all_group_messages=False, supports_inline_queries=False)
 
     def _set_my_commands(self, params: dict, files: dict) -> bool:
-        self.commands = list(params["commands"])
-        for command in self.commands:
+        commands = list(params["commands"])
+        if params.get("language_code") is None:
+            self.commands = commands
+        else:
+            if not re.fullmatch(r"[a-z]{2}", params["language_code"]):
+                raise _bad("invalid language_code")
+            self.commands_by_language[params["language_code"]] = commands
+        for command in commands:
             if not re.fullmatch(r"[a-z0-9_]{1,32}", command["command"]) or not 1 <= len(command["description"]) <= 256:
                 raise _bad(f"invalid bot command {command!r}")
         return True
@@ -323,9 +354,13 @@ class FakeBot:
 
     def _new_message(self, params: dict, **content: Any) -> dict[str, Any]:
         chat_id = params["chat_id"]
+        if chat_id in self.kicked:
+            raise ApiError(403, "Forbidden: bot was kicked from the group chat")
         replied = self._replied(params)
         message = {"message_id": next(self._message_ids), "from": BOT_USER, "chat": _chat(chat_id),
                    "date": int(time.time()), **{k: v for k, v in content.items() if v is not None}}
+        if params.get("message_thread_id") is not None:
+            message.update(message_thread_id=params["message_thread_id"], is_topic_message=True)
         if replied is not None:
             message["reply_to_message"] = {k: v for k, v in replied.items() if k != "reply_to_message"}
         if params.get("reply_markup") is not None:
@@ -439,6 +474,19 @@ class FakeBot:
         del self.messages[(params["chat_id"], params["message_id"])]
         return True
 
+    def _get_chat(self, params: dict, files: dict) -> dict[str, Any]:
+        chat_id = self.usernames.get(params.get("chat_id"), params.get("chat_id"))
+        if chat_id not in self.admins or chat_id in self.kicked:
+            raise _bad("chat not found")
+        return {**_chat(chat_id), "type": "channel"}
+
+    def _get_chat_member(self, params: dict, files: dict) -> dict[str, Any]:
+        chat_id, user_id = params.get("chat_id"), params.get("user_id")
+        if chat_id not in self.admins or chat_id in self.kicked:
+            raise _bad("chat not found")
+        status = "administrator" if user_id in self.admins[chat_id] else "member"
+        return {"user": _user(int(user_id)), "status": status}
+
     def _send_chat_action(self, params: dict, files: dict) -> bool:
         if not params["chat_id"] or not params.get("action"):
             raise _bad("chat_id and action are required")
@@ -513,8 +561,8 @@ def _normalize(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _user(user_id: int) -> dict[str, Any]:
-    return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}", "language_code": "en"}
+def _user(user_id: int, language_code: str = "en") -> dict[str, Any]:
+    return {"id": user_id, "is_bot": False, "first_name": f"user{user_id}", "language_code": language_code}
 
 
 def _chat(chat_id: int | str) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def test_codes_are_hashed_once_only_and_expire(tmp_path):
     assert users.code_hash(claim) in stored and claim not in json.dumps(stored)
     assert users.code_hash(claim) == hashlib.sha256(claim.encode()).hexdigest()
 
-    assert users.redeem(conn, users.code_hash(invite), BOB, 10.0, first_is_admin=True) == users.ADMIN  # first user
+    assert users.redeem(conn, users.code_hash(invite), BOB, 10.0, first_is_admin=True) == users.Redeemed(users.ADMIN)
     assert users.redeem(conn, users.code_hash(invite), CAROL, 10.0, first_is_admin=True) is None  # one use
     assert users.redeem(conn, users.code_hash(claim), CAROL, 10.0, first_is_admin=True) is None  # claim ended
     assert users.redeem(conn, users.code_hash(late), CAROL, users.INVITE_TTL + 1, first_is_admin=True) is None

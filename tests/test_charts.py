@@ -5,6 +5,7 @@ import gc
 import math
 import struct
 import zlib
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -152,3 +153,23 @@ def test_memory_does_not_grow_over_many_charts():
     assert grown < 4 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB over 200 charts"
     # Between full collections the figures' garbage piles up; without releasing each one's 3 MB pixel buffer, 50 MB.
     assert peak - before < 25 * 2**20, f"RSS peaked {(peak - before) / 2**20:.1f} MiB above the start"
+
+
+def test_the_time_axis_speaks_the_chat_language():
+    import matplotlib.dates as mdates
+
+    from mbot import i18n
+    from mbot.charts import date_formatter
+
+    ticks = [mdates.date2num(datetime.fromtimestamp(NOW - day * 86400, UTC)) for day in (40, 30, 20, 10, 0)]
+
+    def labels() -> list[str]:
+        locator = mdates.AutoDateLocator(tz=UTC)
+        formatter = date_formatter(locator, UTC)
+        return formatter.format_ticks(ticks) + [formatter.get_offset()]
+
+    english = labels()
+    with i18n.speaking("ru"):
+        russian = labels()
+    assert any(month in " ".join(english) for month in ("Oct", "Nov"))  # matplotlib's English month names
+    assert not any(c.isalpha() for label in russian for c in label), russian  # dates in numbers: 25.11

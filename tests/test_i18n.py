@@ -7,22 +7,28 @@ from pathlib import Path
 
 import pytest
 
-from mbot import i18n
+from mbot import i18n, series
 from mbot.i18n import _, n_
 
 SOURCE = Path(i18n.__file__).parent
 
 
 def used_ids() -> list[tuple[str, str]]:
-    """(file, msgid) for every _("...") and n_("...", "...", n) with a literal id in mbot/ (an n_'s plural is
-    not an id: its translations are stored under the singular)."""
+    """(file, msgid) for every _("..."), n_("...", "...", n) and N_("...") with a literal id in mbot/ (an n_'s
+    plural is not an id: its translations are stored under the singular), and every text of the metric
+    catalogue's rows (said through _() by series.Metric.text and the card's buttons)."""
+    found = [found for path in sorted(SOURCE.rglob("*.py")) for found in literal_ids(path)]
+    for row in series.CATALOGUE:
+        found += [("series.py", text) for text in (row.label, row.legend, row.button, row.named) if text]
+    return found
+
+
+def literal_ids(path: Path) -> list[tuple[str, str]]:
     found = []
-    for path in sorted(SOURCE.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "n_")
-                    and node.args and isinstance(node.args[0], ast.Constant)
-                    and isinstance(node.args[0].value, str)):
-                found.append((path.name, node.args[0].value))
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("_", "n_", "N_")
+                and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.append((path.name, node.args[0].value))
     return found
 
 
@@ -63,3 +69,26 @@ def test_the_language_holds_inside_speaking_only() -> None:
     assert i18n.number(12.54) == "12.5"
     with i18n.speaking("klingon"):
         assert i18n.current() == "en"
+
+
+def test_every_russian_entry_is_a_message_the_code_sends() -> None:
+    """A translation nothing uses any more (its English changed, or the text went) is dead weight that misleads
+    the next translator: it fails here. (This file's own examples count as used: they test the machinery.)"""
+    used = {msgid for _, msgid in used_ids()} | {msgid for _, msgid in literal_ids(Path(__file__))}
+    dead = sorted(set(i18n.catalogue("ru")) - used)
+    assert not dead, "translated but never used:\n" + "\n".join(map(repr, dead))
+
+
+def test_a_users_language_is_their_choice_else_telegrams_else_english_and_costs_a_write_only_when_it_changes():
+    from mbot.telegram.languages import Languages
+
+    languages = Languages({1: ("ru", "en"), 2: ("xx", "ru"), 3: (None, "klingon")})  # stored rows, one stale
+    assert [languages.of(user) for user in (1, 2, 3, 4)] == ["ru", "ru", "en", "en"]
+    assert languages.seen(4, "ru-RU") == (None, "ru") and languages.of(4) == "ru"
+    assert languages.seen(4, "ru") is None  # the same again: nothing to store
+    assert languages.seen(4, None) is None and languages.of(4) == "ru"  # Telegram left it out: no news
+    assert languages.seen(4, {"x": 1}) == (None, "en") and languages.of(4) == "en"  # hostile: English
+    assert languages.seen(4, "ru") == (None, "ru")
+    assert languages.choose(4, "en") == ("en", "ru") and languages.of(4) == "en"  # /lang en wins over Telegram's
+    assert languages.seen(4, "ru") is None and languages.of(4) == "en"
+    assert languages.choose(4, None) == (None, "ru") and languages.of(4) == "ru"  # /lang auto

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The pure cores. Add a new core here when it is written.
 CORES = [
+    "mbot.access",
+    "mbot.statuspage",
+    "mbot.telegram.groups",
     "mbot.alert_state",
     "mbot.alerts",
     "mbot.checks",
@@ -27,6 +30,7 @@ CORES = [
     "mbot.digest",
     "mbot.durations",
     "mbot.forecast",
+    "mbot.i18n",
     "mbot.inventory",
     "mbot.install",
     "mbot.limits",

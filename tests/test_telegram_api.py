@@ -263,7 +263,7 @@ async def test_poll_updates(fake: FakeBot, api: BotApi, caplog: pytest.LogCaptur
     assert [u["update_id"] for u in handled] == [u["update_id"] for u in first]
     assert handled[2]["callback_query"]["data"] == "refresh"
     assert store.saved == [u["update_id"] + 1 for u in first]  # the failing update was saved past too
-    assert fake.allowed_updates == ["message", "callback_query"]
+    assert fake.allowed_updates == ["message", "callback_query", "my_chat_member"]
     messages = [r.getMessage() for r in caplog.records]
     assert sum("getUpdates failing" in m for m in messages) == 1  # once per outage, not per attempt
     assert sum("recovered" in m for m in messages) == 1

@@ -14,6 +14,7 @@ from .. import members, series as catalogue
 from ..alerts import (CODE as _CODE, DOWN as _DOWN, LOAD as _LOAD, MIN_DELAY as _MIN_DELAY, PCT as _PCT,
                       RATE as _RATE, STATE as _STATE, TEMP as _TEMP, AlertRule, OfflineRule, metric_of, metric_words)
 from ..durations import format_duration as _duration_text, parse_duration
+from ..i18n import N_, _
 from ..series import canonical
 from .alert_text import format_value
 
@@ -28,7 +29,7 @@ USAGE_DELALERT = "Usage: /delalert NAME METRIC"
 USAGE_MUTE = "Usage: /mute NAME DURATION"
 USAGE_UNMUTE = "Usage: /unmute NAME"
 
-_DURATION_HELP = "durations look like 30s, 5m, 2h, 1d or 1h30m"
+_DURATION_HELP = N_("durations look like 30s, 5m, 2h, 1d or 1h30m")
 _MAX_FOR = 7 * 86400.0
 _MAX_MUTE = 366 * 86400.0
 _NUMBER = re.compile(r"([<>]?)(-?(?:\d+(?:\.\d*)?|\.\d+))(.*)", re.DOTALL)
@@ -50,7 +51,8 @@ class AlertUsageError(ValueError):
 
 
 def _usage(usage: str, problem: str) -> AlertUsageError:
-    return AlertUsageError(f"{usage}\n{problem}")
+    """`usage`: a USAGE_* line; both are said in the user's language."""
+    return AlertUsageError(_("Usage: {usage}", usage=usage.removeprefix("Usage: ")) + "\n" + problem)
 
 
 @dataclass(frozen=True)
@@ -94,14 +96,17 @@ def _duration_arg(usage: str, what: str, text: str, low: float, high: float) -> 
     try:
         seconds = parse_duration(text, allow_zero=True)
     except ValueError:
-        raise _usage(usage, f"{what} {text[:32]!r} is not a duration: {_DURATION_HELP}.") from None
+        raise _usage(usage, _("{what} {text!r} is not a duration: {help}.", what=what, text=text[:32],
+                              help=_(_DURATION_HELP))) from None
     if not low <= seconds <= high:
-        raise _usage(usage, f"{what} must be between {_duration_text(low)} and {_duration_text(high)}.")
+        raise _usage(usage, _("{what} must be between {low} and {high}.", what=what, low=_duration_text(low),
+                              high=_duration_text(high)))
     return seconds
 
 
 def _metric_help() -> str:
-    return f"METRIC: {', '.join(metric_words())}, or offline (containers, services and checks: THRESHOLD is the word down)"
+    return _("METRIC: {words}, or offline (containers, services and checks: THRESHOLD is the word down)",
+             words=", ".join(metric_words()))
 
 
 def _metric_arg(usage: str, text: str) -> str:
@@ -112,7 +117,7 @@ def _metric_arg(usage: str, text: str) -> str:
     metric = canonical(selector) + colon + mount  # temps is temp; mount points are case-sensitive
     if metric == "offline" or metric_of(metric) is not None:
         return metric
-    raise _usage(usage, f"unknown metric {text[:32]!r}. {_metric_help()}.")
+    raise _usage(usage, _("unknown metric {text!r}. {help}.", text=text[:32], help=_metric_help()))
 
 
 def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
@@ -121,7 +126,8 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
     kind = found.kind
     if kind == _STATE:  # a member is up or not: the one condition is "down"
         if text.strip().lower() != members.DOWN_WORD:
-            raise _usage(USAGE_SETALERT, f"{metric} takes no threshold but `down`, e.g. /setalert box1 {metric} down.")
+            raise _usage(USAGE_SETALERT, _("{metric} takes no threshold but `down`, e.g. /setalert box1 {metric} down.",
+                                           metric=metric))
         return members.THRESHOLD, True
     match = _NUMBER.fullmatch(text.strip())
     unit = "" if match is None else match[3].strip().lower().removesuffix("/s")
@@ -130,27 +136,30 @@ def _threshold_arg(metric: str, text: str) -> tuple[float, bool]:
     if in_ms:
         units = _MS_UNITS
     if match is None or unit not in units:
-        examples = {_PCT: "90, 90% or <10", _TEMP: "80 or 80C", _LOAD: "4 or 4.5", _RATE: "10M or <1K (bytes/s)"}
+        examples = {_PCT: N_("90, 90% or <10"), _TEMP: N_("80 or 80C"), _LOAD: N_("4 or 4.5"),
+                    _RATE: N_("10M or <1K (bytes/s)")}
         if in_ms:
-            examples[kind] = "200, 200ms or 1s"
-        raise _usage(USAGE_SETALERT, f"THRESHOLD {text[:32]!r} is not valid for {metric}: try {examples[kind]}.")
+            examples[kind] = N_("200, 200ms or 1s")
+        raise _usage(USAGE_SETALERT, _("THRESHOLD {text!r} is not valid for {metric}: try {examples}.",
+                                       text=text[:32], metric=metric, examples=_(examples[kind])))
     value = float(match[2]) * units[unit]
     low, high = found.bounds
     if not low <= value <= high:
-        shown = f"{format_value(metric, low)} and {format_value(metric, high)}"
-        raise _usage(USAGE_SETALERT, f"THRESHOLD for {metric} must be between {shown}.")
+        raise _usage(USAGE_SETALERT, _("THRESHOLD for {metric} must be between {low} and {high}.", metric=metric,
+                                       low=format_value(metric, low), high=format_value(metric, high)))
     return value, match[1] == "<"
 
 
 def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
     """/setalert NAME METRIC THRESHOLD [FOR] | /setalert NAME offline [DELAY]."""
     if len(args) < 2:
-        raise _usage(USAGE_SETALERT, f"{_metric_help()}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.")
+        raise _usage(USAGE_SETALERT, _("{help}; e.g. /setalert box1 cpu 90 5m or /setalert box1 offline 2m.",
+                                       help=_metric_help()))
     name = args[0]
     metric = _metric_arg(USAGE_SETALERT, args[1])
     if metric == "offline":
         if len(args) > 3:
-            raise _usage(USAGE_SETALERT, "offline takes one DELAY at most, e.g. /setalert box1 offline 2m.")
+            raise _usage(USAGE_SETALERT, _("offline takes one DELAY at most, e.g. /setalert box1 offline 2m."))
         delay = None if len(args) == 2 else _duration_arg(USAGE_SETALERT, "DELAY", args[2], _MIN_DELAY, _MAX_FOR)
         return OfflineSpec(name, delay)
     found = metric_of(metric)
@@ -160,9 +169,10 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
     if len(args) == 2 and members.member_of(metric) is not None:
         args = [*args, members.DOWN_WORD]
     if len(args) == 2:
-        raise _usage(USAGE_SETALERT, f"THRESHOLD is missing, e.g. /setalert {name[:32]} {metric} 90 5m.")
+        raise _usage(USAGE_SETALERT, _("THRESHOLD is missing, e.g. /setalert {name} {metric} 90 5m.", name=name[:32],
+                                       metric=metric))
     if len(args) > 4:
-        raise _usage(USAGE_SETALERT, "too many arguments.")
+        raise _usage(USAGE_SETALERT, _("too many arguments."))
     threshold, below = _threshold_arg(metric, args[2])
     for_s = 0.0 if len(args) == 3 else _duration_arg(USAGE_SETALERT, "FOR", args[3], 0.0, _MAX_FOR)
     return AlertSpec(name, metric, threshold, below, for_s)
@@ -171,28 +181,30 @@ def parse_setalert(args: Sequence[str]) -> AlertSpec | OfflineSpec:
 def _state_alert(name: str, metric: str, rest: Sequence[str]) -> AlertSpec:
     """`container:web down [FOR]`, `containers down [FOR]`: fires when the container is not running, unhealthy,
     restarting over and over (3 times in 10 min, counted by the agent) or, for one named container, gone."""
-    example = f"e.g. /setalert {name[:32]} {metric[:40]} down, or down 2m to let a restart pass."
+    example = _("e.g. /setalert {name} {metric} down, or down 2m to let a restart pass.", name=name[:32],
+                metric=metric[:40])
     if not rest or rest[0].lower() != "down":
-        raise _usage(USAGE_SETALERT, f"{metric[:40]} takes the word down (and an optional FOR): {example}")
+        raise _usage(USAGE_SETALERT, _("{metric} takes the word down (and an optional FOR): {example}",
+                                       metric=metric[:40], example=example))
     if len(rest) > 2:
-        raise _usage(USAGE_SETALERT, f"too many arguments: {example}")
+        raise _usage(USAGE_SETALERT, _("too many arguments: {example}", example=example))
     for_s = 0.0 if len(rest) == 1 else _duration_arg(USAGE_SETALERT, "FOR", rest[1], 0.0, _MAX_FOR)
     return AlertSpec(name, metric, _DOWN, False, for_s)
 
 
 def parse_delalert(args: Sequence[str]) -> DeleteSpec:
     if len(args) != 2:
-        raise _usage(USAGE_DELALERT, f"{_metric_help()}; /alerts lists your rules.")
+        raise _usage(USAGE_DELALERT, _("{help}; /alerts lists your rules.", help=_metric_help()))
     return DeleteSpec(args[0], _metric_arg(USAGE_DELALERT, args[1]))
 
 
 def parse_mute(args: Sequence[str]) -> MuteSpec:
     if len(args) != 2:
-        raise _usage(USAGE_MUTE, f"e.g. /mute box1 2h; {_DURATION_HELP}.")
+        raise _usage(USAGE_MUTE, _("e.g. /mute box1 2h; {help}.", help=_(_DURATION_HELP)))
     return MuteSpec(args[0], _duration_arg(USAGE_MUTE, "DURATION", args[1], 1.0, _MAX_MUTE))
 
 
 def parse_unmute(args: Sequence[str]) -> str:
     if len(args) != 1:
-        raise _usage(USAGE_UNMUTE, "e.g. /unmute box1.")
+        raise _usage(USAGE_UNMUTE, _("e.g. /unmute box1."))
     return args[0]

@@ -10,8 +10,9 @@ from typing import Sequence
 from ..alerts import (CODE as _CODE, LOAD as _LOAD, PCT as _PCT, RATE as _RATE, REBOOT, STATE as _STATE,
                       TEMP as _TEMP, AlertRule, BackOnline, Event, Firing, MuteEnded, Offline, PowerBack,
                       HostEvent, RebootOverdue, Reminder, Resolved, ServerDown, metric_of)
-from .. import members, series as catalogue
+from .. import i18n, members, series as catalogue
 from ..durations import format_duration
+from ..i18n import N_, _, n_
 
 __all__ = ["describe", "describe_group", "grouped", "is_state_event", "ended", "ended_while_muted", "format_value",
            "series_label", "duration_text", "outage_text"]
@@ -26,7 +27,7 @@ def _num(value: float, digits: int = 1) -> str:
     text = f"{value:.{digits}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+    return i18n.decimal("0" if text == "-0" else text)
 
 
 def _rate(value: float) -> str:
@@ -39,7 +40,8 @@ def _rate(value: float) -> str:
 
 
 # A code series' codes (a container's `down`; 4: the engine found the member missing from the sample).
-STATES = {0: "up", 1: "not running", 2: "unhealthy", 3: "restarting over and over", 4: "not reported (removed?)"}
+STATES = {0: N_("up"), 1: N_("not running"), 2: N_("unhealthy"), 3: N_("restarting over and over"),
+          4: N_("not reported (removed?)")}
 
 
 def format_value(metric: str, value: float) -> str:
@@ -47,7 +49,7 @@ def format_value(metric: str, value: float) -> str:
     found = metric_of(metric)
     kind = found.kind if found is not None else _LOAD
     if kind == _CODE:
-        return STATES.get(int(value), "down") if value != 0.5 else "down"
+        return _(STATES.get(int(value), N_("down")) if value != 0.5 else N_("down"))
     if kind == _PCT:
         return f"{_num(value)} %"
     if kind == _TEMP:
@@ -58,15 +60,20 @@ def format_value(metric: str, value: float) -> str:
         return members.state_word(value, metric)
     row = catalogue.selectors().get(metric.partition(":")[0])
     if row is not None and row.unit == catalogue.MILLISECONDS:
-        return f"{_num(value)} ms"
+        return _("{ms} ms", ms=_num(value))
     if row is not None and row.unit == catalogue.DAYS:  # a certificate's days left (mbot.checks)
-        return f"{_num(value)} days"
+        return n_("{n} day", "{n} days", int(value)) if value == int(value) else _("{days} days", days=_num(value))
     return _num(value, 2)
 
 
 def _threshold_text(rule: AlertRule) -> str:
     text = format_value(rule.metric, rule.threshold)
-    return f"threshold below {text}" if rule.below else f"threshold {text}"
+    return _("threshold below {value}", value=text) if rule.below else _("threshold {value}", value=text)
+
+
+def _for(lasted: float) -> str:
+    """' for 5 min' when it lasted a second or more, else ''."""
+    return " " + _("for {duration}", duration=format_duration(lasted)) if lasted >= 1 else ""
 
 
 def _is_state(rule: AlertRule) -> bool:
@@ -76,14 +83,12 @@ def _is_state(rule: AlertRule) -> bool:
 
 def _firing_text(rule: AlertRule, series: str, value: float, lasted: float) -> str:
     if _is_state(rule):
-        text = f"{series_label(series)} is down: {format_value(rule.metric, value)}"
-        return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
+        return _("{label} is down: {value}", label=series_label(series), value=format_value(rule.metric, value)) \
+            + _for(lasted)
     if members.member_of(rule.metric) is not None:  # "service nginx.service is failed for 2 min"
-        text = f"{series_label(series)} is {format_value(rule.metric, value)}"
-        return text + (f" for {format_duration(lasted)}" if lasted >= 1 else "")
-    text = f"{series_label(series)} {format_value(rule.metric, value)}"
-    if lasted >= 1:
-        text += f" for {format_duration(lasted)}"
+        return _("{label} is {value}", label=series_label(series), value=format_value(rule.metric, value)) \
+            + _for(lasted)
+    text = f"{series_label(series)} {format_value(rule.metric, value)}" + _for(lasted)
     return f"{text} ({_threshold_text(rule)})"
 
 
@@ -92,7 +97,7 @@ def _clock_time(ts: float, tz: tzinfo, *, seconds: bool = False, day_of: float |
     when = datetime.fromtimestamp(ts, tz)
     text = when.strftime("%H:%M:%S" if seconds else "%H:%M")
     if day_of is not None and datetime.fromtimestamp(day_of, tz).date() != when.date():
-        text = f"{when:%b} {when.day} {text}"
+        text = f"{i18n.day_month(when.month, when.day)} {text}"
     return text
 
 
@@ -101,14 +106,17 @@ def outage_text(event: ServerDown, back: Sequence[str], missing: Sequence[str], 
     span = f"{_clock_time(event.since, tz, day_of=event.until)}-{_clock_time(event.until, tz)}"
     hosts = len(back) + len(missing)
     if not missing:
-        news = "your host came back" if hosts == 1 else f"all {hosts} hosts came back"
+        news = _("your host came back") if hosts == 1 else n_("all {n} hosts came back", "all {n} hosts came back",
+                                                              hosts)
     elif not back:
-        news = (f"{missing[0]} did not come back" if hosts == 1
-                else f"none of your {hosts} hosts came back: {', '.join(missing)}")
+        news = (_("{name} did not come back", name=missing[0]) if hosts == 1
+                else n_("none of your {n} hosts came back: {names}", "none of your {n} hosts came back: {names}",
+                        hosts, names=", ".join(missing)))
     else:
-        news = f"{len(back)} {'host' if len(back) == 1 else 'hosts'} came back, {len(missing)} did not: " \
-               + ", ".join(missing)
-    return f"mbot was down {span} ({format_duration(event.until - event.since)}); {news}"
+        news = n_("{n} host came back, {missing} did not: {names}", "{n} hosts came back, {missing} did not: {names}",
+                  len(back), missing=len(missing), names=", ".join(missing))
+    return _("mbot was down {span} ({duration}); {news}", span=span,
+             duration=format_duration(event.until - event.since), news=news)
 
 
 def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
@@ -118,45 +126,52 @@ def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
         return f"{host_name}: {_firing_text(event.rule, event.series, event.value, event.at - event.since)}"
     if isinstance(event, Resolved):
         label = series_label(event.series)
+        took = format_duration(event.duration)
         if event.value is None:
-            return f"{host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}"
+            return _("{host}: {label} is no longer reported; alert closed after {duration}", host=host_name,
+                     label=label, duration=took)
         value = format_value(event.rule.metric, event.value)
         if _is_state(event.rule):
-            return f"{host_name}: {label} is {value} again after {format_duration(event.duration)}"
-        return f"{host_name}: {label} back to normal ({value}) after {format_duration(event.duration)}"
+            return _("{host}: {label} is {value} again after {duration}", host=host_name, label=label, value=value,
+                     duration=took)
+        return _("{host}: {label} back to normal ({value}) after {duration}", host=host_name, label=label,
+                 value=value, duration=took)
     if isinstance(event, Reminder):
         value = format_value(event.rule.metric, event.value)
+        label, took = series_label(event.series), format_duration(event.at - event.since)
         if _is_state(event.rule):
-            return (f"{host_name}: {series_label(event.series)} still down ({value}) after "
-                    f"{format_duration(event.at - event.since)}")
+            return _("{host}: {label} still down ({value}) after {duration}", host=host_name, label=label,
+                     value=value, duration=took)
+        text = _("{host}: {label} still {value} after {duration}", host=host_name, label=label, value=value,
+                 duration=took)
         if members.member_of(event.rule.metric) is not None:
-            return (f"{host_name}: {series_label(event.series)} still {value} after "
-                    f"{format_duration(event.at - event.since)}")
-        return (f"{host_name}: {series_label(event.series)} still {value} after "
-                f"{format_duration(event.at - event.since)} ({_threshold_text(event.rule)})")
+            return text
+        return f"{text} ({_threshold_text(event.rule)})"
     if isinstance(event, Offline):
-        return f"{host_name} is offline (last seen {format_duration(event.at - event.since)} ago)"
+        return _("{host} is offline (last seen {duration} ago)", host=host_name,
+                 duration=format_duration(event.at - event.since))
     if isinstance(event, BackOnline):
-        return f"{host_name} is back online after {format_duration(event.down_for)}"
+        return _("{host} is back online after {duration}", host=host_name, duration=format_duration(event.down_for))
     if isinstance(event, PowerBack):
         took = format_duration(event.at - event.requested)
-        text = (f"{host_name} is back after {took}" if event.action == REBOOT
-                else f"{host_name} is back, {took} after its shutdown from the chat")
+        text = (_("{host} is back after {duration}", host=host_name, duration=took) if event.action == REBOOT
+                else _("{host} is back, {duration} after its shutdown from the chat", host=host_name, duration=took))
         if event.boot_time is not None:
-            text += f" (booted {_clock_time(event.boot_time, tz, seconds=True, day_of=event.at)})"
+            text += " " + _("(booted {when})", when=_clock_time(event.boot_time, tz, seconds=True, day_of=event.at))
         return text
     if isinstance(event, RebootOverdue):
-        return (f"{host_name} is not back {format_duration(event.at - event.requested)} after its reboot "
-                f"(last seen {format_duration(event.at - event.since)} ago)")
+        return _("{host} is not back {duration} after its reboot (last seen {ago} ago)", host=host_name,
+                 duration=format_duration(event.at - event.requested), ago=format_duration(event.at - event.since))
     if isinstance(event, MuteEnded):
-        lines = [f"{host_name}: notifications are back on."]
+        lines = [_("{host}: notifications are back on.", host=host_name)]
         if event.offline_since is not None:
-            lines.append(f"It is offline (last seen {format_duration(event.at - event.offline_since)} ago).")
+            lines.append(_("It is offline (last seen {duration} ago).",
+                           duration=format_duration(event.at - event.offline_since)))
         if event.still_firing:
-            lines.append("Still firing:")
+            lines.append(_("Still firing:"))
             lines.extend(f"- {_firing_text(f.rule, f.series, f.value, f.at - f.since)}" for f in event.still_firing)
         elif event.offline_since is None:
-            lines.append("Nothing is firing.")
+            lines.append(_("Nothing is firing."))
         return "\n".join(lines)
     raise TypeError(f"not an alert event: {event!r}")
 
@@ -164,25 +179,29 @@ def describe(event: Event, host_name: str, tz: tzinfo = timezone.utc) -> str:
 def ended_while_muted(host_name: str, series: str | None) -> str:
     """An alert's own message once it ended during a mute (no Resolved was sent); series None: offline."""
     if series is None:
-        return f"✅ {host_name} came back online while muted"
-    return f"✅ {host_name}: {series_label(series)} back to normal while muted"
+        return "✅ " + _("{host} came back online while muted", host=host_name)
+    return "✅ " + _("{host}: {label} back to normal while muted", host=host_name, label=series_label(series))
 
 
 def ended(event: Resolved | BackOnline, host_name: str) -> str:
     """What an alert's own message says once it is over (it is edited to this; describe() is the reply that
     notifies): ✅, how long it lasted, and the worst value."""
     if isinstance(event, BackOnline):
-        return f"✅ {host_name} was offline for {format_duration(event.down_for)}; back online"
-    label = series_label(event.series)
-    worst = "" if event.worst is None else f"; worst {format_value(event.rule.metric, event.worst)}"
+        return "✅ " + _("{host} was offline for {duration}; back online", host=host_name,
+                        duration=format_duration(event.down_for))
+    label, took = series_label(event.series), format_duration(event.duration)
+    worst = "" if event.worst is None else "; " + _("worst {value}", value=format_value(event.rule.metric,
+                                                                                      event.worst))
     if event.value is None:
-        return f"✅ {host_name}: {label} is no longer reported; alert closed after {format_duration(event.duration)}{worst}"
+        return "✅ " + _("{host}: {label} is no longer reported; alert closed after {duration}", host=host_name,
+                        label=label, duration=took) + worst
+    value = format_value(event.rule.metric, event.value)
     if _is_state(event.rule):  # "container web is up again after 5 min; worst not running"
-        return (f"✅ {host_name}: {label} is {format_value(event.rule.metric, event.value)} again after "
-                f"{format_duration(event.duration)}{worst}")
+        return "✅ " + _("{host}: {label} is {value} again after {duration}", host=host_name, label=label,
+                        value=value, duration=took) + worst
     threshold = "" if members.member_of(event.rule.metric) is not None else f" ({_threshold_text(event.rule)})"
-    return (f"✅ {host_name}: {label} back to normal ({format_value(event.rule.metric, event.value)}) after "
-            f"{format_duration(event.duration)}{worst}{threshold}")
+    return "✅ " + _("{host}: {label} back to normal ({value}) after {duration}", host=host_name, label=label,
+                    value=value, duration=took) + worst + threshold
 
 
 # State alerts (containers) of one host and one kind of news, this many or more in one delivery, go out as one
@@ -237,12 +256,29 @@ def describe_group(events: Sequence[HostEvent], host_name: str, tz: tzinfo = tim
         latest[event.series] = event
     names = []
     for event in list(latest.values())[:GROUP_NAMES]:
-        name = series_label(event.series)
+        name = _member_name(event.series)
         if not isinstance(event, Resolved) and event.value is not None:
             name += f" ({format_value(event.rule.metric, event.value)})"
-        names.append(name.removeprefix("container "))
-    more = f" … and {len(latest) - GROUP_NAMES} more" if len(latest) > GROUP_NAMES else ""
-    what = {"Firing": "down", "Resolved": "up again", "Reminder": "still down"}[type(first).__name__]
-    noun = "containers" if series_label(first.series).startswith("container ") else "members"
-    times = f" ({len(events)} times in all)" if len(events) > len(latest) else ""
-    return f"{host_name}: {len(latest)} {noun} {what}{times}: {', '.join(names)}{more}"
+        names.append(name)
+    more = " " + _("… and {n} more", n=len(latest) - GROUP_NAMES) if len(latest) > GROUP_NAMES else ""
+    containers = first.series.startswith(_CONTAINER)
+    singular, plural = _GROUP_NEWS[type(first).__name__, containers]
+    what = n_(singular, plural, len(latest))
+    times = " " + _("({n} times in all)", n=len(events)) if len(events) > len(latest) else ""
+    return f"{host_name}: {what}{times}: {', '.join(names)}{more}"
+
+
+_CONTAINER = "container_down:"
+_GROUP_NEWS = {  # (kind of event, containers or other members) -> (singular id, English plural)
+    ("Firing", True): (N_("{n} container down"), "{n} containers down"),
+    ("Firing", False): (N_("{n} member down"), "{n} members down"),
+    ("Resolved", True): (N_("{n} container up again"), "{n} containers up again"),
+    ("Resolved", False): (N_("{n} member up again"), "{n} members up again"),
+    ("Reminder", True): (N_("{n} container still down"), "{n} containers still down"),
+    ("Reminder", False): (N_("{n} member still down"), "{n} members still down"),
+}
+
+
+def _member_name(series: str) -> str:
+    """A member as a grouped message lists it: a container by its name alone, others by their label."""
+    return series.removeprefix(_CONTAINER) if series.startswith(_CONTAINER) else series_label(series)

@@ -27,7 +27,8 @@ import trio
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.telegram.org"
-ALLOWED_UPDATES = ["message", "callback_query"]
+# my_chat_member: the bot was added to or removed from a group (mbot/telegram/groups.py drops what it bound there).
+ALLOWED_UPDATES = ["message", "callback_query", "my_chat_member"]
 REDACTED = "<redacted>"
 
 # Any "/bot<something>/" path segment: catches tokens even where we do not know which token it is.
@@ -259,9 +260,13 @@ class BotApi:
     async def get_me(self) -> dict[str, Any]:
         return await self.call("getMe")
 
-    async def set_my_commands(self, commands: Iterable[tuple[str, str]]) -> bool:
+    async def set_my_commands(self, commands: Iterable[tuple[str, str]], language_code: str | None = None) -> bool:
+        """`language_code`: the menu for users of that language (None: everyone else's)."""
         payload = [{"command": c, "description": d} for c, d in commands]
-        return await self.call("setMyCommands", {"commands": payload})
+        params: dict[str, Any] = {"commands": payload}
+        if language_code is not None:
+            params["language_code"] = language_code
+        return await self.call("setMyCommands", params)
 
     async def get_updates(
         self, offset: int | None = None, timeout: int = 50, *, limit: int = 100, retry: RetryPolicy | None = None
@@ -281,10 +286,13 @@ class BotApi:
         disable_notification: bool = False,
         link_preview: bool = False,
         reply_to: int | None = None,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
-        """`reply_to`: a message of this chat to answer; sent all the same if that message is gone."""
+        """`reply_to`: a message of this chat to answer; sent all the same if that message is gone. `thread_id`:
+        the forum topic of a group to post in (None: the chat itself, or a group's General topic)."""
         params = {
             "chat_id": chat_id,
+            "message_thread_id": thread_id,
             "text": text,
             "parse_mode": parse_mode,
             "reply_markup": reply_markup,
@@ -344,10 +352,11 @@ class BotApi:
         parse_mode: str | None = "HTML",
         filename: str = "chart.png",
         disable_notification: bool = False,
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         return await self._upload("sendPhoto", chat_id, caption, reply_markup, parse_mode,
                                   {"photo": (filename, png_bytes, "image/png")},
-                                  disable_notification=disable_notification)
+                                  disable_notification=disable_notification, thread_id=thread_id)
 
     async def send_document(
         self,
@@ -359,14 +368,17 @@ class BotApi:
         *,
         parse_mode: str | None = "HTML",
         content_type: str = "application/octet-stream",
+        thread_id: int | None = None,
     ) -> dict[str, Any]:
         return await self._upload("sendDocument", chat_id, caption, reply_markup, parse_mode,
-                                  {"document": (filename, data, content_type)})
+                                  {"document": (filename, data, content_type)}, thread_id=thread_id)
 
     async def _upload(self, method: str, chat_id: int | str, caption: str | None,
                       reply_markup: dict[str, Any] | None, parse_mode: str | None,
-                      files: Mapping[str, FileField], *, disable_notification: bool = False) -> dict[str, Any]:
-        params = {"chat_id": chat_id, "caption": caption, "parse_mode": parse_mode if caption else None,
+                      files: Mapping[str, FileField], *, disable_notification: bool = False,
+                      thread_id: int | None = None) -> dict[str, Any]:
+        params = {"chat_id": chat_id, "message_thread_id": thread_id, "caption": caption,
+                  "parse_mode": parse_mode if caption else None,
                   "reply_markup": reply_markup, "disable_notification": disable_notification or None}
         return await self.call(method, params, files)
 
@@ -399,9 +411,16 @@ class BotApi:
     async def delete_message(self, chat_id: int | str, message_id: int) -> bool:
         return await self.call("deleteMessage", {"chat_id": chat_id, "message_id": message_id})
 
-    async def send_chat_action(self, chat_id: int | str, action: str) -> bool:
+    async def get_chat(self, chat_id: int | str) -> dict[str, Any]:
+        return await self.call("getChat", {"chat_id": chat_id})
+
+    async def get_chat_member(self, chat_id: int | str, user_id: int) -> dict[str, Any]:
+        return await self.call("getChatMember", {"chat_id": chat_id, "user_id": user_id})
+
+    async def send_chat_action(self, chat_id: int | str, action: str, *, thread_id: int | None = None) -> bool:
         """action: typing, upload_photo, upload_document, ..."""
-        return await self.call("sendChatAction", {"chat_id": chat_id, "action": action})
+        return await self.call("sendChatAction", {"chat_id": chat_id, "message_thread_id": thread_id,
+                                                  "action": action})
 
 
 # --- long polling --------------------------------------------------------------------------------------------

@@ -126,12 +126,19 @@ async def test_one_digest_a_day_not_repeated_by_a_restart_and_none_when_off(fake
     await say(fake, ALICE, "/hosts")
     assert len(digests()) == 2
 
+    # Said in the user's language: after /lang ru, the next one is Russian.
+    await say(fake, ALICE, "/lang ru")
+    await until(first_due + 2 * 86400 + 1)
+    russian = await fake.wait_for(to_alice("sendPhoto", "Ежедневная сводка, последние 24 ч до 09:00"))
+    assert "box1: на связи" in russian.params["caption"]
+    await say(fake, ALICE, "/lang en")
+
     # Off: none the next day.
     assert (await say(fake, ALICE, "/digest off"))["text"] == "No more daily digests."
-    await until(first_due + 2 * 86400 + 1)
+    await until(first_due + 3 * 86400 + 1)
     await say(fake, ALICE, "/hosts")
-    await until(first_due + 2 * 86400 + 2)
+    await until(first_due + 3 * 86400 + 2)
     await say(fake, ALICE, "/hosts")
-    assert len(digests()) == 2
+    assert len(digests()) == 2 and len([c for c in fake.sent if to_alice("sendPhoto", "Ежедневная")(c)]) == 1
     assert read_db(settings, "SELECT count(*) FROM digests") == [(0,)]
     await server.aclose()

@@ -149,7 +149,7 @@ class Bot:
         alerting.set_notify(self._notify, self._languages.of)
         alerting.clock_listeners.append(self._alert_delivery.clock_moved)
         self._digests = Digests(api, outbox, db, writer, settings, alerting, clock=clock, chart_limiter=self._charts,
-                                silent=self._silent)
+                                silent=self._silent, language=self._languages.of)
         alerting.clock_listeners.append(self._digests.clock_moved)
         self._nursery: trio.Nursery | None = None
 

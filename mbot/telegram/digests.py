@@ -16,7 +16,7 @@ from typing import Callable
 
 import trio
 
-from .. import digest, digestchart, history, store
+from .. import digest, digestchart, history, i18n, store
 from ..alerting import Alerting
 from ..config import Settings
 from ..digest import HostDay
@@ -63,7 +63,8 @@ class Digests:
 
     def __init__(self, api: BotApi, outbox: Outbox, db: Database, writer: Writer, settings: Settings,
                  alerting: Alerting, *, clock: Callable[[], float], chart_limiter: trio.CapacityLimiter,
-                 silent: Callable[[int], bool] = lambda user_id: False) -> None:
+                 silent: Callable[[int], bool] = lambda user_id: False,
+                 language: Callable[[int], str] = lambda user_id: i18n.DEFAULT) -> None:
         self._api = api
         self._outbox = outbox
         self._db = db
@@ -73,6 +74,7 @@ class Digests:
         self._clock = clock
         self._charts = chart_limiter
         self._silent = silent
+        self._language = language  # the language each user reads (mbot.telegram.languages)
         self._wanted: dict[int, tuple[int, float]] = {}  # the `digests` table: user -> (minute, last sent)
         self._wake = trio.Event()
 
@@ -113,7 +115,8 @@ class Digests:
                     try:
                         await self._writer.call(store.set_digest, user, minute, now)
                         self._wanted[user] = (minute, now)
-                        await self._send(user, now)
+                        with i18n.speaking(self._language(user)):  # (the picture's thread inherits it)
+                            await self._send(user, now)
                     except Exception:  # one user's digest must not stop the others'
                         log.exception("the daily digest for user %d failed", user)
 

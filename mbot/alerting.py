@@ -20,8 +20,10 @@ from typing import Any, Callable, Protocol, Sequence
 
 import trio
 
-from . import alerts, i18n, members, store
+from . import alerts, forecast, history, i18n, members, store
 from .alerts import AlertEngine, AlertRule, Event, HostEvent, OfflineRule, ServerDown
+from .forecast import ForecastAlerts, ForecastEvent
+from .rollup import DEFAULT_TIERS, Tier
 from .telegram import alert_text
 from .protocol import Hello, Sample, Snapshot
 from .store import Database
@@ -41,6 +43,11 @@ STATE_EVERY = 60.0
 # every HEARTBEAT_EVERY seconds, and at a clean shutdown. A crash is thus placed within a minute.
 HEARTBEAT_KEY = "server.heartbeat"
 HEARTBEAT_EVERY = 60.0
+# Disk-full forecasts (mbot.forecast): the disks whose alert is firing (host id, mount, since), so that a restart
+# neither repeats nor forgets one; the first evaluation comes FORECAST_FIRST after the start, then every
+# forecast.EVERY.
+FORECAST_KEY = "forecast.firing"
+FORECAST_FIRST = 60.0
 
 
 
@@ -48,7 +55,8 @@ class Notify(Protocol):
     """Where a message goes: (owner's chat id, HTML text, the event); `group`: the events a grouped message
     (alert_text.grouped) says, `event` being its first."""
 
-    def __call__(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = ..., /) -> None: ...
+    def __call__(self, owner: int, text: str, event: Event | ForecastEvent, group: Sequence[HostEvent] = ...,
+                 /) -> None: ...
 
 
 # --- rules in sqlite (the writer's and the readers' connections) ------------------------------------------------
@@ -98,6 +106,35 @@ def _member_snapshots(conn: sqlite3.Connection, host_ids: set[int]) -> dict[tupl
     return found
 
 
+def _disk_forecasts(conn: sqlite3.Connection, tier: Tier, window: float,
+                    now: float) -> dict[int, dict[str, float | None]]:
+    """Every live host's disks -> seconds until full at the current rate (None: no forecast), from the hour
+    tier (run in a reader thread: it reads a few dozen rows per disk and fits them)."""
+    out: dict[int, dict[str, float | None]] = {}
+    for host in store.list_hosts(conn):
+        disks = host.last_metrics.get("disks") if host.revoked is None else None
+        if not isinstance(disks, dict):
+            continue
+        etas: dict[str, float | None] = {}
+        for mount, part in disks.items():
+            total = part.get("total") if isinstance(part, dict) else None
+            if not isinstance(total, (int, float)):
+                continue
+            used = history.load(conn, host.id, (f"disk_used:{mount}",), now - window, now, tier)
+            etas[mount] = forecast.full_in(forecast.as_points(used[f"disk_used:{mount}"], now), float(total), now)
+        out[host.id] = etas
+    return out
+
+
+def _firing_forecasts(text: str | None) -> list[tuple[int, str, float]]:
+    """FORECAST_KEY's value: what is unreadable is forgotten (the next evaluation fires again if it must)."""
+    try:
+        return [(int(h), str(m), float(since)) for h, m, since in json.loads(text or "[]")]
+    except (ValueError, TypeError):
+        log.warning("the stored disk forecast alerts are unreadable: forgotten")
+        return []
+
+
 def _hosts_by_id(conn: sqlite3.Connection, ids: set[int]) -> dict[int, store.Host | None]:
     return {host_id: store.host_by_id(conn, host_id) for host_id in ids}
 
@@ -107,7 +144,8 @@ class Alerting:
 
     def __init__(self, db: Database, writer: Writer, *, repeat: float = 3600.0,
                  clock: Callable[[], float] = time.time, reboot_grace: float = 600.0,
-                 tz: tzinfo = timezone.utc) -> None:
+                 tz: tzinfo = timezone.utc, disk_forecast: float = 7 * 86400.0,
+                 tiers: Sequence[Tier] = DEFAULT_TIERS) -> None:
         self._db = db
         self._writer = writer
         self._repeat = repeat
@@ -118,6 +156,7 @@ class Alerting:
         self.engine = AlertEngine(repeat=repeat, now=clock())
         self._outgoing: list[HostEvent] = []  # events waiting for their host's name and owner (read from the store)
         self._notify: Notify | None = None
+        self.clock_listeners: list[Callable[[], None]] = []  # told of clock_moved (the delivery's own waits)
         self._language: Callable[[int], str] = lambda owner: i18n.DEFAULT
         self._wake = trio.Event()
         self._dirty = False
@@ -127,6 +166,10 @@ class Alerting:
         # the members a host's rules watch, added to each of its samples (only hosts with such rules have codes).
         self._member_items: dict[tuple[int, str], Sequence[dict[str, Any]]] = {}
         self._member_codes: dict[int, dict[str, float]] = {}
+        self.forecasts = ForecastAlerts(disk_forecast)
+        self._hour_tier = next(tier for tier in tiers if tier.name == "1h")
+        self._etas: dict[int, dict[str, float | None]] = {}  # the latest forecasts, for the card
+        self._forecast_out: list[ForecastEvent] = []
 
     def set_notify(self, notify: Notify, language: Callable[[int], str] = lambda owner: i18n.DEFAULT) -> None:
         """`language`: the language a user reads (the bot's mbot.telegram.languages): each notice is said in
@@ -137,6 +180,8 @@ class Alerting:
     def clock_moved(self) -> None:
         """Re-check the timers now: for a clock that jumps (tests move time forward instead of waiting)."""
         self._wake.set()
+        for listener in self.clock_listeners:
+            listener()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         rules, snapshot, hosts, heartbeat = await self._db.read(_load_state)
@@ -154,6 +199,9 @@ class Alerting:
             self.engine.server_was_down(heartbeat, now)
         await self._heartbeat()
         next_heartbeat = self._clock() + HEARTBEAT_EVERY
+        firing = _firing_forecasts(await self._db.read(store.get_kv, FORECAST_KEY))
+        self.forecasts = ForecastAlerts(self.forecasts.limit, firing)
+        next_forecast = self._clock() + FORECAST_FIRST
         self._writer.listeners.append(self)
         self._writer.snapshot_state_listeners.append(self)
         await self._load_members({r.host_id for r in rules if isinstance(r, AlertRule) and members.member_of(r.metric)})
@@ -163,7 +211,8 @@ class Alerting:
         try:
             while True:
                 deadline = self.engine.next_deadline()
-                deadline = next_heartbeat if deadline is None else min(deadline, next_heartbeat)
+                deadline = min(next_heartbeat, next_forecast) if deadline is None else min(deadline, next_heartbeat,
+                                                                                            next_forecast)
                 if self._held:
                     deadline = min(deadline, min(self._state_release(host) for host in self._held))
                 wait = max(0.0, deadline - self._clock())
@@ -185,6 +234,12 @@ class Alerting:
                 except Exception as exc:  # the events wait for the next wake-up; the task goes on
                     self._writer.faults.isolated("alerting", "delivering alert messages", exc)
                     failures += 1
+                if self._clock() >= next_forecast:
+                    next_forecast = self._clock() + forecast.EVERY
+                    try:
+                        await self._forecast()
+                    except Exception as exc:  # the next evaluation tries again
+                        self._writer.faults.isolated("alerting", "the disk forecasts", exc)
                 if self._clock() >= next_heartbeat:
                     next_heartbeat = self._clock() + HEARTBEAT_EVERY
                     try:
@@ -216,6 +271,49 @@ class Alerting:
             await self._writer.call(store.set_kv, SNAPSHOT_KEY, snapshot)
         except trio.ClosedResourceError:
             log.warning("alert state not saved: the writer is already closed")
+
+    # --- disk-full forecasts (mbot.forecast) ------------------------------------------------------------------
+
+    async def _forecast(self) -> None:
+        now = self._clock()
+        self._etas = await self._db.read(_disk_forecasts, self._hour_tier, forecast.WINDOW, now)
+        events: list[ForecastEvent] = []
+        for host_id, etas in self._etas.items():
+            muted = self.engine.host_status(host_id).muted_until
+            if muted is not None and muted > now:  # told (or not) once the mute is over
+                continue
+            for mount, eta in etas.items():
+                if (event := self.forecasts.update(host_id, mount, eta, now)) is not None:
+                    events.append(event)
+            events.extend(self.forecasts.gone(host_id, etas, now))
+        for host_id in {h for h, _, _ in self.forecasts.firing()} - set(self._etas):
+            events.extend(self.forecasts.gone(host_id, (), now))  # removed or revoked
+        if events:
+            self._forecast_out.extend(events)
+            await self._writer.call(store.set_kv, FORECAST_KEY, json.dumps(self.forecasts.firing()))
+            await self._deliver_forecasts()
+
+    def forecast_lines(self, host_id: int) -> list[str]:
+        """The card's forecast lines for a host: disks filling up within forecast.SHOWN, or alerting."""
+        return [forecast.card_line(mount, eta) for mount, eta in sorted(self._etas.get(host_id, {}).items())
+                if eta is not None and (eta < forecast.SHOWN or self.forecasts.is_firing(host_id, mount))]
+
+    async def _deliver_forecasts(self) -> None:
+        out, self._forecast_out = self._forecast_out, []
+        try:
+            hosts = await self._db.read(_hosts_by_id, {event.host_id for event in out})
+        except BaseException:
+            self._forecast_out[:0] = out
+            raise
+        for event in out:
+            host = hosts.get(event.host_id)
+            if host is None or not host.owner:
+                continue
+            log.info("alert: %r", forecast.describe(event, host.name))
+            if self._notify is not None:
+                with i18n.speaking(self._language(host.owner)):
+                    said = html.escape(forecast.describe(event, host.name))
+                self._notify(host.owner, said, event)
 
     # --- fed by the writer (CommitListener) -------------------------------------------------------------------
 

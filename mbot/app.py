@@ -112,7 +112,8 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 server.control_path = await services.start(
                     ControlServer(settings.data_dir / control.CONTROL_FILE, db, hub).serve)
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
-                                                      reboot_grace=settings.reboot_grace, tz=settings.tz)
+                                                      reboot_grace=settings.reboot_grace, tz=settings.tz,
+                                                      disk_forecast=settings.disk_forecast, tiers=settings.tiers)
                 await services.start(alerting.run)
                 await services.start(CheckSync(db, hub, alerting).run)
                 services.start_soon(partial(history.maintain, writer, settings.tiers, clock=clock))

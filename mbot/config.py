@@ -53,6 +53,8 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     alert_repeat: float = 3600.0  # MBOT_ALERT_REPEAT: reminder period while an alert stays firing
     reboot_grace: float = 600.0  # MBOT_REBOOT_GRACE: how long a host rebooted from the chat may take to come back
+    alert_group_wait: float = 30.0  # MBOT_ALERT_GROUP_WAIT: alerts of one user starting this close go as one message
+    disk_forecast: float = 7 * 86400.0  # MBOT_DISK_FORECAST: a disk forecast to be full sooner than this alerts
     tiers: tuple[Tier, ...] = DEFAULT_TIERS  # MBOT_RETAIN_RAW/_1M/_10M/_1H: how long each history tier is kept
     tz: tzinfo = field(default_factory=_local_zone)  # MBOT_TZ: the zone of chart time axes
     max_hosts_per_user: int = 100  # MBOT_MAX_HOSTS_PER_USER: /newkey (and CLI newkey --owner) stop there
@@ -136,6 +138,19 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
         seconds = parse_duration(raw)
     except ValueError as exc:  # also says that 0 is not a duration
         raise ConfigError(name, str(exc)) from None
+    return seconds
+
+
+GROUP_WAIT_MAX = 600.0  # a longer wait would hold every alert back for longer than any storm takes to arrive
+
+
+def _group_wait(env: Mapping[str, str], name: str) -> float:
+    """MBOT_ALERT_GROUP_WAIT: a duration up to 10 min, or 0 (every alert on its own, at once)."""
+    if env.get(name, "").strip() == "0":
+        return 0.0
+    seconds = _duration(env, name, 30.0)
+    if seconds > GROUP_WAIT_MAX:
+        raise ConfigError(name, f"must be at most 10m (or 0 for no grouping), got {env[name].strip()!r}")
     return seconds
 
 
@@ -283,6 +298,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         metrics_host=env.get("MBOT_METRICS_HOST", "").strip() or "127.0.0.1",
         alert_repeat=_duration(env, "MBOT_ALERT_REPEAT", 3600.0),
         reboot_grace=_duration(env, "MBOT_REBOOT_GRACE", 600.0),
+        alert_group_wait=_group_wait(env, "MBOT_ALERT_GROUP_WAIT"),
+        disk_forecast=_duration(env, "MBOT_DISK_FORECAST", 7 * 86400.0),
         tiers=make_tiers(**{key: _duration(env, f"MBOT_RETAIN_{suffix}", default) for key, suffix, default in (
             ("raw", "RAW", 2 * 86400.0), ("m1", "1M", 7 * 86400.0), ("m10", "10M", 90 * 86400.0),
             ("h1", "1H", 730 * 86400.0))}),

@@ -259,6 +259,24 @@ MIGRATIONS: list[str] = [
         seen TEXT
     );
     """,
+    # Folded alert messages (mbot/telegram/alert_fold.py): one chat message for several alerts that started
+    # together; `body` is its head, a line per alert (alert_messages ids) and its host buttons, as JSON, kept while
+    # one of its alerts lasts so that their ends edit their lines after a restart too.
+    """
+    CREATE TABLE alert_folds (
+        id INTEGER PRIMARY KEY,
+        body TEXT NOT NULL
+    );
+    """,
+    # The daily digest per Telegram user (/digest, mbot.digest): when (minutes after midnight, MBOT_TZ) and when the
+    # last one went out (server time), so that a restart neither repeats nor skips one.
+    """
+    CREATE TABLE digests (
+        user_id INTEGER PRIMARY KEY,
+        minute INTEGER NOT NULL,
+        last_sent REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -776,6 +794,48 @@ def open_alert_messages(conn: sqlite3.Connection) -> list[AlertMessage]:
     """Alerts that have not ended, oldest first (at start: the threads a restart must keep)."""
     rows = conn.execute("SELECT * FROM alert_messages WHERE resolved IS NULL ORDER BY id")
     return [_alert_message(row) for row in rows]
+
+
+def add_alert_fold(conn: sqlite3.Connection, body: str) -> int:
+    return _inserted_id(conn.execute("INSERT INTO alert_folds (body) VALUES (?)", (body,)))
+
+
+def set_alert_fold(conn: sqlite3.Connection, fold_id: int, body: str | None) -> None:
+    """A folded message's new body, or (None: none of its alerts lasts) no row any more."""
+    if body is None:
+        conn.execute("DELETE FROM alert_folds WHERE id = ?", (fold_id,))
+    else:
+        conn.execute("UPDATE alert_folds SET body = ? WHERE id = ?", (body, fold_id))
+
+
+def alert_folds(conn: sqlite3.Connection) -> dict[int, str]:
+    return {row[0]: row[1] for row in conn.execute("SELECT id, body FROM alert_folds")}
+
+
+def alerts_fired_since(conn: sqlite3.Connection, since: float) -> dict[int, int]:
+    """Alerts that fired since then, per host: the digest's count. Each chat told has its own alert_messages row:
+    the owner's copies are the ones counted."""
+    return {row[0]: row[1] for row in conn.execute(
+        "SELECT m.host_id, count(*) FROM alert_messages m JOIN hosts h ON h.id = m.host_id "
+        "WHERE m.fired >= ? AND m.chat_id IS h.owner GROUP BY m.host_id", (since,))}
+
+
+# --- the daily digest (mbot.digest) -------------------------------------------------------------------------------
+
+
+def digests(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
+    """Every user's digest: user id -> (minute of the day, when the last one went out)."""
+    return {row[0]: (row[1], row[2]) for row in conn.execute("SELECT user_id, minute, last_sent FROM digests")}
+
+
+def set_digest(conn: sqlite3.Connection, user_id: int, minute: int | None, last_sent: float) -> None:
+    """Set a user's digest time (None: off), or (same minute) record that one went out."""
+    if minute is None:
+        conn.execute("DELETE FROM digests WHERE user_id = ?", (user_id,))
+    else:
+        conn.execute("INSERT INTO digests (user_id, minute, last_sent) VALUES (?, ?, ?) ON CONFLICT (user_id) "
+                     "DO UPDATE SET minute = excluded.minute, last_sent = excluded.last_sent",
+                     (user_id, minute, last_sent))
 
 
 # --- checks from the host (mbot.checks) -------------------------------------------------------------------------

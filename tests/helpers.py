@@ -47,7 +47,9 @@ async def wait_for_samples(server, settings: Settings, name: str, count: int) ->
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings = load_settings({"MBOT_DATA_DIR": str(data_dir), "PORT": "0", "MBOT_HOST": "127.0.0.1",
                               "MBOT_PUBLIC_HOST": "127.0.0.1",
-                              "MBOT_WATCH_SELF": "0"})  # a test server watches itself only where a test asks
+                              "MBOT_WATCH_SELF": "0",  # a test server watches itself only where a test asks
+                              # each alert at once: tests of folded storms set their own wait
+                              "MBOT_ALERT_GROUP_WAIT": "0"})
     settings = dataclasses.replace(settings, **overrides)
     prepare_data_dir(settings)
     return settings

@@ -221,3 +221,30 @@ def test_alert_buttons_fit_and_forged_data_decodes_to_nothing():
             assert views.decode_callback(b["callback_data"]) is not None
     for forged in ("ack:1", "ack:1:x", "ack:x:1", "aprocs:1:-1", "amute:1:2", "amute:x", "ack:1:2:3"):
         assert views.decode_callback(forged) is None, forged
+
+
+async def test_a_rule_deleted_while_firing_leaves_its_message_saying_so_without_buttons(
+        fake: FakeBot, nursery, settings: Settings, monkeypatch):
+    from mbot import charts
+
+    def no_chart(spec):
+        raise charts.NoData("not drawn in this test")
+
+    monkeypatch.setattr(charts, "render", no_chart)
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    await say(fake, ALICE, "/setalert box1 cpu 50")
+    agent = await Agent.connect(nursery, server.port, secret)
+    await agent.ws.send_message(sample_frame(1, cpu=99.0, ts=clock()))
+    fired = await fake.wait_for(to_alice("sendMessage", "box1: CPU 99 %"))
+    assert "✔️ Ack" in buttons(fired.params)
+    since = len(fake.sent)
+    await say(fake, ALICE, "/delalert box1 cpu")
+    edited = await fake.wait_for(to_alice("editMessageText", "its alert was deleted"), since=since)
+    assert edited.params["message_id"] == fired.result["message_id"]
+    assert edited.params["text"] == "🗑 box1: CPU: its alert was deleted (/delalert)"
+    assert "reply_markup" not in edited.params  # its buttons are gone with the rule
+    assert "reply_markup" not in fake.messages[ALICE, fired.result["message_id"]]
+    await agent.close()
+    await server.aclose()

@@ -32,6 +32,14 @@ def test_reboot_grace():
     assert load_settings({"MBOT_REBOOT_GRACE": "15m"}).reboot_grace == 900.0
 
 
+def test_alert_group_wait_and_disk_forecast():
+    assert load_settings({}).alert_group_wait == 30.0
+    assert load_settings({"MBOT_ALERT_GROUP_WAIT": "1m"}).alert_group_wait == 60.0
+    assert load_settings({"MBOT_ALERT_GROUP_WAIT": "0"}).alert_group_wait == 0.0  # no grouping
+    assert load_settings({}).disk_forecast == 7 * 86400.0
+    assert load_settings({"MBOT_DISK_FORECAST": "2d"}).disk_forecast == 2 * 86400.0
+
+
 @pytest.mark.parametrize("env, variable", [
     ({"PORT": "abc"}, "PORT"),
     ({"PORT": "70000"}, "PORT"),
@@ -42,6 +50,10 @@ def test_reboot_grace():
     ({"BOT_TOKEN": "no token here"}, "BOT_TOKEN"),
     ({"MBOT_REBOOT_GRACE": "soon"}, "MBOT_REBOOT_GRACE"),
     ({"MBOT_REBOOT_GRACE": "0"}, "MBOT_REBOOT_GRACE"),
+    ({"MBOT_ALERT_GROUP_WAIT": "soon"}, "MBOT_ALERT_GROUP_WAIT"),
+    ({"MBOT_ALERT_GROUP_WAIT": "1h"}, "MBOT_ALERT_GROUP_WAIT"),
+    ({"MBOT_DISK_FORECAST": "0"}, "MBOT_DISK_FORECAST"),
+    ({"MBOT_DISK_FORECAST": "a week"}, "MBOT_DISK_FORECAST"),
 ])
 def test_bad_values_name_the_variable(env, variable):
     with pytest.raises(ConfigError) as error:

@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import trio
 
-from .. import (access, charts, checks, containers, i18n, install, plotspec, plotting, processes, protocol, quiet,
-               selfwatch, service, speedtest, stability, stabilitychart, store, users)
+from .. import (access, charts, checks, containers, digest, i18n, install, plotspec, plotting, processes, protocol,
+               quiet, selfwatch, service, speedtest, stability, stabilitychart, store, users)
 from ..agents import AgentHub, TestRefused
 from ..checks import CheckError
 from ..alerting import Alerting
@@ -31,7 +31,7 @@ from .alert_commands import AlertUsageError
 from ..plotspec import PlotUsageError
 from ..config import Settings
 from ..durations import format_duration
-from ..i18n import _, n_
+from ..forecast import ForecastEvent
 from ..install import AGENT_FILE, Endpoint
 from ..model import Host, NewKey
 from ..service import NoSuchHost, NotAllowed, ServiceError
@@ -39,6 +39,7 @@ from ..store import Database
 from ..writer import Writer
 from . import alert_commands, alert_text, commands, groups, views
 from .alert_delivery import AlertDelivery
+from .digests import Digests
 from .statuspages import StatusPages
 from .api import BotApi, TelegramError, TelegramRejected, poll_updates
 from .commands import Command, UsageError
@@ -146,6 +147,10 @@ class Bot:
                                              chart_limiter=self._charts, silent=self._silent,
                                              chat_gone=self._chat_gone, language=self._languages.of)
         alerting.set_notify(self._notify, self._languages.of)
+        alerting.clock_listeners.append(self._alert_delivery.clock_moved)
+        self._digests = Digests(api, outbox, db, writer, settings, alerting, clock=clock, chart_limiter=self._charts,
+                                silent=self._silent, language=self._languages.of)
+        alerting.clock_listeners.append(self._digests.clock_moved)
         self._nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -159,6 +164,7 @@ class Bot:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             await nursery.start(self._alert_delivery.run)
+            await nursery.start(self._digests.run)
             await nursery.start(self._pages.run)
             nursery.start_soon(self._introduce)
             task_status.started()
@@ -224,6 +230,26 @@ class Bot:
         window = self._quiet.get(user_id)
         return window is not None and window.quiet_at(self._clock(), self._settings.tz)
 
+    async def _digest_command(self, ctx: Context, args: Sequence[str]) -> None:
+        """/digest HH:MM, off, or the setting (mbot.digest)."""
+        wanted = digest.parse_digest(args)
+        zone = str(self._settings.tz)
+        if wanted == digest.SHOW:
+            minute = self._digests.setting(ctx.user_id)
+            self._send(ctx, _("No daily digest. /digest 09:00 sends one every day at 09:00 ({zone}).", zone=zone)
+                       if minute is None else
+                       _("Daily digest at {time} ({zone}). /digest off stops it.", time=digest.hhmm(minute),
+                         zone=zone))
+        elif wanted == digest.OFF:
+            await self._digests.set(ctx.user_id, None)
+            self._send(ctx, _("No more daily digests."))
+        else:
+            assert isinstance(wanted, int)
+            await self._digests.set(ctx.user_id, wanted)
+            self._send(ctx, _("A digest of your hosts every day at {time} ({zone}): a picture of their last 24 h, "
+                              "uptime, alerts and disk forecasts. /digest off stops it.", time=digest.hhmm(wanted),
+                              zone=zone))
+
     async def _quiet_command(self, ctx: Context, args: Sequence[str]) -> None:
         wanted = quiet.parse_quiet(args)
         zone = views.e(str(self._settings.tz))
@@ -262,7 +288,8 @@ class Bot:
 
     # --- groups: /bind, /unbind, /statuspage (mbot/telegram/groups.py, statuspages.py) ---------------------------
 
-    def _notify(self, owner: int, text: str, event: Event, group: Sequence[HostEvent] = (), /) -> None:
+    def _notify(self, owner: int, text: str, event: Event | ForecastEvent, group: Sequence[HostEvent] = (),
+                /) -> None:
         """Alerting's Notify: the alert goes out, and the status pages showing that host look again."""
         self._alert_delivery.notify(owner, text, event, group)
         host_id = getattr(event, "host_id", None)
@@ -436,7 +463,7 @@ class Bot:
         try:
             await self._command(ctx, command)
         except (ServiceError, AlertUsageError, PlotUsageError, stability.StabilityUsageError, CheckError,
-                quiet.QuietUsageError, UsageError) as exc:
+                quiet.QuietUsageError, digest.DigestUsageError, UsageError) as exc:
             self._send(ctx, views.e(str(exc)))
 
     async def _stranger(self, ctx: Context, text: str, *, private: bool) -> None:
@@ -528,6 +555,8 @@ class Bot:
             await self._invite(ctx, now)
         elif name == "quiet":
             await self._quiet_command(ctx, args)
+        elif name == "digest":
+            await self._digest_command(ctx, args)
         elif name in ("bind", "unbind"):
             await self._bind_command(ctx, command)
         elif name == "statuspage":
@@ -647,7 +676,8 @@ class Bot:
         processes and the Processes button."""
         procs = await self._db.read(store.latest_snapshot, host.id, processes.KIND)
         role = await self._db.read(service.allowed, host, user_id, "card")
-        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id)),
+        return (views.host_card(host, now, procs, power=self._alerting.power_states().get(host.id),
+                                forecasts=self._alerting.forecast_lines(host.id)),
                 views.card_keyboard(host, plotting.available_series(host), procs=procs is not None, role=role))
 
     async def _visible_hosts(self, user_id: int) -> tuple[list[Host], dict[int, str]]:
@@ -748,6 +778,8 @@ class Bot:
             delete = alert_commands.parse_delalert(args)
             host = await self._db.read(service.resolve, ctx.user_id, delete.name, "delalert")
             if await self._alerting.delete_rule(host.id, delete.metric):
+                if delete.metric != "offline":  # (offline alerts are turned off, not deleted: their end still comes)
+                    self._alert_delivery.rule_deleted(host.id, delete.metric, host.name)
                 self._send(ctx, _("Alert {metric} removed from <b>{name}</b>.", metric=views.e(delete.metric),
                                   name=views.e(host.name)))
             else:

@@ -93,6 +93,9 @@ TABLE: tuple[Spec, ...] = (
     # mbot.quiet checks the window itself.
     Spec("quiet", "[HH:MM-HH:MM | off]", N_("silent notifications in these hours (MBOT_TZ)"), 0, 3,
          example="/quiet 23:00-07:00"),
+    # mbot.digest checks the time itself.
+    Spec("digest", "[HH:MM | off]", N_("a daily picture of your hosts' last 24 h at this time (MBOT_TZ)"), 0, 3,
+         example="/digest 09:00"),
     # Groups (mbot/telegram/groups.py): used in the group itself; each checks the member who sent it.
     Spec("bind", "[NAME]", N_("in a group: send a host's alerts there too (no NAME: what is bound here)"), 0, 1,
          example="/bind box1"),

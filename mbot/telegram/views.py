@@ -269,9 +269,11 @@ def _link_line(link: dict[str, float]) -> str:
     return _("Link to server: {parts}", parts=" · ".join(parts))
 
 
-def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None) -> str:
+def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, power: str | None = None,
+              forecasts: Sequence[str] = ()) -> str:
     """The status card; with a current `processes` snapshot, its top 5 by CPU and by memory too. `power`: a
-    reboot or shutdown from the chat under way (or done), shown instead of "offline"."""
+    reboot or shutdown from the chat under way (or done), shown instead of "offline". `forecasts`: lines of disks
+    filling up (mbot.forecast), after the disks."""
     m, f = host.last_metrics, host.facts
     lines = [_("<b>{name}</b> {state} · last seen {ago}", name=e(host.name), state=_state(host, now, power),
                ago=ago(host.last_seen, now))]
@@ -289,6 +291,7 @@ def host_card(host: Host, now: float, procs: StoredSnapshot | None = None, *, po
             lines.append(f"{_(label)} {_used_total(m[key])}")
     for mount, part in m.get("disks", {}).items():
         lines.append(_("Disk {mount} {used}", mount=e(mount), used=_used_total(part)))
+    lines.extend(e(line) for line in forecasts)
     if "disk_io" in m:
         io = m["disk_io"]
         lines.append(_("Disk I/O read {read} · write {write}", read=human_rate(io.get('read', 0)),
@@ -721,7 +724,8 @@ def is_container_metric(metric: str) -> bool:
 
 def alert_charted(metric: str) -> bool:
     """Whether an alert on `metric` comes with its chart: not offline, a member's state or a container's."""
-    return metric != "offline" and members.member_of(metric) is None and not is_container_metric(metric)
+    return metric not in ("offline", "forecast") and members.member_of(metric) is None \
+        and not is_container_metric(metric)
 
 
 def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bool, procs: bool,
@@ -742,7 +746,7 @@ def alert_keyboard(host_id: int, alert_id: int | None, metric: str, *, chart: bo
     second = []
     if live and access.allows(role, "mute"):
         second.append(button(_("🔕 Mute 1h"), Callback("amute", (str(host_id),))))
-        if metric != "offline" and alert_id is not None and not acked:
+        if metric not in ("offline", "forecast") and alert_id is not None and not acked:  # (a forecast: no reminders)
             second.append(button(_("✔️ Ack"), Callback("ack", (str(host_id), str(alert_id)))))
     return keyboard(first, second) if first or second else None
 

@@ -126,8 +126,7 @@ def _copy_database(source: Path, target: Path) -> None:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
     dst = sqlite3.connect(target)
     try:
-        dst.execute("PRAGMA journal_mode = OFF")
-        dst.execute("PRAGMA synchronous = OFF")
+        store.scratch(dst)
         src.backup(dst)
     finally:
         dst.close()

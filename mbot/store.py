@@ -657,6 +657,12 @@ def intact(conn: sqlite3.Connection) -> bool:
     return bool(conn.execute("PRAGMA quick_check").fetchone()[0] == "ok")
 
 
+def scratch(conn: sqlite3.Connection) -> None:
+    """A throwaway database (a backup's copy until it is archived): no journal, no fsync."""
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+
+
 def get_kv(conn: sqlite3.Connection, key: str) -> str | None:
     row = conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
     return row[0] if row else None

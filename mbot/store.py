@@ -505,12 +505,6 @@ def set_secret(conn: sqlite3.Connection, host_id: int, secret_hash: str, revoked
     conn.execute("UPDATE hosts SET secret_hash = ?, revoked = ? WHERE id = ?", (secret_hash, revoked, host_id))
 
 
-def scratch(conn: sqlite3.Connection) -> None:
-    """A scratch copy (a backup on its way into the archive): no journal, no fsync."""
-    conn.execute("PRAGMA journal_mode = OFF")
-    conn.execute("PRAGMA synchronous = OFF")
-
-
 def delete_host(conn: sqlite3.Connection, host_id: int) -> None:
     conn.execute("DELETE FROM alert_rules WHERE host_id = ?", (host_id,))
     for table in AGG_TABLES:

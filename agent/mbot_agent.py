@@ -71,6 +71,7 @@ import calendar
 import dataclasses
 import functools
 import hashlib
+import heapq
 import http.client
 import inspect
 import itertools
@@ -1417,9 +1418,14 @@ PROCESSES_VERSION = 1
 PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
-# The process list may cost at most this share of one core (the whole agent aims at 0.1 %): at a 5 s interval, every
-# interval on a host of about a hundred processes, less often on bigger ones (reading costs 20-40 us per process).
-PROCESSES_CPU_SHARE = 0.0005
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 % at a 5 s interval, and
+# this is its largest part). A scan costs about 8 us per process (a pread of /proc/PID/stat kept open, most of it
+# the kernel's): ~2 ms at 250 processes, so a list every 10 s (2 intervals at 5 s, well within the card's "current"
+# of 3 intervals); 2,000 processes: every 80 s, shown on the card with its age.
+PROCESSES_CPU_SHARE = 0.0002
+# /proc/PID/stat files kept open from one scan to the next: a pread of an open one costs half an open+read+close.
+# Bounded (and by a quarter of RLIMIT_NOFILE): on a bigger host the rest are opened for each scan.
+PROCESS_FDS_MAX = 1024
 DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
 
 
@@ -1454,15 +1460,19 @@ def rank_processes(now: Mapping[int, ProcessStat], before: Mapping[int, ProcessS
     top shows it: at most 100 x `cores`. A process that was not there before (or whose pid was reused) started
     within the period: all its CPU time counts."""
     cap = 100.0 * max(1, cores)
-    cpu: Dict[int, float] = {}
-    for pid, proc in now.items():
-        old = before.get(pid)
-        used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
-        cpu[pid] = min(cap, max(0.0, used / seconds * 100.0)) if seconds > 0 else 0.0
-    chosen = set(sorted((p for p in cpu if cpu[p] > 0), key=lambda p: -cpu[p])[:top])
-    chosen.update(sorted((p for p in now if now[p].rss > 0), key=lambda p: -now[p].rss)[:top])
-    chosen.update(p for p in sorted((p for p in vram if vram[p] > 0 and p in now), key=lambda p: -vram[p])[:top])
-    return sorted(((now[p], cpu[p]) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
+    cpu: Dict[int, float] = {}  # the processes that used CPU
+    if seconds > 0:
+        for pid, proc in now.items():
+            old = before.get(pid)
+            if old is proc:  # the scan found it as it was (ProcessTable reuses the entry): idle
+                continue
+            used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
+            if used > 0:
+                cpu[pid] = min(cap, used / seconds * 100.0)
+    chosen = set(heapq.nlargest(top, cpu, key=cpu.__getitem__))
+    chosen.update(p.pid for p in heapq.nlargest(top, now.values(), key=lambda p: p.rss) if p.rss > 0)
+    chosen.update(heapq.nlargest(top, (p for p in vram if vram[p] > 0 and p in now), key=vram.__getitem__))
+    return sorted(((now[p], cpu.get(p, 0.0)) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
 
 
 _BLANKS = {ord(c): " " for c in "\t\n\r\v\f"}  # `python -c` code and the like: a command line reads as one line
@@ -1475,30 +1485,49 @@ def _cut(text: str, limit: int) -> str:
 class ProcessTable:
     """The top processes by CPU, memory and VRAM, one scan per call to top().
 
-    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few, kept for a minute),
-    several times cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere:
-    psutil. CPU % is the CPU time each process used since the previous call, so the first call (made here) only
-    primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker thread; one call at
-    a time.
+    Linux: /proc/PID/stat only, one pread per process of a file kept open between scans (user and command line for
+    the chosen few, kept for a minute), several times cheaper than psutil.process_iter; a process whose stat reads
+    as before (idle: no CPU time, no memory change) is not parsed again. AGENT_HOST_PROC (psutil.PROCFS_PATH) is
+    honoured. Elsewhere: psutil. CPU % is the CPU time each process used since the previous call, so the first call
+    (made here) only primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker
+    thread; one call at a time. close() (or garbage collection) closes the files it keeps open.
     """
 
     def __init__(self, procfs: Optional[str] = None, cores: Optional[int] = None, top: int = TOP_PROCESSES) -> None:
         self._procfs = procfs or getattr(psutil, "PROCFS_PATH", "/proc")
         self._linux = sys.platform.startswith("linux") and os.path.isfile(os.path.join(self._procfs, "stat"))
+        self._fds: Dict[int, int] = {}  # pid -> its open /proc/PID/stat (Linux)
+        self._raw: Dict[int, bytes] = {}  # pid -> what its stat said at the last scan
+        self._fds_max = 0
         if self._linux:
             self._tick = float(os.sysconf("SC_CLK_TCK"))
             self._page = os.sysconf("SC_PAGE_SIZE")
+            import resource  # Unix only, like this path
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._fds_max = PROCESS_FDS_MAX if soft == resource.RLIM_INFINITY else min(PROCESS_FDS_MAX, soft // 4)
         self._cores = cores or psutil.cpu_count(logical=True) or os.cpu_count() or 1
         self._top = top
         self._users: Dict[int, str] = {}
         self._handles: Dict[int, Any] = {}  # psutil: pid -> Process of the latest scan
         # (pid, start) of the chosen -> (read at, user, argv): the chosen change little from one call to the next
         self._details_of: Dict[Tuple[int, float], Tuple[float, str, List[str]]] = {}
+        self._before: Dict[int, ProcessStat] = {}
         started = time.thread_time()
-        self._before: Dict[int, ProcessStat] = self._scan()
+        self._before = self._scan()
         self.scanned_at = time.monotonic()  # of the last scan
         self.cost = time.thread_time() - started  # CPU seconds of the last call
         self._listed = False
+
+    def close(self) -> None:
+        fds, self._fds = self._fds, {}
+        for fd in fds.values():
+            try:
+                os.close(fd)
+            except Exception:  # OSError; or, at interpreter exit (__del__), os already torn down
+                pass
+
+    __del__ = close
 
     def due(self, now: float) -> bool:
         """Whether a call now keeps the list within PROCESSES_CPU_SHARE of a core (`now`: time.monotonic()). The
@@ -1546,20 +1575,50 @@ class ProcessTable:
     def _scan_proc(self) -> Dict[int, ProcessStat]:
         out: Dict[int, ProcessStat] = {}
         procfs, tick, page = self._procfs, self._tick, self._page
-        for entry in os.listdir(procfs):
-            if not entry.isdigit():
-                continue
-            try:  # os.open/os.read: half the cost of open() for a file read once
-                fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
-                try:
-                    data = os.read(fd, 4096)
-                finally:
+        kept, self._fds = self._fds, {}
+        fds, fds_max = self._fds, self._fds_max
+        raw_before, raw = self._raw, {}
+        before = self._before
+        try:
+            for entry in os.listdir(procfs):
+                if not entry.isdigit():
+                    continue
+                pid = int(entry)
+                data = b""
+                fd = kept.pop(pid, None)
+                if fd is not None:
+                    try:
+                        data = os.pread(fd, 4096, 0)
+                    except OSError:  # that process is gone (ESRCH): the pid is another one's now
+                        pass
+                    if not data:
+                        os.close(fd)
+                        fd = None
+                if fd is None:
+                    try:
+                        fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
+                        try:
+                            data = os.read(fd, 4096)
+                        except OSError:
+                            os.close(fd)
+                            raise
+                    except OSError:  # gone since the listing, or hidden from us (hidepid)
+                        continue
+                if len(fds) < fds_max:
+                    fds[pid] = fd
+                else:
                     os.close(fd)
-            except OSError:  # gone since the listing, or hidden from us (hidepid)
-                continue
-            proc = parse_proc_stat(int(entry), data, tick, page)
-            if proc is not None:
-                out[proc.pid] = proc
+                if raw_before.get(pid) == data and pid in before:  # unchanged since the last scan
+                    proc: Optional[ProcessStat] = before[pid]
+                else:
+                    proc = parse_proc_stat(pid, data, tick, page)
+                if proc is not None:
+                    out[pid] = proc
+                    raw[pid] = data
+        finally:
+            for fd in kept.values():  # processes that ended
+                os.close(fd)
+        self._raw = raw
         return out
 
     def _scan_psutil(self) -> Dict[int, ProcessStat]:
@@ -2034,7 +2093,9 @@ class Collector:
         return [name for _, name in self._gpus] + [name for _, name, _ in self._amd_gpus]
 
     def close(self) -> None:
-        """Release NVML and amdsmi. Safe to call more than once."""
+        """Release NVML and amdsmi, and the process list's open files. Safe to call more than once."""
+        if self._processes is not None:
+            self._processes.close()
         nv, self._nvml = self._nvml, None
         self._gpus = []
         if nv is not None:

@@ -34,8 +34,8 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
     AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
-                       15 largest by each, every interval, less often on hosts with many processes so that it
-                       costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
+                       15 largest by each, every interval or two, less often on hosts with many processes so
+                       that it costs at most 0.02 % of a core). Command lines can hold secrets some programs take as
                        arguments: they reach the server and the chat
     AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
                        state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
@@ -184,9 +184,10 @@ class AgentConfig:
     temps_every: int = 6  # read temperature sensors on every Nth sample
     services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
     check_timeout: float = 10.0  # one probe of a check, redirects and body included (CHECK_TIMEOUT)
-    # Containers are polled every max(interval, this): the list alone costs about a millisecond of CPU with 50
-    # containers, and a state seen within 10 s is soon enough for an alert.
-    containers_every: float = 10.0
+    # Containers are polled every max(interval, this): a poll costs about 4 ms of CPU with 50 containers (the list,
+    # a few stats and inspects), 0.01 % of a core at this pace, and a state seen within 30 s is soon enough for an
+    # alert (the issue's "state changes within ~30 s").
+    containers_every: float = 30.0
 
     @property
     def fingerprint_path(self) -> Path:
@@ -1683,13 +1684,35 @@ class ProcessTable:
 
 # --- inventory: what the machine is (hello's `inventory`; an `inventory` snapshot when it changes) ---------------
 
-INVENTORY_EVERY = 60.0  # seconds between checks for a changed inventory (a disk mounted, an address changed)
+# Seconds between checks for a changed inventory (a disk mounted, an address changed): a check costs ~8 ms of CPU
+# (psutil's partitions and interfaces, more with dozens of container interfaces), 0.003 % of a core at this pace.
+INVENTORY_EVERY = 300.0
 MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs (the server refuses more: docs/protocol.md)
 MAX_NIC_ADDRS = 16
 # systemd-detect-virt's words, and what /sys/class/dmi/id says on hosts without it.
 _DMI_VIRT = (("kvm", "kvm"), ("qemu", "qemu"), ("vmware", "vmware"), ("virtualbox", "oracle"), ("xen", "xen"),
              ("microsoft", "microsoft"), ("amazon ec2", "amazon"), ("google", "google"), ("bochs", "bochs"),
              ("parallels", "parallels"), ("openstack", "kvm"))
+
+
+_MEMINFO_KEYS = frozenset((b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree"))
+
+
+def _read_proc(path: str, limit: int = 1 << 22) -> bytes:
+    """A whole /proc file (os.read: no buffered file object for a file read once)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_text(path: str, limit: int = 1 << 20) -> str:
@@ -1989,18 +2012,31 @@ class Collector:
         self._failed: set = set()
         self._has_temps = hasattr(psutil, "sensors_temperatures")
         self._has_load = hasattr(os, "getloadavg")  # psutil emulates it on Windows with a thread: not wanted
+        # Linux: memory and network counters read straight from /proc (where psutil reads them, AGENT_HOST_PROC
+        # included): a third of psutil's cost, which builds tuples of fields the agent never sends (and with dozens
+        # of container interfaces, net_io_counters alone was a third of a sample's CPU).
+        procfs = getattr(psutil, "PROCFS_PATH", "/proc")
+        self._procfs, self._meminfo_path, self._netdev_path = procfs, f"{procfs}/meminfo", f"{procfs}/net/dev"
+        self._from_proc = sys.platform.startswith("linux") and os.path.isfile(self._meminfo_path)
+        self._stat_path, self._diskstats_path = f"{procfs}/stat", f"{procfs}/diskstats"
+        # /sys/block's names (whole disks, re-read with the partitions); None: psutil counts the disks' I/O
+        self._block_devices: Optional[set] = None
+        self._diskstats = self._from_proc
+        # CPU times at the previous sample, "cpu" and each core -> its fields, idle and iowait last. Kept here rather
+        # than in psutil.cpu_percent, whose memory is per thread: samples taken more than 10 s apart run in a new
+        # worker thread each (trio's thread cache), and would all read 0 %.
+        self._prev_cpu: Dict[str, List[float]] = {}
+        self._cpu_percent()  # prime: the first sample measures from here
         self.boot_time = psutil.boot_time()
-        psutil.cpu_percent(interval=None)  # prime: the first sample measures from here
-        psutil.cpu_percent(interval=None, percpu=True)
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
         self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
         self._amd: Any = None
         self._amd_gpus: List[Tuple[Any, str, str]] = []  # (handle, name, driver version)
+        self._processes: Optional[ProcessTable] = None
         if gpu:
             self._init_gpus()
             self._init_amd_gpus()
-        self._processes: Optional[ProcessTable] = None
         if processes:
             try:
                 self._processes = ProcessTable()
@@ -2224,6 +2260,11 @@ class Collector:
                 seen.add(part.device)
                 mounts.append(part.mountpoint)
             self._partitions = mounts[:MAX_DISKS]
+            if self._diskstats:
+                try:
+                    self._block_devices = {name.encode() for name in os.listdir("/sys/block")}
+                except OSError:
+                    self._block_devices, self._diskstats = None, False
         return self._partitions
 
     def host_facts(self) -> Dict[str, Any]:
@@ -2321,6 +2362,88 @@ class Collector:
         else:
             log.debug("cannot read %s: %s", what, _describe(exc))
 
+    def _meminfo(self) -> Optional[Tuple[int, int, int, int]]:
+        """(RAM total, available, swap total, free) in bytes from /proc/meminfo; None where it does not say them
+        all (kernels before 3.14 have no MemAvailable: psutil estimates it), or cannot be read."""
+        try:
+            text = _read_proc(self._meminfo_path)
+        except OSError:
+            return None
+        values: Dict[bytes, int] = {}
+        for line in text.splitlines():
+            key, _, rest = line.partition(b":")
+            if key in _MEMINFO_KEYS:
+                try:
+                    values[key] = int(rest.split()[0]) * 1024
+                except (IndexError, ValueError):
+                    return None
+        if len(values) < len(_MEMINFO_KEYS):
+            return None
+        return values[b"MemTotal"], values[b"MemAvailable"], values[b"SwapTotal"], values[b"SwapFree"]
+
+    def _cpu_percent(self) -> Tuple[float, List[float]]:
+        """Busy % of the whole CPU and of each core since the previous call, as psutil.cpu_percent counts it (busy:
+        all but idle and iowait; guest time is already inside user and nice). 0 where there is no previous."""
+        now: Dict[str, List[float]] = {}
+        if self._from_proc:  # one read of /proc/stat for both (psutil reads it twice)
+            for line in _read_proc(self._stat_path).split(b"\n"):
+                if not line.startswith(b"cpu"):
+                    break  # the cpu lines come first
+                name, *fields = line.decode("ascii", "replace").split()
+                # user nice system idle iowait irq softirq steal (guest guest_nice): idle and iowait last
+                times = [float(f) for f in fields[:8]]
+                now[name] = times[:3] + times[5:] + times[3:5]
+        else:
+            for name, times in [("cpu", psutil.cpu_times())] + [
+                    (f"cpu{i}", t) for i, t in enumerate(psutil.cpu_times(percpu=True))]:
+                fields = times._asdict()
+                idle = [fields.pop("idle"), fields.pop("iowait", 0.0)]
+                fields.pop("guest", None)
+                fields.pop("guest_nice", None)
+                now[name] = list(fields.values()) + idle
+        prev, self._prev_cpu = self._prev_cpu, now
+
+        def percent(name: str) -> float:
+            before, after = prev.get(name), now[name]
+            if before is None or len(before) != len(after):
+                return 0.0
+            deltas = [max(0.0, b - a) for a, b in zip(before, after)]  # iowait can go backwards
+            total = sum(deltas)
+            return (total - deltas[-2] - deltas[-1]) / total * 100.0 if total > 0 else 0.0
+
+        return percent("cpu"), [percent(name) for name in now if name != "cpu"]
+
+    def _disk_counters(self) -> Tuple[int, int]:
+        """(bytes read, bytes written) by the whole disks so far, as psutil.disk_io_counters(perdisk=False) counts
+        them (/proc/diskstats' lines for the names in /sys/block, 512-byte sectors)."""
+        if self._block_devices is not None:
+            read = written = 0
+            for line in _read_proc(self._diskstats_path).split(b"\n"):
+                fields = line.split()
+                if len(fields) == 14 or len(fields) >= 18:  # kernels since 2.6.25 (18 since 4.18, 20 since 5.5)
+                    if fields[2].replace(b"/", b"!") in self._block_devices:
+                        read += int(fields[5])
+                        written += int(fields[9])
+                elif fields:  # a format this does not know: psutil's way from now on
+                    self._block_devices, self._diskstats = None, False
+                    break
+            else:
+                return read * 512, written * 512
+        io = psutil.disk_io_counters(perdisk=False)
+        return io.read_bytes, io.write_bytes
+
+    def _net_counters(self) -> Dict[str, Tuple[int, int]]:
+        """Interface -> (bytes received, bytes sent), in the order the system lists them."""
+        if self._from_proc:
+            out: Dict[str, Tuple[int, int]] = {}
+            for line in _read_proc(self._netdev_path).decode("utf-8", "replace").splitlines()[2:]:
+                name, _, rest = line.rpartition(":")  # "  eth0: 123 ..." (proc(5): /proc/net/dev)
+                fields = rest.split()
+                if name and len(fields) >= 9:
+                    out[name.strip()] = (int(fields[0]), int(fields[8]))
+            return out
+        return {name: (c.bytes_recv, c.bytes_sent) for name, c in psutil.net_io_counters(pernic=True).items()}
+
     def collect(self) -> Dict[str, Any]:
         """One sample's `metrics` object (docs/protocol.md). Rates are absent in the first sample."""
         m: Dict[str, Any] = {}
@@ -2330,9 +2453,9 @@ class Collector:
         self._count += 1
 
         try:
-            m["cpu"] = round(min(100.0, max(0.0, psutil.cpu_percent(interval=None))), 1)
-            m["cpu_cores"] = [round(min(100.0, max(0.0, v)), 1) for v in psutil.cpu_percent(interval=None,
-                                                                                             percpu=True)]
+            total, cores = self._cpu_percent()
+            m["cpu"] = round(min(100.0, max(0.0, total)), 1)
+            m["cpu_cores"] = [round(min(100.0, max(0.0, v)), 1) for v in cores]
         except Exception as exc:
             self._note_failure("cpu", exc)
         if self._has_load:
@@ -2340,16 +2463,22 @@ class Collector:
                 m["load"] = [round(max(0.0, v), 2) for v in os.getloadavg()]
             except Exception as exc:
                 self._note_failure("load", exc)
-        try:
-            vm = psutil.virtual_memory()
-            m["ram"] = {"used": max(0, vm.total - vm.available), "total": vm.total}
-        except Exception as exc:
-            self._note_failure("ram", exc)
-        try:
-            sw = psutil.swap_memory()
-            m["swap"] = {"used": min(sw.used, sw.total), "total": sw.total}
-        except Exception as exc:
-            self._note_failure("swap", exc)
+        memory = self._meminfo() if self._from_proc else None
+        if memory is not None:
+            ram_total, available, swap_total, swap_free = memory
+            m["ram"] = {"used": max(0, ram_total - available), "total": ram_total}
+            m["swap"] = {"used": min(max(0, swap_total - swap_free), swap_total), "total": swap_total}
+        else:
+            try:
+                vm = psutil.virtual_memory()
+                m["ram"] = {"used": max(0, vm.total - vm.available), "total": vm.total}
+            except Exception as exc:
+                self._note_failure("ram", exc)
+            try:
+                sw = psutil.swap_memory()
+                m["swap"] = {"used": min(sw.used, sw.total), "total": sw.total}
+            except Exception as exc:
+                self._note_failure("swap", exc)
 
         disks = {}
         for mount in self.disks():
@@ -2363,12 +2492,11 @@ class Collector:
             m["disks"] = disks
 
         try:
-            io = psutil.disk_io_counters(perdisk=False)
+            current = self._disk_counters()
         except Exception as exc:
-            io = None
+            current = None
             self._note_failure("disk I/O", exc)
-        if io is not None:
-            current = (io.read_bytes, io.write_bytes)
+        if current is not None:
             prev, self._prev_disk = self._prev_disk, current
             if prev is not None and dt:
                 rates = {}
@@ -2379,7 +2507,7 @@ class Collector:
                     m["disk_io"] = rates
 
         try:
-            nics = psutil.net_io_counters(pernic=True)
+            nics = self._net_counters()
         except Exception as exc:
             nics = {}
             self._note_failure("network", exc)
@@ -2387,12 +2515,11 @@ class Collector:
             prev_net = self._prev_net
             self._prev_net = {}
             net = {}
-            for name, counters in nics.items():
+            for name, current in nics.items():
                 if name in _LOOPBACK or name.startswith("Loopback"):
                     continue
                 if len(self._prev_net) >= MAX_NET_IFACES:
                     break
-                current = (counters.bytes_recv, counters.bytes_sent)
                 self._prev_net[name] = current
                 prev = prev_net.get(name)
                 if prev is None or not dt:
@@ -2418,8 +2545,9 @@ class Collector:
                 m["temps"] = dict(self._temps)
 
         m["uptime"] = round(max(0.0, time.time() - self.boot_time), 1)
-        try:
-            m["procs"] = len(psutil.pids())
+        try:  # on Linux without psutil's list of ints
+            m["procs"] = (sum(1 for e in os.listdir(self._procfs) if e.isdigit()) if self._from_proc
+                          else len(psutil.pids()))
         except Exception as exc:
             self._note_failure("process count", exc)
         if self._gpus or self._amd_gpus:
@@ -2430,7 +2558,7 @@ class Collector:
 # --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
 #
 # Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each poll (every
-# max(interval, 10 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
+# max(interval, 30 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
 # agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
 # count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
 # MAX_CONTAINERS, by name) and, in each sample, series for a bounded label set: `down` for MAX_CONTAINER_DOWN of
@@ -2446,11 +2574,11 @@ MAX_CONTAINER_STATE = 32
 CONTAINER_TIMEOUT = 2.0  # seconds for one Engine API request, connect to last byte
 CONTAINER_LIST_BYTES = 8 << 20  # /containers/json with 500 containers and their labels: well under this
 CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally)
-# Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (4 per
-# poll: every container every poll up to 4 running, every 13th poll with 50) and so do inspects. A poll happens
-# every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
-CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
-CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
+# Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (6 per
+# poll: every container every poll up to 6 running, every 9th poll with 50, i.e. its CPU and memory every ~4
+# minutes) and so do inspects. A poll happens every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
+CONTAINER_STATS_PER_POLL = 6  # stats requests per poll at most
+CONTAINER_INSPECTS_PER_POLL = 6  # inspects (restart count, health) per poll at most, new and changed first
 CONTAINER_WORKERS = 4  # stats and inspects in flight at once
 CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
 RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down

@@ -2574,11 +2574,12 @@ MAX_CONTAINER_STATE = 32
 CONTAINER_TIMEOUT = 2.0  # seconds for one Engine API request, connect to last byte
 CONTAINER_LIST_BYTES = 8 << 20  # /containers/json with 500 containers and their labels: well under this
 CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally)
-# Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (6 per
-# poll: every container every poll up to 6 running, every 9th poll with 50, i.e. its CPU and memory every ~4
-# minutes) and so do inspects. A poll happens every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
-CONTAINER_STATS_PER_POLL = 6  # stats requests per poll at most
-CONTAINER_INSPECTS_PER_POLL = 6  # inspects (restart count, health) per poll at most, new and changed first
+# Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (4 per
+# poll: every container every poll up to 4 running, every 13th poll with 50, i.e. its CPU and memory every ~6
+# minutes) and so do inspects. A poll happens every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds;
+# a container's state comes from the list, every poll.
+CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
+CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
 CONTAINER_WORKERS = 4  # stats and inspects in flight at once
 CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
 RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down

@@ -2546,7 +2546,7 @@ class Collector:
 
         m["uptime"] = round(max(0.0, time.time() - self.boot_time), 1)
         try:  # on Linux without psutil's list of ints
-            m["procs"] = (sum(1 for e in os.listdir(self._procfs) if e.isdigit()) if self._from_proc
+            m["procs"] = (sum(map(str.isdigit, os.listdir(self._procfs))) if self._from_proc
                           else len(psutil.pids()))
         except Exception as exc:
             self._note_failure("process count", exc)

@@ -16,6 +16,7 @@ WORK=$(mktemp -d /tmp/bench-agent-cost.XXXXXX)
 SOCK=$WORK/podman.sock
 LABEL=mbot-bench50-$$
 git show "$BASE:agent/mbot_agent.py" > "$WORK/baseline_agent.py"
+cp agent/mbot_agent.py "$WORK/this_agent.py"  # as it is now: editing the checkout meanwhile changes nothing here
 podman system service --time=0 "unix://$SOCK" & SVC=$!
 trap 'podman rm -f -t 0 $(podman ps -aq --filter label=$LABEL) >/dev/null 2>&1 || true; kill $SVC 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for i in $(seq 1 50); do
@@ -32,7 +33,7 @@ run() {  # LABEL AGENT [agent_cost.py options]
         | grep -E '^(interval|agent RSS|agent CPU)'
 }
 for round in $(seq 1 "$ROUNDS"); do
-    runs=("baseline|$WORK/baseline_agent.py" "this checkout|agent/mbot_agent.py")
+    runs=("baseline|$WORK/baseline_agent.py" "this checkout|$WORK/this_agent.py")
     if [ $((round % 2)) = 0 ]; then runs=("${runs[1]}" "${runs[0]}"); fi
     for containers in off "$SOCK"; do
         for entry in "${runs[@]}"; do

@@ -34,8 +34,8 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
     AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
-                       15 largest by each, every interval or two, less often on hosts with many processes so
-                       that it costs at most 0.02 % of a core). Command lines can hold secrets some programs take as
+                       15 largest by each, every few intervals, less often on hosts with many processes so
+                       that it costs at most 0.015 % of a core). Command lines can hold secrets some programs take as
                        arguments: they reach the server and the chat
     AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
                        state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
@@ -1419,14 +1419,19 @@ PROCESSES_VERSION = 1
 PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
-# The process list may cost at most this share of one core (the whole agent aims at 0.1 % at a 5 s interval, and
-# this is its largest part). A scan costs about 8 us per process (a pread of /proc/PID/stat kept open, most of it
-# the kernel's): ~2 ms at 250 processes, so a list every 10 s (2 intervals at 5 s, well within the card's "current"
-# of 3 intervals); 2,000 processes: every 80 s, shown on the card with its age.
-PROCESSES_CPU_SHARE = 0.0002
-# /proc/PID/stat files kept open from one scan to the next: a pread of an open one costs half an open+read+close.
-# Bounded (and by a quarter of RLIMIT_NOFILE): on a bigger host the rest are opened for each scan.
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 % at a 5 s interval, of
+# which the event loop's frames take half). A list costs about 10 us per process (a pread of each /proc/PID/stat
+# kept open, or of the cheaper schedstat of an idle one, most of it the kernel's; 2-3 ms at 250 processes here), so
+# one every 13-20 s at a few hundred processes: about 3 intervals at 5 s, what the card shows without an age
+# (mbot/processes.py); at 2,000 processes one every 2 minutes, shown with its age.
+PROCESSES_CPU_SHARE = 0.00015
+# /proc/PID/stat (and schedstat) files kept open from one scan to the next: a pread of an open one costs half an
+# open+read+close. Bounded (and by a quarter of RLIMIT_NOFILE): on a bigger host the rest are opened for each scan.
 PROCESS_FDS_MAX = 1024
+# A single-threaded process whose /proc/PID/schedstat (its run time: a quarter of the cost of stat, which the kernel
+# sums over threads) reads as before has not run, so its stat is as before; it is read anyway every this many scans
+# (its RSS can shrink without it running, when the kernel reclaims or swaps its pages).
+PROCESS_RECHECK = 4
 DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
 
 
@@ -1438,6 +1443,7 @@ class ProcessStat(NamedTuple):
     name: str
     cpu_time: float  # seconds of CPU it used since it started (all threads)
     rss: int  # bytes
+    threads: int = 0  # 0: not known
 
 
 def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[ProcessStat]:
@@ -1447,9 +1453,10 @@ def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[P
     if not sep or b"(" not in head:
         return None
     fields = rest.split(None, 22)  # the 50-odd fields after the name: only the first 22 are wanted
-    try:  # fields 14, 15 (utime, stime), 22 (starttime), 24 (rss in pages) of proc(5); `fields` starts at 3
+    try:  # fields 14, 15 (utime, stime), 20 (threads), 22 (starttime), 24 (rss in pages) of proc(5), from 3 here
         return ProcessStat(pid, float(fields[19]), head.partition(b"(")[2].decode("utf-8", "replace"),
-                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page)
+                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page,
+                           int(fields[17]))
     except (IndexError, ValueError):
         return None
 
@@ -1488,7 +1495,8 @@ class ProcessTable:
 
     Linux: /proc/PID/stat only, one pread per process of a file kept open between scans (user and command line for
     the chosen few, kept for a minute), several times cheaper than psutil.process_iter; a process whose stat reads
-    as before (idle: no CPU time, no memory change) is not parsed again. AGENT_HOST_PROC (psutil.PROCFS_PATH) is
+    as before (idle: no CPU time, no memory change) is not parsed again, and a single-threaded one whose schedstat
+    reads as before is not read again (PROCESS_RECHECK). AGENT_HOST_PROC (psutil.PROCFS_PATH) is
     honoured. Elsewhere: psutil. CPU % is the CPU time each process used since the previous call, so the first call
     (made here) only primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker
     thread; one call at a time. close() (or garbage collection) closes the files it keeps open.
@@ -1498,7 +1506,10 @@ class ProcessTable:
         self._procfs = procfs or getattr(psutil, "PROCFS_PATH", "/proc")
         self._linux = sys.platform.startswith("linux") and os.path.isfile(os.path.join(self._procfs, "stat"))
         self._fds: Dict[int, int] = {}  # pid -> its open /proc/PID/stat (Linux)
+        self._sched_fds: Dict[int, int] = {}  # pid -> its open /proc/PID/schedstat (single-threaded ones)
         self._raw: Dict[int, bytes] = {}  # pid -> what its stat said at the last scan
+        self._sched_raw: Dict[int, bytes] = {}  # pid -> what its schedstat said at the last scan
+        self._unread: Dict[int, int] = {}  # pid -> scans in a row its stat was not read (PROCESS_RECHECK)
         self._fds_max = 0
         if self._linux:
             self._tick = float(os.sysconf("SC_CLK_TCK"))
@@ -1521,8 +1532,8 @@ class ProcessTable:
         self._listed = False
 
     def close(self) -> None:
-        fds, self._fds = self._fds, {}
-        for fd in fds.values():
+        fds, self._fds, sched_fds, self._sched_fds = self._fds, {}, self._sched_fds, {}
+        for fd in itertools.chain(fds.values(), sched_fds.values()):
             try:
                 os.close(fd)
             except Exception:  # OSError; or, at interpreter exit (__del__), os already torn down
@@ -1577,50 +1588,82 @@ class ProcessTable:
         out: Dict[int, ProcessStat] = {}
         procfs, tick, page = self._procfs, self._tick, self._page
         kept, self._fds = self._fds, {}
-        fds, fds_max = self._fds, self._fds_max
+        sched_kept, self._sched_fds = self._sched_fds, {}
+        fds, sched_fds, fds_max = self._fds, self._sched_fds, self._fds_max
         raw_before, raw = self._raw, {}
+        sched_before, sched_raw = self._sched_raw, {}
         before = self._before
         try:
             for entry in os.listdir(procfs):
                 if not entry.isdigit():
                     continue
                 pid = int(entry)
-                data = b""
                 fd = kept.pop(pid, None)
-                if fd is not None:
-                    try:
-                        data = os.pread(fd, 4096, 0)
-                    except OSError:  # that process is gone (ESRCH): the pid is another one's now
-                        pass
-                    if not data:
-                        os.close(fd)
-                        fd = None
-                if fd is None:
-                    try:
-                        fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
-                        try:
-                            data = os.read(fd, 4096)
-                        except OSError:
-                            os.close(fd)
-                            raise
-                    except OSError:  # gone since the listing, or hidden from us (hidepid)
-                        continue
-                if len(fds) < fds_max:
+                prev = before.get(pid)
+                if prev is not None and prev.threads == 1 and fd is not None:
+                    sched = self._read_kept(sched_kept.pop(pid, None), f"{procfs}/{entry}/schedstat", 256)
+                    if sched is not None:
+                        data, sched_fd, same = sched
+                        sched_raw[pid] = data
+                        if len(fds) + len(sched_fds) < fds_max - 1:
+                            sched_fds[pid] = sched_fd
+                        else:
+                            os.close(sched_fd)
+                        checks = self._unread.get(pid, 0)
+                        # The same process (read through the file kept open for it) that has not run:
+                        if same and data == sched_before.get(pid) and checks < PROCESS_RECHECK:
+                            self._unread[pid] = checks + 1
+                            fds[pid] = fd  # its turn to be read comes: the gate above is only for open ones
+                            out[pid] = prev
+                            raw[pid] = raw_before[pid]
+                            continue
+                self._unread.pop(pid, None)
+                stat = self._read_kept(fd, f"{procfs}/{entry}/stat", 4096)
+                if stat is None:  # gone since the listing, or hidden from us (hidepid)
+                    continue
+                data, fd, _ = stat
+                if len(fds) + len(sched_fds) < fds_max:
                     fds[pid] = fd
                 else:
                     os.close(fd)
-                if raw_before.get(pid) == data and pid in before:  # unchanged since the last scan
-                    proc: Optional[ProcessStat] = before[pid]
+                if raw_before.get(pid) == data and prev is not None:  # unchanged since the last scan
+                    proc: Optional[ProcessStat] = prev
                 else:
                     proc = parse_proc_stat(pid, data, tick, page)
                 if proc is not None:
                     out[pid] = proc
                     raw[pid] = data
         finally:
-            for fd in kept.values():  # processes that ended
+            for fd in itertools.chain(kept.values(), sched_kept.values()):  # processes that ended
                 os.close(fd)
-        self._raw = raw
+        self._raw, self._sched_raw = raw, sched_raw
+        self._unread = {pid: n for pid, n in self._unread.items() if pid in out}
         return out
+
+    @staticmethod
+    def _read_kept(fd: Optional[int], path: str, size: int) -> Optional[Tuple[bytes, int, bool]]:
+        """(what the file says now, its open descriptor, whether that is `fd`): a pread of `fd` while its process
+        lives, else a new open of `path`; None when it cannot be read (the process ended)."""
+        if fd is not None:
+            try:
+                data = os.pread(fd, size, 0)
+            except OSError:  # that process ended (ESRCH): the pid is another one's now, or nobody's
+                data = b""
+            if data:
+                return data, fd, True
+            os.close(fd)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, size)
+        except OSError:
+            data = b""
+        if not data:
+            os.close(fd)
+            return None
+        return data, fd, False
 
     def _scan_psutil(self) -> Dict[int, ProcessStat]:
         out: Dict[int, ProcessStat] = {}

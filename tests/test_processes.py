@@ -148,6 +148,22 @@ def test_a_process_that_ends_leaves_the_list_and_its_file_is_closed(children):
     assert f"/proc/{busy.pid}/stat" not in stat_files()
 
 
+@pytest.mark.skipif(not Path("/proc/self/schedstat").exists(), reason="the /proc way, with schedstat")
+def test_an_idle_process_that_starts_working_is_seen_at_once(children):
+    # An idle single-threaded process's stat is not read again while its schedstat says it has not run: the first
+    # list after it starts working must still show its CPU.
+    waits = children("import sys, time\nprint('idle', flush=True)\nsys.stdin.readline()\n" + BUSY.split("\n", 1)[1])
+    assert waits.stdout.readline() == "idle\n"
+    table = agent.ProcessTable()
+    for _ in range(3):
+        table.top()
+    assert table._unread.get(waits.pid)  # its stat was left unread: the case under test
+    waits.stdin.write("go\n")
+    waits.stdin.flush()
+    assert waits.stdout.readline() == "ready\n"
+    assert by_pid(table.top(), waits.pid)["cpu"] > 1.0
+
+
 def test_vram_per_process_through_fake_nvml(children, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "fakes"))
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)

@@ -34,8 +34,8 @@ used for that run only, so a one-off AGENT_PORT or AGENT_VERIFY_SSL=0 never beco
     AGENT_HOST_PROC    read the machine's figures from this /proc instead of our own (an agent in a container
                        with the host's /proc mounted, e.g. /host/proc; Linux only)
     AGENT_PROCESSES    1; 0 stops sending the top processes (name, user, CPU, memory, VRAM, command line: the
-                       15 largest by each, every interval, less often on hosts with many processes so that it
-                       costs at most 0.05 % of a core). Command lines can hold secrets some programs take as
+                       15 largest by each, every few intervals, less often on hosts with many processes so
+                       that it costs at most 0.015 % of a core). Command lines can hold secrets some programs take as
                        arguments: they reach the server and the chat
     AGENT_CONTAINER_SOCKET  the Docker or Podman Engine API socket whose containers to report (name, image,
                        state, health, restarts, CPU, memory); unset: /var/run/docker.sock,
@@ -71,6 +71,7 @@ import calendar
 import dataclasses
 import functools
 import hashlib
+import heapq
 import http.client
 import inspect
 import itertools
@@ -183,9 +184,10 @@ class AgentConfig:
     temps_every: int = 6  # read temperature sensors on every Nth sample
     services_every: float = SERVICES_EVERY  # look at systemd's services this often (a `services` snapshot)
     check_timeout: float = 10.0  # one probe of a check, redirects and body included (CHECK_TIMEOUT)
-    # Containers are polled every max(interval, this): the list alone costs about a millisecond of CPU with 50
-    # containers, and a state seen within 10 s is soon enough for an alert.
-    containers_every: float = 10.0
+    # Containers are polled every max(interval, this): a poll costs about 4 ms of CPU with 50 containers (the list,
+    # a few stats and inspects), 0.01 % of a core at this pace, and a state seen within 30 s is soon enough for an
+    # alert (the issue's "state changes within ~30 s").
+    containers_every: float = 30.0
 
     @property
     def fingerprint_path(self) -> Path:
@@ -1417,9 +1419,19 @@ PROCESSES_VERSION = 1
 PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server's bounds (mbot/limits.py)
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
-# The process list may cost at most this share of one core (the whole agent aims at 0.1 %): at a 5 s interval, every
-# interval on a host of about a hundred processes, less often on bigger ones (reading costs 20-40 us per process).
-PROCESSES_CPU_SHARE = 0.0005
+# The process list may cost at most this share of one core (the whole agent aims at 0.1 % at a 5 s interval, of
+# which the event loop's frames take half). A list costs about 10 us per process (a pread of each /proc/PID/stat
+# kept open, or of the cheaper schedstat of an idle one, most of it the kernel's; 2-3 ms at 250 processes here), so
+# one every 13-20 s at a few hundred processes: about 3 intervals at 5 s, what the card shows without an age
+# (mbot/processes.py); at 2,000 processes one every 2 minutes, shown with its age.
+PROCESSES_CPU_SHARE = 0.00015
+# /proc/PID/stat (and schedstat) files kept open from one scan to the next: a pread of an open one costs half an
+# open+read+close. Bounded (and by a quarter of RLIMIT_NOFILE): on a bigger host the rest are opened for each scan.
+PROCESS_FDS_MAX = 1024
+# A single-threaded process whose /proc/PID/schedstat (its run time: a quarter of the cost of stat, which the kernel
+# sums over threads) reads as before has not run, so its stat is as before; it is read anyway every this many scans
+# (its RSS can shrink without it running, when the kernel reclaims or swaps its pages).
+PROCESS_RECHECK = 4
 DETAILS_TTL = 60.0  # a chosen process's user and command line are read again after this long (process titles)
 
 
@@ -1431,6 +1443,7 @@ class ProcessStat(NamedTuple):
     name: str
     cpu_time: float  # seconds of CPU it used since it started (all threads)
     rss: int  # bytes
+    threads: int = 0  # 0: not known
 
 
 def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[ProcessStat]:
@@ -1440,9 +1453,10 @@ def parse_proc_stat(pid: int, data: bytes, tick: float, page: int) -> Optional[P
     if not sep or b"(" not in head:
         return None
     fields = rest.split(None, 22)  # the 50-odd fields after the name: only the first 22 are wanted
-    try:  # fields 14, 15 (utime, stime), 22 (starttime), 24 (rss in pages) of proc(5); `fields` starts at 3
+    try:  # fields 14, 15 (utime, stime), 20 (threads), 22 (starttime), 24 (rss in pages) of proc(5), from 3 here
         return ProcessStat(pid, float(fields[19]), head.partition(b"(")[2].decode("utf-8", "replace"),
-                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page)
+                           (int(fields[11]) + int(fields[12])) / tick, max(0, int(fields[21])) * page,
+                           int(fields[17]))
     except (IndexError, ValueError):
         return None
 
@@ -1454,15 +1468,19 @@ def rank_processes(now: Mapping[int, ProcessStat], before: Mapping[int, ProcessS
     top shows it: at most 100 x `cores`. A process that was not there before (or whose pid was reused) started
     within the period: all its CPU time counts."""
     cap = 100.0 * max(1, cores)
-    cpu: Dict[int, float] = {}
-    for pid, proc in now.items():
-        old = before.get(pid)
-        used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
-        cpu[pid] = min(cap, max(0.0, used / seconds * 100.0)) if seconds > 0 else 0.0
-    chosen = set(sorted((p for p in cpu if cpu[p] > 0), key=lambda p: -cpu[p])[:top])
-    chosen.update(sorted((p for p in now if now[p].rss > 0), key=lambda p: -now[p].rss)[:top])
-    chosen.update(p for p in sorted((p for p in vram if vram[p] > 0 and p in now), key=lambda p: -vram[p])[:top])
-    return sorted(((now[p], cpu[p]) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
+    cpu: Dict[int, float] = {}  # the processes that used CPU
+    if seconds > 0:
+        for pid, proc in now.items():
+            old = before.get(pid)
+            if old is proc:  # the scan found it as it was (ProcessTable reuses the entry): idle
+                continue
+            used = proc.cpu_time - (old.cpu_time if old is not None and old.start == proc.start else 0.0)
+            if used > 0:
+                cpu[pid] = min(cap, used / seconds * 100.0)
+    chosen = set(heapq.nlargest(top, cpu, key=cpu.__getitem__))
+    chosen.update(p.pid for p in heapq.nlargest(top, now.values(), key=lambda p: p.rss) if p.rss > 0)
+    chosen.update(heapq.nlargest(top, (p for p in vram if vram[p] > 0 and p in now), key=vram.__getitem__))
+    return sorted(((now[p], cpu.get(p, 0.0)) for p in chosen), key=lambda pc: (-pc[1], -pc[0].rss, pc[0].pid))
 
 
 _BLANKS = {ord(c): " " for c in "\t\n\r\v\f"}  # `python -c` code and the like: a command line reads as one line
@@ -1475,30 +1493,53 @@ def _cut(text: str, limit: int) -> str:
 class ProcessTable:
     """The top processes by CPU, memory and VRAM, one scan per call to top().
 
-    Linux: /proc/PID/stat only, one read per process (user and command line for the chosen few, kept for a minute),
-    several times cheaper than psutil.process_iter; AGENT_HOST_PROC (psutil.PROCFS_PATH) is honoured. Elsewhere:
-    psutil. CPU % is the CPU time each process used since the previous call, so the first call (made here) only
-    primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker thread; one call at
-    a time.
+    Linux: /proc/PID/stat only, one pread per process of a file kept open between scans (user and command line for
+    the chosen few, kept for a minute), several times cheaper than psutil.process_iter; a process whose stat reads
+    as before (idle: no CPU time, no memory change) is not parsed again, and a single-threaded one whose schedstat
+    reads as before is not read again (PROCESS_RECHECK). AGENT_HOST_PROC (psutil.PROCFS_PATH) is
+    honoured. Elsewhere: psutil. CPU % is the CPU time each process used since the previous call, so the first call
+    (made here) only primes. due() paces the calls to PROCESSES_CPU_SHARE of a core. Blocks: run it in a worker
+    thread; one call at a time. close() (or garbage collection) closes the files it keeps open.
     """
 
     def __init__(self, procfs: Optional[str] = None, cores: Optional[int] = None, top: int = TOP_PROCESSES) -> None:
         self._procfs = procfs or getattr(psutil, "PROCFS_PATH", "/proc")
         self._linux = sys.platform.startswith("linux") and os.path.isfile(os.path.join(self._procfs, "stat"))
+        self._fds: Dict[int, int] = {}  # pid -> its open /proc/PID/stat (Linux)
+        self._sched_fds: Dict[int, int] = {}  # pid -> its open /proc/PID/schedstat (single-threaded ones)
+        self._raw: Dict[int, bytes] = {}  # pid -> what its stat said at the last scan
+        self._sched_raw: Dict[int, bytes] = {}  # pid -> what its schedstat said at the last scan
+        self._unread: Dict[int, int] = {}  # pid -> scans in a row its stat was not read (PROCESS_RECHECK)
+        self._fds_max = 0
         if self._linux:
             self._tick = float(os.sysconf("SC_CLK_TCK"))
             self._page = os.sysconf("SC_PAGE_SIZE")
+            import resource  # Unix only, like this path
+
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            self._fds_max = PROCESS_FDS_MAX if soft == resource.RLIM_INFINITY else min(PROCESS_FDS_MAX, soft // 4)
         self._cores = cores or psutil.cpu_count(logical=True) or os.cpu_count() or 1
         self._top = top
         self._users: Dict[int, str] = {}
         self._handles: Dict[int, Any] = {}  # psutil: pid -> Process of the latest scan
         # (pid, start) of the chosen -> (read at, user, argv): the chosen change little from one call to the next
         self._details_of: Dict[Tuple[int, float], Tuple[float, str, List[str]]] = {}
+        self._before: Dict[int, ProcessStat] = {}
         started = time.thread_time()
-        self._before: Dict[int, ProcessStat] = self._scan()
+        self._before = self._scan()
         self.scanned_at = time.monotonic()  # of the last scan
         self.cost = time.thread_time() - started  # CPU seconds of the last call
         self._listed = False
+
+    def close(self) -> None:
+        fds, self._fds, sched_fds, self._sched_fds = self._fds, {}, self._sched_fds, {}
+        for fd in itertools.chain(fds.values(), sched_fds.values()):
+            try:
+                os.close(fd)
+            except Exception:  # OSError; or, at interpreter exit (__del__), os already torn down
+                pass
+
+    __del__ = close
 
     def due(self, now: float) -> bool:
         """Whether a call now keeps the list within PROCESSES_CPU_SHARE of a core (`now`: time.monotonic()). The
@@ -1546,21 +1587,83 @@ class ProcessTable:
     def _scan_proc(self) -> Dict[int, ProcessStat]:
         out: Dict[int, ProcessStat] = {}
         procfs, tick, page = self._procfs, self._tick, self._page
-        for entry in os.listdir(procfs):
-            if not entry.isdigit():
-                continue
-            try:  # os.open/os.read: half the cost of open() for a file read once
-                fd = os.open(f"{procfs}/{entry}/stat", os.O_RDONLY)
-                try:
-                    data = os.read(fd, 4096)
-                finally:
+        kept, self._fds = self._fds, {}
+        sched_kept, self._sched_fds = self._sched_fds, {}
+        fds, sched_fds, fds_max = self._fds, self._sched_fds, self._fds_max
+        raw_before, raw = self._raw, {}
+        sched_before, sched_raw = self._sched_raw, {}
+        before = self._before
+        try:
+            for entry in os.listdir(procfs):
+                if not entry.isdigit():
+                    continue
+                pid = int(entry)
+                fd = kept.pop(pid, None)
+                prev = before.get(pid)
+                if prev is not None and prev.threads == 1 and fd is not None:
+                    sched = self._read_kept(sched_kept.pop(pid, None), f"{procfs}/{entry}/schedstat", 256)
+                    if sched is not None:
+                        data, sched_fd, same = sched
+                        sched_raw[pid] = data
+                        if len(fds) + len(sched_fds) < fds_max - 1:
+                            sched_fds[pid] = sched_fd
+                        else:
+                            os.close(sched_fd)
+                        checks = self._unread.get(pid, 0)
+                        # The same process (read through the file kept open for it) that has not run:
+                        if same and data == sched_before.get(pid) and checks < PROCESS_RECHECK:
+                            self._unread[pid] = checks + 1
+                            fds[pid] = fd  # its turn to be read comes: the gate above is only for open ones
+                            out[pid] = prev
+                            raw[pid] = raw_before[pid]
+                            continue
+                self._unread.pop(pid, None)
+                stat = self._read_kept(fd, f"{procfs}/{entry}/stat", 4096)
+                if stat is None:  # gone since the listing, or hidden from us (hidepid)
+                    continue
+                data, fd, _ = stat
+                if len(fds) + len(sched_fds) < fds_max:
+                    fds[pid] = fd
+                else:
                     os.close(fd)
-            except OSError:  # gone since the listing, or hidden from us (hidepid)
-                continue
-            proc = parse_proc_stat(int(entry), data, tick, page)
-            if proc is not None:
-                out[proc.pid] = proc
+                if raw_before.get(pid) == data and prev is not None:  # unchanged since the last scan
+                    proc: Optional[ProcessStat] = prev
+                else:
+                    proc = parse_proc_stat(pid, data, tick, page)
+                if proc is not None:
+                    out[pid] = proc
+                    raw[pid] = data
+        finally:
+            for fd in itertools.chain(kept.values(), sched_kept.values()):  # processes that ended
+                os.close(fd)
+        self._raw, self._sched_raw = raw, sched_raw
+        self._unread = {pid: n for pid, n in self._unread.items() if pid in out}
         return out
+
+    @staticmethod
+    def _read_kept(fd: Optional[int], path: str, size: int) -> Optional[Tuple[bytes, int, bool]]:
+        """(what the file says now, its open descriptor, whether that is `fd`): a pread of `fd` while its process
+        lives, else a new open of `path`; None when it cannot be read (the process ended)."""
+        if fd is not None:
+            try:
+                data = os.pread(fd, size, 0)
+            except OSError:  # that process ended (ESRCH): the pid is another one's now, or nobody's
+                data = b""
+            if data:
+                return data, fd, True
+            os.close(fd)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            data = os.read(fd, size)
+        except OSError:
+            data = b""
+        if not data:
+            os.close(fd)
+            return None
+        return data, fd, False
 
     def _scan_psutil(self) -> Dict[int, ProcessStat]:
         out: Dict[int, ProcessStat] = {}
@@ -1624,13 +1727,35 @@ class ProcessTable:
 
 # --- inventory: what the machine is (hello's `inventory`; an `inventory` snapshot when it changes) ---------------
 
-INVENTORY_EVERY = 60.0  # seconds between checks for a changed inventory (a disk mounted, an address changed)
+# Seconds between checks for a changed inventory (a disk mounted, an address changed): a check costs ~8 ms of CPU
+# (psutil's partitions and interfaces, more with dozens of container interfaces), 0.003 % of a core at this pace.
+INVENTORY_EVERY = 300.0
 MAX_INVENTORY_ITEMS = 64  # disks, interfaces, GPUs (the server refuses more: docs/protocol.md)
 MAX_NIC_ADDRS = 16
 # systemd-detect-virt's words, and what /sys/class/dmi/id says on hosts without it.
 _DMI_VIRT = (("kvm", "kvm"), ("qemu", "qemu"), ("vmware", "vmware"), ("virtualbox", "oracle"), ("xen", "xen"),
              ("microsoft", "microsoft"), ("amazon ec2", "amazon"), ("google", "google"), ("bochs", "bochs"),
              ("parallels", "parallels"), ("openstack", "kvm"))
+
+
+_MEMINFO_KEYS = frozenset((b"MemTotal", b"MemAvailable", b"SwapTotal", b"SwapFree"))
+
+
+def _read_proc(path: str, limit: int = 1 << 22) -> bytes:
+    """A whole /proc file (os.read: no buffered file object for a file read once)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _read_text(path: str, limit: int = 1 << 20) -> str:
@@ -1930,18 +2055,31 @@ class Collector:
         self._failed: set = set()
         self._has_temps = hasattr(psutil, "sensors_temperatures")
         self._has_load = hasattr(os, "getloadavg")  # psutil emulates it on Windows with a thread: not wanted
+        # Linux: memory and network counters read straight from /proc (where psutil reads them, AGENT_HOST_PROC
+        # included): a third of psutil's cost, which builds tuples of fields the agent never sends (and with dozens
+        # of container interfaces, net_io_counters alone was a third of a sample's CPU).
+        procfs = getattr(psutil, "PROCFS_PATH", "/proc")
+        self._procfs, self._meminfo_path, self._netdev_path = procfs, f"{procfs}/meminfo", f"{procfs}/net/dev"
+        self._from_proc = sys.platform.startswith("linux") and os.path.isfile(self._meminfo_path)
+        self._stat_path, self._diskstats_path = f"{procfs}/stat", f"{procfs}/diskstats"
+        # /sys/block's names (whole disks, re-read with the partitions); None: psutil counts the disks' I/O
+        self._block_devices: Optional[set] = None
+        self._diskstats = self._from_proc
+        # CPU times at the previous sample, "cpu" and each core -> its fields, idle and iowait last. Kept here rather
+        # than in psutil.cpu_percent, whose memory is per thread: samples taken more than 10 s apart run in a new
+        # worker thread each (trio's thread cache), and would all read 0 %.
+        self._prev_cpu: Dict[str, List[float]] = {}
+        self._cpu_percent()  # prime: the first sample measures from here
         self.boot_time = psutil.boot_time()
-        psutil.cpu_percent(interval=None)  # prime: the first sample measures from here
-        psutil.cpu_percent(interval=None, percpu=True)
         self._nvml: Any = None
         self._gpus: List[Tuple[Any, str]] = []  # (handle, name)
         self._static: Optional[Dict[str, Any]] = None  # the parts of the inventory that never change while we run
         self._amd: Any = None
         self._amd_gpus: List[Tuple[Any, str, str]] = []  # (handle, name, driver version)
+        self._processes: Optional[ProcessTable] = None
         if gpu:
             self._init_gpus()
             self._init_amd_gpus()
-        self._processes: Optional[ProcessTable] = None
         if processes:
             try:
                 self._processes = ProcessTable()
@@ -2034,7 +2172,9 @@ class Collector:
         return [name for _, name in self._gpus] + [name for _, name, _ in self._amd_gpus]
 
     def close(self) -> None:
-        """Release NVML and amdsmi. Safe to call more than once."""
+        """Release NVML and amdsmi, and the process list's open files. Safe to call more than once."""
+        if self._processes is not None:
+            self._processes.close()
         nv, self._nvml = self._nvml, None
         self._gpus = []
         if nv is not None:
@@ -2163,6 +2303,11 @@ class Collector:
                 seen.add(part.device)
                 mounts.append(part.mountpoint)
             self._partitions = mounts[:MAX_DISKS]
+            if self._diskstats:
+                try:
+                    self._block_devices = {name.encode() for name in os.listdir("/sys/block")}
+                except OSError:
+                    self._block_devices, self._diskstats = None, False
         return self._partitions
 
     def host_facts(self) -> Dict[str, Any]:
@@ -2260,6 +2405,88 @@ class Collector:
         else:
             log.debug("cannot read %s: %s", what, _describe(exc))
 
+    def _meminfo(self) -> Optional[Tuple[int, int, int, int]]:
+        """(RAM total, available, swap total, free) in bytes from /proc/meminfo; None where it does not say them
+        all (kernels before 3.14 have no MemAvailable: psutil estimates it), or cannot be read."""
+        try:
+            text = _read_proc(self._meminfo_path)
+        except OSError:
+            return None
+        values: Dict[bytes, int] = {}
+        for line in text.splitlines():
+            key, _, rest = line.partition(b":")
+            if key in _MEMINFO_KEYS:
+                try:
+                    values[key] = int(rest.split()[0]) * 1024
+                except (IndexError, ValueError):
+                    return None
+        if len(values) < len(_MEMINFO_KEYS):
+            return None
+        return values[b"MemTotal"], values[b"MemAvailable"], values[b"SwapTotal"], values[b"SwapFree"]
+
+    def _cpu_percent(self) -> Tuple[float, List[float]]:
+        """Busy % of the whole CPU and of each core since the previous call, as psutil.cpu_percent counts it (busy:
+        all but idle and iowait; guest time is already inside user and nice). 0 where there is no previous."""
+        now: Dict[str, List[float]] = {}
+        if self._from_proc:  # one read of /proc/stat for both (psutil reads it twice)
+            for line in _read_proc(self._stat_path).split(b"\n"):
+                if not line.startswith(b"cpu"):
+                    break  # the cpu lines come first
+                name, *fields = line.decode("ascii", "replace").split()
+                # user nice system idle iowait irq softirq steal (guest guest_nice): idle and iowait last
+                times = [float(f) for f in fields[:8]]
+                now[name] = times[:3] + times[5:] + times[3:5]
+        else:
+            for name, times in [("cpu", psutil.cpu_times())] + [
+                    (f"cpu{i}", t) for i, t in enumerate(psutil.cpu_times(percpu=True))]:
+                fields = times._asdict()
+                idle = [fields.pop("idle"), fields.pop("iowait", 0.0)]
+                fields.pop("guest", None)
+                fields.pop("guest_nice", None)
+                now[name] = list(fields.values()) + idle
+        prev, self._prev_cpu = self._prev_cpu, now
+
+        def percent(name: str) -> float:
+            before, after = prev.get(name), now[name]
+            if before is None or len(before) != len(after):
+                return 0.0
+            deltas = [max(0.0, b - a) for a, b in zip(before, after)]  # iowait can go backwards
+            total = sum(deltas)
+            return (total - deltas[-2] - deltas[-1]) / total * 100.0 if total > 0 else 0.0
+
+        return percent("cpu"), [percent(name) for name in now if name != "cpu"]
+
+    def _disk_counters(self) -> Tuple[int, int]:
+        """(bytes read, bytes written) by the whole disks so far, as psutil.disk_io_counters(perdisk=False) counts
+        them (/proc/diskstats' lines for the names in /sys/block, 512-byte sectors)."""
+        if self._block_devices is not None:
+            read = written = 0
+            for line in _read_proc(self._diskstats_path).split(b"\n"):
+                fields = line.split()
+                if len(fields) == 14 or len(fields) >= 18:  # kernels since 2.6.25 (18 since 4.18, 20 since 5.5)
+                    if fields[2].replace(b"/", b"!") in self._block_devices:
+                        read += int(fields[5])
+                        written += int(fields[9])
+                elif fields:  # a format this does not know: psutil's way from now on
+                    self._block_devices, self._diskstats = None, False
+                    break
+            else:
+                return read * 512, written * 512
+        io = psutil.disk_io_counters(perdisk=False)
+        return io.read_bytes, io.write_bytes
+
+    def _net_counters(self) -> Dict[str, Tuple[int, int]]:
+        """Interface -> (bytes received, bytes sent), in the order the system lists them."""
+        if self._from_proc:
+            out: Dict[str, Tuple[int, int]] = {}
+            for line in _read_proc(self._netdev_path).decode("utf-8", "replace").splitlines()[2:]:
+                name, _, rest = line.rpartition(":")  # "  eth0: 123 ..." (proc(5): /proc/net/dev)
+                fields = rest.split()
+                if name and len(fields) >= 9:
+                    out[name.strip()] = (int(fields[0]), int(fields[8]))
+            return out
+        return {name: (c.bytes_recv, c.bytes_sent) for name, c in psutil.net_io_counters(pernic=True).items()}
+
     def collect(self) -> Dict[str, Any]:
         """One sample's `metrics` object (docs/protocol.md). Rates are absent in the first sample."""
         m: Dict[str, Any] = {}
@@ -2269,9 +2496,9 @@ class Collector:
         self._count += 1
 
         try:
-            m["cpu"] = round(min(100.0, max(0.0, psutil.cpu_percent(interval=None))), 1)
-            m["cpu_cores"] = [round(min(100.0, max(0.0, v)), 1) for v in psutil.cpu_percent(interval=None,
-                                                                                             percpu=True)]
+            total, cores = self._cpu_percent()
+            m["cpu"] = round(min(100.0, max(0.0, total)), 1)
+            m["cpu_cores"] = [round(min(100.0, max(0.0, v)), 1) for v in cores]
         except Exception as exc:
             self._note_failure("cpu", exc)
         if self._has_load:
@@ -2279,16 +2506,22 @@ class Collector:
                 m["load"] = [round(max(0.0, v), 2) for v in os.getloadavg()]
             except Exception as exc:
                 self._note_failure("load", exc)
-        try:
-            vm = psutil.virtual_memory()
-            m["ram"] = {"used": max(0, vm.total - vm.available), "total": vm.total}
-        except Exception as exc:
-            self._note_failure("ram", exc)
-        try:
-            sw = psutil.swap_memory()
-            m["swap"] = {"used": min(sw.used, sw.total), "total": sw.total}
-        except Exception as exc:
-            self._note_failure("swap", exc)
+        memory = self._meminfo() if self._from_proc else None
+        if memory is not None:
+            ram_total, available, swap_total, swap_free = memory
+            m["ram"] = {"used": max(0, ram_total - available), "total": ram_total}
+            m["swap"] = {"used": min(max(0, swap_total - swap_free), swap_total), "total": swap_total}
+        else:
+            try:
+                vm = psutil.virtual_memory()
+                m["ram"] = {"used": max(0, vm.total - vm.available), "total": vm.total}
+            except Exception as exc:
+                self._note_failure("ram", exc)
+            try:
+                sw = psutil.swap_memory()
+                m["swap"] = {"used": min(sw.used, sw.total), "total": sw.total}
+            except Exception as exc:
+                self._note_failure("swap", exc)
 
         disks = {}
         for mount in self.disks():
@@ -2302,12 +2535,11 @@ class Collector:
             m["disks"] = disks
 
         try:
-            io = psutil.disk_io_counters(perdisk=False)
+            current = self._disk_counters()
         except Exception as exc:
-            io = None
+            current = None
             self._note_failure("disk I/O", exc)
-        if io is not None:
-            current = (io.read_bytes, io.write_bytes)
+        if current is not None:
             prev, self._prev_disk = self._prev_disk, current
             if prev is not None and dt:
                 rates = {}
@@ -2318,7 +2550,7 @@ class Collector:
                     m["disk_io"] = rates
 
         try:
-            nics = psutil.net_io_counters(pernic=True)
+            nics = self._net_counters()
         except Exception as exc:
             nics = {}
             self._note_failure("network", exc)
@@ -2326,12 +2558,11 @@ class Collector:
             prev_net = self._prev_net
             self._prev_net = {}
             net = {}
-            for name, counters in nics.items():
+            for name, current in nics.items():
                 if name in _LOOPBACK or name.startswith("Loopback"):
                     continue
                 if len(self._prev_net) >= MAX_NET_IFACES:
                     break
-                current = (counters.bytes_recv, counters.bytes_sent)
                 self._prev_net[name] = current
                 prev = prev_net.get(name)
                 if prev is None or not dt:
@@ -2357,8 +2588,9 @@ class Collector:
                 m["temps"] = dict(self._temps)
 
         m["uptime"] = round(max(0.0, time.time() - self.boot_time), 1)
-        try:
-            m["procs"] = len(psutil.pids())
+        try:  # on Linux without psutil's list of ints
+            m["procs"] = (sum(map(str.isdigit, os.listdir(self._procfs))) if self._from_proc
+                          else len(psutil.pids()))
         except Exception as exc:
             self._note_failure("process count", exc)
         if self._gpus or self._amd_gpus:
@@ -2369,7 +2601,7 @@ class Collector:
 # --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
 #
 # Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each poll (every
-# max(interval, 10 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
+# max(interval, 30 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
 # agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
 # count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
 # MAX_CONTAINERS, by name) and, in each sample, series for a bounded label set: `down` for MAX_CONTAINER_DOWN of
@@ -2386,8 +2618,9 @@ CONTAINER_TIMEOUT = 2.0  # seconds for one Engine API request, connect to last b
 CONTAINER_LIST_BYTES = 8 << 20  # /containers/json with 500 containers and their labels: well under this
 CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally)
 # Each request costs the agent about 0.4 ms of CPU: with many containers, their stats go round robin (4 per
-# poll: every container every poll up to 4 running, every 13th poll with 50) and so do inspects. A poll happens
-# every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds.
+# poll: every container every poll up to 4 running, every 13th poll with 50, i.e. its CPU and memory every ~6
+# minutes) and so do inspects. A poll happens every max(AGENT_INTERVAL, AgentConfig.containers_every) seconds;
+# a container's state comes from the list, every poll.
 CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
 CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
 CONTAINER_WORKERS = 4  # stats and inspects in flight at once

@@ -5,6 +5,7 @@
     .venv/bin/python bench/agent_cost.py --no-processes      # AGENT_PROCESSES=0: without the process list
     .venv/bin/python bench/agent_cost.py --services 150   # systemd services from the test fake of systemctl
     .venv/bin/python bench/agent_cost.py --containers /tmp/podman.sock   # with container collection on
+    .venv/bin/python bench/agent_cost.py --agent /tmp/old_agent.py   # another version of the agent (a baseline)
 
 --services N puts tests/fakes/systemctl first on PATH with N running units (3 of them failed), so that the agent
 sends `services` snapshots; the CPU of the systemctl processes it starts is shown apart (the fake is a Python
@@ -83,8 +84,11 @@ def main() -> None:
                         help="AGENT_CONTAINER_SOCKET: a Docker/Podman socket to watch (default: off)")
     parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
     parser.add_argument("--services", type=int, default=0, help="fake systemd units (0: the host's own systemctl)")
+    parser.add_argument("--agent", type=Path, default=ROOT / "agent" / "mbot_agent.py",
+                        help="the agent file to run (default: this checkout's)")
     args = parser.parse_args()
-    print(f"inventory in each hello: {inventory_bytes()} bytes (JSON)")
+    print(f"agent: {args.agent}")
+    print(f"inventory in each hello: {inventory_bytes(args.agent)} bytes (JSON)")
 
     data = Path(tempfile.mkdtemp(prefix="mbot-bench-agent-"))
     db = data / "mbot.sqlite3"
@@ -113,7 +117,7 @@ def main() -> None:
         (work / "units.json").write_text(json.dumps(units))
         agent_env.update(PATH=f"{ROOT / 'tests' / 'fakes'}{os.pathsep}{os.environ.get('PATH', '')}",
                          FAKE_SYSTEMCTL_STATE=str(work / "units.json"))
-    agent = subprocess.Popen([sys.executable, str(ROOT / "agent" / "mbot_agent.py")], cwd=work, env=agent_env,
+    agent = subprocess.Popen([sys.executable, str(args.agent.resolve())], cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
     try:
@@ -155,10 +159,10 @@ def main() -> None:
         print(f"latest services snapshot: {services} bytes stored")
 
 
-def inventory_bytes() -> int:
+def inventory_bytes(agent_file: Path) -> int:
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("mbot_agent", ROOT / "agent" / "mbot_agent.py")
+    spec = importlib.util.spec_from_file_location("mbot_agent", agent_file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["mbot_agent"] = module

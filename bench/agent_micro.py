@@ -24,7 +24,7 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECT_BUDGET = 0.005  # seconds of CPU per collect()
-# seconds of CPU per process in the process list (/proc); the agent paces the list to 0.05 % of a core whatever it
+# seconds of CPU per process in the process list (/proc); the agent paces the list to 0.015 % of a core whatever it
 # costs, so this budget only says whether reading a process got slower
 PROCESS_BUDGET = 50e-6
 SPOOL_BUDGET = 0.002  # seconds per sample, append + ack

@@ -742,3 +742,51 @@ async def test_other_rejection_retries(tmp_path, autojump_clock):
     a._connect_and_serve = fake_connect
     assert await a.run() == 1
     assert len(calls) == 2
+
+
+def _fake_proc(root: Path, busy: int, idle: int, rx: int, sectors: int) -> None:
+    """A /proc as Linux writes it (the parts the sample reads), for AGENT_HOST_PROC-style reading."""
+    (root / "net").mkdir(parents=True, exist_ok=True)
+    # user nice system idle iowait irq softirq steal guest guest_nice: guest time is inside user already
+    (root / "stat").write_text(f"cpu  {2 * busy} 0 0 {2 * idle} 0 0 0 0 {busy} 0\n"
+                               f"cpu0 {2 * busy} 0 0 0 0 0 0 0 {busy} 0\ncpu1 0 0 0 {2 * idle} 0 0 0 0 0 0\n"
+                               "intr 1 2 3\nbtime 1700000000\nprocesses 10\n")
+    (root / "meminfo").write_text("MemTotal:       16000000 kB\nMemFree:         1000000 kB\n"
+                                  "MemAvailable:    4000000 kB\nSwapCached:            0 kB\n"
+                                  "SwapTotal:       2000000 kB\nSwapFree:        1500000 kB\n")
+    (root / "net" / "dev").write_text(
+        "Inter-|   Receive                                                |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
+        "carrier compressed\n"
+        f"    lo: 999 1 0 0 0 0 0 0 999 1 0 0 0 0 0 0\n  eth0: {rx} 5 0 0 0 0 0 0 {rx // 2} 5 0 0 0 0 0 0\n")
+    disks = sorted(os.listdir("/sys/block"))[:1] if os.path.isdir("/sys/block") else []
+    lines = [f"   8       0 {name} 1 0 {sectors} 0 1 0 {2 * sectors} 0 0 0 0 0 0 0 0 0 0" for name in disks]
+    lines.append(f"   8       1 notadisk1 1 0 {sectors} 0 1 0 {sectors} 0 0 0 0 0 0 0 0 0 0")  # a partition
+    (root / "diskstats").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc as Linux writes it")
+def test_a_sample_reads_proc_as_psutil_counts_it_in_any_thread(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(agent.psutil, "PROCFS_PATH", str(tmp_path))
+    _fake_proc(tmp_path, busy=100, idle=100, rx=1000, sectors=10)
+    collector = agent.Collector(gpu=False, processes=False)
+    collector.collect()
+    _fake_proc(tmp_path, busy=130, idle=190, rx=6000, sectors=20)  # CPU: 60 busy of 240 (cpu0 60 of 60)
+    taken = []
+    # Another thread, as when samples are more than 10 s apart (trio's worker threads end after 10 s idle):
+    # psutil.cpu_percent's memory is per thread, and would read 0 % here.
+    worker = threading.Thread(target=lambda: taken.append(collector.collect()))
+    worker.start()
+    worker.join()
+    m = taken[0]
+    assert m["cpu"] == 25.0 and m["cpu_cores"] == [100.0, 0.0]
+    assert m["ram"] == {"used": 12_000_000 * 1024, "total": 16_000_000 * 1024}
+    assert m["swap"] == {"used": 500_000 * 1024, "total": 2_000_000 * 1024}
+    assert set(m["net"]) == {"eth0"} and m["net"]["eth0"]["rx"] > m["net"]["eth0"]["tx"] > 0
+    if os.path.isdir("/sys/block") and os.listdir("/sys/block"):  # whole disks only, as psutil counts them
+        read, written = collector._disk_counters()
+        assert (read, written) == (20 * 512, 40 * 512)
+        assert (read, written) == tuple(agent.psutil.disk_io_counters(perdisk=False)[2:4])
+    protocol.validate_metrics(m)

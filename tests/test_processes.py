@@ -117,6 +117,53 @@ def test_a_busy_loop_and_an_allocation_rank_on_top(children):
         assert protocol.parse_agent_frame(frame, cores=os.cpu_count()).items, way
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the /proc way")
+def test_a_process_that_ends_leaves_the_list_and_its_file_is_closed(children):
+    # The table keeps each process's /proc/PID/stat open between lists (a pread costs half an open and a read):
+    # one that ends must leave the list, its file must be closed, and a busy one started later must be seen.
+    def stat_files() -> set[str]:  # the /proc/PID/stat files this process holds open
+        held = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # the listing's own descriptor, gone
+                continue
+            if target.startswith("/proc/") and target.endswith("/stat"):
+                held.add(target)
+        return held
+
+    idle = children(ALLOC.replace("128 << 20", "64 << 20"))
+    assert idle.stdout.readline() == "ready\n"
+    table = agent.ProcessTable()
+    assert any(item["pid"] == idle.pid for item in table.top())  # 64 MiB: among the top by memory
+    assert f"/proc/{idle.pid}/stat" in stat_files()
+    idle.kill()
+    idle.communicate(timeout=10)
+    busy = children(BUSY)
+    assert busy.stdout.readline() == "ready\n"
+    items = table.top()
+    assert idle.pid not in {item["pid"] for item in items} and by_pid(items, busy.pid)["cpu"] > 1.0
+    assert f"/proc/{idle.pid}/stat" not in stat_files() and f"/proc/{busy.pid}/stat" in stat_files()
+    table.close()
+    assert f"/proc/{busy.pid}/stat" not in stat_files()
+
+
+@pytest.mark.skipif(not Path("/proc/self/schedstat").exists(), reason="the /proc way, with schedstat")
+def test_an_idle_process_that_starts_working_is_seen_at_once(children):
+    # An idle single-threaded process's stat is not read again while its schedstat says it has not run: the first
+    # list after it starts working must still show its CPU.
+    waits = children("import sys, time\nprint('idle', flush=True)\nsys.stdin.readline()\n" + BUSY.split("\n", 1)[1])
+    assert waits.stdout.readline() == "idle\n"
+    table = agent.ProcessTable()
+    for _ in range(3):
+        table.top()
+    assert table._unread.get(waits.pid)  # its stat was left unread: the case under test
+    waits.stdin.write("go\n")
+    waits.stdin.flush()
+    assert waits.stdout.readline() == "ready\n"
+    assert by_pid(table.top(), waits.pid)["cpu"] > 1.0
+
+
 def test_vram_per_process_through_fake_nvml(children, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "tests" / "fakes"))
     monkeypatch.delitem(sys.modules, "pynvml", raising=False)

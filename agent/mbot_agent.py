@@ -2559,7 +2559,10 @@ class Collector:
             self._prev_net = {}
             net = {}
             for name, current in nics.items():
-                if name in _LOOPBACK or name.startswith("Loopback"):
+                # veth*: a container's end of its link. Its traffic is counted again on the bridge and the uplink,
+                # and its name is new each time the container starts (a new series every restart); what a
+                # container sends belongs to the containers snapshot, not to the host's network.
+                if name in _LOOPBACK or name.startswith(("Loopback", "veth")):
                     continue
                 if len(self._prev_net) >= MAX_NET_IFACES:
                     break

@@ -758,7 +758,8 @@ def _fake_proc(root: Path, busy: int, idle: int, rx: int, sectors: int) -> None:
         "Inter-|   Receive                                                |  Transmit\n"
         " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls "
         "carrier compressed\n"
-        f"    lo: 999 1 0 0 0 0 0 0 999 1 0 0 0 0 0 0\n  eth0: {rx} 5 0 0 0 0 0 0 {rx // 2} 5 0 0 0 0 0 0\n")
+        f"    lo: 999 1 0 0 0 0 0 0 999 1 0 0 0 0 0 0\n  eth0: {rx} 5 0 0 0 0 0 0 {rx // 2} 5 0 0 0 0 0 0\n"
+        f"  veth3f1a2b: {rx} 5 0 0 0 0 0 0 {rx} 5 0 0 0 0 0 0\n")
     disks = sorted(os.listdir("/sys/block"))[:1] if os.path.isdir("/sys/block") else []
     lines = [f"   8       0 {name} 1 0 {sectors} 0 1 0 {2 * sectors} 0 0 0 0 0 0 0 0 0 0" for name in disks]
     lines.append(f"   8       1 notadisk1 1 0 {sectors} 0 1 0 {sectors} 0 0 0 0 0 0 0 0 0 0")  # a partition
@@ -784,6 +785,7 @@ def test_a_sample_reads_proc_as_psutil_counts_it_in_any_thread(tmp_path, monkeyp
     assert m["cpu"] == 25.0 and m["cpu_cores"] == [100.0, 0.0]
     assert m["ram"] == {"used": 12_000_000 * 1024, "total": 16_000_000 * 1024}
     assert m["swap"] == {"used": 500_000 * 1024, "total": 2_000_000 * 1024}
+    # Loopback and a container's veth (its traffic is the bridge's and the uplink's again) are not the host's.
     assert set(m["net"]) == {"eth0"} and m["net"]["eth0"]["rx"] > m["net"]["eth0"]["tx"] > 0
     if os.path.isdir("/sys/block") and os.listdir("/sys/block"):  # whole disks only, as psutil counts them
         read, written = collector._disk_counters()

@@ -59,4 +59,6 @@ RU: dict[str, Translation] = {
     "in a group: stop sending a host's alerts there": "в группе: больше не слать туда оповещения хоста",
     "one message that keeps your hosts' state current, in this group or a channel you administer":
         "одно сообщение с текущим состоянием ваших хостов в этой группе или в канале, которым вы управляете",
+    "A key is a secret: send /{command} to me in a private chat, not in a group.":
+        "Ключ — это секрет: отправьте /{command} мне в личный чат, а не в группу.",
 }

@@ -579,6 +579,10 @@ class Bot:
             self._start_speedtest(ctx, host)
         elif name in ("check", "checks"):
             await self._check_command(ctx, command)
+        elif name in ("newkey", "rotate") and not ctx.private:
+            # A key's one reply carries its secret: in a group every member would read it.
+            self._send(ctx, _("A key is a secret: send /{command} to me in a private chat, not in a group.",
+                              command=name))
         elif name == "newkey":
             decision = self._newkey_limit.take(ctx.user_id, now)
             if not decision.allowed:

@@ -18,9 +18,12 @@ restart arrives over seconds, not in one instant) and retry with backoff when a 
 
 Printed per point (after a warm-up of two intervals, over --duration seconds):
 - committed samples/s (rows appearing in the database) against the expected agents/interval;
-- send->ack (in the simulator: from the send to the ack that covers the sample) and send->commit (the sample's ts,
-  taken just before the send, to the moment a reader polling the database every 0.1 s sees the row: up to 0.1 s
-  late) p50/p99/max;
+- send->commit (the sample's ts, taken just before the send, to the moment a reader polling the database every
+  0.1 s sees the row: up to 0.1 s late) p50/p99/max: how fresh the data is, the figure the target is about; and
+  send->ack (in the simulator: from the send to the ack that covers the sample), which on a server that paces its
+  acks (docs/architecture.md, "Acks and probes under load") measures that pace, not the server's speed;
+- the server's CPU per committed sample (all its threads, over the window): the figure that compares two checkouts
+  best on a machine whose load drifts, since it does not depend on how much CPU the server was given;
 - the chat's /status latency (the fake Bot API queues the update; the clock stops when the reply reaches it), one
   every 2 s during the window;
 - the CPU of every server process (its event loop thread apart) and of the simulators (per process), the server's
@@ -605,9 +608,10 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print("\n== summary (interval %g s; latencies p99 in ms; CPU %% of one core)" % args.interval)
+    print("\n== summary (interval %g s; latencies in ms; CPU %% of one core; ms/smp: server CPU per committed "
+          "sample)" % args.interval)
     print(f"{'checkout':<34} {'agents':>6} {'commit/s':>9} {'expect':>7} {'ack p99':>8} {'commit p99':>10} "
-          f"{'commit max':>10} {'status p99':>10} {'srv CPU':>7} {'loop':>5} {'RSS MiB':>7} {'sims':>5} "
+          f"{'commit max':>10} {'status p99':>10} {'srv CPU':>7} {'loop':>5} {'ms/smp':>6} {'RSS MiB':>7} {'sims':>5} "
           f"{'load1':>5} {'lost':>5}")
     for p in points:
         total = sum(c for c, _ in p["server_cpu"].values())
@@ -621,6 +625,7 @@ def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(f"{p['repo'][-34:]:<34} {p['agents']:>6} {p['rows'] / p['elapsed']:>9.1f} "
               f"{p['agents'] / args.interval:>7.0f} {ms(p['ack']):>8} {ms(p['commit']):>10} "
               f"{ms(p['commit'], None):>10} {ms(p['status']):>10} {total:>7.0f} {loop:>5.0f} "
+              f"{total / 100 * p['elapsed'] / max(1, p['rows']) * 1000:>6.2f} "
               f"{p['rss'] / 2**20:>7.0f} {sum(p['sims_cpu']):>5.0f} {p['load'][0]:>5.2f} "
               f"{p['sent'] - p['distinct']:>5}")
 

@@ -138,10 +138,15 @@ class AgentConnection:
         """Frames -> session -> actions, until the session says Close or the socket closes (with a log line)."""
         try:
             while True:
-                with trio.move_on_at(self.session.hello_deadline) as waiting:
+                deadline, timed_out = self.session.hello_deadline, False
+                if deadline == math.inf:  # no cancel scope per frame once the hello is in
                     message = await self.ws.get_message()
+                else:
+                    with trio.move_on_at(deadline) as waiting:
+                        message = await self.ws.get_message()
+                    timed_out = waiting.cancelled_caught
                 now = trio.current_time()
-                action = self.session.timeout(now) if waiting.cancelled_caught else self.session.receive(message, now)
+                action = self.session.timeout(now) if timed_out else self.session.receive(message, now)
                 if action is not None and not await self._perform(action):
                     return
         except ConnectionClosed as exc:

@@ -28,8 +28,9 @@ Printed per point (after a warm-up of two intervals, over --duration seconds):
   every 2 s during the window;
 - the CPU of every server process (its event loop thread apart) and of the simulators (per process), the server's
   peak RSS, the load average of the machine over the window;
-- lost samples: after the window the simulators stop sampling and wait (up to 60 s) until everything is acked;
-  then every sample they took must be in the database exactly once.
+- samples not stored: after the window the simulators stop sampling and wait (up to 60 s) until everything is
+  acked; then every sample they took should be in the database exactly once (what is not is still in a spool:
+  a server that fell behind, not a loss).
 A summary table of every point ends the run.
 """
 from __future__ import annotations
@@ -602,8 +603,8 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
           f"load average {p['load'][0]:.2f} {p['load'][1]:.2f} {p['load'][2]:.2f}")
     if "data" in p:
         print(f"data directory (server.log): {p['data']}")
-    print(f"samples taken {p['sent']}, in the database {p['stored']} ({p['distinct']} distinct), lost {lost}, "
-          f"unacked at the end {p['unacked']}")
+    print(f"samples taken {p['sent']}, in the database {p['stored']} ({p['distinct']} distinct), not stored by "
+          f"the end {lost} (still in the agents' spools: unacked {p['unacked']})")
     sys.stdout.flush()
 
 
@@ -612,7 +613,7 @@ def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
           "sample)" % args.interval)
     print(f"{'checkout':<34} {'agents':>6} {'commit/s':>9} {'expect':>7} {'ack p99':>8} {'commit p99':>10} "
           f"{'commit max':>10} {'status p99':>10} {'srv CPU':>7} {'loop':>5} {'ms/smp':>6} {'RSS MiB':>7} {'sims':>5} "
-          f"{'load1':>5} {'lost':>5}")
+          f"{'load1':>5} {'unstored':>8}")
     for p in points:
         total = sum(c for c, _ in p["server_cpu"].values())
         loop = max((m for _, m in p["server_cpu"].values()), default=0)
@@ -627,7 +628,7 @@ def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
               f"{ms(p['commit'], None):>10} {ms(p['status']):>10} {total:>7.0f} {loop:>5.0f} "
               f"{total / 100 * p['elapsed'] / max(1, p['rows']) * 1000:>6.2f} "
               f"{p['rss'] / 2**20:>7.0f} {sum(p['sims_cpu']):>5.0f} {p['load'][0]:>5.2f} "
-              f"{p['sent'] - p['distinct']:>5}")
+              f"{p['sent'] - p['distinct']:>8}")
 
 
 def main() -> None:

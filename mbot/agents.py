@@ -35,7 +35,7 @@ from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, Snapsho
 from .linkquality import LinkPolicy
 from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
 from .protocol import Hello, Result, Snapshot, SpeedReport
-from .session import Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
+from .session import AckPolicy, Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
 from .speedtest import Throughput
 from . import checks, speedtest
 from .checks import CheckSpec
@@ -107,7 +107,8 @@ class AgentConnection:
         self.session = AgentSession(now=trio.current_time(),
                                     sample_budget=lambda interval: hub.budget(host, interval),
                                     snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
-                                    link=hub.link_policy)
+                                    link=hub.link_policy, acks=hub.ack_policy,
+                                    connections=lambda: len(hub.connections))
         self._ack_wanted = trio.Event()
         self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
         self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
@@ -138,10 +139,15 @@ class AgentConnection:
         """Frames -> session -> actions, until the session says Close or the socket closes (with a log line)."""
         try:
             while True:
-                with trio.move_on_at(self.session.hello_deadline) as waiting:
+                deadline, timed_out = self.session.hello_deadline, False
+                if deadline == math.inf:  # no cancel scope per frame once the hello is in
                     message = await self.ws.get_message()
+                else:
+                    with trio.move_on_at(deadline) as waiting:
+                        message = await self.ws.get_message()
+                    timed_out = waiting.cancelled_caught
                 now = trio.current_time()
-                action = self.session.timeout(now) if waiting.cancelled_caught else self.session.receive(message, now)
+                action = self.session.timeout(now) if timed_out else self.session.receive(message, now)
                 if action is not None and not await self._perform(action):
                     return
         except ConnectionClosed as exc:
@@ -198,6 +204,8 @@ class AgentConnection:
         """Close from another task (shutdown, replacement); bounded even when the peer is gone."""
         self._closing = True
         with trio.move_on_after(CLOSE_TIMEOUT):
+            with contextlib.suppress(ConnectionClosed):
+                await self._flush_ack()
             await self.ws.aclose(code, reason[:120])
         self._closed.set()
 
@@ -218,6 +226,7 @@ class AgentConnection:
                           self.host.name, self.peer, close.reason, close.code)
         with trio.move_on_after(CLOSE_LINGER):
             try:
+                await self._flush_ack()
                 await self.ws.send_message(protocol.error("bad_frame", close.reason))
             except ConnectionClosed:
                 return
@@ -387,16 +396,24 @@ class AgentConnection:
             self._ack_wanted.set()
 
     async def _send_acks(self) -> None:
+        # One wakeup per ack period at most (session.AckPolicy), however many frames were committed meanwhile.
         while True:
             await self._ack_wanted.wait()
             self._ack_wanted = trio.Event()
-            ack = self.session.next_ack()
+            while (ack := self.session.next_ack(trio.current_time())) is None and self.session.ack_pending:
+                await trio.sleep_until(self.session.ack_at())
             if ack is None:
                 continue
             try:
                 await self.ws.send_message(ack)
             except ConnectionClosed:
                 return
+
+    async def _flush_ack(self) -> None:
+        """Before a close: the agent learns what is committed now, not only at its next hello."""
+        ack = self.session.flush_ack(trio.current_time())
+        if ack is not None:
+            await self.ws.send_message(ack)
 
 
 class TestRefused(Exception):
@@ -437,6 +454,7 @@ class AgentHub:
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self._closing = False  # close_all() has begun: the server is stopping
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
+        self.ack_policy = AckPolicy()  # how often connections are acked (tests make it slow)
         self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
         self.speed_busy = False  # one speed test at a time per server (claim_speed; cleared when it ends)
         self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)

@@ -35,7 +35,8 @@ LIVE_ITEMS = 2
 
 @dataclass(frozen=True)
 class LinkPolicy:
-    every: float = 10.0  # seconds between probes on one connection (on average)
+    every: float = 10.0  # seconds between probes on one connection (on average) ...
+    rate: float = 200.0  # ... or longer, so that all connections together send at most this many probes a second
     spread: float = 0.2  # each wait is every x (1 +/- spread), at random
     timeout: float = 5.0  # a pong later than this is a lost probe
     window: int = 6  # the stats of a sample are those of this many last probes (~1 min)
@@ -74,9 +75,11 @@ class LinkProbe:
     """The probing of one connection. The driver (mbot.agents) asks `next_at`, sends a ping and says what happened:
     `answered(sent, now)` or, each time `deadline` passes without the pong, `overdue(now)`."""
 
-    def __init__(self, policy: LinkPolicy, now: float, rng: Callable[[], float] = random.random) -> None:
+    def __init__(self, policy: LinkPolicy, now: float, rng: Callable[[], float] = random.random,
+                 connections: Callable[[], int] = lambda: 1) -> None:
         self.policy = policy
         self._rng = rng
+        self._connections = connections  # how many agents the server holds: probes are paced by it
         # The first probe after one period, spread like the others (so probes of agents that reconnected together
         # drift apart); never at once, which also keeps short connections free of link figures.
         self.next_at = now + self._wait()
@@ -115,7 +118,8 @@ class LinkProbe:
 
     def _wait(self) -> float:
         p = self.policy
-        return p.every * (1.0 + p.spread * (2.0 * self._rng() - 1.0))
+        every = max(p.every, self._connections() / p.rate)
+        return every * (1.0 + p.spread * (2.0 * self._rng() - 1.0))
 
     def stats(self) -> LinkStats | None:
         return stats_of(list(self._results))

@@ -20,7 +20,9 @@ What it holds:
 - the frame rate bucket (limits.FrameBucket, per connection);
 - the host's SampleBudget and SnapshotBudget (per host across its connections: the hub lends them, so that
   reconnecting earns nothing);
-- ack coalescing: the highest committed seq, and the highest acked; an ack goes out only when the first grew;
+- ack coalescing and pacing: the highest committed seq, the highest acked and when the last ack went; an ack goes
+  out only when the first grew, and at most once per AckPolicy.period (a share of the server's ack rate, at most
+  30 s): one ack then covers every sample committed meanwhile (docs/architecture.md, "Acks and probes under load");
 - command/result matching: the ids of commands sent and not answered yet;
 - the link probe (mbot/linkquality.py): when to measure the round trip, and the figures it folds into live samples.
 
@@ -41,6 +43,22 @@ from .protocol import Hello, ProtocolError, Result, Samples, Snapshot, SpeedRepo
 
 HELLO_TIMEOUT = 10.0
 MAX_PENDING_COMMANDS = 16  # the bot sends one at a time per host; more would be a bug, not a reason to grow
+
+
+@dataclass(frozen=True)
+class AckPolicy:
+    """How often one connection may be acked. Each ack costs the server a frame, a TLS record, a send and a task
+    wakeup, which at a few thousand agents is a large share of the work per sample, while an agent loses nothing by
+    waiting: it keeps unacked samples in its spool and never resends them on the same connection. So the server
+    spends at most `rate` acks a second in all: a connection's acks come at most every connections/rate seconds
+    (the first one at once), never more than `max_wait` apart while samples come. With a handful of agents that is
+    at once; 1,000 agents get an ack every 10 s, 3,000 and more every 30 s."""
+
+    rate: float = 100.0  # acks a second, all connections together
+    max_wait: float = 30.0  # the longest an agent waits for the ack of a committed sample
+
+    def period(self, connections: int) -> float:
+        return min(self.max_wait, max(0, connections) / self.rate)
 
 
 # --- what to do --------------------------------------------------------------------------------------------------
@@ -92,9 +110,11 @@ class State(enum.Enum):
 class AgentSession:
     def __init__(self, *, now: float, sample_budget: Callable[[float], SampleBudget],
                  snapshot_budget: Callable[[float], SnapshotBudget], hello_timeout: float = HELLO_TIMEOUT,
-                 frames: FrameBucket | None = None, link: LinkPolicy | None = None) -> None:
+                 frames: FrameBucket | None = None, link: LinkPolicy | None = None, acks: AckPolicy | None = None,
+                 connections: Callable[[], int] = lambda: 1) -> None:
         """`sample_budget(interval)` and `snapshot_budget(interval)` lend the host's budgets when the hello
-        announces its interval (they belong to the host, not to this connection)."""
+        announces its interval (they belong to the host, not to this connection). `connections()` says how many
+        agents the server holds now: acks and link probes are paced by it."""
         self.state = State.AWAITING_HELLO
         self.hello: Hello | None = None
         self.hello_deadline = now + hello_timeout
@@ -106,8 +126,11 @@ class AgentSession:
         self._snapshots: SnapshotBudget | None = None
         self._committed = 0  # the highest seq committed for this connection's epoch
         self._acked = 0  # the highest seq acked
+        self._acked_at = -math.inf  # when the last ack (after the hello's) went
+        self._acks = acks or AckPolicy()
+        self._connections = connections
         self._pending: set[str] = set()  # command ids sent, not answered yet
-        self.link = LinkProbe(link or LinkPolicy(), now)
+        self.link = LinkProbe(link or LinkPolicy(), now, connections=connections)
         self._speed_pending: set[str] = set()  # speed tests awaiting the agent's report
         self._upload: tuple[str, int] | None = None  # the upload under way: (test id, bytes it may still send)
         self._fold: dict[str, dict[str, float]] = {}  # server-side values for the next live sample, once
@@ -205,11 +228,27 @@ class AgentSession:
             return True
         return False
 
-    def next_ack(self) -> str | None:
-        """The ack to send now: one for everything committed since the last (coalesced), or None."""
-        if self._committed <= self._acked:
+    @property
+    def ack_pending(self) -> bool:
+        """Something is committed that no ack has covered yet."""
+        return self._committed > self._acked
+
+    def ack_at(self) -> float:
+        """When the pending ack may go (AckPolicy): one period after the last ack."""
+        return self._acked_at + self._acks.period(self._connections())
+
+    def next_ack(self, now: float) -> str | None:
+        """The ack to send now: one for everything committed since the last (coalesced), or None (nothing new, or
+        not yet: see ack_at)."""
+        if not self.ack_pending or now < self.ack_at():
             return None
-        self._acked = self._committed
+        return self.flush_ack(now)
+
+    def flush_ack(self, now: float) -> str | None:
+        """The pending ack whatever the pace: before the connection is closed, so the agent knows at once."""
+        if not self.ack_pending:
+            return None
+        self._acked, self._acked_at = self._committed, now
         return protocol.ack(self._acked)
 
     def store_failed(self, limit: str | None = None, detail: str = "") -> Close:

@@ -215,3 +215,10 @@ async def test_forged_and_early_pongs_cannot_make_an_rtt_negative_or_absurd(serv
         await trio.aclose_forcefully(stream)
     # Each RTT includes the forger's own 10 ms delay: the forged pongs before it woke nothing early.
     assert 10.0 <= link["rtt"] < 1000.0 and 0 <= link["loss"] <= 100
+
+
+def test_probes_of_a_crowded_server_are_spread_to_its_probe_rate():
+    # 5,000 agents at 200 probes/s: one probe per connection every 25 s, not 10 (500 pings a second).
+    policy = LinkPolicy(every=10, spread=0, timeout=5, window=6, rate=200)
+    assert LinkProbe(policy, now=0.0, rng=lambda: 0.5, connections=lambda: 5000).next_at == 25.0
+    assert LinkProbe(policy, now=0.0, rng=lambda: 0.5, connections=lambda: 100).next_at == 10.0

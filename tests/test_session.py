@@ -7,7 +7,7 @@ import pytest
 
 from mbot import limits, protocol
 from mbot.protocol import Hello, Result, Snapshot
-from mbot.session import AgentSession, Close, Ignore, State, StoreSamples
+from mbot.session import AckPolicy, AgentSession, Close, Ignore, State, StoreSamples
 
 from helpers import BASE_TS, hello_frame, sample_frame
 
@@ -137,21 +137,55 @@ def test_the_writer_refusing_a_frame():
 
 def test_acks_are_coalesced():
     s = opened()
-    assert s.next_ack() is None  # the hello's ack went out already
+    assert s.next_ack(T0) is None  # the hello's ack went out already
     assert s.committed(3) and s.committed(5)
     assert not s.committed(4)  # an older commit (another frame's callback) changes nothing
-    assert s.next_ack() == protocol.ack(5)  # one ack for everything committed since the last
-    assert s.next_ack() is None
+    assert s.next_ack(T0) == protocol.ack(5)  # one ack for everything committed since the last
+    assert s.next_ack(T0) is None
     assert not s.committed(5)  # a replay acked as duplicates: nothing new
-    assert s.next_ack() is None
+    assert s.next_ack(T0) is None
 
 
 def test_the_hello_ack_starts_where_the_server_is():
     s = session()
     s.receive(hello_frame(), T0)
     assert s.hello_stored(42) == protocol.ack(42)
-    assert not s.committed(40) and s.next_ack() is None
-    assert s.committed(43) and s.next_ack() == protocol.ack(43)
+    assert not s.committed(40) and s.next_ack(T0) is None
+    assert s.committed(43) and s.next_ack(T0) == protocol.ack(43)
+
+
+def test_acks_are_paced_by_the_servers_ack_rate():
+    # 1,000 agents at 100 acks/s: one ack per connection every 10 s, the first at once, each covering all before it.
+    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 1000)
+    assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
+    assert s.committed(2) and s.next_ack(T0 + 5) is None  # committed, but the connection was acked 5 s ago
+    assert s.ack_pending and s.ack_at() == T0 + 10
+    assert s.committed(3) and s.next_ack(T0 + 9.9) is None
+    assert s.next_ack(T0 + 10) == protocol.ack(3)  # one ack for both
+    assert not s.ack_pending and s.next_ack(T0 + 30) is None  # nothing new: nothing sent
+
+
+def test_an_agent_waits_for_an_ack_at_most_max_wait():
+    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 50_000)
+    assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
+    assert s.committed(2) and s.ack_at() == T0 + 30  # not 500 s
+    assert s.next_ack(T0 + 30) == protocol.ack(2)
+
+
+def test_a_handful_of_agents_is_acked_at_once():
+    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 3)
+    for seq in range(1, 4):
+        now = T0 + seq * 0.1  # samples 0.1 s apart, each acked: the period is 0.03 s
+        assert s.committed(seq) and s.next_ack(now) == protocol.ack(seq)
+
+
+def test_a_pending_ack_is_flushed_whatever_the_pace():
+    # Before a close (shutdown, replacement, a refused frame) the agent hears what is committed.
+    s = opened(acks=AckPolicy(rate=1.0, max_wait=30.0), connections=lambda: 1000)
+    assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
+    assert s.committed(4) and s.next_ack(T0 + 1) is None
+    assert s.flush_ack(T0 + 1) == protocol.ack(4)
+    assert s.flush_ack(T0 + 1) is None
 
 
 # --- commands ------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 from datetime import timezone
 
 import pytest
@@ -15,7 +16,7 @@ from fakebot import BOT_USER, Call, FakeBot
 from helpers import ack_reaching, sample_frame
 from mbot import statuspage
 from mbot.model import Binding, Host
-from mbot.telegram import groups, views
+from mbot.telegram import groups, statuspages, views
 from test_access import buttons, fake, press_answer, say, start  # noqa: F401 (fake: a fixture)
 from test_bot import Agent, WallClock
 
@@ -406,4 +407,36 @@ async def test_a_status_page_keeps_itself_current_within_the_edit_limits(fake: F
             said = str(call.params)
             assert ("box" not in said) if message_id == bobs_page else ("bobsecret" not in said), said
     await agent.close()
+    await server.aclose()
+
+
+async def test_a_page_that_cannot_be_drawn_holds_up_no_other_page(fake: FakeBot, nursery, settings, caplog,
+                                                                  monkeypatch):
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock=clock, allowed_users=(ALICE, BOB))
+    await new_key(fake, BOB, "bobs")
+    secret = await new_key(fake, ALICE, "box1")
+    agent = await online(nursery, server, secret, clock, 1)
+    await in_topic(fake, BOB, "/statuspage", GROUP, TOPIC)  # first in line: the pass reaches it first
+    page_id = (await in_topic(fake, ALICE, "/statuspage", GROUP, TOPIC)).result["message_id"]
+    await settle(server)
+    drawn = statuspages._measure
+
+    def measure(conn, page, now, cache):
+        if page.owner == BOB:
+            raise sqlite3.DatabaseError("database disk image is malformed")
+        return drawn(conn, page, now, cache)
+
+    monkeypatch.setattr(statuspages, "_measure", measure)
+    await agent.close()
+    since, passes = len(fake.sent), server.bot.pages.passes
+    clock.offset += 91
+    server.alerting.clock_moved()
+    edit = await fake.wait_for(lambda c: c.method == "editMessageText" and c.params["message_id"] == page_id,
+                               since=since)
+    assert "🔴 <b>box1</b>" in edit.params["text"]
+    # Bob's page waits its turn instead of being retried in a spin: a few passes, a few log lines.
+    await settle(server)
+    failed = [r for r in caplog.records if "could not look at it" in r.getMessage()]
+    assert 1 <= len(failed) <= 3 and server.bot.pages.passes - passes < 20
     await server.aclose()

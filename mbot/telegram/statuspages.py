@@ -224,19 +224,29 @@ class StatusPages:
             now = self._clock()
             if self._next.get(key, now) > now:
                 continue
-            text = await self._render(page, now)
-            self._looked[key] = now
-            if self._pages.get(key) is not page:  # stopped or replaced meanwhile
-                continue
-            due = statuspage.edit_due(page.text, text, page.edited, now)
-            if due is None or due > now:
-                self._next[key] = now + statuspage.CHECK_EVERY if due is None else due
-                continue
-            edited = dataclasses.replace(page, text=text, edited=now)
-            self._pages[key] = edited
-            self._next[key] = now + statuspage.CHECK_EVERY
-            await self._writer.call(store.page_edited, page.chat_id, page.owner, page.message_id, text, now)
-            self._outbox.submit(page.chat_id, partial(self._edit, edited))
+            try:
+                await self._look_at(key, page, now)
+            except Exception:
+                # One page that cannot be drawn or stored must not hold up the pages after it, nor be tried again
+                # at once (the loop would spin on it): it waits its turn like a page that did not change.
+                log.exception("status page of user %d in chat %d: could not look at it; trying again in %g s",
+                              page.owner, page.chat_id, statuspage.CHECK_EVERY)
+                self._next[key] = now + statuspage.CHECK_EVERY
+
+    async def _look_at(self, key: PageKey, page: StatusPage, now: float) -> None:
+        text = await self._render(page, now)
+        self._looked[key] = now
+        if self._pages.get(key) is not page:  # stopped or replaced meanwhile
+            return
+        due = statuspage.edit_due(page.text, text, page.edited, now)
+        if due is None or due > now:
+            self._next[key] = now + statuspage.CHECK_EVERY if due is None else due
+            return
+        edited = dataclasses.replace(page, text=text, edited=now)
+        self._pages[key] = edited
+        self._next[key] = now + statuspage.CHECK_EVERY
+        await self._writer.call(store.page_edited, page.chat_id, page.owner, page.message_id, text, now)
+        self._outbox.submit(page.chat_id, partial(self._edit, edited))
 
     async def _render(self, page: StatusPage, now: float) -> str:
         rows = []

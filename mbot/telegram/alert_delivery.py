@@ -293,10 +293,7 @@ class AlertDelivery:
                 with trio.move_on_after(math.inf if deadline is None else max(0.0, deadline - self._clock())):
                     await self._wake.wait()
                 self._wake = trio.Event()
-            try:
-                await self._due()
-            except Exception:  # held events that cannot go out must not stop the others
-                log.exception("could not deliver held alerts")
+            await self._due()
             if self._sent:
                 await self._store_sent()
             while self._dropped:
@@ -422,14 +419,18 @@ class AlertDelivery:
                 log.exception("could not deliver an alert to chat %d", dest.chat_id)
 
     async def _due(self) -> None:
+        """What waited long enough goes out, each batch on its own: the batches are taken out of their holders
+        before any is sent, so one that fails must not take the ones after it down with it."""
         now = self._clock()
         self._pngs.clear()
-        for _fold_id, ends in self._ends.due(now):
-            await self._end_fold(ends)
-        for _chat, starts in self._starts.due(now):
-            await self._start_batch(starts)
-        for key, how, count in self._flaps.due(now):
-            await self._steady(key, how, count)
+        due = [partial(self._end_fold, ends) for _fold_id, ends in self._ends.due(now)]
+        due += [partial(self._start_batch, starts) for _chat, starts in self._starts.due(now)]
+        due += [partial(self._steady, key, how, count) for key, how, count in self._flaps.due(now)]
+        for send in due:
+            try:
+                await send()
+            except Exception:
+                log.exception("could not deliver held alerts")
 
     async def _before(self, chat_id: int, keys: Sequence[Key]) -> None:
         """Send what is held for this chat that these keys' event must not overtake: its starts, the ends of the

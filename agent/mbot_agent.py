@@ -127,6 +127,7 @@ SERVICES_EVERY = 30.0  # seconds between two looks at systemd (one systemctl cal
 CLOSE_REVOKED = 4003
 _DATA_REJECTED = (1007, 1008, 1009)  # closes that may be caused by a sample the server refuses
 _POISON_STRIKES = 3
+GATHER_MAX = 60.0  # a busy server may ask for samples every this many seconds at most (an ack's `gather`)
 
 # What the agent takes from a server (the server may be compromised, or just wrong):
 COMMAND_MAX_AHEAD = 120.0  # a command's `expires` may lie at most this far ahead of this host's clock
@@ -1253,6 +1254,7 @@ class Link:
         self.acked_seq = 0  # the highest ack on this connection
         self.sent_upto = 0  # samples up to here went out on this connection
         self.first_frame_last_seq: Optional[int] = None  # the last seq of the first frame of samples sent
+        self.gather = 0.0  # seconds to gather samples before sending them: what the latest ack asked (0: at once)
 
     # frames in ------------------------------------------------------------------------------------------------
 
@@ -1268,7 +1270,7 @@ class Link:
             return Ignored("ignoring a frame from the server that is not a JSON object with a type: "
                            + _quote(message, 100), True)
         if kind == "ack":
-            return self._ack(frame.get("seq"))
+            return self._ack(frame.get("seq"), frame.get("gather"))
         if kind == "error":
             # Quoted and escaped: the text is the server's, and goes into this host's log.
             return ServerError(f"{_quote(frame.get('code', '?'), 40)}: {_quote(frame.get('message', ''), 300)}")
@@ -1283,9 +1285,13 @@ class Link:
             return checks_request(frame)
         return Ignored("ignoring a server frame of unknown type %.40r" % (kind,), False)  # newer servers
 
-    def _ack(self, seq: Any) -> "Acked | Ignored":
+    def _ack(self, seq: Any, gather: Any = None) -> "Acked | Ignored":
         if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
             return Ignored("ignoring an ack with a bad seq: " + _quote(repr(seq), 40), True)
+        # A busy server asks for several samples per frame (docs/protocol.md, "ack"); anything but a sane number
+        # of seconds means at once, so a wrong server cannot silence this host.
+        wanted = gather if isinstance(gather, (int, float)) and not isinstance(gather, bool) else 0.0
+        self.gather = float(wanted) if 0.0 < wanted <= GATHER_MAX else 0.0
         first = not self.hello_acked
         freed = self.buffer.ack(seq, first=first)
         if first:
@@ -4037,6 +4043,8 @@ class Agent:
                     sent_any = True
                 if not sent_any:
                     await new_sample.wait()
+                    if link.gather:  # a busy server: what comes meanwhile goes in the same frame
+                        await trio.sleep(link.gather)
         except trio_websocket.ConnectionClosed:
             pass
         finally:

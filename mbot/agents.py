@@ -35,7 +35,7 @@ from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, Snapsho
 from .linkquality import LinkPolicy
 from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
 from .protocol import Hello, Result, Snapshot, SpeedReport
-from .session import AckPolicy, Action, AgentSession, Close, Ignore, StoreSamples, UploadBytes
+from .session import AckPolicy, Action, AgentSession, Close, GatherPolicy, Ignore, StoreSamples, UploadBytes
 from .speedtest import Throughput
 from . import checks, speedtest
 from .checks import CheckSpec
@@ -107,7 +107,7 @@ class AgentConnection:
         self.session = AgentSession(now=trio.current_time(),
                                     sample_budget=lambda interval: hub.budget(host, interval),
                                     snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
-                                    link=hub.link_policy, acks=hub.ack_policy,
+                                    link=hub.link_policy, acks=hub.ack_policy, gather=hub.gather_policy,
                                     connections=lambda: len(hub.connections))
         self._ack_wanted = trio.Event()
         self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
@@ -432,6 +432,9 @@ class TestRefused(Exception):
 class AgentHub:
     """Accepts agents and keeps the one live connection of each host."""
 
+    # How often connections are acked (an instance may be given its own: tests make it faster or slower).
+    ack_policy = AckPolicy()
+
     def __init__(self, db: Database, writer: Writer, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  gate: PreAuthGate | None = None, clock: Callable[[], float] = time.time) -> None:
         self._db = db
@@ -454,7 +457,7 @@ class AgentHub:
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self._closing = False  # close_all() has begun: the server is stopping
         self.link_policy = LinkPolicy()  # how connections probe their round trip (tests make it fast)
-        self.ack_policy = AckPolicy()  # how often connections are acked (tests make it slow)
+        self.gather_policy = GatherPolicy()  # when agents are asked to send several samples per frame
         self.stability_budget = StabilityBudget()  # one test per host, a total probe rate for the server
         self.speed_busy = False  # one speed test at a time per server (claim_speed; cleared when it ends)
         self.speed_seconds = speedtest.SECONDS  # each way (tests make it short)

@@ -464,7 +464,10 @@ def out_of_window(ts: float, now: float) -> str | None:
 # --- server -> agent -------------------------------------------------------------------------------------------
 
 
-def ack(seq: int) -> str:
+def ack(seq: int, gather: float = 0.0) -> str:
+    """`gather` > 0 asks the agent to send its samples at most every that many seconds, several per frame."""
+    if gather > 0:
+        return json.dumps({"type": "ack", "seq": seq, "gather": gather})
     return json.dumps({"type": "ack", "seq": seq})
 
 

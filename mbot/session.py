@@ -23,6 +23,7 @@ What it holds:
 - ack coalescing and pacing: the highest committed seq, the highest acked and when the last ack went; an ack goes
   out only when the first grew, and at most once per AckPolicy.period (a share of the server's ack rate, at most
   30 s): one ack then covers every sample committed meanwhile (docs/architecture.md, "Acks and probes under load");
+  each ack carries how long the agent should gather samples before sending them (GatherPolicy);
 - command/result matching: the ids of commands sent and not answered yet;
 - the link probe (mbot/linkquality.py): when to measure the round trip, and the figures it folds into live samples.
 
@@ -48,17 +49,39 @@ MAX_PENDING_COMMANDS = 16  # the bot sends one at a time per host; more would be
 @dataclass(frozen=True)
 class AckPolicy:
     """How often one connection may be acked. Each ack costs the server a frame, a TLS record, a send and a task
-    wakeup, which at a few thousand agents is a large share of the work per sample, while an agent loses nothing by
-    waiting: it keeps unacked samples in its spool and never resends them on the same connection. So the server
-    spends at most `rate` acks a second in all: a connection's acks come at most every connections/rate seconds
-    (the first one at once), never more than `max_wait` apart while samples come. With a handful of agents that is
-    at once; 1,000 agents get an ack every 10 s, 3,000 and more every 30 s."""
+    wakeup, which at a few thousand agents is a large share of the work per sample, and the agent as much again to
+    read it, while an agent loses nothing by waiting: it keeps unacked samples in its spool and never resends them on
+    the same connection. So the server spends at most `rate` acks a second in all, and acks an agent at most once per
+    `samples` of its intervals: a connection's acks come at most every max(connections/rate, samples x interval)
+    seconds (the first one at once), never more than `max_wait` apart while samples come. A handful of agents at 5 s
+    get an ack every 15 s; 1,000 agents every 10-15 s, 3,000 and more every 30 s."""
 
     rate: float = 100.0  # acks a second, all connections together
+    samples: float = 3.0  # an agent's intervals per ack at most (what it keeps in its spool meanwhile)
     max_wait: float = 30.0  # the longest an agent waits for the ack of a committed sample
 
-    def period(self, connections: int) -> float:
-        return min(self.max_wait, max(0, connections) / self.rate)
+    def period(self, connections: int, interval: float = 0.0) -> float:
+        return min(self.max_wait, max(max(0, connections) / self.rate, self.samples * max(0.0, interval)))
+
+
+@dataclass(frozen=True)
+class GatherPolicy:
+    """When agents are asked to gather their samples (the `gather` field of an ack, docs/protocol.md): a frame costs
+    the server far more than a sample in it (TLS record, WebSocket frame, task wakeups, a writer item), so a busy
+    server takes at most about `frames` sample frames a second in all by asking each agent to send every
+    connections/frames seconds, when that is longer than the agent's interval, and never less often than every
+    `max_wait` seconds. A handful of agents never gather; 2,500 agents at 5 s send every 10 s, 3,750 and more every
+    15 s. `max_wait` keeps the longest silence between an agent's frames (max_wait + interval) under the shortest
+    offline delay (30 s, mbot.alerts.MIN_DELAY), with room for a busy writer: gathering never makes a host look
+    offline; it delays what a sample shows (alerts, the card) by up to max_wait."""
+
+    frames: float = 250.0  # sample frames a second, all connections together
+    max_wait: float = 15.0
+
+    def period(self, connections: int, interval: float) -> float:
+        """Seconds an agent with this interval should gather for (0: send each sample at once)."""
+        wait = min(self.max_wait, max(0, connections) / self.frames)
+        return round(wait, 1) if wait > interval else 0.0
 
 
 # --- what to do --------------------------------------------------------------------------------------------------
@@ -111,10 +134,10 @@ class AgentSession:
     def __init__(self, *, now: float, sample_budget: Callable[[float], SampleBudget],
                  snapshot_budget: Callable[[float], SnapshotBudget], hello_timeout: float = HELLO_TIMEOUT,
                  frames: FrameBucket | None = None, link: LinkPolicy | None = None, acks: AckPolicy | None = None,
-                 connections: Callable[[], int] = lambda: 1) -> None:
+                 gather: GatherPolicy | None = None, connections: Callable[[], int] = lambda: 1) -> None:
         """`sample_budget(interval)` and `snapshot_budget(interval)` lend the host's budgets when the hello
         announces its interval (they belong to the host, not to this connection). `connections()` says how many
-        agents the server holds now: acks and link probes are paced by it."""
+        agents the server holds now: acks, gathering and link probes are paced by it."""
         self.state = State.AWAITING_HELLO
         self.hello: Hello | None = None
         self.hello_deadline = now + hello_timeout
@@ -128,6 +151,7 @@ class AgentSession:
         self._acked = 0  # the highest seq acked
         self._acked_at = -math.inf  # when the last ack (after the hello's) went
         self._acks = acks or AckPolicy()
+        self._gather = gather or GatherPolicy()
         self._connections = connections
         self._pending: set[str] = set()  # command ids sent, not answered yet
         self.link = LinkProbe(link or LinkPolicy(), now, connections=connections)
@@ -219,7 +243,7 @@ class AgentSession:
         """The hello is recorded; `committed` is the highest seq the server has for its epoch. Returns the first
         ack (always sent, 0 for a new epoch: the agent learns what to replay)."""
         self._committed = self._acked = committed
-        return protocol.ack(committed)
+        return self._ack(committed)
 
     def committed(self, seq: int) -> bool:
         """The writer committed samples up to `seq`. True when an ack is due (the mark grew)."""
@@ -235,7 +259,7 @@ class AgentSession:
 
     def ack_at(self) -> float:
         """When the pending ack may go (AckPolicy): one period after the last ack."""
-        return self._acked_at + self._acks.period(self._connections())
+        return self._acked_at + self._acks.period(self._connections(), self._interval)
 
     def next_ack(self, now: float) -> str | None:
         """The ack to send now: one for everything committed since the last (coalesced), or None (nothing new, or
@@ -249,7 +273,16 @@ class AgentSession:
         if not self.ack_pending:
             return None
         self._acked, self._acked_at = self._committed, now
-        return protocol.ack(self._acked)
+        return self._ack(self._acked)
+
+    @property
+    def _interval(self) -> float:
+        return self.hello.interval if self.hello is not None else 0.0
+
+    def _ack(self, seq: int) -> str:
+        """Every ack says how long the agent should gather its samples now (GatherPolicy): a server that gets
+        busier or quieter tells each agent within one ack period."""
+        return protocol.ack(seq, self._gather.period(self._connections(), self._interval))
 
     def store_failed(self, limit: str | None = None, detail: str = "") -> Close:
         """The writer refused a frame of ours: a limit it enforces (new series names), or a poison item it already

@@ -10,7 +10,9 @@ import trio
 
 from helpers import certificate, make_settings, open_tls, upgrade
 from mbot import app
+from mbot.agents import AgentHub
 from mbot.config import Settings
+from mbot.session import AckPolicy
 
 # Servers the tests start as processes (`python -m mbot`) inherit this: they watch the test machine only where a test
 # asks (tests/test_selfwatch.py), instead of each running an agent of its own.
@@ -24,6 +26,14 @@ def _no_real_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MBOT_DATA_DIR", str(tmp_path_factory.mktemp("forgotten-data-dir")))
         yield
+
+
+@pytest.fixture(autouse=True)
+def _acks_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Servers in this process ack each sample when it is committed, as they did before acks were paced per
+    agent interval (AckPolicy.samples): tests that wait for acks need not wait three intervals. The tests of that
+    pacing (test_session.py, test_ack_pacing.py) give the hub their own policy."""
+    monkeypatch.setattr(AgentHub, "ack_policy", AckPolicy(samples=0.0))
 
 
 @pytest.fixture

@@ -37,6 +37,34 @@ async def test_a_bare_client_is_acked_once_per_period_for_everything(server, set
     await ws.aclose()
 
 
+async def test_a_lone_agent_is_acked_once_per_three_of_its_intervals(server, settings, nursery):
+    # The default policy: an agent reads an ack per three samples, not one per sample (its own CPU, issue 14).
+    server.hub.ack_policy = AckPolicy()
+    key = add_host(settings, "box1")
+    ws = await open_raw_ws(nursery, server.port, key.secret)
+    await ws.send_message(hello_frame(interval=0.2))
+    assert await receive_json(ws) == {"type": "ack", "seq": 0}
+    acks: list[tuple[float, int]] = []
+
+    async def read_acks() -> None:
+        while True:
+            frame = await receive_json(ws)
+            acks.append((trio.current_time(), frame["seq"]))
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(read_acks)
+        for seq in range(1, 9):
+            await ws.send_message(sample_frame(seq))
+            await trio.sleep(0.2)
+        with trio.fail_after(5):
+            while not acks or acks[-1][1] < 8:
+                await trio.sleep(0.05)
+        inner.cancel_scope.cancel()
+    assert 2 <= len(acks) <= 4  # 8 samples 0.2 s apart: the first ack at once, then one per 0.6 s at most
+    assert all(b[0] - a[0] >= 0.55 for a, b in zip(acks, acks[1:]))
+    await ws.aclose()
+
+
 def test_the_agent_does_not_resend_what_is_only_unacked():
     link = agent.Link(agent.SampleBuffer(100))
     link.receive(json.dumps({"type": "ack", "seq": 0}))  # the hello's

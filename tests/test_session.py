@@ -7,11 +7,12 @@ import pytest
 
 from mbot import limits, protocol
 from mbot.protocol import Hello, Result, Snapshot
-from mbot.session import AckPolicy, AgentSession, Close, Ignore, State, StoreSamples
+from mbot.session import AckPolicy, AgentSession, Close, GatherPolicy, Ignore, State, StoreSamples
 
 from helpers import BASE_TS, hello_frame, sample_frame
 
 T0 = 1000.0  # the driver's clock (trio.current_time()): any origin
+NO_GATHER = GatherPolicy(max_wait=0.0)  # acks as they were: no gathering asked, however many agents
 
 
 def session(*, since: float = 0.0, interval_budgets: list[float] | None = None, **kwargs) -> AgentSession:
@@ -28,7 +29,7 @@ def session(*, since: float = 0.0, interval_budgets: list[float] | None = None, 
 def opened(**kwargs) -> AgentSession:
     s = session(**kwargs)
     assert isinstance(s.receive(hello_frame(epoch=7), T0), Hello)
-    assert s.hello_stored(0) == protocol.ack(0)
+    assert json.loads(s.hello_stored(0))["seq"] == 0
     return s
 
 
@@ -156,7 +157,7 @@ def test_the_hello_ack_starts_where_the_server_is():
 
 def test_acks_are_paced_by_the_servers_ack_rate():
     # 1,000 agents at 100 acks/s: one ack per connection every 10 s, the first at once, each covering all before it.
-    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 1000)
+    s = opened(acks=AckPolicy(rate=100.0, samples=1.0, max_wait=30.0), gather=NO_GATHER, connections=lambda: 1000)
     assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
     assert s.committed(2) and s.next_ack(T0 + 5) is None  # committed, but the connection was acked 5 s ago
     assert s.ack_pending and s.ack_at() == T0 + 10
@@ -166,22 +167,45 @@ def test_acks_are_paced_by_the_servers_ack_rate():
 
 
 def test_an_agent_waits_for_an_ack_at_most_max_wait():
-    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 50_000)
+    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), gather=NO_GATHER, connections=lambda: 50_000)
     assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
     assert s.committed(2) and s.ack_at() == T0 + 30  # not 500 s
     assert s.next_ack(T0 + 30) == protocol.ack(2)
 
 
-def test_a_handful_of_agents_is_acked_at_once():
-    s = opened(acks=AckPolicy(rate=100.0, max_wait=30.0), connections=lambda: 3)
-    for seq in range(1, 4):
-        now = T0 + seq * 0.1  # samples 0.1 s apart, each acked: the period is 0.03 s
-        assert s.committed(seq) and s.next_ack(now) == protocol.ack(seq)
+def test_a_handful_of_agents_is_acked_once_per_three_intervals():
+    # A lone agent reads an ack per three of its samples instead of one per sample: its own CPU (issue 14).
+    s = opened(acks=AckPolicy(rate=100.0, samples=3.0, max_wait=30.0), connections=lambda: 3)  # interval 1 s
+    assert s.committed(1) and s.next_ack(T0 + 1) == protocol.ack(1)  # the first at once
+    assert s.committed(2) and s.next_ack(T0 + 2) is None
+    assert s.committed(3) and s.next_ack(T0 + 3.9) is None
+    assert s.next_ack(T0 + 4) == protocol.ack(3)
+    slow = session(acks=AckPolicy(rate=100.0, samples=3.0, max_wait=30.0), connections=lambda: 3)
+    slow.receive(hello_frame(interval=60.0), T0)
+    slow.hello_stored(0)
+    assert slow.committed(1) and slow.next_ack(T0) == protocol.ack(1)
+    assert slow.committed(2) and slow.ack_at() == T0 + 30  # never longer than max_wait, whatever the interval
+
+
+def test_a_busy_server_asks_agents_to_gather_their_samples():
+    agents = [3]
+    s = session(gather=GatherPolicy(frames=250.0, max_wait=15.0), connections=lambda: agents[0])
+    s.receive(hello_frame(interval=5.0), T0)
+    assert s.hello_stored(0) == protocol.ack(0)  # a handful of agents: each sample at once
+    agents[0] = 2500  # 10 s worth of frames at 250 a second: two samples of 5 s per frame
+    assert s.committed(1) and json.loads(s.next_ack(T0)) == {"type": "ack", "seq": 1, "gather": 10.0}
+    agents[0] = 50_000  # never longer than max_wait: the longest silence stays under the offline delay
+    assert s.committed(2) and json.loads(s.next_ack(T0 + 30)) == {"type": "ack", "seq": 2, "gather": 15.0}
+    agents[0] = 1000  # 4 s: shorter than the interval, so nothing to gather: the next ack says so
+    assert s.committed(3) and s.next_ack(T0 + 60) == protocol.ack(3)
+    fast = session(gather=GatherPolicy(frames=250.0, max_wait=15.0), connections=lambda: 1000)
+    fast.receive(hello_frame(interval=1.0), T0)
+    assert json.loads(fast.hello_stored(7)) == {"type": "ack", "seq": 7, "gather": 4.0}  # 1,000 agents at 1 s
 
 
 def test_a_pending_ack_is_flushed_whatever_the_pace():
     # Before a close (shutdown, replacement, a refused frame) the agent hears what is committed.
-    s = opened(acks=AckPolicy(rate=1.0, max_wait=30.0), connections=lambda: 1000)
+    s = opened(acks=AckPolicy(rate=1.0, max_wait=30.0), gather=NO_GATHER, connections=lambda: 1000)
     assert s.committed(1) and s.next_ack(T0) == protocol.ack(1)
     assert s.committed(4) and s.next_ack(T0 + 1) is None
     assert s.flush_ack(T0 + 1) == protocol.ack(4)

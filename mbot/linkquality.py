@@ -124,10 +124,11 @@ class LinkProbe:
     def stats(self) -> LinkStats | None:
         return stats_of(list(self._results))
 
-    def fold(self, samples: Samples) -> Samples:
-        """Add the window's figures to the newest sample of a live frame (see the module docstring)."""
+    def fold(self, samples: Samples, live_items: int = LIVE_ITEMS) -> Samples:
+        """Add the window's figures to the newest sample of a live frame (see the module docstring); `live_items`:
+        more when the agent was asked to gather samples."""
         stats = self.stats()
-        if stats is None or len(samples.items) > LIVE_ITEMS:
+        if stats is None or len(samples.items) > live_items:
             return samples
         newest = samples.items[-1]
         link = stats.metrics()

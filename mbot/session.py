@@ -152,6 +152,7 @@ class AgentSession:
         self._acked_at = -math.inf  # when the last ack (after the hello's) went
         self._acks = acks or AckPolicy()
         self._gather = gather or GatherPolicy()
+        self._gathering = 0.0  # the longest gathering period asked on this connection (live frames are longer)
         self._connections = connections
         self._pending: set[str] = set()  # command ids sent, not answered yet
         self.link = LinkProbe(link or LinkPolicy(), now, connections=connections)
@@ -207,7 +208,8 @@ class AgentSession:
             if wait is None:
                 return self._over("samples", f"more samples than one per {self._samples.interval:g} s (the "
                                   "interval its hello announced) plus what its time away accounts for")
-            return StoreSamples(self._fold_once(self.link.fold(frame)), self.hello.epoch, wait)
+            live = self._live_items()
+            return StoreSamples(self._fold_once(self.link.fold(frame, live), live), self.hello.epoch, wait)
         if isinstance(frame, Snapshot):
             if not self._snapshots.take(frame.kind, now):
                 return self._over("snapshots", f"more {frame.kind} snapshots than one per "
@@ -282,7 +284,11 @@ class AgentSession:
     def _ack(self, seq: int) -> str:
         """Every ack says how long the agent should gather its samples now (GatherPolicy): a server that gets
         busier or quieter tells each agent within one ack period."""
-        return protocol.ack(seq, self._gather.period(self._connections(), self._interval))
+        # Frames up to the longest period asked so far on this connection are live (mbot.linkquality): the agent
+        # may have sent one before it read a shorter one.
+        period = self._gather.period(self._connections(), self._interval)
+        self._gathering = max(self._gathering, period)
+        return protocol.ack(seq, period)
 
     def store_failed(self, limit: str | None = None, detail: str = "") -> Close:
         """The writer refused a frame of ours: a limit it enforces (new series names), or a poison item it already
@@ -325,8 +331,12 @@ class AgentSession:
         """Add `values` as metrics[key] to the next live sample (server-side values, like the link's)."""
         self._fold[key] = values
 
-    def _fold_once(self, samples: Samples) -> Samples:
-        if not self._fold or len(samples.items) > LIVE_ITEMS:
+    def _live_items(self) -> int:
+        """The most samples a live frame holds: LIVE_ITEMS, plus what gathering for the period asked puts in one."""
+        return LIVE_ITEMS + math.ceil(self._gathering / self._interval) if self._gathering else LIVE_ITEMS
+
+    def _fold_once(self, samples: Samples, live_items: int) -> Samples:
+        if not self._fold or len(samples.items) > live_items:
             return samples
         newest = samples.items[-1]
         extra, self._fold = self._fold, {}

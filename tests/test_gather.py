@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 
 from mbot.session import GatherPolicy
@@ -65,3 +66,28 @@ def test_a_gather_that_is_not_a_sane_number_of_seconds_means_at_once():
     link.receive(json.dumps({"type": "ack", "seq": 0, "gather": 2.5}))
     link.connected()  # a new connection: at once until its server asks again
     assert link.gather == 0.0
+
+
+def test_link_figures_still_reach_gathered_frames():
+    # A gathered frame is live (now's round trip belongs to its newest sample); a replay after a cut is not.
+    from mbot import limits
+    from mbot.session import AgentSession, StoreSamples
+
+    from helpers import BASE_TS
+
+    def samples(*seqs: int) -> str:
+        return json.dumps({"type": "samples", "samples": [
+            {"seq": q, "ts": BASE_TS + 5 * q, "metrics": {"cpu": 1.0}} for q in seqs]})
+
+    s = AgentSession(now=0.0, sample_budget=lambda i: limits.SampleBudget(i, since=BASE_TS - 3600, now=0.0,
+                                                                           wall_now=BASE_TS + 60),
+                     snapshot_budget=lambda i: limits.SnapshotBudget(i),
+                     gather=GatherPolicy(frames=1e-6, max_wait=15.0), connections=lambda: 5000)
+    s.receive(hello_frame(interval=5.0), 0.0)
+    assert json.loads(s.hello_stored(0))["gather"] == 15.0
+    s.link.answered(s.link.next_at, s.link.next_at + 0.004)
+    gathered = s.receive(samples(1, 2, 3, 4), 20.0)  # 15 s of 5 s samples, and one more
+    assert isinstance(gathered, StoreSamples)
+    assert gathered.samples.items[-1].metrics["link"]["rtt"] == pytest.approx(4.0)
+    replay = s.receive(samples(*range(5, 15)), 40.0)
+    assert isinstance(replay, StoreSamples) and "link" not in replay.samples.items[-1].metrics

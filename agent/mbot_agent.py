@@ -2652,7 +2652,6 @@ CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally
 # a container's state comes from the list, every poll.
 CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
 CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
-CONTAINER_WORKERS = 4  # stats and inspects in flight at once
 CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
 RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down
 DOWN_UP, DOWN_STOPPED, DOWN_UNHEALTHY, DOWN_RESTARTING = 0, 1, 2, 3
@@ -2857,28 +2856,12 @@ class ContainerWatcher:
     """One poll per interval of a Docker/Podman engine: `poll()` blocks (run it in a worker thread), never more
     than a few CONTAINER_TIMEOUTs. `get(path, max_bytes)` is the HTTP call (engine_get on a socket; tests inject)."""
 
-    def __init__(self, get: Callable[[str, int], Any], *, clock: Callable[[], float] = time.monotonic,
-                 workers: int = CONTAINER_WORKERS) -> None:
+    def __init__(self, get: Callable[[str, int], Any], *, clock: Callable[[], float] = time.monotonic) -> None:
         self._get = get
         self._clock = clock
         self._seen: Dict[str, _Seen] = {}
         self._restarts: Dict[str, deque] = {}  # name -> (time, restart count) within RESTART_LOOP's window
         self._turn = 0
-        self._workers = max(1, workers)
-        self._pool: Any = None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
-
-    def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> List[Any]:
-        if len(items) <= 1 or self._workers == 1:
-            return [fn(item) for item in items]
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mbot-containers")
-        return list(self._pool.map(fn, items))
 
     def _try(self, path: str) -> Any:
         try:
@@ -2908,8 +2891,9 @@ class ContainerWatcher:
         due = [c for c in chosen if seen[c["id"]].state != c["state"] or now - seen[c["id"]].inspected
                >= CONTAINER_REFRESH]
         due.sort(key=lambda c: (seen[c["id"]].state == c["state"], seen[c["id"]].inspected))
-        for c, answer in zip(due, self._map(lambda c: self._try(f"/containers/{c['id']}/json"),
-                                            due[:CONTAINER_INSPECTS_PER_POLL])):
+        # One request after the other: threads to overlap them saved no CPU, and each cost the agent memory.
+        for c in due[:CONTAINER_INSPECTS_PER_POLL]:
+            answer = self._try(f"/containers/{c['id']}/json")
             known = seen[c["id"]]
             known.inspected = now
             known.state = c["state"]
@@ -2925,8 +2909,8 @@ class ContainerWatcher:
         running = [c for c in with_series if c["state"] == "running"]
         running.sort(key=lambda c: seen[c["id"]].stats_turn)
         wanted = running[:CONTAINER_STATS_PER_POLL]
-        for c, answer in zip(wanted, self._map(
-                lambda c: self._try(f"/containers/{c['id']}/stats?stream=false&one-shot=true"), wanted)):
+        for c in wanted:
+            answer = self._try(f"/containers/{c['id']}/stats?stream=false&one-shot=true")
             known = seen[c["id"]]
             known.stats_turn = self._turn
             reading, mem = stats_reading(answer)
@@ -3692,26 +3676,22 @@ class Agent:
                 return
             watcher = self.container_watcher = ContainerWatcher(functools.partial(engine_get, path))
         failing = False
-        try:
-            while True:
-                started = trio.current_time()
-                try:
-                    report = await trio.to_thread.run_sync(watcher.poll)
-                except EngineError as exc:
-                    self._containers = None
-                    if not failing:
-                        log.warning("containers: the engine does not answer, left out until it does: %s", exc)
-                    failing = True
-                else:
-                    if failing:
-                        log.info("containers: the engine answers again (%d containers)", len(report.items))
-                    failing = False
-                    self._containers = report
-                    self.queue_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
-                await trio.sleep_until(started + self._containers_period)
-        finally:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(watcher.close)
+        while True:
+            started = trio.current_time()
+            try:
+                report = await trio.to_thread.run_sync(watcher.poll)
+            except EngineError as exc:
+                self._containers = None
+                if not failing:
+                    log.warning("containers: the engine does not answer, left out until it does: %s", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("containers: the engine answers again (%d containers)", len(report.items))
+                failing = False
+                self._containers = report
+                self.queue_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
+            await trio.sleep_until(started + self._containers_period)
 
     @property
     def _containers_period(self) -> float:
@@ -4268,15 +4248,13 @@ def _check() -> int:
     path, line = find_container_socket(os.environ.get("AGENT_CONTAINER_SOCKET", "").strip() or None, os.environ)
     report["containers"] = line
     if path is not None:
-        watcher = ContainerWatcher(functools.partial(engine_get, path), workers=1)
+        watcher = ContainerWatcher(functools.partial(engine_get, path))
         try:
             polled = watcher.poll()
             report["containers"] = polled.items
             report["metrics"]["containers"] = polled.series
         except EngineError as exc:
             report["containers"] = f"{line}, but it does not answer: {exc}"
-        finally:
-            watcher.close()
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
 

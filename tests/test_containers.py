@@ -111,7 +111,7 @@ def test_watcher_polls_snapshot_and_series():
     engine.containers = [web, job]
     engine.stats[web["Id"]] = stats(0, 0)
     clock = [0.0]
-    watcher = agent.ContainerWatcher(engine, clock=lambda: clock[0], workers=1)
+    watcher = agent.ContainerWatcher(engine, clock=lambda: clock[0])
     first = watcher.poll()
     assert [i["name"] for i in first.items] == ["job", "web"]
     assert first.series == {"job": {"down": 1}, "web": {"down": 0, "mem": 50 << 20}}  # no CPU before 2 readings
@@ -133,7 +133,7 @@ def test_watcher_sees_unhealthy_and_restart_loops():
     engine.stats[api["Id"]] = stats(0, 0)
     engine.inspect[api["Id"]] = inspected(0, "unhealthy")
     clock = [0.0]
-    watcher = agent.ContainerWatcher(engine, clock=lambda: clock[0], workers=1)
+    watcher = agent.ContainerWatcher(engine, clock=lambda: clock[0])
     assert watcher.poll().series["api"]["down"] == agent.DOWN_UNHEALTHY
     # Restarted by its policy 3 times within 10 minutes (seen as state changes and once-a-minute inspects).
     engine.inspect[api["Id"]] = inspected(0)
@@ -156,30 +156,27 @@ def test_watcher_bounds_a_host_with_600_containers():
     engine.containers = [listed(f"c{i:03d}") for i in range(600)]
     for c in engine.containers:
         engine.stats[c["Id"]] = stats(0, 0)
-    watcher = agent.ContainerWatcher(engine, workers=2)
-    try:
-        report = watcher.poll()
-        calls = len(engine.calls)
-        assert len(report.items) == agent.MAX_CONTAINERS and len(report.series) == agent.MAX_CONTAINER_DOWN
-        # CPU and memory for the first 50 only (a bounded label set); `down`, what alerts watch, for 200.
-        assert [name for name, entry in report.series.items() if "mem" in entry] == [
-            f"c{i:03d}" for i in range(agent.MAX_CONTAINER_SERIES) if "mem" in report.series[f"c{i:03d}"]]
-        assert len(protocol.flatten(protocol.validate_metrics({"containers": report.series}))) <= 300
-        # One list, at most a poll's worth of stats and of inspects: never one request per container.
-        assert calls <= 1 + agent.CONTAINER_STATS_PER_POLL + agent.CONTAINER_INSPECTS_PER_POLL
-        # Round robin: the next poll measures the next containers.
-        engine.calls.clear()
-        watcher.poll()
-        stats_ids = {c.split("/")[2] for c in engine.calls if "/stats" in c}
-        assert len(stats_ids) == agent.CONTAINER_STATS_PER_POLL
-        assert engine.containers[0]["Id"] not in stats_ids
-        # What the agent sends fits what the server takes.
-        snapshot = protocol.parse_agent_frame(json.dumps({"type": "snapshot", "kind": "containers", "v": 1,
-                                                          "ts": time.time(), "items": report.items}), cores=4)
-        assert len(snapshot.items) == 500
-        protocol.validate_metrics({"containers": report.series})
-    finally:
-        watcher.close()
+    watcher = agent.ContainerWatcher(engine)
+    report = watcher.poll()
+    calls = len(engine.calls)
+    assert len(report.items) == agent.MAX_CONTAINERS and len(report.series) == agent.MAX_CONTAINER_DOWN
+    # CPU and memory for the first 50 only (a bounded label set); `down`, what alerts watch, for 200.
+    assert [name for name, entry in report.series.items() if "mem" in entry] == [
+        f"c{i:03d}" for i in range(agent.MAX_CONTAINER_SERIES) if "mem" in report.series[f"c{i:03d}"]]
+    assert len(protocol.flatten(protocol.validate_metrics({"containers": report.series}))) <= 300
+    # One list, at most a poll's worth of stats and of inspects: never one request per container.
+    assert calls <= 1 + agent.CONTAINER_STATS_PER_POLL + agent.CONTAINER_INSPECTS_PER_POLL
+    # Round robin: the next poll measures the next containers.
+    engine.calls.clear()
+    watcher.poll()
+    stats_ids = {c.split("/")[2] for c in engine.calls if "/stats" in c}
+    assert len(stats_ids) == agent.CONTAINER_STATS_PER_POLL
+    assert engine.containers[0]["Id"] not in stats_ids
+    # What the agent sends fits what the server takes.
+    snapshot = protocol.parse_agent_frame(json.dumps({"type": "snapshot", "kind": "containers", "v": 1,
+                                                      "ts": time.time(), "items": report.items}), cores=4)
+    assert len(snapshot.items) == 500
+    protocol.validate_metrics({"containers": report.series})
 
 
 def test_a_containers_snapshot_is_cut_to_the_servers_bounds():

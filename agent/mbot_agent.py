@@ -3132,6 +3132,7 @@ class _Connection:
     snapshots_sent: Dict[str, str] = field(default_factory=dict)  # kind -> items JSON sent on this connection
     tasks: Optional[trio.Nursery] = None  # the connection's nursery (a speed test's upload runs in it)
     download: Optional[List[Any]] = None  # the speed test's download under way: [test id, bytes received]
+    heard_at: float = -math.inf  # trio.current_time() of the server's latest frame (the keepalive's clue)
 
 
 # How a connection that reached the WebSocket ended: seconds it was up after the hello's ack (None: never acked),
@@ -4053,7 +4054,9 @@ class Agent:
     async def _receiver(self, conn: _Connection, done: trio.CancelScope) -> None:
         try:
             while True:
-                event = self.link.receive(await conn.ws.get_message())
+                message = await conn.ws.get_message()
+                conn.heard_at = trio.current_time()
+                event = self.link.receive(message)
                 if isinstance(event, Acked):
                     if event.first:
                         conn.hello_acked.set()
@@ -4081,9 +4084,13 @@ class Agent:
             done.cancel()
 
     async def _keepalive(self, conn: _Connection, done: trio.CancelScope) -> None:
+        """Ping when the server said nothing for ping_interval: its acks (every few intervals) already show that
+        the connection lives, and each ping costs both ends a frame each way."""
         try:
             while True:
                 await trio.sleep(self.config.ping_interval)
+                while (quiet_since := conn.heard_at) + self.config.ping_interval > trio.current_time():
+                    await trio.sleep_until(quiet_since + self.config.ping_interval)
                 with trio.move_on_after(self.config.ping_timeout):
                     await conn.ws.ping()
                     continue

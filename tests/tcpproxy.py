@@ -6,6 +6,7 @@ cuts connections on command or after a random number of bytes.
     proxy.cut()                                  # cut every current connection now
     proxy.cut_after = lambda: rng.randrange(100, 20_000)   # each new connection dies after that many bytes
     proxy.refuse = True                          # new connections are closed at once ("the server is down")
+    proxy.frozen = True                          # bytes are held, not forwarded: a path that silently went dead
     await proxy.wait_cuts(15)                    # woken by each cut, never polled
 
 A cut closes both halves of a connection, with a FIN or (at random when an rng is given, or with reset=True) an RST,
@@ -46,6 +47,7 @@ class TcpProxy:
         # Called for each new connection: the number of bytes after which it is cut, or None to leave it alone.
         self.cut_after: Callable[[], int | None] | None = None
         self.refuse = False
+        self.frozen = False  # nothing is forwarded, nothing closed (no FIN, no RST): only keepalives notice
         self.accepted = 0  # connections accepted (refused ones included)
         self.cuts = 0  # live connections cut (by cut() or by their byte budget)
         self.bytes = 0  # bytes forwarded, both directions, all connections
@@ -130,6 +132,8 @@ class TcpProxy:
         try:
             while True:
                 data = await source.receive_some(CHUNK)
+                if self.frozen:
+                    await trio.sleep_forever()  # until the connection is cut (by the proxy or a peer)
                 if not data:
                     # Half-close: pass the FIN on, keep the other direction going.
                     try:

@@ -668,7 +668,10 @@ class AgentHub:
                 await self._answer(stream, decision, address, peer)
                 return
             stage = "WebSocket handshake"
-            request = await wrap_server_stream(nursery, _Replay(stream, head), max_message_size=limits.MAX_FRAME_BYTES)
+            # trio-websocket reads 4 KiB at a time by default: a processes snapshot or a gathered frame (5-10 KB)
+            # then took several trips through the TLS stream, each with its own task switches.
+            request = await wrap_server_stream(nursery, _Replay(stream, head), max_message_size=limits.MAX_FRAME_BYTES,
+                                               receive_buffer_size=RECEIVE_BYTES)
             host = await self._authenticate(request, address, peer)
         if preauth.cancelled_caught:
             self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
@@ -745,6 +748,9 @@ async def _read_head(stream: trio.abc.Stream) -> tuple[bytes, install.Decision]:
         decision = sniffer.receive(data)
         if not isinstance(decision, install.NeedMore):
             return head, decision
+
+
+RECEIVE_BYTES = 65536  # per read from an agent's TLS stream: whatever has arrived, in one go
 
 
 class _Replay(trio.abc.Stream):

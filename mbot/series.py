@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import limits
@@ -37,19 +38,25 @@ Extract = Callable[[Mapping[str, Any]], Iterator[tuple[Labels, float]]]
 # --- where a value comes from ----------------------------------------------------------------------------------
 
 
+def _reads(key: str, extract: Extract) -> Extract:
+    """Mark the one top-level key of `metrics` an extractor reads: flatten skips it when the key is absent."""
+    extract.source = key  # type: ignore[attr-defined]
+    return extract
+
+
 def scalar(key: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, m[key]
     extract.scalar_key = key  # type: ignore[attr-defined]  # plain numbers are validated from the catalogue
-    return extract
+    return _reads(key, extract)
 
 
 def item(key: str, index: int) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, m[key][index]
-    return extract
+    return _reads(key, extract)
 
 
 def each(key: str) -> Extract:
@@ -57,7 +64,7 @@ def each(key: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         for i, value in enumerate(m.get(key, ())):
             yield {"i": str(i)}, value
-    return extract
+    return _reads(key, extract)
 
 
 def part(key: str, what: str) -> Extract:
@@ -65,7 +72,7 @@ def part(key: str, what: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, _part(m[key], what)
-    return extract
+    return _reads(key, extract)
 
 
 def labelled(key: str, what: str | None = None) -> Extract:
@@ -78,7 +85,7 @@ def labelled(key: str, what: str | None = None) -> Extract:
                 yield {"label": label}, _part(value, what)
             elif what in value:
                 yield {"label": label}, value[what]
-    return extract
+    return _reads(key, extract)
 
 
 def total(key: str, what: str) -> Extract:
@@ -87,7 +94,7 @@ def total(key: str, what: str) -> Extract:
         values = [v[what] for v in m.get(key, {}).values() if what in v]
         if values:
             yield {}, sum(values)
-    return extract
+    return _reads(key, extract)
 
 
 def gpus(what: str) -> Extract:
@@ -100,7 +107,7 @@ def gpus(what: str) -> Extract:
                     yield labels, _part({"used": gpu["vram_used"], "total": gpu["vram_total"]}, "percent")
             elif what in gpu:
                 yield labels, gpu[what]
-    return extract
+    return _reads("gpus", extract)
 
 
 def measured(key: str, what: str) -> Extract:
@@ -110,7 +117,7 @@ def measured(key: str, what: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if what in m.get(key, {}):
             yield {}, m[key][what]
-    return extract
+    return _reads(key, extract)
 
 
 def link(what: str) -> Extract:
@@ -162,7 +169,25 @@ class Metric:
         return _pattern(self.name)
 
     def series(self, labels: Labels) -> str:
-        return self.name.format(**labels)
+        parts = self._name_parts
+        if parts is None:
+            return self.name.format(**labels)
+        prefix, placeholder, suffix = parts
+        return prefix if placeholder is None else prefix + str(labels[placeholder]) + suffix
+
+    @cached_property
+    def _name_parts(self) -> tuple[str, str | None, str] | None:
+        """The name as (prefix, placeholder, suffix) when it has at most one placeholder (every row so far): a
+        series name per value is then a concatenation, not a str.format. None: str.format it is."""
+        if "{" not in self.name and "}" not in self.name:
+            return self.name, None, ""
+        match = re.fullmatch(r"([^{}]*)\{(\w+)\}([^{}]*)", self.name)
+        return (match[1], match[2], match[3]) if match else None
+
+    @cached_property
+    def source(self) -> str | None:
+        """The top-level key of `metrics` the row reads, when its extractor says (None: it may read any)."""
+        return getattr(self.extract, "source", None)
 
     def labels_of(self, series: str) -> Labels | None:
         match = self.pattern.fullmatch(series)
@@ -348,6 +373,9 @@ def flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Validated metrics -> named series, row by row (docs/protocol.md, "Server-side series")."""
     series: dict[str, float] = {}
     for row in CATALOGUE:
+        source = row.source
+        if source is not None and source not in metrics:
+            continue  # most rows' keys are absent from most samples (GPUs, checks, containers)
         for labels, value in row.extract(metrics):
             series[row.series(labels)] = float(value)
     return series
@@ -360,9 +388,19 @@ def labelled_values(metrics: Mapping[str, Any]) -> Iterator[tuple[Metric, Labels
             yield row, labels, float(value)
 
 
+_scalar_keys: tuple[list[Metric], int, dict[str, Metric]] | None = None
+
+
 def scalar_keys() -> dict[str, Metric]:
-    """Top-level keys of `metrics` that are plain numbers, by key: the edge validates these from the row's unit."""
-    return {key: row for row in CATALOGUE if (key := getattr(row.extract, "scalar_key", None)) is not None}
+    """Top-level keys of `metrics` that are plain numbers, by key: the edge validates these from the row's unit.
+    Asked for every sample, so kept while the catalogue is the same list of the same length (a test may replace
+    it or add a row). The dict is shared: read it, never change it."""
+    global _scalar_keys
+    cached = _scalar_keys
+    if cached is None or cached[0] is not CATALOGUE or cached[1] != len(CATALOGUE):
+        keys = {key: row for row in CATALOGUE if (key := getattr(row.extract, "scalar_key", None)) is not None}
+        cached = _scalar_keys = (CATALOGUE, len(CATALOGUE), keys)
+    return cached[2]
 
 
 def row_of(series: str) -> Metric | None:

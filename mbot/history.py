@@ -94,20 +94,25 @@ def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS, faults: Faults
                 partials[key] = _Partial(minute.count, minute.mins.copy(), minute.sums.copy(), minute.maxs.copy())
             elif len(partials[key].mins) == len(minute.mins):
                 partials[key].add(minute)
+    # Per table: the buckets' rows as they are, read at once; the combined rows, written at once.
+    by_table: dict[str, list[tuple[store.AggKey, _Partial]]] = {}
     for (table, host_id, bucket, layout_id), part in partials.items():
-        try:
-            with store.savepoint(conn, "upsert"):
-                _upsert(conn, table, host_id, bucket, layout_id, part)
-        except sqlite3.OperationalError:
-            raise  # the database itself: the writer retries
-        except Exception as exc:
-            faults.isolated("rollup", f"{table} bucket {bucket} of host {host_id}", exc)
+        by_table.setdefault(table, []).append(((host_id, bucket, layout_id), part))
+    for table, entries in by_table.items():
+        old_rows = store.agg_rows(conn, table, [key for key, _ in entries])
+        new_rows: list[store.AggPut] = []
+        for key, part in entries:
+            try:
+                new_rows.append((*key, *_combined(part, old_rows.get(key))))
+            except Exception as exc:  # a bucket that cannot be combined is left as it was
+                faults.isolated("rollup", f"{table} bucket {key[1]} of host {key[0]}", exc)
+        _put(conn, table, new_rows, faults)
     store.set_kv(conn, WATERMARK_KEY, str(rows[-1][0]))
     return len(rows)
 
 
-def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, part: _Partial) -> None:
-    old = store.agg_row(conn, table, host_id, bucket, layout_id)
+def _combined(part: _Partial, old: tuple[int, bytes, bytes, bytes] | None) -> tuple[int, bytes, bytes, bytes]:
+    """(count, mins, avgs, maxs) of a bucket: what it held (`old`, or None) with `part` folded in."""
     count, sums, mins, maxs = part.count, part.sums, part.mins, part.maxs
     if old is not None and len(old[1]) == 4 * len(mins):  # a damaged old row is replaced, not combined
         old_count = old[0]
@@ -116,8 +121,27 @@ def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, lay
         maxs = np.maximum(maxs, np.frombuffer(old[3], dtype=_F32))
         count += old_count
     avgs = np.clip(sums / count, mins, maxs)  # float rounding must not put the mean outside [min, max]
-    store.put_agg_row(conn, table, host_id, bucket, layout_id, count, mins.astype(_F32).tobytes(),
-                      avgs.astype(_F32).tobytes(), maxs.astype(_F32).tobytes())
+    return count, mins.astype(_F32).tobytes(), avgs.astype(_F32).tobytes(), maxs.astype(_F32).tobytes()
+
+
+def _put(conn: sqlite3.Connection, table: str, rows: list[store.AggPut], faults: Faults) -> None:
+    """All rows in one statement; should that fail, row by row, each failing row alone (isolated and counted)."""
+    try:
+        with store.savepoint(conn, "upserts"):
+            store.put_agg_rows(conn, table, rows)
+        return
+    except sqlite3.OperationalError:
+        raise  # the database itself: the writer retries
+    except Exception:
+        pass
+    for row in rows:
+        try:
+            with store.savepoint(conn, "upsert"):
+                store.put_agg_rows(conn, table, [row])
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            faults.isolated("rollup", f"{table} bucket {row[1]} of host {row[0]}", exc)
 
 
 def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, limit: int = DELETE_ROWS) -> int:

@@ -710,7 +710,7 @@ def set_inventory(conn: sqlite3.Connection, host_id: int, inventory_json: str) -
                  "'$.inventory', json(?)) WHERE id = ?", (inventory_json, host_id))
 
 
-def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
+def snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
     """A damaged items column reads as empty (and says so) rather than failing every reader."""
     try:
         value = json.loads(text)
@@ -727,14 +727,20 @@ def latest_snapshot(conn: sqlite3.Connection, host_id: int, kind: str) -> Stored
                        (host_id, kind)).fetchone()
     if row is None:
         return None
-    return StoredSnapshot(host_id, kind, row[0], row[1], row[2], _snapshot_items(host_id, kind, row[3]))
+    return StoredSnapshot(host_id, kind, row[0], row[1], row[2], snapshot_items(host_id, kind, row[3]))
+
+
+def latest_snapshot_json(conn: sqlite3.Connection, host_id: int, kind: str) -> tuple[int, str] | None:
+    """(v, items as stored) of the host's latest snapshot of a kind, not decoded (snapshot_items decodes)."""
+    row = conn.execute("SELECT v, items FROM snapshots WHERE host_id = ? AND kind = ?", (host_id, kind)).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def snapshots_of_host(conn: sqlite3.Connection, host_id: int) -> list[StoredSnapshot]:
     """The latest snapshot of each kind the host sent, by kind."""
     rows = conn.execute("SELECT kind, v, ts, received, items FROM snapshots WHERE host_id = ? ORDER BY kind",
                         (host_id,))
-    return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], _snapshot_items(host_id, row[0], row[4]))
+    return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], snapshot_items(host_id, row[0], row[4]))
             for row in rows]
 
 
@@ -773,7 +779,7 @@ ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Process
 
 
 def _alert_message(row: sqlite3.Row) -> AlertMessage:
-    procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
+    procs = None if row["procs"] is None else snapshot_items(row["host_id"], "alert processes", row["procs"])
     return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
                         row["message_id"], bool(row["photo"]), row["resolved"], row["thread_id"])
 

@@ -196,6 +196,26 @@ async def test_writer_keeps_the_latest_and_tells_listeners_what_changed(settings
     writer.close()
 
 
+async def test_a_listener_is_told_against_what_the_store_holds(settings, nursery):
+    # Nobody listens (the server as it is): snapshots are stored without a diff. A server started later with a
+    # listener compares the next one with the stored one, as with every one before it.
+    key = add_host(settings, "box1")
+    first = Writer(settings.db_path)
+    nursery.start_soon(first.run)
+    await first.snapshot(key.host_id, parse(proc(1, "init")))
+    await first.snapshot(key.host_id, parse(proc(1, "init"), proc(2, "sshd")))
+    await first.call(lambda conn: None)
+    first.close()
+    second, recorder = Writer(settings.db_path), Recorder()
+    second.snapshot_listeners.append(recorder)
+    nursery.start_soon(second.run)
+    await second.snapshot(key.host_id, parse(proc(1, "init"), proc(3, "cron")))
+    await second.call(lambda conn: None)
+    assert recorder.calls == [(key.host_id, "processes", [Appeared((3, "cron"), parse(proc(3, "cron")).items[0]),
+                                                          Disappeared((2, "sshd"), proc(2, "sshd") | {"cpu": 1.5})])]
+    second.close()
+
+
 async def test_snapshot_of_a_deleted_host_is_dropped(settings, nursery):
     key = add_host(settings, "box1")
     writer = Writer(settings.db_path)

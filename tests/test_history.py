@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import trio
 
-from helpers import add_host
+from helpers import add_host, read_db
 from mbot import charts, history, plotting, protocol, rollup, store
 from mbot.faults import Faults
 from mbot.rollup import make_tiers
@@ -99,6 +99,23 @@ async def test_a_step_over_hundreds_of_buckets_combines_each_with_what_it_held(s
         (T0 + i * 60, 2, 10.0, 20.0, 30.0) for i in range(400)]
     hours = query(settings, host.host_id, ["cpu"], T0, T0 + 400 * 60, "1h")["cpu"]
     assert [h.count for h in hours] == [120] * 6 + [80] and all(h.avg == pytest.approx(20.0) for h in hours)
+
+
+async def test_a_damaged_bucket_is_replaced_not_combined(settings):
+    host = add_host(settings, "box1")
+    await store_samples(settings, host.host_id, [(T0 + i * 5, 3.0) for i in range(12)])
+    ((layout, size),) = read_db(settings, "SELECT layout_id, length(vals) FROM samples LIMIT 1")
+    with store.connect(settings.db_path) as conn:
+        good = store.pack_values([9.0] * (size // 4))
+        # What a bad disk or an older version could leave: a short blob, a count that is no count.
+        conn.execute("INSERT INTO agg_1m VALUES (?, ?, ?, 5, ?, ?, ?)", (host.host_id, int(T0), layout, b"x" * 4,
+                                                                         good, good))
+        conn.execute("INSERT INTO agg_10m VALUES (?, ?, ?, 'many', ?, ?, ?)", (host.host_id, int(T0), layout, good,
+                                                                               good, good))
+    roll_all(settings)
+    for tier in ("1m", "10m", "1h"):
+        (bucket,) = query(settings, host.host_id, ["cpu"], T0, T0 + 59, tier)["cpu"]
+        assert (bucket.count, bucket.min, bucket.avg, bucket.max) == (12, 3.0, 3.0, 3.0)
 
 
 async def test_a_bucket_that_cannot_be_written_fails_alone(settings):

@@ -138,7 +138,8 @@ def _combined(folds: _Folds, take: list[int], old_rows: dict[store.AggKey, tuple
     if have:
         old_counts = np.array([old[0] for old in olds], dtype=np.int64)
         old_mins, old_avgs, old_maxs = (
-            np.frombuffer(b"".join(old[i] for old in olds), dtype=_F32).reshape(len(olds), -1) for i in (1, 2, 3))
+            np.frombuffer(b"".join(blobs), dtype=_F32).reshape(len(olds), -1)
+            for blobs in ([old[1] for old in olds], [old[2] for old in olds], [old[3] for old in olds]))
         sums[have] += old_avgs.astype(np.float64) * old_counts[:, None]
         mins[have] = np.minimum(mins[have], old_mins)
         maxs[have] = np.maximum(maxs[have], old_maxs)

@@ -211,7 +211,7 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
         joined = None  # a key that is no string: _text below says so
     if joined is not None and joined.isascii() and joined.isprintable() and (
             len(joined) <= MAX_LABEL or max(map(len, value)) <= MAX_LABEL):
-        return dict(value)
+        return value  # as it is: callers read it, none keeps or changes it
     return {_text(key, f"{where} key"): item for key, item in value.items()}
 
 
@@ -629,12 +629,13 @@ def _snapshot(obj: dict[str, Any], cores: int | None) -> Snapshot | UnknownSnaps
     if len(raw) > limits.MAX_SNAPSHOT_ITEMS:
         raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_ITEMS} entries", CLOSE_POLICY)
     items = tuple(spec.item(item, f"snapshot.items[{i}]", cores) for i, item in enumerate(raw))
-    seen: set[tuple[Any, ...]] = set()
-    for i, item in enumerate(items):
-        key = snapshot_key(spec, item)
-        if key in seen:
-            raise ProtocolError(f"snapshot.items[{i}]: a second member with the same {'+'.join(spec.key)}")
-        seen.add(key)
+    keys = [snapshot_key(spec, item) for item in items]
+    if len(set(keys)) != len(keys):  # a duplicate: find the first, to say which
+        seen: set[tuple[Any, ...]] = set()
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise ProtocolError(f"snapshot.items[{i}]: a second member with the same {'+'.join(spec.key)}")
+            seen.add(key)
     items_json = _ITEMS_ENCODER.encode(items)
     if len(items_json.encode()) > limits.MAX_SNAPSHOT_BYTES:
         raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_BYTES // 1024} KiB", CLOSE_POLICY)

@@ -105,9 +105,10 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-# Made once: json.loads with an argument builds a decoder per call.
+# Made once: json.loads and json.dumps with an argument build a decoder or encoder per call. What is encoded was
+# built from parsed JSON, so it has no cycles to look for.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_ITEMS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_ITEMS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 
 
 def decode(message: str | bytes) -> dict[str, Any]:

@@ -38,6 +38,8 @@ QUEUE_ITEMS = 10_000
 BATCH_ITEMS = 2_000
 LAYOUT_CACHE = 20_000  # layout ids remembered by digest (LRU): ~2 MB, whatever the size of the layouts
 _RETRY_FIRST, _RETRY_MAX = 0.1, 5.0
+# A sample's metrics as json.dumps writes them, without its search for cycles (parsed JSON has none).
+_METRICS_ENCODER = json.JSONEncoder(check_circular=False)
 
 
 class LimitExceeded(Exception):
@@ -393,7 +395,7 @@ class Writer:
                 conn.execute(
                     "UPDATE hosts SET last_seq = ?, last_seen = ?, samples_count = samples_count + ?, "
                     "dropped = min(dropped + ?, ?), rejected = min(rejected + ?, ?), last_ts = ?, last_metrics = ? "
-                    "WHERE id = ?", (*counts, latest.ts, json.dumps(latest.metrics), item.host_id))
+                    "WHERE id = ?", (*counts, latest.ts, _METRICS_ENCODER.encode(latest.metrics), item.host_id))
             else:
                 conn.execute(
                     "UPDATE hosts SET last_seq = ?, last_seen = ?, samples_count = samples_count + ?, "

@@ -184,6 +184,8 @@ def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
 
 
 def _integer(value: Any, where: str, *, low: int = 0) -> int:
+    if type(value) is int and low <= value <= MAX_INT:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"{where}: must be an integer")
     if value < low or value > MAX_INT:

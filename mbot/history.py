@@ -45,20 +45,6 @@ _F32 = np.dtype("<f4")
 TABLE_OF_TIER = {"1m": "agg_1m", "10m": "agg_10m", "1h": "agg_1h"}
 
 
-@dataclass
-class _Partial:
-    count: int
-    mins: np.ndarray
-    sums: np.ndarray  # float64: exact enough for thousands of float32 values
-    maxs: np.ndarray
-
-    def add(self, other: _Partial) -> None:
-        self.count += other.count
-        np.minimum(self.mins, other.mins, out=self.mins)
-        np.maximum(self.maxs, other.maxs, out=self.maxs)
-        self.sums += other.sums
-
-
 def _foldable(ts: Any, vals: Any) -> bool:
     return (isinstance(ts, (int, float)) and limits.TS_FLOOR <= ts <= limits.TS_CEILING
             and isinstance(vals, bytes) and len(vals) % 4 == 0 and len(vals) > 0)
@@ -73,51 +59,115 @@ def rollup_step(conn: sqlite3.Connection, limit: int = STEP_ROWS, faults: Faults
     rows = store.raw_rows_after(conn, watermark, limit)
     if not rows:
         return 0
-    # 1-minute partials straight from the raw rows (vectorised per group), coarser tiers from those.
-    blobs: dict[tuple[int, int, int, int], list[bytes]] = {}
+    # Rows by the length of their values (one layout, one length), in arrival order: each class is one 2-D array,
+    # folded per tier with a few vectorised reductions rather than a few per bucket.
+    classes: dict[int, list[tuple[int, int, int, bytes]]] = {}
     skipped = 0
     for _, host_id, ts, layout_id, vals in rows:
         if _foldable(ts, vals):
-            blobs.setdefault((host_id, int(ts // 60) * 60, layout_id, len(vals)), []).append(vals)
+            classes.setdefault(len(vals), []).append((host_id, int(ts // 60) * 60, layout_id, vals))
         else:
             skipped += 1
     if skipped:
         faults.isolated("rollup", f"{skipped} raw row(s) before rowid {rows[-1][0]}",
                         ValueError("timestamp outside 2001-2096 or damaged values; left out of history"))
-    partials: dict[tuple[str, int, int, int], _Partial] = {}
-    for (host_id, bucket, layout_id, _), group in blobs.items():
-        values = np.frombuffer(b"".join(group), dtype=_F32).reshape(len(group), -1)
-        minute = _Partial(len(group), values.min(axis=0), values.sum(axis=0, dtype=np.float64), values.max(axis=0))
-        for table, width in store.AGG_TABLES.items():
-            key = (table, host_id, bucket // width * width, layout_id)
-            if key not in partials:
-                partials[key] = _Partial(minute.count, minute.mins.copy(), minute.sums.copy(), minute.maxs.copy())
-            elif len(partials[key].mins) == len(minute.mins):
-                partials[key].add(minute)
-    for (table, host_id, bucket, layout_id), part in partials.items():
-        try:
-            with store.savepoint(conn, "upsert"):
-                _upsert(conn, table, host_id, bucket, layout_id, part)
-        except sqlite3.OperationalError:
-            raise  # the database itself: the writer retries
-        except Exception as exc:
-            faults.isolated("rollup", f"{table} bucket {bucket} of host {host_id}", exc)
+    for table, width in store.AGG_TABLES.items():
+        _store_tier(conn, table, [_fold(members, width) for members in classes.values()], faults)
     store.set_kv(conn, WATERMARK_KEY, str(rows[-1][0]))
     return len(rows)
 
 
-def _upsert(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, part: _Partial) -> None:
-    old = store.agg_row(conn, table, host_id, bucket, layout_id)
-    count, sums, mins, maxs = part.count, part.sums, part.mins, part.maxs
-    if old is not None and len(old[1]) == 4 * len(mins):  # a damaged old row is replaced, not combined
-        old_count = old[0]
-        sums = sums + np.frombuffer(old[2], dtype=_F32).astype(np.float64) * old_count
-        mins = np.minimum(mins, np.frombuffer(old[1], dtype=_F32))
-        maxs = np.maximum(maxs, np.frombuffer(old[3], dtype=_F32))
-        count += old_count
-    avgs = np.clip(sums / count, mins, maxs)  # float rounding must not put the mean outside [min, max]
-    store.put_agg_row(conn, table, host_id, bucket, layout_id, count, mins.astype(_F32).tobytes(),
-                      avgs.astype(_F32).tobytes(), maxs.astype(_F32).tobytes())
+@dataclass
+class _Folds:
+    """This step's rows of one length class per bucket: row g of each array belongs to keys[g]."""
+
+    keys: list[store.AggKey]
+    counts: np.ndarray  # int64
+    mins: np.ndarray  # float32
+    sums: np.ndarray  # float64: exact enough for thousands of float32 values
+    maxs: np.ndarray  # float32
+
+
+def _fold(members: list[tuple[int, int, int, bytes]], width: int) -> _Folds:
+    """Count, min, sum and max per (host, bucket of `width`, layout) of rows of one length, in arrival order."""
+    index: dict[store.AggKey, int] = {}
+    groups = np.fromiter((index.setdefault((host_id, minute // width * width, layout_id), len(index))
+                          for host_id, minute, layout_id, _ in members), dtype=np.intp, count=len(members))
+    values = np.frombuffer(b"".join(vals for *_, vals in members), dtype=_F32).reshape(len(members), -1)
+    order = np.argsort(groups, kind="stable")
+    values = values[order]
+    starts = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1]])
+    return _Folds(list(index), np.diff(np.r_[starts, len(members)]).astype(np.int64),
+                  np.minimum.reduceat(values, starts, axis=0), np.add.reduceat(values.astype(np.float64), starts,
+                                                                                 axis=0),
+                  np.maximum.reduceat(values, starts, axis=0))
+
+
+def _store_tier(conn: sqlite3.Connection, table: str, classes: list[_Folds], faults: Faults) -> None:
+    """Fold this step's buckets into the table: what the buckets held, read at once, combined per length class
+    (vectorised), written at once. A bucket holds one length: should rows of one layout disagree (damaged), the
+    first class wins."""
+    owner: dict[store.AggKey, int] = {}
+    for c, folds in enumerate(classes):
+        for key in folds.keys:
+            owner.setdefault(key, c)
+    old_rows = store.agg_rows(conn, table, list(owner))
+    new_rows: list[store.AggPut] = []
+    for c, folds in enumerate(classes):
+        take = [g for g, key in enumerate(folds.keys) if owner[key] == c]
+        try:
+            new_rows.extend(_combined(folds, take, old_rows))
+        except Exception as exc:  # buckets that cannot be combined are left as they were
+            faults.isolated("rollup", f"{len(take)} bucket(s) of {table}", exc)
+    _put(conn, table, new_rows, faults)
+
+
+def _combined(folds: _Folds, take: list[int], old_rows: dict[store.AggKey, tuple[int, bytes, bytes, bytes]]
+              ) -> list[store.AggPut]:
+    """The rows `take` of `folds` as they are to be stored: what each bucket held (if anything) folded in."""
+    counts, mins, sums, maxs = folds.counts, folds.mins, folds.sums, folds.maxs
+    size = 4 * mins.shape[1]
+    have, olds = [], []
+    for g in take:
+        old = old_rows.get(folds.keys[g])
+        # A damaged old row (a count that is no count, blobs of another length) is replaced, not combined.
+        if (old is not None and isinstance(old[0], int) and 0 < old[0] <= limits.MAX_INT
+                and len(old[1]) == len(old[2]) == len(old[3]) == size):
+            have.append(g)
+            olds.append(old)
+    if have:
+        old_counts = np.array([old[0] for old in olds], dtype=np.int64)
+        old_mins, old_avgs, old_maxs = (
+            np.frombuffer(b"".join(blobs), dtype=_F32).reshape(len(olds), -1)
+            for blobs in ([old[1] for old in olds], [old[2] for old in olds], [old[3] for old in olds]))
+        sums[have] += old_avgs.astype(np.float64) * old_counts[:, None]
+        mins[have] = np.minimum(mins[have], old_mins)
+        maxs[have] = np.maximum(maxs[have], old_maxs)
+        counts[have] += old_counts
+    avgs = np.clip(sums / counts[:, None], mins, maxs)  # float rounding must not put the mean outside [min, max]
+    mins32, avgs32, maxs32 = mins.astype(_F32), avgs.astype(_F32), maxs.astype(_F32)
+    return [(*folds.keys[g], int(counts[g]), mins32[g].tobytes(), avgs32[g].tobytes(), maxs32[g].tobytes())
+            for g in take]
+
+
+def _put(conn: sqlite3.Connection, table: str, rows: list[store.AggPut], faults: Faults) -> None:
+    """All rows in one statement; should that fail, row by row, each failing row alone (isolated and counted)."""
+    try:
+        with store.savepoint(conn, "upserts"):
+            store.put_agg_rows(conn, table, rows)
+        return
+    except sqlite3.OperationalError:
+        raise  # the database itself: the writer retries
+    except Exception:
+        pass
+    for row in rows:
+        try:
+            with store.savepoint(conn, "upsert"):
+                store.put_agg_rows(conn, table, [row])
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            faults.isolated("rollup", f"{table} bucket {row[1]} of host {row[0]}", exc)
 
 
 def retention_step(conn: sqlite3.Connection, tiers: Sequence[Tier], now: float, limit: int = DELETE_ROWS) -> int:

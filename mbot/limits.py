@@ -111,7 +111,8 @@ PREAUTH_TOTAL_MAX = 1024  # also at most a quarter of RLIMIT_NOFILE (see preauth
 def clean_label(value: str, limit: int = MAX_LABEL) -> str:
     """A label as it will be stored, charted and exported: control characters and lone surrogates (which no UTF-8
     encoder accepts, so they would break /metrics and Telegram) become U+FFFD; over-long labels are cut with '…'."""
-    if value.isprintable() and not _has_surrogate(value):
+    # isascii() is a flag CPython keeps on the string: most labels skip the encode that finds lone surrogates.
+    if value.isprintable() and (value.isascii() or not _has_surrogate(value)):
         cleaned = value
     else:
         cleaned = "".join("\ufffd" if not ch.isprintable() or "\ud800" <= ch <= "\udfff" else ch for ch in value)

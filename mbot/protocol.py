@@ -105,6 +105,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+# Made once: json.loads and json.dumps with an argument build a decoder or encoder per call. What is encoded was
+# built from parsed JSON, so it has no cycles to look for.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ITEMS_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+
+
 def decode(message: str | bytes) -> dict[str, Any]:
     """Text frame -> JSON object. Binary frames, bad JSON, NaN and absurd nesting are ProtocolErrors."""
     if isinstance(message, bytes):
@@ -112,7 +118,7 @@ def decode(message: str | bytes) -> dict[str, Any]:
     if len(message) > MAX_FRAME_BYTES:
         raise ProtocolError("frame over 1 MiB", CLOSE_TOO_BIG)
     try:
-        obj = json.loads(message, parse_constant=_reject_constant)
+        obj = _DECODER.decode(message)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(obj, dict):
@@ -153,6 +159,15 @@ def parse_agent_frame(message: str | bytes, *, cores: int | None = None) -> Agen
 
 
 def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
+    low, high = bounds
+    # The common case first, in few steps (every bound is finite, so NaN and infinities fail these tests too);
+    # anything else takes the checks below, which say what is wrong.
+    kind = type(value)
+    if kind is float:
+        if low <= value <= high:
+            return value  # type: ignore[no-any-return]
+    elif kind is int and low <= value <= high and -MAX_INT <= value <= MAX_INT:
+        return float(value)
     # bool is an int in Python, but `true` is no measurement.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"{where}: must be a number")
@@ -161,7 +176,6 @@ def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
     number = float(value)
     if not math.isfinite(number):
         raise ProtocolError(f"{where}: must be finite")
-    low, high = bounds
     if number < low:
         raise ProtocolError(f"{where}: must be >= {low:g}, got {number:g}")
     if number > high:
@@ -170,6 +184,8 @@ def _number(value: Any, where: str, bounds: tuple[float, float]) -> float:
 
 
 def _integer(value: Any, where: str, *, low: int = 0) -> int:
+    if type(value) is int and low <= value <= MAX_INT:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"{where}: must be an integer")
     if value < low or value > MAX_INT:
@@ -178,6 +194,8 @@ def _integer(value: Any, where: str, *, low: int = 0) -> int:
 
 
 def _text(value: Any, where: str, *, limit: int = MAX_LABEL) -> str:
+    if type(value) is str and len(value) <= limit and value.isascii() and value.isprintable():
+        return value  # nothing to clean (the common case, without a call)
     if not isinstance(value, str):
         raise ProtocolError(f"{where}: must be a string")
     return clean_label(value, limit)
@@ -189,6 +207,14 @@ def _mapping(value: Any, where: str) -> dict[str, Any]:
         raise ProtocolError(f"{where}: must be an object")
     if len(value) > MAX_ITEMS:
         raise ProtocolError(f"{where}: more than {MAX_ITEMS} entries", CLOSE_POLICY)
+    try:
+        # All keys at once: printable ASCII within the length needs no cleaning (most objects, in a few C calls).
+        joined = "".join(value)
+    except TypeError:
+        joined = None  # a key that is no string: _text below says so
+    if joined is not None and joined.isascii() and joined.isprintable() and (
+            len(joined) <= MAX_LABEL or max(map(len, value)) <= MAX_LABEL):
+        return value  # as it is: callers read it, none keeps or changes it
     return {_text(key, f"{where} key"): item for key, item in value.items()}
 
 
@@ -496,6 +522,22 @@ class SnapshotKind:
 
 
 def _process(value: Any, where: str, cores: int | None) -> dict[str, Any]:
+    """A `processes` member. Hundreds arrive per second under load, nearly all plainly valid: those are checked in
+    one go, the rest (and anything the short test is unsure of) by _process_checked, which says what is wrong."""
+    if type(value) is dict and len(value) == 6:
+        pid, name, user, cmd = value.get("pid"), value.get("name"), value.get("user"), value.get("cmd")
+        cpu, rss = value.get("cpu"), value.get("rss")
+        if (type(pid) is int and 0 <= pid <= limits.MAX_PID and type(name) is str and type(user) is str
+                and type(cmd) is str and len(name) <= limits.MAX_PROCESS_NAME
+                and len(user) <= limits.MAX_PROCESS_USER and len(cmd) <= limits.MAX_PROCESS_CMD
+                and (text := name + user + cmd).isascii() and text.isprintable()
+                and type(cpu) is float and 0.0 <= cpu <= 100.0 * (cores or limits.MAX_CORES)
+                and type(rss) is int and 0 <= rss <= MAX_INT):
+            return {"pid": pid, "name": name, "user": user, "cmd": cmd, "cpu": cpu, "rss": float(rss)}
+    return _process_checked(value, where, cores)
+
+
+def _process_checked(value: Any, where: str, cores: int | None) -> dict[str, Any]:
     raw = _mapping(value, where)
     pid = _integer(raw.get("pid"), f"{where}.pid")
     if pid > limits.MAX_PID:
@@ -590,7 +632,7 @@ SNAPSHOT_KINDS["inventory"] = SnapshotKind("inventory", 1, key=(), state=None,
 
 
 def snapshot_key(kind: SnapshotKind, item: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(item.get(field) for field in kind.key)
+    return tuple(map(item.get, kind.key))
 
 
 def _snapshot(obj: dict[str, Any], cores: int | None) -> Snapshot | UnknownSnapshot:
@@ -609,13 +651,14 @@ def _snapshot(obj: dict[str, Any], cores: int | None) -> Snapshot | UnknownSnaps
     if len(raw) > limits.MAX_SNAPSHOT_ITEMS:
         raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_ITEMS} entries", CLOSE_POLICY)
     items = tuple(spec.item(item, f"snapshot.items[{i}]", cores) for i, item in enumerate(raw))
-    seen: set[tuple[Any, ...]] = set()
-    for i, item in enumerate(items):
-        key = snapshot_key(spec, item)
-        if key in seen:
-            raise ProtocolError(f"snapshot.items[{i}]: a second member with the same {'+'.join(spec.key)}")
-        seen.add(key)
-    items_json = json.dumps(items, ensure_ascii=False, separators=(",", ":"))
+    keys = [snapshot_key(spec, item) for item in items]
+    if len(set(keys)) != len(keys):  # a duplicate: find the first, to say which
+        seen: set[tuple[Any, ...]] = set()
+        for i, key in enumerate(keys):
+            if key in seen:
+                raise ProtocolError(f"snapshot.items[{i}]: a second member with the same {'+'.join(spec.key)}")
+            seen.add(key)
+    items_json = _ITEMS_ENCODER.encode(items)
     if len(items_json.encode()) > limits.MAX_SNAPSHOT_BYTES:
         raise ProtocolError(f"snapshot.items: more than {limits.MAX_SNAPSHOT_BYTES // 1024} KiB", CLOSE_POLICY)
     return Snapshot(name, version, ts, items, items_json)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from . import limits
@@ -37,19 +38,41 @@ Extract = Callable[[Mapping[str, Any]], Iterator[tuple[Labels, float]]]
 # --- where a value comes from ----------------------------------------------------------------------------------
 
 
+# flatten's direct path: (metrics, series out, the row's name as prefix/placeholder/suffix) -> values written. The
+# generator above stays the reference (labelled_values, rows of other shapes); a fill must write what it yields.
+Fill = Callable[[Mapping[str, Any], dict[str, float], tuple[str, str | None, str]], None]
+
+
+def _reads(key: str, extract: Extract, fill: Fill | None = None, yields: tuple[str, ...] = ()) -> Extract:
+    """Mark the one top-level key of `metrics` an extractor reads (flatten skips it when the key is absent), and
+    its fill with the labels it yields, for flatten to write values without a generator and a labels dict each."""
+    extract.source = key  # type: ignore[attr-defined]
+    extract.fill = fill  # type: ignore[attr-defined]
+    extract.yields = yields  # type: ignore[attr-defined]
+    return extract
+
+
 def scalar(key: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, m[key]
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        if key in m:
+            out[name[0]] = float(m[key])
     extract.scalar_key = key  # type: ignore[attr-defined]  # plain numbers are validated from the catalogue
-    return extract
+    return _reads(key, extract, fill)
 
 
 def item(key: str, index: int) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, m[key][index]
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        if key in m:
+            out[name[0]] = float(m[key][index])
+    return _reads(key, extract, fill)
 
 
 def each(key: str) -> Extract:
@@ -57,7 +80,12 @@ def each(key: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         for i, value in enumerate(m.get(key, ())):
             yield {"i": str(i)}, value
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        prefix, placeholder, suffix = name
+        for i, value in enumerate(m.get(key, ())):
+            out[prefix if placeholder is None else f"{prefix}{i}{suffix}"] = float(value)
+    return _reads(key, extract, fill, ("i",))
 
 
 def part(key: str, what: str) -> Extract:
@@ -65,7 +93,11 @@ def part(key: str, what: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if key in m:
             yield {}, _part(m[key], what)
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        if key in m:
+            out[name[0]] = float(_part(m[key], what))
+    return _reads(key, extract, fill)
 
 
 def labelled(key: str, what: str | None = None) -> Extract:
@@ -78,7 +110,20 @@ def labelled(key: str, what: str | None = None) -> Extract:
                 yield {"label": label}, _part(value, what)
             elif what in value:
                 yield {"label": label}, value[what]
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        prefix, placeholder, suffix = name
+        for label, value in m.get(key, {}).items():
+            if what is None:
+                number = value
+            elif what in ("used", "total", "percent"):
+                number = _part(value, what)
+            elif what in value:
+                number = value[what]
+            else:
+                continue
+            out[prefix if placeholder is None else prefix + str(label) + suffix] = float(number)
+    return _reads(key, extract, fill, ("label",))
 
 
 def total(key: str, what: str) -> Extract:
@@ -87,7 +132,12 @@ def total(key: str, what: str) -> Extract:
         values = [v[what] for v in m.get(key, {}).values() if what in v]
         if values:
             yield {}, sum(values)
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        values = [v[what] for v in m.get(key, {}).values() if what in v]
+        if values:
+            out[name[0]] = float(sum(values))
+    return _reads(key, extract, fill)
 
 
 def gpus(what: str) -> Extract:
@@ -100,7 +150,7 @@ def gpus(what: str) -> Extract:
                     yield labels, _part({"used": gpu["vram_used"], "total": gpu["vram_total"]}, "percent")
             elif what in gpu:
                 yield labels, gpu[what]
-    return extract
+    return _reads("gpus", extract)
 
 
 def measured(key: str, what: str) -> Extract:
@@ -110,7 +160,11 @@ def measured(key: str, what: str) -> Extract:
     def extract(m: Mapping[str, Any]) -> Iterator[tuple[Labels, float]]:
         if what in m.get(key, {}):
             yield {}, m[key][what]
-    return extract
+
+    def fill(m: Mapping[str, Any], out: dict[str, float], name: tuple[str, str | None, str]) -> None:
+        if what in m.get(key, {}):
+            out[name[0]] = float(m[key][what])
+    return _reads(key, extract, fill)
 
 
 def link(what: str) -> Extract:
@@ -162,7 +216,35 @@ class Metric:
         return _pattern(self.name)
 
     def series(self, labels: Labels) -> str:
-        return self.name.format(**labels)
+        parts = self._name_parts
+        if parts is None:
+            return self.name.format(**labels)
+        prefix, placeholder, suffix = parts
+        return prefix if placeholder is None else prefix + str(labels[placeholder]) + suffix
+
+    @cached_property
+    def _name_parts(self) -> tuple[str, str | None, str] | None:
+        """The name as (prefix, placeholder, suffix) when it has at most one placeholder (every row so far): a
+        series name per value is then a concatenation, not a str.format. None: str.format it is."""
+        if "{" not in self.name and "}" not in self.name:
+            return self.name, None, ""
+        match = re.fullmatch(r"([^{}]*)\{(\w+)\}([^{}]*)", self.name)
+        return (match[1], match[2], match[3]) if match else None
+
+    @cached_property
+    def fill(self) -> Fill | None:
+        """The extractor's fill when the row's name can take what it yields (else flatten uses the generator)."""
+        fill: Fill | None = getattr(self.extract, "fill", None)
+        parts = self._name_parts
+        if fill is None or parts is None or (parts[1] is not None
+                                            and parts[1] not in getattr(self.extract, "yields", ())):
+            return None
+        return fill
+
+    @cached_property
+    def source(self) -> str | None:
+        """The top-level key of `metrics` the row reads, when its extractor says (None: it may read any)."""
+        return getattr(self.extract, "source", None)
 
     def labels_of(self, series: str) -> Labels | None:
         match = self.pattern.fullmatch(series)
@@ -348,8 +430,15 @@ def flatten(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Validated metrics -> named series, row by row (docs/protocol.md, "Server-side series")."""
     series: dict[str, float] = {}
     for row in CATALOGUE:
-        for labels, value in row.extract(metrics):
-            series[row.series(labels)] = float(value)
+        source = row.source
+        if source is not None and source not in metrics:
+            continue  # most rows' keys are absent from most samples (GPUs, checks, containers)
+        fill = row.fill
+        if fill is not None:
+            fill(metrics, series, row._name_parts)  # type: ignore[arg-type]  # not None when fill is not
+        else:
+            for labels, value in row.extract(metrics):
+                series[row.series(labels)] = float(value)
     return series
 
 
@@ -360,9 +449,19 @@ def labelled_values(metrics: Mapping[str, Any]) -> Iterator[tuple[Metric, Labels
             yield row, labels, float(value)
 
 
+_scalar_keys: tuple[list[Metric], int, dict[str, Metric]] | None = None
+
+
 def scalar_keys() -> dict[str, Metric]:
-    """Top-level keys of `metrics` that are plain numbers, by key: the edge validates these from the row's unit."""
-    return {key: row for row in CATALOGUE if (key := getattr(row.extract, "scalar_key", None)) is not None}
+    """Top-level keys of `metrics` that are plain numbers, by key: the edge validates these from the row's unit.
+    Asked for every sample, so kept while the catalogue is the same list of the same length (a test may replace
+    it or add a row). The dict is shared: read it, never change it."""
+    global _scalar_keys
+    cached = _scalar_keys
+    if cached is None or cached[0] is not CATALOGUE or cached[1] != len(CATALOGUE):
+        keys = {key: row for row in CATALOGUE if (key := getattr(row.extract, "scalar_key", None)) is not None}
+        cached = _scalar_keys = (CATALOGUE, len(CATALOGUE), keys)
+    return cached[2]
 
 
 def row_of(series: str) -> Metric | None:

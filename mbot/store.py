@@ -25,7 +25,7 @@ import threading
 from array import array
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import trio
 
@@ -581,18 +581,36 @@ def agg_rows_of_host(conn: sqlite3.Connection, table: str, host_id: int, start: 
                              "WHERE host_id = ? AND bucket BETWEEN ? AND ? ORDER BY bucket", (host_id, start, end)))
 
 
-def agg_row(conn: sqlite3.Connection, table: str, host_id: int, bucket: int,
-            layout_id: int) -> tuple[int, bytes, bytes, bytes] | None:
-    """(count, mins, avgs, maxs) of one bucket, or None."""
-    row = conn.execute(f"SELECT count, mins, avgs, maxs FROM {_agg_table(table)} WHERE host_id = ? AND bucket = ? "
-                       "AND layout_id = ?", (host_id, bucket, layout_id)).fetchone()
-    return None if row is None else (row[0], row[1], row[2], row[3])
+AggKey = tuple[int, int, int]  # host_id, bucket, layout_id
+AggPut = tuple[int, int, int, int, bytes, bytes, bytes]  # host_id, bucket, layout_id, count, mins, avgs, maxs
+_AGG_KEYS_PER_QUERY = 300  # 900 parameters: under SQLite's oldest limit (999)
+
+
+def agg_rows(conn: sqlite3.Connection, table: str,
+             keys: Sequence[AggKey]) -> dict[AggKey, tuple[int, bytes, bytes, bytes]]:
+    """(count, mins, avgs, maxs) of the buckets that exist among `keys`, by key: one query per few hundred keys
+    (a join on the primary key) rather than one per key."""
+    found: dict[AggKey, tuple[int, bytes, bytes, bytes]] = {}
+    for start in range(0, len(keys), _AGG_KEYS_PER_QUERY):
+        chunk = keys[start:start + _AGG_KEYS_PER_QUERY]
+        values = ", ".join(["(?, ?, ?)"] * len(chunk))
+        cursor = conn.execute(
+            f"SELECT a.host_id, a.bucket, a.layout_id, a.count, a.mins, a.avgs, a.maxs FROM (VALUES {values}) AS k "
+            f"JOIN {_agg_table(table)} AS a ON a.host_id = k.column1 AND a.bucket = k.column2 "
+            "AND a.layout_id = k.column3", [part for key in chunk for part in key])
+        for row in cursor:
+            found[row[0], row[1], row[2]] = (row[3], row[4], row[5], row[6])
+    return found
+
+
+def put_agg_rows(conn: sqlite3.Connection, table: str, rows: Iterable[AggPut]) -> None:
+    conn.executemany(f"INSERT OR REPLACE INTO {_agg_table(table)} (host_id, bucket, layout_id, count, mins, avgs, "
+                     "maxs) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def put_agg_row(conn: sqlite3.Connection, table: str, host_id: int, bucket: int, layout_id: int, count: int,
                 mins: bytes, avgs: bytes, maxs: bytes) -> None:
-    conn.execute(f"INSERT OR REPLACE INTO {_agg_table(table)} (host_id, bucket, layout_id, count, mins, avgs, maxs) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)", (host_id, bucket, layout_id, count, mins, avgs, maxs))
+    put_agg_rows(conn, table, [(host_id, bucket, layout_id, count, mins, avgs, maxs)])
 
 
 def delete_raw_rows(conn: sqlite3.Connection, *, up_to_rowid: int, before: float, after: float, limit: int) -> int:
@@ -692,7 +710,7 @@ def set_inventory(conn: sqlite3.Connection, host_id: int, inventory_json: str) -
                  "'$.inventory', json(?)) WHERE id = ?", (inventory_json, host_id))
 
 
-def _snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
+def snapshot_items(host_id: int, kind: str, text: str) -> list[dict[str, Any]]:
     """A damaged items column reads as empty (and says so) rather than failing every reader."""
     try:
         value = json.loads(text)
@@ -709,14 +727,20 @@ def latest_snapshot(conn: sqlite3.Connection, host_id: int, kind: str) -> Stored
                        (host_id, kind)).fetchone()
     if row is None:
         return None
-    return StoredSnapshot(host_id, kind, row[0], row[1], row[2], _snapshot_items(host_id, kind, row[3]))
+    return StoredSnapshot(host_id, kind, row[0], row[1], row[2], snapshot_items(host_id, kind, row[3]))
+
+
+def latest_snapshot_json(conn: sqlite3.Connection, host_id: int, kind: str) -> tuple[int, str] | None:
+    """(v, items as stored) of the host's latest snapshot of a kind, not decoded (snapshot_items decodes)."""
+    row = conn.execute("SELECT v, items FROM snapshots WHERE host_id = ? AND kind = ?", (host_id, kind)).fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def snapshots_of_host(conn: sqlite3.Connection, host_id: int) -> list[StoredSnapshot]:
     """The latest snapshot of each kind the host sent, by kind."""
     rows = conn.execute("SELECT kind, v, ts, received, items FROM snapshots WHERE host_id = ? ORDER BY kind",
                         (host_id,))
-    return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], _snapshot_items(host_id, row[0], row[4]))
+    return [StoredSnapshot(host_id, row[0], row[1], row[2], row[3], snapshot_items(host_id, row[0], row[4]))
             for row in rows]
 
 
@@ -755,7 +779,7 @@ ALERT_MESSAGE_KEEP = 7 * 86400.0  # how long a resolved alert's row (its Process
 
 
 def _alert_message(row: sqlite3.Row) -> AlertMessage:
-    procs = None if row["procs"] is None else _snapshot_items(row["host_id"], "alert processes", row["procs"])
+    procs = None if row["procs"] is None else snapshot_items(row["host_id"], "alert processes", row["procs"])
     return AlertMessage(row["id"], row["host_id"], row["metric"], row["series"], row["fired"], procs, row["chat_id"],
                         row["message_id"], bool(row["photo"]), row["resolved"], row["thread_id"])
 

@@ -71,6 +71,26 @@ def test_plot_aliases_and_one_member_forms():
     assert [c.series for c in plotspec.resolve_metrics(["disk"], flat, "gib")] == ["disk_used:/", "disk_used:/home"]
 
 
+def generic_flatten(metrics: dict) -> dict[str, float]:
+    """flatten as the catalogue defines it: every row's generator, every value named by the row."""
+    return {row.series(labels): float(value) for row in series.CATALOGUE for labels, value in row.extract(metrics)}
+
+
+@pytest.mark.parametrize("metrics", [
+    {**FULL, **MEASURED},
+    {"disks": {"/\ufffd": {"used": 0, "total": 0}}, "net": {"eth0": {"rx": 5.0}, "lo": {}}, "cpu_cores": [],
+     "temps": {"a b": -3}, "checks": {"x": {}}, "containers": {"c": {"mem": 1}}, "load": [1, 2, 3]},
+    {},
+])
+def test_flatten_writes_exactly_what_the_rows_yield(metrics):
+    # flatten's direct path (each extractor's fill, rows skipped when their key is absent) against the rows'
+    # generators: the same names, values and order.
+    metrics = protocol.validate_metrics(metrics) | {k: v for k, v in metrics.items() if k in MEASURED}
+    assert list(protocol.flatten(metrics).items()) == list(generic_flatten(metrics).items())
+    odd = dataclasses.replace(series.CATALOGUE[0], name="cpu:{label}")  # a row whose name the fill cannot take
+    assert odd.fill is None and series.CATALOGUE[0].fill is not None
+
+
 ENTROPY = series.Metric("entropy", series.scalar("entropy"), series.COUNT, "entropy", plot=("entropy",),
                         alert="entropy", card=True, button="Entropy",
                         prom=series.Prom("mbot_host_entropy_bits", "Entropy the kernel has available."))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import trio
 
-from helpers import add_host
+from helpers import add_host, read_db
 from mbot import charts, history, plotting, protocol, rollup, store
+from mbot.faults import Faults
 from mbot.rollup import make_tiers
 from mbot.writer import Writer
 
@@ -80,6 +81,61 @@ async def test_rollup_matches_the_pure_maths_and_counts_each_sample_once(setting
             # float32 storage: close, not bit-equal
             assert g.min == pytest.approx(w.min, rel=1e-6) and g.max == pytest.approx(w.max, rel=1e-6)
             assert g.avg == pytest.approx(w.avg, rel=1e-5)
+
+
+async def test_a_step_over_hundreds_of_buckets_combines_each_with_what_it_held(settings):
+    # 400 minutes in one step: more buckets than one query reads (store.agg_rows), each combined with its row.
+    host = add_host(settings, "box1")
+    await store_samples(settings, host.host_id, [(T0 + i * 60, 10.0) for i in range(400)])
+    with store.connect(settings.db_path) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        assert history.rollup_step(conn) == 400
+    await store_samples(settings, host.host_id, [(T0 + i * 60 + 30, 30.0) for i in range(400)])
+    with store.connect(settings.db_path) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        assert history.rollup_step(conn) == 400
+    minutes = query(settings, host.host_id, ["cpu"], T0, T0 + 400 * 60, "1m")["cpu"]
+    assert [(m.start, m.count, m.min, m.avg, m.max) for m in minutes] == [
+        (T0 + i * 60, 2, 10.0, 20.0, 30.0) for i in range(400)]
+    hours = query(settings, host.host_id, ["cpu"], T0, T0 + 400 * 60, "1h")["cpu"]
+    assert [h.count for h in hours] == [120] * 6 + [80] and all(h.avg == pytest.approx(20.0) for h in hours)
+
+
+async def test_a_damaged_bucket_is_replaced_not_combined(settings):
+    host = add_host(settings, "box1")
+    await store_samples(settings, host.host_id, [(T0 + i * 5, 3.0) for i in range(12)])
+    ((layout, size),) = read_db(settings, "SELECT layout_id, length(vals) FROM samples LIMIT 1")
+    with store.connect(settings.db_path) as conn:
+        good = store.pack_values([9.0] * (size // 4))
+        # What a bad disk or an older version could leave: a short blob, a count that is no count.
+        conn.execute("INSERT INTO agg_1m VALUES (?, ?, ?, 5, ?, ?, ?)", (host.host_id, int(T0), layout, b"x" * 4,
+                                                                         good, good))
+        conn.execute("INSERT INTO agg_10m VALUES (?, ?, ?, 'many', ?, ?, ?)", (host.host_id, int(T0), layout, good,
+                                                                               good, good))
+    roll_all(settings)
+    for tier in ("1m", "10m", "1h"):
+        (bucket,) = query(settings, host.host_id, ["cpu"], T0, T0 + 59, tier)["cpu"]
+        assert (bucket.count, bucket.min, bucket.avg, bucket.max) == (12, 3.0, 3.0, 3.0)
+
+
+async def test_a_bucket_that_cannot_be_written_fails_alone(settings):
+    good, bad = add_host(settings, "good"), add_host(settings, "bad")
+    await store_samples(settings, good.host_id, [(T0 + i * 5, 1.0) for i in range(12)])
+    await store_samples(settings, bad.host_id, [(T0 + i * 5, 2.0) for i in range(12)])
+    faults = Faults()
+    with store.connect(settings.db_path) as conn:
+        # Whatever makes one row fail (here a trigger): the other rows of the step are written all the same.
+        conn.execute(f"CREATE TRIGGER refuse BEFORE INSERT ON agg_10m WHEN NEW.host_id = {bad.host_id} "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        conn.execute("BEGIN IMMEDIATE")
+        assert history.rollup_step(conn, faults=faults) == 24
+        conn.execute("COMMIT")
+    assert faults.counts["rollup"] == 1
+    for tier, hosts in (("1m", {good, bad}), ("10m", {good}), ("1h", {good, bad})):
+        for host in (good, bad):
+            got = query(settings, host.host_id, ["cpu"], T0, T0 + 59, tier)["cpu"]
+            # The watermark moved past the rows: the one bucket that failed is missing from its tier, nothing else.
+            assert [a.count for a in got] == ([12] if host in hosts else [])
 
 
 async def test_replayed_samples_land_in_their_old_buckets(settings):

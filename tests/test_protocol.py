@@ -99,6 +99,33 @@ def test_bad_frames_say_why(frame, code, reason):
     assert reason in error.value.reason
 
 
+@pytest.mark.parametrize("value, reason", [
+    ("true", "must be a number"), ('"5"', "must be a number"), (str(2**53 + 1), "integers above 2^53"),
+    ("1e999", "must be finite"), ("-1e999", "must be finite"), ("-0.5", "must be >= 0, got -0.5"),
+    ("100.5", "must be <= 100, got 100.5"), ("-5", "must be >= 0, got -5"), (str(-2**60), "integers above 2^53"),
+])
+def test_numbers_are_refused_with_the_reason(value, reason):
+    # The fast path for plain valid numbers leaves every refusal, and its reason, to the full checks.
+    frame = '{"type": "sample", "seq": 1, "ts": 1700000000, "metrics": {"cpu": %s}}' % value
+    with pytest.raises(ProtocolError) as error:
+        protocol.parse_agent_frame(frame)
+    assert error.value.reason.startswith(f"sample.metrics.cpu: {reason}")
+
+
+def test_numbers_and_labels_come_out_normalised():
+    long = "d" * 200
+    (parsed,) = protocol.parse_agent_frame(sample(metrics={
+        "cpu": 100, "ram": {"used": 2**53, "total": 2**53}, "uptime": 0.0,
+        "temps": {"cpu": 40, "\u0434\u0438\u0441\u043a": 30.5, "a\tb": 1, "a\nb": 2, "\ud800": 3, long: 4},
+    })).items
+    assert parsed.metrics["cpu"] == 100.0 and type(parsed.metrics["cpu"]) is float
+    assert parsed.metrics["ram"] == {"used": float(2**53), "total": float(2**53)}
+    # Printable non-ASCII kept; control characters and lone surrogates become U+FFFD (two keys that clean alike:
+    # the last wins); over-long labels are cut.
+    assert parsed.metrics["temps"] == {"cpu": 40.0, "\u0434\u0438\u0441\u043a": 30.5, "a\ufffdb": 2.0,
+                                       "\ufffd": 3.0, "d" * 127 + "\u2026": 4.0}
+
+
 def test_server_frames():
     assert json.loads(protocol.ack(7)) == {"type": "ack", "seq": 7}
     assert json.loads(protocol.error("bad_frame", "x")) == {"type": "error", "code": "bad_frame", "message": "x"}

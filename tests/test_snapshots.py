@@ -6,6 +6,7 @@ import json
 import sqlite3
 
 import pytest
+from hypothesis import given, settings, strategies as st
 import trio
 import trio_websocket
 
@@ -77,6 +78,34 @@ def test_labels_are_cleaned_and_cut_never_refused():
 def test_bad_fields_are_refused_with_1007(item, where):
     error = refused(snapshot_frame(item))
     assert error.close_code == protocol.CLOSE_INVALID and where in error.reason
+
+
+process_values = st.one_of(st.integers(-5, 2**54), st.floats(allow_nan=True), st.booleans(), st.none(),
+                           st.text(max_size=8), st.sampled_from(["nginx", "a\tb", "\ud800"]))
+
+
+def near(good: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(good, good, good, process_values)
+
+
+def texts(limit: int) -> st.SearchStrategy:
+    return st.text(max_size=12) | st.sampled_from(["x" * limit, "x" * (limit + 1), "\u0434" * limit])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries(
+    {"pid": near(st.integers(0, 2**33)), "name": near(texts(limits.MAX_PROCESS_NAME)),
+     "user": near(texts(limits.MAX_PROCESS_USER)), "cmd": near(texts(limits.MAX_PROCESS_CMD)),
+     "cpu": near(st.floats(0, 900)), "rss": near(st.integers(0, 2**54))},
+    optional={"vram": near(st.floats(0, 1e10)), "threads": st.integers()}), st.sampled_from([None, 1, 8]))
+def test_the_short_check_of_a_process_agrees_with_the_full_one(raw, cores):
+    def outcome(check):
+        try:
+            return check(raw, "p", cores)
+        except ProtocolError as exc:
+            return exc.reason
+    assert outcome(protocol._process) == outcome(protocol._process_checked)
+    assert protocol._process(proc(1), "p", 8) == protocol._process_checked(proc(1), "p", 8)  # the short way
 
 
 def test_cpu_is_bounded_by_the_cores_the_hello_announced():
@@ -194,6 +223,26 @@ async def test_writer_keeps_the_latest_and_tells_listeners_what_changed(settings
         conn.close()
     assert read_db(settings, "SELECT count(*) FROM snapshots") == [(1,)]  # replaced, not appended
     writer.close()
+
+
+async def test_a_listener_is_told_against_what_the_store_holds(settings, nursery):
+    # Nobody listens (the server as it is): snapshots are stored without a diff. A server started later with a
+    # listener compares the next one with the stored one, as with every one before it.
+    key = add_host(settings, "box1")
+    first = Writer(settings.db_path)
+    nursery.start_soon(first.run)
+    await first.snapshot(key.host_id, parse(proc(1, "init")))
+    await first.snapshot(key.host_id, parse(proc(1, "init"), proc(2, "sshd")))
+    await first.call(lambda conn: None)
+    first.close()
+    second, recorder = Writer(settings.db_path), Recorder()
+    second.snapshot_listeners.append(recorder)
+    nursery.start_soon(second.run)
+    await second.snapshot(key.host_id, parse(proc(1, "init"), proc(3, "cron")))
+    await second.call(lambda conn: None)
+    assert recorder.calls == [(key.host_id, "processes", [Appeared((3, "cron"), parse(proc(3, "cron")).items[0]),
+                                                          Disappeared((2, "sshd"), proc(2, "sshd") | {"cpu": 1.5})])]
+    second.close()
 
 
 async def test_snapshot_of_a_deleted_host_is_dropped(settings, nursery):

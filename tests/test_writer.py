@@ -6,7 +6,7 @@ import json
 import trio
 
 from helpers import BASE_TS, add_host, read_db
-from mbot import protocol
+from mbot import protocol, store
 from mbot.writer import Writer
 
 
@@ -62,4 +62,24 @@ async def test_failed_call_does_not_lose_the_batch(settings, nursery):
     await writer.samples(host.host_id, 1, samples(2), acked.append)
     assert await writer.call(lambda conn: conn.execute("SELECT count(*) FROM samples").fetchone()[0]) == 2
     assert read_db(settings, "SELECT count(*) FROM kv") == [(0,)]  # the failed call was rolled back alone
+    writer.close()
+
+
+async def test_each_set_of_series_names_has_its_own_layout(settings, nursery):
+    # Layouts are found by a digest of the names joined by NUL; names that would join alike (only possible with a
+    # NUL inside one, which cleaned labels never hold) must still get layouts of their own.
+    host = add_host(settings, "box1")
+    writer = Writer(settings.db_path)
+    nursery.start_soon(writer.run)
+    await writer.hello(host.host_id, hello(1))
+    name_sets = [{"a": 1.0, "b": 2.0}, {"a\0b": 3.0}, {"a": 4.0, "b": 5.0}, {"cpu": 6.0}, {"a\0b": 7.0}]
+    for seq, series in enumerate(name_sets, start=1):
+        sample = protocol.Sample(seq=seq, ts=BASE_TS + seq, metrics={}, series=series)
+        await writer.samples(host.host_id, 1, protocol.Samples((sample,)), lambda seq: None)
+    await writer.call(lambda conn: None)
+    rows = read_db(settings, "SELECT l.names, s.vals FROM samples s JOIN layouts l ON l.id = s.layout_id "
+                             "ORDER BY s.seq")
+    assert [(json.loads(names), store.pack_values(list(series.values())) == vals)
+            for (names, vals), series in zip(rows, name_sets)] == [(list(series), True) for series in name_sets]
+    assert read_db(settings, "SELECT count(*) FROM layouts") == [(3,)]
     writer.close()

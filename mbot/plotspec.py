@@ -395,7 +395,9 @@ def host_metrics(available: Iterable[str]) -> list[str]:
             words = [f"{row.plot_one}{(row.labels_of(name) or {}).get('label', '')}" for _, name in present]
         else:
             words = [row.plot[0]]
-        out.extend(w for w in words if w not in out)
+        # A label with a blank in it (a mount point "/mnt/My Disk", or an agent's odd "0 ") cannot be typed back
+        # as one /plot word: listing it would offer a word that fails; its charts stay on the card's buttons.
+        out.extend(w for w in words if w not in out and not any(ch.isspace() for ch in w))
     del out[MAX_LISTED:]
     return out
 

@@ -162,6 +162,8 @@ def test_host_metrics_in_plot_words():
                                     "vram", "gputemp", "power"]
     assert host_metrics(SMALL) == ["cpu", "load", "ram", "disk:/", "net"]
     assert host_metrics([]) == []
+    # A disk whose label holds a blank cannot be typed as one /plot word: not offered (its chart stays on the card).
+    assert host_metrics(SMALL + ["disk:0 ", "disk:/mnt/My Disk"]) == ["cpu", "load", "ram", "disk:/", "net"]
 
 
 # --- every error: the usage line, what was wrong, and this host's metrics ------------------------------------------

@@ -22,7 +22,7 @@ What it holds:
   reconnecting earns nothing);
 - ack coalescing and pacing: the highest committed seq, the highest acked and when the last ack went; an ack goes
   out only when the first grew, and at most once per AckPolicy.period (a share of the server's ack rate, at most
-  30 s): one ack then covers every sample committed meanwhile (docs/architecture.md, "Acks and probes under load");
+  30 s): one ack then covers every sample committed meanwhile (docs/architecture.md, "Acks, probes and gathering under load");
   each ack carries how long the agent should gather samples before sending them (GatherPolicy);
 - command/result matching: the ids of commands sent and not answered yet;
 - the link probe (mbot/linkquality.py): when to measure the round trip, and the figures it folds into live samples.

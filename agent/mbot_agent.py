@@ -1446,11 +1446,11 @@ PROCESS_NAME_MAX, PROCESS_USER_MAX, PROCESS_CMD_MAX = 128, 64, 512  # the server
 SNAPSHOT_MIN_INTERVAL = 1.0  # the server takes one snapshot of a kind per max(interval, this) (mbot/limits.py)
 SNAPSHOT_MAX_BYTES = 200_000  # under the server's 256 KiB per snapshot, with room for the envelope
 # The process list may cost at most this share of one core (the whole agent aims at 0.1 % at a 5 s interval, of
-# which the event loop's frames take half). A list costs about 10 us per process (a pread of each /proc/PID/stat
+# which the event loop's frames take a third). A list costs about 10 us per process (a pread of each /proc/PID/stat
 # kept open, or of the cheaper schedstat of an idle one, most of it the kernel's; 2-3 ms at 250 processes here), so
-# one every 13-20 s at a few hundred processes: about 3 intervals at 5 s, what the card shows without an age
-# (mbot/processes.py); at 2,000 processes one every 2 minutes, shown with its age.
-PROCESSES_CPU_SHARE = 0.00015
+# one every 20-30 s at a few hundred processes: what the card shows without an age (mbot/processes.py: under
+# 30 s); at 2,000 processes one every 3 minutes, shown with its age.
+PROCESSES_CPU_SHARE = 0.0001
 # /proc/PID/stat (and schedstat) files kept open from one scan to the next: a pread of an open one costs half an
 # open+read+close. Bounded (and by a quarter of RLIMIT_NOFILE): on a bigger host the rest are opened for each scan.
 PROCESS_FDS_MAX = 1024
@@ -2506,6 +2506,8 @@ class Collector:
         if self._from_proc:
             out: Dict[str, Tuple[int, int]] = {}
             for line in _read_proc(self._netdev_path).decode("utf-8", "replace").splitlines()[2:]:
+                if line.lstrip().startswith("veth"):  # a container's end of its link (left out, see collect)
+                    continue
                 name, _, rest = line.rpartition(":")  # "  eth0: 123 ..." (proc(5): /proc/net/dev)
                 fields = rest.split()
                 if name and len(fields) >= 9:

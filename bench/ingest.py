@@ -302,7 +302,7 @@ class Conn:
                   b"Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer %s\r\n\r\n"
                   % (self.agent.port, self.key, self.agent.secret.encode()))
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | bytearray) -> None:
         """Send now what the socket takes; keep the rest for when it is writable. (OpenSSL wants a write that could
         not finish retried with the same bytes at the front: `out` only ever grows at its end until sent.)"""
         if self.state == "closed":
@@ -555,6 +555,8 @@ class SimAgent:
         self.snapshot("processes", self.world.processes[self.rng.randrange(POOL)])
         self.flush_at = None
         self.pump()
+        if self.world.stopping and not self.spool and self.conn is not None and self.conn.state == "live":
+            self.conn.close()
 
     def on_ack(self, ack: dict[str, Any]) -> None:
         before = self.gather
@@ -638,6 +640,7 @@ def simulate(orders: dict[str, Any], stdin_rest: bytes) -> None:
               for i, secret in enumerate(orders["secrets"])]
     out = sys.stdout
     drain_until = math.inf
+    finished = False
 
     def report(**kw: Any) -> None:
         out.write(json.dumps(kw) + "\n")
@@ -649,11 +652,18 @@ def simulate(orders: dict[str, Any], stdin_rest: bytes) -> None:
             loop.selector.unregister(sys.stdin.fileno())
         world.stopping = True
         drain_until = time.monotonic() + orders["drain"]
-        loop.call_at(drain_until, lambda: None)  # wakes the loop to see the time is up
         for agent in agents:
             agent.pump()  # no more waiting for `gather`
             if not agent.spool and agent.conn is not None and agent.conn.state == "live":
                 agent.conn.close()
+        drained()
+
+    def drained() -> None:
+        nonlocal finished
+        finished = time.monotonic() >= drain_until or not any(
+            a.spool or (a.conn is not None and a.conn.state == "closing") for a in agents)
+        if not finished:
+            loop.call_at(time.monotonic() + 0.2, drained)
 
     def progress() -> None:
         report(connected=stats.connected, failures=stats.failures, sent=stats.sent)
@@ -667,8 +677,7 @@ def simulate(orders: dict[str, Any], stdin_rest: bytes) -> None:
         loop.call_at(now, stop)
     else:
         loop.selector.register(sys.stdin.fileno(), selectors.EVENT_READ, stop)  # any line (or EOF): stop
-    loop.run(lambda: world.stopping and (time.monotonic() >= drain_until or
-                                         not any(a.spool or (a.conn and a.conn.state == "closing") for a in agents)))
+    loop.run(lambda: finished)
     stats.unacked = sum(len(a.spool) for a in agents)
     report(result=True, sent=stats.sent, unacked=stats.unacked, failures=stats.failures, connects=stats.connects,
            connected=stats.connected, acks=stats.acks, snapshots=stats.snapshots, batches=stats.batches,
@@ -841,6 +850,7 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace) -> dict[s
             sent = sum(r["sent"] for r in results)
             point["unacked"] = sum(r["unacked"] for r in results)
             point["failures"] = sum(r["failures"] for r in results)
+            point["batches"] = sum(r.get("batches", 0) for r in results)
             point["why"] = {k: sum(r["why"].get(k, 0) for r in results) for r in results for k in r["why"]}
             point["reconnects"] = sum(r["connects"] for r in results) - sum(r["connected"] for r in results)
             acks = [(w, lat) for r in results for w, lat in r["acks"]]
@@ -967,7 +977,8 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
     if "data" in p:
         print(f"data directory (server.log): {p['data']}")
     print(f"samples taken {p['sent']}, in the database {p['stored']} ({p['distinct']} distinct), not stored by "
-          f"the end {lost} (still in the agents' spools: unacked {p['unacked']})")
+          f"the end {lost} (still in the agents' spools: unacked {p['unacked']}); "
+          f"{p['sent'] / max(1, p['batches']):.1f} samples per frame")
     sys.stdout.flush()
 
 

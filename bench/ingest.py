@@ -177,12 +177,12 @@ def parse_frames(buffer: bytearray) -> list[tuple[bool, int, bytes]]:
 
 
 def gather_of(frame: dict[str, Any]) -> float:
-    """An ack's `gather` (seconds between batches the server asks for), 0 when absent or not a usable number; more
-    than 60 s is taken as 60 (the protocol's bound), rather than dropping the server's request altogether."""
+    """An ack's `gather` (seconds between batches the server asks for); 0 (at once) when absent or not a number
+    with 0 < S <= 60, which the agent ignores likewise (docs/protocol.md)."""
     value = frame.get("gather")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:  # NaN too
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 60:  # NaN too
         return 0.0
-    return min(float(value), 60.0)
+    return float(value)
 
 
 @dataclass
@@ -554,7 +554,8 @@ class SimAgent:
         self.stats.snapshots += 1
         self.snapshot("processes", self.world.processes[self.rng.randrange(POOL)])
         self.flush_at = None
-        self.pump()
+        if self.spool.get(self.sent_upto + 1) is not None:
+            self.flush(self.conn)  # a new connection starts at once, `gather` or not
         if self.world.stopping and not self.spool and self.conn is not None and self.conn.state == "live":
             self.conn.close()
 

@@ -134,7 +134,7 @@ WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_BATCH = 500  # samples in one `samples` frame, as the agent's replay
 READ_BUFFER = bytearray(1 << 16)  # every read goes here first: no buffer allocated (and mapped) per read
 READ_VIEW = memoryview(READ_BUFFER)
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA  # binary frames (speed tests) are ignored
 RESTART_CODES = (1001, 1006, 1012)
 SLACK = 0.005  # timers due this soon fire with the ones due now: fewer wakeups of the loop
 

@@ -15,6 +15,7 @@ import trio
 
 from helpers import add_host, certificate, load_agent, make_settings, read_db, wait_for_samples
 from mbot import app
+from mbot.writer import Writer
 
 agent = load_agent()
 
@@ -394,16 +395,18 @@ async def test_overflow_is_reported_to_the_server(tmp_path, nursery, monkeypatch
     async with trio.open_nursery() as run:
         run.start_soon(agent.run_agent, cfg, collector)
         await collector.wait_for(9)  # 5 kept, at least 4 dropped
-        server = await start_server(nursery, settings)
-        original = server.writer.samples
+        original = Writer.samples
 
-        async def spy(*args, **kwargs):  # what the server receives, before it commits it
+        async def spy(self, *args, **kwargs):  # what the server receives, before it commits it
             for frame in args:
                 for item in getattr(frame, "items", ()):
                     received[item.seq] = item.metrics
-            return await original(*args, **kwargs)
+            return await original(self, *args, **kwargs)
 
-        monkeypatch.setattr(server.writer, "samples", spy)
+        # On the class, before the server starts: the agent (retrying every 0.1 s) may be in before a spy put on
+        # the running server's writer, and its first samples, the report among them, would go unseen.
+        monkeypatch.setattr(Writer, "samples", spy)
+        server = await start_server(nursery, settings)
         try:
             await wait_for_samples(server, settings, "box1", 5 + 2)
             run.cancel_scope.cancel()

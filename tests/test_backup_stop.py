@@ -42,6 +42,7 @@ async def test_the_server_stopping_during_its_own_backup_stops_it_at_once_and_le
     add_host(settings, "box1")
     directory = tmp_path / "backups"
     copied, go_on = threading.Event(), threading.Event()
+    released: list[bool] = []
     real_copy = backup._copy_database
 
     def copy_then_wait(source: Path, target: Path) -> None:
@@ -49,7 +50,7 @@ async def test_the_server_stopping_during_its_own_backup_stops_it_at_once_and_le
         # the test has stopped the server's task.
         real_copy(source, target)
         copied.set()
-        go_on.wait(10)
+        released.append(go_on.wait(10))
 
     monkeypatch.setattr(backup, "_copy_database", copy_then_wait)
     stats = metrics.BackupStats()
@@ -59,7 +60,9 @@ async def test_the_server_stopping_during_its_own_backup_stops_it_at_once_and_le
             await trio.to_thread.run_sync(copied.wait, 10)
             assert [p.name for p in directory.iterdir()][0].startswith(".mbot-backup-")  # under way
             nursery.cancel_scope.cancel()  # the server stops
-            await trio.testing.wait_all_tasks_blocked()
+            with trio.CancelScope(shield=True):  # (an await in the cancelled scope would raise at once)
+                await trio.testing.wait_all_tasks_blocked()  # the cancellation has reached the backup's thread
             go_on.set()
+    assert released == [True]  # the backup went on when the test said so, not after the 10 s
     assert not scope.cancelled_caught
     assert leftovers(directory) == [] and stats.made == 0 and stats.failures == 0

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -22,6 +24,25 @@ def mbot(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
            "MBOT_HOST": "127.0.0.1"}
     return subprocess.run([sys.executable, "-m", "mbot", *args], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=60)
+
+
+@pytest.fixture
+def main(monkeypatch, capsys, caplog):
+    """mbot(...)'s run of cli.main in this process (no interpreter start): returncode, stdout, stderr. Logging goes
+    to caplog here, not to stderr: `logged` is what a process would have written there at WARNING and above."""
+    caplog.set_level(logging.INFO)
+
+    def run(data_dir: Path, *args: str) -> SimpleNamespace:
+        for name, value in {"MBOT_DATA_DIR": str(data_dir), "MBOT_PUBLIC_HOST": "127.0.0.1", "PORT": "0",
+                            "MBOT_HOST": "127.0.0.1"}.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        caplog.clear()
+        code = cli.main(list(args))
+        out, err = capsys.readouterr()
+        logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err, logged=logged)
+    return run
 
 
 def remove_pair(data_dir: Path) -> None:
@@ -89,21 +110,26 @@ def test_a_certificate_that_does_not_match_its_key_is_one_clear_line(tmp_path):
     assert "new-cert" in done.stderr
 
 
-async def test_new_cert_is_the_way_out_and_is_refused_under_a_running_server(tmp_path):
+async def test_new_cert_is_the_way_out_and_is_refused_under_a_running_server(tmp_path, main):
     data = tmp_path / "data"
-    made = await trio.to_thread.run_sync(mbot, data, "newkey", "box1")
+    made = await trio.to_thread.run_sync(main, data, "newkey", "box1")
     old = re.search(r"^AGENT_FINGERPRINT=(\w+)$", made.stdout, re.M)[1]
     remove_pair(data)
 
-    # The server and every command that needs the certificate refuse in one line, exit 2.
-    for command in ((), ("fingerprint",), ("newkey", "box2")):
-        refused = await trio.to_thread.run_sync(mbot, data, *command)
+    # The server and every command that needs the certificate refuse in one line, exit 2 (the server as a real
+    # process, the commands through the same main() in this process).
+    refused = await trio.to_thread.run_sync(mbot, data)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.count("\n") == 1, refused.stderr
+    assert old in refused.stderr and "restore cert.pem and key.pem from a backup" in refused.stderr
+    for command in (("fingerprint",), ("newkey", "box2")):
+        refused = await trio.to_thread.run_sync(main, data, *command)
         assert refused.returncode == 2, (command, refused.stderr)
-        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert refused.stderr.count("\n") == 1 and not refused.logged, (refused.stderr, refused.logged)
         assert old in refused.stderr and "restore cert.pem and key.pem from a backup" in refused.stderr
     assert not (data / tls.CERT_FILE).exists()
 
-    renewed = await trio.to_thread.run_sync(mbot, data, "new-cert")
+    renewed = await trio.to_thread.run_sync(main, data, "new-cert")
     assert renewed.returncode == 0, renewed.stderr
     new = re.search(r"^AGENT_FINGERPRINT=(\w+)$", renewed.stdout, re.M)[1]
     assert new != old and f"replaces the old one ({old})" in renewed.stdout
@@ -126,7 +152,7 @@ async def test_new_cert_is_the_way_out_and_is_refused_under_a_running_server(tmp
         await trio.aclose_forcefully(stream)
 
         # Under a running server, new-cert would leave it serving a certificate no file and no command names.
-        busy = await trio.to_thread.run_sync(mbot, data, "new-cert")
+        busy = await trio.to_thread.run_sync(main, data, "new-cert")  # the server's lock is another process's
         assert busy.returncode == 1 and "a server is running" in busy.stderr, busy.stderr
         assert tls.load_certificate(data).fingerprint == new
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from helpers import ROOT, ack_reaching, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade, make_settings
+from helpers import (ROOT, ack_reaching, add_host, certificate, hello_frame, make_settings, open_tls, read_db, receive_json,
+                     sample_frame, upgrade)
 from mbot import plotspec, protocol
 
 
@@ -22,33 +23,35 @@ def mbot(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> subpr
                           cwd=ROOT, timeout=60)
 
 
-def test_newkey_hosts_fingerprint(tmp_path):
-    done = mbot(tmp_path, "newkey", "box1")
+def test_newkey_hosts_fingerprint(tmp_path, cli):
+    data_dir = tmp_path / "data"
+    done = mbot(data_dir, "newkey", "box1")  # a real process: its stderr is the log a user would see
     assert done.returncode == 0, done.stderr
     lines = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
     assert lines["AGENT_SERVER_IP"] == "127.0.0.1"
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", lines["AGENT_SECRET"])
-    fingerprint = mbot(tmp_path, "fingerprint").stdout.strip()
+    # The reads that follow run in this process (the same main()): no interpreter start each.
+    fingerprint = cli("fingerprint")[1].strip()
     assert lines["AGENT_FINGERPRINT"] == fingerprint and re.fullmatch(r"[0-9a-f]{64}", fingerprint)
     # The secret is printed once and stored nowhere, not even in the log.
     assert lines["AGENT_SECRET"] not in done.stderr
-    assert lines["AGENT_SECRET"].encode() not in (tmp_path / "mbot.sqlite3").read_bytes()
+    assert lines["AGENT_SECRET"].encode() not in (data_dir / "mbot.sqlite3").read_bytes()
 
-    hosts = mbot(tmp_path, "hosts")
-    assert hosts.returncode == 0
-    assert hosts.stdout.startswith("box1 offline, never seen, 0 samples")
-    listed = json.loads(mbot(tmp_path, "hosts", "--json").stdout)
+    code, out, _ = cli("hosts")
+    assert code == 0
+    assert out.startswith("box1 offline, never seen, 0 samples")
+    listed = json.loads(cli("hosts", "--json")[1])
     assert [(h["name"], h["online"], h["samples"]) for h in listed] == [("box1", False, 0)]
 
 
-def test_newkey_refuses_bad_and_duplicate_names(tmp_path):
-    bad = mbot(tmp_path, "newkey", "no spaces allowed")
-    assert bad.returncode == 1 and "1-32 characters" in bad.stderr
-    assert mbot(tmp_path, "newkey", "box1").returncode == 0
-    again = mbot(tmp_path, "newkey", "box1")
-    assert again.returncode == 1 and "already" in again.stderr
+def test_newkey_refuses_bad_and_duplicate_names(cli):
+    code, _, err = cli("newkey", "no spaces allowed")
+    assert code == 1 and "1-32 characters" in err
+    assert cli("newkey", "box1")[0] == 0
+    code, _, err = cli("newkey", "box1")
+    assert code == 1 and "already" in err
     # Names are unique per owner, not globally.
-    assert mbot(tmp_path, "newkey", "box1", "--owner", "42").returncode == 0
+    assert cli("newkey", "box1", "--owner", "42")[0] == 0
 
 
 @pytest.mark.parametrize("env, variable", [({"PORT": "abc"}, "PORT"), ({"MBOT_DATA_DIR": "/proc/nope"}, "MBOT_DATA_DIR")])
@@ -68,8 +71,10 @@ def test_missing_openssl_is_a_clear_error(tmp_path):
 async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
     env = {**os.environ, "MBOT_DATA_DIR": str(tmp_path), "MBOT_PUBLIC_HOST": "127.0.0.1", "PORT": "0",
            "MBOT_HOST": "127.0.0.1"}
-    key = mbot(tmp_path, "newkey", "box1").stdout
-    secret = re.search(r"AGENT_SECRET=(\S+)", key).group(1)
+    # What newkey leaves (its own output: test_newkey_hosts_fingerprint), without an interpreter start for it.
+    settings = make_settings(tmp_path)
+    certificate(settings)
+    secret = add_host(settings, "box1").secret
     process = await trio.lowlevel.open_process([sys.executable, "-m", "mbot"], env=env, cwd=ROOT,
                                                stderr=subprocess.PIPE)
     log = b""
@@ -101,21 +106,19 @@ async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
             await process.wait()
         await process.stderr.aclose()
     assert b"Traceback" not in log
-    assert read_db(make_settings(tmp_path), "SELECT count(*) FROM samples") == [(20,)]
+    assert read_db(settings, "SELECT count(*) FROM samples") == [(20,)]
 
 
-async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery):
-    import dataclasses
+async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery, cli):
     import time
 
-    from helpers import certificate, open_tls, upgrade
     from mbot import app
 
-    settings = make_settings(tmp_path)
+    data_dir = tmp_path / "data"  # the `cli` fixture's
+    settings = make_settings(data_dir)
     running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
                                                                 handle_signals=False, task_status=task_status))
-    key = mbot(tmp_path, "newkey", "box1").stdout
-    secret = re.search(r"AGENT_SECRET=(\S+)", key).group(1)
+    secret = add_host(settings, "box1").secret
     stream = await open_tls(running.port)
     ws = await upgrade(nursery, stream, secret)
     await ws.send_message(hello_frame())
@@ -128,70 +131,73 @@ async def test_plot_writes_the_chart_the_bot_would_send(tmp_path, nursery):
     await running.aclose()
 
     out = tmp_path / "chart.png"
-    done = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "cpu;ram", "1h", "--limit", "80",
+    done = await trio.to_thread.run_sync(lambda: mbot(data_dir, "plot", "box1", "cpu;ram", "1h", "--limit", "80",
                                                       "-o", str(out)))
     assert done.returncode == 0, done.stderr
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and int.from_bytes(data[16:20], "big") == 1280
-    bad = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "gpu", "1h", "-o", str(out)))
-    assert bad.returncode == 2 and "Metrics of this host: cpu" in bad.stderr
-    assert "usage: python -m mbot plot NAME METRICS SPAN" in bad.stderr and "/plot" not in bad.stderr
-    lost = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "plot", "box1", "cpu", "1h", "-o",
-                                                      str(tmp_path / "missing" / "x.png")))
-    assert (lost.returncode, lost.stderr) == (2, f"mbot: -o {tmp_path}/missing/x.png: there is no directory "
-                                                 f"{tmp_path}/missing\n")
+    # The refusals in this process (the same main(), no second interpreter start); in a thread, as main() runs trio.
+    code, _, err = await trio.to_thread.run_sync(lambda: cli("plot", "box1", "gpu", "1h", "-o", str(out)))
+    assert code == 2 and "Metrics of this host: cpu" in err
+    assert "usage: python -m mbot plot NAME METRICS SPAN" in err and "/plot" not in err
+    code, _, err = await trio.to_thread.run_sync(lambda: cli("plot", "box1", "cpu", "1h", "-o",
+                                                             str(tmp_path / "missing" / "x.png")))
+    assert (code, err) == (2, f"mbot: -o {tmp_path}/missing/x.png: there is no directory {tmp_path}/missing\n")
 
 
-async def test_health(tmp_path, nursery):
+async def test_health(tmp_path, nursery, cli, monkeypatch):
     import dataclasses
     import socket
 
-    from helpers import certificate
     from mbot import app
 
     with socket.socket() as s:  # health checks a configured PORT, so the server needs a known one
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {"PORT": str(port), "MBOT_HOST": "127.0.0.1"}
-    down = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "health", env=env))
-    assert down.returncode == 1 and "unhealthy" in down.stderr
-    settings = dataclasses.replace(make_settings(tmp_path), port=port)
+    for variable, value in env.items():
+        monkeypatch.setenv(variable, value)
+    code, _, err = cli("health")  # in this process: nothing is listening yet
+    assert code == 1 and "unhealthy" in err
+    data_dir = tmp_path / "data"  # the `cli` fixture's
+    settings = dataclasses.replace(make_settings(data_dir), port=port)
     running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
                                                                 handle_signals=False, task_status=task_status))
-    up = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "health", env=env))
+    up = await trio.to_thread.run_sync(lambda: mbot(data_dir, "health", env=env))  # as a container runs it
     assert up.returncode == 0, up.stderr
     await running.aclose()
 
 
-def test_newkey_owner_respects_the_hosts_cap(tmp_path):
-    env = {"MBOT_MAX_HOSTS_PER_USER": "1"}
-    assert mbot(tmp_path, "newkey", "a", "--owner", "42", env=env).returncode == 0
-    over = mbot(tmp_path, "newkey", "b", "--owner", "42", env=env)
-    assert over.returncode == 1 and "MBOT_MAX_HOSTS_PER_USER=1" in over.stderr and "Traceback" not in over.stderr
-    assert mbot(tmp_path, "newkey", "b", "--owner", "43", env=env).returncode == 0  # per owner
+def test_newkey_owner_respects_the_hosts_cap(cli, monkeypatch):
+    monkeypatch.setenv("MBOT_MAX_HOSTS_PER_USER", "1")
+    assert cli("newkey", "a", "--owner", "42")[0] == 0
+    code, _, err = cli("newkey", "b", "--owner", "42")
+    assert code == 1 and "MBOT_MAX_HOSTS_PER_USER=1" in err  # an exception would fail the test: no traceback
+    assert cli("newkey", "b", "--owner", "43")[0] == 0  # per owner
     # The operator's own CLI-only hosts (no --owner) are not capped.
-    assert [mbot(tmp_path, "newkey", name, env=env).returncode for name in ("c", "d")] == [0, 0]
-    assert mbot(tmp_path, "newkey", "x", "--owner", "42", env={"MBOT_MAX_HOSTS_PER_USER": "zero"}).returncode == 2
+    assert [cli("newkey", name)[0] for name in ("c", "d")] == [0, 0]
+    monkeypatch.setenv("MBOT_MAX_HOSTS_PER_USER", "zero")
+    assert cli("newkey", "x", "--owner", "42")[0] == 2
 
 
-async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery):
+async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery, cli):
     import dataclasses
 
     from fakebot import BOT_USER, FakeBot
-    from helpers import certificate
     from mbot import app
 
+    data_dir = tmp_path / "data"  # the `cli` fixture's
     # Before the server ever ran, the bot's username is unknown: the code and the /start form only.
-    first = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "invite"))
+    first = await trio.to_thread.run_sync(lambda: mbot(data_dir, "invite"))  # a real process: stderr is its log
     assert first.returncode == 0, first.stderr
     code = re.search(r"^code: ([\w-]+)$", first.stdout, re.M)[1]
     assert f"/start {code}" in first.stdout and "t.me" not in first.stdout
     assert code not in first.stderr
-    assert code.encode() not in b"".join(p.read_bytes() for p in tmp_path.glob("mbot.sqlite3*"))
+    assert code.encode() not in b"".join(p.read_bytes() for p in data_dir.glob("mbot.sqlite3*"))
 
     fake = FakeBot()
     await nursery.start(fake.serve)
-    settings = dataclasses.replace(make_settings(tmp_path), bot_token=fake.token, telegram_api_url=fake.url)
+    settings = dataclasses.replace(make_settings(data_dir), bot_token=fake.token, telegram_api_url=fake.url)
     running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
                                                                 handle_signals=False, task_status=task_status))
     await fake.wait_for("setMyCommands")  # after getMe: the username is saved for the CLI by now
@@ -205,9 +211,9 @@ async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery):
     assert await say(7, "/hosts") == "Sorry, this mbot is private."
     # The first user of a server without users becomes its admin, whether by the claim or by an invite.
     assert "you are the admin" in await say(7, f"/start {code}")
-    second = await trio.to_thread.run_sync(lambda: mbot(tmp_path, "invite"))
-    link = re.search(r"^link: (\S+)$", second.stdout, re.M)[1]
-    other = re.search(r"^code: ([\w-]+)$", second.stdout, re.M)[1]
+    second = (await trio.to_thread.run_sync(lambda: cli("invite")))[1]  # in this process: no interpreter start
+    link = re.search(r"^link: (\S+)$", second, re.M)[1]
+    other = re.search(r"^code: ([\w-]+)$", second, re.M)[1]
     assert link == f"https://t.me/{BOT_USER['username']}?start={other}"
     assert (await say(8, f"/start {other}")).startswith("Welcome to mbot.")
     assert "no hosts yet" in await say(8, "/hosts")
@@ -222,19 +228,25 @@ async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery):
     ({"MBOT_HOST": "no-such-host.invalid", "PORT": "0"}, "MBOT_HOST", ""),
     ({"MBOT_HOST": "127.0.0.1", "PORT": "0", "MBOT_METRICS_PORT": "held"}, "MBOT_METRICS_PORT", "in use"),
 ])
-def test_a_server_that_cannot_listen_says_so_in_one_line(tmp_path, env, variable, reason):
+def test_a_server_that_cannot_listen_says_so_in_one_line(cli, monkeypatch, caplog, env, variable, reason):
+    import logging
     import socket
 
+    caplog.set_level(logging.DEBUG)
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = str(held.getsockname()[1])
         env = {"PORT": port, **{k: (port if v == "held" else v) for k, v in env.items()}}
-        done = mbot(tmp_path, env=env)
-    assert done.returncode == 2, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"mbot: {variable}: cannot listen on ") and reason in last, done.stderr
-    assert "Traceback" not in done.stderr
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        # main() in this process, as `python -m mbot` runs it (an exception out of it would fail the test: no
+        # traceback); what it logs is in caplog, where a real process would write it to stderr.
+        code, _, err = cli()
+    assert code == 2, err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"mbot: {variable}: cannot listen on ") and reason in err, err
+    assert not [r for r in caplog.records if r.exc_info or "Traceback" in r.getMessage()], caplog.text
 
 
 

@@ -84,3 +84,6 @@ async def test_russian_user_gets_russian_lang_switches_and_alerts_follow(fake: F
     assert (await say(fake, ALICE, "/lang auto"))["text"].startswith("Язык: Русский")
     assert (await say(fake, ALICE, "/lang de"))["text"].startswith("Использование: /lang")
     assert read_db(settings, "SELECT chosen FROM user_languages WHERE user_id = ?", ALICE) == [(None,)]
+    # Stopped as a user's server stops: cancelled by the test's nursery instead, the alert delivery would wait 5 s for
+    # a writer cancelled with it to store the ids of the messages it had just sent.
+    await server.aclose()

@@ -48,6 +48,8 @@ HEARTBEAT_EVERY = 60.0
 # forecast.EVERY.
 FORECAST_KEY = "forecast.firing"
 FORECAST_FIRST = 60.0
+FORECAST_SLICE = 50  # hosts per read of a forecast round (~25 ms of CPU) ...
+FORECAST_STEP = 2.0  # ... one such read every this many seconds: 2,500 hosts take 100 s
 
 
 
@@ -106,23 +108,27 @@ def _member_snapshots(conn: sqlite3.Connection, host_ids: set[int]) -> dict[tupl
     return found
 
 
-def _disk_forecasts(conn: sqlite3.Connection, tier: Tier, window: float,
+def _live_host_ids(conn: sqlite3.Connection) -> list[int]:
+    return [host.id for host in store.list_hosts(conn) if host.revoked is None]
+
+
+def _disk_forecasts(conn: sqlite3.Connection, host_ids: Sequence[int], tier: Tier, window: float,
                     now: float) -> dict[int, dict[str, float | None]]:
-    """Every live host's disks -> seconds until full at the current rate (None: no forecast), from the hour
-    tier (run in a reader thread: it reads a few dozen rows per disk and fits them)."""
+    """These hosts' disks -> seconds until full at the current rate (None: no forecast), from the hour tier (run in
+    a reader thread: one read of a few dozen rows per host, all its disks at once, and a fit per disk). Hosts
+    revoked or removed meanwhile are left out."""
     out: dict[int, dict[str, float | None]] = {}
-    for host in store.list_hosts(conn):
-        disks = host.last_metrics.get("disks") if host.revoked is None else None
+    for host_id in host_ids:
+        host = store.host_by_id(conn, host_id)
+        disks = host.last_metrics.get("disks") if host is not None and host.revoked is None else None
         if not isinstance(disks, dict):
             continue
-        etas: dict[str, float | None] = {}
-        for mount, part in disks.items():
-            total = part.get("total") if isinstance(part, dict) else None
-            if not isinstance(total, (int, float)):
-                continue
-            used = history.load(conn, host.id, (f"disk_used:{mount}",), now - window, now, tier)
-            etas[mount] = forecast.full_in(forecast.as_points(used[f"disk_used:{mount}"], now), float(total), now)
-        out[host.id] = etas
+        totals = {mount: part["total"] for mount, part in disks.items()
+                  if isinstance(part, dict) and isinstance(part.get("total"), (int, float))}
+        used = history.load(conn, host_id, [f"disk_used:{mount}" for mount in totals], now - window, now, tier)
+        out[host_id] = {mount: forecast.full_in(forecast.as_points(used[f"disk_used:{mount}"], now), float(total),
+                                                now)
+                        for mount, total in totals.items()}
     return out
 
 
@@ -169,6 +175,8 @@ class Alerting:
         self.forecasts = ForecastAlerts(disk_forecast)
         self._hour_tier = next(tier for tier in tiers if tier.name == "1h")
         self._etas: dict[int, dict[str, float | None]] = {}  # the latest forecasts, for the card
+        self._forecast_round: list[int] = []  # hosts the evaluation under way has still to look at
+        self._forecast_seen: set[int] = set()  # hosts it looked at
         self._forecast_out: list[ForecastEvent] = []
 
     def set_notify(self, notify: Notify, language: Callable[[int], str] = lambda owner: i18n.DEFAULT) -> None:
@@ -237,8 +245,9 @@ class Alerting:
                 if self._clock() >= next_forecast:
                     next_forecast = self._clock() + forecast.EVERY
                     try:
-                        await self._forecast()
+                        next_forecast = self._clock() + await self._forecast()
                     except Exception as exc:  # the next evaluation tries again
+                        self._forecast_round = []
                         self._writer.faults.isolated("alerting", "the disk forecasts", exc)
                 if self._clock() >= next_heartbeat:
                     next_heartbeat = self._clock() + HEARTBEAT_EVERY
@@ -274,11 +283,25 @@ class Alerting:
 
     # --- disk-full forecasts (mbot.forecast) ------------------------------------------------------------------
 
-    async def _forecast(self) -> None:
+    async def _forecast(self) -> float:
+        """One slice of an evaluation round (FORECAST_SLICE hosts, one short read); returns when the next slice is
+        due. A round over thousands of hosts is spread over minutes instead of holding the interpreter (and so the
+        event loop) for seconds in one read."""
         now = self._clock()
-        self._etas = await self._db.read(_disk_forecasts, self._hour_tier, forecast.WINDOW, now)
+        if not self._forecast_round:
+            self._forecast_round = await self._db.read(_live_host_ids)
+            self._forecast_seen = set()
+        chunk, self._forecast_round = (self._forecast_round[:FORECAST_SLICE],
+                                       self._forecast_round[FORECAST_SLICE:])
+        etas_of = await self._db.read(_disk_forecasts, chunk, self._hour_tier, forecast.WINDOW, now)
         events: list[ForecastEvent] = []
-        for host_id, etas in self._etas.items():
+        for host_id in chunk:
+            etas = etas_of.get(host_id)
+            if etas is None:
+                self._etas.pop(host_id, None)
+                continue
+            self._etas[host_id] = etas
+            self._forecast_seen.add(host_id)
             muted = self.engine.host_status(host_id).muted_until
             if muted is not None and muted > now:  # told (or not) once the mute is over
                 continue
@@ -286,12 +309,16 @@ class Alerting:
                 if (event := self.forecasts.update(host_id, mount, eta, now)) is not None:
                     events.append(event)
             events.extend(self.forecasts.gone(host_id, etas, now))
-        for host_id in {h for h, _, _ in self.forecasts.firing()} - set(self._etas):
-            events.extend(self.forecasts.gone(host_id, (), now))  # removed or revoked
+        if not self._forecast_round:  # the round is over: what it did not see is removed or revoked
+            for host_id in set(self._etas) - self._forecast_seen:
+                del self._etas[host_id]
+            for host_id in {h for h, _, _ in self.forecasts.firing()} - self._forecast_seen:
+                events.extend(self.forecasts.gone(host_id, (), now))
         if events:
             self._forecast_out.extend(events)
             await self._writer.call(store.set_kv, FORECAST_KEY, json.dumps(self.forecasts.firing()))
             await self._deliver_forecasts()
+        return forecast.EVERY if not self._forecast_round else FORECAST_STEP
 
     def forecast_lines(self, host_id: int) -> list[str]:
         """The card's forecast lines for a host: disks filling up within forecast.SHOWN, or alerting."""

@@ -44,6 +44,19 @@ async def wait_for_samples(server, settings: Settings, name: str, count: int) ->
             await server.writer.next_commit()
 
 
+async def start_agent_object(nursery: trio.Nursery, runner: Any) -> trio.CancelScope:
+    """Run an agent object (mbot_agent.Agent) in `nursery` until the returned scope is cancelled; the test looks
+    into it meanwhile (its link, its spool)."""
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await runner.run()
+
+    nursery.start_soon(run)
+    return scope
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     settings = load_settings({"MBOT_DATA_DIR": str(data_dir), "PORT": "0", "MBOT_HOST": "127.0.0.1",
                               "MBOT_PUBLIC_HOST": "127.0.0.1",

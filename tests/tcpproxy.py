@@ -6,7 +6,8 @@ cuts connections on command or after a random number of bytes.
     proxy.cut()                                  # cut every current connection now
     proxy.cut_after = lambda: rng.randrange(100, 20_000)   # each new connection dies after that many bytes
     proxy.refuse = True                          # new connections are closed at once ("the server is down")
-    proxy.frozen = True                          # bytes are held, not forwarded: a path that silently went dead
+    proxy.freeze()                               # current connections forward nothing more, close nothing:
+                                                 # paths that silently went dead (new connections pass)
     await proxy.wait_cuts(15)                    # woken by each cut, never polled
 
 A cut closes both halves of a connection, with a FIN or (at random when an rng is given, or with reset=True) an RST,
@@ -35,6 +36,7 @@ class _Link:
         self.forwarded = 0
         self.cut = False
         self.reset = False
+        self.frozen = False  # forwards nothing more, closes nothing (TcpProxy.freeze)
 
 
 class TcpProxy:
@@ -47,7 +49,6 @@ class TcpProxy:
         # Called for each new connection: the number of bytes after which it is cut, or None to leave it alone.
         self.cut_after: Callable[[], int | None] | None = None
         self.refuse = False
-        self.frozen = False  # nothing is forwarded, nothing closed (no FIN, no RST): only keepalives notice
         self.accepted = 0  # connections accepted (refused ones included)
         self.cuts = 0  # live connections cut (by cut() or by their byte budget)
         self.bytes = 0  # bytes forwarded, both directions, all connections
@@ -66,6 +67,13 @@ class TcpProxy:
         for link in links:
             self._cut(link, reset)
         return len(links)
+
+    def freeze(self) -> int:
+        """Current connections go silent both ways without a FIN or an RST (only keepalives notice); new ones pass.
+        Returns how many were frozen."""
+        for link in self._links:
+            link.frozen = True
+        return len(self._links)
 
     async def wait_cuts(self, count: int) -> None:
         while self.cuts < count:
@@ -132,8 +140,8 @@ class TcpProxy:
         try:
             while True:
                 data = await source.receive_some(CHUNK)
-                if self.frozen:
-                    await trio.sleep_forever()  # until the connection is cut (by the proxy or a peer)
+                if link.frozen:
+                    await trio.sleep_forever()  # until the connection is cut (by the proxy)
                 if not data:
                     # Half-close: pass the FIN on, keep the other direction going.
                     try:

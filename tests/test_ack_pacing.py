@@ -9,7 +9,8 @@ import trio
 
 from mbot.session import AckPolicy
 
-from helpers import add_host, hello_frame, load_agent, open_raw_ws, read_db, receive_json, sample_frame
+from helpers import (add_host, hello_frame, load_agent, open_raw_ws, read_db, receive_json, sample_frame,
+                     start_agent_object, wait_for_samples)
 from tcpproxy import TcpProxy
 
 agent = load_agent()
@@ -46,20 +47,17 @@ async def test_a_lone_agent_is_acked_once_per_three_of_its_intervals(server, set
     assert await receive_json(ws) == {"type": "ack", "seq": 0}
     acks: list[tuple[float, int]] = []
 
-    async def read_acks() -> None:
-        while True:
-            frame = await receive_json(ws)
-            acks.append((trio.current_time(), frame["seq"]))
-
-    async with trio.open_nursery() as inner:
-        inner.start_soon(read_acks)
-        for seq in range(1, 9):
+    async def send_samples() -> None:
+        for seq in range(1, 9):  # at the interval the hello announced
             await ws.send_message(sample_frame(seq))
             await trio.sleep(0.2)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(send_samples)
         with trio.fail_after(5):
             while not acks or acks[-1][1] < 8:
-                await trio.sleep(0.05)
-        inner.cancel_scope.cancel()
+                frame = await receive_json(ws)
+                acks.append((trio.current_time(), frame["seq"]))
     assert 2 <= len(acks) <= 4  # 8 samples 0.2 s apart: the first ack at once, then one per 0.6 s at most
     assert all(b[0] - a[0] >= 0.55 for a, b in zip(acks, acks[1:]))
     await ws.aclose()
@@ -92,16 +90,8 @@ async def test_a_cut_with_unacked_samples_loses_nothing_and_stores_nothing_twice
                                backoff_min=0.05, backoff_max=0.1, quick_reconnect=(0.05, 0.1),
                                fast_retry=(0.05, 0.1))
     a = agent.Agent(config, agent.Collector(gpu=False))
-    scope = trio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await a.run()
-
-    nursery.start_soon(run)
-    with trio.fail_after(20):
-        while read_db(settings, "SELECT count(*) FROM samples")[0][0] < 8:
-            await trio.sleep(0.05)
+    scope = await start_agent_object(nursery, a)
+    await wait_for_samples(server, settings, "box1", 8)
     assert len(a.buffer) >= 6  # committed, waiting for an ack that does not come yet
     proxy.cut()  # no close frame, no last ack: the next hello's ack says what the server has
     with trio.fail_after(20):

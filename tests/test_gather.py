@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import trio
 
 from mbot.session import GatherPolicy
 
-from helpers import add_host, hello_frame, load_agent, open_raw_ws, read_db, receive_json
+from helpers import (add_host, hello_frame, load_agent, open_raw_ws, read_db, receive_json, start_agent_object,
+                     wait_for_samples)
 
 agent = load_agent()
 
@@ -34,16 +34,8 @@ async def test_the_agent_gathers_samples_when_asked_and_loses_none(server, setti
     frames: list[int] = []  # the last seq of each frame of samples the agent sent
     sent = a.link.sent
     a.link.sent = lambda last_seq: (frames.append(last_seq), sent(last_seq))[1]
-    scope = trio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await a.run()
-
-    nursery.start_soon(run)
-    with trio.fail_after(20):
-        while read_db(settings, "SELECT count(*) FROM samples")[0][0] < 30:
-            await trio.sleep(0.05)
+    scope = await start_agent_object(nursery, a)
+    await wait_for_samples(server, settings, "box1", 30)
     scope.cancel()
     assert a.link.gather == 0.4
     seqs = [r[0] for r in read_db(settings, "SELECT seq FROM samples ORDER BY seq")]

@@ -62,3 +62,36 @@ async def test_a_filling_disk_is_forecast_alerted_shown_on_the_card_and_ended_by
     assert "⏳" not in (await say(fake, ALICE, "/status box1"))["text"]
     assert read_db(settings, "SELECT value FROM kv WHERE key = 'forecast.firing'") == [("[]",)]
     await server.aclose()
+
+
+async def test_a_forecast_round_over_many_hosts_goes_a_slice_at_a_time(fake: FakeBot, nursery, settings: Settings,
+                                                                      monkeypatch):
+    # Thousands of hosts are read FORECAST_SLICE at a time, FORECAST_STEP apart, never in one long read: here one
+    # host per slice, so the second host's alert comes only after the step.
+    monkeypatch.setattr(alerting, "FORECAST_SLICE", 1)
+    clock = WallClock()
+    server = await start(nursery, settings, fake, clock)
+    now = clock()
+    for name in ("box1", "box2"):
+        await say(fake, ALICE, f"/newkey {name}")
+        await say(fake, ALICE, f"/delalert {name} offline")
+        [(host_id,)] = read_db(settings, "SELECT id FROM hosts WHERE name = ?", name)
+        await server.writer.hello(host_id, protocol.parse_agent_frame(json.dumps(
+            {"type": "hello", "v": 1, "agent": "t", "epoch": 1, "interval": 5})))
+        for seq, hours_ago in enumerate(range(47, -1, -1), start=1):
+            await server.writer.samples(host_id, 1, disk_sample(seq, now - hours_ago * H, (70 - hours_ago) * GIB),
+                                        lambda seq: None)
+    while await server.writer.call(history.rollup_step, 1000):
+        pass
+
+    since = len(fake.sent)
+    clock.offset += alerting.FORECAST_FIRST + 1
+    server.alerting.clock_moved()
+    await fake.wait_for(to_alice("sendMessage", "/ on box1 will be full in about 30 hours"), since=since)
+    [(box2,)] = read_db(settings, "SELECT id FROM hosts WHERE name = 'box2'")
+    assert server.alerting.forecast_lines(box2) == []  # not read yet: its slice comes a step later
+    clock.offset += alerting.FORECAST_STEP + 0.1
+    server.alerting.clock_moved()
+    await fake.wait_for(to_alice("sendMessage", "/ on box2 will be full in about 30 hours"), since=since)
+    assert server.alerting.forecast_lines(box2) == ["⏳ / full in about 30 hours at the current rate"]
+    await server.aclose()

@@ -90,6 +90,7 @@ if "_RERUN" in globals() and sys.platform.startswith("linux"):
         pass
 
 import calendar
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -113,8 +114,8 @@ import urllib.parse
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence,
-                    Tuple)
+from typing import (Any, Callable, Collection, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 import psutil
 import trio
@@ -1079,14 +1080,30 @@ def batches(items: Sequence[Tuple[int, str]], max_samples: int = BATCH_MAX_SAMPL
         yield batch
 
 
-def encode_sample(seq: int, ts: float, metrics: Mapping[str, Any]) -> str:
-    """The stored form of a sample: '{"seq":..,"ts":..,"metrics":{..}}' (finite numbers only)."""
+def encode_sample(seq: int, ts: float, metrics: Mapping[str, Any],
+                  encoded: Optional[Mapping[str, str]] = None) -> str:
+    """The stored form of a sample: '{"seq":..,"ts":..,"metrics":{..}}' (finite numbers only). `encoded`: more
+    members of metrics, already JSON (from encode_member): the containers' series are the same in every sample
+    between two polls, and were most of a sample's encoding."""
     obj = {"seq": seq, "ts": round(ts, 3), "metrics": metrics}
     try:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
     except ValueError:  # NaN or infinity from some sensor: leave those values out
         obj["metrics"] = _finite_only(metrics)
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+    if not encoded:
+        return text
+    # text ends with the closing braces of metrics and of the sample.
+    more = ",".join(f"{json.dumps(name)}:{value}" for name, value in encoded.items())
+    return text[:-2] + ("," if metrics else "") + more + "}}"
+
+
+def encode_member(value: Any) -> str:
+    """A member of metrics as encode_sample puts it in (finite numbers only)."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite_only(value), separators=(",", ":"), allow_nan=False)
 
 
 def _finite_only(value: Any) -> Any:
@@ -2632,9 +2649,10 @@ class Collector:
 # --- containers (Docker or Podman Engine API over a unix socket) ------------------------------------------------
 #
 # Stdlib only: HTTP/1.0 over AF_UNIX, in worker threads, with short timeouts and bounded reads. Each poll (every
-# max(interval, 30 s)): GET /containers/json?all=1, then stats (one-shot, so the engine does not wait a second for a second reading: the
-# agent keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart
-# count, health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
+# max(interval, 30 s)): GET /containers/json?all=1 (unless the event stream says nothing changed: see
+# CONTAINER_EVENTS), then stats (one-shot, so the engine does not wait a second for a second reading: the agent
+# keeps the previous reading itself) for a bounded number of running containers, and an inspect (restart count,
+# health) for the ones whose state changed. What goes out: the `containers` snapshot (up to
 # MAX_CONTAINERS, by name) and, in each sample, series for a bounded label set: `down` for MAX_CONTAINER_DOWN of
 # them, CPU and memory for MAX_CONTAINER_SERIES.
 
@@ -2655,6 +2673,18 @@ CONTAINER_ITEM_BYTES = 1 << 20  # one stats or inspect answer (a few KB normally
 CONTAINER_STATS_PER_POLL = 4  # stats requests per poll at most
 CONTAINER_INSPECTS_PER_POLL = 4  # inspects (restart count, health) per poll at most, new and changed first
 CONTAINER_REFRESH = 600.0  # an inspect is redone at least this often (a restart between two polls changes no state)
+# The engine's event stream (GET /events, filtered to these actions) says at once when a container starts, stops,
+# restarts or changes health: the list is then read again within seconds (no sooner than a sample interval after
+# the previous poll: one snapshot per interval is what the server takes), and otherwise only every
+# CONTAINER_RESYNC (events can be lost: an engine restart, a filter an old engine does not know). Stats still go
+# every poll period. Without the stream (an engine without it, a dropped connection): the list every poll.
+CONTAINER_EVENTS = ("create", "start", "restart", "die", "destroy", "rename", "pause", "unpause", "oom",
+                    "health_status")
+CONTAINER_RESYNC = 120.0
+CONTAINER_EVENT_SETTLE = 0.5  # seconds from an event to the poll: a restart is several events (die, start)
+CONTAINER_EVENT_BYTES = 64 << 10  # one event (a JSON line of a few hundred bytes, its labels included)
+CONTAINER_EVENT_IDS = 500  # containers remembered between two polls as having had events (more: list them all)
+CONTAINER_EVENTS_RETRY = (5.0, 300.0)  # seconds before following the stream again, doubling while it fails
 RESTART_LOOP = (3, 600.0)  # restarted this many times within these seconds: down (code 3) until it calms down
 DOWN_UP, DOWN_STOPPED, DOWN_UNHEALTHY, DOWN_RESTARTING = 0, 1, 2, 3
 
@@ -2707,6 +2737,80 @@ def engine_get(socket_path: str, path: str, max_bytes: int, timeout: float = CON
         return json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise EngineError(f"GET {path}: not JSON ({_quote(str(exc), 80)})") from None
+
+
+class EventLines:
+    """The answer to GET /events, fed as it arrives: the ids of the containers each piece's events are about.
+    Bounded: the head at 16 KiB, an event line at CONTAINER_EVENT_BYTES (a longer one is an EngineError, so a
+    stream that never sends a newline cannot grow the buffer); a line that is not a container event is skipped."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.opened = False  # the head said 200: events follow
+
+    def feed(self, data: bytes) -> List[str]:
+        self._buffer += data
+        if not self.opened:
+            head, gap, rest = self._buffer.partition(b"\r\n\r\n")
+            if not gap:
+                if len(self._buffer) > 16384:
+                    raise EngineError("GET /events: no end to the answer's head")
+                return []
+            status = head.split(b"\r\n", 1)[0].split()
+            if len(status) < 2 or not status[0].startswith(b"HTTP/") or status[1] != b"200":
+                raise EngineError(f"GET /events: {_quote(head[:80].decode('latin-1'))}")
+            if b"transfer-encoding: chunked" in head.lower():  # we asked in HTTP/1.0: both engines stream plainly
+                raise EngineError("GET /events: a chunked stream")
+            self.opened = True
+            self._buffer = rest
+        *lines, self._buffer = self._buffer.split(b"\n")
+        if len(self._buffer) > CONTAINER_EVENT_BYTES:
+            raise EngineError(f"GET /events: an event over {CONTAINER_EVENT_BYTES} bytes")
+        ids = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except (ValueError, RecursionError):
+                continue
+            if not isinstance(event, dict) or event.get("Type", "container") != "container":
+                continue
+            actor = event.get("Actor") if isinstance(event.get("Actor"), dict) else {}
+            cid = event.get("id") or actor.get("ID")
+            if isinstance(cid, str) and 0 < len(cid) <= 128:
+                ids.append(cid)
+        return ids
+
+
+def follow_events(socket_path: str, opened: Callable[[socket.socket], None],
+                  deliver: Callable[[List[str]], None]) -> None:
+    """Follow the engine's container events (blocking: a worker thread, for as long as the engine keeps the stream
+    open). `opened(sock)` once the engine said yes (closing that socket from another thread ends this), then
+    `deliver(ids)` for each read that held events. Returns when the engine ends the stream; EngineError when it
+    cannot be followed."""
+    filters = json.dumps({"type": ["container"], "event": list(CONTAINER_EVENTS)}, separators=(",", ":"))
+    path = "/events?filters=" + urllib.parse.quote(filters)
+    lines = EventLines()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(CONTAINER_TIMEOUT)
+            sock.connect(socket_path)
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: docker\r\nAccept: application/json\r\n\r\n".encode())
+            while not lines.opened:
+                chunk = sock.recv(16384)
+                if not chunk:
+                    raise EngineError("GET /events: closed before an answer")
+                ids = lines.feed(chunk)
+            sock.settimeout(None)  # events come when they come; the periodic list notices an engine that hangs
+            opened(sock)
+            while True:
+                if ids:
+                    deliver(ids)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                ids = lines.feed(chunk)
+    except OSError as exc:
+        raise EngineError(f"GET /events: {_describe(exc)}") from None
 
 
 def _unchunk(body: bytes) -> bytes:
@@ -2838,7 +2942,11 @@ def down_code(state: str, health: str, restart_loop: bool) -> int:
 class ContainerReport:
     items: List[Dict[str, Any]]  # the snapshot's members
     series: Dict[str, Dict[str, float]]  # a sample's metrics["containers"]
-    taken: float  # time.time() of the list
+    taken: float  # time.time() of the poll
+    series_json: str = ""  # series, encoded once for all the samples until the next poll
+
+    def __post_init__(self) -> None:
+        self.series_json = encode_member(self.series)
 
 
 @dataclass
@@ -2854,6 +2962,46 @@ class _Seen:
     stats_turn: int = -1
 
 
+class ContainerEvents:
+    """What the event stream told the poll loop (on the event loop): whether it is followed now, whether something
+    happened since the last poll, and about which containers (bounded: past CONTAINER_EVENT_IDS, the list alone
+    says what changed)."""
+
+    def __init__(self) -> None:
+        self.live = False
+        self.news = False
+        self._ids: set = set()
+        self._woken = trio.Event()
+
+    def start(self) -> None:
+        self.live = True
+        self._happened()
+
+    def stop(self) -> None:
+        self.live = False
+
+    def add(self, ids: List[str]) -> None:
+        for cid in ids:
+            if len(self._ids) >= CONTAINER_EVENT_IDS:
+                break
+            self._ids.add(cid)
+        self._happened()
+
+    def _happened(self) -> None:
+        self.news = True
+        self._woken.set()
+
+    async def wait(self) -> None:
+        await self._woken.wait()
+
+    def take(self) -> Collection[str]:
+        """The containers named since the last take, which the poll about to start answers."""
+        ids, self._ids = self._ids, set()
+        self.news = False
+        self._woken = trio.Event()
+        return ids
+
+
 class ContainerWatcher:
     """One poll per interval of a Docker/Podman engine: `poll()` blocks (run it in a worker thread), never more
     than a few CONTAINER_TIMEOUTs. `get(path, max_bytes)` is the HTTP call (engine_get on a socket; tests inject)."""
@@ -2864,6 +3012,7 @@ class ContainerWatcher:
         self._seen: Dict[str, _Seen] = {}
         self._restarts: Dict[str, deque] = {}  # name -> (time, restart count) within RESTART_LOOP's window
         self._turn = 0
+        self._chosen: Optional[List[Dict[str, Any]]] = None  # the last list's containers, by name
 
     def _try(self, path: str) -> Any:
         try:
@@ -2872,14 +3021,9 @@ class ContainerWatcher:
             log.debug("containers: %s", exc)
             return None
 
-    def poll(self) -> ContainerReport:
-        """Raises EngineError when the list itself fails; a failed stats or inspect only leaves that one out."""
-        taken = time.time()
-        listed = self._get("/containers/json?all=1", CONTAINER_LIST_BYTES)
-        if not isinstance(listed, list):
-            raise EngineError("GET /containers/json: not a list")
-        now = self._clock()
-        self._turn += 1
+    def _listed(self, listed: List[Any], now: float, touched: Collection[str]) -> List[Dict[str, Any]]:
+        """The list's containers (by name, bounded), with inspects (restart count, health) for the ones that are
+        new, changed or named by events first, then the stalest, bounded."""
         containers: Dict[str, Dict[str, Any]] = {}
         for raw in listed:
             summary = container_summary(raw)
@@ -2889,10 +3033,11 @@ class ContainerWatcher:
         seen = {c["id"]: self._seen.get(c["id"]) or _Seen() for c in chosen}
         self._seen = seen
 
-        # Inspect (restart count, health): new or changed containers first, then the stalest, bounded.
-        due = [c for c in chosen if seen[c["id"]].state != c["state"] or now - seen[c["id"]].inspected
-               >= CONTAINER_REFRESH]
-        due.sort(key=lambda c: (seen[c["id"]].state == c["state"], seen[c["id"]].inspected))
+        def news(c: Dict[str, Any]) -> bool:
+            return seen[c["id"]].state != c["state"] or c["id"] in touched
+
+        due = [c for c in chosen if news(c) or now - seen[c["id"]].inspected >= CONTAINER_REFRESH]
+        due.sort(key=lambda c: (not news(c), seen[c["id"]].inspected))
         # One request after the other: threads to overlap them saved no CPU, and each cost the agent memory.
         for c in due[:CONTAINER_INSPECTS_PER_POLL]:
             answer = self._try(f"/containers/{c['id']}/json")
@@ -2905,6 +3050,22 @@ class ContainerWatcher:
                 health = state.get("Health") if isinstance(state.get("Health"), dict) else {}
                 status = health.get("Status")
                 known.health = _cut(status, MAX_CONTAINER_STATE).lower() if isinstance(status, str) else ""
+        return chosen
+
+    def poll(self, listing: bool = True, touched: Collection[str] = ()) -> ContainerReport:
+        """Raises EngineError when the list itself fails; a failed stats or inspect only leaves that one out.
+        `listing` False: the states are the last list's (the event stream said nothing changed since), and only
+        stats are read. `touched`: ids the events named since the last poll, inspected first (a restart that was
+        over before the list was read leaves the state as it was, but not the restart count)."""
+        taken = time.time()
+        now = self._clock()
+        self._turn += 1
+        if listing or self._chosen is None:
+            listed = self._get("/containers/json?all=1", CONTAINER_LIST_BYTES)
+            if not isinstance(listed, list):
+                raise EngineError("GET /containers/json: not a list")
+            self._chosen = self._listed(listed, now, touched)
+        chosen, seen = self._chosen, self._seen
 
         # Stats for the containers with series that run: round robin when there are more than a poll's worth.
         with_series = chosen[:MAX_CONTAINER_SERIES]
@@ -3570,6 +3731,7 @@ class Agent:
                                    fast_for=config.fast_retry_for)
         self.container_watcher: Optional[ContainerWatcher] = None  # set by _container_loop (tests: injected)
         self._containers: Optional[ContainerReport] = None  # the latest poll, for the next samples' series
+        self._container_events = ContainerEvents()
 
     @property
     def buffer(self) -> SampleBuffer:
@@ -3622,9 +3784,10 @@ class Agent:
             if figures:
                 metrics = {**metrics, "checks": figures}
             report = self._containers  # the latest poll's series, while it is recent
+            encoded = None
             if report is not None and report.series and ts - report.taken <= 2 * self._containers_period + 5:
-                metrics = {**metrics, "containers": report.series}
-            added = self._store_sample(ts, metrics)
+                encoded = {"containers": report.series_json}
+            added = self._store_sample(ts, metrics, encoded)
             if items is not None:  # sent when it differs from what this connection sent
                 added = self._put_snapshot("checks", 1, items, ts) or added
         return self._collect_snapshots(ts) or added
@@ -3644,10 +3807,11 @@ class Agent:
             return False
         return any([self._put_snapshot(kind, version, items, ts) for kind, (version, items) in lists.items()])
 
-    def _store_sample(self, ts: float, metrics: Mapping[str, Any]) -> bool:
+    def _store_sample(self, ts: float, metrics: Mapping[str, Any],
+                      encoded: Optional[Mapping[str, str]] = None) -> bool:
         """Give the sample the next seq and put it in the spool (any thread; one at a time)."""
         seq = self.seq + 1
-        text = encode_sample(seq, ts, metrics)
+        text = encode_sample(seq, ts, metrics, encoded)
         if len(text) > BATCH_MAX_BYTES:
             log.error("a sample of %d bytes is too big to send; left out", len(text))
             return False
@@ -3668,9 +3832,12 @@ class Agent:
     # containers ------------------------------------------------------------------------------------------------
 
     async def _container_loop(self) -> None:
-        """Poll the container engine every _containers_period in a worker thread (never on the event loop), keep the
-        latest report for the samples and queue its snapshot. Without a usable socket: one line, then nothing."""
+        """Poll the container engine in a worker thread (never on the event loop): stats every _containers_period,
+        the list then too unless the engine's event stream is followed (then on its events, and every
+        CONTAINER_RESYNC). Keep the latest report for the samples and queue its snapshot. Without a usable socket:
+        one line, then nothing."""
         watcher = self.container_watcher
+        path = None
         if watcher is None:
             path, line = await trio.to_thread.run_sync(find_container_socket, self.config.container_socket,
                                                        dict(os.environ))
@@ -3678,13 +3845,26 @@ class Agent:
             if path is None:
                 return
             watcher = self.container_watcher = ContainerWatcher(functools.partial(engine_get, path))
+        async with trio.open_nursery() as nursery:
+            if path is not None:
+                nursery.start_soon(self._follow_container_events, path)
+            await self._poll_containers(watcher)
+
+    async def _poll_containers(self, watcher: ContainerWatcher) -> None:
         failing = False
+        listed_at = -math.inf
+        # One poll (one snapshot) per interval at most, events or not: what the server's budget allows.
+        gap = max(self.config.interval, SNAPSHOT_MIN_INTERVAL)
         while True:
             started = trio.current_time()
+            listing = not self._container_events.live or self._container_events.news or \
+                started - listed_at >= CONTAINER_RESYNC
+            touched = self._container_events.take()
             try:
-                report = await trio.to_thread.run_sync(watcher.poll)
+                report = await trio.to_thread.run_sync(self._poll_and_put, watcher, listing, touched)
             except EngineError as exc:
                 self._containers = None
+                listed_at = -math.inf
                 if not failing:
                     log.warning("containers: the engine does not answer, left out until it does: %s", exc)
                 failing = True
@@ -3692,9 +3872,50 @@ class Agent:
                 if failing:
                     log.info("containers: the engine answers again (%d containers)", len(report.items))
                 failing = False
+                if listing:
+                    listed_at = started
                 self._containers = report
-                self.queue_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
-            await trio.sleep_until(started + self._containers_period)
+                self._wake_sender()
+            with trio.move_on_at(started + self._containers_period):
+                await self._container_events.wait()
+                await trio.sleep_until(max(trio.current_time() + CONTAINER_EVENT_SETTLE, started + gap))
+
+    def _poll_and_put(self, watcher: ContainerWatcher, listing: bool, touched: Collection[str]) -> ContainerReport:
+        """A poll and its snapshot made ready to send (a worker thread)."""
+        report = watcher.poll(listing, touched)
+        self._put_snapshot("containers", 1, fit_snapshot(report.items), report.taken)
+        return report
+
+    async def _follow_container_events(self, path: str) -> None:
+        """Follow the engine's event stream for as long as it lasts, and again after a pause when it ends or
+        fails (an engine without one is simply polled). Each (re)start is news: events may have been missed."""
+        events = self._container_events
+        pause = CONTAINER_EVENTS_RETRY[0]
+        token = trio.lowlevel.current_trio_token()
+        while True:
+            opened: List[socket.socket] = []
+
+            def on_open(sock: socket.socket) -> None:
+                opened.append(sock)
+                trio.from_thread.run_sync(events.start, trio_token=token)
+
+            def deliver(ids: List[str]) -> None:
+                trio.from_thread.run_sync(events.add, ids, trio_token=token)
+
+            began = trio.current_time()
+            try:
+                await trio.to_thread.run_sync(follow_events, path, on_open, deliver, **_ABANDON)
+                log.debug("containers: the engine ended its event stream")
+            except EngineError as exc:
+                log.debug("containers: %s", exc)
+            finally:
+                events.stop()
+                for sock in opened:  # on cancellation: the abandoned thread's recv returns at once
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)
+            pause = CONTAINER_EVENTS_RETRY[0] if trio.current_time() - began > CONTAINER_RESYNC else \
+                min(2 * pause, CONTAINER_EVENTS_RETRY[1])
+            await trio.sleep(pause)
 
     @property
     def _containers_period(self) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from helpers import load_agent
 from mbot import alerts, containers, plotspec, protocol
@@ -179,6 +180,74 @@ def test_watcher_bounds_a_host_with_600_containers():
     protocol.validate_metrics({"containers": report.series})
 
 
+def test_between_lists_a_poll_reads_stats_only_and_events_name_whom_to_inspect():
+    engine = FakeEngine()
+    web, db = listed("web"), listed("db")
+    engine.containers = [web, db]
+    engine.stats.update({web["Id"]: stats(0, 0), db["Id"]: stats(0, 0)})
+    watcher = agent.ContainerWatcher(engine)
+    watcher.poll()
+    engine.calls.clear()
+    # The event stream said nothing happened: no list, no inspect, stats as always; the states are the last list's.
+    engine.stats[web["Id"]] = stats(10**9, 4 * 10**9)
+    engine.containers = [listed("web", state="exited", cid=web["Id"]), db]  # unseen without a list
+    report = watcher.poll(listing=False)
+    assert [c for c in engine.calls if "/stats" not in c] == []
+    assert report.series["web"] == {"down": 0, "cpu": 25.0, "mem": 50 << 20}
+    # Restarted by its policy between two lists (running then, running now): the event names it, so it is
+    # inspected at once and its restart count moves, though its state did not.
+    engine.containers = [web, db]
+    engine.inspect[db["Id"]] = inspected(restarts=1)
+    engine.calls.clear()
+    report = watcher.poll(listing=True, touched={db["Id"]})
+    assert f"/containers/{db['Id']}/json" in engine.calls and f"/containers/{web['Id']}/json" not in engine.calls
+    assert report.items[0]["name"] == "db" and report.items[0]["restarts"] == 1
+
+
+def test_event_lines_read_container_ids_from_a_stream_in_any_pieces():
+    head = b"HTTP/1.0 200 OK\r\nApi-Version: 1.41\r\nContent-Type: application/json\r\n\r\n"
+    die = {"status": "die", "id": "a" * 64, "Type": "container", "Action": "die",
+           "Actor": {"ID": "a" * 64, "Attributes": {"name": "web"}}}
+    health = {"Type": "container", "Action": "health_status: unhealthy", "Actor": {"ID": "b" * 64}}  # no `id`
+    stream = (head + json.dumps(die).encode() + b"\n" + b"not json\n" + json.dumps({"Type": "image"}).encode()
+              + b"\n" + json.dumps(health).encode() + b"\n")
+    for size in (1, 7, len(stream)):
+        lines = agent.EventLines()
+        ids = [cid for i in range(0, len(stream), size) for cid in lines.feed(stream[i:i + size])]
+        assert lines.opened and ids == ["a" * 64, "b" * 64]
+
+
+def test_event_lines_bound_what_a_hostile_stream_can_make_the_agent_hold():
+    with pytest.raises(agent.EngineError, match="404"):
+        agent.EventLines().feed(b"HTTP/1.0 404 Not Found\r\n\r\n")
+    with pytest.raises(agent.EngineError, match="head"):
+        agent.EventLines().feed(b"HTTP/1.0 200 OK\r\n" + b"X: y\r\n" * 3000)
+    with pytest.raises(agent.EngineError, match="chunked"):
+        agent.EventLines().feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+    lines = agent.EventLines()
+    lines.feed(b"HTTP/1.0 200 OK\r\n\r\n")
+    with pytest.raises(agent.EngineError, match="over"):  # never a newline: not held for ever
+        for _ in range(100):
+            lines.feed(b"x" * 4096)
+    lines = agent.EventLines()
+    lines.feed(b"HTTP/1.0 200 OK\r\n\r\n")
+    assert lines.feed(b'{"id": "' + b"c" * 500 + b'"}\n{"id": 5}\n[1]\n') == []  # ids that are not ids
+
+
+async def test_event_news_are_bounded_and_taken_once():
+    events = agent.ContainerEvents()
+    events.add([f"{i:064x}" for i in range(10 * agent.CONTAINER_EVENT_IDS)])  # a storm of events
+    assert events.news
+    with trio.fail_after(1):
+        await events.wait()  # woken
+    ids = events.take()
+    assert len(ids) == agent.CONTAINER_EVENT_IDS and not events.news
+    assert events.take() == set()
+    with trio.move_on_after(0.01) as waiting:  # nothing new: the poll loop sleeps until its next period
+        await events.wait()
+    assert waiting.cancelled_caught
+
+
 def test_a_containers_snapshot_is_cut_to_the_servers_bounds():
     config = agent.AgentConfig(secret="s", server="127.0.0.1")
     a = agent.Agent(config, collector=object())  # type: ignore[arg-type]
@@ -219,6 +288,7 @@ def engine_socket(tmp_path):
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield path, behaviour
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept (close alone does not)
     server.close()
     thread.join(5)
 
@@ -262,6 +332,29 @@ def test_engine_get_reads_json_and_bounds_everything(engine_socket):
     assert time.monotonic() - started < 2
     with pytest.raises(agent.EngineError):
         agent.engine_get(str(Path(path).with_name("missing.sock")), "/containers/json", 1000)
+
+
+def test_follow_events_over_a_real_socket(engine_socket):
+    path, behaviour = engine_socket
+    requests: list[bytes] = []
+
+    def stream(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        for cid in ("a" * 64, "b" * 64):
+            conn.sendall(json.dumps({"Type": "container", "Action": "start", "id": cid}).encode() + b"\n")
+        # then the engine ends the stream (a restart of the engine)
+
+    behaviour["answer"] = stream
+    opened: list[socket.socket] = []
+    delivered: list[str] = []
+    agent.follow_events(path, opened.append, delivered.extend)
+    assert len(opened) == 1 and delivered == ["a" * 64, "b" * 64]
+    behaviour["answer"] = http(b'{"message": "page not found"}', "404 Not Found")  # an engine without events
+    with pytest.raises(agent.EngineError, match="404"):
+        agent.follow_events(path, opened.append, delivered.extend)
+    with pytest.raises(agent.EngineError):
+        agent.follow_events(path + ".missing", opened.append, delivered.extend)
+    assert len(opened) == 1
 
 
 def test_socket_discovery_says_how_to_grant_access(tmp_path):
@@ -484,51 +577,135 @@ def test_cli_lists_a_hosts_containers(tmp_path, monkeypatch, capsys):
                                        "restarts": 0, "cpu": 1.25, "mem": 3 * 2**20}
 
 
+class EngineStandIn:
+    """The Engine API on a real unix socket: GETs answered from `answers` (path -> function), GET /events followed
+    with the events `push`ed (or 404 with events=False: an engine without a stream). `requests` in order."""
+
+    def __init__(self, path: str, answers: dict[str, Any], *, events: bool = True) -> None:
+        self.path, self.answers, self.events = path, answers, events
+        self.requests: list[str] = []
+        self.following = trio.Event()
+        self._streams: list[trio.socket.SocketType] = []
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await listener.bind(self.path)
+        listener.listen(16)
+        task_status.started()
+        with listener:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    conn, _ = await listener.accept()
+                    nursery.start_soon(self._answer, conn)
+
+    async def _answer(self, conn: trio.socket.SocketType) -> None:
+        with conn:
+            target = (await conn.recv(65536)).split()[1].decode()
+            self.requests.append(target)
+            if target.startswith("/events?"):
+                if not self.events:
+                    await conn.send(b"HTTP/1.0 404 Not Found\r\n\r\n{}")
+                    return
+                await conn.send(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+                self._streams.append(conn)
+                self.following.set()
+                await trio.sleep_forever()
+            body = json.dumps(self.answers[target]()).encode()
+            await conn.send(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+
+    async def push(self, action: str, cid: str) -> None:
+        event = {"status": action, "id": cid, "Type": "container", "Action": action, "Actor": {"ID": cid}}
+        for conn in self._streams:
+            await conn.send(json.dumps(event).encode() + b"\n")
+
+    def count(self, prefix: str, since: int = 0) -> int:
+        return sum(r.startswith(prefix) for r in self.requests[since:])
+
+
+def engine_answers(*containers: dict[str, Any], restarts: int = 0) -> dict[str, Any]:
+    """Answers for these containers (GET /containers/json gives the list as it is when asked): each stats answer
+    a second later, 1 ms of CPU in 4 ms of all cores."""
+    readings = iter(range(1, 10**6))
+    answers: dict[str, Any] = {"/containers/json?all=1": lambda: list(containers)}
+    for c in containers:
+        answers[f"/containers/{c['Id']}/stats?stream=false&one-shot=true"] = \
+            lambda: stats(*(10**6 * n for n in (lambda n: (n, 4 * n))(next(readings))))
+        answers[f"/containers/{c['Id']}/json"] = lambda: inspected(restarts)
+    return answers
+
+
+async def stored_containers(server, settings) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The next commit's containers snapshot and the latest sample's containers series."""
+    from helpers import read_db
+    await server.writer.next_commit()
+    metrics = json.loads(read_db(settings, "SELECT last_metrics FROM hosts")[0][0] or "{}")
+    stored = read_db(settings, "SELECT items FROM snapshots WHERE kind = 'containers'")
+    return (json.loads(stored[0][0]) if stored else []), metrics.get("containers", {})
+
+
 async def test_real_agent_sends_containers_to_the_real_server(server, settings, tmp_path):
     """The real agent against the real server over TLS, its engine a stand-in speaking the Engine API on a real unix
     socket (the real Podman service: test_containers_podman.py)."""
-    import trio
-
-    from helpers import add_host, read_db
+    from helpers import add_host
     from test_agent_e2e import agent_config, run_in
 
     web, job = listed("web", status="Up 1 hour (healthy)"), listed("job<1>", state="exited", status="Exited (1)")
-    readings = iter(range(1, 1000))  # each stats answer a second later: 1 ms of CPU in 4 ms of all cores
-    answers = {"/containers/json?all=1": lambda: [web, job],
-               f"/containers/{web['Id']}/stats?stream=false&one-shot=true":
-               lambda: stats(*(10**6 * n for n in (lambda n: (n, 4 * n))(next(readings)))),
-               f"/containers/{web['Id']}/json": lambda: inspected(2), f"/containers/{job['Id']}/json": inspected}
-    path = str(tmp_path / "docker.sock")
-    listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await listener.bind(path)
-    listener.listen(16)
-
-    async def engine() -> None:
-        while True:
-            conn, _ = await listener.accept()
-            with conn:
-                request = await conn.recv(65536)
-                body = json.dumps(answers[request.split()[1].decode()]()).encode()
-                await conn.send(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
-
+    answers = engine_answers(web, job, restarts=2)
+    answers[f"/containers/{job['Id']}/json"] = inspected
+    engine = EngineStandIn(str(tmp_path / "docker.sock"), answers, events=False)
     key = add_host(settings, "box1")
     async with trio.open_nursery() as running:
-        running.start_soon(engine)
-        await run_in(running, agent_config(server, key.secret, tmp_path, container_socket=path, containers_every=0.2))
+        await running.start(engine.serve)
+        await run_in(running, agent_config(server, key.secret, tmp_path, container_socket=engine.path,
+                                           containers_every=0.2))
         with trio.fail_after(20):
             while True:
-                metrics = json.loads(read_db(settings, "SELECT last_metrics FROM hosts")[0][0] or "{}")
-                stored = read_db(settings, "SELECT items FROM snapshots WHERE kind = 'containers'")
-                if stored and "cpu" in metrics.get("containers", {}).get("web", {}):
+                stored, series = await stored_containers(server, settings)
+                if stored and "cpu" in series.get("web", {}):
                     break
-                await server.writer.next_commit()
         running.cancel_scope.cancel()
-    listener.close()
-    assert json.loads(stored[0][0]) == [
+    assert stored == [
         {"name": "job<1>", "image": "nginx:1.25", "state": "exited", "health": "", "restarts": 0},
         {"name": "web", "image": "nginx:1.25", "state": "running", "health": "healthy", "restarts": 2, "cpu": 25.0,
          "mem": 50 << 20}]
-    assert metrics["containers"] == {"job<1>": {"down": 1.0}, "web": {"down": 0.0, "cpu": 25.0, "mem": 50 << 20}}
+    assert series == {"job<1>": {"down": 1.0}, "web": {"down": 0.0, "cpu": 25.0, "mem": 50 << 20}}
+    # Without an event stream (404 here), every poll reads the list.
+    assert engine.count("/containers/json") >= 2 and engine.count("/events") >= 1
+
+
+async def test_an_engine_event_has_the_agent_list_again_within_seconds(server, settings, tmp_path):
+    """With the event stream followed, the list is read on events (and rarely otherwise), stats every poll: a
+    container that stops reaches the server at once, not at the next resync."""
+    from helpers import add_host
+    from test_agent_e2e import agent_config, run_in
+
+    web = listed("web")
+    containers = [web]
+    answers = engine_answers(web)
+    answers["/containers/json?all=1"] = lambda: list(containers)
+    engine = EngineStandIn(str(tmp_path / "docker.sock"), answers)
+    key = add_host(settings, "box1")
+    async with trio.open_nursery() as running:
+        await running.start(engine.serve)
+        # Polls every second (interval 0.2 s; one snapshot per second is what the server takes).
+        await run_in(running, agent_config(server, key.secret, tmp_path, container_socket=engine.path,
+                                           containers_every=1.0))
+        with trio.fail_after(20):
+            await engine.following.wait()
+            while (await stored_containers(server, settings))[0] == []:
+                pass
+            # Quiet: polls read stats, not the list (one list at most: the one for the stream's start).
+            since = len(engine.requests)
+            while engine.count("/containers/" + web["Id"] + "/stats", since) < 2:
+                await server.writer.next_commit()
+            assert engine.count("/containers/json", since) <= 1
+            containers[0] = listed("web", state="exited", status="Exited (137)", cid=web["Id"])
+            await engine.push("die", web["Id"])
+            stored, series = await stored_containers(server, settings)
+            while series.get("web", {}).get("down") != 1.0 or stored[0]["state"] != "exited":
+                stored, series = await stored_containers(server, settings)
+        running.cancel_scope.cancel()
+    assert "cpu" not in series["web"] and "cpu" not in stored[0]
 
 
 async def test_hundreds_of_flapping_containers_cost_a_few_messages_a_minute(settings, nursery):

@@ -76,7 +76,9 @@ async def test_real_container_reported_alerted_and_resolved(engine, fake: FakeBo
     secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
     config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.5,
                                fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
-                               container_socket=path, containers_every=0.5)
+                               container_socket=path, containers_every=60.0)
+    # Stats every 60 s: the stop and the start below reach the server within the waits only through Podman's event
+    # stream (the list is read again on its events).
     alert = lambda text: lambda c: (c.method == "sendMessage" and c.params["chat_id"] == ALICE  # noqa: E731
                                     and text in c.params["text"])
 

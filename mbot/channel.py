@@ -14,6 +14,7 @@ connection and per request in flight.
 """
 from __future__ import annotations
 
+import logging
 import pickle
 import struct
 from collections import deque
@@ -26,6 +27,8 @@ MAX_FRAME = 64 * 2**20  # a frame holds at most `room` items of at most a few MB
 DATA_ROOM = 512  # data messages queued or in flight per channel
 
 Message = tuple[Any, ...]
+
+log = logging.getLogger(__name__)
 
 
 class ChannelBroken(Exception):
@@ -83,3 +86,12 @@ class Channel:
             if not chunk:
                 return None
             self._buffer += chunk
+
+
+async def send_quietly(channel: Channel, who: str) -> None:
+    """channel.send_loop(), ended by the peer's end without an error: the reader's end of the channel (EOF) is
+    where each side learns it and acts."""
+    try:
+        await channel.send_loop()
+    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        log.info("%s: channel closed: %s", who, exc)

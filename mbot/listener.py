@@ -34,7 +34,7 @@ import trio
 
 from . import install, store, tls
 from .agents import AgentConnection, AgentHub, Connection
-from .channel import Channel, Message
+from .channel import Channel, Message, send_quietly
 from .limits import PreAuthGate, preauth_total
 from .listening import raise_nofile_limit
 from .linkquality import LinkPolicy
@@ -218,7 +218,7 @@ async def serve(channel_fd: int, listen_fds: list[int]) -> None:
     hub = ListenerHub(db, channel, setup, gate=PreAuthGate(total=preauth_total(raise_nofile_limit())))
     context: ssl.SSLContext = tls.server_context(setup.cert)
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(channel.send_loop)
+        nursery.start_soon(send_quietly, channel, "listener")
         nursery.start_soon(_stop_on_sigterm, nursery.cancel_scope)
         nursery.start_soon(hub.serve_sockets, sockets, context)
         channel.put(("ready", os.getpid()))

@@ -36,7 +36,7 @@ import trio
 
 from . import store, tls
 from .agents import CLOSE_TIMEOUT, AgentHub
-from .channel import Channel, ChannelBroken, Message
+from .channel import Channel, ChannelBroken, Message, send_quietly
 from .listener import Setup
 from .protocol import Hello, Result
 from .speedtest import ANSWER_TIMEOUT as SPEED_ANSWER_TIMEOUT, Throughput
@@ -108,6 +108,7 @@ class _Link:
         self.remotes: dict[int, RemoteConnection] = {}
         self.ready = trio.Event()
         self.pid = 0
+        self.told_total = -1  # the server's number of connections as last told to this listener
         self._requests: dict[int, tuple[trio.Event, list[Any], Callable[[Any], None] | None]] = {}
         self._next_request = itertools.count(1)
         self._ended = False
@@ -261,13 +262,12 @@ class ListenerPool:
                 nursery.start_soon(link.request, ("closing", code, reason), CLOSE_TIMEOUT + 2.0)
 
     async def _tell_totals(self) -> None:
-        told = -1
         while True:
             total = self.hub.connection_count()
-            if total != told:
-                for link in self.links.values():
+            for link in self.links.values():
+                if link.told_total != total:
                     link.channel.put(("total", total))
-                told = total
+                    link.told_total = total
             await trio.sleep(TOTAL_EVERY)
 
     async def _keep(self, index: int) -> None:
@@ -302,7 +302,7 @@ class ListenerPool:
                     downloads=self.hub.downloads)))
                 self.links[index] = link
                 self._notify()
-                nursery.start_soon(_send_quietly, channel, index)
+                nursery.start_soon(send_quietly, channel, f"listener {index}")
                 try:
                     await link.serve(nursery)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, ChannelBroken) as exc:
@@ -321,9 +321,4 @@ class ListenerPool:
         return status
 
 
-async def _send_quietly(channel: Channel, index: int) -> None:
-    try:
-        await channel.send_loop()
-    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.info("listener %d: channel closed: %s", index, exc)
 

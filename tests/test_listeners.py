@@ -20,6 +20,7 @@ from mbot import app, checks, listenerpool, protocol
 from mbot.channel import Channel
 from mbot.config import ConfigError, load_settings
 from mbot.config import Settings
+from mbot.stability import StabilityRun, StabilitySpec
 
 agent = load_agent()
 
@@ -35,6 +36,12 @@ async def server(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[app
         lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
     yield running
     await running.aclose()
+
+
+def agent_config(server: app.Server, secret: str, tmp_path: Path):
+    return agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.2,
+                             fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
+                             backoff_min=0.05, backoff_max=0.2)
 
 
 async def place(server: app.Server, where: int) -> None:
@@ -122,9 +129,7 @@ async def test_commands_and_checks_reach_an_agent_of_the_listener(server, settin
 async def test_the_real_agent_through_a_listener_is_online_for_alerting(server, settings, nursery, tmp_path):
     key = add_host(settings, "box1")
     await place(server, 1)
-    config = agent.AgentConfig(secret=key.secret, server="127.0.0.1", port=server.port, interval=0.2,
-                               fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
-                               backoff_min=0.05, backoff_max=0.2)
+    config = agent_config(server, key.secret, tmp_path)
     scope = trio.CancelScope()
 
     async def run() -> None:
@@ -140,6 +145,32 @@ async def test_the_real_agent_through_a_listener_is_online_for_alerting(server, 
     scope.cancel()
     seqs = [r[0] for r in read_db(settings, "SELECT seq FROM samples ORDER BY rowid")]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_speed_and_stability_tests_run_on_an_agent_of_the_listener(server, settings, nursery, tmp_path):
+    key = add_host(settings, "box1")
+    await place(server, 1)
+    scope = trio.CancelScope()
+
+    async def run() -> None:
+        with scope:
+            await agent.run_agent(agent_config(server, key.secret, tmp_path))
+
+    nursery.start_soon(run)
+    await wait_for_samples(server, settings, "box1", 1)
+    assert server.hub.connections[key.host_id].where == 1
+    server.hub.speed_seconds = 0.2
+    server.hub.claim_speed(key.host_id)
+    down, up = await server.hub.speedtest(key.host_id)
+    assert down is not None and down.bytes > 0 and up is not None and up.bytes > 0
+
+    server.hub.claim_stability(key.host_id, 0.01)
+    test = StabilityRun(StabilitySpec("box1", 0.01, 0.4), start=trio.current_time())
+    progress: list[int] = []
+    await server.hub.stability(key.host_id, test, lambda run, now: progress.append(run.answers), 0.1)
+    # The listener's figures, on this process's clock: answered probes, an end after the start.
+    assert progress and test.answers >= 20 and len(test.rtts) == 40 and test.ended > test.start
+    scope.cancel()
 
 
 async def test_a_listener_that_dies_is_restarted_and_its_hosts_go_offline(server, settings, nursery, connect, monkeypatch):

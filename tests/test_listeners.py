@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -59,22 +60,6 @@ async def hello(connect, secret: str, **extra) -> trio_websocket.WebSocketConnec
     return ws
 
 
-async def test_a_listener_serves_agents_and_acks_only_what_the_main_process_committed(server, settings, nursery, connect):
-    key = add_host(settings, "box1")
-    await place(server, 1)
-    ws = await hello(connect, key.secret)
-    assert server.hub.is_connected(key.host_id) and server.hub.connections[key.host_id].where == 1
-    for seq in (1, 2, 3):
-        await ws.send_message(sample_frame(seq, cpu=10.0 * seq))
-    ack = await ack_reaching(ws, 3)
-    # Acked means committed by the main process's writer: the rows are there when the ack is.
-    assert read_db(settings, "SELECT seq FROM samples ORDER BY seq") == [(1,), (2,), (3,)]
-    assert ack["seq"] == 3
-    await ws.aclose()
-    with trio.fail_after(10):
-        await server.hub.wait_until(key.host_id, connected=False)
-
-
 async def test_the_same_host_connecting_in_another_process_replaces_the_old_connection(server, settings, nursery, connect):
     key = add_host(settings, "box1")
     await place(server, 1)
@@ -96,6 +81,45 @@ async def test_the_same_host_connecting_in_another_process_replaces_the_old_conn
     await ack_reaching(third, 1)
     # The old connection's end (told later by the listener) does not make the host look offline.
     assert server.hub.is_connected(key.host_id) and server.hub.connections[key.host_id].where == 1
+
+
+async def test_a_listener_serves_agents_and_acks_what_the_main_process_committed_and_closes_hostile_ones(
+        server, settings, nursery, connect):
+    told: list[tuple[str, str]] = []
+    server.hub.on_limit = lambda host, limit, detail: told.append((host.name, limit))
+    good_key, key = add_host(settings, "good"), add_host(settings, "greedy")
+    await place(server, 1)
+    good = await hello(connect, good_key.secret)
+    assert server.hub.is_connected(good_key.host_id) and server.hub.connections[good_key.host_id].where == 1
+    for seq in (1, 2, 3):
+        await good.send_message(sample_frame(seq, cpu=10.0 * seq))
+    ack = await ack_reaching(good, 3)
+    # Acked means committed by the main process's writer: the rows are there when the ack is.
+    assert read_db(settings, "SELECT seq FROM samples ORDER BY seq") == [(1,), (2,), (3,)] and ack["seq"] == 3
+
+    # A hostile agent there is closed there; the limit is counted and told once by the main process.
+    batch = [{"seq": seq, "ts": time.time(), "metrics": {"cpu": 1}} for seq in range(1, 1001)]
+    for _ in range(2):
+        ws = await hello(connect, key.secret)
+        await ws.send_message(json.dumps({"type": "samples", "samples": batch}))  # far over its sample budget
+        with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+            with trio.fail_after(10):
+                while True:
+                    await ws.get_message()
+        assert closed.value.reason.code == protocol.CLOSE_POLICY
+    ws = await hello(connect, key.secret)
+    await ws.send_message("not json")
+    with pytest.raises(trio_websocket.ConnectionClosed):
+        with trio.fail_after(10):
+            while True:
+                await ws.get_message()
+    assert told == [("greedy", "samples")] and server.hub.limits_exceeded == {"samples": 2}
+    assert read_db(settings, "SELECT samples_count FROM hosts WHERE name = 'greedy'") == [(0,)]
+    await good.send_message(sample_frame(4))  # the listener and its other agents go on
+    await ack_reaching(good, 4)
+    await good.aclose()
+    with trio.fail_after(10):
+        await server.hub.wait_until(good_key.host_id, connected=False)
 
 
 async def test_commands_and_checks_reach_an_agent_of_the_listener(server, settings, nursery, connect):
@@ -126,28 +150,8 @@ async def test_commands_and_checks_reach_an_agent_of_the_listener(server, settin
     assert await server.hub.run_command(key.host_id, "reboot", 0.05) is None
 
 
-async def test_the_real_agent_through_a_listener_is_online_for_alerting(server, settings, nursery, tmp_path):
-    key = add_host(settings, "box1")
-    await place(server, 1)
-    config = agent_config(server, key.secret, tmp_path)
-    scope = trio.CancelScope()
-
-    async def run() -> None:
-        with scope:
-            await agent.run_agent(config)
-
-    nursery.start_soon(run)
-    await wait_for_samples(server, settings, "box1", 3)
-    assert server.hub.connections[key.host_id].where == 1
-    # The alert engine is fed by the main process's commits, wherever the agent is served.
-    status = server.alerting.engine.host_status(key.host_id)
-    assert status.last_seen is not None and status.offline_since is None
-    scope.cancel()
-    seqs = [r[0] for r in read_db(settings, "SELECT seq FROM samples ORDER BY rowid")]
-    assert seqs == list(range(1, len(seqs) + 1))
-
-
-async def test_speed_and_stability_tests_run_on_an_agent_of_the_listener(server, settings, nursery, tmp_path):
+async def test_the_real_agent_of_a_listener_is_online_for_alerting_and_takes_speed_and_stability_tests(
+        server, settings, nursery, tmp_path):
     key = add_host(settings, "box1")
     await place(server, 1)
     scope = trio.CancelScope()
@@ -157,8 +161,12 @@ async def test_speed_and_stability_tests_run_on_an_agent_of_the_listener(server,
             await agent.run_agent(agent_config(server, key.secret, tmp_path))
 
     nursery.start_soon(run)
-    await wait_for_samples(server, settings, "box1", 1)
+    await wait_for_samples(server, settings, "box1", 2)
     assert server.hub.connections[key.host_id].where == 1
+    # The alert engine is fed by the main process's commits, wherever the agent is served.
+    status = server.alerting.engine.host_status(key.host_id)
+    assert status.last_seen is not None and status.offline_since is None
+
     server.hub.speed_seconds = 0.2
     server.hub.claim_speed(key.host_id)
     down, up = await server.hub.speedtest(key.host_id)
@@ -171,6 +179,8 @@ async def test_speed_and_stability_tests_run_on_an_agent_of_the_listener(server,
     # The listener's figures, on this process's clock: answered probes, an end after the start.
     assert progress and test.answers >= 20 and len(test.rtts) == 40 and test.ended > test.start
     scope.cancel()
+    seqs = [r[0] for r in read_db(settings, "SELECT seq FROM samples ORDER BY rowid")]
+    assert seqs == list(range(1, len(seqs) + 1))
 
 
 async def test_a_listener_that_dies_is_restarted_and_its_hosts_go_offline(server, settings, nursery, connect, monkeypatch):
@@ -191,21 +201,15 @@ async def test_a_listener_that_dies_is_restarted_and_its_hosts_go_offline(server
     assert server.hub.connections[key.host_id].where == 1
 
 
-async def test_only_the_main_process_holds_the_bot_token(settings, nursery, monkeypatch):
+async def test_only_the_main_process_has_the_bot_and_stop_closes_the_listeners_agents_with_1012(settings, nursery,
+                                                                                                 monkeypatch):
     monkeypatch.setenv("BOT_TOKEN", "123456:not-for-listeners")
-    running: app.Server = await nursery.start(
-        lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
-    pid = running.listeners.links[1].pid
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    assert b"PYTHONPATH=" + str(listenerpool.PACKAGE_ROOT).encode() in environ  # it is the listener's environment
-    assert not any(entry.startswith(b"BOT_TOKEN=") for entry in environ)  # so it cannot poll Telegram
-    await running.aclose()
-
-
-async def test_stop_closes_the_listeners_agents_with_1012_and_ends_it(settings, nursery):
     key = add_host(settings, "box1")
     running: app.Server = await nursery.start(
         lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
+    environ = Path(f"/proc/{running.listeners.links[1].pid}/environ").read_bytes().split(b"\0")
+    assert b"PYTHONPATH=" + str(listenerpool.PACKAGE_ROOT).encode() in environ  # it is the listener's environment
+    assert not any(entry.startswith(b"BOT_TOKEN=") for entry in environ)  # so it cannot poll Telegram
     await place(running, 1)
     stream = await open_tls(running.port)
     ws = await upgrade(nursery, stream, key.secret)

@@ -908,8 +908,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     taken0 = sum(sims.sent.values())
     spy = None
     if args.py_spy:
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--subprocesses",
-                                "--duration", str(int(args.duration)),
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(args.duration)),
                                 "--rate", "50", "--format", "raw", "--nonblocking", "-o", args.py_spy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = t0 + args.duration

@@ -48,11 +48,7 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 15.0  # start-up waits this long for the listeners, then goes on (they keep being started)
 RESTART_MIN, RESTART_MAX = 1.0, 30.0
 STABLE_AFTER = 60.0  # a listener that ran this long starts the backoff afresh when it ends
-TOTAL_EVERY = 1.0  # how often listeners hear the server's number of connections, and the main process's gate is set
-# The main process takes new agents only while it holds at most this many per agent of the average listener: its
-# writer, alerting and bot cost about as much as serving a third of the agents (measured at 1,000 agents: ~14 % of a
-# core besides its event loop's agents, a listener ~4.5 % per 100 agents), so with one listener it serves a third.
-MAIN_SHARE = 0.5
+TOTAL_EVERY = 1.0  # how often listeners hear the server's number of connections (their acks' and probes' pace)
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -204,12 +200,6 @@ class _Link:
             self.channel.put(("failed", conn_id, None, str(exc)[:200]))
 
 
-def main_accepts(local: int, listeners: list[int]) -> bool:
-    """Whether the main process, holding `local` agents, should take new ones beside listeners holding `listeners`
-    (those serving now): while it holds at most MAIN_SHARE times what the average one holds, or when none serves."""
-    return not listeners or local <= MAIN_SHARE * sum(listeners) / len(listeners)
-
-
 def restart_delay(failures: int) -> float:
     return min(RESTART_MAX, RESTART_MIN * 2 ** max(0, failures - 1))
 
@@ -229,7 +219,6 @@ class ListenerPool:
         self.hub, self._writer, self._db_path, self._cert, self.count = hub, writer, db_path, cert, count
         self.links: dict[int, _Link] = {}
         self.starts = 0  # listener processes started (for tests and the log)
-        self.balancing = True  # the main process's gate follows main_accepts() (until accepting() places by hand)
         self._changed = trio.Event()  # replaced whenever a listener comes or goes
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -238,7 +227,7 @@ class ListenerPool:
         async with trio.open_nursery() as nursery:
             for index in range(1, self.count + 1):
                 nursery.start_soon(self._keep, index)
-            nursery.start_soon(self._every_second)
+            nursery.start_soon(self._tell_totals)
             with trio.move_on_after(READY_TIMEOUT):
                 await self.wait_ready()
             if len(self.links) < self.count or not all(link.ready.is_set() for link in self.links.values()):
@@ -260,8 +249,7 @@ class ListenerPool:
 
     async def accepting(self, index: int, accept: bool) -> None:
         """Let listener `index` (0: this process) take new connections, or not: the others take them meanwhile.
-        (Tests use it to place a connection; an operator has no reason to.) The shares are no longer balanced."""
-        self.balancing = False
+        (Tests use it to place a connection; an operator has no reason to.)"""
         if index == 0:
             (self.hub.accept_gate.open if accept else self.hub.accept_gate.close)()
         else:
@@ -273,19 +261,13 @@ class ListenerPool:
             for link in list(self.links.values()):
                 nursery.start_soon(link.request, ("closing", code, reason), CLOSE_TIMEOUT + 2.0)
 
-    async def _every_second(self) -> None:
+    async def _tell_totals(self) -> None:
         while True:
             total = self.hub.connection_count()
             for link in self.links.values():
                 if link.told_total != total:
                     link.channel.put(("total", total))
                     link.told_total = total
-            if self.balancing:
-                remote = [len(link.remotes) for link in self.links.values() if link.ready.is_set()]
-                if main_accepts(total - sum(remote), remote):
-                    self.hub.accept_gate.open()
-                else:
-                    self.hub.accept_gate.close()
             await trio.sleep(TOTAL_EVERY)
 
     async def _keep(self, index: int) -> None:

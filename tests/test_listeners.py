@@ -253,14 +253,6 @@ async def test_a_stalled_peer_stops_the_channel_taking_data():
     assert [m[1] for m in received if m[0] == "snapshot"] == [0, 1, 2, 3, 4] and ("gone", 1) in received
 
 
-def test_the_main_process_leaves_most_new_agents_to_the_listeners():
-    # It also runs the writer, alerting and the bot: it serves half as many agents as the average listener.
-    assert listenerpool.main_accepts(0, [0]) and listenerpool.main_accepts(50, [100])
-    assert not listenerpool.main_accepts(51, [100]) and not listenerpool.main_accepts(1, [0, 1])
-    assert listenerpool.main_accepts(75, [100, 200]) and not listenerpool.main_accepts(76, [100, 200])
-    assert listenerpool.main_accepts(1000, [])  # no listener serving (all restarting): the main process takes all
-
-
 def test_the_setting():
     assert load_settings({"MBOT_DATA_DIR": "/tmp/x"}).listeners == 1  # one process, as before
     assert load_settings({"MBOT_DATA_DIR": "/tmp/x", "MBOT_LISTENERS": "3"}).listeners == 3

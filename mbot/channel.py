@@ -1,5 +1,6 @@
 """The local channel between the main process and its listener processes (MBOT_LISTENERS, mbot/listenerpool.py):
-messages (tuples whose first member names them) in length-prefixed frames over a socketpair the main process made.
+messages (tuples whose first member names them), each a length-prefixed frame, over a socketpair the main process
+made; what is queued goes in one write.
 
 Pickle, because both ends are our own processes of the same version, on a socket nobody else can open (a
 socketpair, inherited, never a path), and what crosses is already checked (protocol.Hello, Samples, Snapshot, ...):
@@ -23,7 +24,7 @@ from typing import Any
 import trio
 
 HEADER = struct.Struct("!I")
-MAX_FRAME = 64 * 2**20  # a frame holds at most `room` items of at most a few MB each; more means a broken peer
+MAX_FRAME = 64 * 2**20  # one message: a checked agent frame pickles to a few MB at most; more is a broken peer
 DATA_ROOM = 512  # data messages queued or in flight per channel
 
 Message = tuple[Any, ...]
@@ -58,30 +59,37 @@ class Channel:
         self._wake.set()
 
     async def send_loop(self) -> None:
-        """Send what is queued, all of it in one frame, until cancelled or the peer is gone."""
+        """Send what is queued, in one write, until cancelled or the peer is gone. Each message is a frame of its
+        own, so a frame is bounded by one message (a checked agent frame, at most limits.MAX_FRAME_BYTES of JSON),
+        whatever the number queued."""
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
             batch = list(self._queue)
             self._queue.clear()
             data, self._data_queued = self._data_queued, 0
-            payload = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-            await self._stream.send_all(HEADER.pack(len(payload)) + payload)
+            frames = [pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL) for message in batch]
+            await self._stream.send_all(b"".join(HEADER.pack(len(frame)) + frame for frame in frames))
             self.sent += len(batch)
             for _ in range(data):
                 self._room.release()
 
     async def receive(self) -> list[Message] | None:
-        """The next frame's messages, in order; None once the peer closed the channel."""
+        """The messages that have come (at least one), in order; None once the peer closed the channel."""
         while True:
-            if len(self._buffer) >= HEADER.size:
-                (size,) = HEADER.unpack_from(self._buffer)
+            messages: list[Message] = []
+            at = 0
+            while len(self._buffer) - at >= HEADER.size:
+                (size,) = HEADER.unpack_from(self._buffer, at)
                 if size > MAX_FRAME:
                     raise ChannelBroken(f"a frame of {size} bytes")
-                if len(self._buffer) >= HEADER.size + size:
-                    batch: list[Message] = pickle.loads(self._buffer[HEADER.size:HEADER.size + size])
-                    del self._buffer[:HEADER.size + size]
-                    return batch
+                if len(self._buffer) - at - HEADER.size < size:
+                    break
+                messages.append(pickle.loads(self._buffer[at + HEADER.size:at + HEADER.size + size]))
+                at += HEADER.size + size
+            del self._buffer[:at]
+            if messages:
+                return messages
             chunk = await self._stream.receive_some(1 << 20)
             if not chunk:
                 return None

@@ -274,7 +274,11 @@ class ListenerPool:
         failures = 0
         while True:
             started = trio.current_time()
-            status = await self._run_once(index)
+            try:
+                status = await self._run_once(index)
+            except Exception:  # (one that cannot even start: the server goes on, and tries again)
+                log.exception("listener %d failed", index)
+                status = None
             failures = 1 if trio.current_time() - started >= STABLE_AFTER else failures + 1
             delay = restart_delay(failures)
             log.warning("listener %d exited with status %s; starting it again in %.0f s", index, status, delay)

@@ -17,7 +17,7 @@ import trio_websocket
 
 from helpers import (ack_reaching, add_host, certificate, hello_frame, load_agent, make_settings, open_tls, upgrade,
                      read_db, receive_json, sample_frame, wait_for_samples)
-from mbot import app, checks, listenerpool, protocol
+from mbot import app, channel, checks, listenerpool, protocol
 from mbot.channel import Channel
 from mbot.config import ConfigError, load_settings
 from mbot.config import Settings
@@ -251,6 +251,24 @@ async def test_a_stalled_peer_stops_the_channel_taking_data():
         nursery.cancel_scope.cancel()
     assert queued == [0, 1, 2, 3, 4]
     assert [m[1] for m in received if m[0] == "snapshot"] == [0, 1, 2, 3, 4] and ("gone", 1) in received
+
+
+async def test_many_large_messages_queued_together_cross_and_a_broken_peer_is_refused():
+    ours, theirs = trio.testing.memory_stream_pair()
+    sender, receiver = Channel(ours), Channel(theirs)
+    big = b"x" * (1 << 20)  # an agent frame's size at most: 70 of them queued at once are 70 MiB in one write
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sender.send_loop)
+        for i in range(70):
+            await sender.put_data(("snapshot", i, big))
+        received = []
+        while len(received) < 70:
+            received += await receiver.receive()
+        nursery.cancel_scope.cancel()
+    assert [m[1] for m in received] == list(range(70)) and all(m[2] == big for m in received)
+    await ours.send_all(channel.HEADER.pack(channel.MAX_FRAME + 1))
+    with pytest.raises(channel.ChannelBroken):
+        await receiver.receive()
 
 
 def test_the_setting():

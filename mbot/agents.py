@@ -10,6 +10,10 @@ SampleBudget bounds what it may send, and the writer bounds the new series names
 limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
 flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
 
+With MBOT_LISTENERS > 1 the same code serves agents in listener processes too (mbot/listener.py): a connection's
+frames go to an IngestSink (the writer here, the channel to the main process there), and the hub's adopt() and
+forget() keep the registry of live connections, which in the main process also holds the listeners'.
+
 The port also answers two plain HTTPS GETs, /install and /agent.py (the one-line install, mbot/install.py): the first
 request's head is read here (bounded like the handshake) and either answered or replayed to trio-websocket.
 """
@@ -40,7 +44,7 @@ from .speedtest import Throughput
 from . import checks, speedtest
 from .checks import CheckSpec
 from .store import Database
-from .writer import LimitExceeded, Writer
+from .writer import LimitExceeded
 
 log = logging.getLogger(__name__)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -120,6 +121,40 @@ async def test_a_listener_serves_agents_and_acks_what_the_main_process_committed
     await good.aclose()
     with trio.fail_after(10):
         await server.hub.wait_until(good_key.host_id, connected=False)
+
+
+async def test_from_the_chat_an_agent_of_the_listener_is_online_and_reboots(settings, nursery):
+    from fakebot import FakeBot
+    from test_bot import ALICE, Agent, reboot_flow, say, start_server
+
+    fake = FakeBot()
+    await nursery.start(fake.serve)
+    running = await start_server(nursery, settings, fake)
+    secret = re.search(r"AGENT_SECRET=(\S+)", (await say(fake, ALICE, "/newkey box1"))["text"]).group(1)
+    await place(running, 1)
+    agent = await Agent.connect(nursery, running.port, secret)
+    await agent.ws.send_message(sample_frame(1, cpu=42.0))
+    await ack_reaching(agent.ws, 1)
+    (host_id,), = read_db(settings, "SELECT id FROM hosts WHERE name = 'box1'")
+    assert running.hub.connections[host_id].where == 1
+    card = await say(fake, ALICE, "/status box1")
+    assert "🟢 online" in card["text"] and "CPU 42 %" in card["text"]
+    commands: list[dict] = []
+
+    async def answer_commands():
+        while True:
+            frame = json.loads(await agent.ws.get_message())
+            if frame["type"] == "command":
+                commands.append(frame)
+                await agent.ws.send_message(json.dumps({"type": "result", "id": frame["id"], "ok": True,
+                                                        "message": "started"}))
+
+    async with trio.open_nursery() as answering:
+        answering.start_soon(answer_commands)
+        await reboot_flow(fake, commands)  # the chat's question, Yes, "reboot started": through the listener
+        answering.cancel_scope.cancel()
+    await agent.close()
+    await running.aclose()
 
 
 async def test_commands_and_checks_reach_an_agent_of_the_listener(server, settings, nursery, connect):

@@ -908,8 +908,8 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     taken0 = sum(sims.sent.values())
     spy = None
     if args.py_spy:
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--subprocesses",
-                                "--duration", str(int(args.duration)),
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                "--subprocesses", "--duration", str(int(args.duration)),
                                 "--rate", "50", "--format", "raw", "--nonblocking", "-o", args.py_spy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = t0 + args.duration
@@ -1041,7 +1041,8 @@ def main() -> None:
                         "every S seconds, docs/protocol.md), to measure a server with its agents batching")
     parser.add_argument("--listeners", help="MBOT_LISTENERS for the server, a comma-separated list to compare "
                         "(e.g. 1,2: each value back to back per agent count and checkout); default: unset")
-    parser.add_argument("--py-spy", metavar="FILE", help="record the server (and its listener processes) with py-spy (raw) during the window")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the server (and its listener processes) with py-spy "
+                        "(raw) during the window")
     parser.add_argument("--keep", action="store_true", help="keep the data directories (server.log is there)")
     parser.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -295,8 +295,8 @@ class ListenerPool:
         try:
             async with trio.open_nursery() as nursery:
                 process: trio.Process = await nursery.start(partial(
-                    trio.run_process, command, env=child_environment(dict(os.environ)), pass_fds=[*fds, theirs.fileno()],
-                    stdin=subprocess.DEVNULL, check=False))
+                    trio.run_process, command, env=child_environment(dict(os.environ)),
+                    pass_fds=[*fds, theirs.fileno()], stdin=subprocess.DEVNULL, check=False))
                 theirs.close()
                 self.starts += 1
                 channel.put(("setup", Setup(

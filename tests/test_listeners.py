@@ -61,7 +61,7 @@ async def hello(connect, secret: str, **extra) -> trio_websocket.WebSocketConnec
     return ws
 
 
-async def test_the_same_host_connecting_in_another_process_replaces_the_old_connection(server, settings, nursery, connect):
+async def test_the_same_host_connecting_in_another_process_replaces_the_old_connection(server, settings, connect):
     key = add_host(settings, "box1")
     await place(server, 1)
     first = await hello(connect, key.secret)
@@ -218,7 +218,7 @@ async def test_the_real_agent_of_a_listener_is_online_for_alerting_and_takes_spe
     assert seqs == list(range(1, len(seqs) + 1))
 
 
-async def test_a_listener_that_dies_is_restarted_and_its_hosts_go_offline(server, settings, nursery, connect, monkeypatch):
+async def test_a_listener_that_dies_is_restarted_and_its_hosts_go_offline(server, settings, connect, monkeypatch):
     monkeypatch.setattr(listenerpool, "RESTART_MIN", 0.05)
     key = add_host(settings, "box1")
     pool = server.listeners

@@ -27,6 +27,9 @@ own ack; 0.23 ms at 2,500 agents gathering 2 samples a frame). What is left is m
 share of a send or a read per frame and the wakeups; the loop does not hold frames back to save wakeups, since
 agents that send in clumps would make the server look cheaper than a real fleet does.
 
+`--listeners 1,2` runs each point once per MBOT_LISTENERS value (docs/architecture.md, "Listener processes"), back
+to back; the CPU of every server process (the listeners are its children) is printed apart.
+
 Printed per point (after a warm-up of two intervals, over --duration seconds):
 - committed samples/s (rows appearing in the database) against the expected agents/interval;
 - send->commit (the sample's ts, taken just before the send, to the moment a reader polling the database every
@@ -807,7 +810,7 @@ def cpu_of(proc: Any) -> tuple[float, float]:
     return times.user + times.system, (main.user_time + main.system_time) if main else 0.0
 
 
-async def run_point(repo: Path, agents: int, args: argparse.Namespace) -> dict[str, Any]:
+async def run_point(repo: Path, agents: int, args: argparse.Namespace, listeners: int | None = None) -> dict[str, Any]:
     import psutil
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -821,7 +824,8 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace) -> dict[s
     secrets = json.loads(made.stdout)
     port = free_port()
     fake = FakeBot()
-    point: dict[str, Any] = {"repo": describe_checkout(repo), "agents": agents}
+    point: dict[str, Any] = {"repo": describe_checkout(repo) + (f" MBOT_LISTENERS={listeners}" if listeners else ""),
+                             "agents": agents}
     async with trio.open_nursery() as nursery:
         await nursery.start(fake.serve)
         env = {**os.environ, "PYTHONPATH": str(repo), "MBOT_DATA_DIR": str(data), "PORT": str(port),
@@ -829,6 +833,9 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace) -> dict[s
                "MBOT_WATCH_SELF": "0", "BOT_TOKEN": fake.token, "TELEGRAM_API_URL": fake.url,
                "ALLOWED_USERS": str(CHAT_USER)}
         env.pop("MBOT_METRICS_PORT", None)
+        env.pop("MBOT_LISTENERS", None)
+        if listeners is not None:
+            env["MBOT_LISTENERS"] = str(listeners)
         log = open(data / "server.log", "wb")
         server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=repo, env=env, stdout=log, stderr=log)
         sims = Sims()
@@ -901,7 +908,8 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     taken0 = sum(sims.sent.values())
     spy = None
     if args.py_spy:
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(args.duration)),
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                "--subprocesses", "--duration", str(int(args.duration)),
                                 "--rate", "50", "--format", "raw", "--nonblocking", "-o", args.py_spy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = t0 + args.duration
@@ -1031,7 +1039,10 @@ def main() -> None:
     parser.add_argument("--assume-gather", type=float, default=0.0, metavar="S",
                         help="the simulated agents act as if every ack without `gather` said `gather: S` (batches "
                         "every S seconds, docs/protocol.md), to measure a server with its agents batching")
-    parser.add_argument("--py-spy", metavar="FILE", help="record the server with py-spy (raw) during the window")
+    parser.add_argument("--listeners", help="MBOT_LISTENERS for the server, a comma-separated list to compare "
+                        "(e.g. 1,2: each value back to back per agent count and checkout); default: unset")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the server (and its listener processes) with py-spy "
+                        "(raw) during the window")
     parser.add_argument("--keep", action="store_true", help="keep the data directories (server.log is there)")
     parser.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -1051,7 +1062,8 @@ def main() -> None:
     try:
         for n in [int(x) for x in args.agents.split(",")]:
             for repo in repos:  # back to back per count: the machine's load drifts less between the two
-                points.append(trio.run(run_point, repo, n, args))
+                for listeners in ([int(x) for x in args.listeners.split(",")] if args.listeners else [None]):
+                    points.append(trio.run(run_point, repo, n, args, listeners))
     finally:
         for path in exported:
             shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,10 @@ SampleBudget bounds what it may send, and the writer bounds the new series names
 limit is closed with 1008 and its owner is told once. Strings an agent chose are logged with repr() escaping, and a
 flapping host's connects and disconnects are summarised, so neither can forge or flood the log.
 
+With MBOT_LISTENERS > 1 the same code serves agents in listener processes too (mbot/listener.py): a connection's
+frames go to an IngestSink (the writer here, the channel to the main process there), and the hub's adopt() and
+forget() keep the registry of live connections, which in the main process also holds the listeners'.
+
 The port also answers two plain HTTPS GETs, /install and /agent.py (the one-line install, mbot/install.py): the first
 request's head is read here (bounded like the handshake) and either answered or replayed to trio-websocket.
 """
@@ -22,13 +26,13 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from . import install, limits, protocol, store
-from .listening import serve_tcp
+from .listening import AcceptGate, serve_sockets, serve_tcp
 from .i18n import _
 from .model import secret_hash
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
@@ -40,7 +44,7 @@ from .speedtest import Throughput
 from . import checks, speedtest
 from .checks import CheckSpec
 from .store import Database
-from .writer import LimitExceeded, Writer
+from .writer import LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,42 @@ def _bearer(request: WebSocketRequest) -> str | None:
     return None
 
 
+class IngestSink(Protocol):
+    """Where a connection's checked frames go: the Writer itself in the process that owns it, the channel to that
+    process in a listener process (mbot/listener.py). The same calls and the same promise: on_commit(seq) only after
+    the commit, so acks never precede commits in either."""
+
+    async def hello(self, host_id: int, hello: Hello) -> int: ...
+
+    async def samples(self, host_id: int, epoch: int, samples: protocol.Samples, on_commit: Callable[[int], None],
+                      on_error: Callable[[BaseException], None] | None = None) -> None: ...
+
+    async def snapshot(self, host_id: int, snapshot: Snapshot) -> None: ...
+
+
+class Connection(Protocol):
+    """A live agent as the hub, the bot and the control socket see it: an AgentConnection in this process, or a
+    listenerpool.RemoteConnection served by a listener process (`where`: 0 here, else the listener's number)."""
+
+    host: store.Host
+    peer: str
+    where: int
+
+    @property
+    def hello(self) -> Hello | None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+    async def send_checks(self) -> None: ...
+
+    async def run_command(self, action: str, timeout: float) -> Result | None: ...
+
+    async def stability(self, run: StabilityRun, progress: Callable[[StabilityRun, float], None],
+                        progress_every: float) -> None: ...
+
+    async def speedtest(self, seconds: float, max_bytes: int) -> tuple[Throughput | None, Throughput | None]: ...
+
+
 @dataclass
 class _Awaited:
     done: trio.Event = field(default_factory=trio.Event)
@@ -98,7 +138,10 @@ class AgentConnection:
     """One authenticated agent: the driver of its AgentSession (mbot/session.py), which decides; this class reads
     frames, performs what the session says (writer, socket, logs) and sends the coalesced acks after commits."""
 
-    def __init__(self, host: store.Host, ws: WebSocketConnection, peer: str, writer: Writer, hub: AgentHub) -> None:
+    where = 0  # served by this process
+
+    def __init__(self, host: store.Host, ws: WebSocketConnection, peer: str, writer: IngestSink,
+                 hub: AgentHub) -> None:
         self.host = host
         self.ws = ws
         self.peer = peer
@@ -108,7 +151,7 @@ class AgentConnection:
                                     sample_budget=lambda interval: hub.budget(host, interval),
                                     snapshot_budget=lambda interval: hub.snapshot_budget(host, interval),
                                     link=hub.link_policy, acks=hub.ack_policy, gather=hub.gather_policy,
-                                    connections=lambda: len(hub.connections))
+                                    connections=hub.connection_count)
         self._ack_wanted = trio.Event()
         self._pong = trio.Event()  # set (and replaced) when a link probe's pong came
         self._stability_settled = trio.Event()  # set (and replaced) when a stability probe is answered or lost
@@ -435,7 +478,7 @@ class AgentHub:
     # How often connections are acked (an instance may be given its own: tests make it faster or slower).
     ack_policy = AckPolicy()
 
-    def __init__(self, db: Database, writer: Writer, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    def __init__(self, db: Database, writer: IngestSink | None, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  gate: PreAuthGate | None = None, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._writer = writer
@@ -452,7 +495,10 @@ class AgentHub:
         self.limits_exceeded: dict[str, int] = {}
         self._limit_told: dict[tuple[int, str], float] = {}
         self._last_replaced: dict[int, float] = {}  # host id -> when one of its connections last replaced another
-        self.connections: dict[int, AgentConnection] = {}
+        # Every host's live connection; with MBOT_LISTENERS > 1 also those of the listener processes (listenerpool).
+        self.connections: dict[int, Connection] = {}
+        self.accept_gate = AcceptGate()  # closed: this process leaves new connections to the other listeners
+        self.sockets: list[trio.socket.SocketType] = []  # the listening sockets (listen() opened them)
         self.downloads: install.Downloads | None = None  # what GET /install and /agent.py serve (set by the app)
         self._changed = trio.Event()  # replaced on every connect/disconnect; wakes wait_until()
         self._closing = False  # close_all() has begun: the server is stopping
@@ -524,12 +570,24 @@ class AgentHub:
             log.log(level, message + (f" ({held} more like this not logged)" if held else ""), *args,
                     exc_info=exc_info)
 
-    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *,
+    async def listen(self, host: str, port: int, ssl_context: ssl.SSLContext, *, shared: bool = False,
                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve agents on host:port until cancelled. `shared`: listener processes will accept on the same sockets
+        (MBOT_LISTENERS > 1): keep them in `sockets`, and accept through `accept_gate`."""
         # Plain TCP listeners: TLS starts in _handle, once the peer has sent its first byte (see _session).
         self._ssl_context = ssl_context
         await serve_tcp(self._handle, host, port, port_variable="PORT", host_variable="MBOT_HOST",
-                        announce="listening for agents on %s:%d (TLS)", task_status=task_status)
+                        announce="listening for agents on %s:%d (TLS)", gate=self.accept_gate if shared else None,
+                        opened=self.sockets.extend if shared else None, task_status=task_status)
+
+    async def serve_sockets(self, sockets: list[trio.socket.SocketType], ssl_context: ssl.SSLContext) -> None:
+        """Serve listening sockets another process opened (a listener process: mbot/listener.py)."""
+        self._ssl_context = ssl_context
+        await serve_sockets(self._handle, sockets, self.accept_gate)
+
+    def connection_count(self) -> int:
+        """Agents connected to the server (all processes): what acks, probes and gathering are paced by."""
+        return len(self.connections)
 
     def is_connected(self, host_id: int) -> bool:
         return host_id in self.connections
@@ -685,20 +743,36 @@ class AgentHub:
             return
         self._release(token)  # authenticated: no longer counts against the waiting room
         ws = await request.accept()
-        connection = AgentConnection(host, ws, peer, self._writer, self)
-        previous = self.connections.get(host.id)
-        self.connections[host.id] = connection
-        self._notify_change()
-        if previous is not None:
-            self._replaced(host, peer, previous.peer)
-            nursery.start_soon(previous.close, protocol.CLOSE_REPLACED, "replaced by a newer connection")
+        connection = self.connection(host, ws, peer)
+        self.adopt(connection, nursery)
         try:
             await connection.serve()
             await connection.finish_closing()
         finally:
-            if self.connections.get(host.id) is connection:
-                del self.connections[host.id]
-                self._notify_change()
+            self.forget(connection)
+
+    def connection(self, host: store.Host, ws: WebSocketConnection, peer: str) -> AgentConnection:
+        """The driver of a new authenticated connection (a listener process gives it the channel as its sink)."""
+        assert self._writer is not None  # a hub without a writer (a listener process's) makes its own sinks
+        return AgentConnection(host, ws, peer, self._writer, self)
+
+    def adopt(self, connection: Connection, nursery: trio.Nursery) -> None:
+        """A host's new connection (here or in a listener process) becomes its one live connection; the one it
+        replaces is closed with 4001 from `nursery`, unless a listener process replaced it itself (both its own)."""
+        host = connection.host
+        previous = self.connections.get(host.id)
+        self.connections[host.id] = connection
+        self._notify_change()
+        if previous is not None:
+            self._replaced(host, connection.peer, previous.peer)
+            if not previous.where == connection.where != 0:
+                nursery.start_soon(previous.close, protocol.CLOSE_REPLACED, "replaced by a newer connection")
+
+    def forget(self, connection: Connection) -> None:
+        """A connection ended: the host is offline unless a newer connection already replaced it."""
+        if self.connections.get(connection.host.id) is connection:
+            del self.connections[connection.host.id]
+            self._notify_change()
 
     async def _answer(self, stream: trio.abc.Stream, decision: install.Download | install.TooLarge, address: str,
                       peer: str) -> None:

@@ -5,6 +5,8 @@
         writer                      single sqlite writer; outlives the services so it can flush them
         services nursery
           agent listener            -> one task per agent connection (AgentHub)
+          listener processes        (with MBOT_LISTENERS > 1) N - 1 more processes serving agents on the same
+                                    sockets, their frames committed here (mbot/listenerpool.py)
           control socket            DATA_DIR/control.sock (0600): `nettest` from the CLI, one task per
                                     connection (mbot/controlsock.py)
           alerting                  the alert engine's timers; fed by the writer's commits
@@ -42,6 +44,8 @@ from .config import Settings, mbot_command
 from .faults import Faults
 from .i18n import _
 from .limits import PreAuthGate, preauth_total
+from .listenerpool import ListenerPool
+from .listening import raise_nofile_limit
 from .metrics import BackupStats
 from .metrics_http import serve_metrics
 from .model import Host
@@ -69,6 +73,7 @@ class Server:
     backups: BackupStats | None = None  # with MBOT_BACKUP_DIR
     control_path: Path | None = None  # the control socket (None: it could not be made)
     bot: Bot | None = None  # with BOT_TOKEN
+    listeners: ListenerPool | None = None  # with MBOT_LISTENERS > 1
     _stop: trio.Event = field(default_factory=trio.Event)
     _stopped: trio.Event = field(default_factory=trio.Event)
 
@@ -92,6 +97,8 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     log.info("data directory: %s", settings.data_dir)
     plotting.use_cache_dir(settings.data_dir)
     nofile = raise_nofile_limit()
+    log.info("open-files limit: %d (room for about %d agents; at most %d connections may wait to authenticate)",
+             nofile, max(0, nofile - 64), preauth_total(nofile))
     faults = Faults()
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(partial(Writer, settings.db_path, faults=faults))
@@ -104,11 +111,15 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
         root.start_soon(writer.run)
         try:
             async with trio.open_nursery() as services:
-                port = await services.start(hub.listen, settings.host, settings.port, ssl_context)
+                port = await services.start(partial(hub.listen, settings.host, settings.port, ssl_context,
+                                                    shared=settings.listeners > 1))
                 server = Server(port=port, fingerprint=cert.fingerprint, hub=hub, writer=writer, db=db)
                 endpoint = install.Endpoint(settings.public_host, settings.port or port, cert.fingerprint, pin,
                                             settings.public_host_guessed)
                 hub.downloads = await trio.to_thread.run_sync(load_downloads, endpoint)
+                if settings.listeners > 1:
+                    server.listeners = ListenerPool(hub, writer, settings.db_path, cert, settings.listeners - 1)
+                    await services.start(server.listeners.run)
                 server.control_path = await services.start(
                     ControlServer(settings.data_dir / control.CONTROL_FILE, db, hub).serve)
                 alerting = server.alerting = Alerting(db, writer, repeat=settings.alert_repeat, clock=clock,
@@ -153,6 +164,9 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
                 task_status.started(server)
                 await server._stop.wait()
                 log.info("shutting down: closing %d agent connection(s)", len(hub.connections))
+                if server.listeners is not None:
+                    await server.listeners.closing(protocol.CLOSE_RESTART, "server restarting or stopping; "
+                                                   "reconnect in a few seconds")
                 await hub.close_all(protocol.CLOSE_RESTART, "server restarting or stopping; reconnect in a few seconds")
                 services.cancel_scope.cancel()
         finally:
@@ -171,25 +185,6 @@ def next_steps(settings: Settings, *, remote_hosts: int) -> list[str]:
         steps.append(f"add a host: run `{mbot_command()} newkey NAME` (or send /newkey NAME to the bot) and paste "
                      "the line it prints on that machine")
     return steps
-
-
-def raise_nofile_limit() -> int:
-    """Raise the soft limit on open files to the hard one: every agent holds a socket, and the default soft limit
-    (often 1024) would cap the server far below what the machine allows. Returns the soft limit now in force."""
-    try:
-        import resource
-    except ImportError:  # not a Unix: nothing to raise
-        return 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %d to %d: %s", soft, hard, exc)
-    log.info("open-files limit: %d (room for about %d agents; at most %d connections may wait to authenticate)",
-             soft, max(0, soft - 64), preauth_total(soft))
-    return soft
 
 
 def _tell_limit(bot: Bot, host: Host, limit: str, detail: str) -> None:

@@ -64,6 +64,7 @@ class Settings:
     backup_every: float = 86400.0  # MBOT_BACKUP_EVERY
     backup_keep: int = 7  # MBOT_BACKUP_KEEP: the newest this many are kept
     public_host_guessed: bool = False  # MBOT_PUBLIC_HOST was unset: public_host is guess_public_host()'s answer
+    listeners: int = 1  # MBOT_LISTENERS: processes serving agents (this one and N - 1 listener processes)
 
     @property
     def db_path(self) -> Path:
@@ -310,7 +311,19 @@ def load_settings(env: Mapping[str, str] | None = None, *, cwd: Path | None = No
         backup_dir=_backup_dir(env, cwd),
         backup_every=_duration(env, "MBOT_BACKUP_EVERY", 86400.0),
         backup_keep=_positive_int(env, "MBOT_BACKUP_KEEP", 7),
+        listeners=_listeners(env, "MBOT_LISTENERS"),
     )
+
+
+MAX_LISTENERS = 16
+
+
+def _listeners(env: Mapping[str, str], name: str) -> int:
+    value = _positive_int(env, name, 1)
+    if value > MAX_LISTENERS:
+        raise ConfigError(name, f"must be at most {MAX_LISTENERS} (one process per core is the most that helps), "
+                                f"got {value}")
+    return value
 
 
 def _backup_dir(env: Mapping[str, str], cwd: Path | None) -> Path | None:

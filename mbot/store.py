@@ -373,11 +373,12 @@ def savepoint(conn: sqlite3.Connection, name: str = "item") -> Iterator[None]:
 class Database:
     """The read side: each worker thread gets its own connection (sqlite3 objects are not shared)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
         self.path = path
         self._local = threading.local()
         self.limiter = trio.CapacityLimiter(4)
-        connect(path).close()  # create and migrate once, up front
+        if migrate:  # (a listener process only reads what the main process made: mbot/listener.py)
+            connect(path).close()  # create and migrate once, up front
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)

@@ -32,7 +32,7 @@ HANDSHAKE_SLOTS = 128  # handshakes under way at once
 # The longest wait for a slot: a connection expected to wait longer is refused when it asks, and one that has waited
 # this long is refused then. The agent gives TCP, TLS and the upgrade 15 s (AgentConfig.connect_timeout), and the
 # handshake's own deadline starts once it has a slot.
-MAX_WAIT = 8.0
+MAX_WAIT = 6.0
 INITIAL_HANDSHAKE = 0.05  # seconds a slot is held, until handshakes have been measured
 SMOOTHING = 0.1  # the weight of the latest handshake in the running mean
 HOLD_FLOOR = 2.0  # a slot holder is never evicted before this ...

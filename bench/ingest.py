@@ -923,7 +923,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     spy = None
     if args.py_spy:
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration", str(int(args.duration)),
-                                "--rate", "50", "--format", "raw", "--nonblocking", "-o", args.py_spy],
+                                "--rate", "50", "--format", "raw", "--nonblocking", "--gil", "-o", args.py_spy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = t0 + args.duration
 
@@ -1054,7 +1054,8 @@ def main() -> None:
                         "every S seconds, docs/protocol.md), to measure a server with its agents batching")
     parser.add_argument("--server-cgroup", metavar="DIR", help="run the server in this cgroup (a directory of "
                         "/sys/fs/cgroup with a CPU quota, made beforehand) to saturate it at fewer agents")
-    parser.add_argument("--py-spy", metavar="FILE", help="record the server with py-spy (raw) during the window")
+    parser.add_argument("--py-spy", metavar="FILE", help="record the server with py-spy (raw) during the window; only the thread holding the GIL: where the "
+                        "CPU goes, not who waits for it")
     parser.add_argument("--keep", action="store_true", help="keep the data directories (server.log is there)")
     parser.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

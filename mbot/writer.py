@@ -121,13 +121,6 @@ class _HostMark:
 
 
 class Writer:
-    # A transaction starts at most this often (seconds): while items come faster, the next batch gathers them. A
-    # commit has a cost of its own whatever it holds (a worker thread's wakeup, BEGIN and COMMIT, the WAL pages it
-    # touches: a host's row, the samples' pages and indexes), which at a few hundred items a second and a batch of
-    # one or two was a large share of a sample's cost. An idle writer commits an item at once; a busy one adds at
-    # most this to the commit (and so to acks and alerts). (Tests of other things set 0: they write in sequence.)
-    commit_every = 0.05
-
     def __init__(self, db_path: Path, *, busy_timeout: float = 10.0, faults: Faults | None = None) -> None:
         # busy_timeout: how long one try waits on a lock held by another process (the CLI) before it counts as a
         # failed try and is retried with backoff.
@@ -138,7 +131,6 @@ class Writer:
         self._layout_budgets: dict[int, limits.TokenBucket] = {}  # host id -> bytes of new layouts it may add
         self._next_rowid = 0  # set at the start of each transaction (store.next_sample_rowid)
         self.faults = faults or Faults()
-        self._last_commit = -math.inf  # when the latest transaction started (trio clock)
         self.committed_samples = 0
         self.rejected_samples: dict[str, int] = {protocol.TOO_OLD: 0, protocol.TOO_NEW: 0}
         self.batches = 0
@@ -195,11 +187,6 @@ class Writer:
                         batch = [await self._receive.receive()]
                     except trio.EndOfChannel:
                         return
-                    due = self._last_commit + self.commit_every
-                    if due > trio.current_time():
-                        with trio.CancelScope(shield=True):  # the item taken is committed, whatever happens
-                            await trio.sleep_until(due)
-                    self._last_commit = trio.current_time()
                     while len(batch) < BATCH_ITEMS:
                         try:
                             batch.append(self._receive.receive_nowait())

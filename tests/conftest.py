@@ -14,7 +14,6 @@ from mbot import app
 from mbot.agents import AgentHub
 from mbot.config import Settings
 from mbot.session import AckPolicy
-from mbot.writer import Writer
 
 # Servers the tests start as processes (`python -m mbot`) inherit this: they watch the test machine only where a test
 # asks (tests/test_selfwatch.py), instead of each running an agent of its own.
@@ -44,14 +43,6 @@ def _acks_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     agent interval (AckPolicy.samples): tests that wait for acks need not wait three intervals. The tests of that
     pacing (test_session.py, test_ack_pacing.py) give the hub their own policy."""
     monkeypatch.setattr(AgentHub, "ack_policy", AckPolicy(samples=0.0))
-
-
-@pytest.fixture(autouse=True)
-def _commits_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writers in this process start a transaction as soon as an item comes, as they did before commits were paced
-    (Writer.commit_every): tests write one thing after another and wait for each. tests/test_writer.py tests the
-    pacing with its own value."""
-    monkeypatch.setattr(Writer, "commit_every", 0.0)
 
 
 @pytest.fixture

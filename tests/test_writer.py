@@ -83,32 +83,3 @@ async def test_each_set_of_series_names_has_its_own_layout(settings, nursery):
             for (names, vals), series in zip(rows, name_sets)] == [(list(series), True) for series in name_sets]
     assert read_db(settings, "SELECT count(*) FROM layouts") == [(3,)]
     writer.close()
-
-
-async def test_a_busy_writer_gathers_what_comes_within_commit_every_into_one_transaction(settings, nursery,
-                                                                                         autojump_clock):
-    writer = Writer(settings.db_path)
-    writer.commit_every = 0.05
-    nursery.start_soon(writer.run)
-    committed: list[float] = []  # when each write's transaction committed (mock clock: thread time is 0)
-
-    def mark(conn) -> None:
-        conn.execute("INSERT OR REPLACE INTO kv (key, value) VALUES ('pacing', 'x')")
-
-    async def write() -> None:
-        await writer.call(mark)
-        committed.append(trio.current_time())
-
-    start = trio.current_time()
-    await write()
-    assert committed == [start]  # an idle writer commits at once
-    async with trio.open_nursery() as writes:  # three more within the pace: they wait for it, and go together
-        for _ in range(3):
-            writes.start_soon(write)
-    # One transaction for the three: in three, the 2nd and 3rd would have waited 0.05 s more each.
-    assert committed[1:] == [start + 0.05] * 3
-    later = trio.current_time() + 1.0
-    await trio.sleep_until(later)
-    await write()  # idle again: at once
-    assert committed[-1] == later
-    writer.close()

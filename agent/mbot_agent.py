@@ -1151,6 +1151,18 @@ def server_gone(exc: BaseException) -> bool:
     """Whether a failure to connect says the server is not there: connection refused, or reset or cut during the
     handshake. That is what a restarting server looks like; an unknown name, an unreachable network, a timeout, an
     HTTP refusal or a certificate problem are not."""
+    return any(isinstance(error, _GONE_ERRORS) for error in _causes(exc))
+
+
+def server_busy(exc: BaseException) -> bool:
+    """Whether the server refused the connection because too many agents are connecting at once: a TLS alert
+    user_canceled instead of its ServerHello (mbot/admission.py). Not a server that went away: the usual backoff."""
+    return any(isinstance(error, ssl.SSLError) and error.reason == "TLSV1_ALERT_USER_CANCELLED"
+               for error in _causes(exc))
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception, the members of its groups and their causes, each once."""
     todo, seen = [exc], set()
     while todo:
         error = todo.pop()
@@ -1159,12 +1171,11 @@ def server_gone(exc: BaseException) -> bool:
         seen.add(id(error))
         if isinstance(error, BaseExceptionGroup):
             todo.extend(error.exceptions)
-        elif isinstance(error, _GONE_ERRORS):
-            return True
+        else:
+            yield error
         cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
         if cause is not None:
             todo.append(cause)
-    return False
 
 
 class Reconnect:
@@ -4012,6 +4023,8 @@ class Agent:
                     trio_websocket.HandshakeError, trio_websocket.ConnectionClosed, ssl.SSLError) as exc:
                 if isinstance(exc, trio.TooSlowError):
                     reason = f"no answer within {cfg.connect_timeout:g} s"
+                elif server_busy(exc):
+                    reason, level = "the server is busy (too many agents connecting at once)", logging.INFO
                 else:
                     reason = _describe(exc)
                     gone = server_gone(exc)

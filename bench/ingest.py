@@ -46,6 +46,12 @@ Printed per point (after a warm-up of two intervals, over --duration seconds):
   acked; then every sample they took should be in the database exactly once (what is not is still in a spool:
   a server that fell behind, not a loss).
 A summary table of every point ends the run.
+
+A server that has less CPU than its agents need, to see how a connection storm ends at fewer agents than a real
+saturation takes (cgroup v1 here; v2 has cpu.max):
+
+    mkdir /sys/fs/cgroup/cpu/mbotbench && echo 30000 > /sys/fs/cgroup/cpu/mbotbench/cpu.cfs_quota_us  # 30 % of a core
+    .venv/bin/python bench/ingest.py --agents 1000 --server-cgroup /sys/fs/cgroup/cpu/mbotbench
 """
 from __future__ import annotations
 
@@ -140,6 +146,7 @@ READ_VIEW = memoryview(READ_BUFFER)
 OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA  # binary frames (speed tests) are ignored
 RESTART_CODES = (1001, 1006, 1012)
 SLACK = 0.005  # timers due this soon fire with the ones due now: fewer wakeups of the loop
+CONNECT_TIMEOUT, ACK_TIMEOUT = 15.0, 30.0  # the agent's (AgentConfig.connect_timeout, ack_timeout)
 
 
 def ws_frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
@@ -258,7 +265,9 @@ class Conn:
         if err not in (0, errno.EINPROGRESS):
             self.end(type(OSError(err, "")).__name__, refused=True)
             return
-        self.loop.call_at(self.started + 60, self.deadline)
+        # The agent's timeouts: connect_timeout (15 s) for TCP, TLS and the upgrade, then ack_timeout (30 s) for the
+        # hello's ack.
+        self.loop.call_at(self.started + CONNECT_TIMEOUT, self.deadline)
 
     # -- IO
 
@@ -289,7 +298,11 @@ class Conn:
             if events & selectors.EVENT_READ and self.state != "closed":
                 self.receive()
         except OSError as e:  # ssl.SSLError too
-            self.end(type(e).__name__, refused=self.state in ("tcp", "tls", "http"))
+            if getattr(e, "reason", None) == "TLSV1_ALERT_USER_CANCELLED":
+                self.end("busy (refused before TLS)")  # the server's cheap refusal: the agent backs off
+            else:  # what agent/mbot_agent.py's server_gone() takes for a server that is not there
+                gone = isinstance(e, (ConnectionError, ssl.SSLEOFError)) and self.state in ("tcp", "tls", "http")
+                self.end(type(e).__name__, refused=gone)
         except ValueError as e:  # a frame or a text that breaks the protocol
             self.end(f"ProtocolError: {e}")
 
@@ -400,8 +413,14 @@ class Conn:
     # -- timers
 
     def deadline(self) -> None:
-        if self.state in ("tcp", "tls", "http", "hello"):
-            self.end("TooSlowError", refused=self.state != "hello")
+        if self.state in ("tcp", "tls", "http"):
+            self.end("TooSlowError")
+        elif self.state == "hello":
+            self.loop.call_at(self.started + CONNECT_TIMEOUT + ACK_TIMEOUT, self.ack_deadline)
+
+    def ack_deadline(self) -> None:
+        if self.state == "hello":
+            self.end("no ack of the hello")
 
     def keepalive(self) -> None:
         if self.state == "live":
@@ -838,6 +857,8 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace, listeners
             env["MBOT_LISTENERS"] = str(listeners)
         log = open(data / "server.log", "wb")
         server = subprocess.Popen([sys.executable, "-m", "mbot"], cwd=repo, env=env, stdout=log, stderr=log)
+        if args.server_cgroup:  # every thread of the server, and the ones it starts later, share the group's quota
+            Path(args.server_cgroup, "cgroup.procs").write_text(str(server.pid))
         sims = Sims()
         try:
             with trio.fail_after(60):
@@ -909,8 +930,8 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     spy = None
     if args.py_spy:
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
-                                "--subprocesses", "--duration", str(int(args.duration)),
-                                "--rate", "50", "--format", "raw", "--nonblocking", "-o", args.py_spy],
+                                "--subprocesses", "--duration", str(int(args.duration)), "--rate", "50",
+                                "--format", "raw", "--nonblocking", "--gil", "-o", args.py_spy],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     end = t0 + args.duration
 
@@ -1041,8 +1062,11 @@ def main() -> None:
                         "every S seconds, docs/protocol.md), to measure a server with its agents batching")
     parser.add_argument("--listeners", help="MBOT_LISTENERS for the server, a comma-separated list to compare "
                         "(e.g. 1,2: each value back to back per agent count and checkout); default: unset")
+    parser.add_argument("--server-cgroup", metavar="DIR", help="run the server in this cgroup (a directory of "
+                        "/sys/fs/cgroup with a CPU quota, made beforehand) to saturate it at fewer agents")
     parser.add_argument("--py-spy", metavar="FILE", help="record the server (and its listener processes) with py-spy "
-                        "(raw) during the window")
+                        "(raw) during the window; only the thread holding the GIL: where the CPU goes, not who "
+                        "waits for it")
     parser.add_argument("--keep", action="store_true", help="keep the data directories (server.log is there)")
     parser.add_argument("--sim", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -31,10 +31,11 @@ from typing import Any, Callable, Iterator, Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 
-from . import install, limits, protocol, store
+from . import admission, install, limits, protocol, store
 from .listening import AcceptGate, serve_sockets, serve_tcp
 from .i18n import _
 from .model import secret_hash
+from .admission import HandshakeGate
 from .limits import AuthThrottle, LogSummary, PreAuthGate, SampleBudget, SnapshotBudget
 from .linkquality import LinkPolicy
 from .stability import PROBE_TIMEOUT as STABILITY_TIMEOUT, StabilityBudget, StabilityRun
@@ -479,7 +480,8 @@ class AgentHub:
     ack_policy = AckPolicy()
 
     def __init__(self, db: Database, writer: IngestSink | None, *, handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 gate: PreAuthGate | None = None, clock: Callable[[], float] = time.time) -> None:
+                 gate: PreAuthGate | None = None, handshakes: HandshakeGate | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._writer = writer
         self._ssl_context: ssl.SSLContext | None = None  # set by listen()
@@ -487,6 +489,9 @@ class AgentHub:
         self._throttle = AuthThrottle()
         self.gate = gate if gate is not None else PreAuthGate()  # (an empty gate is falsy: it has a len)
         self._waiting: dict[object, trio.CancelScope] = {}  # pre-auth connections, to evict the oldest
+        # Handshakes under way at once, and who waits for one (mbot/admission.py); the woken are set here.
+        self.handshakes = handshakes if handshakes is not None else HandshakeGate()
+        self._slot_granted: dict[object, trio.Event] = {}
         self._budgets: dict[int, SampleBudget] = {}  # per host, across its connections: reconnecting earns nothing
         self._snapshot_budgets: dict[int, SnapshotBudget] = {}  # likewise
         self._flapping = LogSummary()
@@ -704,18 +709,68 @@ class AgentHub:
                 await trio.aclose_forcefully(stream)
 
     def _release(self, token: object) -> None:
+        self._handshake_over(token, completed=False)
         self.gate.release(token)
         self._waiting.pop(token, None)
 
+    async def _handshake_slot(self, tcp: trio.SocketStream, token: object, peer: str) -> bool:
+        """Wait for a place among the handshakes under way (mbot/admission.py); False when the connection was
+        refused because its wait would outlast the agent's patience: it got the busy alert, and its agent backs off."""
+        gate = self.handshakes
+        decision = gate.arrive(token, trio.current_time())
+        self._moved(decision.evict, decision.granted)
+        if decision.verdict == admission.WAIT:
+            granted = self._slot_granted[token] = trio.Event()
+            give_up = trio.current_time() + gate.max_wait
+            while not granted.is_set() and trio.current_time() < give_up:
+                with trio.move_on_at(min(give_up, gate.evict_at())):
+                    await granted.wait()
+                if not granted.is_set():  # the oldest holder may have stalled: its slot goes to the first in line
+                    evicted = gate.evict_stalled(trio.current_time())
+                    self._moved(evicted.evict, evicted.granted)
+            if not granted.is_set() and gate.gave_up(token):
+                decision.verdict = admission.REFUSE
+        if decision.verdict == admission.REFUSE:
+            self.log("busy", logging.WARNING, "refused a connection from %s: too many handshakes waiting (%d under "
+                     "way, %d waiting, ~%.1f s each); its agent will try again later", peer, gate.holding,
+                     gate.waiting, gate.mean)
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                # Its ClientHello is read first: closing a socket with unread bytes resets the connection, which
+                # could reach the agent before the alert (and read as a server that went away).
+                await tcp.receive_some(install.MAX_HEAD)
+                await tcp.send_all(admission.BUSY_ALERT)
+            return False
+        return True
+
+    def _handshake_over(self, token: object, *, completed: bool) -> None:
+        self._slot_granted.pop(token, None)
+        self._moved([], self.handshakes.leave(token, trio.current_time(), completed=completed))
+
+    def _moved(self, evict: list[object], granted: list[object]) -> None:
+        for token in evict:  # a slot holder that stalled: its task ends like any evicted pre-auth connection
+            scope = self._waiting.get(token)
+            if scope is not None:
+                scope.cancel()
+        for token in granted:
+            event = self._slot_granted.pop(token, None)
+            if event is not None:
+                event.set()
+
     async def _session(self, nursery: trio.Nursery, tcp: trio.SocketStream, tls: list[trio.SSLStream[Any]],
                        address: str, peer: str, preauth: trio.CancelScope, token: object) -> None:
-        stage = "TLS handshake"
-        # One deadline for TLS, the upgrade and authentication: a slow client cannot pin a socket. `preauth` is
-        # cancelled when the gate evicts this connection to make room.
+        stage, host = "TLS handshake", None
+        # One deadline for the first byte, then one for TLS, the upgrade and authentication once a handshake slot is
+        # free: a slow client cannot pin a socket. `preauth` is cancelled when the gate evicts this connection to
+        # make room.
         with preauth, trio.move_on_after(self._handshake_timeout) as deadline:
             # TLS state (OpenSSL's buffers) only for a peer that has said something: an idle socket then costs a
             # socket and a task, and accepting a flood of them stays fast enough that real agents get through.
             await trio.lowlevel.wait_readable(tcp.socket)
+            stage = "wait for a handshake slot"
+            if not await self._handshake_slot(tcp, token, peer):
+                return
+            stage = "TLS handshake"
+            deadline.deadline = trio.current_time() + self._handshake_timeout  # the wait was not the peer's doing
             assert self._ssl_context is not None
             stream = trio.SSLStream(tcp, self._ssl_context, server_side=True, https_compatible=True)
             tls.append(stream)
@@ -723,6 +778,7 @@ class AgentHub:
             stage = "HTTP request"
             head, decision = await _read_head(stream)
             if isinstance(decision, (install.Download, install.TooLarge)):
+                self._handshake_over(token, completed=True)  # a download holds no handshake slot
                 await self._answer(stream, decision, address, peer)
                 return
             stage = "WebSocket handshake"
@@ -730,10 +786,10 @@ class AgentHub:
             # then took several trips through the TLS stream, each with its own task switches.
             request = await wrap_server_stream(nursery, _Replay(stream, head), max_message_size=limits.MAX_FRAME_BYTES,
                                                receive_buffer_size=RECEIVE_BYTES)
-            host = await self._authenticate(request, address, peer)
+            host = await self._authenticate(request, address, peer, token)
         if preauth.cancelled_caught:
-            self.log("evicted", logging.INFO, "connection from %s evicted during its %s: too many connections "
-                     "waiting to authenticate", peer, stage)
+            self.log("evicted", logging.INFO, "connection from %s evicted during its %s to make room: too many "
+                     "connections waiting to authenticate, or a handshake far slower than the others", peer, stage)
             return
         if deadline.cancelled_caught:
             self.log(("slow", address), logging.INFO, "%s from %s did not finish within %g s; dropped", stage, peer,
@@ -787,7 +843,8 @@ class AgentHub:
                      decision.path, peer, status)
         await stream.send_all(response)
 
-    async def _authenticate(self, request: WebSocketRequest, address: str, peer: str) -> store.Host | None:
+    async def _authenticate(self, request: WebSocketRequest, address: str, peer: str,
+                            token: object) -> store.Host | None:
         if request.path.split("?")[0] != AGENT_PATH:
             self.log(("path", address), logging.INFO, "rejected connection from %s: unknown path %r", peer,
                      request.path[:80])
@@ -795,6 +852,7 @@ class AgentHub:
             return None
         secret = _bearer(request)
         host = await self._db.read(store.host_by_secret_hash, secret_hash(secret)) if secret else None
+        self._handshake_over(token, completed=True)  # the throttle's wait below holds no slot
         if host is None:
             now = trio.current_time()
             delay = self._throttle.delay(address, now)

@@ -85,6 +85,8 @@ class LinkProbe:
         self.next_at = now + self._wait()
         self.deadline = float("inf")  # when the ping in flight counts as lost (inf: none in flight)
         self._results: deque[float | None] = deque(maxlen=policy.window)
+        # The window's `link` object and its series, made once per change of the window rather than per sample.
+        self._figures: tuple[dict[str, float], dict[str, float]] | None = None
         self._late = False  # the ping in flight was already counted as lost
 
     def sent(self, now: float) -> float:
@@ -100,6 +102,7 @@ class LinkProbe:
         rtt = max(0.0, now - sent)  # the clock is monotonic; max() only states the invariant
         if not late:
             self._results.append(rtt)
+            self._figures = None
         self.deadline = float("inf")
         self.next_at = now + self._wait()
         return -1.0 if late else rtt
@@ -112,6 +115,7 @@ class LinkProbe:
         """The deadline passed without the pong: one lost probe; the next period's deadline (the same ping is still
         awaited: no new one is sent to a link that has not answered the last)."""
         self._results.append(None)
+        self._figures = None
         self._late = True
         self.deadline = now + self._wait()
         return self.deadline
@@ -127,11 +131,15 @@ class LinkProbe:
     def fold(self, samples: Samples, live_items: int = LIVE_ITEMS) -> Samples:
         """Add the window's figures to the newest sample of a live frame (see the module docstring); `live_items`:
         more when the agent was asked to gather samples."""
-        stats = self.stats()
-        if stats is None or len(samples.items) > live_items:
+        if not self._results or len(samples.items) > live_items:
             return samples
+        if self._figures is None:
+            stats = self.stats()
+            assert stats is not None
+            link = stats.metrics()
+            self._figures = link, catalogue.flatten({"link": link})
+        link, series = self._figures
         newest = samples.items[-1]
-        link = stats.metrics()
         folded = dataclasses.replace(newest, metrics={**newest.metrics, "link": link},
-                                     series={**newest.series, **catalogue.flatten({"link": link})})
+                                     series={**newest.series, **series})
         return Samples((*samples.items[:-1], folded))

@@ -1,9 +1,16 @@
 """Listening sockets for the server's two endpoints (agents, /metrics): open them, or fail in one line that names
-the variable to change, then hand each connection to a handler in its own task (trio.serve_listeners)."""
+the variable to change, then hand each connection to a handler in its own task.
+
+Connections are accepted up to ACCEPT_BATCH at a time. trio's own listener accepts one per turn of the event loop,
+and on a saturated loop a turn takes tens of milliseconds: the connections of a storm then waited in the kernel's
+backlog, their agents' timeouts running, before the server even saw them (and could tell them it was busy:
+mbot/admission.py)."""
 from __future__ import annotations
 
 import errno
 import logging
+import os
+import socket
 from typing import Awaitable, Callable
 
 import trio
@@ -44,28 +51,18 @@ class AcceptGate:
         for scope in self._waiting:
             scope.cancel()
 
-    async def accept(self, listener: trio.SocketListener) -> trio.SocketStream:
+    async def wait_readable(self, sock: socket.socket) -> None:
+        """Until the gate is open and `sock` has a connection to accept; a wait under way is withdrawn when the
+        gate closes (and starts again when it opens)."""
         while True:
             await self._open.wait()
             with trio.CancelScope() as scope:
                 self._waiting.add(scope)
                 try:
-                    # trio's accept() cannot lose a connection to a cancellation: after the accept(2) that took
-                    # one, it only checkpoints shielded.
-                    return await listener.accept()
+                    await trio.lowlevel.wait_readable(sock)
+                    return
                 finally:
                     self._waiting.discard(scope)
-
-
-class _Gated(trio.abc.Listener[trio.SocketStream]):
-    def __init__(self, listener: trio.SocketListener, gate: AcceptGate) -> None:
-        self._listener, self._gate = listener, gate
-
-    async def accept(self) -> trio.SocketStream:
-        return await self._gate.accept(self._listener)
-
-    async def aclose(self) -> None:
-        await self._listener.aclose()
 
 
 async def serve_tcp(handler: Callable[[trio.SocketStream], Awaitable[object]], host: str, port: int, *,
@@ -83,17 +80,62 @@ async def serve_tcp(handler: Callable[[trio.SocketStream], Awaitable[object]], h
     log.info(announce, host, bound)
     if opened is not None:
         opened([listener.socket for listener in listeners])
-    served: list[trio.abc.Listener[trio.SocketStream]] = (
-        list(listeners) if gate is None else [_Gated(listener, gate) for listener in listeners])
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, handler, served)
+        for listener in listeners:
+            nursery.start_soon(_accept, listener, handler, nursery, gate)
         task_status.started(bound)
 
 
 async def serve_sockets(handler: Callable[[trio.SocketStream], Awaitable[object]],
                         sockets: list[trio.socket.SocketType], gate: AcceptGate) -> None:
     """Serve listening sockets opened by another process (inherited) until cancelled."""
-    await trio.serve_listeners(handler, [_Gated(trio.SocketListener(sock), gate) for sock in sockets])
+    async with trio.open_nursery() as nursery:
+        for sock in sockets:
+            nursery.start_soon(_accept, trio.SocketListener(sock), handler, nursery, gate)
+
+
+ACCEPT_BATCH = 64  # connections accepted per turn of the event loop, at most
+# What accept(2) may say of one connection that is gone already (trio's list): the next one is tried.
+_SKIP = {errno.ECONNABORTED, errno.EPERM, errno.EPROTO}
+# The process or the system is out of something: accepting again at once would spin (trio waits 0.1 s too).
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept(listener: trio.SocketListener, handler: Callable[[trio.SocketStream], Awaitable[object]],
+                  nursery: trio.Nursery, gate: AcceptGate | None) -> None:
+    # A duplicate of the listening socket, so that accept(2) can be called in a loop without a trip through the
+    # scheduler for each connection (trio's socket yields after every call).
+    async with listener:
+        with socket.socket(fileno=os.dup(listener.socket.fileno())) as sock:
+            sock.setblocking(False)
+            while True:
+                if gate is None:
+                    await trio.lowlevel.wait_readable(sock)
+                else:
+                    await gate.wait_readable(sock)
+                for _ in range(ACCEPT_BATCH):
+                    if gate is not None and not gate.is_open:
+                        break
+                    try:
+                        conn, _address = sock.accept()
+                    except BlockingIOError:
+                        break
+                    except OSError as exc:
+                        if exc.errno in _SKIP:
+                            continue
+                        if exc.errno not in _EXHAUSTED:
+                            raise
+                        log.error("accept: %s; trying again in 0.1 s", os.strerror(exc.errno or 0))
+                        await trio.sleep(0.1)
+                        break
+                    nursery.start_soon(_serve_one, handler, trio.SocketStream(trio.socket.from_stdlib_socket(conn)))
+
+
+async def _serve_one(handler: Callable[[trio.SocketStream], Awaitable[object]], stream: trio.SocketStream) -> None:
+    try:
+        await handler(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
 
 
 def raise_nofile_limit() -> int:

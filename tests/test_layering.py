@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The pure cores. Add a new core here when it is written.
 CORES = [
     "mbot.access",
+    "mbot.admission",
     "mbot.statuspage",
     "mbot.telegram.groups",
     "mbot.alert_state",

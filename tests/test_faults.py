@@ -512,7 +512,7 @@ async def test_locked_database_is_retried_unacked_and_logged_once(settings, capl
                 await watch.wait_for(lambda r: r.levelno == logging.WARNING)
                 for seq in range(51, 101):  # more keep coming while the writer retries
                     await writer.samples(host.host_id, 5, _samples(seq), acks.append)
-                await trio.sleep(0.6)  # the lock lasts a while longer: several failed tries
+                await trio.sleep(0.3)  # the lock lasts a while longer: failed tries at 0 and 0.15 s, the next at 0.4 s
                 assert acks == []
                 assert read_db(settings, "SELECT count(*) FROM samples") == [(0,)]
             finally:

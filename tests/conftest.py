@@ -9,7 +9,7 @@ from typing import AsyncIterator, Iterator
 import pytest
 import trio
 
-from helpers import certificate, make_settings, open_tls, upgrade
+from helpers import make_settings, open_tls, server_certificate, upgrade
 from mbot import app
 from mbot.agents import AgentHub
 from mbot.config import Settings
@@ -53,7 +53,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def server(settings: Settings, nursery: trio.Nursery) -> AsyncIterator[app.Server]:
     running: app.Server = await nursery.start(
-        lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, task_status=task_status))
+        lambda task_status: app.serve(settings, server_certificate(settings), handle_signals=False,
+                                      task_status=task_status))
     yield running
     await running.aclose()
 

@@ -14,7 +14,7 @@ import trio
 import trio_websocket
 
 from fakebot import FakeBot, BOT_USER
-from helpers import certificate, hello_frame, open_tls, read_db, receive_json, upgrade
+from helpers import hello_frame, open_tls, read_db, receive_json, server_certificate, upgrade
 from mbot import app, store, users
 from mbot.config import Settings
 from mbot.telegram import views
@@ -48,7 +48,8 @@ async def start(nursery: trio.Nursery, settings: Settings, fake: FakeBot, *, clo
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
     since = len(fake.sent)  # counted before the start: the bot may set its commands before start() returns
     server = await nursery.start(lambda task_status: app.serve(
-        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+        settings, server_certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+        task_status=task_status))
     await fake.wait_for("setMyCommands", since=since)  # the claim (if any) is logged before this call
     return server
 

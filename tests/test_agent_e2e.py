@@ -15,7 +15,7 @@ agent = load_agent()
 
 
 def agent_config(server: app.Server, secret: str, tmp_path, **overrides) -> "agent.AgentConfig":
-    base = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.2,
+    base = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.1,
                              fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
                              backoff_min=0.05, backoff_max=0.2)
     return dataclasses.replace(base, **overrides)

@@ -44,7 +44,7 @@ async def test_a_dead_path_is_noticed_by_the_keepalive_and_the_agent_reconnects(
     port = await nursery.start(proxy.run)
     config = agent.AgentConfig(secret=key.secret, server="127.0.0.1", port=port, interval=0.1,
                                fingerprint=server.fingerprint, fingerprint_file=str(tmp_path / "fp.json"),
-                               ping_interval=0.3, ping_timeout=0.3, backoff_min=0.05, backoff_max=0.1,
+                               ping_interval=0.15, ping_timeout=0.15, backoff_min=0.05, backoff_max=0.1,
                                quick_reconnect=(0.05, 0.1), fast_retry=(0.05, 0.1))
     a = agent.Agent(config, agent.Collector(gpu=False))
     scope = await start_agent_object(nursery, a)

@@ -13,7 +13,7 @@ import sqlite3
 import pytest
 import trio
 
-from helpers import add_host, certificate, load_agent, make_settings, read_db, wait_for_samples
+from helpers import add_host, certificate, load_agent, make_settings, read_db, server_certificate, wait_for_samples
 from mbot import app
 from mbot.writer import Writer
 
@@ -309,8 +309,8 @@ def free_port():
 
 
 async def start_server(nursery, settings):
-    return await nursery.start(lambda task_status: app.serve(settings, certificate(settings), handle_signals=False,
-                                                             task_status=task_status))
+    return await nursery.start(lambda task_status: app.serve(settings, server_certificate(settings),
+                                                             handle_signals=False, task_status=task_status))
 
 
 def config(secret, port, fingerprint, tmp_path, **overrides):

@@ -12,7 +12,7 @@ import time
 import trio
 
 from fakebot import Call, FakeBot
-from helpers import ack_reaching, certificate, load_agent, sample_frame
+from helpers import ack_reaching, load_agent, sample_frame, server_certificate
 from mbot import app
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
@@ -28,7 +28,8 @@ async def start(nursery: trio.Nursery, settings: Settings, fake: FakeBot, clock:
                                    allowed_users=(ALICE, BOB), alert_repeat=REPEAT)
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
     return await nursery.start(lambda task_status: app.serve(
-        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+        settings, server_certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+        task_status=task_status))
 
 
 async def commits(server: app.Server, count: int = 2) -> None:

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 from fakebot import FakeBot
-from helpers import certificate, load_agent, read_db
+from helpers import load_agent, read_db, server_certificate
 from mbot import app
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
@@ -32,7 +32,8 @@ async def start(nursery: trio.Nursery, settings: Settings, fake: FakeBot, clock:
                                    port=port)
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
     return await nursery.start(lambda task_status: app.serve(
-        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+        settings, server_certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+        task_status=task_status))
 
 
 class Agents:

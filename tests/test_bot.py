@@ -12,7 +12,8 @@ import pytest
 import trio
 
 from fakebot import FakeBot
-from helpers import ROOT, ack_reaching, certificate, hello_frame, open_tls, read_db, receive_json, sample_frame, upgrade
+from helpers import (ROOT, ack_reaching, hello_frame, open_tls, read_db, receive_json, sample_frame, server_certificate,
+                     upgrade)
 from mbot import app, install, protocol
 from mbot.config import Settings
 from mbot.telegram.outbox import Outbox, RateLimiter
@@ -33,7 +34,7 @@ async def start_server(nursery: trio.Nursery, settings: Settings, fake: FakeBot,
     # Telegram's real limit (1 message/s per chat) would make each test wait seconds for nothing.
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
     return await nursery.start(
-        lambda task_status: app.serve(settings, certificate(settings), handle_signals=False, outbox=outbox,
+        lambda task_status: app.serve(settings, server_certificate(settings), handle_signals=False, outbox=outbox,
                                       task_status=task_status))
 
 
@@ -337,7 +338,8 @@ async def test_alerts_end_to_end_with_the_real_agent(fake: FakeBot, nursery, set
     settings = dataclasses.replace(settings, bot_token=fake.token, telegram_api_url=fake.url,
                                    allowed_users=(ALICE, BOB))
     server = await nursery.start(lambda task_status: app.serve(
-        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+        settings, server_certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+        task_status=task_status))
     agent = load_agent()
     reply = await say(fake, ALICE, "/newkey box1")
     secret = re.search(r"AGENT_SECRET=(\S+)", reply["text"]).group(1)

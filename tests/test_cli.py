@@ -85,7 +85,9 @@ async def test_sigterm_closes_agents_commits_and_exits_0(tmp_path, nursery):
         port = int(match.group(1))
         stream = await open_tls(port)
         ws = await upgrade(nursery, stream, secret)
-        await ws.send_message(hello_frame())
+        # A 0.1 s interval: the server process acks at most once per three of them (AckPolicy; conftest's acks at
+        # once are for servers in this process), so the ack of the 20th comes within 0.3 s, not 3 s.
+        await ws.send_message(hello_frame(interval=0.1))
         await receive_json(ws)
         for seq in range(1, 21):
             await ws.send_message(sample_frame(seq))
@@ -185,6 +187,7 @@ async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery, cli):
 
     from fakebot import BOT_USER, FakeBot
     from mbot import app
+    from mbot.telegram.outbox import Outbox, RateLimiter
 
     data_dir = tmp_path / "data"  # the `cli` fixture's
     # Before the server ever ran, the bot's username is unknown: the code and the /start form only.
@@ -198,7 +201,9 @@ async def test_invite_from_the_cli_adds_a_user(tmp_path, nursery, cli):
     fake = FakeBot()
     await nursery.start(fake.serve)
     settings = dataclasses.replace(make_settings(data_dir), bot_token=fake.token, telegram_api_url=fake.url)
-    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
+    # Telegram's real limit (1 message/s per chat) would hold each user's second reply a second for nothing.
+    outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
+    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings), outbox=outbox,
                                                                 handle_signals=False, task_status=task_status))
     await fake.wait_for("setMyCommands")  # after getMe: the username is saved for the CLI by now
 

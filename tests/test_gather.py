@@ -35,7 +35,7 @@ async def test_the_agent_gathers_samples_when_asked_and_loses_none(server, setti
     sent = a.link.sent
     a.link.sent = lambda last_seq: (frames.append(last_seq), sent(last_seq))[1]
     scope = await start_agent_object(nursery, a)
-    await wait_for_samples(server, settings, "box1", 30)
+    await wait_for_samples(server, settings, "box1", 20)
     scope.cancel()
     assert a.link.gather == 0.4
     seqs = [r[0] for r in read_db(settings, "SELECT seq FROM samples ORDER BY seq")]

@@ -2,8 +2,9 @@
 
 docs/architecture.md: a core takes values and returns values; it never opens a socket, a file or a thread. Here that
 means importing it loads none of IO_MODULES (nor the edge modules that own them). Each module is imported in its own
-subprocess, so what one test imported cannot hide what another needs; a failure names the chain of mbot modules
-through which the forbidden one came in.
+process, so what one test imported cannot hide what another needs; a failure names the chain of mbot modules
+through which the forbidden one came in. The processes are forked from one fresh interpreter that has imported
+nothing but what the probe itself needs (an interpreter start per module was most of this file's time).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -91,6 +93,63 @@ print(json.dumps({name: chains.get(name, []) for name in sorted(watched) if name
 """
 
 
+# One fresh interpreter, started once, that forks a child per module: the child runs _PROBE as `python -c _PROBE
+# module ...` would (its output and exit status are a fresh run's), its parent having imported nothing that _PROBE
+# does not import itself. Requests on stdin, one JSON line each; the child's exit status comes back on stdout.
+_FORKER = """
+import importlib, json, os, signal, sys, traceback
+
+probe = sys.argv[1]
+for line in sys.stdin:
+    request = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.alarm(60)
+            for fd, path in ((1, request["out"]), (2, request["err"])):
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), fd)
+            sys.argv = ["-c", *request["argv"]]
+            exec(compile(probe, "<string>", "exec"), {"__name__": "__main__"})
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+class Probe:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.forker = subprocess.Popen([sys.executable, "-c", _FORKER, _PROBE], cwd=ROOT, stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, text=True)
+
+    def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        out, err = self.folder / "out", self.folder / "err"
+        assert self.forker.stdin is not None and self.forker.stdout is not None
+        self.forker.stdin.write(json.dumps({"argv": argv, "out": str(out), "err": str(err)}) + "\n")
+        self.forker.stdin.flush()
+        code = int(self.forker.stdout.readline())
+        return subprocess.CompletedProcess(argv, code, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        assert self.forker.stdin is not None and self.forker.stdout is not None
+        self.forker.stdin.close()
+        self.forker.wait(timeout=60)
+        self.forker.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Probe]:
+    running = Probe(tmp_path_factory.mktemp("probe"))
+    yield running
+    running.close()
+
+
 def _chain(files: list[str]) -> str:
     modules = []
     for name in files:
@@ -104,9 +163,8 @@ def _chain(files: list[str]) -> str:
     pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN[name], strict=True)) if name in KNOWN else name
     for name in CORES
 ])
-def test_core_loads_no_io(module: str) -> None:
-    done = subprocess.run([sys.executable, "-c", _PROBE, module, *IO_MODULES, *EDGE_MODULES], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+def test_core_loads_no_io(module: str, probe: Probe) -> None:
+    done = probe.run(module, *IO_MODULES, *EDGE_MODULES)
     assert done.returncode == 0, done.stderr
     loaded = json.loads(done.stdout)
     assert not loaded, "\n".join(f"{module} loads {name} via {_chain(files)}" for name, files in loaded.items())

@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trio
 
-from helpers import ack_reaching, add_host, certificate, hello_frame, open_tls, receive_json, sample_frame, upgrade
+from helpers import (ack_reaching, add_host, hello_frame, open_tls, receive_json, sample_frame, server_certificate,
+                     upgrade)
 from mbot import app, metrics, store
 from mbot.metrics import Histogram, ServerStats
 
@@ -54,7 +55,7 @@ def test_an_offline_host_exports_up_0_and_when_it_was_seen_not_stale_values():
 async def start_with_one_host(settings, nursery):
     """A server with /metrics on, and host box1 that has sent one sample (CPU 25 %)."""
     settings = dataclasses.replace(settings, metrics_port=0)
-    running = await nursery.start(lambda task_status: app.serve(settings, certificate(settings),
+    running = await nursery.start(lambda task_status: app.serve(settings, server_certificate(settings),
                                                                 handle_signals=False, task_status=task_status))
     key = add_host(settings, "box1")
     stream = await open_tls(running.port)

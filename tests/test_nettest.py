@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from helpers import add_host, hello_frame, load_agent, open_tls, receive_json, upgrade
+from helpers import add_host, hello_frame, load_agent, open_tls, receive_json, server_certificate, upgrade
 from mbot import cli, control
 from mbot.control import ControlError, NetTest, parse_request
 from mbot.controlsock import ControlServer
@@ -155,8 +155,8 @@ async def test_a_stale_socket_is_replaced_at_start_and_the_socket_removed_at_sto
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()
-    server = await nursery.start(lambda task_status: app.serve(settings, certificate(settings), handle_signals=False,
-                                                               task_status=task_status))
+    server = await nursery.start(lambda task_status: app.serve(settings, server_certificate(settings),
+                                                               handle_signals=False, task_status=task_status))
     assert server.control_path == path
     client = await trio.open_unix_socket(str(path))  # a listener now
     await client.aclose()

@@ -14,8 +14,8 @@ import pytest
 import trio
 import trio.testing
 
-from helpers import (BASE_TS, ack_reaching, add_host, certificate, hello_frame, make_settings, open_tls, read_db,
-                     receive_json, sample_frame, upgrade)
+from helpers import (BASE_TS, ack_reaching, add_host, hello_frame, make_settings, open_tls, read_db, receive_json,
+                     sample_frame, server_certificate, upgrade)
 from mbot import app, history, protocol, store
 from mbot.config import Settings
 from mbot.protocol import Sample, Samples
@@ -23,8 +23,8 @@ from mbot.writer import Writer
 
 
 async def start(settings: Settings, nursery: trio.Nursery) -> app.Server:
-    return await nursery.start(lambda task_status: app.serve(settings, certificate(settings), handle_signals=False,
-                                                             task_status=task_status))
+    return await nursery.start(lambda task_status: app.serve(settings, server_certificate(settings),
+                                                             handle_signals=False, task_status=task_status))
 
 
 async def streaming(connect, settings: Settings, name: str, epoch: int = 1):

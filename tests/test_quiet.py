@@ -12,7 +12,7 @@ import trio
 from hypothesis import given, strategies as st
 
 from fakebot import FakeBot
-from helpers import certificate, load_agent
+from helpers import load_agent, server_certificate
 from mbot import app
 from mbot.config import Settings
 from mbot.quiet import DAY, OFF, SHOW, QuietHours, QuietUsageError, parse_quiet
@@ -129,7 +129,8 @@ async def start(nursery, settings: Settings, fake: FakeBot, clock):
                                    allowed_users=(ALICE, BOB), tz=timezone.utc)
     outbox = Outbox(limiter=RateLimiter(per_chat=0.001, per_group=0.001, global_rate=1000))
     return await nursery.start(lambda task_status: app.serve(
-        settings, certificate(settings), handle_signals=False, outbox=outbox, clock=clock, task_status=task_status))
+        settings, server_certificate(settings), handle_signals=False, outbox=outbox, clock=clock,
+        task_status=task_status))
 
 
 def window_around(instant: float, before: int, after: int) -> str:

@@ -9,7 +9,8 @@ import os
 import pytest
 import trio
 
-from helpers import ROOT, ack_reaching, add_host, load_agent, read_db, receive_json, wait_for_samples
+from helpers import (ROOT, ack_reaching, add_host, load_agent, read_db, receive_json, server_certificate,
+                     wait_for_samples)
 from mbot import members, protocol
 from mbot.alerts import AlertEngine, Firing, Resolved
 from mbot.protocol import ProtocolError
@@ -192,8 +193,8 @@ async def test_a_restarted_server_judges_watched_units_by_the_stored_list(settin
         store.put_snapshot(conn, host_id, "services", 1, BOOT, BOOT, json.dumps(
             [{"unit": "nginx.service", "state": "failed", "sub": "failed"}]))
     conn.close()
-    server = await nursery.start(lambda task_status: app.serve(settings, certificate(settings), handle_signals=False,
-                                                               task_status=task_status))
+    server = await nursery.start(lambda task_status: app.serve(settings, server_certificate(settings),
+                                                               handle_signals=False, task_status=task_status))
     stream = await open_tls(server.port)
     ws = await upgrade(nursery, stream, key.secret)
     await ws.send_message(hello_frame())

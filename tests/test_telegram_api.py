@@ -166,8 +166,8 @@ async def test_5xx_then_success(fake: FakeBot, api: BotApi) -> None:
 
 
 async def test_timeout_is_retried(fake: FakeBot) -> None:
-    fake.delay = 0.3
-    client = httpx.AsyncClient(timeout=0.1)
+    fake.delay = 0.15
+    client = httpx.AsyncClient(timeout=0.05)
     async with client, BotApi(fake.url, fake.token, client, retry=FAST) as api:
         with pytest.raises(TelegramUnavailable):
             await api.get_me()
@@ -286,7 +286,7 @@ async def test_poll_updates(fake: FakeBot, api: BotApi, caplog: pytest.LogCaptur
 async def test_poll_updates_survives_unreachable_telegram(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="mbot")
     async with BotApi(f"http://127.0.0.1:{closed_port()}", "1:secret") as api:
-        with trio.move_on_after(0.5) as scope:
+        with trio.move_on_after(0.25) as scope:
             await poll_updates(api, MemoryOffsets(), handler=None, timeout=1, backoff=FAST)  # type: ignore[arg-type]
     assert scope.cancelled_caught  # still polling (backing off), never raised
     assert api.errors["network"] > 3

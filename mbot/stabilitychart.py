@@ -10,8 +10,6 @@ import io
 import math
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from .charts import COLORS, DPI, GRID, HEIGHT_IN, TEXT, WIDTH_IN
 from .i18n import _
@@ -39,6 +37,10 @@ def render(run: StabilityRun, title: str) -> bytes:
     lost = np.array(run.lost_offsets())
     last = run.offset(len(run.rtts) - 1) if len(run.rtts) else 0.0
     span = max(run.spec.duration, last)
+    # Imported with the first chart, not with the server (as in charts.py): most of a start's import time.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(WIDTH_IN, HEIGHT_IN), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

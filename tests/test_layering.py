@@ -170,6 +170,16 @@ def test_core_loads_no_io(module: str, probe: Probe) -> None:
     assert not loaded, "\n".join(f"{module} loads {name} via {_chain(files)}" for name, files in loaded.items())
 
 
+def test_the_server_starts_without_matplotlib(probe: Probe) -> None:
+    """matplotlib is imported with the first chart (charts.py, stabilitychart.py), not with the server: it was half of
+    a start's import time, and a restart is only as quick as the start."""
+    done = probe.run("mbot.app", "matplotlib", "mbot.telegram.bot", "mbot.stabilitychart")
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert "mbot.stabilitychart" in loaded and "mbot.telegram.bot" in loaded  # the probe sees what the app imports
+    assert "matplotlib" not in loaded, f"mbot.app loads matplotlib via {_chain(loaded['matplotlib'])}"
+
+
 def test_every_core_in_the_architecture_doc_is_listed() -> None:
     """docs/architecture.md marks the cores "(core)": each of them is checked here."""
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")

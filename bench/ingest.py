@@ -33,7 +33,9 @@ to back; the CPU of every server process (the listeners are its children) is pri
 Printed per point (after a warm-up of two intervals, over --duration seconds):
 - committed samples/s (rows appearing in the database) against the expected agents/interval;
 - send->commit (the sample's ts, taken just before the send, to the moment a reader polling the database every
-  0.1 s sees the row: up to 0.1 s late) p50/p99/max: how fresh the data is, the figure the target is about; and
+  0.1 s sees the row: up to 0.1 s late) p50/p99/max: how fresh the data is, the figure the target is about; with
+  agents gathering (a busy server's ack asks them to) it holds the gathering's wait, so frame->commit says the
+  same from the first send of the sample's frame: what the server itself takes;
   send->ack (in the simulator: from the send to the ack that covers the sample), which on a server that paces its
   acks (docs/architecture.md, "Acks and probes under load") measures that pace, not the server's speed;
 - the server's CPU per committed sample (all its threads, over the window): the figure that compares two checkouts
@@ -204,6 +206,7 @@ class SimStats:
     connects: int = 0  # hellos acked, reconnects included
     failures: int = 0  # connection attempts or connections that failed
     acks: list[tuple[float, float]] = field(default_factory=list)  # (send wall time, send->ack seconds)
+    sends: list[tuple[str, int, float]] = field(default_factory=list)  # (secret[:12], seq, wall time of 1st send)
     sent: int = 0  # samples taken (each exactly once in the database at the end)
     unacked: int = 0  # samples still unacked at the end
     snapshots: int = 0
@@ -545,9 +548,12 @@ class SimAgent:
         """Every unsent sample (one `sample` frame, or `samples` batches), then the latest snapshot of each kind."""
         now = time.monotonic()
         texts = []
+        wall = time.time()
         for seq in range(self.sent_upto + 1, self.seq + 1):
             entry = self.spool.get(seq)
             if entry is not None:
+                if not entry[1]:
+                    self.stats.sends.append((self.secret[:12], seq, round(wall, 3)))
                 entry[1] = now
                 texts.append(entry[0])
         self.sent_upto = self.seq
@@ -707,7 +713,7 @@ def simulate(orders: dict[str, Any], stdin_rest: bytes) -> None:
     stats.unacked = sum(len(a.spool) for a in agents)
     report(result=True, sent=stats.sent, unacked=stats.unacked, failures=stats.failures, connects=stats.connects,
            connected=stats.connected, acks=stats.acks, snapshots=stats.snapshots, batches=stats.batches,
-           why=stats.why)
+           why=stats.why, sends=stats.sends)
 
 
 # --- the bench: a checkout's server, the simulators, the measurements ---------------------------------------------
@@ -887,6 +893,11 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace, listeners
             point["reconnects"] = sum(r["connects"] for r in results) - sum(r["connected"] for r in results)
             acks = [(w, lat) for r in results for w, lat in r["acks"]]
             point["ack"] = [lat for w, lat in acks if point["t0"] <= w < point["t1"]]
+            # frame->commit: from the first send of a sample's frame (after any gathering) to its row.
+            sends = {(agent, seq): wall for r in results for agent, seq, wall in r.get("sends", [])}
+            agent = {host_id: secrets[int(name[3:])][:12] for host_id, name in point.pop("names").items()}
+            point["frame"] = [round(at - sends[(agent[host_id], seq)], 4) for host_id, seq, at in point.pop("seen")
+                              if (agent.get(host_id), seq) in sends]
             with sqlite3.connect(f"file:{data / 'mbot.sqlite3'}?mode=ro", uri=True) as conn:
                 stored = conn.execute("SELECT count(*), count(DISTINCT host_id || ':' || seq) FROM samples").fetchone()
             point["sent"], point["stored"], point["distinct"] = sent, stored[0], stored[1]
@@ -919,6 +930,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     conn = sqlite3.connect(f"file:{data / 'mbot.sqlite3'}?mode=ro", uri=True, check_same_thread=False)
     last_rowid = conn.execute("SELECT coalesce(max(rowid), 0) FROM samples").fetchone()[0]
     commit: list[float] = []
+    seen: list[tuple[int, int, float]] = []  # (host id, seq, wall time the row was seen)
     status: list[float] = []
     status_timeouts = 0
     rows = 0
@@ -936,9 +948,11 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     end = t0 + args.duration
 
     def poll(last: int) -> tuple[int, list[float]]:
-        got = conn.execute("SELECT rowid, ts FROM samples WHERE rowid > ? ORDER BY rowid", (last,)).fetchall()
+        got = conn.execute("SELECT rowid, ts, host_id, seq FROM samples WHERE rowid > ? ORDER BY rowid",
+                           (last,)).fetchall()
         now = time.time()
-        return (got[-1][0] if got else last), [now - ts for _, ts in got]
+        seen.extend((host_id, seq, now) for _, _, host_id, seq in got)
+        return (got[-1][0] if got else last), [now - ts for _, ts, _, _ in got]
 
     async def poller() -> None:
         nonlocal last_rowid, rows
@@ -982,10 +996,12 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
         cpu[f"{p.pid}"] = ((total - cpu0[p.pid][0]) / elapsed * 100, (main - cpu0[p.pid][1]) / elapsed * 100)
     sims_cpu = [(cpu_of(p)[0] - sim0[p.pid]) / elapsed * 100 for p in sim_procs]
     taken = sum(sims.sent.values()) - taken0  # as of their last reports, twice a second
+    names = dict(conn.execute("SELECT id, name FROM hosts").fetchall())
     conn.close()
     if spy is not None:
         spy.wait()
-    return {"t0": t0, "t1": t1, "elapsed": elapsed, "rows": rows, "commit": commit, "status": status,
+    return {"t0": t0, "t1": t1, "elapsed": elapsed, "rows": rows, "commit": commit, "seen": seen, "names": names,
+            "status": status,
             "status_timeouts": status_timeouts, "server_cpu": cpu, "sims_cpu": sims_cpu, "taken": taken, "rss": peak_rss,
             "load": load}
 
@@ -999,6 +1015,7 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"committed {p['rows'] / p['elapsed']:.1f} samples/s (expected {expected:.1f})")
     print(f"send->ack    {quantiles(p['ack'])}")
     print(f"send->commit {quantiles(p['commit'])}")
+    print(f"frame->commit {quantiles(p['frame'])} (from the frame's send, after the agent's gathering)")
     print(f"chat /status {quantiles(p['status'])}, {p['status_timeouts']} without an answer in 30 s")
     cpus = ", ".join(f"pid {pid}: {total:.0f}% (loop thread {main:.0f}%)" for pid, (total, main)
                      in p["server_cpu"].items())
@@ -1024,7 +1041,7 @@ def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("\n== summary (interval %g s; latencies in ms; CPU %% of one core; ms/smp: server CPU per committed "
           "sample)" % args.interval)
     print(f"{'checkout':<34} {'agents':>6} {'commit/s':>9} {'expect':>7} {'ack p99':>8} {'commit p99':>10} "
-          f"{'commit max':>10} {'status p99':>10} {'srv CPU':>7} {'loop':>5} {'ms/smp':>6} {'RSS MiB':>7} {'sims':>5} "
+          f"{'commit max':>10} {'frame p99':>9} {'status p99':>10} {'srv CPU':>7} {'loop':>5} {'ms/smp':>6} {'RSS MiB':>7} {'sims':>5} "
           f"{'sim ms':>6} {'load1':>5} {'unstored':>8}")
     for p in points:
         total = sum(c for c, _ in p["server_cpu"].values())
@@ -1037,7 +1054,8 @@ def summary(points: list[dict[str, Any]], args: argparse.Namespace) -> None:
 
         print(f"{p['repo'][-34:]:<34} {p['agents']:>6} {p['rows'] / p['elapsed']:>9.1f} "
               f"{p['agents'] / args.interval:>7.0f} {ms(p['ack']):>8} {ms(p['commit']):>10} "
-              f"{ms(p['commit'], None):>10} {ms(p['status']):>10} {total:>7.0f} {loop:>5.0f} "
+              f"{ms(p['commit'], None):>10} {ms(p.get('frame', [])):>9} {ms(p['status']):>10} {total:>7.0f} "
+              f"{loop:>5.0f} "
               f"{total / 100 * p['elapsed'] / max(1, p['rows']) * 1000:>6.2f} "
               f"{p['rss'] / 2**20:>7.0f} {sum(p['sims_cpu']):>5.0f} {sim_ms(p):>6.3f} {p['load'][0]:>5.2f} "
               f"{p['sent'] - p['distinct']:>8}")

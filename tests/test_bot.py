@@ -157,21 +157,23 @@ async def test_reboot_confirm_runs_once_and_cancel_runs_nothing(fake: FakeBot, s
     agent = await Agent.connect(nursery, server.port, secret)
     commands: list[dict] = []
 
-    async def answer_commands():
-        while True:
-            frame = json.loads(await agent.ws.get_message())
-            if frame["type"] == "command":
-                commands.append(frame)
-                await agent.ws.send_message(json.dumps({"type": "result", "id": frame["id"], "ok": True,
-                                                        "message": "started"}))
-
     async with trio.open_nursery() as answering:
-        answering.start_soon(answer_commands)
+        answering.start_soon(answer_commands, agent, commands)
         await reboot_flow(fake, commands)
         answering.cancel_scope.cancel()
     audit = read_db(settings, "SELECT user_id, host_name, action, outcome FROM audit")
     assert audit == [(ALICE, "box1", "reboot", "ok")]
     await agent.close()
+
+
+async def answer_commands(agent: "Agent", commands: list[dict]) -> None:
+    """Answer every command the bare agent gets as started, keeping the frames in `commands`."""
+    while True:
+        frame = json.loads(await agent.ws.get_message())
+        if frame["type"] == "command":
+            commands.append(frame)
+            await agent.ws.send_message(json.dumps({"type": "result", "id": frame["id"], "ok": True,
+                                                    "message": "started"}))
 
 
 async def reboot_flow(fake: FakeBot, commands: list[dict]) -> None:

@@ -61,23 +61,24 @@ async def hello(connect, secret: str, **extra) -> trio_websocket.WebSocketConnec
     return ws
 
 
+async def closed_as_replaced(ws: trio_websocket.WebSocketConnection) -> None:
+    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
+        with trio.fail_after(10):
+            await ws.get_message()
+    assert closed.value.reason.code == protocol.CLOSE_REPLACED
+
+
 async def test_the_same_host_connecting_in_another_process_replaces_the_old_connection(server, settings, connect):
     key = add_host(settings, "box1")
     await place(server, 1)
     first = await hello(connect, key.secret)
     await place(server, 0)
     second = await hello(connect, key.secret)  # in the main process: the listener's is closed
-    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-        with trio.fail_after(10):
-            await first.get_message()
-    assert closed.value.reason.code == protocol.CLOSE_REPLACED
+    await closed_as_replaced(first)
     assert server.hub.connections[key.host_id].where == 0
     await place(server, 1)
     third = await hello(connect, key.secret)  # and back: the main process's is closed
-    with pytest.raises(trio_websocket.ConnectionClosed) as closed:
-        with trio.fail_after(10):
-            await second.get_message()
-    assert closed.value.reason.code == protocol.CLOSE_REPLACED
+    await closed_as_replaced(second)
     await third.send_message(sample_frame(1))
     await ack_reaching(third, 1)
     # The old connection's end (told later by the listener) does not make the host look offline.
@@ -125,7 +126,7 @@ async def test_a_listener_serves_agents_and_acks_what_the_main_process_committed
 
 async def test_from_the_chat_an_agent_of_the_listener_is_online_and_reboots(settings, nursery):
     from fakebot import FakeBot
-    from test_bot import ALICE, Agent, reboot_flow, say, start_server
+    from test_bot import ALICE, Agent, answer_commands, reboot_flow, say, start_server
 
     fake = FakeBot()
     await nursery.start(fake.serve)
@@ -141,16 +142,8 @@ async def test_from_the_chat_an_agent_of_the_listener_is_online_and_reboots(sett
     assert "🟢 online" in card["text"] and "CPU 42 %" in card["text"]
     commands: list[dict] = []
 
-    async def answer_commands():
-        while True:
-            frame = json.loads(await agent.ws.get_message())
-            if frame["type"] == "command":
-                commands.append(frame)
-                await agent.ws.send_message(json.dumps({"type": "result", "id": frame["id"], "ok": True,
-                                                        "message": "started"}))
-
     async with trio.open_nursery() as answering:
-        answering.start_soon(answer_commands)
+        answering.start_soon(answer_commands, agent, commands)
         await reboot_flow(fake, commands)  # the chat's question, Yes, "reboot started": through the listener
         answering.cancel_scope.cancel()
     await agent.close()

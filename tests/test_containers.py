@@ -46,8 +46,8 @@ def stats(total: int, system: int, usage: int = 50 << 20, details: dict[str, int
             "precpu_stats": {"cpu_usage": {"total_usage": 0}}, "memory_stats": memory}
 
 
-def inspected(restarts: int = 0, health: str | None = None) -> dict[str, Any]:
-    state: dict[str, Any] = {"Status": "running", "Running": True}
+def inspected(restarts: int = 0, health: str | None = None, pid: int = 0) -> dict[str, Any]:
+    state: dict[str, Any] = {"Status": "running", "Running": True, "Pid": pid}
     if health is not None:
         state["Health"] = {"Status": health, "FailingStreak": 0, "Log": []}
     return {"Id": "x", "RestartCount": restarts, "State": state}
@@ -165,8 +165,10 @@ def test_watcher_bounds_a_host_with_600_containers():
     assert [name for name, entry in report.series.items() if "mem" in entry] == [
         f"c{i:03d}" for i in range(agent.MAX_CONTAINER_SERIES) if "mem" in report.series[f"c{i:03d}"]]
     assert len(protocol.flatten(protocol.validate_metrics({"containers": report.series}))) <= 300
-    # One list, at most a poll's worth of stats and of inspects: never one request per container.
-    assert calls <= 1 + agent.CONTAINER_STATS_PER_POLL + agent.CONTAINER_INSPECTS_PER_POLL
+    # One list, at most a poll's worth of stats and of inspects (the new ones first): never one request per
+    # container.
+    assert calls <= 1 + agent.CONTAINER_STATS_PER_POLL + agent.CONTAINER_NEWS_PER_POLL + \
+        agent.CONTAINER_INSPECTS_PER_POLL
     # Round robin: the next poll measures the next containers.
     engine.calls.clear()
     watcher.poll()
@@ -202,6 +204,137 @@ def test_between_lists_a_poll_reads_stats_only_and_events_name_whom_to_inspect()
     report = watcher.poll(listing=True, touched={db["Id"]})
     assert f"/containers/{db['Id']}/json" in engine.calls and f"/containers/{web['Id']}/json" not in engine.calls
     assert report.items[0]["name"] == "db" and report.items[0]["restarts"] == 1
+
+
+class FakeCgroups:
+    """A /proc and a /sys/fs/cgroup in a temp folder, laid out as Docker's systemd driver lays them out on cgroup
+    v2 (system.slice/docker-ID.scope), or as Podman's cgroupfs driver did on this machine's v1 hierarchies
+    (libpod_parent/libpod-ID, cpu and cpuacct mounted together)."""
+
+    def __init__(self, root: Path, v2: bool = True) -> None:
+        self.proc, self.root, self.v2 = root / "proc", root / "cgroup", v2
+        self.now_ns = 1_000_000_000_000
+
+    def clock(self) -> int:
+        return self.now_ns
+
+    def add(self, cid: str, pid: int, used_ns: int, mem: int, inactive: int = 0, cgroup_id: str | None = None) -> None:
+        """Container `cid` runs as `pid`, in the cgroup named by `cgroup_id` (another container's: a pid seen from
+        another namespace)."""
+        named = cgroup_id or cid
+        (self.proc / str(pid)).mkdir(parents=True, exist_ok=True)
+        if self.v2:
+            path = f"/system.slice/docker-{named}.scope"
+            (self.proc / str(pid) / "cgroup").write_text(f"0::{path}\n")
+        else:
+            path = f"/libpod_parent/libpod-{named}"
+            (self.proc / str(pid) / "cgroup").write_text(
+                f"9:name=systemd:{path}\n4:memory:{path}\n2:cpu,cpuacct:{path}\n0::{path}\n")
+        self.set(named, used_ns, mem, inactive)
+
+    def files(self, cid: str) -> dict[str, Path]:
+        if self.v2:
+            folder = self.root / "system.slice" / f"docker-{cid}.scope"
+            return {"cpu": folder / "cpu.stat", "mem": folder / "memory.current", "stat": folder / "memory.stat"}
+        cpu, mem = self.root / "cpu,cpuacct" / "libpod_parent" / f"libpod-{cid}", \
+            self.root / "memory" / "libpod_parent" / f"libpod-{cid}"
+        return {"cpu": cpu / "cpuacct.usage", "mem": mem / "memory.usage_in_bytes", "stat": mem / "memory.stat"}
+
+    def set(self, cid: str, used_ns: int, mem: int, inactive: int = 0) -> None:
+        """Written in place, as the kernel updates them: the agent's open files see the new figures."""
+        files = self.files(cid)
+        for path in files.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if self.v2:
+            files["cpu"].write_text(f"usage_usec {used_ns // 1000}\nuser_usec 1\nsystem_usec 1\n")
+            files["stat"].write_text(f"anon 1\nfile 2\nactive_file 3\ninactive_file {inactive}\nslab 4\n")
+        else:
+            files["cpu"].write_text(f"{used_ns}\n")
+            # v1 has both: the cgroup's own and its subtree's (what docker stats subtracts)
+            files["stat"].write_text(f"cache 9\ninactive_file 1\ntotal_cache 9\ntotal_inactive_file {inactive}\n")
+        files["mem"].write_text(f"{mem}\n")
+
+    def reader(self, **kwargs: Any) -> Any:
+        return agent.CgroupReader(str(self.proc), str(self.root), clock=self.clock, cpus=4, **kwargs)
+
+
+def engine_with(names: list[str], first_pid: int = 1000) -> tuple[FakeEngine, list[dict[str, Any]]]:
+    engine = FakeEngine()
+    engine.containers = [listed(name) for name in names]
+    for i, c in enumerate(engine.containers):
+        engine.inspect[c["Id"]] = inspected(pid=first_pid + i)
+        engine.stats[c["Id"]] = stats(0, 0, usage=7 << 20)
+    return engine, engine.containers
+
+
+@pytest.mark.parametrize("v2", [True, False], ids=["cgroup-v2", "cgroup-v1"])
+def test_every_running_container_is_measured_every_poll_from_its_cgroup(tmp_path, v2):
+    host = FakeCgroups(tmp_path, v2=v2)
+    engine, listing = engine_with([f"c{i:02d}" for i in range(50)])
+    for i, c in enumerate(listing):
+        host.add(c["Id"], 1000 + i, used_ns=0, mem=(100 + i) << 20, inactive=(10 + i) << 20)
+    watcher = agent.ContainerWatcher(engine, cgroups=host.reader())
+    try:
+        first = watcher.poll()
+        # Memory at once, as docker stats shows it (less the inactive page cache); no stats request at all.
+        assert first.series["c07"] == {"down": 0, "mem": 90 << 20}
+        assert [c for c in engine.calls if "/stats" in c] == []
+        # 10 s later: c07 used 5 s of CPU, on 4 cores: 12.5 % of the host. Every container has a CPU figure.
+        host.now_ns += 10 * 10**9
+        host.set(listing[7]["Id"], 5 * 10**9, 300 << 20, inactive=(17 << 20))
+        engine.calls.clear()
+        second = watcher.poll(listing=False)
+        assert second.series["c07"] == {"down": 0, "cpu": 12.5, "mem": (300 - 17) << 20}
+        assert all(second.series[f"c{i:02d}"]["cpu"] == 0.0 for i in range(50) if i != 7)
+        assert engine.calls == []
+    finally:
+        watcher.close()
+
+
+def test_a_cgroup_that_is_not_the_containers_is_never_read(tmp_path):
+    """The pid an engine reports, seen from another pid namespace, is some other process: its cgroup is not the
+    container's, and neither are its figures. Garbage, a vanished cgroup, and the bound on open files: the engine's
+    stats instead, and nothing raises."""
+    host = FakeCgroups(tmp_path)
+    engine, (web, db, job, spare) = engine_with(["web", "db", "job", "spare"])
+    host.add(web["Id"], 1000, 0, 100 << 20)
+    host.add(db["Id"], 1001, 0, 100 << 20, cgroup_id="f" * 64)  # pid 1001 is someone else's here
+    host.add(job["Id"], 1002, 0, 100 << 20)
+    host.add(spare["Id"], 1003, 0, 100 << 20)
+    host.files(job["Id"])["cpu"].write_text("usage_usec lots\n")
+    watcher = agent.ContainerWatcher(engine, cgroups=host.reader(fds_max=6))  # 2 containers' files at most
+    try:
+        report = watcher.poll()
+        asked = {c.split("/")[2] for c in engine.calls if "/stats" in c}
+        assert asked == {db["Id"], job["Id"]}  # web and spare from their cgroups: the 2 the bound allows
+        assert report.series["db"]["mem"] == report.series["job"]["mem"] == 7 << 20  # the engine's figure
+        assert report.series["web"]["mem"] == report.series["spare"]["mem"] == 100 << 20
+        # web stops: its cgroup goes (emptied here; ENODEV on a real one). The engine answers for it, and its
+        # files are closed, so another container's can be kept.
+        for path in host.files(web["Id"]).values():
+            path.write_text("")
+        engine.calls.clear()
+        watcher.poll(listing=False)
+        assert web["Id"] in {c.split("/")[2] for c in engine.calls if "/stats" in c}
+    finally:
+        watcher.close()
+
+
+def test_a_restarted_container_is_read_from_its_new_process(tmp_path):
+    host = FakeCgroups(tmp_path, v2=False)
+    engine, (web,) = engine_with(["web"])
+    host.add(web["Id"], 1000, 0, 100 << 20)
+    watcher = agent.ContainerWatcher(engine, cgroups=host.reader())
+    try:
+        assert watcher.poll().series["web"]["mem"] == 100 << 20
+        # Restarted: a new main process (the event names it, so it is inspected again) and a fresh cgroup.
+        engine.inspect[web["Id"]] = inspected(restarts=1, pid=2000)
+        host.add(web["Id"], 2000, 0, 30 << 20)
+        report = watcher.poll(touched={web["Id"]})
+        assert report.series["web"] == {"down": 0, "mem": 30 << 20}  # no CPU across two processes' counters
+        assert [c for c in engine.calls if "/stats" in c] == []
+    finally:
+        watcher.close()
 
 
 def test_event_lines_read_container_ids_from_a_stream_in_any_pieces():

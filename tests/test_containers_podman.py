@@ -111,7 +111,30 @@ async def test_real_container_reported_alerted_and_resolved(engine, fake: FakeBo
         agents.cancel_scope.cancel()
     # One message each way, however many samples said so.
     assert len([c for c in fake.calls("sendMessage") if f"container {name} is down" in c.params["text"]]) == 1
-    # Its history: the series alerts watched (CPU and memory come round robin, 4 containers a poll: on a machine
-    # running many containers they may not have come yet).
-    assert any(f'"container_down:{name}"' in names for (names,) in read_db(settings, "SELECT names FROM layouts"))
+    # Its history: the series alerts watched, and its memory, read from its cgroup in every poll.
+    layouts = [names for (names,) in read_db(settings, "SELECT names FROM layouts")]
+    assert any(f'"container_down:{name}"' in names for names in layouts)
+    assert any(f'"container_mem:{name}"' in names for names in layouts)
     await server.aclose()
+
+
+def test_the_agent_reads_a_real_containers_cgroup_as_the_engine_does(engine):
+    """What the agent reads from the cgroup of a container Podman runs is what Podman's stats say (memory within a
+    fifth: they are read a moment apart), so every container can be measured every poll without a stats request."""
+    path, name = engine
+    agent = load_agent()
+    inspect = agent.engine_get(path, f"/containers/{name}/json", 1 << 20)
+    cid, pid = inspect["Id"], inspect["State"]["Pid"]
+    reader = agent.host_cgroups()
+    assert reader is not None
+    try:
+        got = reader.read(cid, pid)
+        assert got is not None, f"no cgroup found for pid {pid}: {open(f'/proc/{pid}/cgroup').read()}"
+        (used_ns, _), mem = got
+        _, engine_mem = agent.stats_reading(agent.engine_get(
+            path, f"/containers/{cid}/stats?stream=false&one-shot=true", 1 << 20))
+        assert used_ns > 0 and engine_mem is not None and abs(mem - engine_mem) <= max(engine_mem // 5, 1 << 20)
+        # Another container's pid is never taken for this one.
+        assert reader.read("0" * 64, pid) is None
+    finally:
+        reader.close()

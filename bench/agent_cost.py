@@ -6,6 +6,7 @@
     .venv/bin/python bench/agent_cost.py --services 150   # systemd services from the test fake of systemctl
     .venv/bin/python bench/agent_cost.py --containers /tmp/podman.sock   # with container collection on
     .venv/bin/python bench/agent_cost.py --agent /tmp/old_agent.py   # another version of the agent (a baseline)
+    .venv/bin/python bench/agent_cost.py --breakdown      # and where a sample's CPU goes, per function and task
 
 --services N puts tests/fakes/systemctl first on PATH with N running units (3 of them failed), so that the agent
 sends `services` snapshots; the CPU of the systemctl processes it starts is shown apart (the fake is a Python
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,6 +133,8 @@ def main() -> None:
                         help="AGENT_CONTAINER_SOCKET: a Docker/Podman socket to watch (default: off)")
     parser.add_argument("--no-processes", action="store_true", help="run the agent with AGENT_PROCESSES=0")
     parser.add_argument("--services", type=int, default=0, help="fake systemd units (0: the host's own systemctl)")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="run the agent through bench/agent_breakdown.py and print where a sample's CPU goes")
     parser.add_argument("--agent", type=Path, default=ROOT / "agent" / "mbot_agent.py",
                         help="the agent file to run (default: this checkout's)")
     args = parser.parse_args()
@@ -164,7 +168,11 @@ def main() -> None:
         (work / "units.json").write_text(json.dumps(units))
         agent_env.update(PATH=f"{ROOT / 'tests' / 'fakes'}{os.pathsep}{os.environ.get('PATH', '')}",
                          FAKE_SYSTEMCTL_STATE=str(work / "units.json"))
-    agent = subprocess.Popen([sys.executable, str(args.agent.resolve())], cwd=work, env=agent_env,
+    command = [sys.executable, str(args.agent.resolve())]
+    if args.breakdown:
+        agent_env.update(AGENT_FILE=str(args.agent.resolve()), BREAKDOWN_OUT=str(work))
+        command = [sys.executable, str(ROOT / "bench" / "agent_breakdown.py")]
+    agent = subprocess.Popen(command, cwd=work, env=agent_env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc = psutil.Process(agent.pid)
     try:
@@ -176,10 +184,16 @@ def main() -> None:
         time.sleep(2 * args.interval if args.warmup is None else args.warmup)
         run_time = RunTime(agent.pid)
         run_time.start()
+        if args.breakdown:
+            agent.send_signal(signal.SIGUSR1)
         cpu0, count0, t0, size0 = proc.cpu_times(), committed(db), time.time(), stored_bytes(db)
         time.sleep(args.duration)
         cpu1, count1, size1 = proc.cpu_times(), committed(db), stored_bytes(db)
         exact, loop = run_time.stop()
+        if args.breakdown:
+            agent.send_signal(signal.SIGUSR1)
+            time.sleep(1)  # a benchmark, not a test: the dump is a few KB
+            breakdown = read_breakdown(work)
         series = series_per_sample(db)
         rss = proc.memory_info().rss
         elapsed = time.time() - t0
@@ -207,9 +221,22 @@ def main() -> None:
           "host per day before rollup")
     print(f"processes the agent ran (systemctl): {children * 1000 / max(samples, 1):.2f} ms per sample = "
           f"{children / elapsed * 100:.3f} % of one core")
+    if args.breakdown:
+        print("where a sample's CPU goes (ms per sample; functions include what they call; the wrappers add ~1 µs a "
+              "call, and the agent runs without its re-execution, so RSS is not comparable):")
+        for name, (calls, spent) in sorted(breakdown.items(), key=lambda item: -item[1][1]):
+            if spent * 1000 / max(samples, 1) >= 0.005:
+                print(f"  {spent * 1000 / max(samples, 1):7.3f} ms  {calls / max(samples, 1):6.2f} calls  {name}")
     services = snapshot_size(db, "services")
     if services is not None:
         print(f"latest services snapshot: {services} bytes stored")
+
+
+def read_breakdown(folder: Path) -> dict[str, tuple[int, float]]:
+    """The window's difference of bench/agent_breakdown.py's two dumps: name -> (calls, CPU seconds)."""
+    first, last = (json.loads((folder / f"{n}.json").read_text()) for n in (1, 2))
+    return {name: (calls - first.get(name, [0, 0.0])[0], spent - first.get(name, [0, 0.0])[1])
+            for name, (calls, spent) in last.items()}
 
 
 def inventory_bytes(agent_file: Path) -> int:

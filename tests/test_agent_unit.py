@@ -7,7 +7,9 @@ import importlib.util
 import json
 import logging
 import os
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -312,6 +314,53 @@ def test_filesystem_filter():
                                   ("/dev/loop0", "/mnt/img", "ext4"), ("overlay", "/var/lib/docker/x", "overlay"),
                                   ("/dev/sda1", "/snap/foo", "ext4"), ("/dev/disk3s6", "/System/Volumes/VM", "apfs")]:
         assert not agent._is_real_filesystem(device, mount, fstype)
+
+
+MOUNT_PROBE = """
+import importlib.util, json, os, subprocess, sys, tempfile
+spec = importlib.util.spec_from_file_location("mbot_agent", sys.argv[1])
+agent = importlib.util.module_from_spec(spec); sys.modules["mbot_agent"] = agent; spec.loader.exec_module(agent)
+watch = agent.MountWatch("/proc/self/mounts", ttl=60.0, clock=lambda: 0.0)
+seen = [watch.changed(), watch.changed()]
+where = tempfile.mkdtemp()
+subprocess.run(["mount", "-t", "tmpfs", "mbot-test", where], check=True)
+seen += [watch.changed(), watch.changed()]
+subprocess.run(["umount", where], check=True)
+seen += [watch.changed(), watch.changed()]
+print(json.dumps(seen))
+"""
+
+
+def test_a_mount_is_seen_at_the_next_sample_and_a_still_table_is_never_listed_again():
+    """A real mount and unmount, in a mount namespace of the test's own (unshare -m: the host's table is left
+    alone); needs root, as CI runs."""
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to mount in a namespace of its own")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", MOUNT_PROBE,
+                           str(AGENT_PATH)], capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and "unshare failed" in done.stderr:
+        pytest.skip(f"no mount namespace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    # The first look lists; then only a mount or an unmount does (the fake clock never reaches max_age).
+    assert json.loads(done.stdout) == [True, False, True, False, True, False]
+
+
+def test_without_a_pollable_mount_table_partitions_are_listed_every_ttl():
+    now = [0.0]
+    watch = agent.MountWatch(None, ttl=60.0, clock=lambda: now[0])
+    assert watch.changed() and not watch.changed()
+    now[0] = 59.0
+    assert not watch.changed()
+    now[0] = 60.0
+    assert watch.changed()
+    # A pollable table is looked at again after max_age anyway.
+    polled = agent.MountWatch("/proc/self/mounts", ttl=60.0, max_age=600.0, clock=lambda: now[0])
+    try:
+        assert polled.changed() and not polled.changed()
+        now[0] += 600.0
+        assert polled.changed()
+    finally:
+        polled.close()
 
 
 @pytest.fixture

@@ -3085,6 +3085,9 @@ def _stat_value(text: bytes, key: bytes) -> Optional[int]:
     return int(text[at + len(key) + 1:end if end >= 0 else None])
 
 
+_CONTAINER_ID = re.compile(r"[0-9a-f]{32,128}")  # Docker's and Podman's ids: 64 hex digits
+
+
 class _CgroupFiles(NamedTuple):
     """One container's cgroup counters, kept open (a pread costs a third of open, read, close)."""
     pid: int
@@ -3155,6 +3158,8 @@ class CgroupReader:
         return (used_ns, now * self._cpus), mem
 
     def _locate(self, cid: str, pid: int) -> Optional[_CgroupFiles]:
+        if not _CONTAINER_ID.fullmatch(cid):  # a short or odd id could match part of any path
+            return None
         try:
             text = _read_proc(f"{self._procfs}/{pid}/cgroup", 65536).decode("utf-8", "replace")
         except OSError:

@@ -46,7 +46,7 @@ class Agents:
         self.nursery, self.tmp_path, self.scopes = nursery, tmp_path, {}
 
     def start(self, name: str, secret: str, server, **overrides) -> None:
-        config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.1,
+        config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.05,
                                    fingerprint=server.fingerprint, fingerprint_file=str(self.tmp_path / f"{name}.json"),
                                    stable_after=0.2, quick_reconnect=(0.05, 0.1), fast_retry=(0.05, 0.1),
                                    backoff_min=0.05, backoff_max=0.2, **overrides)

@@ -38,15 +38,18 @@ async def start(nursery: trio.Nursery, settings: Settings, fake: FakeBot, clock:
 
 class Agents:
     """Real agents, each in its own cancel scope, reconnecting fast after a restart close (as in production, only
-    quicker: tests/test_agent_reconnect.py)."""
+    quicker: tests/test_agent_reconnect.py). Their backoff is short too: the restarts here come within
+    stable_after of the agents' connecting, or cut a handshake, and either way the agent backs off (1 s by
+    default) instead of taking the quick reconnect."""
 
     def __init__(self, nursery: trio.Nursery, tmp_path) -> None:
         self.nursery, self.tmp_path, self.scopes = nursery, tmp_path, {}
 
     def start(self, name: str, secret: str, server, **overrides) -> None:
-        config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.1,
+        config = agent.AgentConfig(secret=secret, server="127.0.0.1", port=server.port, interval=0.05,
                                    fingerprint=server.fingerprint, fingerprint_file=str(self.tmp_path / f"{name}.json"),
-                                   stable_after=0.2, quick_reconnect=(0.05, 0.1), fast_retry=(0.05, 0.1), **overrides)
+                                   stable_after=0.2, quick_reconnect=(0.05, 0.1), fast_retry=(0.05, 0.1),
+                                   backoff_min=0.05, backoff_max=0.2, **overrides)
         scope = self.scopes[name] = trio.CancelScope()
 
         async def run() -> None:

@@ -778,7 +778,17 @@ async def stored_containers(server, settings) -> tuple[list[dict[str, Any]], dic
     return (json.loads(stored[0][0]) if stored else []), metrics.get("containers", {})
 
 
-async def test_real_agent_sends_containers_to_the_real_server(server, settings, tmp_path):
+@pytest.fixture
+def snapshots_4_a_second(monkeypatch):
+    """The agent and the server at one snapshot of a kind per 0.25 s, not per second: a poll's cpu takes two of
+    them, and the tests below wait for several polls. Both sides move together, so the budget still holds."""
+    from mbot import limits
+
+    monkeypatch.setattr(agent, "SNAPSHOT_MIN_INTERVAL", 0.25)
+    monkeypatch.setattr(limits, "SNAPSHOT_MIN_INTERVAL", 0.25)
+
+
+async def test_real_agent_sends_containers_to_the_real_server(server, settings, tmp_path, snapshots_4_a_second):
     """The real agent against the real server over TLS, its engine a stand-in speaking the Engine API on a real unix
     socket (the real Podman service: test_containers_podman.py)."""
     from helpers import add_host
@@ -808,7 +818,8 @@ async def test_real_agent_sends_containers_to_the_real_server(server, settings, 
     assert engine.count("/containers/json") >= 2 and engine.count("/events") >= 1
 
 
-async def test_an_engine_event_has_the_agent_list_again_within_seconds(server, settings, tmp_path):
+async def test_an_engine_event_has_the_agent_list_again_within_seconds(server, settings, tmp_path,
+                                                                     snapshots_4_a_second):
     """With the event stream followed, the list is read on events (and rarely otherwise), stats every poll: a
     container that stops reaches the server at once, not at the next resync."""
     from helpers import add_host
@@ -822,9 +833,9 @@ async def test_an_engine_event_has_the_agent_list_again_within_seconds(server, s
     key = add_host(settings, "box1")
     async with trio.open_nursery() as running:
         await running.start(engine.serve)
-        # Polls every second (interval 0.2 s; one snapshot per second is what the server takes).
+        # Polls every 0.25 s (interval 0.1 s; one snapshot per 0.25 s is what the server takes here).
         await run_in(running, agent_config(server, key.secret, tmp_path, container_socket=engine.path,
-                                           containers_every=1.0))
+                                           containers_every=0.25))
         with trio.fail_after(20):
             await engine.following.wait()
             while (await stored_containers(server, settings))[0] == []:

@@ -57,8 +57,9 @@ class AckPolicy:
     get an ack every 15 s; 1,000 agents every 10-15 s, 2,500 and more every 25 s.
 
     `max_wait` stays under the agent's keepalive (it pings after 30 s without a message from the server, and the
-    server's own pings do not count): with acks 30 s apart, an agent pinged just before nearly every ack, and its
-    ping and the server's pong were two frames more per ack, and more wakeups, than an ack every 25 s instead."""
+    server's own pings do not count): with acks 30 s apart, a third of them came just after the agent had pinged
+    (at 5,000 agents: 56 pings a second against 163 acks), a ping in and a pong out where acks 25 s apart cost 27
+    acks a second more and no pings."""
 
     rate: float = 100.0  # acks a second, all connections together
     samples: float = 3.0  # an agent's intervals per ack at most (what it keeps in its spool meanwhile)

@@ -188,8 +188,8 @@ def test_a_handful_of_agents_is_acked_once_per_three_intervals():
 
 
 def test_a_crowded_servers_acks_keep_its_agents_from_pinging():
-    # The agent pings once the server has sent no message for ping_interval (the server's pings do not count): acks
-    # that came every 30 s made it ping just before nearly every one, two frames more per ack for both ends.
+    # The agent pings once the server has sent no message for ping_interval (the server's pings do not count): with
+    # acks every 30 s, a third of them came just after its ping.
     ping_interval = load_agent().AgentConfig.__dataclass_fields__["ping_interval"].default
     s = session(connections=lambda: 5000)  # the server's policies: acks paced to 100 a second, gathering for 15 s
     s.receive(hello_frame(interval=5.0), T0)

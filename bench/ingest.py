@@ -1022,7 +1022,8 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
         spy.wait()
     return {"t0": t0, "t1": t1, "elapsed": elapsed, "rows": rows, "commit": commit, "seen": seen, "names": names,
             "status": status,
-            "status_timeouts": status_timeouts, "chatter": chatter, "server_cpu": cpu, "sims_cpu": sims_cpu, "taken": taken, "rss": peak_rss,
+            "status_timeouts": status_timeouts, "chatter": chatter, "server_cpu": cpu, "sims_cpu": sims_cpu,
+            "taken": taken, "rss": peak_rss,
             "load": load}
 
 

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import trio
 
-from . import backup, checks, containers, control, gcpace, install, plotspec, selfwatch, service, stability, store, tls, \
-    users
+from . import (backup, checks, containers, control, gcpace, install, plotspec, selfwatch, service, stability, store,
+               tls, users)
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration

@@ -9,9 +9,10 @@ several processes of their own, the server (`python -m mbot`) in its own process
 Each point runs the checkout's server with a fresh data directory (N hosts, the first 20 owned by the chat user),
 BOT_TOKEN and TELEGRAM_API_URL pointing at the tests' fake Bot API server (tests/fakebot.py), /metrics off and
 MBOT_WATCH_SELF=0. The simulated agents behave as agent/mbot_agent.py does on the wire: a hello with an inventory
-and capabilities, the 40-series sample every interval (random phase), a processes snapshot every other interval
-(30 members, their CPU changing), a services snapshot after each hello (40 units) and when one changes (every 10
-minutes or so), a keepalive ping every 30 s, the spool (samples stay until an ack covers them; a reconnect replays
+and capabilities, the 40-series sample every interval (random phase), a processes snapshot every --procs-every
+intervals (30 members, their CPU changing), a services snapshot after each hello (40 units) and when one changes
+(every 10 minutes or so), a keepalive ping once the server has sent no message for 30 s (its pings do not count,
+as in the agent), the spool (samples stay until an ack covers them; a reconnect replays
 what the first ack does not cover, in `samples` frames), `gather` (an ack that asks for batches: the samples wait
 until the oldest is that old, then go in one `samples` frame with the latest snapshot of each kind;
 docs/protocol.md); they answer the server's link probes (WebSocket pings) with pongs, as any WebSocket library
@@ -42,6 +43,8 @@ Printed per point (after a warm-up of two intervals, over --duration seconds):
   best on a machine whose load drifts, since it does not depend on how much CPU the server was given;
 - the chat's /status latency (the fake Bot API queues the update; the clock stops when the reply reaches it), one
   every 2 s during the window;
+- the server's chatter, per second: the acks the agents read, the link probes they answered, the keepalive pings
+  they sent;
 - the CPU of every server process (its event loop thread apart) and of the simulators (per process, and per sample
   they took), the server's peak RSS, the load average of the machine over the window;
 - samples not stored: after the window the simulators stop sampling and wait (up to 60 s) until everything is
@@ -149,6 +152,7 @@ OP_CONT, OP_TEXT, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x8, 0x9, 0xA  # binary
 RESTART_CODES = (1001, 1006, 1012)
 SLACK = 0.005  # timers due this soon fire with the ones due now: fewer wakeups of the loop
 CONNECT_TIMEOUT, ACK_TIMEOUT = 15.0, 30.0  # the agent's (AgentConfig.connect_timeout, ack_timeout)
+KEEPALIVE = 30.0  # the agent's AgentConfig.ping_interval
 
 
 def ws_frame(opcode: int, payload: bytes, rng: random.Random) -> bytes:
@@ -212,6 +216,7 @@ class SimStats:
     snapshots: int = 0
     batches: int = 0  # frames sent that carried samples
     why: dict[str, int] = field(default_factory=dict)  # failures by cause
+    chatter: dict[str, int] = field(default_factory=lambda: {"acks": 0, "probes": 0, "keepalives": 0})
 
 
 class Loop:
@@ -250,6 +255,7 @@ class Conn:
         self.error = ""  # the code of the server's error frame, if one came
         self.key = base64.b64encode(agent.rng.getrandbits(128).to_bytes(16, "big"))
         self.started = time.monotonic()
+        self.heard_at = -math.inf  # when the server's latest message came (the keepalive's clue, as the agent's)
         self.sock: socket.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.watching = 0
@@ -386,6 +392,7 @@ class Conn:
         for fin, opcode, payload in parse_frames(self.inbuf):
             if opcode == OP_PING:
                 self.send(ws_frame(OP_PONG, payload, self.agent.rng))  # the server's link probe
+                self.agent.world.stats.chatter["probes"] += 1
             elif opcode == OP_CLOSE:
                 code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
                 if self.state != "closing":
@@ -402,11 +409,13 @@ class Conn:
                 return
 
     def on_text(self, frame: Any) -> None:
+        self.heard_at = time.monotonic()
         kind = frame.get("type") if isinstance(frame, dict) else None
         if kind == "ack":
+            self.agent.world.stats.chatter["acks"] += 1
             if self.state == "hello":
                 self.state = "live"
-                self.loop.call_at(time.monotonic() + 30, self.keepalive)
+                self.loop.call_at(time.monotonic() + KEEPALIVE, self.keepalive)
                 self.agent.connected(frame)
             else:
                 self.agent.on_ack(frame)
@@ -426,9 +435,17 @@ class Conn:
             self.end("no ack of the hello")
 
     def keepalive(self) -> None:
-        if self.state == "live":
-            self.send(ws_frame(OP_PING, b"keepalive", self.agent.rng))
-            self.loop.call_at(time.monotonic() + 30, self.keepalive)
+        """As the agent's: a ping once the server has sent no message for 30 s (its pings do not count), then 30 s
+        before looking again."""
+        if self.state != "live":
+            return
+        now = time.monotonic()
+        if self.heard_at + KEEPALIVE > now:
+            self.loop.call_at(self.heard_at + KEEPALIVE, self.keepalive)
+            return
+        self.send(ws_frame(OP_PING, b"keepalive", self.agent.rng))
+        self.agent.world.stats.chatter["keepalives"] += 1
+        self.loop.call_at(now + KEEPALIVE, self.keepalive)
 
     def close(self) -> None:
         """A close frame (1000); the server's answer or a second's wait ends it."""
@@ -698,7 +715,7 @@ def simulate(orders: dict[str, Any], stdin_rest: bytes) -> None:
             loop.call_at(time.monotonic() + 0.2, drained)
 
     def progress() -> None:
-        report(connected=stats.connected, failures=stats.failures, sent=stats.sent)
+        report(connected=stats.connected, failures=stats.failures, sent=stats.sent, chatter=stats.chatter)
         loop.call_at(time.monotonic() + 0.5, progress)
 
     now = time.monotonic()
@@ -779,6 +796,7 @@ class Sims:
         self.connected: dict[int, int] = {}
         self.failures: dict[int, int] = {}
         self.sent: dict[int, int] = {}  # samples taken so far, per process
+        self.chatter: dict[int, dict[str, int]] = {}  # acks read, link probes answered, keepalive pings sent so far
         self.results: dict[int, dict[str, Any]] = {}
 
     async def start(self, nursery: trio.Nursery, secrets: list[str], port: int, args: argparse.Namespace) -> None:
@@ -809,7 +827,7 @@ class Sims:
                     self.results[i] = event
                 else:
                     self.connected[i], self.failures[i] = event["connected"], event["failures"]
-                    self.sent[i] = event["sent"]
+                    self.sent[i], self.chatter[i] = event["sent"], event["chatter"]
 
     async def stop(self) -> None:
         for proc in self.procs:
@@ -939,6 +957,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     cpu0 = {p.pid: cpu_of(p) for p in server_procs}
     sim0 = {p.pid: cpu_of(p)[0] for p in sim_procs}
     taken0 = sum(sims.sent.values())
+    chatter0 = chatter_of(sims)
     spy = None
     if args.py_spy:
         spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
@@ -996,14 +1015,21 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
         cpu[f"{p.pid}"] = ((total - cpu0[p.pid][0]) / elapsed * 100, (main - cpu0[p.pid][1]) / elapsed * 100)
     sims_cpu = [(cpu_of(p)[0] - sim0[p.pid]) / elapsed * 100 for p in sim_procs]
     taken = sum(sims.sent.values()) - taken0  # as of their last reports, twice a second
+    chatter = {k: (v - chatter0[k]) / elapsed for k, v in chatter_of(sims).items()}
     names = dict(conn.execute("SELECT id, name FROM hosts").fetchall())
     conn.close()
     if spy is not None:
         spy.wait()
     return {"t0": t0, "t1": t1, "elapsed": elapsed, "rows": rows, "commit": commit, "seen": seen, "names": names,
             "status": status,
-            "status_timeouts": status_timeouts, "server_cpu": cpu, "sims_cpu": sims_cpu, "taken": taken, "rss": peak_rss,
+            "status_timeouts": status_timeouts, "chatter": chatter, "server_cpu": cpu, "sims_cpu": sims_cpu,
+            "taken": taken, "rss": peak_rss,
             "load": load}
+
+
+def chatter_of(sims: Sims) -> dict[str, int]:
+    """Acks read, link probes answered and keepalive pings sent by the simulators so far, in all."""
+    return {k: sum(c.get(k, 0) for c in sims.chatter.values()) for k in ("acks", "probes", "keepalives")}
 
 
 def report(p: dict[str, Any], args: argparse.Namespace) -> None:
@@ -1017,6 +1043,8 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"send->commit {quantiles(p['commit'])}")
     print(f"frame->commit {quantiles(p['frame'])} (from the frame's send, after the agent's gathering)")
     print(f"chat /status {quantiles(p['status'])}, {p['status_timeouts']} without an answer in 30 s")
+    print("per second: " + ", ".join(f"{v:.0f} {k}" for k, v in p["chatter"].items())
+          + " (acks the agents read, link probes they answered, keepalive pings they sent)")
     cpus = ", ".join(f"pid {pid}: {total:.0f}% (loop thread {main:.0f}%)" for pid, (total, main)
                      in p["server_cpu"].items())
     per_sample = sum(c for c, _ in p["server_cpu"].values()) / 100 * p["elapsed"] / max(1, p["rows"]) * 1000

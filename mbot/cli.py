@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import trio
 
-from . import backup, checks, containers, control, install, plotspec, selfwatch, service, stability, store, tls, users
+from . import (backup, checks, containers, control, gcpace, install, plotspec, selfwatch, service, stability, store,
+               tls, users)
 from .checks import CheckError
 from .config import ConfigError, Settings, load_settings, prepare_data_dir
 from .durations import format_duration
@@ -213,6 +214,7 @@ def _serve(settings: Settings) -> int:
     with _server_lock(settings.data_dir, exclusive=False):  # shared: waits for a new-cert at work, never fails
         cert = _certificate(settings)  # first: a refusal comes at once, not after the imports below
         from . import app  # imported here: the server pulls in matplotlib and httpx, which other commands never need
+        gcpace.tune()
         try:
             trio.run(app.serve, settings, cert)
         except* ConfigError as group:  # a port in use, an address not on this machine: one line, like a bad variable

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import trio
 
-from . import install, store, tls
+from . import gcpace, install, store, tls
 from .agents import AgentConnection, AgentHub, Connection
 from .channel import Channel, Message, send_quietly
 from .limits import PreAuthGate, preauth_total
@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=os.environ.get("MBOT_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s listener %(name)s: %(message)s")
+    gcpace.tune()
     trio.run(serve, args.channel_fd, args.listen_fd)
     return 0
 

@@ -9,7 +9,7 @@ from mbot import limits, protocol
 from mbot.protocol import Hello, Result, Snapshot
 from mbot.session import AckPolicy, AgentSession, Close, GatherPolicy, Ignore, State, StoreSamples
 
-from helpers import BASE_TS, hello_frame, sample_frame
+from helpers import BASE_TS, hello_frame, load_agent, sample_frame
 
 T0 = 1000.0  # the driver's clock (trio.current_time()): any origin
 NO_GATHER = GatherPolicy(max_wait=0.0)  # acks as they were: no gathering asked, however many agents
@@ -185,6 +185,29 @@ def test_a_handful_of_agents_is_acked_once_per_three_intervals():
     slow.hello_stored(0)
     assert slow.committed(1) and slow.next_ack(T0) == protocol.ack(1)
     assert slow.committed(2) and slow.ack_at() == T0 + 30  # never longer than max_wait, whatever the interval
+
+
+def test_a_crowded_servers_acks_keep_its_agents_from_pinging():
+    # The agent pings once the server has sent no message for ping_interval (the server's pings do not count): with
+    # acks every 30 s, a third of them came just after its ping.
+    ping_interval = load_agent().AgentConfig.__dataclass_fields__["ping_interval"].default
+    s = session(connections=lambda: 5000)  # the server's policies: acks paced to 100 a second, gathering for 15 s
+    s.receive(hello_frame(interval=5.0), T0)
+    gather = json.loads(s.hello_stored(0))["gather"]
+    assert gather == 15.0
+    acks, seq = [T0], 0
+    for committed_at in [T0 + 2 + gather * k for k in range(40)]:  # each gathered frame committed 1 s after it left
+        while s.ack_pending and s.ack_at() <= committed_at:  # the ack task's sleep until ack_at() ended first
+            at = s.ack_at()
+            assert s.next_ack(at) is not None
+            acks.append(at)
+        seq += 3
+        assert s.committed(seq)
+        if s.next_ack(committed_at) is not None:
+            acks.append(committed_at)
+    longest = max(b - a for a, b in zip(acks, acks[1:]))
+    assert longest == AckPolicy().max_wait == 25.0
+    assert longest + 3.0 < ping_interval  # room for a busy event loop's lag
 
 
 def test_a_busy_server_asks_agents_to_gather_their_samples():

@@ -354,6 +354,7 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
     log = b""
     idle: list[trio.SocketStream] = []
     stream = None
+    failure: BaseException | None = None
     try:
         with trio.fail_after(30):
             while not (match := re.search(rb"agents on 127\.0\.0\.1:(\d+)", log)):
@@ -368,6 +369,9 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
             await ws.send_message(hello_frame())
             assert (await receive_json(ws))["type"] == "ack"
         assert trio.current_time() - started < HANDSHAKE_TIMEOUT / 2  # not stuck behind the idle sockets
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         await close_all(stream, *idle)
         process.terminate()
@@ -377,6 +381,8 @@ async def test_two_thousand_idle_sockets_at_a_lowered_open_files_limit(tmp_path,
                 log += chunk
         await process.stderr.aclose()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        if failure is not None:  # what the server said is what explains a failure here
+            failure.add_note("the server's log:\n" + log.decode("utf-8", "replace")[-4000:])
     assert process.returncode == 0, log.decode()[-2000:]
     assert b"Traceback" not in log
     assert log.count(b"\n") < 200  # evictions are summarised, not logged one by one

@@ -49,6 +49,7 @@ from .listening import raise_nofile_limit
 from .metrics import BackupStats
 from .metrics_http import serve_metrics
 from .model import Host
+from .session import GatherPolicy
 from .store import Database
 from .telegram.api import BotApi, quiet_httpx_logging
 from .telegram.bot import Bot
@@ -103,6 +104,7 @@ async def serve(settings: Settings, cert: tls.Certificate, *, handle_signals: bo
     db = await trio.to_thread.run_sync(Database, settings.db_path)
     writer = await trio.to_thread.run_sync(partial(Writer, settings.db_path, faults=faults))
     hub = AgentHub(db, writer, gate=PreAuthGate(total=preauth_total(nofile)))
+    hub.gather_policy = GatherPolicy.for_processes(settings.listeners)  # each process takes its share of frames
     pin = install.pin_of_pem(await trio.to_thread.run_sync(cert.cert_path.read_text))
     if not settings.bot_enabled:
         log.info("BOT_TOKEN is not set: running ingest only, the Telegram bot is off")

@@ -191,7 +191,8 @@ def test_a_crowded_servers_acks_keep_its_agents_from_pinging():
     # The agent pings once the server has sent no message for ping_interval (the server's pings do not count): with
     # acks every 30 s, a third of them came just after its ping.
     ping_interval = load_agent().AgentConfig.__dataclass_fields__["ping_interval"].default
-    s = session(connections=lambda: 5000)  # the server's policies: acks paced to 100 a second, gathering for 15 s
+    # One process's policies at 6,000 agents: acks paced to 100 a second, gathering for the longest (15 s).
+    s = session(gather=GatherPolicy.for_processes(1), connections=lambda: 6000)
     s.receive(hello_frame(interval=5.0), T0)
     gather = json.loads(s.hello_stored(0))["gather"]
     assert gather == 15.0
@@ -308,3 +309,13 @@ def test_snapshots_at_the_interval_go_on():
     s = opened()
     for i in range(1, 200):
         assert isinstance(s.receive(processes(proc(1)), T0 + i), Snapshot)
+
+
+def test_gathering_starts_where_the_processes_serving_agents_are_full():
+    """Each process serving agents takes FRAMES_PER_PROCESS sample frames a second before agents are asked to
+    gather: one process asks 2,000 agents at 5 s to send every 5.7 s, three take 5,000 each sample on its own."""
+    one, three = GatherPolicy.for_processes(1), GatherPolicy.for_processes(3)
+    assert one.period(1_500, 5.0) == 0.0 and one.period(2_000, 5.0) == 5.7
+    assert three.period(5_000, 5.0) == 0.0 and three.period(7_000, 5.0) == 6.7
+    assert three.period(100_000, 5.0) == three.max_wait  # never past max_wait, however many
+    assert GatherPolicy.for_processes(0).frames == GatherPolicy().frames  # at least the one process

@@ -41,8 +41,9 @@ Printed per point (after a warm-up of two intervals, over --duration seconds):
   acks (docs/architecture.md, "Acks and probes under load") measures that pace, not the server's speed;
 - the server's CPU per committed sample (all its threads, over the window): the figure that compares two checkouts
   best on a machine whose load drifts, since it does not depend on how much CPU the server was given;
-- the chat's /status latency (the fake Bot API queues the update; the clock stops when the reply reaches it), one
-  every 2 s during the window;
+- the chat's /status latency and a chart's (/plot of an owned host's CPU over the last hour, rendered by
+  matplotlib in the server; the fake Bot API queues the update; the clock stops when the reply reaches it), one of
+  them every 2 s during the window;
 - the server's chatter, per second: the acks the agents read, the link probes they answered, the keepalive pings
   they sent;
 - the CPU of every server process (its event loop thread apart) and of the simulators (per process, and per sample
@@ -939,7 +940,7 @@ async def run_point(repo: Path, agents: int, args: argparse.Namespace, listeners
 
 
 async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Namespace) -> dict[str, Any]:
-    """The window: rows appearing in the database, /status every 2 s, CPU, RSS, load."""
+    """The window: rows appearing in the database, /status and a chart in turn every 2 s, CPU, RSS, load."""
     import psutil
 
     server = psutil.Process(pid)
@@ -950,6 +951,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     commit: list[float] = []
     seen: list[tuple[int, int, float]] = []  # (host id, seq, wall time the row was seen)
     status: list[float] = []
+    chart: list[float] = []
     status_timeouts = 0
     rows = 0
     peak_rss = 0
@@ -982,18 +984,23 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
             await trio.sleep(POLL_EVERY)
 
     async def prober() -> None:
+        """/status and a chart (/plot of an owned host's CPU over the last hour) in turn, every STATUS_EVERY."""
         nonlocal status_timeouts
-        while time.time() < end - 1:
-            before = len(fake.calls("sendMessage"))
+        for turn in itertools.count():
+            if time.time() >= end - 1:
+                break
+            text, method, into = ("/status", "sendMessage", status) if turn % 2 == 0 else \
+                ("/plot sim0 cpu 1h", "sendPhoto", chart)
+            before = len(fake.calls(method))
             asked = time.monotonic()
-            fake.push_message(CHAT_USER, "/status")
+            fake.push_message(CHAT_USER, text)
             with trio.move_on_after(30) as waited:
-                while not any(c.params.get("chat_id") == CHAT_USER for c in fake.calls("sendMessage")[before:]):
+                while not any(c.params.get("chat_id") == CHAT_USER for c in fake.calls(method)[before:]):
                     await trio.sleep(0.01)
             if waited.cancelled_caught:
                 status_timeouts += 1
             else:
-                status.append(time.monotonic() - asked)
+                into.append(time.monotonic() - asked)
             await trio.sleep(max(0.0, STATUS_EVERY - (time.monotonic() - asked)))
 
     async def sampler() -> None:
@@ -1021,7 +1028,7 @@ async def measure(data: Path, pid: int, sims: Sims, fake: Any, args: argparse.Na
     if spy is not None:
         spy.wait()
     return {"t0": t0, "t1": t1, "elapsed": elapsed, "rows": rows, "commit": commit, "seen": seen, "names": names,
-            "status": status,
+            "status": status, "chart": chart,
             "status_timeouts": status_timeouts, "chatter": chatter, "server_cpu": cpu, "sims_cpu": sims_cpu,
             "taken": taken, "rss": peak_rss,
             "load": load}
@@ -1042,7 +1049,9 @@ def report(p: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"send->ack    {quantiles(p['ack'])}")
     print(f"send->commit {quantiles(p['commit'])}")
     print(f"frame->commit {quantiles(p['frame'])} (from the frame's send, after the agent's gathering)")
-    print(f"chat /status {quantiles(p['status'])}, {p['status_timeouts']} without an answer in 30 s")
+    print(f"chat /status {quantiles(p['status'])}; a chart (/plot, the photo: it follows its upload_photo action "
+          f"after the 1 s per-chat spacing, a floor) {quantiles(p['chart'])}; "
+          f"{p['status_timeouts']} without an answer in 30 s")
     print("per second: " + ", ".join(f"{v:.0f} {k}" for k, v in p["chatter"].items())
           + " (acks the agents read, link probes they answered, keepalive pings they sent)")
     cpus = ", ".join(f"pid {pid}: {total:.0f}% (loop thread {main:.0f}%)" for pid, (total, main)

@@ -70,7 +70,8 @@ class AckPolicy:
 
 
 # Sample frames a second one process serving agents takes before it asks them to gather: 5,000 agents at 5 s on 2
-# cores with MBOT_LISTENERS=3 (333 a process) kept a sample's age at commit under 1 s at p99 (docs/architecture.md).
+# cores with MBOT_LISTENERS=3 (333 a process) committed each sample within 0.78-1.01 s at p99 over three runs, the
+# machine nearly full (docs/architecture.md, "Without gathering at 5,000").
 FRAMES_PER_PROCESS = 350.0
 
 
